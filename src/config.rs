@@ -1,0 +1,963 @@
+//! Settings: the TOML file, overridden by `EMGATE_*` environment variables,
+//! validated once into typed values (CONTRACT §2).
+//!
+//! Every setting is declared once in [`SETTINGS`] (TOML key, environment
+//! variable, default, whether it is secret); loading merges the two sources
+//! into strings and then parses each into its typed field, so an error always
+//! names the setting it is about, and `check-config` can print them all.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::secret::Secret;
+
+/// A configuration problem, reported in one line that names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting at fault, as `EMGATE_NAME (section.key)`, or the file.
+    pub setting: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn of(spec: &Spec, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting: format!("{} ({}.{})", spec.env, spec.section, spec.key),
+            reason: reason.into(),
+        }
+    }
+
+    /// An error about something that is not a single setting (the file itself).
+    pub fn other(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One declared setting.
+#[derive(Debug)]
+pub struct Spec {
+    /// TOML section.
+    pub section: &'static str,
+    /// Key within the section.
+    pub key: &'static str,
+    /// Environment variable that overrides it.
+    pub env: &'static str,
+    /// Default as written in the TOML file, or `None` when there is none.
+    pub default: Option<&'static str>,
+    /// Printed as `***` by `check-config`.
+    pub secret: bool,
+}
+
+const fn spec(
+    section: &'static str,
+    key: &'static str,
+    env: &'static str,
+    default: Option<&'static str>,
+    secret: bool,
+) -> Spec {
+    Spec {
+        section,
+        key,
+        env,
+        default,
+        secret,
+    }
+}
+
+/// Every setting emgate knows, in the order `check-config` prints them.
+pub const SETTINGS: &[Spec] = &[
+    spec(
+        "listen",
+        "address",
+        "EMGATE_LISTEN",
+        Some("127.0.0.1:9399"),
+        false,
+    ),
+    spec("listen", "public_url", "EMGATE_PUBLIC_URL", None, false),
+    spec(
+        "listen",
+        "trust_forwarded",
+        "EMGATE_TRUST_FORWARDED",
+        Some("false"),
+        false,
+    ),
+    spec(
+        "listen",
+        "drain_timeout",
+        "EMGATE_DRAIN_TIMEOUT",
+        Some("25s"),
+        false,
+    ),
+    spec("upstream", "url", "EMGATE_UPSTREAM_URL", None, false),
+    spec(
+        "upstream",
+        "username",
+        "EMGATE_UPSTREAM_USERNAME",
+        None,
+        false,
+    ),
+    spec(
+        "upstream",
+        "password",
+        "EMGATE_UPSTREAM_PASSWORD",
+        None,
+        true,
+    ),
+    spec(
+        "upstream",
+        "password_file",
+        "EMGATE_UPSTREAM_PASSWORD_FILE",
+        None,
+        false,
+    ),
+    spec(
+        "upstream",
+        "ca_file",
+        "EMGATE_UPSTREAM_CA_FILE",
+        None,
+        false,
+    ),
+    spec(
+        "upstream",
+        "cert_sha256",
+        "EMGATE_UPSTREAM_CERT_SHA256",
+        None,
+        false,
+    ),
+    spec(
+        "upstream",
+        "insecure",
+        "EMGATE_UPSTREAM_INSECURE",
+        Some("false"),
+        false,
+    ),
+    spec(
+        "upstream",
+        "timeout",
+        "EMGATE_UPSTREAM_TIMEOUT",
+        Some("120s"),
+        false,
+    ),
+    spec(
+        "upstream",
+        "max_body",
+        "EMGATE_UPSTREAM_MAX_BODY",
+        Some("64MiB"),
+        false,
+    ),
+    spec(
+        "upstream",
+        "keepalive",
+        "EMGATE_UPSTREAM_KEEPALIVE",
+        Some("5m"),
+        false,
+    ),
+    spec(
+        "upstream",
+        "logon_backoff_max",
+        "EMGATE_UPSTREAM_LOGON_BACKOFF_MAX",
+        Some("60s"),
+        false,
+    ),
+    spec("cache", "ttl", "EMGATE_CACHE_TTL", Some("5m"), false),
+    spec(
+        "cache",
+        "stale_if_error",
+        "EMGATE_CACHE_STALE_IF_ERROR",
+        Some("1h"),
+        false,
+    ),
+    spec(
+        "cache",
+        "negative_ttl",
+        "EMGATE_CACHE_NEGATIVE_TTL",
+        Some("30s"),
+        false,
+    ),
+    spec(
+        "cache",
+        "max_bytes",
+        "EMGATE_CACHE_MAX_BYTES",
+        Some("256MiB"),
+        false,
+    ),
+    spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
+    spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
+    spec(
+        "access",
+        "allow_anonymous",
+        "EMGATE_ALLOW_ANONYMOUS",
+        None,
+        false,
+    ),
+    spec(
+        "access",
+        "allow_writes",
+        "EMGATE_ALLOW_WRITES",
+        Some("false"),
+        false,
+    ),
+    spec("access", "admin_token", "EMGATE_ADMIN_TOKEN", None, true),
+    spec(
+        "access",
+        "admin_token_file",
+        "EMGATE_ADMIN_TOKEN_FILE",
+        None,
+        false,
+    ),
+    spec("tls", "cert_file", "EMGATE_TLS_CERT_FILE", None, false),
+    spec("tls", "key_file", "EMGATE_TLS_KEY_FILE", None, false),
+    spec("log", "filter", "EMGATE_LOG", Some("info"), false),
+    spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
+];
+
+/// JSON member naming (CONTRACT §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonCase {
+    /// EM 12 and earlier: names as in the XML.
+    Pascal,
+    /// EM 13: .NET camel-case policy.
+    Camel,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// How the gateway decides to trust EM's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTrust {
+    /// The operating system's root store.
+    SystemRoots,
+    /// A PEM bundle of CA certificates.
+    CaFile(PathBuf),
+    /// Exactly one certificate, by SHA-256 of its DER encoding.
+    Pinned([u8; 32]),
+    /// Anything at all (warned about at start).
+    Insecure,
+}
+
+/// Where the gateway listens and how it sees itself.
+#[derive(Debug, Clone)]
+pub struct ListenSettings {
+    /// Socket address to bind.
+    pub address: SocketAddr,
+    /// Public base URL for rewritten Hrefs; `None` derives it per request.
+    pub public_url: Option<Uri>,
+    /// Whether `X-Forwarded-Proto`/`-Host` are believed.
+    pub trust_forwarded: bool,
+    /// How long in-flight requests may run after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+/// The EM server and how to reach it.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// EM's base URL (scheme and authority, no path), e.g. `https://em:9398`.
+    pub url: Uri,
+    /// EM account.
+    pub username: String,
+    /// Its password.
+    pub password: Secret,
+    /// Certificate trust.
+    pub trust: UpstreamTrust,
+    /// Limit for one EM request, body included.
+    pub timeout: Duration,
+    /// Largest EM response body accepted.
+    pub max_body: usize,
+    /// Idle time after which the session is touched to keep it alive.
+    pub keepalive: Duration,
+    /// Longest wait between logon attempts while EM refuses them.
+    pub logon_backoff_max: Duration,
+}
+
+/// The vmRestorePoints cache.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Freshness.
+    pub ttl: Duration,
+    /// How long past the TTL an entry may be served while EM fails.
+    pub stale_if_error: Duration,
+    /// How long an EM 404 is remembered.
+    pub negative_ttl: Duration,
+    /// Memory bound in bytes.
+    pub max_bytes: u64,
+}
+
+/// Who may use the gateway and how.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// Client credentials file.
+    pub clients_file: Option<PathBuf>,
+    /// Serve clients that present no credentials.
+    pub allow_anonymous: bool,
+    /// Forward POST/PUT/DELETE/PATCH.
+    pub allow_writes: bool,
+    /// Bearer token for `/admin/*`.
+    pub admin_token: Option<Secret>,
+}
+
+/// HTTPS on the listener.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// Logging.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// `EnvFilter` directive.
+    pub filter: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// The validated, effective settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[listen]`
+    pub listen: ListenSettings,
+    /// `[upstream]`
+    pub upstream: UpstreamSettings,
+    /// `[cache]`
+    pub cache: CacheSettings,
+    /// `[json] case`
+    pub json_case: JsonCase,
+    /// `[access]`
+    pub access: AccessSettings,
+    /// `[tls]`, when serving HTTPS.
+    pub tls: Option<TlsSettings>,
+    /// `[log]`
+    pub log: LogSettings,
+    /// Raw values as merged, for `check-config`.
+    raw: BTreeMap<&'static str, Origin>,
+}
+
+/// A raw value and where it came from.
+#[derive(Debug, Clone)]
+struct Origin {
+    value: String,
+    source: &'static str,
+}
+
+/// Where settings come from: a TOML file and an environment.
+pub struct Sources<'a> {
+    /// Path of the TOML file, if any.
+    pub file: Option<&'a Path>,
+    /// Looks up an environment variable.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Sources<'_> {
+    /// The process environment and an optional file.
+    pub fn process(file: Option<&Path>) -> Sources<'_> {
+        Sources {
+            file,
+            env: &|name| std::env::var(name).ok(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads and validates settings; the error names the setting at fault.
+    pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
+        let mut raw: BTreeMap<&'static str, Origin> = BTreeMap::new();
+        if let Some(path) = sources.file {
+            read_file(path, &mut raw)?;
+        }
+        for s in SETTINGS {
+            if let Some(v) = (sources.env)(s.env) {
+                raw.insert(
+                    s.env,
+                    Origin {
+                        value: v,
+                        source: "environment",
+                    },
+                );
+            }
+        }
+        let values = Values { raw: &raw };
+        let mut settings = Self::from_values(&values)?;
+        // Kept for `check-config` only; secrets are dropped here so that no
+        // `Debug` of the settings can show them.
+        for s in SETTINGS.iter().filter(|s| s.secret) {
+            if let Some(o) = raw.get_mut(s.env) {
+                o.value = "***".into();
+            }
+        }
+        settings.raw = raw;
+        Ok(settings)
+    }
+
+    fn from_values(v: &Values<'_>) -> Result<Settings, ConfigError> {
+        let listen = ListenSettings {
+            address: v.parse("EMGATE_LISTEN", |s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| format!("not an address:port: {s:?}"))
+            })?,
+            public_url: v.opt("EMGATE_PUBLIC_URL", parse_base_url)?,
+            trust_forwarded: v.parse("EMGATE_TRUST_FORWARDED", parse_bool)?,
+            drain_timeout: v.parse("EMGATE_DRAIN_TIMEOUT", parse_duration)?,
+        };
+        let upstream = upstream_settings(v)?;
+        let cache = CacheSettings {
+            ttl: v.parse("EMGATE_CACHE_TTL", parse_duration)?,
+            stale_if_error: v.parse("EMGATE_CACHE_STALE_IF_ERROR", parse_duration)?,
+            negative_ttl: v.parse("EMGATE_CACHE_NEGATIVE_TTL", parse_duration)?,
+            max_bytes: v.parse("EMGATE_CACHE_MAX_BYTES", parse_size)?,
+        };
+        let json_case = v.parse("EMGATE_JSON_CASE", |s| match s {
+            "pascal" => Ok(JsonCase::Pascal),
+            "camel" => Ok(JsonCase::Camel),
+            _ => Err(format!("expected pascal or camel, got {s:?}")),
+        })?;
+        let clients_file = v.opt("EMGATE_CLIENTS_FILE", readable_file)?;
+        let explicit_anonymous = v.opt("EMGATE_ALLOW_ANONYMOUS", parse_bool)?;
+        let loopback = listen.address.ip().is_loopback();
+        let allow_anonymous = match explicit_anonymous {
+            Some(a) => a,
+            None if clients_file.is_some() => false,
+            None if loopback => true,
+            None => {
+                return Err(ConfigError::of(
+                    spec_of("EMGATE_ALLOW_ANONYMOUS"),
+                    format!(
+                        "listening on {} (not loopback) with no clients file would let anyone use the \
+                         gateway's EM session; set EMGATE_CLIENTS_FILE, or EMGATE_ALLOW_ANONYMOUS=true \
+                         if that is really meant",
+                        listen.address
+                    ),
+                ))
+            }
+        };
+        let admin_token = secret_or_file(v, "EMGATE_ADMIN_TOKEN", "EMGATE_ADMIN_TOKEN_FILE")?;
+        let access = AccessSettings {
+            clients_file,
+            allow_anonymous,
+            allow_writes: v.parse("EMGATE_ALLOW_WRITES", parse_bool)?,
+            admin_token,
+        };
+        let tls = match (
+            v.opt("EMGATE_TLS_CERT_FILE", readable_file)?,
+            v.opt("EMGATE_TLS_KEY_FILE", readable_file)?,
+        ) {
+            (Some(cert_file), Some(key_file)) => Some(TlsSettings {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::of(
+                    spec_of("EMGATE_TLS_KEY_FILE"),
+                    "required when EMGATE_TLS_CERT_FILE is set",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::of(
+                    spec_of("EMGATE_TLS_CERT_FILE"),
+                    "required when EMGATE_TLS_KEY_FILE is set",
+                ))
+            }
+        };
+        let filter: String = v.parse("EMGATE_LOG", |s| {
+            tracing_subscriber::EnvFilter::try_new(s)
+                .map(|_| s.to_string())
+                .map_err(|e| format!("not a log filter: {e}"))
+        })?;
+        let log = LogSettings {
+            filter,
+            format: v.parse("EMGATE_LOG_FORMAT", |s| match s {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("expected text or json, got {s:?}")),
+            })?,
+        };
+        Ok(Settings {
+            listen,
+            upstream,
+            cache,
+            json_case,
+            access,
+            tls,
+            log,
+            raw: BTreeMap::new(),
+        })
+    }
+
+    /// The effective settings as commented TOML, secrets shown as `***`.
+    pub fn render_effective(&self) -> String {
+        let mut out = String::new();
+        let mut section = "";
+        for s in SETTINGS {
+            if s.section != section {
+                if !section.is_empty() {
+                    out.push('\n');
+                }
+                section = s.section;
+                let _ = writeln!(out, "[{section}]");
+            }
+            let (shown, source) = match self.raw.get(s.env) {
+                Some(o) if s.secret => ("\"***\"".to_string(), o.source),
+                Some(o) => (toml_value(&o.value), o.source),
+                None => match s.default {
+                    Some(d) => (toml_value(d), "default"),
+                    None => {
+                        let _ = writeln!(out, "# {} = (unset)  # {}", s.key, s.env);
+                        continue;
+                    }
+                },
+            };
+            let _ = writeln!(out, "{} = {shown}  # {}, {source}", s.key, s.env);
+        }
+        out
+    }
+}
+
+fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
+    let url = v.required("EMGATE_UPSTREAM_URL", parse_base_url)?;
+    let username = v.required("EMGATE_UPSTREAM_USERNAME", |s| {
+        if s.is_empty() {
+            Err("must not be empty".to_string())
+        } else {
+            Ok(s.to_string())
+        }
+    })?;
+    let password = secret_or_file(
+        v,
+        "EMGATE_UPSTREAM_PASSWORD",
+        "EMGATE_UPSTREAM_PASSWORD_FILE",
+    )?
+    .ok_or_else(|| {
+        ConfigError::of(
+            spec_of("EMGATE_UPSTREAM_PASSWORD"),
+            "required (or EMGATE_UPSTREAM_PASSWORD_FILE)",
+        )
+    })?;
+    let ca_file = v.opt("EMGATE_UPSTREAM_CA_FILE", |s| {
+        let path = PathBuf::from(s);
+        crate::upstream::tls::load_ca_file(&path)?;
+        Ok(path)
+    })?;
+    let pin = v.opt("EMGATE_UPSTREAM_CERT_SHA256", parse_fingerprint)?;
+    let insecure = v.parse("EMGATE_UPSTREAM_INSECURE", parse_bool)?;
+    let trust = match (ca_file, pin, insecure) {
+        (None, None, false) => UpstreamTrust::SystemRoots,
+        (Some(path), None, false) => UpstreamTrust::CaFile(path),
+        (None, Some(pin), false) => UpstreamTrust::Pinned(pin),
+        (None, None, true) => UpstreamTrust::Insecure,
+        _ => {
+            return Err(ConfigError::of(
+                spec_of("EMGATE_UPSTREAM_CERT_SHA256"),
+                "choose one of EMGATE_UPSTREAM_CA_FILE, EMGATE_UPSTREAM_CERT_SHA256 and \
+                 EMGATE_UPSTREAM_INSECURE=true",
+            ))
+        }
+    };
+    let max_body = v.parse("EMGATE_UPSTREAM_MAX_BODY", parse_size)?;
+    Ok(UpstreamSettings {
+        url,
+        username,
+        password,
+        trust,
+        timeout: v.parse("EMGATE_UPSTREAM_TIMEOUT", parse_positive_duration)?,
+        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        keepalive: v.parse("EMGATE_UPSTREAM_KEEPALIVE", parse_positive_duration)?,
+        logon_backoff_max: v.parse("EMGATE_UPSTREAM_LOGON_BACKOFF_MAX", parse_positive_duration)?,
+    })
+}
+
+/// A secret given inline or in a file (trailing newline ignored); both is an error.
+fn secret_or_file(
+    v: &Values<'_>,
+    inline: &'static str,
+    file: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
+    let direct = v.opt(inline, |s| Ok(Secret::new(s)))?;
+    let from_file = v.opt(file, |s| {
+        let text = std::fs::read_to_string(s).map_err(|e| format!("cannot read {s:?}: {e}"))?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.is_empty() {
+            return Err(format!("{s:?} is empty"));
+        }
+        Ok(Secret::new(text))
+    })?;
+    match (direct, from_file) {
+        (Some(_), Some(_)) => Err(ConfigError::of(
+            spec_of(file),
+            format!("set either {inline} or {file}, not both"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+fn spec_of(env: &str) -> &'static Spec {
+    // Every caller names a setting from SETTINGS; the fallback only guards typos.
+    SETTINGS
+        .iter()
+        .find(|s| s.env == env)
+        .unwrap_or(&SETTINGS[0])
+}
+
+/// Merged raw values with typed accessors that name the setting on error.
+struct Values<'a> {
+    raw: &'a BTreeMap<&'static str, Origin>,
+}
+
+impl Values<'_> {
+    fn raw(&self, env: &str) -> Option<&str> {
+        self.raw
+            .get(env)
+            .map(|o| o.value.as_str())
+            .or_else(|| spec_of(env).default)
+    }
+
+    fn opt<T>(
+        &self,
+        env: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.raw(env) {
+            None | Some("") => Ok(None),
+            Some(s) => parse(s.trim())
+                .map(Some)
+                .map_err(|e| ConfigError::of(spec_of(env), e)),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        env: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.opt(env, parse)?
+            .ok_or_else(|| ConfigError::of(spec_of(env), "required"))
+    }
+
+    fn parse<T>(
+        &self,
+        env: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.required(env, parse)
+    }
+}
+
+fn read_file(path: &Path, raw: &mut BTreeMap<&'static str, Origin>) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::other(shown.clone(), format!("cannot read: {e}")))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| ConfigError::other(shown.clone(), one_line(&e.to_string())))?;
+    for (section, value) in &table {
+        let toml::Value::Table(keys) = value else {
+            return Err(ConfigError::other(
+                shown,
+                format!(
+                    "unknown top-level key {section:?} (settings live in sections like [upstream])"
+                ),
+            ));
+        };
+        for (key, value) in keys {
+            let Some(s) = SETTINGS
+                .iter()
+                .find(|s| s.section == section && s.key == key)
+            else {
+                return Err(ConfigError::other(
+                    shown,
+                    format!("unknown key {section}.{key}"),
+                ));
+            };
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => {
+                    return Err(ConfigError::of(s, "expected a string, number or boolean"));
+                }
+            };
+            raw.insert(
+                s.env,
+                Origin {
+                    value,
+                    source: "file",
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn toml_value(v: &str) -> String {
+    if v == "true" || v == "false" {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`).
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {s:?}")),
+    }
+}
+
+/// Durations such as `250ms`, `30s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| format!("not a duration: {s:?} (write it like 250ms, 30s, 5m or 1h)"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Sizes such as `512KiB`, `256MiB`, `1GiB`, or a plain number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = s.trim()[digits.len()..].trim();
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (write it like 512KiB or 256MiB)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown size unit in {s:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// An http(s) base URL with a host and no query; a trailing `/` or `/api` is dropped.
+pub fn parse_base_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|_| format!("not a URL: {s:?}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("must start with https:// or http://: {s:?}")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("no host in {s:?}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err("credentials do not belong in the URL".to_string());
+    }
+    if uri.query().is_some() {
+        return Err(format!("a base URL takes no query: {s:?}"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    let path = path.strip_suffix("/api").unwrap_or(path);
+    let scheme = uri.scheme_str().unwrap_or("https");
+    format!("{scheme}://{authority}{path}")
+        .parse()
+        .map_err(|_| format!("not a URL: {s:?}"))
+}
+
+fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bad = || format!("expected 64 hex digits (colons allowed), got {s:?}");
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16)
+            .map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn readable_file(s: &str) -> Result<PathBuf, String> {
+    std::fs::File::open(s).map_err(|e| format!("cannot read {s:?}: {e}"))?;
+    Ok(PathBuf::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(env: &[(&str, &str)], file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| map.get(k).cloned();
+        Settings::load(&Sources { file, env: &lookup })
+    }
+
+    const MINIMAL: &[(&str, &str)] = &[
+        ("EMGATE_UPSTREAM_URL", "https://em.corp:9398/api/"),
+        ("EMGATE_UPSTREAM_USERNAME", "svc"),
+        ("EMGATE_UPSTREAM_PASSWORD", "hunter2"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut v = MINIMAL.to_vec();
+        v.extend_from_slice(extra);
+        v
+    }
+
+    #[test]
+    fn minimal_settings_get_the_contract_defaults() {
+        let s = load(MINIMAL, None).unwrap();
+        assert_eq!(s.listen.address.to_string(), "127.0.0.1:9399");
+        assert_eq!(s.upstream.url.to_string(), "https://em.corp:9398/");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(120));
+        assert_eq!(s.upstream.max_body, 64 << 20);
+        assert_eq!(s.upstream.trust, UpstreamTrust::SystemRoots);
+        assert_eq!(s.cache.max_bytes, 256 << 20);
+        assert_eq!(s.json_case, JsonCase::Pascal);
+        assert!(s.access.allow_anonymous);
+        assert!(!s.access.allow_writes);
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn each_malformed_value_names_its_setting() {
+        for (env, value) in [
+            ("EMGATE_UPSTREAM_URL", "ftp://em"),
+            ("EMGATE_UPSTREAM_URL", "not a url"),
+            ("EMGATE_UPSTREAM_TIMEOUT", "ten seconds"),
+            ("EMGATE_UPSTREAM_MAX_BODY", "12 parsecs"),
+            ("EMGATE_UPSTREAM_CERT_SHA256", "abcd"),
+            ("EMGATE_UPSTREAM_CA_FILE", "/nonexistent/ca.pem"),
+            ("EMGATE_LISTEN", "localhost"),
+            ("EMGATE_JSON_CASE", "snake"),
+            ("EMGATE_LOG_FORMAT", "xml"),
+            ("EMGATE_UPSTREAM_INSECURE", "maybe"),
+        ] {
+            let mut env_list = MINIMAL.to_vec();
+            env_list.retain(|(k, _)| *k != env);
+            env_list.push((env, value));
+            let err = load(&env_list, None).unwrap_err().to_string();
+            assert!(err.starts_with(env), "{env}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let err = load(&[], None).unwrap_err().to_string();
+        assert!(err.starts_with("EMGATE_UPSTREAM_URL"), "{err}");
+        let err = load(&MINIMAL[..2], None).unwrap_err().to_string();
+        assert!(err.starts_with("EMGATE_UPSTREAM_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("emgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nurl = \"https://file:9398\"\ntimeout = \"5s\"\n[cache]\nmax_bytes = 1024\n",
+        )
+        .unwrap();
+        let s = load(&MINIMAL[1..], Some(&file)).unwrap();
+        assert_eq!(s.upstream.url.to_string(), "https://file:9398/");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(5));
+        assert_eq!(s.cache.max_bytes, 1024);
+        let s = load(&with(&[("EMGATE_UPSTREAM_TIMEOUT", "7s")]), Some(&file)).unwrap();
+        assert_eq!(s.upstream.url.to_string(), "https://em.corp:9398/");
+        assert_eq!(s.upstream.timeout, Duration::from_secs(7));
+
+        std::fs::write(&file, "[upstream]\ntimeuot = \"5s\"\n").unwrap();
+        let err = load(MINIMAL, Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("unknown key upstream.timeuot"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_effective_settings_and_debug() {
+        let s = load(&with(&[("EMGATE_ADMIN_TOKEN", "tok-123")]), None).unwrap();
+        let shown = s.render_effective();
+        assert!(shown.contains("password = \"***\""), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok-123"),
+            "{shown}"
+        );
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("tok-123"));
+    }
+
+    #[test]
+    fn anonymous_gateway_on_a_public_address_is_refused_unless_explicit() {
+        let err = load(&with(&[("EMGATE_LISTEN", "0.0.0.0:9399")]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("EMGATE_ALLOW_ANONYMOUS"), "{err}");
+        let s = load(
+            &with(&[
+                ("EMGATE_LISTEN", "0.0.0.0:9399"),
+                ("EMGATE_ALLOW_ANONYMOUS", "true"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(s.access.allow_anonymous);
+    }
+
+    #[test]
+    fn trust_options_are_exclusive_and_pins_parse_with_colons() {
+        let pin = "AB:".repeat(31) + "AB";
+        let s = load(
+            &with(&[(
+                "EMGATE_UPSTREAM_CERT_SHA256",
+                Box::leak(pin.into_boxed_str()),
+            )]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.upstream.trust, UpstreamTrust::Pinned([0xAB; 32]));
+        let err = load(
+            &with(&[
+                ("EMGATE_UPSTREAM_INSECURE", "true"),
+                ("EMGATE_UPSTREAM_CERT_SHA256", &"00".repeat(32).leak()[..]),
+            ]),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("choose one"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("MiB").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+    }
+}

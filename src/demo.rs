@@ -1,0 +1,95 @@
+//! `emgate demo`: the simulator and the gateway in front of it on loopback,
+//! the gateway pinned to the simulator's certificate, with a few `curl`
+//! lines that work as printed.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use crate::config::{Settings, Sources};
+use crate::server::Gateway;
+use crate::sim::{Sim, SimConfig};
+
+/// Where the demo gateway listens unless `EMGATE_LISTEN` says otherwise.
+const DEMO_LISTEN: &str = "127.0.0.1:9399";
+
+/// Runs the demo until Ctrl-C.
+pub async fn run() -> ExitCode {
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    let sim = match Sim::start(SimConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        tls: true,
+        username: "demo".into(),
+        password: password.clone(),
+        ..SimConfig::default()
+    })
+    .await
+    {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("emgate demo: cannot start the simulator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut overrides: HashMap<&str, String> = HashMap::new();
+    overrides.insert("EMGATE_UPSTREAM_URL", sim.base_url());
+    overrides.insert("EMGATE_UPSTREAM_USERNAME", "demo".into());
+    overrides.insert("EMGATE_UPSTREAM_PASSWORD", password);
+    overrides.insert(
+        "EMGATE_UPSTREAM_CERT_SHA256",
+        sim.cert_sha256().unwrap_or_default(),
+    );
+    let env = |name: &str| {
+        overrides.get(name).cloned().or_else(|| match name {
+            // The demo is about the gateway in front of its own simulator;
+            // other EM trust settings from the environment do not apply.
+            "EMGATE_UPSTREAM_CA_FILE"
+            | "EMGATE_UPSTREAM_INSECURE"
+            | "EMGATE_UPSTREAM_PASSWORD_FILE" => None,
+            "EMGATE_LISTEN" => Some(std::env::var(name).unwrap_or_else(|_| DEMO_LISTEN.into())),
+            _ => std::env::var(name).ok(),
+        })
+    };
+    let settings = match Settings::load(&Sources {
+        file: None,
+        env: &env,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("emgate demo: configuration error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    crate::logging::init(&settings.log.filter, settings.log.format);
+    let gateway = match Gateway::bind(settings).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("emgate demo: {e} (set EMGATE_LISTEN=127.0.0.1:0 for any free port)");
+            return ExitCode::from(2);
+        }
+    };
+    let url = match gateway.local_addr() {
+        Ok(addr) => format!("http://{addr}"),
+        Err(e) => {
+            eprintln!("emgate demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rp = sim.restore_point_id(0);
+    println!(
+        "emgate demo\n\
+         \x20 EM simulator  {sim_url}  (self-signed; the gateway pins SHA-256 {pin})\n\
+         \x20 gateway       {url}\n\
+         \n\
+         Try:\n\
+         \x20 curl -s {url}/api/\n\
+         \x20 curl -s {url}/api/restorePoints/{rp}/vmRestorePoints\n\
+         \x20 curl -s {url}/readyz\n\
+         \n\
+         Ctrl-C stops both.",
+        sim_url = sim.base_url(),
+        pin = sim.cert_sha256().unwrap_or_default(),
+    );
+    gateway.run(crate::shutdown::signal()).await;
+    sim.shutdown().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,149 @@
+//! Errors the gateway makes itself, and the one place they become HTTP
+//! responses in EM's error shape (CONTRACT §4.10).
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Response, StatusCode};
+
+use crate::config::JsonCase;
+use crate::response::Body;
+use crate::session::SessionError;
+use crate::upstream::UpstreamError;
+
+/// Everything that can go wrong while serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed (bad path, bad ID).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing lives at this path.
+    #[error("the resource {0} does not exist on this gateway")]
+    NotFound(String),
+    /// The method is not served here.
+    #[error("the {0} method is not allowed here; the gateway is read-only")]
+    MethodNotAllowed(Method),
+    /// No EM session could be had.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// EM could not be asked or answered unusably.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// EM refused even a freshly made session.
+    #[error("Enterprise Manager rejected the gateway's new session")]
+    SessionRejected,
+    /// The gateway is shutting down.
+    #[error("the gateway is shutting down")]
+    Draining,
+}
+
+impl GatewayError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Session(_) | GatewayError::SessionRejected | GatewayError::Draining => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The error as a response in EM's shape, XML or JSON as the client prefers.
+    pub fn into_response(self, xml: bool, case: JsonCase) -> Response<Body> {
+        let status = self.status();
+        let mut response = error_response(status, &self.to_string(), xml, case);
+        if let GatewayError::MethodNotAllowed(_) = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        response
+    }
+}
+
+/// A response in EM's error shape: `{"Message", "StatusCode", ...}` or `<Error/>`.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    xml: bool,
+    case: JsonCase,
+) -> Response<Body> {
+    let (body, content_type) = if xml {
+        (
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Error Message=\"{}\" StatusCode=\"{}\" xmlns=\"http://www.veeam.com/ent/v1.0\"/>",
+                quick_xml::escape::escape(message),
+                status.as_u16()
+            ),
+            "application/xml; charset=utf-8",
+        )
+    } else {
+        let names: [&str; 5] = match case {
+            JsonCase::Pascal => [
+                "FirstChanceExceptionMessage",
+                "Message",
+                "StackTrace",
+                "Status",
+                "StatusCode",
+            ],
+            JsonCase::Camel => [
+                "firstChanceExceptionMessage",
+                "message",
+                "stackTrace",
+                "status",
+                "statusCode",
+            ],
+        };
+        let mut object = serde_json::Map::new();
+        object.insert(names[0].into(), serde_json::Value::Null);
+        object.insert(names[1].into(), message.into());
+        object.insert(names[2].into(), serde_json::Value::Null);
+        object.insert(names[3].into(), serde_json::Value::Null);
+        object.insert(names[4].into(), status.as_u16().into());
+        (
+            serde_json::Value::Object(object).to_string(),
+            "application/json; charset=utf-8",
+        )
+    };
+    let mut response = Response::new(Body::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(r: Response<Body>) -> String {
+        String::from_utf8(r.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_have_ems_shape_in_json_xml_and_both_cases() {
+        let r = GatewayError::MethodNotAllowed(Method::POST).into_response(false, JsonCase::Pascal);
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+        let v: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+        assert_eq!(v["StatusCode"], 405);
+        assert_eq!(v["FirstChanceExceptionMessage"], serde_json::Value::Null);
+        assert!(v["Message"].as_str().unwrap().contains("POST"));
+
+        let r = GatewayError::Draining.into_response(false, JsonCase::Camel);
+        let v: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();
+        assert_eq!(v["statusCode"], 503);
+
+        let r =
+            GatewayError::BadRequest("a <b> & \"c\"".into()).into_response(true, JsonCase::Pascal);
+        assert_eq!(
+            body_of(r).await,
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Error Message=\"a &lt;b&gt; &amp; &quot;c&quot;\" StatusCode=\"400\" xmlns=\"http://www.veeam.com/ent/v1.0\"/>"
+        );
+    }
+}

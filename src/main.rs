@@ -1,0 +1,5 @@
+//! The `emgate` binary: all the work is in the library.
+
+fn main() -> std::process::ExitCode {
+    emgate::cli::main()
+}

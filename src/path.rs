@@ -1,0 +1,72 @@
+//! What a client may ask EM for: the path checks made before anything
+//! reaches EM (CONTRACT §5).
+
+use crate::error::GatewayError;
+
+/// Longest path (with query) the gateway forwards.
+pub const MAX_PATH_LEN: usize = 2048;
+
+/// Checks that `path_and_query` names an EM API resource and nothing else:
+/// `/api` or `/api/...`, no `.`/`..` segments, no encoded `/`, `\` or `.`, no
+/// backslashes or control characters, bounded length.
+pub fn check_api_path(path: &str, query: Option<&str>) -> Result<(), GatewayError> {
+    let bad = |why: &str| {
+        Err(GatewayError::BadRequest(format!(
+            "rejected request path: {why}"
+        )))
+    };
+    if path.len() + query.map_or(0, str::len) > MAX_PATH_LEN {
+        return bad("too long");
+    }
+    if path != "/api" && !path.starts_with("/api/") {
+        return bad("only /api/ paths are served");
+    }
+    if path.contains('\\') || path.bytes().any(|b| b.is_ascii_control()) {
+        return bad("backslash or control character");
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e", "%00"]
+        .iter()
+        .any(|enc| lower.contains(enc))
+    {
+        return bad("encoded '/', '\\' or '.'");
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return bad("'.' or '..' segment");
+    }
+    if query.is_some_and(|q| q.bytes().any(|b| b.is_ascii_control())) {
+        return bad("control character in query");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths_pass_and_tricks_do_not() {
+        for ok in [
+            "/api",
+            "/api/",
+            "/api/restorePoints/x/vmRestorePoints",
+            "/api/query",
+        ] {
+            assert!(check_api_path(ok, None).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/",
+            "/apix",
+            "/metrics",
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/x",
+            "/api/a%2Fb",
+            "/api/a%5cb",
+            "/api/a\\b",
+        ] {
+            assert!(check_api_path(bad, None).is_err(), "{bad}");
+        }
+        assert!(check_api_path(&format!("/api/{}", "a".repeat(MAX_PATH_LEN)), None).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTTP client to EM: pooled keep-alive connections over rustls, a
+//! timeout on every request (body included) and a cap on response size.
+//!
+//! It knows nothing of client access or sessions: callers hand it a method,
+//! a path and the headers to send, and get EM's whole answer back or a typed
+//! error.
+
+pub mod tls;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::UpstreamSettings;
+
+/// Why a request to EM produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// EM did not answer (headers and body) within the timeout.
+    #[error("Enterprise Manager did not answer within {0:?}")]
+    Timeout(Duration),
+    /// No connection, TLS failure, or the connection broke.
+    #[error("cannot reach Enterprise Manager: {0}")]
+    Unreachable(String),
+    /// The response body is larger than allowed.
+    #[error("Enterprise Manager's response exceeds the {0}-byte limit")]
+    TooLarge(usize),
+}
+
+/// EM's whole answer.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// EM's status.
+    pub status: StatusCode,
+    /// EM's headers.
+    pub headers: HeaderMap,
+    /// EM's body, complete.
+    pub body: Bytes,
+    /// How long EM took.
+    pub elapsed: Duration,
+}
+
+/// A client bound to one EM server.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Pooled, keep-alive HTTPS (or HTTP) client.
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `scheme://authority[/prefix]` without a trailing slash.
+    base: String,
+    /// Limit for one request, body included.
+    timeout: Duration,
+    /// Largest body accepted.
+    max_body: usize,
+}
+
+impl Upstream {
+    /// Builds the client from validated settings.
+    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, String> {
+        let tls = tls::client_config(&settings.trust)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.timeout.min(Duration::from_secs(30))));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // EM closes idle connections after a while; ours go first.
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(64)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            base: base_string(&settings.url),
+            timeout: settings.timeout,
+            max_body: settings.max_body,
+        })
+    }
+
+    /// EM's base URL as configured (`https://em:9398`), for Href rewriting.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request and reads the whole answer within the timeout.
+    ///
+    /// `path_and_query` starts with `/api`. EM is always asked for XML.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri: Uri = format!("{}{}", self.base, path_and_query)
+            .parse()
+            .map_err(|_| UpstreamError::Unreachable("invalid request path".into()))?;
+        headers.insert(ACCEPT, HeaderValue::from_static("application/xml"));
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        *request.headers_mut() = headers;
+        let started = Instant::now();
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
+                status,
+                headers,
+                body,
+                elapsed: started.elapsed(),
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body as u64) {
+            return Err(UpstreamError::TooLarge(self.max_body));
+        }
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    UpstreamError::TooLarge(self.max_body)
+                } else {
+                    UpstreamError::Unreachable(format!("response body broke off: {e}"))
+                }
+            })?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+}
+
+fn base_string(url: &Uri) -> String {
+    url.to_string().trim_end_matches('/').to_string()
+}
+
+/// hyper-util's errors say "client error (Connect)"; the cause is further down.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
