@@ -41,7 +41,7 @@ pub fn client_config(trust: &UpstreamTrust) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut config = match trust {
+    let config = match trust {
         UpstreamTrust::SystemRoots => {
             let mut roots = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
@@ -78,8 +78,8 @@ pub fn client_config(trust: &UpstreamTrust) -> Result<ClientConfig, String> {
             }))
             .with_no_client_auth(),
     };
-    // EM speaks HTTP/1.1 (IIS/HTTP.sys); asking for h2 buys nothing here.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // ALPN (http/1.1 only: EM's REST service speaks HTTP/1.1) is set by the
+    // hyper-rustls connector, which refuses a config that already has it.
     Ok(config)
 }
 

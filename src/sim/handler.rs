@@ -1,0 +1,667 @@
+//! One request in, one response out: routing, logon, session checks, faults and
+//! content negotiation.
+//!
+//! Order of work for every request, as a client of EM would observe it:
+//! 1. it is logged ([`State::record`]) and counted;
+//! 2. the configured latency passes;
+//! 3. a fault set for the request's target replaces the answer;
+//! 4. the route answers: the entry point and logon need no session, every other
+//!    `/api` resource does (401 first, then 404/405).
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use uuid::Uuid;
+
+use super::model::Document;
+use super::state::{session_token, Counters, FaultClass, SessionError, State};
+use super::{json, resources, server::ConnCtx, xml, Fault, RecordedRequest};
+
+/// The session header and cookie name (http_authentication.md).
+const SESSION_HEADER: &str = "x-restsvcsessionid";
+const SESSION_COOKIE: &str = "X-RestSvcSessionId";
+/// Sent with every 401 of a logon (http_authentication.md).
+const WWW_AUTHENTICATE: &str = "Basic Realm=RestSvc";
+const SERVER: &str = "emgate-sim";
+
+/// The response body type.
+pub(crate) type Body = Full<Bytes>;
+
+/// Representation asked for by `Accept` (every docs page: XML unless the client
+/// asks for `application/json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Xml,
+    Json,
+}
+
+/// Where a request goes. Ids are kept as sent, for error messages.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    EntryPoint,
+    Logon,
+    LogonSessions,
+    LogonSession(String),
+    RestorePoints,
+    RestorePoint(String),
+    RestorePointVms(String),
+    VmRestorePoint(String),
+    /// Below `/api/` but nothing the simulator knows.
+    UnknownApi,
+    /// Outside `/api`.
+    Outside,
+}
+
+impl Route {
+    /// Matches a path. Literal segments match ignoring ASCII case, as EM's WCF
+    /// URI templates do; trailing and doubled slashes are ignored.
+    fn parse(path: &str) -> Route {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let is = |i: usize, lit: &str| segs.get(i).is_some_and(|s| s.eq_ignore_ascii_case(lit));
+        if !is(0, "api") {
+            return Route::Outside;
+        }
+        let id = |i: usize| percent_decode(segs[i]);
+        match segs.len() {
+            1 => Route::EntryPoint,
+            2 if is(1, "sessionMngr") => Route::Logon,
+            2 if is(1, "logonSessions") => Route::LogonSessions,
+            2 if is(1, "restorePoints") => Route::RestorePoints,
+            3 if is(1, "logonSessions") => Route::LogonSession(id(2)),
+            3 if is(1, "restorePoints") => Route::RestorePoint(id(2)),
+            3 if is(1, "vmRestorePoints") => Route::VmRestorePoint(id(2)),
+            4 if is(1, "restorePoints") && is(3, "vmRestorePoints") => {
+                Route::RestorePointVms(id(2))
+            }
+            _ => Route::UnknownApi,
+        }
+    }
+
+    fn fault_class(&self) -> FaultClass {
+        match self {
+            Route::Logon => FaultClass::Logon,
+            Route::EntryPoint | Route::Outside => FaultClass::Other,
+            _ => FaultClass::Data,
+        }
+    }
+
+    /// Methods the resource answers (besides HEAD, answered like GET).
+    fn allowed(&self) -> &'static [Method] {
+        match self {
+            Route::Logon => &[Method::POST],
+            Route::LogonSession(_) => &[Method::GET, Method::DELETE],
+            _ => &[Method::GET],
+        }
+    }
+}
+
+/// Answers one request. `Err` makes hyper drop the connection without an answer,
+/// which is how the `Reset` fault is delivered.
+pub(crate) async fn handle<B>(
+    state: Arc<State>,
+    conn: Arc<ConnCtx>,
+    req: Request<B>,
+) -> Result<Response<Body>, io::Error> {
+    state.record(RecordedRequest {
+        method: req.method().to_string(),
+        path_and_query: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    });
+    tracing::debug!(method = %req.method(), uri = %req.uri(), "sim request");
+
+    let latency = state.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let route = Route::parse(req.uri().path());
+    let format = negotiate(req.headers());
+    let head = req.method() == Method::HEAD;
+    let base = request_base(&state, &req);
+
+    if let Some(fault) = state.fault_for(route.fault_class()) {
+        return match fault {
+            Fault::Status(code) => {
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut resp = if status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED
+                {
+                    empty(status)
+                } else {
+                    error(
+                        status,
+                        &format!(
+                            "Simulated failure: the server answered {}.",
+                            status.as_u16()
+                        ),
+                        format,
+                        head,
+                    )
+                };
+                if status == StatusCode::UNAUTHORIZED && route == Route::Logon {
+                    resp.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(WWW_AUTHENTICATE),
+                    );
+                }
+                Ok(resp)
+            }
+            Fault::Hang => {
+                // Never answer; the connection task is aborted when the sim stops.
+                std::future::pending::<()>().await;
+                unreachable!("a pending future never completes")
+            }
+            Fault::Reset => {
+                conn.reset();
+                Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "simulated connection reset",
+                ))
+            }
+            Fault::Garbage => Ok(garbage(format, &base, head)),
+        };
+    }
+
+    Ok(answer(
+        &state,
+        &route,
+        req.method(),
+        req.headers(),
+        req.uri().query(),
+        format,
+        head,
+        &base,
+    ))
+}
+
+/// The normal answer to a request (no fault).
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    state: &State,
+    route: &Route,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    format: Format,
+    head: bool,
+    base: &str,
+) -> Response<Body> {
+    let method_ok = |route: &Route| {
+        let m = if *method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        route.allowed().contains(m)
+    };
+    match route {
+        Route::Outside => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "The requested resource does not exist.",
+                format,
+                head,
+            )
+        }
+        Route::EntryPoint => {
+            return if method_ok(route) {
+                document(StatusCode::OK, &resources::entry_point(base), format, head)
+            } else {
+                not_allowed(route, method, format, head)
+            };
+        }
+        Route::Logon => {
+            return if method_ok(route) {
+                logon(state, headers, format, base)
+            } else {
+                not_allowed(route, method, format, head)
+            };
+        }
+        _ => {}
+    }
+
+    // Everything else needs a valid session (http_authentication.md).
+    let session = match state.use_session(request_token(headers).as_deref()) {
+        Ok(id) => id,
+        Err(why) => {
+            Counters::bump(&state.counters.unauthorized);
+            let message = match why {
+                SessionError::Missing => {
+                    "Authentication required: send the X-RestSvcSessionId header or cookie of a logon session."
+                }
+                SessionError::Unknown => "The logon session does not exist or has been closed.",
+                SessionError::Expired => "The logon session has expired. Log on again.",
+            };
+            return error(StatusCode::UNAUTHORIZED, message, format, head);
+        }
+    };
+    tracing::trace!(%session, "sim session ok");
+
+    if *route == Route::UnknownApi {
+        return error(
+            StatusCode::NOT_FOUND,
+            "The requested resource does not exist.",
+            format,
+            head,
+        );
+    }
+    if !method_ok(route) {
+        return not_allowed(route, method, format, head);
+    }
+    let entity = wants_entity(query);
+    let data = &state.data;
+    match route {
+        Route::LogonSessions => document(
+            StatusCode::OK,
+            &resources::logon_sessions(base, &state.sessions()),
+            format,
+            head,
+        ),
+        Route::LogonSession(raw) => {
+            let found = parse_id(raw).and_then(|id| state.session_user(&id).map(|u| (id, u)));
+            let Some((id, user)) = found else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Logon session [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            if *method == Method::DELETE {
+                // logging_out.md: 204 No Content, the session is gone.
+                if state.delete_session(&id) {
+                    Counters::bump(&state.counters.logouts);
+                }
+                return empty(StatusCode::NO_CONTENT);
+            }
+            document(
+                StatusCode::OK,
+                &resources::logon_session_doc(base, &id, &user),
+                format,
+                head,
+            )
+        }
+        Route::RestorePoints => document(
+            StatusCode::OK,
+            &resources::restore_point_refs(base, data),
+            format,
+            head,
+        ),
+        Route::RestorePoint(raw) | Route::RestorePointVms(raw) => {
+            let Some(rp) = parse_id(raw).and_then(|id| data.restore_point(&id)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Restore point [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            let doc = match (route, entity) {
+                (Route::RestorePoint(_), false) => resources::restore_point_ref(base, data, rp),
+                (Route::RestorePoint(_), true) => resources::restore_point_entity(base, data, rp),
+                (_, false) => resources::vm_point_refs(base, data, rp),
+                (_, true) => resources::vm_point_entities(base, data, rp),
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::VmRestorePoint(raw) => {
+            let Some((rp, vm)) = parse_id(raw).and_then(|id| data.vm_point(&id)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("VM restore point [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            let doc = if entity {
+                resources::vm_point_entity(base, data, rp, vm)
+            } else {
+                resources::vm_point_ref(base, data, rp, vm)
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::EntryPoint | Route::Logon | Route::UnknownApi | Route::Outside => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// `POST /api/sessionMngr/?v=…` (post_sessionmngr.md, http_authentication.md).
+fn logon(state: &State, headers: &HeaderMap, format: Format, base: &str) -> Response<Body> {
+    let creds = basic_credentials(headers);
+    let Some((user, _)) = creds.as_ref().filter(|(u, p)| state.credentials_ok(u, p)) else {
+        Counters::bump(&state.counters.logons_failed);
+        let message = if creds.is_none() {
+            "Authentication required: send the Authorization header with Basic credentials."
+        } else {
+            "Authentication failed: the user name or password is incorrect."
+        };
+        let mut resp = error(StatusCode::UNAUTHORIZED, message, format, false);
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(WWW_AUTHENTICATE),
+        );
+        return resp;
+    };
+    let id = state.create_session(user);
+    Counters::bump(&state.counters.logons_ok);
+    let token = session_token(&id);
+    let mut resp = document(
+        StatusCode::CREATED,
+        &resources::logon_session_doc(base, &id, user),
+        format,
+        false,
+    );
+    let h = resp.headers_mut();
+    // Both forms verbatim from http_authentication.md.
+    if let Ok(v) = HeaderValue::from_str(&token) {
+        h.insert(SESSION_COOKIE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/api;")) {
+        h.insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// `user:password` from `Authorization: Basic …`.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// The session token a request presents: the cookie wins over the header when both
+/// are sent (http_authentication.md).
+fn request_token(headers: &HeaderMap) -> Option<String> {
+    let from_cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| name.trim() == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().trim_matches('"').to_owned());
+    from_cookie.or_else(|| {
+        headers
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// `?format=Entity` (format.md); the value is matched ignoring case, and EM's query
+/// spelling `Entities` is taken too.
+fn wants_entity(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .any(|(k, v)| {
+                k.eq_ignore_ascii_case("format")
+                    && (v.eq_ignore_ascii_case("entity") || v.eq_ignore_ascii_case("entities"))
+            })
+    })
+}
+
+/// JSON when `Accept` ranks `application/json` above XML, else XML.
+fn negotiate(headers: &HeaderMap) -> Format {
+    let mut json = (0.0f32, usize::MAX);
+    let mut xml = (0.0f32, usize::MAX);
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    for (pos, range) in ranges.enumerate() {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let slot = match media.as_str() {
+            "application/json" | "text/json" => &mut json,
+            "application/xml" | "text/xml" => &mut xml,
+            _ => continue,
+        };
+        if q > slot.0 {
+            *slot = (q, pos);
+        }
+    }
+    let json_wins = json.0 > xml.0 || (json.0 > 0.0 && json.0 == xml.0 && json.1 < xml.1);
+    if json_wins {
+        Format::Json
+    } else {
+        Format::Xml
+    }
+}
+
+/// `scheme://authority` for Hrefs. Like EM, links follow the host the client
+/// addressed (the `Host` header); without a usable one, the sim's own base URL.
+fn request_base<B>(state: &State, req: &Request<B>) -> String {
+    let scheme = if state.tls { "https" } else { "http" };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+        });
+    match host {
+        Some(h) => format!("{scheme}://{h}"),
+        None => state.base_url.clone(),
+    }
+}
+
+fn parse_id(raw: &str) -> Option<Uuid> {
+    Uuid::parse_str(raw).ok()
+}
+
+/// Decodes `%XX` escapes in a path segment (invalid escapes are kept as written).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| char::from(b).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn render(doc: &Document, format: Format) -> (String, &'static str) {
+    match format {
+        Format::Xml => (xml::render(doc), "application/xml; charset=utf-8"),
+        Format::Json => (json::render(doc), "application/json; charset=utf-8"),
+    }
+}
+
+/// A response carrying a document; for HEAD the same headers without the body.
+fn document(status: StatusCode, doc: &Document, format: Format, head: bool) -> Response<Body> {
+    let (body, content_type) = render(doc, format);
+    with_body(status, body.into_bytes(), content_type, head)
+}
+
+fn with_body(
+    status: StatusCode,
+    body: Vec<u8>,
+    content_type: &'static str,
+    head: bool,
+) -> Response<Body> {
+    let len = body.len();
+    let body = if head {
+        Bytes::new()
+    } else {
+        Bytes::from(body)
+    };
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    resp
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    resp
+}
+
+/// EM's `<Error>` (or its JSON) with this status (http_response_codes.md: every
+/// error status carries an Error body).
+fn error(status: StatusCode, message: &str, format: Format, head: bool) -> Response<Body> {
+    document(
+        status,
+        &resources::error(status.as_u16(), message),
+        format,
+        head,
+    )
+}
+
+fn not_allowed(route: &Route, method: &Method, format: Format, head: bool) -> Response<Body> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("The method {method} is not allowed for this resource."),
+        format,
+        head,
+    );
+    let mut allow: Vec<&str> = route.allowed().iter().map(Method::as_str).collect();
+    if allow.contains(&"GET") {
+        allow.push("HEAD");
+    }
+    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// A 200 whose body breaks off inside the first element: not a parseable document.
+fn garbage(format: Format, base: &str, head: bool) -> Response<Body> {
+    let (body, content_type) = match format {
+        Format::Xml => (
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<EntityReferences xmlns=\"{}\">\n  <Ref Type=\"VmRestorePointReference\" Href=\"{base}/api/vmRestorePoints/",
+                xml::NAMESPACE
+            ),
+            "application/xml; charset=utf-8",
+        ),
+        Format::Json => (
+            format!("{{\"Refs\":[{{\"Links\":[{{\"Rel\":\"Up\",\"Href\":\"{base}/api/backupServers/"),
+            "application/json; charset=utf-8",
+        ),
+    };
+    with_body(StatusCode::OK, body.into_bytes(), content_type, head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse("/api/"), Route::EntryPoint);
+        assert_eq!(Route::parse("/api"), Route::EntryPoint);
+        assert_eq!(Route::parse("/API/SessionMngr/"), Route::Logon);
+        assert_eq!(Route::parse("/api/sessionMngr"), Route::Logon);
+        assert_eq!(
+            Route::parse("/api/restorePoints/abc/vmRestorePoints/"),
+            Route::RestorePointVms("abc".into())
+        );
+        assert_eq!(
+            Route::parse("/api/vmRestorePoints/x%2Dy"),
+            Route::VmRestorePoint("x-y".into())
+        );
+        assert_eq!(Route::parse("/api/backups"), Route::UnknownApi);
+        assert_eq!(Route::parse("/"), Route::Outside);
+        assert_eq!(Route::parse("/apix"), Route::Outside);
+    }
+
+    #[test]
+    fn accept_and_format() {
+        let mut h = HeaderMap::new();
+        assert_eq!(negotiate(&h), Format::Xml);
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        assert_eq!(negotiate(&h), Format::Json);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/xml, application/json"),
+        );
+        assert_eq!(negotiate(&h), Format::Xml);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/xml;q=0.5, application/json"),
+        );
+        assert_eq!(negotiate(&h), Format::Json);
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert_eq!(negotiate(&h), Format::Xml);
+        assert!(wants_entity(Some("format=Entity")));
+        assert!(wants_entity(Some("x=1&FORMAT=entity")));
+        assert!(!wants_entity(Some("format=Ref")));
+        assert!(!wants_entity(None));
+    }
+
+    #[test]
+    fn cookie_wins_over_header() {
+        let mut h = HeaderMap::new();
+        h.insert(SESSION_HEADER, HeaderValue::from_static("fromheader"));
+        assert_eq!(request_token(&h).as_deref(), Some("fromheader"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; X-RestSvcSessionId=OsU6RL7OGkGKrPBGxKxURw==; c=d"),
+        );
+        assert_eq!(
+            request_token(&h).as_deref(),
+            Some("OsU6RL7OGkGKrPBGxKxURw==")
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Db"), "a-b");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%7Bx%7D"), "{x}");
+    }
+}

@@ -1,0 +1,314 @@
+//! The simulator's shared state: data, credentials, logon sessions, faults, counters
+//! and the request log. One `Arc<State>` is shared by the [`Sim`](super::Sim) handle
+//! and every connection task.
+//!
+//! Locks are `std::sync::Mutex`: every critical section is a few map operations and
+//! never awaits, so a blocking lock is cheaper than an async one and cannot deadlock
+//! across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::data::Data;
+use super::{Fault, FaultTarget, RecordedRequest, SimStats};
+
+/// How many requests the log keeps.
+pub(crate) const REQUEST_LOG: usize = 10_000;
+
+/// Why a request's session was refused (all answer 401).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionError {
+    /// Neither the cookie nor the header carried a token.
+    Missing,
+    /// The token is not a session we know (never was, logged out, or malformed).
+    Unknown,
+    /// The session was idle longer than the idle timeout; it is now removed.
+    Expired,
+}
+
+/// Which fault slot a request falls under (see [`FaultTarget`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultClass {
+    /// `POST /api/sessionMngr/`.
+    Logon,
+    /// Every resource that needs a session.
+    Data,
+    /// The entry point and paths outside `/api`: only `FaultTarget::All` applies.
+    Other,
+}
+
+/// A logon session.
+struct Session {
+    user: String,
+    /// Order of creation, to list sessions in a stable order.
+    seq: u64,
+    /// Last successful use; the idle timeout runs from here.
+    last_used: Instant,
+}
+
+/// Faults per target; `all` applies to every request and wins over the others.
+#[derive(Default)]
+struct Faults {
+    logon: Option<Fault>,
+    data: Option<Fault>,
+    all: Option<Fault>,
+}
+
+/// Counters behind [`SimStats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub logons_ok: AtomicU64,
+    pub logons_failed: AtomicU64,
+    pub logouts: AtomicU64,
+    pub requests: AtomicU64,
+    pub unauthorized: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct State {
+    /// The generated estate; immutable after start.
+    pub data: Data,
+    /// Whether connections are TLS (`https` in Hrefs).
+    pub tls: bool,
+    /// `scheme://host:port` for Hrefs when a request carries no usable `Host`.
+    pub base_url: String,
+    /// The account that may log on; compared ignoring ASCII case, as Windows
+    /// account names are.
+    username: String,
+    /// Its password; changeable while running ([`super::Sim::set_password`]).
+    password: Mutex<String>,
+    /// Idle timeout of a logon session (EM: 15 minutes, http_authentication.md).
+    session_idle: Duration,
+    /// Delay added before answering each request, in nanoseconds.
+    latency_ns: AtomicU64,
+    faults: Mutex<Faults>,
+    sessions: Mutex<HashMap<Uuid, Session>>,
+    next_seq: AtomicU64,
+    pub counters: Counters,
+    /// The last [`REQUEST_LOG`] requests, oldest first.
+    log: Mutex<VecDeque<RecordedRequest>>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every
+/// critical section leaves its data consistent, so the poison carries no meaning.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    pub fn new(
+        data: Data,
+        tls: bool,
+        base_url: String,
+        username: String,
+        password: String,
+        session_idle: Duration,
+        latency: Duration,
+    ) -> State {
+        State {
+            data,
+            tls,
+            base_url,
+            username,
+            password: Mutex::new(password),
+            session_idle,
+            latency_ns: AtomicU64::new(duration_ns(latency)),
+            faults: Mutex::new(Faults::default()),
+            sessions: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(0),
+            counters: Counters::default(),
+            log: Mutex::new(VecDeque::with_capacity(1024)),
+        }
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ns
+            .store(duration_ns(latency), Ordering::Relaxed);
+    }
+
+    pub fn set_password(&self, password: &str) {
+        *lock(&self.password) = password.to_owned();
+    }
+
+    /// Whether these Basic credentials may log on.
+    pub fn credentials_ok(&self, user: &str, password: &str) -> bool {
+        user.eq_ignore_ascii_case(&self.username) && *lock(&self.password) == password
+    }
+
+    /// Creates a logon session for `user` and returns its id.
+    pub fn create_session(&self, user: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.sessions).insert(
+            id,
+            Session {
+                user: user.to_owned(),
+                seq,
+                last_used: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Checks the session a request presents and, when it is valid, restarts its
+    /// idle timer. An expired session is removed.
+    pub fn use_session(&self, token: Option<&str>) -> Result<Uuid, SessionError> {
+        let token = token.ok_or(SessionError::Missing)?;
+        let id = token_session_id(token).ok_or(SessionError::Unknown)?;
+        let mut sessions = lock(&self.sessions);
+        let now = Instant::now();
+        match sessions.get_mut(&id) {
+            None => Err(SessionError::Unknown),
+            Some(s) if now.duration_since(s.last_used) > self.session_idle => {
+                sessions.remove(&id);
+                Err(SessionError::Expired)
+            }
+            Some(s) => {
+                s.last_used = now;
+                Ok(id)
+            }
+        }
+    }
+
+    /// Removes sessions idle longer than the timeout.
+    fn purge(&self, sessions: &mut HashMap<Uuid, Session>) {
+        let now = Instant::now();
+        let idle = self.session_idle;
+        sessions.retain(|_, s| now.duration_since(s.last_used) <= idle);
+    }
+
+    /// Live sessions `(id, user name)`, oldest first.
+    pub fn sessions(&self) -> Vec<(Uuid, String)> {
+        let mut sessions = lock(&self.sessions);
+        self.purge(&mut sessions);
+        let mut list: Vec<_> = sessions
+            .iter()
+            .map(|(id, s)| (s.seq, *id, s.user.clone()))
+            .collect();
+        list.sort_unstable_by_key(|(seq, _, _)| *seq);
+        list.into_iter().map(|(_, id, user)| (id, user)).collect()
+    }
+
+    /// The user of a live session.
+    pub fn session_user(&self, id: &Uuid) -> Option<String> {
+        let mut sessions = lock(&self.sessions);
+        self.purge(&mut sessions);
+        sessions.get(id).map(|s| s.user.clone())
+    }
+
+    /// Ends a live session; false when there is none with this id.
+    pub fn delete_session(&self, id: &Uuid) -> bool {
+        let mut sessions = lock(&self.sessions);
+        self.purge(&mut sessions);
+        sessions.remove(id).is_some()
+    }
+
+    pub fn expire_all_sessions(&self) {
+        lock(&self.sessions).clear();
+    }
+
+    pub fn set_fault(&self, target: FaultTarget, fault: Option<Fault>) {
+        let mut faults = lock(&self.faults);
+        match (target, fault) {
+            (FaultTarget::Logon, f) => faults.logon = f,
+            (FaultTarget::Data, f) => faults.data = f,
+            // Clearing `All` clears every target: "no faults at all".
+            (FaultTarget::All, None) => *faults = Faults::default(),
+            (FaultTarget::All, f) => faults.all = f,
+        }
+    }
+
+    /// The fault a request of this class gets, if any.
+    pub fn fault_for(&self, class: FaultClass) -> Option<Fault> {
+        let faults = lock(&self.faults);
+        faults.all.or(match class {
+            FaultClass::Logon => faults.logon,
+            FaultClass::Data => faults.data,
+            FaultClass::Other => None,
+        })
+    }
+
+    pub fn record(&self, request: RecordedRequest) {
+        Counters::bump(&self.counters.requests);
+        let mut log = lock(&self.log);
+        if log.len() == REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(request);
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.log).iter().cloned().collect()
+    }
+
+    pub fn clear_requests(&self) {
+        lock(&self.log).clear();
+    }
+
+    pub fn stats(&self) -> SimStats {
+        let c = &self.counters;
+        let active_sessions = {
+            let mut sessions = lock(&self.sessions);
+            self.purge(&mut sessions);
+            sessions.len()
+        };
+        SimStats {
+            logons_ok: c.logons_ok.load(Ordering::Relaxed),
+            logons_failed: c.logons_failed.load(Ordering::Relaxed),
+            logouts: c.logouts.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            unauthorized: c.unauthorized.load(Ordering::Relaxed),
+            active_sessions,
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// EM's session token: base64 of the session GUID's 16 bytes in .NET's
+/// `Guid.ToByteArray()` order (first three fields little-endian). The docs' example
+/// tokens decode to version-4 GUIDs only in that order (`OsU6RL7OGkGKrPBGxKxURw==` is
+/// `443ac53a-cebe-411a-8aac-f046c4ac5447`), http_authentication.md.
+pub(crate) fn session_token(id: &Uuid) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(id.to_bytes_le())
+}
+
+/// The session id a token names, if it is one of ours in form.
+pub(crate) fn token_session_id(token: &str) -> Option<Uuid> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let bytes: [u8; 16] = bytes.try_into().ok()?;
+    Some(Uuid::from_bytes_le(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_dotnet_guid_bytes() {
+        let id = token_session_id("OsU6RL7OGkGKrPBGxKxURw==").unwrap();
+        assert_eq!(id.to_string(), "443ac53a-cebe-411a-8aac-f046c4ac5447");
+        assert_eq!(session_token(&id), "OsU6RL7OGkGKrPBGxKxURw==");
+        assert!(token_session_id("not base64!").is_none());
+        assert!(token_session_id("AAAA").is_none());
+    }
+}

@@ -1,0 +1,185 @@
+//! The command line as operators and new users meet it: `check-config`,
+//! `client add` and `demo`, run as real processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::Http;
+use http::StatusCode;
+
+fn emgate(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
+    cmd.args(args).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EMGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run emgate")
+}
+
+const GOOD: &[(&str, &str)] = &[
+    ("EMGATE_UPSTREAM_URL", "https://em.example:9398"),
+    ("EMGATE_UPSTREAM_USERNAME", "svc"),
+    ("EMGATE_UPSTREAM_PASSWORD", "Very-Secret-1"),
+    ("EMGATE_ADMIN_TOKEN", "Admin-Token-2"),
+];
+
+#[test]
+fn check_config_prints_effective_settings_with_secrets_redacted() {
+    let out = emgate(&["check-config"], GOOD);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("url = \"https://em.example:9398\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("password = \"***\""), "{stdout}");
+    assert!(stdout.contains("admin_token = \"***\""), "{stdout}");
+    assert!(stdout.contains("timeout = \"120s\""), "{stdout}");
+    assert!(!stdout.contains("Very-Secret-1") && !stdout.contains("Admin-Token-2"));
+}
+
+#[test]
+fn check_config_exits_1_with_a_one_line_reason_naming_the_setting() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "EMGATE_UPSTREAM_URL",
+            "em.example:9398",
+            "EMGATE_UPSTREAM_URL",
+        ),
+        ("EMGATE_UPSTREAM_TIMEOUT", "soon", "EMGATE_UPSTREAM_TIMEOUT"),
+        (
+            "EMGATE_UPSTREAM_CA_FILE",
+            "/does/not/exist.pem",
+            "EMGATE_UPSTREAM_CA_FILE",
+        ),
+        ("EMGATE_CACHE_MAX_BYTES", "lots", "EMGATE_CACHE_MAX_BYTES"),
+    ];
+    for (name, value, named) in cases {
+        let mut env = GOOD.to_vec();
+        env.retain(|(k, _)| k != name);
+        env.push((name, value));
+        let out = emgate(&["check-config"], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+        assert!(!stderr.contains("Very-Secret-1"));
+    }
+    let out = emgate(&["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EMGATE_UPSTREAM_URL"));
+}
+
+#[test]
+fn check_config_refuses_unknown_keys_in_the_file_and_serve_validates_the_same_way() {
+    let dir = std::env::temp_dir().join(format!("emgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[upstream]\nurl = \"https://em:9398\"\npasword = \"x\"\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+
+    let out = emgate(&["check-config", "--config", path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.pasword"));
+
+    let out = emgate(&["serve", "--config", path], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream.pasword"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    // The file leaves the password to the environment, as it recommends.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/emgate.toml");
+    let out = emgate(
+        &["check-config", "--config", path],
+        &[("EMGATE_UPSTREAM_PASSWORD", "x")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn client_add_prints_a_secret_once_and_its_hash() {
+    let out = emgate(&["client", "add", "dashboard"], &[]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let secret = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("# "))
+        .expect("secret line");
+    assert!(secret.len() >= 22, "{secret}");
+    let hash = emgate::auth::sha256_hex(secret.as_bytes());
+    assert!(
+        stdout.contains(&format!("secret_sha256 = \"{hash}\"")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("name = \"dashboard\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_curl_lines_that_work_and_stops_on_sigint() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emgate"))
+        .arg("demo")
+        .env("EMGATE_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo");
+    let stdout = child.stdout.take().unwrap();
+    let urls = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("Ctrl-C"))
+            .filter_map(|l| l.trim().strip_prefix("curl -s ").map(str::to_string))
+            .collect::<Vec<_>>()
+    });
+    let urls = tokio::time::timeout(Duration::from_secs(20), urls)
+        .await
+        .expect("demo printed its lines")
+        .unwrap();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let http = Http::default();
+    for url in &urls {
+        let reply = http.get(url, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{url}: {}", reply.body);
+    }
+    assert!(http
+        .get(&urls[1], &[])
+        .await
+        .body
+        .contains("VmRestorePointReference"));
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,243 @@
+//! Test harness: the simulator in-process and the real `emgate` binary as a
+//! child process, both on ephemeral loopback ports, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use emgate::sim::{Sim, SimConfig};
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// The password the simulator and the gateway agree on, unless a test says otherwise.
+pub const PASSWORD: &str = "s3cret-Pa55word!";
+/// The EM account.
+pub const USERNAME: &str = "svc-emgate";
+
+/// A simulator configuration for tests: TLS, few restore points, no latency.
+pub fn sim_config() -> SimConfig {
+    SimConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        tls: true,
+        username: USERNAME.into(),
+        password: PASSWORD.into(),
+        restore_points: 200,
+        ..SimConfig::default()
+    }
+}
+
+/// A running `emgate serve` process.
+pub struct Gateway {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every line it wrote to stderr (JSON log lines).
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts `emgate serve` in front of `sim` with extra environment settings.
+    pub fn start(sim: &Sim, extra_env: &[(&str, &str)]) -> Gateway {
+        let mut env: Vec<(String, String)> = vec![
+            ("EMGATE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("EMGATE_UPSTREAM_URL".into(), sim.base_url()),
+            ("EMGATE_UPSTREAM_USERNAME".into(), USERNAME.into()),
+            ("EMGATE_UPSTREAM_PASSWORD".into(), PASSWORD.into()),
+            ("EMGATE_UPSTREAM_TIMEOUT".into(), "5s".into()),
+            ("EMGATE_UPSTREAM_LOGON_BACKOFF_MAX".into(), "300ms".into()),
+            ("EMGATE_DRAIN_TIMEOUT".into(), "5s".into()),
+            ("EMGATE_LOG".into(), "info".into()),
+            ("EMGATE_LOG_FORMAT".into(), "json".into()),
+        ];
+        if let Some(pin) = sim.cert_sha256() {
+            env.push(("EMGATE_UPSTREAM_CERT_SHA256".into(), pin));
+        }
+        for (k, v) in extra_env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        Gateway::spawn(&env)
+    }
+
+    /// Starts `emgate serve` with exactly these `EMGATE_*` settings.
+    pub fn spawn(env: &[(String, String)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
+        cmd.arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("EMGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn emgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = listening_addr(&line) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let logs = logs.lock().unwrap();
+                panic!("emgate did not start: {:?}", &logs[..logs.len().min(8)]);
+            }
+        };
+        Gateway { child, addr, logs }
+    }
+
+    /// `http://ADDR`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// All log lines so far, joined.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "emgate did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait").is_none()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["message"] != "listening" {
+        return None;
+    }
+    v["addr"].as_str()?.parse().ok()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// A plain-HTTP client for talking to the gateway.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+}
+
+impl Http {
+    /// GET with extra headers.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send(Method::GET, url, headers).await
+    }
+
+    /// Any bodiless request.
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(req.body(Empty::new()).unwrap()),
+        )
+        .await
+        .expect("gateway answered within 30 s")
+        .expect("request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Starts a simulator, failing the test if it cannot.
+pub async fn start_sim(cfg: SimConfig) -> Sim {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Sim::start(cfg).await.expect("simulator starts")
+}

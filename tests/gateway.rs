@@ -1,0 +1,469 @@
+//! End to end: the simulator and the `emgate` binary on loopback, over real
+//! sockets, telling the users' stories of the gateway core.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use emgate::sim::{Fault, FaultTarget};
+use http::{Method, StatusCode};
+
+fn vm_points_path(sim: &emgate::sim::Sim, index: usize) -> String {
+    format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(index)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_lists_the_vm_restore_points_of_a_restore_point() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 3)), &[]).await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.body.matches("<Ref ").count(),
+        sim.vm_count(3),
+        "{}",
+        reply.body
+    );
+    assert!(reply.body.contains("VmRestorePointReference"));
+    assert!(reply.headers.contains_key("x-request-id"));
+    assert!(
+        !reply.headers.contains_key("set-cookie"),
+        "EM's cookie leaked"
+    );
+    assert!(
+        !reply.headers.contains_key("x-restsvcsessionid"),
+        "EM's token leaked"
+    );
+    assert_eq!(sim.stats().logons_ok, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_request_id_is_kept_and_a_missing_one_is_made() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+
+    let mine = http
+        .get(&gw.url("/api/"), &[("x-request-id", "trace-me-42")])
+        .await;
+    let made = http.get(&gw.url("/healthz"), &[]).await;
+
+    assert_eq!(mine.headers["x-request-id"], "trace-me-42");
+    assert!(made.headers["x-request-id"].len() >= 32);
+    let logged = gw.log_text();
+    assert!(
+        logged.contains("trace-me-42"),
+        "request id not logged: {logged}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_clients_cause_exactly_one_em_logon() {
+    let sim = start_sim(sim_config()).await;
+    // A slow EM keeps the gateway's first logon in flight while the burst
+    // arrives, so the 64 requests must wait for it rather than log on.
+    sim.set_latency(Duration::from_millis(300));
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let http = http.clone();
+        let url = gw.url(&vm_points_path(&sim, i));
+        tasks.push(tokio::spawn(
+            async move { http.get(&url, &[]).await.status },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(sim.stats().logons_ok, 1, "EM saw more than one logon");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_em_expires_the_session_32_concurrent_requests_share_one_new_logon() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(
+        http.get(&gw.url("/api/logonSessions"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.stats().logons_ok, 1);
+
+    sim.expire_all_sessions();
+    // Slow answers make the 32 requests meet EM's 401s at about the same time.
+    sim.set_latency(Duration::from_millis(200));
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let http = http.clone();
+        let url = gw.url(&vm_points_path(&sim, i));
+        tasks.push(tokio::spawn(async move { http.get(&url, &[]).await }));
+    }
+    for t in tasks {
+        let reply = t.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!(sim.stats().logons_ok, 2, "expected exactly one more logon");
+    assert!(
+        sim.stats().unauthorized >= 1,
+        "the simulator never answered 401"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_em_password_gives_503s_until_it_is_fixed_then_recovers() {
+    let sim = start_sim(sim_config()).await;
+    sim.set_password("rotated-elsewhere");
+    let mut gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+
+    let started = Instant::now();
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "503 took longer than the upstream timeout"
+    );
+    let error = reply.json();
+    assert_eq!(error["StatusCode"], 503);
+    assert!(
+        error["Message"].as_str().unwrap().contains("logon"),
+        "{error}"
+    );
+    assert!(!reply.body.contains(PASSWORD) && !reply.body.contains("rotated-elsewhere"));
+    assert_eq!(
+        http.get(&gw.url("/readyz"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        http.get(&gw.url("/healthz"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert!(gw.is_running());
+
+    sim.set_password(PASSWORD);
+    let http2 = http.clone();
+    let ready_url = gw.url("/readyz");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let http = http2.clone();
+            let url = ready_url.clone();
+            async move { http.get(&url, &[]).await.status == StatusCode::OK }
+        })
+        .await,
+        "the gateway did not recover by itself"
+    );
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(sim.stats().logons_failed >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_logs_out_of_em_and_exits_zero() {
+    let sim = start_sim(sim_config()).await;
+    let mut gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    assert_eq!(sim.stats().logouts, 0);
+
+    // A request in flight when SIGTERM arrives still completes.
+    sim.set_latency(Duration::from_millis(700));
+    let slow = {
+        let http = http.clone();
+        let url = gw.url(&vm_points_path(&sim, 1));
+        tokio::spawn(async move { http.get(&url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gw.terminate();
+        (status, gw)
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        slow.await.unwrap().status,
+        StatusCode::OK,
+        "in-flight request was cut"
+    );
+    assert!(status.0.success(), "exit status {:?}", status.0);
+    assert_eq!(sim.stats().logouts, 1, "the EM session was not logged out");
+    assert_eq!(sim.stats().active_sessions, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_credentials_never_reach_em() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let path = vm_points_path(&sim, 5);
+
+    let reply = http
+        .get(
+            &gw.url(&path),
+            &[
+                ("authorization", "Basic Y2xpZW50OmNsaWVudC1wdw=="),
+                ("x-restsvcsessionid", "client-own-token"),
+                ("cookie", "X-RestSvcSessionId=client-cookie-token"),
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "hop"),
+            ],
+        )
+        .await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let seen: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path_and_query == path)
+        .collect();
+    assert_eq!(seen.len(), 1);
+    let headers = &seen[0].headers;
+    let text = format!("{headers:?}");
+    for leaked in [
+        "Y2xpZW50",
+        "client-own-token",
+        "client-cookie-token",
+        "x-hop",
+    ] {
+        assert!(!text.contains(leaked), "{leaked} reached EM: {text}");
+    }
+    assert!(headers
+        .iter()
+        .all(|(k, _)| k != "authorization" && k != "cookie"));
+    assert!(headers.iter().any(|(k, _)| k == "x-restsvcsessionid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_odd_paths_are_refused_before_em() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    // Let the start-up logon settle, then count what reaches EM.
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+
+    for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        let reply = http
+            .send(method.clone(), &gw.url("/api/jobs/x?action=start"), &[])
+            .await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(reply.json()["StatusCode"], 405);
+    }
+    let xml = http
+        .send(
+            Method::POST,
+            &gw.url("/api/jobs"),
+            &[("accept", "application/xml")],
+        )
+        .await;
+    assert!(
+        xml.body.contains("<Error ") && xml.body.contains("StatusCode=\"405\""),
+        "{}",
+        xml.body
+    );
+    for path in [
+        "/api/../admin",
+        "/api/%2e%2e/x",
+        "/api/a%2Fb",
+        "/api/./logonSessions",
+    ] {
+        let reply = http.get(&gw.url(path), &[]).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(reply.json()["StatusCode"], 400);
+    }
+    let reply = http.get(&gw.url("/nope"), &[]).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(
+        sim.requests().is_empty(),
+        "reached EM: {:?}",
+        sim.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn em_errors_come_back_with_ems_status() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+
+    let reply = http
+        .get(
+            &gw.url("/api/restorePoints/00000000-0000-0000-0000-000000000000/vmRestorePoints"),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.body.contains("<Error"), "{}", reply.body);
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_em_gives_504_within_the_timeout_and_a_reset_gives_502() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_UPSTREAM_TIMEOUT", "1s")]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Hang));
+    let started = Instant::now();
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+    assert_eq!(reply.json()["StatusCode"], 504);
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Reset));
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+
+    sim.set_fault(FaultTarget::Data, None);
+    let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "no recovery after faults: {}",
+        reply.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_em_answer_over_the_size_limit_gives_502() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_UPSTREAM_MAX_BODY", "64KiB")]);
+    let http = Http::default();
+
+    let reply = http.get(&gw.url("/api/restorePoints"), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert!(reply.json()["Message"].as_str().unwrap().contains("limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn em_down_gives_503_fast_and_not_ready() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let env = vec![
+        ("EMGATE_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        (
+            "EMGATE_UPSTREAM_URL".to_string(),
+            format!("https://{closed}"),
+        ),
+        ("EMGATE_UPSTREAM_USERNAME".to_string(), "u".to_string()),
+        ("EMGATE_UPSTREAM_PASSWORD".to_string(), "p".to_string()),
+        ("EMGATE_UPSTREAM_INSECURE".to_string(), "true".to_string()),
+        ("EMGATE_UPSTREAM_TIMEOUT".to_string(), "3s".to_string()),
+        ("EMGATE_LOG_FORMAT".to_string(), "json".to_string()),
+    ];
+    let gw = Gateway::spawn(&env);
+    let http = Http::default();
+    let started = Instant::now();
+    let reply = http.get(&gw.url("/api/"), &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        http.get(&gw.url("/readyz"), &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        gw.log_text().contains("NOT verified"),
+        "no loud warning for insecure"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_certificate_pin_is_refused() {
+    let sim = start_sim(sim_config()).await;
+    let wrong = "00".repeat(32);
+    let gw = Gateway::start(&sim, &[("EMGATE_UPSTREAM_CERT_SHA256", &wrong)]);
+    let http = Http::default();
+    let reply = http.get(&gw.url("/api/"), &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        sim.stats().logons_ok + sim.stats().logons_failed,
+        0,
+        "credentials sent to an unpinned server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_em_password_and_session_token_never_appear_in_debug_logs() {
+    let sim = start_sim(sim_config()).await;
+    sim.set_password("wrong-for-now");
+    let mut gw = Gateway::start(&sim, &[("EMGATE_LOG", "trace")]);
+    let http = Http::default();
+    let _ = http.get(&gw.url("/api/"), &[]).await;
+    sim.set_password(PASSWORD);
+    let ready_url = gw.url("/readyz");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let http = http.clone();
+            let url = ready_url.clone();
+            async move { http.get(&url, &[]).await.status == StatusCode::OK }
+        })
+        .await
+    );
+    let _ = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
+    sim.expire_all_sessions();
+    let _ = http.get(&gw.url(&vm_points_path(&sim, 1)), &[]).await;
+    let tokens: Vec<String> = sim
+        .requests()
+        .iter()
+        .flat_map(|r| r.headers.iter())
+        .filter(|(k, _)| k == "x-restsvcsessionid")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert!(!tokens.is_empty());
+    let status = tokio::task::spawn_blocking(move || (gw.terminate(), gw))
+        .await
+        .unwrap();
+    assert!(status.0.success());
+    let gw = status.1;
+
+    let logs = gw.log_text();
+    assert!(logs.lines().count() > 10, "expected debug logs: {logs}");
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USERNAME}:{PASSWORD}"));
+    for secret in [PASSWORD, basic.as_str()]
+        .into_iter()
+        .chain(tokens.iter().map(String::as_str))
+    {
+        assert!(
+            !logs.contains(secret),
+            "secret {secret:?} leaked into the logs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_like_get_without_a_body() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let reply = http
+        .send(Method::HEAD, &gw.url(&vm_points_path(&sim, 2)), &[])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.is_empty());
+}
