@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Validates deploy/ without a cluster, a registry or Docker:
+#   1. every YAML under deploy/kubernetes/ against the Kubernetes API schema
+#      (kubernetes-validate --strict: unknown fields are errors), for the
+#      oldest Kubernetes these manifests support and the newest the pinned
+#      kubernetes-validate knows; kustomization.yaml's resources exist, and
+#      `kubectl kustomize` renders them when kubectl is on the PATH;
+#   2. the manifests agree with each other: every *_FILE setting points at a
+#      key of the mounted Secret, and the pod's stop budget covers the preStop
+#      sleep plus the drain timeout;
+#   3. grafana-dashboard.json parses, and its queries name only the metrics of
+#      the contract;
+#   4. `emgate check-config` accepts the settings of every emgate container
+#      (ConfigMap plus env, as the pod would see them, with placeholder files
+#      for the secrets), and knows every EMGATE_* name they use: emgate itself
+#      ignores a misspelt variable.
+#
+# Usage: deploy/validate.sh          (from anywhere)
+#   EMGATE_BIN=path/to/emgate        the binary to check settings with
+#                                    (default: target/debug/emgate)
+# Needs python3 (with venv) and PyPI on the first run; the virtualenv is kept
+# in target/deploy-venv and reused.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deploy="$root/deploy"
+k8s="$deploy/kubernetes"
+
+# kubernetes-validate ships the API schemas of 1.25 to 1.37 inside the
+# package, so validation runs offline once it is installed.
+KV_VERSION="1.37.0"
+# 1.30: the oldest Kubernetes these manifests are for (the preStop `sleep`
+# action is on by default from 1.30); 1.37: the newest schema in the package.
+K8S_VERSIONS=(1.30.0 1.37.0)
+
+EMGATE_BIN="${EMGATE_BIN:-$root/target/debug/emgate}"
+venv="$root/target/deploy-venv"
+py="$venv/bin/python"
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'validate: %s\n' "$*" >&2; exit 1; }
+
+step "virtualenv with kubernetes-validate $KV_VERSION ($venv)"
+if [[ ! -x "$venv/bin/kubernetes-validate" ]] \
+    || [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERSION" ]]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+fi
+echo "kubernetes-validate $("$venv/bin/kubernetes-validate" --version)"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# ---------------------------------------------------------------- 1. schemas
+step "Kubernetes schemas"
+manifests=()
+while IFS= read -r f; do
+    [[ "$(basename "$f")" == kustomization.yaml ]] || manifests+=("$f")
+done < <(find "$k8s" -name '*.yaml' -o -name '*.yml' | sort)
+[[ ${#manifests[@]} -gt 0 ]] || fail "no manifests under $k8s"
+
+kv() { # kubernetes-validate, where a warning (e.g. an unknown kind) fails too
+    local out rc=0
+    out="$("$venv/bin/kubernetes-validate" --strict "$@" 2>&1)" || rc=$?
+    [[ -z "$out" ]] || printf '%s\n' "$out" | sed "s|$root/||g"
+    [[ $rc -eq 0 ]] || fail "kubernetes-validate failed"
+    if grep -q '^WARN' <<<"$out"; then fail "kubernetes-validate warned"; fi
+}
+for v in "${K8S_VERSIONS[@]}"; do
+    kv -k "$v" "${manifests[@]}"
+done
+
+"$py" - "$k8s" <<'EOF'
+# kustomization.yaml: its resources exist, and every manifest but the examples
+# is one of them.
+import os, sys, yaml
+k8s = sys.argv[1]
+with open(os.path.join(k8s, "kustomization.yaml")) as f:
+    k = yaml.safe_load(f)
+assert k.get("kind") == "Kustomization", "kustomization.yaml: kind is not Kustomization"
+listed = set(k.get("resources", []))
+for r in sorted(listed):
+    assert os.path.isfile(os.path.join(k8s, r)), f"kustomization.yaml: {r} does not exist"
+for f in sorted(os.listdir(k8s)):
+    if f.endswith(".yaml") and f != "kustomization.yaml" and "example" not in f:
+        assert f in listed, f"kustomization.yaml does not list {f}"
+print(f"kustomization.yaml: {len(listed)} resources, all present")
+EOF
+if command -v kubectl >/dev/null 2>&1; then
+    kubectl kustomize "$k8s" >"$tmp/rendered.yaml"
+    for v in "${K8S_VERSIONS[@]}"; do
+        kv --quiet -k "$v" "$tmp/rendered.yaml"
+    done
+    echo "kubectl kustomize: rendered $(grep -c '^kind:' "$tmp/rendered.yaml") objects, all valid"
+else
+    echo "kubectl not found: kustomize rendering not checked"
+fi
+
+# ------------------------------------------- 2 and 4a: the emgate containers
+# For each emgate container: cross-checks, then its environment as the pod
+# would see it, written to $tmp/env.<n> (KEY=VALUE lines), with each *_FILE
+# pointed at a placeholder file.
+step "manifests agree with each other"
+"$py" - "$k8s" "$tmp" <<'EOF'
+import os, re, sys, yaml
+k8s, tmp = sys.argv[1], sys.argv[2]
+
+def load(name):
+    with open(os.path.join(k8s, name)) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+def seconds(s):
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", s)
+    assert m, f"not a duration: {s!r}"
+    return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+configmaps = {d["metadata"]["name"]: d.get("data", {})
+              for f in os.listdir(k8s) if f.endswith(".yaml") and f != "kustomization.yaml"
+              for d in load(f) if d["kind"] == "ConfigMap"}
+secret_keys = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
+               for d in load("secret.example.yaml") if d["kind"] == "Secret"}
+
+# What a placeholder secret file holds, by setting.
+placeholder = {
+    "EMGATE_UPSTREAM_PASSWORD_FILE": "placeholder-password\n",
+    "EMGATE_ADMIN_TOKEN_FILE": "placeholder-admin-token\n",
+    "EMGATE_CLIENTS_FILE": '[[clients]]\nname = "validate"\nsecret_sha256 = "%s"\n' % ("0" * 64),
+}
+
+n = 0
+for manifest in ("deployment.yaml", "sidecar-example.yaml"):
+    for d in load(manifest):
+        if d["kind"] != "Deployment":
+            continue
+        pod = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod.get("initContainers", []) + pod.get("containers", []):
+            if "emgate" not in c["image"]:
+                continue
+            where = f"{manifest} {d['metadata']['name']}/{c['name']}"
+            env = {}
+            for src in c.get("envFrom", []):
+                ref = src["configMapRef"]["name"]
+                assert ref in configmaps, f"{where}: no ConfigMap {ref}"
+                env.update(configmaps[ref])
+            for e in c.get("env", []):
+                assert "value" in e, f"{where}: {e['name']} is not a plain value"
+                env[e["name"]] = e["value"]
+            # Every *_FILE names a key of a mounted Secret volume.
+            mounts = {m["mountPath"].rstrip("/"): m for m in c.get("volumeMounts", [])}
+            for key, path in sorted(env.items()):
+                if not key.endswith("_FILE"):
+                    continue
+                folder, name = os.path.split(path)
+                assert folder in mounts, f"{where}: {key}={path} is under no volumeMount"
+                vol = volumes[mounts[folder]["name"]]
+                assert "secret" in vol, f"{where}: {key}: volume {vol['name']} is not a Secret"
+                sec = vol["secret"]["secretName"]
+                items = vol["secret"].get("items")
+                if items is not None:
+                    by_path = {i["path"]: i["key"] for i in items}
+                    assert name in by_path, f"{where}: {key}: {name} is not among the volume's items"
+                    name = by_path[name]
+                assert name in secret_keys.get(sec, ()), \
+                    f"{where}: {key}: Secret {sec} in secret.example.yaml has no key {name}"
+                print(f"{where}: {key} -> Secret {sec}, key {name}")
+            # The stop budget: preStop sleep + drain must fit in the grace period.
+            grace = pod.get("terminationGracePeriodSeconds", 30)
+            sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            drain = seconds(env.get("EMGATE_DRAIN_TIMEOUT", "25s"))
+            assert sleep + drain + 5 <= grace, \
+                f"{where}: terminationGracePeriodSeconds {grace} < preStop {sleep}s + drain {drain}s + 5s"
+            print(f"{where}: stop budget {grace}s >= preStop {sleep}s + drain {drain:g}s + 5s")
+            # The environment for check-config.
+            n += 1
+            with open(os.path.join(tmp, f"env.{n}"), "w") as out:
+                out.write(f"# {where}\n")
+                for key, value in sorted(env.items()):
+                    if key in placeholder:
+                        value = os.path.join(tmp, f"{n}.{key.lower()}")
+                        with open(value, "w") as f:
+                            f.write(placeholder[key])
+                    assert "\n" not in value, f"{where}: {key} has a newline"
+                    out.write(f"{key}={value}\n")
+assert n >= 2, "expected the emgate containers of deployment.yaml and sidecar-example.yaml"
+EOF
+
+# ------------------------------------------------------------ 3. dashboard
+step "Grafana dashboard"
+"$py" -m json.tool "$deploy/grafana-dashboard.json" >/dev/null
+"$py" - "$deploy/grafana-dashboard.json" <<'EOF'
+# Every emgate_* name in a query is a metric of the contract (section 7),
+# histograms by their _bucket series; the datasource is the import input.
+import json, re, sys
+contract = {"emgate_requests_total", "emgate_request_duration_seconds_bucket",
+            "emgate_cache_requests_total", "emgate_cache_entries", "emgate_cache_bytes",
+            "emgate_upstream_requests_total", "emgate_upstream_duration_seconds_bucket",
+            "emgate_upstream_logons_total", "emgate_upstream_session_valid", "emgate_client_sessions"}
+with open(sys.argv[1]) as f:
+    d = json.load(f)
+assert any(i.get("name") == "DS_PROMETHEUS" for i in d.get("__inputs", [])), "no DS_PROMETHEUS input"
+used = set()
+def walk(panels):
+    for p in panels:
+        walk(p.get("panels", []))
+        for t in p.get("targets", []):
+            assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", f"{p['title']}: datasource"
+            used.update(re.findall(r"\bemgate_[a-z_]+", t["expr"]))
+walk(d["panels"])
+unknown = used - contract
+assert not unknown, f"metrics not in the contract: {sorted(unknown)}"
+missing = contract - used
+assert not missing, f"contract metrics without a panel: {sorted(missing)}"
+print(f"grafana-dashboard.json: schemaVersion {d['schemaVersion']}, {len(used)} metrics, all in the contract")
+EOF
+
+# ----------------------------------------------------------- 4. check-config
+step "emgate check-config ($EMGATE_BIN)"
+[[ -x "$EMGATE_BIN" ]] || fail "no emgate binary at $EMGATE_BIN (build it, or set EMGATE_BIN)"
+for envfile in "$tmp"/env.*; do
+    vars=()
+    while IFS= read -r line; do
+        [[ "$line" == \#* ]] || vars+=("$line")
+    done <"$envfile"
+    echo "-- $(head -1 "$envfile" | cut -c3-)"
+    rc=0
+    env -i PATH="$PATH" "${vars[@]}" "$EMGATE_BIN" check-config >"$tmp/out" 2>&1 || rc=$?
+    sed "s|$tmp|\$TMP|g" "$tmp/out"
+    [[ $rc -eq 0 ]] || fail "check-config refused these settings (exit $rc)"
+    for kv in "${vars[@]}"; do
+        key="${kv%%=*}"
+        grep -qE "(^|[^A-Z0-9_])${key}([^A-Z0-9_]|\$)" "$tmp/out" \
+            || fail "$key: emgate does not know this setting"
+    done
+done
+
+step "deploy/: all checks passed"
