@@ -1,30 +1,259 @@
-//! Client access: who may use the gateway. For now, the making of client
-//! secrets for `emgate client add` (the clients file itself is read by the
-//! client-access work).
+//! Client access: who may use the gateway (CONTRACT §5).
+//!
+//! A client proves itself with `Authorization: Basic name:secret`,
+//! `Authorization: Bearer secret`, or a gateway session token (from the
+//! drop-in logon, [`crate::logon`]) in `X-RestSvcSessionId` or its cookie.
+//! Secrets are stored as SHA-256 hashes and compared in constant time.
+//!
+//! Invariant: nothing here ever reaches EM; the EM session is the pool's.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
+use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
 use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
 
 use crate::secret::Secret;
+use crate::session::SESSION_HEADER;
 
 /// A new random client secret (256 bits, URL-safe) and its hex SHA-256.
 pub fn new_client_secret() -> Result<(Secret, String), String> {
-    let mut bytes = [0u8; 32];
+    let secret = random_token(32)?;
+    let hash = sha256_hex(secret.expose().as_bytes());
+    Ok((secret, hash))
+}
+
+/// `bytes` random bytes from the system generator, base64url without padding.
+pub fn random_token(bytes: usize) -> Result<Secret, String> {
+    let mut buf = vec![0u8; bytes];
     SystemRandom::new()
-        .fill(&mut bytes)
+        .fill(&mut buf)
         .map_err(|_| "the system random generator failed".to_string())?;
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let hash = sha256_hex(secret.as_bytes());
-    Ok((Secret::new(secret), hash))
+    Ok(Secret::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf),
+    ))
 }
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
+    sha256(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
+
+/// Equal without an early exit, so timing tells nothing about where they differ.
+pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One entry of the clients file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientEntry {
+    name: String,
+    secret_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    #[serde(default)]
+    clients: Vec<ClientEntry>,
+}
+
+/// A known client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientName(Arc<str>);
+
+impl ClientName {
+    /// The name as written in the clients file.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ClientName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The clients file, loaded.
+#[derive(Debug, Default)]
+pub struct Clients {
+    /// Name and secret hash of each client.
+    entries: Vec<(ClientName, [u8; 32])>,
+}
+
+impl Clients {
+    /// Reads and checks the clients file; the error names the line.
+    pub fn load(path: &Path) -> Result<Clients, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Clients::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses the clients file's text.
+    pub fn parse(text: &str) -> Result<Clients, String> {
+        let file: ClientsFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
+            let msg = e.message().to_string();
+            match line {
+                Some(l) => format!("line {l}: {msg}"),
+                None => msg,
+            }
+        })?;
+        let mut entries: Vec<(ClientName, [u8; 32])> = Vec::new();
+        for c in file.clients {
+            let line_of = |needle: &str| {
+                text.lines()
+                    .position(|l| l.contains(needle))
+                    .map_or(0, |i| i + 1)
+            };
+            if c.name.is_empty() || c.name.len() > 64 {
+                return Err(format!(
+                    "line {}: a client name is 1 to 64 characters",
+                    line_of(&c.name)
+                ));
+            }
+            let hash = parse_hash(&c.secret_sha256).ok_or_else(|| {
+                format!(
+                    "line {}: secret_sha256 of client {:?} must be 64 hex digits (emgate client add makes one)",
+                    line_of(&c.secret_sha256),
+                    c.name
+                )
+            })?;
+            if entries.iter().any(|(n, _)| n.as_str() == c.name) {
+                return Err(format!(
+                    "line {}: client {:?} is listed twice",
+                    line_of(&c.name),
+                    c.name
+                ));
+            }
+            entries.push((ClientName(c.name.into()), hash));
+        }
+        Ok(Clients { entries })
+    }
+
+    /// How many clients are listed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the file lists nobody.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The client with this name and secret.
+    pub fn check_basic(&self, name: &str, secret: &str) -> Option<ClientName> {
+        let presented = sha256(secret.as_bytes());
+        // Every entry is compared, so timing does not tell which names exist.
+        let mut found = None;
+        for (n, hash) in &self.entries {
+            if constant_time_eq(hash, &presented) && n.as_str() == name {
+                found = Some(n.clone());
+            }
+        }
+        found
+    }
+
+    /// The client whose secret this is.
+    pub fn check_bearer(&self, secret: &str) -> Option<ClientName> {
+        let presented = sha256(secret.as_bytes());
+        let mut found = None;
+        for (n, hash) in &self.entries {
+            if constant_time_eq(hash, &presented) {
+                found = Some(n.clone());
+            }
+        }
+        found
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// What a request presented to prove who it is.
+#[derive(Debug)]
+pub enum Presented<'a> {
+    /// Nothing.
+    Nothing,
+    /// `Authorization: Basic` name and secret.
+    Basic(String, Secret),
+    /// `Authorization: Bearer` secret.
+    Bearer(&'a str),
+    /// A gateway session token (header or cookie; the cookie wins, as on EM).
+    Session(&'a str),
+    /// An `Authorization` header we cannot read.
+    Malformed,
+}
+
+/// Reads the credentials a request carries.
+pub fn presented(headers: &HeaderMap) -> Presented<'_> {
+    if let Some(token) = session_cookie(headers) {
+        return Presented::Session(token);
+    }
+    if let Some(token) = headers
+        .get(&SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        return Presented::Session(token);
+    }
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Presented::Nothing;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Malformed;
+    };
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest.trim()) else {
+            return Presented::Malformed;
+        };
+        let Ok(decoded) = String::from_utf8(decoded) else {
+            return Presented::Malformed;
+        };
+        match decoded.split_once(':') {
+            Some((name, secret)) => Presented::Basic(name.to_string(), Secret::new(secret)),
+            None => Presented::Malformed,
+        }
+    } else if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
+        Presented::Bearer(rest.trim())
+    } else {
+        Presented::Malformed
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| name.eq_ignore_ascii_case("X-RestSvcSessionId"))
+        .map(|(_, value)| value.trim())
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -46,5 +275,45 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn the_clients_file_is_checked_and_errors_name_the_line() {
+        let good = format!(
+            "[[clients]]\nname = \"dash\"\nsecret_sha256 = \"{}\"\n",
+            sha256_hex(b"s1")
+        );
+        let clients = Clients::parse(&good).unwrap();
+        assert_eq!(clients.check_basic("dash", "s1").unwrap().as_str(), "dash");
+        assert!(clients.check_basic("dash", "s2").is_none());
+        assert!(clients.check_basic("other", "s1").is_none());
+        assert_eq!(clients.check_bearer("s1").unwrap().as_str(), "dash");
+        assert!(clients.check_bearer("nope").is_none());
+
+        let err =
+            Clients::parse("[[clients]]\nname = \"x\"\nsecret_sha256 = \"abc\"\n").unwrap_err();
+        assert!(err.starts_with("line 3"), "{err}");
+        let err = Clients::parse("[[clients]]\nname = \"x\"\nsecret = \"abc\"\n").unwrap_err();
+        assert!(err.starts_with("line 3"), "{err}");
+        let err = Clients::parse("[[clients]\n").unwrap_err();
+        assert!(err.starts_with("line 1"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_read_from_headers_and_the_cookie_wins() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(presented(&h), Presented::Nothing));
+        h.insert(AUTHORIZATION, "Basic ZGFzaDpzMQ==".parse().unwrap());
+        assert!(
+            matches!(presented(&h), Presented::Basic(ref n, ref s) if n == "dash" && s.expose() == "s1")
+        );
+        h.insert(AUTHORIZATION, "Bearer tok".parse().unwrap());
+        assert!(matches!(presented(&h), Presented::Bearer("tok")));
+        h.insert(AUTHORIZATION, "Digest x".parse().unwrap());
+        assert!(matches!(presented(&h), Presented::Malformed));
+        h.insert(SESSION_HEADER, "hdr".parse().unwrap());
+        assert!(matches!(presented(&h), Presented::Session("hdr")));
+        h.insert(COOKIE, "a=b; X-RestSvcSessionId=ck".parse().unwrap());
+        assert!(matches!(presented(&h), Presented::Session("ck")));
     }
 }

@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
 
+use crate::auth::Clients;
 use crate::secret::Secret;
 
 /// A configuration problem, reported in one line that names the setting.
@@ -75,146 +77,37 @@ const fn spec(
 }
 
 /// Every setting emgate knows, in the order `check-config` prints them.
+#[rustfmt::skip]
 pub const SETTINGS: &[Spec] = &[
-    spec(
-        "listen",
-        "address",
-        "EMGATE_LISTEN",
-        Some("127.0.0.1:9399"),
-        false,
-    ),
+    spec("listen", "address", "EMGATE_LISTEN", Some("127.0.0.1:9399"), false),
     spec("listen", "public_url", "EMGATE_PUBLIC_URL", None, false),
-    spec(
-        "listen",
-        "trust_forwarded",
-        "EMGATE_TRUST_FORWARDED",
-        Some("false"),
-        false,
-    ),
-    spec(
-        "listen",
-        "drain_timeout",
-        "EMGATE_DRAIN_TIMEOUT",
-        Some("25s"),
-        false,
-    ),
+    spec("listen", "trust_forwarded", "EMGATE_TRUST_FORWARDED", Some("false"), false),
+    spec("listen", "drain_timeout", "EMGATE_DRAIN_TIMEOUT", Some("25s"), false),
+    spec("listen", "max_concurrency", "EMGATE_MAX_CONCURRENCY", Some("1024"), false),
     spec("upstream", "url", "EMGATE_UPSTREAM_URL", None, false),
-    spec(
-        "upstream",
-        "username",
-        "EMGATE_UPSTREAM_USERNAME",
-        None,
-        false,
-    ),
-    spec(
-        "upstream",
-        "password",
-        "EMGATE_UPSTREAM_PASSWORD",
-        None,
-        true,
-    ),
-    spec(
-        "upstream",
-        "password_file",
-        "EMGATE_UPSTREAM_PASSWORD_FILE",
-        None,
-        false,
-    ),
-    spec(
-        "upstream",
-        "ca_file",
-        "EMGATE_UPSTREAM_CA_FILE",
-        None,
-        false,
-    ),
-    spec(
-        "upstream",
-        "cert_sha256",
-        "EMGATE_UPSTREAM_CERT_SHA256",
-        None,
-        false,
-    ),
-    spec(
-        "upstream",
-        "insecure",
-        "EMGATE_UPSTREAM_INSECURE",
-        Some("false"),
-        false,
-    ),
-    spec(
-        "upstream",
-        "timeout",
-        "EMGATE_UPSTREAM_TIMEOUT",
-        Some("120s"),
-        false,
-    ),
-    spec(
-        "upstream",
-        "max_body",
-        "EMGATE_UPSTREAM_MAX_BODY",
-        Some("64MiB"),
-        false,
-    ),
-    spec(
-        "upstream",
-        "keepalive",
-        "EMGATE_UPSTREAM_KEEPALIVE",
-        Some("5m"),
-        false,
-    ),
-    spec(
-        "upstream",
-        "logon_backoff_max",
-        "EMGATE_UPSTREAM_LOGON_BACKOFF_MAX",
-        Some("60s"),
-        false,
-    ),
+    spec("upstream", "username", "EMGATE_UPSTREAM_USERNAME", None, false),
+    spec("upstream", "password", "EMGATE_UPSTREAM_PASSWORD", None, true),
+    spec("upstream", "password_file", "EMGATE_UPSTREAM_PASSWORD_FILE", None, false),
+    spec("upstream", "ca_file", "EMGATE_UPSTREAM_CA_FILE", None, false),
+    spec("upstream", "cert_sha256", "EMGATE_UPSTREAM_CERT_SHA256", None, false),
+    spec("upstream", "insecure", "EMGATE_UPSTREAM_INSECURE", Some("false"), false),
+    spec("upstream", "timeout", "EMGATE_UPSTREAM_TIMEOUT", Some("120s"), false),
+    spec("upstream", "max_body", "EMGATE_UPSTREAM_MAX_BODY", Some("64MiB"), false),
+    spec("upstream", "keepalive", "EMGATE_UPSTREAM_KEEPALIVE", Some("5m"), false),
+    spec("upstream", "logon_backoff_max", "EMGATE_UPSTREAM_LOGON_BACKOFF_MAX", Some("60s"), false),
     spec("cache", "ttl", "EMGATE_CACHE_TTL", Some("5m"), false),
-    spec(
-        "cache",
-        "stale_if_error",
-        "EMGATE_CACHE_STALE_IF_ERROR",
-        Some("1h"),
-        false,
-    ),
-    spec(
-        "cache",
-        "negative_ttl",
-        "EMGATE_CACHE_NEGATIVE_TTL",
-        Some("30s"),
-        false,
-    ),
-    spec(
-        "cache",
-        "max_bytes",
-        "EMGATE_CACHE_MAX_BYTES",
-        Some("256MiB"),
-        false,
-    ),
+    spec("cache", "stale_if_error", "EMGATE_CACHE_STALE_IF_ERROR", Some("1h"), false),
+    spec("cache", "negative_ttl", "EMGATE_CACHE_NEGATIVE_TTL", Some("30s"), false),
+    spec("cache", "max_bytes", "EMGATE_CACHE_MAX_BYTES", Some("256MiB"), false),
     spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
-    spec(
-        "access",
-        "allow_anonymous",
-        "EMGATE_ALLOW_ANONYMOUS",
-        None,
-        false,
-    ),
-    spec(
-        "access",
-        "allow_writes",
-        "EMGATE_ALLOW_WRITES",
-        Some("false"),
-        false,
-    ),
+    spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
+    spec("access", "allow_writes", "EMGATE_ALLOW_WRITES", Some("false"), false),
+    spec("access", "rate_limit", "EMGATE_RATE_LIMIT", Some("0"), false),
+    spec("access", "rate_burst", "EMGATE_RATE_BURST", Some("0"), false),
+    spec("access", "max_request_body", "EMGATE_MAX_REQUEST_BODY", Some("1MiB"), false),
     spec("access", "admin_token", "EMGATE_ADMIN_TOKEN", None, true),
-    spec(
-        "access",
-        "admin_token_file",
-        "EMGATE_ADMIN_TOKEN_FILE",
-        None,
-        false,
-    ),
+    spec("access", "admin_token_file", "EMGATE_ADMIN_TOKEN_FILE", None, false),
     spec("tls", "cert_file", "EMGATE_TLS_CERT_FILE", None, false),
     spec("tls", "key_file", "EMGATE_TLS_KEY_FILE", None, false),
     spec("log", "filter", "EMGATE_LOG", Some("info"), false),
@@ -263,6 +156,8 @@ pub struct ListenSettings {
     pub trust_forwarded: bool,
     /// How long in-flight requests may run after SIGTERM.
     pub drain_timeout: Duration,
+    /// Requests handled at once; more wait for a slot.
+    pub max_concurrency: usize,
 }
 
 /// The EM server and how to reach it.
@@ -304,6 +199,14 @@ pub struct CacheSettings {
 pub struct AccessSettings {
     /// Client credentials file.
     pub clients_file: Option<PathBuf>,
+    /// Its clients, read at start.
+    pub clients: Arc<Clients>,
+    /// Requests per second per client (0: no limit).
+    pub rate_limit: u32,
+    /// Burst above the rate (0: one second's worth).
+    pub rate_burst: u32,
+    /// Largest request body forwarded (writes only).
+    pub max_request_body: u64,
     /// Serve clients that present no credentials.
     pub allow_anonymous: bool,
     /// Forward POST/PUT/DELETE/PATCH.
@@ -416,6 +319,10 @@ impl Settings {
             public_url: v.opt("EMGATE_PUBLIC_URL", parse_base_url)?,
             trust_forwarded: v.parse("EMGATE_TRUST_FORWARDED", parse_bool)?,
             drain_timeout: v.parse("EMGATE_DRAIN_TIMEOUT", parse_duration)?,
+            max_concurrency: v.parse("EMGATE_MAX_CONCURRENCY", |s| match s.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!("expected a positive number, got {s:?}")),
+            })?,
         };
         let upstream = upstream_settings(v)?;
         let cache = CacheSettings {
@@ -430,6 +337,13 @@ impl Settings {
             _ => Err(format!("expected pascal or camel, got {s:?}")),
         })?;
         let clients_file = v.opt("EMGATE_CLIENTS_FILE", readable_file)?;
+        let clients = match &clients_file {
+            Some(path) => Arc::new(
+                Clients::load(path)
+                    .map_err(|e| ConfigError::of(spec_of("EMGATE_CLIENTS_FILE"), e))?,
+            ),
+            None => Arc::new(Clients::default()),
+        };
         let explicit_anonymous = v.opt("EMGATE_ALLOW_ANONYMOUS", parse_bool)?;
         let loopback = listen.address.ip().is_loopback();
         let allow_anonymous = match explicit_anonymous {
@@ -449,8 +363,16 @@ impl Settings {
             }
         };
         let admin_token = secret_or_file(v, "EMGATE_ADMIN_TOKEN", "EMGATE_ADMIN_TOKEN_FILE")?;
+        let count = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| format!("expected a whole number, got {s:?}"))
+        };
         let access = AccessSettings {
             clients_file,
+            clients,
+            rate_limit: v.parse("EMGATE_RATE_LIMIT", count)?,
+            rate_burst: v.parse("EMGATE_RATE_BURST", count)?,
+            max_request_body: v.parse("EMGATE_MAX_REQUEST_BODY", parse_size)?,
             allow_anonymous,
             allow_writes: v.parse("EMGATE_ALLOW_WRITES", parse_bool)?,
             admin_token,

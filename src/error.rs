@@ -2,10 +2,12 @@
 //! responses in EM's error shape (CONTRACT §4.10).
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Response, StatusCode};
 
 use crate::config::JsonCase;
+use crate::convert::ConvertError;
+use crate::render::Prepared;
 use crate::response::Body;
 use crate::session::SessionError;
 use crate::upstream::UpstreamError;
@@ -16,11 +18,26 @@ pub enum GatewayError {
     /// The request is malformed (bad path, bad ID).
     #[error("{0}")]
     BadRequest(String),
+    /// No or wrong client credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The request body is larger than allowed.
+    #[error("the request body exceeds the {0}-byte limit")]
+    TooLarge(u64),
+    /// The request's headers are larger than allowed.
+    #[error("the request headers exceed {0} bytes")]
+    HeadersTooLarge(usize),
+    /// The client is over its rate.
+    #[error("too many requests; retry in {} s", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
+    /// EM's session expired during a write, which is never replayed.
+    #[error("the Enterprise Manager session had expired; the request was not executed and is not retried automatically: send it again")]
+    WriteNotReplayed,
     /// Nothing lives at this path.
     #[error("the resource {0} does not exist on this gateway")]
     NotFound(String),
     /// The method is not served here.
-    #[error("the {0} method is not allowed here; the gateway is read-only")]
+    #[error("the {0} method is not allowed here: the gateway forwards GET and HEAD, and writes only with EMGATE_ALLOW_WRITES=true")]
     MethodNotAllowed(Method),
     /// No EM session could be had.
     #[error(transparent)]
@@ -34,6 +51,20 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     Draining,
+    /// EM answered something that is not one of its documents.
+    #[error("Enterprise Manager answered with a document the gateway cannot read: {0}")]
+    BadUpstream(#[from] ConvertError),
+    /// EM answered an error status; its own error document goes to the client.
+    #[error("Enterprise Manager answered {status}")]
+    Em {
+        /// EM's status.
+        status: StatusCode,
+        /// EM's answer, converted.
+        prepared: Box<Prepared>,
+    },
+    /// A bug: a broken internal invariant (never expected).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl GatewayError {
@@ -42,23 +73,59 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::TooLarge(_) | GatewayError::Upstream(UpstreamError::RequestTooLarge) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::WriteNotReplayed => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Session(_) | GatewayError::SessionRejected | GatewayError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Upstream(_) | GatewayError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Em { status, .. } => *status,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The error as a response in EM's shape, XML or JSON as the client prefers.
     pub fn into_response(self, xml: bool, case: JsonCase) -> Response<Body> {
+        self.to_response(xml, case, "")
+    }
+
+    /// As [`GatewayError::into_response`], for shared errors; `public` is the
+    /// client's base URL for links in EM's own error documents.
+    pub fn to_response(&self, xml: bool, case: JsonCase, public: &str) -> Response<Body> {
+        if let GatewayError::Em { status, prepared } = self {
+            let (body, content_type) = prepared.body_for(xml, public);
+            let mut response = Response::new(Body::new(body));
+            *response.status_mut() = *status;
+            response.headers_mut().insert(CONTENT_TYPE, content_type);
+            return response;
+        }
         let status = self.status();
         let mut response = error_response(status, &self.to_string(), xml, case);
-        if let GatewayError::MethodNotAllowed(_) = self {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        let headers = response.headers_mut();
+        match self {
+            GatewayError::MethodNotAllowed(_) => {
+                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
+            GatewayError::Unauthorized(_) => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"emgate\""),
+                );
+            }
+            GatewayError::RateLimited(wait) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+            }
+            GatewayError::WriteNotReplayed => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         response
     }

@@ -15,15 +15,25 @@
 //! [`logging`] and [`shutdown`] set up logs and signals, and [`sim`] is a
 //! self-contained Enterprise Manager simulator for tests, demo and benchmarks.
 
+pub mod access;
+pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod demo;
 pub mod error;
+pub mod limit;
+pub mod listen_tls;
 pub mod logging;
+pub mod logon;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod render;
 pub mod response;
+pub mod restore_points;
 pub mod secret;
 pub mod server;
 pub mod session;

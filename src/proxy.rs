@@ -12,11 +12,15 @@
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 
+use crate::config::JsonCase;
 use crate::error::GatewayError;
+use crate::render;
 use crate::response::Body;
 use crate::session::{SessionPool, SESSION_HEADER};
-use crate::upstream::UpstreamResponse;
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,8 +53,15 @@ const NEVER_TO_CLIENT: [HeaderName; 4] = [
     header::WWW_AUTHENTICATE,
 ];
 
-/// Forwards a GET or HEAD under `/api` to EM and returns EM's answer.
-pub async fn forward(pool: &SessionPool, parts: &Parts) -> Result<Response<Body>, GatewayError> {
+/// Forwards a GET or HEAD under `/api` to EM and returns EM's answer,
+/// converted for the client (JSON, or XML if preferred) with links to `public`.
+pub async fn forward(
+    pool: &SessionPool,
+    parts: &Parts,
+    xml: bool,
+    public: &str,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return Err(GatewayError::MethodNotAllowed(parts.method.clone()));
     }
@@ -60,9 +71,80 @@ pub async fn forward(pool: &SessionPool, parts: &Parts) -> Result<Response<Body>
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/api/");
-    let headers = to_em(&parts.headers);
-    let em = fetch(pool, path_and_query, headers).await?;
-    Ok(to_client(em, parts.method == Method::HEAD))
+    let mut em = fetch(pool, path_and_query, to_em(&parts.headers)).await?;
+    em.headers = filtered(&em.headers, &NEVER_TO_CLIENT);
+    let mut response = render::render(em, pool.upstream().base_url(), public, xml, case)?;
+    if parts.method == Method::HEAD {
+        *response.body_mut() = Body::default();
+    }
+    Ok(response)
+}
+
+/// Methods that change things on EM, forwarded only when writes are allowed.
+pub fn is_write(method: &Method) -> bool {
+    [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(method)
+}
+
+/// Forwards a write (restore, job start...) when writes are allowed: the
+/// body is streamed to EM within `max_body`, the request is never retried
+/// (not even after EM's 401) and its answer is never cached.
+pub async fn forward_write(
+    pool: &SessionPool,
+    parts: &Parts,
+    body: Incoming,
+    max_body: u64,
+    xml: bool,
+    public: &str,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
+    crate::path::check_api_path(parts.uri.path(), parts.uri.query())?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body) {
+        return Err(GatewayError::TooLarge(max_body));
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/api/");
+    let session = pool.acquire().await?;
+    let mut headers = to_em(&parts.headers);
+    if let Some(len) = declared {
+        headers.insert(header::CONTENT_LENGTH, len.into());
+    }
+    if let Some(token) = session.header() {
+        headers.insert(SESSION_HEADER, token);
+    }
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let body = Limited::new(body, limit).boxed();
+    let em = pool
+        .upstream()
+        .send_with_body(parts.method.clone(), path_and_query, headers, body)
+        .await
+        .map_err(|e| match e {
+            UpstreamError::RequestTooLarge => GatewayError::TooLarge(max_body),
+            other => GatewayError::Upstream(other),
+        })?;
+    if em.status == StatusCode::UNAUTHORIZED {
+        // EM refused the expired session before doing anything; log on again
+        // for the next request, but never send a write twice.
+        let _ = pool.renew(&session).await;
+        return Err(GatewayError::WriteNotReplayed);
+    }
+    pool.mark_used();
+    let mut em = em;
+    em.headers = filtered(&em.headers, &NEVER_TO_CLIENT);
+    Ok(render::render(
+        em,
+        pool.upstream().base_url(),
+        public,
+        xml,
+        case,
+    )?)
 }
 
 /// GETs `path_and_query` from EM with the pooled session, replaying once after a re-logon.
@@ -119,18 +201,6 @@ fn filtered(from: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
 /// The client's headers as EM may see them.
 pub fn to_em(client: &HeaderMap) -> HeaderMap {
     filtered(client, &NEVER_TO_EM)
-}
-
-/// EM's answer as the client sees it.
-fn to_client(em: UpstreamResponse, head: bool) -> Response<Body> {
-    let mut response = Response::new(if head {
-        Body::default()
-    } else {
-        Body::new(em.body)
-    });
-    *response.status_mut() = em.status;
-    *response.headers_mut() = filtered(&em.headers, &NEVER_TO_CLIENT);
-    response
 }
 
 #[cfg(test)]

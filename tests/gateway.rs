@@ -26,12 +26,49 @@ async fn a_client_lists_the_vm_restore_points_of_a_restore_point() {
 
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
     assert_eq!(
-        reply.body.matches("<Ref ").count(),
-        sim.vm_count(3),
-        "{}",
+        reply.headers["content-type"],
+        "application/json; charset=utf-8"
+    );
+    let refs = reply.json()["Refs"]
+        .as_array()
+        .cloned()
+        .expect("Refs array");
+    assert_eq!(refs.len(), sim.vm_count(3), "{}", reply.body);
+    assert_eq!(refs[0]["Type"], "VmRestorePointReference");
+    let href = refs[0]["Href"].as_str().unwrap();
+    assert!(
+        href.starts_with(&gw.url("/api/vmRestorePoints/")),
+        "not rewritten: {href}"
+    );
+    assert!(
+        !reply.body.contains(&sim.base_url()),
+        "an EM URL leaked: {}",
         reply.body
     );
-    assert!(reply.body.contains("VmRestorePointReference"));
+
+    let xml = http
+        .get(
+            &gw.url(&vm_points_path(&sim, 3)),
+            &[("accept", "application/xml")],
+        )
+        .await;
+    assert_eq!(xml.status, StatusCode::OK);
+    assert_eq!(
+        xml.headers["content-type"],
+        "application/xml; charset=utf-8"
+    );
+    assert_eq!(
+        xml.body.matches("<Ref ").count(),
+        sim.vm_count(3),
+        "{}",
+        xml.body
+    );
+    assert!(
+        xml.body.contains(&format!("Href=\"{}", gw.url("/api/"))),
+        "{}",
+        xml.body
+    );
+    assert!(!xml.body.contains(&sim.base_url()));
     assert!(reply.headers.contains_key("x-request-id"));
     assert!(
         !reply.headers.contains_key("set-cookie"),
@@ -92,7 +129,7 @@ async fn after_em_expires_the_session_32_concurrent_requests_share_one_new_logon
     let gw = Gateway::start(&sim, &[]);
     let http = Http::default();
     assert_eq!(
-        http.get(&gw.url("/api/logonSessions"), &[]).await.status,
+        http.get(&gw.url("/api/restorePoints"), &[]).await.status,
         StatusCode::OK
     );
     assert_eq!(sim.stats().logons_ok, 1);
@@ -203,15 +240,32 @@ async fn a_clients_own_credentials_never_reach_em() {
     let sim = start_sim(sim_config()).await;
     let gw = Gateway::start(&sim, &[]);
     let http = Http::default();
-    let path = vm_points_path(&sim, 5);
+    // A pass-through path, so the request really goes to EM.
+    let path = format!(
+        "/api/restorePoints/{}?format=Entity",
+        sim.restore_point_id(5)
+    );
+    let logon = http
+        .send(
+            Method::POST,
+            &gw.url("/api/sessionMngr/?v=latest"),
+            &[("authorization", "Basic Y2xpZW50OmNsaWVudC1wdw==")],
+        )
+        .await;
+    assert_eq!(logon.status, StatusCode::CREATED, "{}", logon.body);
+    let token = logon.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cookie = format!("X-RestSvcSessionId={token}");
 
     let reply = http
         .get(
             &gw.url(&path),
             &[
                 ("authorization", "Basic Y2xpZW50OmNsaWVudC1wdw=="),
-                ("x-restsvcsessionid", "client-own-token"),
-                ("cookie", "X-RestSvcSessionId=client-cookie-token"),
+                ("x-restsvcsessionid", token.as_str()),
+                ("cookie", cookie.as_str()),
                 ("connection", "keep-alive, x-hop"),
                 ("x-hop", "hop"),
             ],
@@ -227,18 +281,14 @@ async fn a_clients_own_credentials_never_reach_em() {
     assert_eq!(seen.len(), 1);
     let headers = &seen[0].headers;
     let text = format!("{headers:?}");
-    for leaked in [
-        "Y2xpZW50",
-        "client-own-token",
-        "client-cookie-token",
-        "x-hop",
-    ] {
+    for leaked in ["Y2xpZW50", token.as_str(), "x-hop"] {
         assert!(!text.contains(leaked), "{leaked} reached EM: {text}");
     }
     assert!(headers
         .iter()
         .all(|(k, _)| k != "authorization" && k != "cookie"));
     assert!(headers.iter().any(|(k, _)| k == "x-restsvcsessionid"));
+    assert_eq!(sim.stats().logons_ok, 1, "the client's logon reached EM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,11 +351,29 @@ async fn em_errors_come_back_with_ems_status() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert!(reply.body.contains("<Error"), "{}", reply.body);
+    let error = reply.json();
+    assert_eq!(error["StatusCode"], 404, "{error}");
+    assert!(
+        error["Message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist"),
+        "{error}"
+    );
+    assert!(error.get("FirstChanceExceptionMessage").is_some());
 
     sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
     let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.json()["StatusCode"], 500);
+    let reply = http.get(&gw.url("/api/restorePoints"), &[]).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(reply.json()["StatusCode"], 500);
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Garbage));
+    let reply = http.get(&gw.url("/api/restorePoints"), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert_eq!(reply.json()["StatusCode"], 502);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -32,7 +33,13 @@ pub enum UpstreamError {
     /// The response body is larger than allowed.
     #[error("Enterprise Manager's response exceeds the {0}-byte limit")]
     TooLarge(usize),
+    /// The client's request body grew past its limit while being sent.
+    #[error("the request body exceeds its limit")]
+    RequestTooLarge,
 }
+
+/// A request body on its way to EM (streamed, for writes).
+pub type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// EM's whole answer.
 #[derive(Debug)]
@@ -51,7 +58,7 @@ pub struct UpstreamResponse {
 #[derive(Clone)]
 pub struct Upstream {
     /// Pooled, keep-alive HTTPS (or HTTP) client.
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     /// `scheme://authority[/prefix]` without a trailing slash.
     base: String,
     /// Limit for one request, body included.
@@ -98,7 +105,22 @@ impl Upstream {
         &self,
         method: Method,
         path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let empty = Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed();
+        self.send_with_body(method, path_and_query, headers, empty)
+            .await
+    }
+
+    /// As [`Upstream::send`], streaming `body` to EM (writes).
+    pub async fn send_with_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
         mut headers: HeaderMap,
+        body: UpstreamBody,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri: Uri = format!("{}{}", self.base, path_and_query)
             .parse()
@@ -107,11 +129,11 @@ impl Upstream {
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
-            .body(Full::new(Bytes::new()))
+            .body(body)
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         *request.headers_mut() = headers;
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
             Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
                 status,
                 headers,
@@ -120,18 +142,27 @@ impl Upstream {
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
-        }
+        };
+        let label = match &result {
+            Ok(r) => crate::metrics::status_label(r.status),
+            Err(UpstreamError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        crate::metrics::upstream(label, started.elapsed());
+        result
     }
 
     async fn exchange(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<UpstreamBody>,
     ) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| UpstreamError::Unreachable(error_chain(&e)))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            if caused_by::<http_body_util::LengthLimitError>(&e) {
+                UpstreamError::RequestTooLarge
+            } else {
+                UpstreamError::Unreachable(error_chain(&e))
+            }
+        })?;
         let declared = response
             .headers()
             .get(CONTENT_LENGTH)
@@ -158,6 +189,18 @@ impl Upstream {
 
 fn base_string(url: &Uri) -> String {
     url.to_string().trim_end_matches('/').to_string()
+}
+
+/// Whether an error of type `T` is somewhere in `e`'s chain.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if err.is::<T>() {
+            return true;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// hyper-util's errors say "client error (Connect)"; the cause is further down.

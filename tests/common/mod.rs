@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use emgate::sim::{Sim, SimConfig};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -180,7 +180,7 @@ impl Reply {
 /// A plain-HTTP client for talking to the gateway.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Default for Http {
@@ -199,13 +199,43 @@ impl Http {
 
     /// Any bodiless request.
     pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send_body(method, url, headers, "").await
+    }
+
+    /// A GET that may fail at the connection level (the gateway may close it).
+    pub async fn try_get(&self, url: &str, headers: &[(&str, &str)]) -> Result<StatusCode, String> {
+        let mut req = Request::builder().method(Method::GET).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client.request(req.body(Full::default()).unwrap()),
+        )
+        .await
+        {
+            Ok(Ok(r)) => Ok(r.status()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => panic!("no answer within 30 s"),
+        }
+    }
+
+    /// A request with a body.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
+        let body = Full::new(Bytes::from(body.to_string()));
         let resp = tokio::time::timeout(
             Duration::from_secs(30),
-            self.client.request(req.body(Empty::new()).unwrap()),
+            self.client.request(req.body(body).unwrap()),
         )
         .await
         .expect("gateway answered within 30 s")
@@ -240,4 +270,60 @@ where
 pub async fn start_sim(cfg: SimConfig) -> Sim {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Sim::start(cfg).await.expect("simulator starts")
+}
+
+/// An HTTPS client (HTTP/2 or HTTP/1.1 by ALPN) trusting one certificate.
+pub struct Https {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl Https {
+    /// Trusts exactly `der`.
+    pub fn trusting(der: &[u8]) -> Https {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_all_versions()
+            .build();
+        Https {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends a bodiless request; version, status, headers and body text.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> (http::Version, StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .expect("https request");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.version,
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
 }

@@ -1,0 +1,186 @@
+//! Who is calling, and what they may do before anything reaches EM
+//! (CONTRACT §5): authentication of each `/api` request, the per-client
+//! rate limit, and the drop-in EM logon and `logonSessions` answered by the
+//! gateway itself.
+//!
+//! Invariants: a client's logout ends only its own gateway session, never
+//! the pooled EM session; a client's credentials never reach EM (the proxy
+//! strips them); anonymous callers exist only where the settings allow them.
+
+use std::net::IpAddr;
+
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+use uuid::Uuid;
+
+use crate::auth::{presented, Presented};
+use crate::error::GatewayError;
+use crate::limit::Bucket;
+use crate::logon;
+use crate::response::Body;
+use crate::server::App;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A client of the clients file, by name.
+    Client(String),
+    /// The holder of a gateway session, with the session's owner.
+    Session {
+        /// The session's id.
+        id: Uuid,
+        /// Its owner.
+        owner: String,
+    },
+    /// Nobody in particular (anonymous access is allowed).
+    Anonymous,
+}
+
+impl Caller {
+    /// Whose gateway sessions this caller sees.
+    pub fn owner(&self) -> &str {
+        match self {
+            Caller::Client(name) => name,
+            Caller::Session { owner, .. } => owner,
+            Caller::Anonymous => "anonymous",
+        }
+    }
+
+    /// The rate-limit bucket of this caller.
+    pub fn bucket(&self, peer: IpAddr) -> Bucket {
+        match self {
+            Caller::Anonymous => Bucket::Anonymous(peer),
+            other => Bucket::Client(other.owner().to_string()),
+        }
+    }
+}
+
+const NEED_CREDENTIALS: &str = "credentials required: log on with POST /api/sessionMngr/ and send X-RestSvcSessionId, or send Authorization: Basic name:secret or Bearer secret";
+const BAD_CREDENTIALS: &str = "unknown client or wrong secret";
+const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idle); log on again";
+
+/// Authenticates a request to `/api`; the error is a 401 in EM's shape.
+pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    let access = &app.settings.access;
+    let clients = &access.clients;
+    match presented(headers) {
+        Presented::Session(token) => app
+            .sessions
+            .lookup(token)
+            .map(|s| Caller::Session {
+                id: s.id,
+                owner: s.owner,
+            })
+            .ok_or(GatewayError::Unauthorized(BAD_SESSION)),
+        Presented::Basic(name, secret) if !clients.is_empty() => clients
+            .check_basic(&name, secret.expose())
+            .map(|c| Caller::Client(c.as_str().to_string()))
+            .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS)),
+        Presented::Bearer(secret) if !clients.is_empty() => clients
+            .check_bearer(secret)
+            .map(|c| Caller::Client(c.as_str().to_string()))
+            .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS)),
+        _ if access.allow_anonymous => Ok(Caller::Anonymous),
+        Presented::Basic(..) | Presented::Bearer(_) => {
+            Err(GatewayError::Unauthorized(BAD_CREDENTIALS))
+        }
+        Presented::Nothing | Presented::Malformed => {
+            Err(GatewayError::Unauthorized(NEED_CREDENTIALS))
+        }
+    }
+}
+
+/// `POST /api/sessionMngr/?v=…`: a gateway session, never an EM one.
+pub fn logon(
+    app: &App,
+    parts: &Parts,
+    xml: bool,
+    public: &str,
+) -> Result<Response<Body>, GatewayError> {
+    if parts.method != Method::POST {
+        return Err(GatewayError::MethodNotAllowed(parts.method.clone()));
+    }
+    let access = &app.settings.access;
+    let owner = match presented(&parts.headers) {
+        // An anonymous gateway takes any EM-style logon and keeps the name
+        // for display, so unchanged EM clients work against a sidecar.
+        Presented::Basic(name, _) if access.clients.is_empty() && access.allow_anonymous => name,
+        _ => match authenticate(app, &parts.headers)? {
+            Caller::Anonymous => "anonymous".to_string(),
+            caller => caller.owner().to_string(),
+        },
+    };
+    let (token, id) = app.sessions.create(&owner)?;
+    tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
+    logon::created(
+        &token,
+        id,
+        &owner,
+        public,
+        app.settings.tls.is_some(),
+        xml,
+        app.settings.json_case,
+    )
+}
+
+/// `/api/logonSessions[/{id}]`: the caller's own gateway sessions.
+pub fn logon_sessions(
+    app: &App,
+    caller: &Caller,
+    parts: &Parts,
+    xml: bool,
+    public: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let case = app.settings.json_case;
+    let owner = caller.owner();
+    let rest = parts
+        .uri
+        .path()
+        .get("/api/logonSessions".len()..)
+        .unwrap_or("")
+        .trim_matches('/');
+    if rest.is_empty() {
+        return match parts.method {
+            Method::GET | Method::HEAD => {
+                logon::list(&app.sessions.list(owner), owner, public, xml, case)
+            }
+            _ => Err(GatewayError::MethodNotAllowed(parts.method.clone())),
+        };
+    }
+    let not_found = || {
+        GatewayError::NotFound(format!(
+            "logon session {}",
+            rest.chars().take(64).collect::<String>()
+        ))
+    };
+    let id = Uuid::try_parse(rest).map_err(|_| not_found())?;
+    match parts.method {
+        Method::GET | Method::HEAD if app.sessions.list(owner).contains(&id) => {
+            logon::one(id, owner, public, xml, case)
+        }
+        Method::DELETE if app.sessions.delete(owner, id) => {
+            tracing::info!(client = %owner, session = %id, "client logged off the gateway");
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok(r)
+        }
+        Method::GET | Method::HEAD | Method::DELETE => Err(not_found()),
+        _ => Err(GatewayError::MethodNotAllowed(parts.method.clone())),
+    }
+}
+
+/// Whether `path` is the drop-in logon resource.
+pub fn is_logon_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    p.eq_ignore_ascii_case("/api/sessionMngr")
+}
+
+/// Whether `path` is under `/api/logonSessions`.
+pub fn is_logon_sessions_path(path: &str) -> bool {
+    path.get(.."/api/logonSessions".len())
+        .is_some_and(|p| p.eq_ignore_ascii_case("/api/logonSessions"))
+        && matches!(
+            path.as_bytes().get("/api/logonSessions".len()),
+            None | Some(b'/')
+        )
+}

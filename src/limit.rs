@@ -1,0 +1,78 @@
+//! Per-client rate limiting: a token bucket per client (its name, or the
+//! peer address of an anonymous caller), answered with 429 and `Retry-After`.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Who a bucket belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// A named client (or the owner of a gateway session).
+    Client(String),
+    /// An anonymous caller, by address.
+    Anonymous(IpAddr),
+}
+
+/// Keyed token buckets; `None` when rate limiting is off.
+pub struct ClientLimits {
+    /// The buckets.
+    limiter: Option<DefaultKeyedRateLimiter<Bucket>>,
+    /// The limiter's clock, to turn "not until" into a wait.
+    clock: DefaultClock,
+}
+
+impl ClientLimits {
+    /// `per_second` requests a second per client, bursts of `burst` (0: a second's worth); 0 turns limiting off.
+    pub fn new(per_second: u32, burst: u32) -> ClientLimits {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        ClientLimits {
+            limiter,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Ok` to go ahead, or how long to wait before the next request will be let through.
+    pub fn check(&self, bucket: &Bucket) -> Result<(), Duration> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .check_key(bucket)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// Drops buckets that are full again, so memory stays bounded by active clients.
+    pub fn shrink(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_over_its_rate_is_told_to_wait_and_others_are_not() {
+        let limits = ClientLimits::new(2, 2);
+        let a = Bucket::Client("a".into());
+        assert!(limits.check(&a).is_ok());
+        assert!(limits.check(&a).is_ok());
+        let wait = limits.check(&a).unwrap_err();
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(limits.check(&Bucket::Client("b".into())).is_ok());
+        let off = ClientLimits::new(0, 0);
+        for _ in 0..1000 {
+            assert!(off.check(&a).is_ok());
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The drop-in EM logon: gateway sessions for clients (CONTRACT §3, §5).
+//!
+//! Existing EM clients log on with `POST /api/sessionMngr/`, send
+//! `X-RestSvcSessionId`, list `/api/logonSessions` and delete "their" session
+//! at the end. The gateway answers all of that itself with sessions of its
+//! own, so a client's logout never touches the pooled EM session (which
+//! would cut off every other client) and EM never sees a client's logon.
+//!
+//! Tokens are kept only as SHA-256 hashes; sessions end after 15 minutes
+//! idle (like EM's) and each client holds a bounded number (the oldest goes).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
+use http::{Response, StatusCode};
+use uuid::Uuid;
+
+use crate::config::JsonCase;
+use crate::error::GatewayError;
+use crate::render;
+use crate::response::Body;
+use crate::secret::Secret;
+use crate::session::SESSION_HEADER;
+
+/// EM's idle timeout for logon sessions (http_authentication.md), ours too.
+pub const IDLE: Duration = Duration::from_secs(15 * 60);
+/// Sessions one client may hold at once; a new logon beyond it ends the oldest.
+pub const PER_CLIENT: usize = 64;
+
+/// One gateway session.
+#[derive(Debug, Clone)]
+struct Record {
+    /// The session's id (its `SessionId`, and the `{id}` of `/api/logonSessions/{id}`).
+    id: Uuid,
+    /// Who logged on: the client's name, or the user name an anonymous caller gave.
+    owner: String,
+    /// Last request made with it.
+    last_used: Instant,
+    /// When it was created (to end the oldest first).
+    created: Instant,
+}
+
+/// What a session token stands for.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The session's id.
+    pub id: Uuid,
+    /// Its owner.
+    pub owner: String,
+}
+
+/// All gateway sessions.
+pub struct ClientSessions {
+    /// By SHA-256 of the token, so no token sits in memory in the clear.
+    by_token: Mutex<HashMap<[u8; 32], Record>>,
+    /// Idle timeout.
+    idle: Duration,
+}
+
+impl Default for ClientSessions {
+    fn default() -> Self {
+        ClientSessions::new(IDLE)
+    }
+}
+
+impl ClientSessions {
+    /// An empty store with this idle timeout.
+    pub fn new(idle: Duration) -> ClientSessions {
+        ClientSessions {
+            by_token: Mutex::new(HashMap::new()),
+            idle,
+        }
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+        out
+    }
+
+    /// A new session for `owner`: its token (shown once) and id.
+    pub fn create(&self, owner: &str) -> Result<(Secret, Uuid), GatewayError> {
+        let token =
+            crate::auth::random_token(32).map_err(|_| GatewayError::Internal("no randomness"))?;
+        let id = Uuid::new_v4();
+        let now = Instant::now();
+        let mut map = self
+            .by_token
+            .lock()
+            .map_err(|_| GatewayError::Internal("session store poisoned"))?;
+        let idle = self.idle;
+        map.retain(|_, r| now.duration_since(r.last_used) < idle);
+        let mut own: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, r)| r.owner == owner)
+            .map(|(k, r)| (*k, r.created))
+            .collect();
+        if own.len() >= PER_CLIENT {
+            own.sort_by_key(|(_, created)| *created);
+            for (k, _) in own.iter().take(own.len() + 1 - PER_CLIENT) {
+                map.remove(k);
+            }
+        }
+        map.insert(
+            Self::key(token.expose()),
+            Record {
+                id,
+                owner: owner.to_string(),
+                last_used: now,
+                created: now,
+            },
+        );
+        Ok((token, id))
+    }
+
+    /// The live session a token stands for (its idle timer restarts).
+    pub fn lookup(&self, token: &str) -> Option<SessionInfo> {
+        let key = Self::key(token);
+        let mut map = self.by_token.lock().ok()?;
+        let now = Instant::now();
+        let record = map.get_mut(&key)?;
+        if now.duration_since(record.last_used) >= self.idle {
+            map.remove(&key);
+            return None;
+        }
+        record.last_used = now;
+        Some(SessionInfo {
+            id: record.id,
+            owner: record.owner.clone(),
+        })
+    }
+
+    /// The live sessions of `owner`, oldest first.
+    pub fn list(&self, owner: &str) -> Vec<Uuid> {
+        let Ok(map) = self.by_token.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let mut own: Vec<&Record> = map
+            .values()
+            .filter(|r| r.owner == owner && now.duration_since(r.last_used) < self.idle)
+            .collect();
+        own.sort_by_key(|r| r.created);
+        own.into_iter().map(|r| r.id).collect()
+    }
+
+    /// Ends `owner`'s session `id`; false if there is no such session of theirs.
+    pub fn delete(&self, owner: &str, id: Uuid) -> bool {
+        let Ok(mut map) = self.by_token.lock() else {
+            return false;
+        };
+        let before = map.len();
+        map.retain(|_, r| !(r.owner == owner && r.id == id));
+        map.len() < before
+    }
+
+    /// Live sessions, for metrics.
+    pub fn count(&self) -> usize {
+        let Ok(map) = self.by_token.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        map.values()
+            .filter(|r| now.duration_since(r.last_used) < self.idle)
+            .count()
+    }
+}
+
+/// The links EM's own LogonSession carries (logging_on.md), pointed at the gateway.
+const DOWN_LINKS: &[(&str, &str)] = &[
+    ("BackupServerReferenceList", "/api/backupServers"),
+    ("ManagedServerReferenceList", "/api/managedServers"),
+    ("JobReferenceList", "/api/jobs"),
+    ("FailoverPlanReferenceList", "/api/failoverPlans"),
+    ("HierarchyRootReferenceList", "/api/hierarchyRoots"),
+    ("RepositoryReferenceList", "/api/repositories"),
+    ("BackupReferenceList", "/api/backups"),
+    ("RestorePointReferenceList", "/api/restorePoints"),
+    ("VmRestorePointReferenceList", "/api/vmRestorePoints"),
+    ("VAppRestorePointReferenceList", "/api/vAppRestorePoints"),
+    ("ReplicaReferenceList", "/api/replicas"),
+    ("VmReplicaPointReferenceList", "/api/vmReplicaPoints"),
+    ("CatalogVmReferenceList", "/api/catalog/vms"),
+    ("BackupJobSessionReferenceList", "/api/backupSessions"),
+    ("RestoreSessionReferenceList", "/api/restoreSessions"),
+    ("ReplicaJobSessionReferenceList", "/api/replicaSessions"),
+    ("BackupTaskSessionReferenceList", "/api/backupTaskSessions"),
+    (
+        "ReplicaTaskSessionReferenceList",
+        "/api/replicaTaskSessions",
+    ),
+    ("EnterpriseSecuritySettings", "/api/security"),
+    ("WanAcceleratorReferenceList", "/api/wanAccelerators"),
+    ("BackupFileReferenceList", "/api/backupFiles"),
+    (
+        "ExternalRepositoryReferenceList",
+        "/api/externalRepositories",
+    ),
+    ("TaskList", "/api/tasks"),
+    ("QueryService", "/api/querySvc"),
+    ("LookupService", "/api/lookupSvc"),
+];
+
+fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(s)
+}
+
+/// A `<LogonSession>` element (without namespace when nested in a list).
+fn logon_session_xml(out: &mut String, public: &str, id: Uuid, owner: &str, root: bool) {
+    use std::fmt::Write as _;
+    let ns = if root {
+        " xmlns=\"http://www.veeam.com/ent/v1.0\""
+    } else {
+        ""
+    };
+    let _ = write!(
+        out,
+        "<LogonSession{ns} Type=\"LogonSession\" Href=\"{public}/api/logonSessions/{id}\"><Links>\
+         <Link Rel=\"Up\" Type=\"EnterpriseManager\" Href=\"{public}/api/\"/>"
+    );
+    for (ty, path) in DOWN_LINKS {
+        let _ = write!(
+            out,
+            "<Link Rel=\"Down\" Type=\"{ty}\" Href=\"{public}{path}\"/>"
+        );
+    }
+    let _ = write!(
+        out,
+        "<Link Rel=\"Delete\" Type=\"LogonSession\" Href=\"{public}/api/logonSessions/{id}\"/></Links>\
+         <UserName>{}</UserName><SessionId>{id}</SessionId></LogonSession>",
+        escape(owner)
+    );
+}
+
+/// An XML document of ours, as XML or converted to JSON like EM's own.
+fn document(
+    status: StatusCode,
+    xml_doc: String,
+    xml: bool,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
+    let (body, content_type) = if xml {
+        (Bytes::from(xml_doc), render::XML)
+    } else {
+        let mut out = Vec::with_capacity(xml_doc.len());
+        crate::convert::to_json(xml_doc.as_bytes(), render::case(case), None, &mut out)?;
+        (Bytes::from(out), render::JSON)
+    };
+    let mut r = Response::new(Body::new(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, content_type);
+    Ok(r)
+}
+
+/// `201 Created` for a new gateway session: token header, cookie, LogonSession body.
+pub fn created(
+    token: &Secret,
+    id: Uuid,
+    owner: &str,
+    public: &str,
+    tls: bool,
+    xml: bool,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
+    let mut doc = String::with_capacity(4096);
+    logon_session_xml(&mut doc, public, id, owner, true);
+    let mut r = document(StatusCode::CREATED, doc, xml, case)?;
+    let mut value =
+        HeaderValue::from_str(token.expose()).map_err(|_| GatewayError::Internal("token"))?;
+    value.set_sensitive(true);
+    let secure = if tls { "; Secure" } else { "" };
+    let mut cookie = HeaderValue::from_str(&format!(
+        "X-RestSvcSessionId={}; Path=/api; HttpOnly{secure}",
+        token.expose()
+    ))
+    .map_err(|_| GatewayError::Internal("cookie"))?;
+    cookie.set_sensitive(true);
+    r.headers_mut().insert(SESSION_HEADER, value);
+    r.headers_mut().insert(SET_COOKIE, cookie);
+    Ok(r)
+}
+
+/// `GET /api/logonSessions`: the caller's own sessions.
+pub fn list(
+    ids: &[Uuid],
+    owner: &str,
+    public: &str,
+    xml: bool,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
+    let mut doc = String::from("<LogonSessions xmlns=\"http://www.veeam.com/ent/v1.0\">");
+    for id in ids {
+        logon_session_xml(&mut doc, public, *id, owner, false);
+    }
+    doc.push_str("</LogonSessions>");
+    document(StatusCode::OK, doc, xml, case)
+}
+
+/// `GET /api/logonSessions/{id}`: one of the caller's sessions.
+pub fn one(
+    id: Uuid,
+    owner: &str,
+    public: &str,
+    xml: bool,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
+    let mut doc = String::with_capacity(4096);
+    logon_session_xml(&mut doc, public, id, owner, true);
+    document(StatusCode::OK, doc, xml, case)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_expire_when_idle_are_scoped_to_their_owner_and_bounded() {
+        let store = ClientSessions::new(Duration::from_millis(50));
+        let (t1, id1) = store.create("a").unwrap();
+        let (_t2, id2) = store.create("b").unwrap();
+        assert_eq!(store.lookup(t1.expose()).unwrap().id, id1);
+        assert_eq!(store.list("a"), vec![id1]);
+        assert!(!store.delete("a", id2), "deleted another client's session");
+        assert!(store.delete("b", id2));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(
+            store.lookup(t1.expose()).is_none(),
+            "idle session still valid"
+        );
+
+        let store = ClientSessions::default();
+        let (first, _) = store.create("c").unwrap();
+        for _ in 0..PER_CLIENT {
+            store.create("c").unwrap();
+        }
+        assert_eq!(store.list("c").len(), PER_CLIENT);
+        assert!(
+            store.lookup(first.expose()).is_none(),
+            "the oldest was kept"
+        );
+    }
+
+    #[test]
+    fn a_logon_session_document_converts_like_ems() {
+        let id = Uuid::nil();
+        let r = one(id, "r&d", "http://gw", false, JsonCase::Pascal).unwrap();
+        assert_eq!(r.headers()[CONTENT_TYPE], render::JSON);
+    }
+}

@@ -1,0 +1,288 @@
+//! What a client gets from EM's XML answer: JSON in the deployment's case,
+//! or XML for clients that prefer it, with every EM URL pointed at the
+//! gateway (CONTRACT §3, §4).
+//!
+//! Two ways to get there:
+//! - [`render`], for pass-through requests: convert once, for this client.
+//! - [`Prepared`], for the cache: converted once, kept as [`Template`]s that
+//!   are split where EM's base URL occurs, so a hit only splices in the
+//!   requesting client's public URL (never another host's) and never converts.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use std::net::SocketAddr;
+
+use crate::config::{JsonCase, Settings};
+use crate::convert::{self, Case, ConvertError, Rewrite};
+use crate::response::Body;
+use crate::upstream::UpstreamResponse;
+
+/// `Content-Type` of JSON answers.
+pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+/// `Content-Type` of XML answers.
+pub const XML: HeaderValue = HeaderValue::from_static("application/xml; charset=utf-8");
+
+/// The converter's name for the deployment's case.
+pub fn case(case: JsonCase) -> Case {
+    match case {
+        JsonCase::Pascal => Case::Pascal,
+        JsonCase::Camel => Case::Camel,
+    }
+}
+
+/// The base URL this client reaches the gateway at: `EMGATE_PUBLIC_URL`, or
+/// built from the request's `Host` (HTTP/2: its authority; and trusted
+/// `X-Forwarded-*`), or else the bound address.
+///
+/// A `Host` that is not a plain host\[:port\] is ignored (the bound address
+/// is used instead), so a client cannot inject text into the links it gets.
+pub fn public_base(settings: &Settings, parts: &Parts, tls: bool, bound: SocketAddr) -> String {
+    let headers = &parts.headers;
+    if let Some(url) = &settings.listen.public_url {
+        return url.to_string().trim_end_matches('/').to_string();
+    }
+    let forwarded = |name: &str| {
+        settings
+            .listen
+            .trust_forwarded
+            .then(|| headers.get(name))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let scheme = match forwarded("x-forwarded-proto") {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ if tls => "https",
+        _ => "http",
+    };
+    let host = forwarded("x-forwarded-host")
+        .filter(|h| valid_host(h))
+        .or_else(|| {
+            headers
+                .get(HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .filter(|h| valid_host(h))
+        });
+    match host {
+        Some(h) => format!("{scheme}://{h}"),
+        None => format!("{scheme}://{bound}"),
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+/// Converts EM's answer for one client. Bodies that are not XML (a 204, say)
+/// pass through unchanged.
+pub fn render(
+    em: UpstreamResponse,
+    em_base: &str,
+    public: &str,
+    xml: bool,
+    case: JsonCase,
+) -> Result<Response<Body>, ConvertError> {
+    if em.body.is_empty() || !looks_like_xml(&em.headers) {
+        let mut response = Response::new(Body::new(em.body));
+        *response.status_mut() = em.status;
+        *response.headers_mut() = em.headers;
+        return Ok(response);
+    }
+    let rewrite = Rewrite {
+        from: em_base,
+        to: public,
+    };
+    let mut out = Vec::with_capacity(em.body.len() + em.body.len() / 4);
+    if xml {
+        convert::rewrite_xml(&em.body, &rewrite, &mut out)?;
+    } else {
+        convert::to_json(&em.body, self::case(case), Some(&rewrite), &mut out)?;
+    }
+    let mut response = Response::new(Body::new(Bytes::from(out)));
+    *response.status_mut() = em.status;
+    let mut headers = em.headers;
+    headers.insert(CONTENT_TYPE, if xml { XML } else { JSON });
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// EM labels its documents `application/xml`; a missing type is taken as XML too.
+fn looks_like_xml(headers: &HeaderMap) -> bool {
+    match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            t.contains("xml")
+        }
+    }
+}
+
+/// A document split wherever EM's base URL occurred; the gaps are filled
+/// with a client's public base URL when it is served.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Literal pieces; a public base goes between each two.
+    parts: Vec<Bytes>,
+    /// Total length of the pieces.
+    literal_len: usize,
+}
+
+impl Template {
+    /// Splits `doc` at every occurrence of `needle`.
+    pub fn split(doc: Bytes, needle: &str) -> Template {
+        let literal_len = doc.len();
+        let mut parts = Vec::new();
+        if needle.is_empty() {
+            parts.push(doc);
+        } else {
+            let finder = memchr::memmem::Finder::new(needle.as_bytes());
+            let mut start = 0;
+            let positions: Vec<usize> = finder.find_iter(&doc).collect();
+            for pos in positions {
+                parts.push(doc.slice(start..pos));
+                start = pos + needle.len();
+            }
+            parts.push(doc.slice(start..));
+        }
+        let literal_len = literal_len - needle.len() * (parts.len() - 1);
+        Template { parts, literal_len }
+    }
+
+    /// The document with `base` in every gap.
+    pub fn render(&self, base: &str) -> Bytes {
+        if let [only] = self.parts.as_slice() {
+            return only.clone();
+        }
+        let gaps = self.parts.len() - 1;
+        let mut out = BytesMut::with_capacity(self.literal_len + gaps * base.len());
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(base.as_bytes());
+            }
+            out.extend_from_slice(part);
+        }
+        out.freeze()
+    }
+
+    /// Bytes held.
+    pub fn weight(&self) -> usize {
+        self.literal_len + self.parts.len() * std::mem::size_of::<Bytes>()
+    }
+}
+
+/// One EM answer prepared for every client: JSON and XML, URL gaps marked.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// EM's status (200, or 404 for a remembered miss).
+    pub status: StatusCode,
+    /// The JSON representation in the deployment's case.
+    pub json: Template,
+    /// EM's XML.
+    pub xml: Template,
+}
+
+impl Prepared {
+    /// Converts EM's XML answer once; the error means EM sent garbage.
+    pub fn from_em(
+        em: &UpstreamResponse,
+        em_base: &str,
+        case: JsonCase,
+    ) -> Result<Prepared, ConvertError> {
+        let mut json = Vec::with_capacity(em.body.len() + em.body.len() / 4);
+        convert::to_json(&em.body, self::case(case), None, &mut json)?;
+        Ok(Prepared {
+            status: em.status,
+            json: Template::split(Bytes::from(json), em_base),
+            xml: Template::split(em.body.clone(), em_base),
+        })
+    }
+
+    /// Bytes held by both representations.
+    pub fn weight(&self) -> usize {
+        self.json.weight() + self.xml.weight()
+    }
+
+    /// The body and `Content-Type` for a client.
+    pub fn body_for(&self, xml: bool, public: &str) -> (Bytes, HeaderValue) {
+        if xml {
+            (self.xml.render(public), XML)
+        } else {
+            (self.json.render(public), JSON)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_every_gap_with_the_clients_base() {
+        let doc =
+            Bytes::from_static(b"{\"Href\":\"https://em:9398/api/a\",\"X\":\"https://em:9398\"}");
+        let t = Template::split(doc, "https://em:9398");
+        assert_eq!(
+            t.render("http://gw"),
+            Bytes::from_static(b"{\"Href\":\"http://gw/api/a\",\"X\":\"http://gw\"}")
+        );
+        let plain = Template::split(Bytes::from_static(b"no urls"), "https://em:9398");
+        assert_eq!(plain.render("http://gw"), Bytes::from_static(b"no urls"));
+    }
+
+    #[test]
+    fn a_hostile_host_header_is_not_used_for_links() {
+        let env = |k: &str| match k {
+            "EMGATE_UPSTREAM_URL" => Some("https://em:9398".to_string()),
+            "EMGATE_UPSTREAM_USERNAME" => Some("u".to_string()),
+            "EMGATE_UPSTREAM_PASSWORD" => Some("p".to_string()),
+            _ => None,
+        };
+        let settings = Settings::load(&crate::config::Sources {
+            file: None,
+            env: &env,
+        })
+        .unwrap();
+        let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let parts = |host: &'static str, fwd: Option<&'static str>| {
+            let mut r = http::Request::builder().uri("/api/").header(HOST, host);
+            if let Some(f) = fwd {
+                r = r.header("x-forwarded-host", f);
+            }
+            r.body(()).unwrap().into_parts().0
+        };
+        let p = parts("gw.example:8080", None);
+        assert_eq!(
+            public_base(&settings, &p, false, bound),
+            "http://gw.example:8080"
+        );
+        let p = parts("evil\"/><x", None);
+        assert_eq!(
+            public_base(&settings, &p, true, bound),
+            "https://127.0.0.1:4242"
+        );
+        // Forwarded headers count only when trusted.
+        let p = parts("gw.example", Some("other.example"));
+        assert_eq!(
+            public_base(&settings, &p, false, bound),
+            "http://gw.example"
+        );
+        let h2 = http::Request::builder()
+            .uri("https://gw.example:9399/api/")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        assert_eq!(
+            public_base(&settings, &h2, true, bound),
+            "https://gw.example:9399"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The cached route: `GET /api/restorePoints/{id}/vmRestorePoints`
+//! (references, or `?format=Entity`), served from [`crate::cache`].
+//!
+//! The restore point ID is parsed here, at the edge: a path that has this
+//! route's shape but not a UUID is answered 400 without contacting EM.
+//! Other query parameters bypass the cache and go through [`crate::proxy`].
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, AGE};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+
+use crate::cache::{Form, Key, Outcome, RestorePointId};
+use crate::error::GatewayError;
+use crate::render::Prepared;
+use crate::response::Body;
+use crate::server::App;
+
+/// `X-Cache: HIT|MISS|STALE`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
+/// The `{id}` segment if `path` is `/api/restorePoints/{id}/vmRestorePoints`
+/// (EM matches its path segments ignoring case; so do we).
+pub fn match_route(path: &str) -> Option<&str> {
+    let rest = strip_prefix_ignore_case(path, "/api/restorePoints/")?;
+    let (id, tail) = rest.split_once('/')?;
+    let tail = tail.strip_suffix('/').unwrap_or(tail);
+    tail.eq_ignore_ascii_case("vmRestorePoints").then_some(id)
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// The cached form for a query, or `None` when the query must bypass the cache.
+pub fn form_of(query: Option<&str>) -> Option<Form> {
+    match query {
+        None | Some("") => Some(Form::References),
+        Some(q) => {
+            let (name, value) = q.split_once('=')?;
+            (name == "format" && value.eq_ignore_ascii_case("entity")).then_some(Form::Entity)
+        }
+    }
+}
+
+/// Answers a GET/HEAD for the cached route.
+pub async fn serve(
+    app: &Arc<App>,
+    parts: &Parts,
+    id: RestorePointId,
+    form: Form,
+    xml: bool,
+    public: &str,
+) -> Response<Body> {
+    let key = Key { id, form };
+    let fetch = {
+        let pool = app.pool.clone();
+        let case = app.settings.json_case;
+        let headers = crate::proxy::to_em(&parts.headers);
+        let path = match form {
+            Form::References => format!("/api/restorePoints/{id}/vmRestorePoints"),
+            Form::Entity => format!("/api/restorePoints/{id}/vmRestorePoints?format=Entity"),
+        };
+        move || async move {
+            let em = crate::proxy::fetch(&pool, &path, headers).await?;
+            let base = pool.upstream().base_url();
+            let prepared = Prepared::from_em(&em, base, case)?;
+            match em.status {
+                StatusCode::OK | StatusCode::NOT_FOUND => Ok(prepared),
+                status => Err(GatewayError::Em {
+                    status,
+                    prepared: Box::new(prepared),
+                }),
+            }
+        }
+    };
+    let head = parts.method == Method::HEAD;
+    match app.cache.get(key, fetch).await {
+        Ok((entry, outcome)) => {
+            let (body, content_type) = entry.prepared.body_for(xml, public);
+            let mut response = Response::new(if head {
+                Body::default()
+            } else {
+                Body::new(body)
+            });
+            *response.status_mut() = entry.prepared.status;
+            let headers = response.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, content_type);
+            headers.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
+            if outcome != Outcome::Miss {
+                headers.insert(AGE, HeaderValue::from(entry.age_secs()));
+            }
+            response
+        }
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(error = %error, "vmRestorePoints fetch failed");
+            }
+            let mut response = error.to_response(xml, app.settings.json_case, public);
+            response
+                .headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static(Outcome::Miss.as_str()));
+            if head {
+                *response.body_mut() = Body::default();
+            }
+            response
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_route_and_its_forms() {
+        let id = "dc216c04-2e34-478e-8b9b-49a3397ef6f8";
+        assert_eq!(
+            match_route(&format!("/api/restorePoints/{id}/vmRestorePoints")),
+            Some(id)
+        );
+        assert_eq!(
+            match_route(&format!("/api/restorepoints/{id}/VMRESTOREPOINTS/")),
+            Some(id)
+        );
+        assert_eq!(
+            match_route("/api/restorePoints/abc/vmRestorePoints"),
+            Some("abc")
+        );
+        assert_eq!(match_route(&format!("/api/restorePoints/{id}")), None);
+        assert_eq!(
+            match_route(&format!("/api/restorePoints/{id}/backupFiles")),
+            None
+        );
+        assert_eq!(form_of(None), Some(Form::References));
+        assert_eq!(form_of(Some("format=Entity")), Some(Form::Entity));
+        assert_eq!(form_of(Some("format=ENTITY")), Some(Form::Entity));
+        assert_eq!(form_of(Some("format=Entity&x=1")), None);
+        assert_eq!(form_of(Some("sortAsc=name")), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! Client access, end to end: clients file, drop-in logon, virtual logon
+//! sessions, anonymous rules, read-only by default, limits and HTTPS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use emgate::sim::Sim;
+use http::{Method, StatusCode};
+
+/// A clients file with two clients; returns its path and their secrets.
+fn clients_file(dir: &std::path::Path) -> (String, &'static str, &'static str) {
+    let (a, b) = ("dashboard-secret-0123456789", "portal-secret-9876543210");
+    let text = format!(
+        "# who may use the gateway\n[[clients]]\nname = \"dashboard\"\nsecret_sha256 = \"{}\"\n\n[[clients]]\nname = \"portal\"\nsecret_sha256 = \"{}\"\n",
+        emgate::auth::sha256_hex(a.as_bytes()),
+        emgate::auth::sha256_hex(b.as_bytes())
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("clients.toml");
+    std::fs::write(&path, text).unwrap();
+    (path.to_str().unwrap().to_string(), a, b)
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("emgate-{name}-{}", std::process::id()))
+}
+
+fn basic(name: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"))
+    )
+}
+
+fn vm_points(sim: &Sim, i: usize) -> String {
+    format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(i)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_clients_file_only_known_clients_get_in() {
+    let sim = start_sim(sim_config()).await;
+    let (file, dash, _) = clients_file(&scratch("clients-in"));
+    let gw = Gateway::start(&sim, &[("EMGATE_CLIENTS_FILE", &file)]);
+    let http = Http::default();
+    // The entry point is public, as on EM (clients read it to find the logon link).
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+    let p = vm_points(&sim, 1);
+
+    let bad_basic = basic("dashboard", "wrong");
+    let unknown_basic = basic("nobody", dash);
+    for headers in [
+        vec![],
+        vec![("authorization", bad_basic.as_str())],
+        vec![("authorization", unknown_basic.as_str())],
+        vec![("authorization", "Bearer wrong")],
+        vec![("authorization", "Digest abc")],
+        vec![("x-restsvcsessionid", "forged-token")],
+    ] {
+        let reply = http.get(&gw.url(&p), &headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(reply.headers["www-authenticate"], "Basic realm=\"emgate\"");
+        assert_eq!(reply.json()["StatusCode"], 401);
+    }
+    assert!(sim.requests().is_empty(), "a rejected request reached EM");
+
+    let good_basic = basic("dashboard", dash);
+    let bearer = format!("Bearer {dash}");
+    for auth in [good_basic.as_str(), bearer.as_str()] {
+        let reply = http.get(&gw.url(&p), &[("authorization", auth)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{auth}: {}", reply.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_em_client_logs_on_uses_its_token_and_logs_off_without_touching_em() {
+    let sim = start_sim(sim_config()).await;
+    let (file, dash, portal) = clients_file(&scratch("clients-logon"));
+    let gw = Gateway::start(&sim, &[("EMGATE_CLIENTS_FILE", &file)]);
+    let http = Http::default();
+
+    let logon = |name: &'static str, secret: &'static str, accept: &'static str| {
+        let http = http.clone();
+        let url = gw.url("/api/sessionMngr/?v=latest");
+        async move {
+            let auth = basic(name, secret);
+            http.send(
+                Method::POST,
+                &url,
+                &[("authorization", &auth), ("accept", accept)],
+            )
+            .await
+        }
+    };
+    let a = logon("dashboard", dash, "application/json").await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+    let token_a = a.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(token_a.len() >= 22, "token too short: {token_a}");
+    let cookie = a.headers["set-cookie"].to_str().unwrap();
+    assert_eq!(
+        cookie,
+        format!("X-RestSvcSessionId={token_a}; Path=/api; HttpOnly")
+    );
+    let body = a.json();
+    assert_eq!(body["UserName"], "dashboard");
+    let id_a = body["SessionId"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::try_parse(&id_a).is_ok());
+    let links = body["Links"].as_array().unwrap();
+    assert!(links
+        .iter()
+        .all(|l| l["Href"].as_str().unwrap().starts_with(&gw.url("/api"))));
+    assert!(links
+        .iter()
+        .any(|l| l["Rel"] == "Delete"
+            && l["Href"] == format!("{}/{id_a}", gw.url("/api/logonSessions"))));
+
+    let b = logon("portal", portal, "application/xml").await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    assert!(b.body.contains("<UserName>portal</UserName>"), "{}", b.body);
+    let token_b = b.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id_b = b
+        .body
+        .split("<SessionId>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The token works as a header and as a cookie.
+    let p = vm_points(&sim, 2);
+    let by_header = http
+        .get(&gw.url(&p), &[("x-restsvcsessionid", &token_a)])
+        .await;
+    assert_eq!(by_header.status, StatusCode::OK);
+    let cookie_a = format!("X-RestSvcSessionId={token_a}");
+    let by_cookie = http.get(&gw.url(&p), &[("cookie", &cookie_a)]).await;
+    assert_eq!(by_cookie.status, StatusCode::OK);
+
+    // Each client sees only its own sessions.
+    let list = http
+        .get(
+            &gw.url("/api/logonSessions"),
+            &[("x-restsvcsessionid", &token_a)],
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    let sessions = list.json()["LogonSessions"].as_array().cloned().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["SessionId"], id_a.as_str());
+    let other = gw.url(&format!("/api/logonSessions/{id_b}"));
+    assert_eq!(
+        http.get(&other, &[("x-restsvcsessionid", &token_a)])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http.send(Method::DELETE, &other, &[("x-restsvcsessionid", &token_a)])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A logs off: its token stops working, B and the EM session carry on.
+    let own = gw.url(&format!("/api/logonSessions/{id_a}"));
+    assert_eq!(
+        http.get(&own, &[("x-restsvcsessionid", &token_a)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.send(Method::DELETE, &own, &[("x-restsvcsessionid", &token_a)])
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        http.get(&gw.url(&p), &[("x-restsvcsessionid", &token_a)])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let p3 = vm_points(&sim, 3);
+    assert_eq!(
+        http.get(&gw.url(&p3), &[("x-restsvcsessionid", &token_b)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.logouts, 0, "a client's logout reached EM");
+    assert_eq!(stats.logons_ok, 1, "a client's logon reached EM");
+    assert!(sim
+        .requests()
+        .iter()
+        .all(|r| !r.path_and_query.contains("sessionMngr") || r.method == "POST"));
+    assert!(sim
+        .requests()
+        .iter()
+        .all(|r| !r.path_and_query.contains("logonSessions/") || r.method == "GET"));
+
+    // Metrics count live client sessions.
+    let m = http.get(&gw.url("/metrics"), &[]).await.body;
+    assert!(m.lines().any(|l| l == "emgate_client_sessions 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_gateway_on_a_public_address_refuses_to_start_unless_told() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emgate"))
+        .arg("serve")
+        .env("EMGATE_LISTEN", "0.0.0.0:0")
+        .env("EMGATE_UPSTREAM_URL", "https://127.0.0.1:1")
+        .env("EMGATE_UPSTREAM_USERNAME", "u")
+        .env("EMGATE_UPSTREAM_PASSWORD", "p")
+        .env_remove("EMGATE_ALLOW_ANONYMOUS")
+        .env_remove("EMGATE_CLIENTS_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("EMGATE_ALLOW_ANONYMOUS"), "{stderr}");
+
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_LISTEN", "0.0.0.0:0"),
+            ("EMGATE_ALLOW_ANONYMOUS", "true"),
+        ],
+    );
+    assert!(gw
+        .log_text()
+        .contains("EMGATE_ALLOW_ANONYMOUS=true on a non-loopback address"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_refused_by_default_and_when_allowed_go_once_and_bounded() {
+    let sim = start_sim(sim_config()).await;
+    let http = Http::default();
+    let write = "/api/vmRestorePoints/6c958531-3177-4055-b0ce-dc4ef1ce6433?action=restore";
+
+    let ro = Gateway::start(&sim, &[]);
+    assert_eq!(http.get(&ro.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+    for m in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+        assert_eq!(
+            http.send(m, &ro.url(write), &[]).await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+    assert!(sim.requests().is_empty(), "a write reached EM");
+    drop(ro);
+
+    let rw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_ALLOW_WRITES", "true"),
+            ("EMGATE_MAX_REQUEST_BODY", "1KiB"),
+        ],
+    );
+    assert_eq!(http.get(&rw.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+    let posted = http
+        .send_body(
+            Method::POST,
+            &rw.url(write),
+            &[("content-type", "application/xml")],
+            "<RestoreSpec/>",
+        )
+        .await;
+    // The simulator has no restores; what matters is that EM answered once.
+    assert!(
+        posted.status.is_client_error(),
+        "{}: {}",
+        posted.status,
+        posted.body
+    );
+    let seen: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "application/xml"));
+
+    // Too big: refused before EM.
+    sim.clear_requests();
+    let big = "x".repeat(4096);
+    let reply = http
+        .send_body(Method::POST, &rw.url(write), &[], &big)
+        .await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.json()["StatusCode"], 413);
+    assert!(sim.requests().is_empty());
+
+    // EM's session expired: the write is not replayed.
+    sim.expire_all_sessions();
+    let reply = http
+        .send_body(Method::POST, &rw.url(write), &[], "<RestoreSpec/>")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    let posts = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path_and_query.contains("action=restore"))
+        .count();
+    assert_eq!(posts, 1, "the write was sent again");
+    // ...but the next request finds a new session.
+    assert_eq!(
+        http.get(&rw.url(&vm_points(&sim, 4)), &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[("EMGATE_RATE_LIMIT", "2"), ("EMGATE_RATE_BURST", "3")],
+    );
+    let http = Http::default();
+    let p = vm_points(&sim, 5);
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = http.get(&gw.url(&p), &[]).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(
+                r.headers["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+            assert_eq!(r.json()["StatusCode"], 429);
+        }
+        statuses.push(r.status);
+    }
+    assert!(
+        statuses[..3].iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(http.get(&gw.url(&p), &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused_before_em() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+    let huge = "a".repeat(100 * 1024);
+    let status = http
+        .try_get(&gw.url(&vm_points(&sim, 1)), &[("x-big", &huge)])
+        .await;
+    assert!(
+        matches!(
+            status,
+            Err(_) | Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        ),
+        "{status:?}"
+    );
+    assert!(sim.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_serves_http2_and_marks_the_cookie_secure() {
+    let dir = scratch("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_TLS_CERT_FILE", cert_path.to_str().unwrap()),
+            ("EMGATE_TLS_KEY_FILE", key_path.to_str().unwrap()),
+        ],
+    );
+    let https = Https::trusting(cert.cert.der());
+    let url = format!("https://localhost:{}", gw.addr.port());
+
+    let (version, status, headers, _) = https.send(Method::GET, &format!("{url}/api/"), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(version, http::Version::HTTP_2);
+    let (_, status, headers2, body) = https
+        .send(
+            Method::POST,
+            &format!("{url}/api/sessionMngr/?v=latest"),
+            &[("authorization", &basic("u", "p"))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let cookie = headers2["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.ends_with("; Path=/api; HttpOnly; Secure"),
+        "{cookie}"
+    );
+    assert!(
+        body.contains(&format!("\"{url}/api/")),
+        "links should be https: {body}"
+    );
+    drop(headers);
+}

@@ -1,0 +1,284 @@
+//! The vmRestorePoints cache, end to end: one EM fetch per restore point,
+//! however many clients ask.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use emgate::sim::{Fault, FaultTarget, Sim};
+use http::{Method, StatusCode};
+
+fn path(sim: &Sim, index: usize) -> String {
+    format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(index)
+    )
+}
+
+/// How many requests for exactly `path_and_query` reached EM.
+fn em_saw(sim: &Sim, path_and_query: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path_and_query == path_and_query)
+        .count()
+}
+
+async fn burst(
+    http: &Http,
+    url: &str,
+    n: usize,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Reply> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let http = http.clone();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move { http.get(&url, headers).await }));
+    }
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_cold_clients_make_one_em_request_and_get_identical_bodies() {
+    let sim = start_sim(sim_config()).await;
+    // EM is slow, as it is for this query, so all 200 arrive while the fetch runs.
+    sim.set_latency(Duration::from_millis(300));
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = path(&sim, 7);
+
+    let replies = burst(&http, &gw.url(&p), 200, &[]).await;
+
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    assert!(
+        replies.iter().all(|r| r.body == replies[0].body),
+        "bodies differ"
+    );
+    assert_eq!(em_saw(&sim, &p), 1, "EM saw more than one fetch");
+    assert_eq!(
+        replies[0].json()["Refs"].as_array().unwrap().len(),
+        sim.vm_count(7)
+    );
+
+    sim.set_latency(Duration::ZERO);
+    let later = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(later.headers["x-cache"], "HIT");
+    assert!(later.headers.contains_key("age"));
+    assert_eq!(later.body, replies[0].body);
+    assert_eq!(em_saw(&sim, &p), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_xml_clients_of_one_id_share_one_fetch_and_forms_are_separate() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = path(&sim, 11);
+
+    let json = http.get(&gw.url(&p), &[]).await;
+    let xml = http
+        .get(&gw.url(&p), &[("accept", "application/xml")])
+        .await;
+    assert_eq!(json.headers["x-cache"], "MISS");
+    assert_eq!(xml.headers["x-cache"], "HIT");
+    assert!(json.body.starts_with('{'));
+    assert!(xml.body.contains("<EntityReferences"), "{}", xml.body);
+    assert_eq!(em_saw(&sim, &p), 1);
+
+    // Upper-case ID and `format=ENTITY` are the same keys as their canonical forms.
+    let upper = path(&sim, 11).replace(
+        &sim.restore_point_id(11),
+        &sim.restore_point_id(11).to_uppercase(),
+    );
+    assert_eq!(
+        http.get(&gw.url(&upper), &[]).await.headers["x-cache"],
+        "HIT"
+    );
+    let entity = http.get(&gw.url(&format!("{p}?format=Entity")), &[]).await;
+    assert_eq!(entity.headers["x-cache"], "MISS");
+    let vms = entity.json()["VmRestorePoints"]
+        .as_array()
+        .cloned()
+        .expect("entities");
+    assert_eq!(vms.len(), sim.vm_count(11));
+    let again = http.get(&gw.url(&format!("{p}?format=entity")), &[]).await;
+    assert_eq!(again.headers["x-cache"], "HIT");
+    assert_eq!(em_saw(&sim, &format!("{p}?format=Entity")), 1);
+
+    // Other query parameters bypass the cache.
+    let other = http.get(&gw.url(&format!("{p}?sortAsc=name")), &[]).await;
+    assert!(!other.headers.contains_key("x-cache"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_follow_each_clients_host_even_on_a_hit() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = path(&sim, 12);
+
+    let a = http.get(&gw.url(&p), &[("host", "a.example:9399")]).await;
+    let b = http.get(&gw.url(&p), &[("host", "b.example")]).await;
+    assert_eq!(b.headers["x-cache"], "HIT");
+    assert!(a.body.contains("http://a.example:9399/api/") && !a.body.contains("b.example"));
+    assert!(b.body.contains("http://b.example/api/") && !b.body.contains("a.example"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_ttl_a_burst_makes_exactly_one_refetch() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_CACHE_TTL", "1s")]);
+    let http = Http::default();
+    let p = path(&sim, 20);
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sim.set_latency(Duration::from_millis(300));
+    let replies = burst(&http, &gw.url(&p), 50, &[]).await;
+
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    assert!(replies.iter().all(|r| r.headers["x-cache"] == "MISS"));
+    assert_eq!(em_saw(&sim, &p), 2, "expected exactly one refetch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_em_fails_an_expired_entry_is_served_stale_until_the_window_ends() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CACHE_TTL", "500ms"),
+            ("EMGATE_CACHE_STALE_IF_ERROR", "2s"),
+        ],
+    );
+    let http = Http::default();
+    let p = path(&sim, 30);
+    let fresh = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(fresh.status, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let stale = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(stale.status, StatusCode::OK);
+    assert_eq!(stale.headers["x-cache"], "STALE");
+    assert!(stale.headers.contains_key("age"));
+    assert_eq!(stale.body, fresh.body);
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Reset));
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "STALE");
+
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let gone = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(gone.status, StatusCode::BAD_GATEWAY, "{}", gone.body);
+    assert_eq!(gone.json()["StatusCode"], 502);
+
+    // EM's own error answers are passed on, never cached.
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    assert_eq!(
+        http.get(&gw.url(&path(&sim, 31)), &[]).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    sim.set_fault(FaultTarget::Data, None);
+    let ok = http.get(&gw.url(&path(&sim, 31)), &[]).await;
+    assert_eq!(
+        (ok.status, &ok.headers["x-cache"]),
+        (StatusCode::OK, &"MISS".parse().unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_id_hammered_100_times_reaches_em_at_most_once() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = "/api/restorePoints/0badc0de-0000-4000-8000-000000000000/vmRestorePoints";
+
+    for _ in 0..100 {
+        let reply = http.get(&gw.url(p), &[]).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.json()["StatusCode"], 404);
+    }
+    assert_eq!(em_saw(&sim, p), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_are_not_uuids_get_400_and_never_reach_em() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    sim.clear_requests();
+
+    let long = "a".repeat(1000);
+    for id in [
+        "abc",
+        "..",
+        "%2e%2e",
+        long.as_str(),
+        "dc216c042e34478e8b9b49a3397ef6f8",
+    ] {
+        let reply = http
+            .get(
+                &gw.url(&format!("/api/restorePoints/{id}/vmRestorePoints")),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{id}");
+        assert_eq!(reply.json()["StatusCode"], 400);
+    }
+    assert!(
+        sim.requests().is_empty(),
+        "reached EM: {:?}",
+        sim.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_needs_the_admin_token_and_forces_a_refetch() {
+    let sim = start_sim(sim_config()).await;
+    let plain = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let reply = http
+        .send(Method::DELETE, &plain.url("/admin/cache"), &[])
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::NOT_FOUND,
+        "admin exists without a token"
+    );
+    drop(plain);
+
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "let-me-purge")]);
+    let p = path(&sim, 40);
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
+
+    let one = format!("/admin/cache/restorePoints/{}", sim.restore_point_id(40));
+    for auth in [None, Some("Bearer wrong"), Some("Basic bGV0LW1lLXB1cmdl")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let reply = http.send(Method::DELETE, &gw.url(&one), &headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
+
+    let ok = [("authorization", "Bearer let-me-purge")];
+    assert_eq!(
+        http.send(Method::DELETE, &gw.url(&one), &ok).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
+    assert_eq!(
+        http.send(Method::DELETE, &gw.url("/admin/cache"), &ok)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
+    assert_eq!(em_saw(&sim, &p), 3);
+}

@@ -1,0 +1,153 @@
+//! `/metrics` after real traffic: each contract metric with the values the
+//! traffic implies.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split_whitespace().next() == Some(series))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_hits_misses_requests_and_one_logon() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(1)
+    );
+    for _ in 0..3 {
+        assert_eq!(http.get(&gw.url(&p), &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        http.get(&gw.url("/api/restorePoints"), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http.get(&gw.url("/api/nope/../x"), &[]).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let reply = http.get(&gw.url("/metrics"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let m = reply.body;
+    let route = "/api/restorePoints/{id}/vmRestorePoints";
+    assert_eq!(
+        sample(
+            &m,
+            &format!("emgate_requests_total{{route=\"{route}\",status=\"200\"}}")
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_requests_total{route=\"/api/*\",status=\"200\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_requests_total{route=\"/api/*\",status=\"400\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            &format!("emgate_request_duration_seconds_count{{route=\"{route}\"}}")
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_cache_requests_total{result=\"hit\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_cache_requests_total{result=\"miss\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_cache_requests_total{result=\"stale\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "emgate_cache_entries"), Some(1.0), "{m}");
+    assert!(sample(&m, "emgate_cache_bytes").unwrap() > 500.0, "{m}");
+    assert_eq!(
+        sample(&m, "emgate_upstream_logons_total{result=\"ok\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_upstream_logons_total{result=\"failed\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    // One logon (201), the cache miss and the pass-through (200).
+    assert_eq!(
+        sample(&m, "emgate_upstream_requests_total{status=\"201\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_upstream_requests_total{status=\"200\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_upstream_duration_seconds_count"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "emgate_upstream_session_valid"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "emgate_client_sessions"), Some(0.0), "{m}");
+    assert!(
+        !m.contains(&sim.restore_point_id(1)),
+        "a raw path became a label"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_stays_within_its_byte_bound_when_filled() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_CACHE_MAX_BYTES", "64KiB")]);
+    let http = Http::default();
+    for i in 0..150 {
+        let p = format!(
+            "/api/restorePoints/{}/vmRestorePoints?format=Entity",
+            sim.restore_point_id(i)
+        );
+        assert_eq!(http.get(&gw.url(&p), &[]).await.status, StatusCode::OK);
+    }
+    // moka evicts in its housekeeping; a few more requests let it run.
+    let mut bytes = f64::MAX;
+    for _ in 0..20 {
+        let m = http.get(&gw.url("/metrics"), &[]).await.body;
+        bytes = sample(&m, "emgate_cache_bytes").unwrap();
+        let entries = sample(&m, "emgate_cache_entries").unwrap();
+        if bytes <= 64.0 * 1024.0 && entries > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(bytes <= 64.0 * 1024.0, "cache holds {bytes} bytes");
+    assert!(bytes > 16.0 * 1024.0, "cache unexpectedly empty: {bytes}");
+}
