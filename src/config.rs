@@ -424,11 +424,26 @@ impl Settings {
         })
     }
 
+    /// Each setting's shown value (TOML syntax, secrets as `"***"`) and
+    /// source, or `None` when unset.
+    fn effective(
+        &self,
+    ) -> impl Iterator<Item = (&'static Spec, Option<(String, &'static str)>)> + '_ {
+        SETTINGS.iter().map(|s| {
+            let shown = match self.raw.get(s.env) {
+                Some(o) if s.secret => Some(("\"***\"".to_string(), o.source)),
+                Some(o) => Some((toml_value(&o.value), o.source)),
+                None => s.default.map(|d| (toml_value(d), "default")),
+            };
+            (s, shown)
+        })
+    }
+
     /// The effective settings as commented TOML, secrets shown as `***`.
     pub fn render_effective(&self) -> String {
         let mut out = String::new();
         let mut section = "";
-        for s in SETTINGS {
+        for (s, shown) in self.effective() {
             if s.section != section {
                 if !section.is_empty() {
                     out.push('\n');
@@ -436,20 +451,25 @@ impl Settings {
                 section = s.section;
                 let _ = writeln!(out, "[{section}]");
             }
-            let (shown, source) = match self.raw.get(s.env) {
-                Some(o) if s.secret => ("\"***\"".to_string(), o.source),
-                Some(o) => (toml_value(&o.value), o.source),
-                None => match s.default {
-                    Some(d) => (toml_value(d), "default"),
-                    None => {
-                        let _ = writeln!(out, "# {} = (unset)  # {}", s.key, s.env);
-                        continue;
-                    }
-                },
-            };
-            let _ = writeln!(out, "{} = {shown}  # {}, {source}", s.key, s.env);
+            match shown {
+                Some((value, source)) => {
+                    let _ = writeln!(out, "{} = {value}  # {}, {source}", s.key, s.env);
+                }
+                None => {
+                    let _ = writeln!(out, "# {} = (unset)  # {}", s.key, s.env);
+                }
+            }
         }
         out
+    }
+
+    /// The effective settings on one line (`section.key=value ...`, secrets
+    /// as `***`, unset ones left out), for the start-up log.
+    pub fn summary(&self) -> String {
+        self.effective()
+            .filter_map(|(s, shown)| shown.map(|(v, _)| format!("{}.{}={v}", s.section, s.key)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 

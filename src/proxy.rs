@@ -46,11 +46,13 @@ const NEVER_TO_EM: [HeaderName; 7] = [
 ];
 
 /// EM headers that carry EM's session or are recomputed for the client.
-const NEVER_TO_CLIENT: [HeaderName; 4] = [
+const NEVER_TO_CLIENT: [HeaderName; 5] = [
     header::SET_COOKIE,
     SESSION_HEADER,
     header::CONTENT_LENGTH,
     header::WWW_AUTHENTICATE,
+    // EM's server software and version are none of the client's business.
+    header::SERVER,
 ];
 
 /// Forwards a GET or HEAD under `/api` to EM and returns EM's answer,

@@ -36,14 +36,28 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// The cached form for a query, or `None` when the query must bypass the cache.
+///
+/// `v` (the API version some clients add to every request, e.g. the
+/// `veeam-em` package's `?v=latest`) does not change this resource's answer,
+/// so it does not keep a request from the cache; it is not sent to EM either.
 pub fn form_of(query: Option<&str>) -> Option<Form> {
-    match query {
-        None | Some("") => Some(Form::References),
-        Some(q) => {
-            let (name, value) = q.split_once('=')?;
-            (name == "format" && value.eq_ignore_ascii_case("entity")).then_some(Form::Entity)
+    let mut form = Form::References;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "v" => {}
+            "format" if value.eq_ignore_ascii_case("entity") => form = Form::Entity,
+            _ => return None,
         }
     }
+    Some(form)
+}
+
+/// The restore point `{id}` segment of any `/api/restorePoints/{id}[/...]` path.
+pub fn restore_point_segment(path: &str) -> Option<&str> {
+    let rest = strip_prefix_ignore_case(path, "/api/restorePoints/")?;
+    let id = rest.split('/').next().unwrap_or(rest);
+    (!id.is_empty()).then_some(id)
 }
 
 /// Answers a GET/HEAD for the cached route.
@@ -139,6 +153,17 @@ mod tests {
         assert_eq!(form_of(Some("format=Entity")), Some(Form::Entity));
         assert_eq!(form_of(Some("format=ENTITY")), Some(Form::Entity));
         assert_eq!(form_of(Some("format=Entity&x=1")), None);
+        assert_eq!(form_of(Some("v=latest")), Some(Form::References));
+        assert_eq!(form_of(Some("v=latest&format=Entity")), Some(Form::Entity));
+        assert_eq!(
+            restore_point_segment(&format!("/api/restorePoints/{id}")),
+            Some(id)
+        );
+        assert_eq!(
+            restore_point_segment("/api/restorePoints/x/backupFiles"),
+            Some("x")
+        );
+        assert_eq!(restore_point_segment("/api/restorePoints"), None);
         assert_eq!(form_of(Some("sortAsc=name")), None);
     }
 }

@@ -29,7 +29,6 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::access;
 use crate::cache::{RestorePointId, VmPointsCache};
@@ -140,7 +139,9 @@ impl Gateway {
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!(%addr, scheme, upstream = %app.pool.upstream().base_url(), "listening");
         }
+        tracing::info!(settings = %app.settings.summary(), "effective settings");
         let maintenance = tokio::spawn(app.pool.clone().maintain());
+        let discovery = tokio::spawn(log_em_version(app.pool.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         // One semaphore for the whole process, shared by every connection.
         let concurrency = Arc::new(Semaphore::new(app.settings.listen.max_concurrency));
@@ -223,6 +224,7 @@ impl Gateway {
         }
         maintenance.abort();
         housekeeping.abort();
+        discovery.abort();
         // Bounded: a hung EM must not hold the pod past its grace period
         // (an abandoned session expires on EM's side anyway).
         if tokio::time::timeout(LOGOUT_TIMEOUT, app.pool.logout())
@@ -249,7 +251,8 @@ fn stack(
     ServiceBuilder::new()
         // Outermost, so every log line and every response carries the id.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // One line per request with method, path, status, latency and id.
+        // A span per request, so every log line made while serving it
+        // carries the request id.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Incoming>| {
@@ -265,14 +268,10 @@ fn stack(
                         request_id = %id
                     )
                 })
+                // The one line per request is written by `route`, which
+                // knows the route template and the cache result.
                 .on_request(())
-                .on_response(|res: &Response<Body>, latency: Duration, _: &Span| {
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        "served"
-                    );
-                })
+                .on_response(())
                 .on_body_chunk(())
                 .on_eos(())
                 .on_failure(()),
@@ -310,10 +309,30 @@ async fn route(
         other => GatewayError::NotFound(other.chars().take(200).collect())
             .into_response(xml, app.settings.json_case),
     };
-    crate::metrics::request(
-        crate::metrics::route_label(path),
-        response.status(),
-        started.elapsed(),
+    let route = crate::metrics::route_label(path);
+    let elapsed = started.elapsed();
+    crate::metrics::request(route, response.status(), elapsed);
+    tracing::info!(
+        method = %parts.method,
+        path,
+        route,
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        client = response
+            .extensions()
+            .get::<ClientLabel>()
+            .map_or("-", |c| c.0.as_str()),
+        cache = response
+            .headers()
+            .get(&restore_points::X_CACHE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        "request"
     );
     Ok(response)
 }
@@ -333,6 +352,7 @@ async fn api(
         app.settings.tls.is_some(),
         app.local_addr,
     );
+    let mut client = None;
     let result = async {
         if app.draining.load(Ordering::Relaxed) {
             // Connections kept alive through the drain still get an answer.
@@ -351,16 +371,22 @@ async fn api(
         } else {
             access::authenticate(app, &parts.headers)?
         };
+        client = Some(caller.owner().to_string());
         app.limits
             .check(&caller.bucket(peer))
             .map_err(GatewayError::RateLimited)?;
         if access::is_logon_sessions_path(path) {
             return access::logon_sessions(app, &caller, parts, xml, &public);
         }
-        if let Some(segment) = restore_points::match_route(path) {
-            let id = RestorePointId::parse(segment).ok_or_else(|| {
-                GatewayError::BadRequest("the restore point ID must be a UUID".into())
-            })?;
+        // Every restore point ID is checked before EM sees it, not only the cached route's.
+        let id = restore_points::restore_point_segment(path)
+            .map(|segment| {
+                RestorePointId::parse(segment).ok_or_else(|| {
+                    GatewayError::BadRequest("the restore point ID must be a UUID".into())
+                })
+            })
+            .transpose()?;
+        if let (Some(id), true) = (id, restore_points::match_route(path).is_some()) {
             if let (true, Some(form)) = (read, restore_points::form_of(parts.uri.query())) {
                 return Ok(restore_points::serve(app, parts, id, form, xml, &public).await);
             }
@@ -374,11 +400,19 @@ async fn api(
         crate::proxy::forward(&app.pool, parts, xml, &public, case).await
     }
     .await;
-    result.unwrap_or_else(|e| {
+    let mut response = result.unwrap_or_else(|e| {
         log_error(&e);
         e.to_response(xml, app.settings.json_case, &public)
-    })
+    });
+    if let Some(name) = client {
+        response.extensions_mut().insert(ClientLabel(name));
+    }
+    response
 }
+
+/// Who made a request, for its log line.
+#[derive(Clone)]
+struct ClientLabel(String);
 
 /// Bytes of a request's head: target and headers.
 fn head_size(parts: &Parts) -> usize {
@@ -388,6 +422,22 @@ fn head_size(parts: &Parts) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     headers + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
+}
+
+/// Once logged on, logs which API versions EM offers (operators want to
+/// know what they are talking to; the JSON case must match the EM version).
+async fn log_em_version(pool: Arc<SessionPool>) {
+    while !pool.is_valid() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match pool.upstream().api_versions().await {
+        Ok(versions) => tracing::info!(
+            api_versions = %versions.join(","),
+            latest = versions.last().map(String::as_str).unwrap_or("unknown"),
+            "Enterprise Manager found"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not read EM's entry point"),
+    }
 }
 
 /// Periodic upkeep: rate-limit buckets of clients that went quiet.

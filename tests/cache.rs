@@ -110,6 +110,11 @@ async fn json_and_xml_clients_of_one_id_share_one_fetch_and_forms_are_separate()
     assert_eq!(again.headers["x-cache"], "HIT");
     assert_eq!(em_saw(&sim, &format!("{p}?format=Entity")), 1);
 
+    // The API version some clients add to every request does not bypass it.
+    let versioned = http.get(&gw.url(&format!("{p}?v=latest")), &[]).await;
+    assert_eq!(versioned.headers["x-cache"], "HIT");
+    assert_eq!(versioned.body, json.body);
+
     // Other query parameters bypass the cache.
     let other = http.get(&gw.url(&format!("{p}?sortAsc=name")), &[]).await;
     assert!(!other.headers.contains_key("x-cache"));

@@ -74,6 +74,15 @@ async fn a_client_lists_the_vm_restore_points_of_a_restore_point() {
         !reply.headers.contains_key("set-cookie"),
         "EM's cookie leaked"
     );
+    let passed = http.get(&gw.url("/api/restorePoints"), &[]).await;
+    assert!(
+        !passed.headers.contains_key("server"),
+        "EM's Server header leaked"
+    );
+    let bad = http
+        .get(&gw.url("/api/restorePoints/not-a-uuid"), &[])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(
         !reply.headers.contains_key("x-restsvcsessionid"),
         "EM's token leaked"
@@ -534,4 +543,65 @@ async fn head_answers_like_get_without_a_body() {
         .await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(reply.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_is_one_json_object_with_the_request_fields() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = vm_points_path(&sim, 9);
+    let _ = http.get(&gw.url(&p), &[]).await;
+    let _ = http.get(&gw.url(&p), &[("x-request-id", "log-me-7")]).await;
+    let _ = http.get(&gw.url("/readyz"), &[]).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let text = gw.log_text();
+            async move { text.contains("Enterprise Manager found") }
+        })
+        .await,
+        "the EM version was not logged"
+    );
+
+    let lines: Vec<serde_json::Value> = gw
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string()
+                && line["level"].is_string()
+                && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let hit = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["request_id"] == "log-me-7")
+        .expect("a request line with the client's id");
+    assert_eq!(hit["route"], "/api/restorePoints/{id}/vmRestorePoints");
+    assert_eq!(hit["status"], 200);
+    assert_eq!(hit["cache"], "HIT");
+    assert_eq!(hit["method"], "GET");
+    assert!(hit["latency_ms"].as_f64().is_some());
+    let settings = lines
+        .iter()
+        .find(|l| l["message"] == "effective settings")
+        .unwrap();
+    let text = settings["settings"].as_str().unwrap();
+    assert!(
+        text.contains("upstream.password=\"***\"") && !text.contains(PASSWORD),
+        "{text}"
+    );
+    let found = lines
+        .iter()
+        .find(|l| l["message"] == "Enterprise Manager found")
+        .unwrap();
+    assert!(
+        found["api_versions"].as_str().unwrap().contains("v1_"),
+        "{found}"
+    );
 }

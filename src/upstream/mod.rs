@@ -98,6 +98,31 @@ impl Upstream {
         &self.base
     }
 
+    /// The API versions EM's entry point (`GET /api/`, no session needed) lists.
+    pub async fn api_versions(&self) -> Result<Vec<String>, UpstreamError> {
+        let response = self.send(Method::GET, "/api/", HeaderMap::new()).await?;
+        let mut reader = quick_xml::Reader::from_reader(response.body.as_ref());
+        let mut versions = Vec::new();
+        loop {
+            match reader.read_event() {
+                Ok(quick_xml::events::Event::Start(e)) | Ok(quick_xml::events::Event::Empty(e))
+                    if e.local_name().as_ref() == b"SupportedVersion" =>
+                {
+                    if let Some(name) = e
+                        .attributes()
+                        .flatten()
+                        .find(|a| a.key.local_name().as_ref() == b"Name")
+                    {
+                        versions.push(String::from_utf8_lossy(&name.value).into_owned());
+                    }
+                }
+                Ok(quick_xml::events::Event::Eof) | Err(_) => break,
+                _ => {}
+            }
+        }
+        Ok(versions)
+    }
+
     /// Sends one request and reads the whole answer within the timeout.
     ///
     /// `path_and_query` starts with `/api`. EM is always asked for XML.
