@@ -270,7 +270,11 @@ pub(crate) fn build(text: &str) -> Result<Doc<'_>, ConvertError> {
         attrs: Vec::with_capacity(input.len() / 64 + 4),
     };
     let mut reader = Reader::from_str(text);
-    let mut stack: Vec<u32> = Vec::with_capacity(32);
+    // End tags are matched against `stack` below, which saves quick-xml
+    // copying every open name into a buffer of its own.
+    reader.config_mut().check_end_names = false;
+    // Open elements: (node, start and length of the qualified name).
+    let mut stack: Vec<(u32, u32, u32)> = Vec::with_capacity(32);
     let mut root_done = false;
     let mut first_event = true;
     loop {
@@ -281,11 +285,11 @@ pub(crate) fn build(text: &str) -> Result<Doc<'_>, ConvertError> {
         let was_first = std::mem::replace(&mut first_event, false);
         match event {
             Event::Start(e) => {
-                start_element(&mut doc, &e, &stack, root_done, pos)?;
+                let (qoff, qlen) = start_element(&mut doc, &e, &stack, root_done, pos)?;
                 if stack.len() >= MAX_DEPTH {
                     return Err(ConvertError::TooDeep(MAX_DEPTH));
                 }
-                stack.push((doc.nodes.len() - 1) as u32);
+                stack.push(((doc.nodes.len() - 1) as u32, qoff, qlen));
             }
             Event::Empty(e) => {
                 start_element(&mut doc, &e, &stack, root_done, pos)?;
@@ -295,11 +299,20 @@ pub(crate) fn build(text: &str) -> Result<Doc<'_>, ConvertError> {
                     root_done = true;
                 }
             }
-            Event::End(_) => {
-                // quick-xml has checked that the name matches the open tag.
-                let Some(i) = stack.pop() else {
+            Event::End(e) => {
+                let Some((i, qoff, qlen)) = stack.pop() else {
                     return Err(malformed("close tag without open tag", pos));
                 };
+                if e.name().as_ref() != doc.span(qoff, qlen) {
+                    return Err(malformed(
+                        format!(
+                            "expected </{}>, found </{}>",
+                            String::from_utf8_lossy(doc.span(qoff, qlen)),
+                            String::from_utf8_lossy(e.name().as_ref())
+                        ),
+                        pos,
+                    ));
+                }
                 let end = doc.nodes.len() as u32;
                 doc.nodes[i as usize].end = end;
                 if stack.is_empty() {
@@ -309,7 +322,7 @@ pub(crate) fn build(text: &str) -> Result<Doc<'_>, ConvertError> {
             Event::Text(t) => {
                 let raw: &[u8] = &t;
                 let ws = raw.iter().all(|&b| is_xml_ws(b));
-                let Some(&parent) = stack.last() else {
+                let Some(&(parent, _, _)) = stack.last() else {
                     if ws {
                         continue;
                     }
@@ -342,7 +355,7 @@ pub(crate) fn build(text: &str) -> Result<Doc<'_>, ConvertError> {
             }
             Event::CData(c) => {
                 let raw: &[u8] = &c;
-                let Some(&parent) = stack.last() else {
+                let Some(&(parent, _, _)) = stack.last() else {
                     return Err(malformed("CDATA outside the root element", pos));
                 };
                 let off = offset_in(input, raw).ok_or_else(|| malformed("reader slice", pos))?;
@@ -389,14 +402,15 @@ fn push_text(doc: &mut Doc<'_>, kind: Kind, off: u32, len: usize, flags: u8) {
     });
 }
 
-/// Records an element start (`<x …>` or `<x …/>`) and its attributes.
+/// Records an element start (`<x …>` or `<x …/>`) and its attributes;
+/// returns where its qualified name is, to match the end tag.
 fn start_element(
     doc: &mut Doc<'_>,
     e: &BytesStart<'_>,
-    stack: &[u32],
+    stack: &[(u32, u32, u32)],
     root_done: bool,
     pos: u64,
-) -> Result<(), ConvertError> {
+) -> Result<(u32, u32), ConvertError> {
     if root_done {
         return Err(malformed("content after the root element", pos));
     }
@@ -415,7 +429,7 @@ fn start_element(
     if lname.is_empty() {
         return Err(malformed("empty local name", pos));
     }
-    if let Some(&parent) = stack.last() {
+    if let Some(&(parent, _, _)) = stack.last() {
         let parent = parent as usize;
         if doc.nodes[parent].flags & HAS_ELEM == 0 {
             // Whitespace before the first child element was kept in case the
@@ -444,7 +458,7 @@ fn start_element(
         kind: Kind::Elem,
         flags,
     });
-    Ok(())
+    Ok((content_off, qname.len() as u32))
 }
 
 /// Parses the attributes of a start tag: `content` is the tag between `<`

@@ -20,9 +20,12 @@
 //! - URLs under EM's base URL are rewritten to the gateway's (also for XML
 //!   clients, by [`rewrite_xml`]).
 //!
-//! How: [`doc`] indexes the document with quick-xml (spans into the input, no
-//! strings) and checks it is well-formed; [`writer`] walks the index once and
-//! writes JSON bytes, looking names up in the generated [`schema`] table.
+//! How: `doc` indexes the document with quick-xml (spans into the input, no
+//! strings) and checks it is well-formed; `writer` walks the index once and
+//! writes JSON bytes, looking names up in the generated `schema` table
+//! (`schema_data.rs`, made and kept current by `schema_gen.rs`); `case` holds
+//! the naming rules, `json` the escaping and scalar forms, `rewrite` the URL
+//! rewriting for both outputs.
 //! Nothing is written to the caller's buffer unless the whole conversion
 //! succeeds. The converter is pure (bytes in, bytes out) and never panics on
 //! any input; a document nested deeper than 256 elements is refused.
