@@ -103,17 +103,22 @@ echo "EM fetches: $cold_fetches"
 
 say "warming $WARM restore points"
 head -n "$WARM" "$work/ids" | while read -r id; do
-    curl -s -o /dev/null "$gw/api/restorePoints/$id/vmRestorePoints"
-done
-# One body, the same for both servers: a typical restore point.
-hot_id=$(sed -n 3p "$work/ids")
+    printf '%s %s\n' "$(curl -s "$gw/api/restorePoints/$id/vmRestorePoints" | wc -c)" "$id"
+done | sort -n >"$work/sizes"
+# One body, the same for both servers: the largest of the warm set (8 VMs).
+hot_id=$(tail -1 "$work/sizes" | cut -d' ' -f2)
 hot_path="/api/restorePoints/$hot_id/vmRestorePoints"
 body_bytes=$(curl -s "$gw$hot_path" | wc -c)
 echo "hot body: $body_bytes bytes"
 
 say "starting nginx (1 worker, core 0) caching emgate's answers"
 mkdir -p "$work/nginx/cache" "$work/nginx/tmp"
+# As root, nginx's workers would run as an unprivileged user that cannot
+# write into this private scratch folder.
+nginx_user=""
+[[ $EUID -eq 0 ]] && nginx_user="user root;"
 cat >"$work/nginx.conf" <<EOF
+$nginx_user
 worker_processes 1;
 pid $work/nginx.pid;
 error_log $work/nginx/error.log warn;
@@ -133,6 +138,8 @@ http {
             proxy_pass http://emgate;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The same Host as a direct client, so the links (and bytes) match.
+            proxy_set_header Host 127.0.0.1:$GW_PORT;
             proxy_cache em;
             proxy_cache_valid 200 404 1h;
             proxy_cache_lock on;

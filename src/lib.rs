@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod render;
+pub mod request_id;
 pub mod response;
 pub mod restore_points;
 pub mod secret;

@@ -24,11 +24,7 @@ pub fn check_api_path(path: &str, query: Option<&str>) -> Result<(), GatewayErro
     if path.contains('\\') || path.bytes().any(|b| b.is_ascii_control()) {
         return bad("backslash or control character");
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e", "%00"]
-        .iter()
-        .any(|enc| lower.contains(enc))
-    {
+    if has_encoded_separator(path.as_bytes()) {
         return bad("encoded '/', '\\' or '.'");
     }
     if path.split('/').any(|seg| seg == "." || seg == "..") {
@@ -38,6 +34,18 @@ pub fn check_api_path(path: &str, query: Option<&str>) -> Result<(), GatewayErro
         return bad("control character in query");
     }
     Ok(())
+}
+
+/// Whether `path` holds `%2f`, `%5c`, `%2e` or `%00` (any case): encodings
+/// that could smuggle a separator or a dot segment past the checks above.
+fn has_encoded_separator(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f') | (b'5', b'c') | (b'2', b'e') | (b'0', b'0')
+            )
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //!   are split where EM's base URL occurs, so a hit only splices in the
 //!   requesting client's public URL (never another host's) and never converts.
 
+use std::sync::OnceLock;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
 use http::request::Parts;
@@ -127,12 +129,20 @@ fn looks_like_xml(headers: &HeaderMap) -> bool {
 
 /// A document split wherever EM's base URL occurred; the gaps are filled
 /// with a client's public base URL when it is served.
+///
+/// The first rendering is kept: nearly every deployment has one public base
+/// (`EMGATE_PUBLIC_URL`, or the one name clients use), so a hit is then a
+/// comparison and a reference-counted clone, with no copy at all.
 #[derive(Debug, Clone)]
 pub struct Template {
     /// Literal pieces; a public base goes between each two.
     parts: Vec<Bytes>,
     /// Total length of the pieces.
     literal_len: usize,
+    /// Length of the base that was cut out (to size the kept rendering).
+    needle_len: usize,
+    /// The first base served and the document rendered with it.
+    first: OnceLock<(Box<str>, Bytes)>,
 }
 
 impl Template {
@@ -153,7 +163,12 @@ impl Template {
             parts.push(doc.slice(start..));
         }
         let literal_len = literal_len - needle.len() * (parts.len() - 1);
-        Template { parts, literal_len }
+        Template {
+            parts,
+            literal_len,
+            needle_len: needle.len(),
+            first: OnceLock::new(),
+        }
     }
 
     /// The document with `base` in every gap.
@@ -161,6 +176,14 @@ impl Template {
         if let [only] = self.parts.as_slice() {
             return only.clone();
         }
+        let (first_base, first_doc) = self.first.get_or_init(|| (base.into(), self.fill(base)));
+        if **first_base == *base {
+            return first_doc.clone();
+        }
+        self.fill(base)
+    }
+
+    fn fill(&self, base: &str) -> Bytes {
         let gaps = self.parts.len() - 1;
         let mut out = BytesMut::with_capacity(self.literal_len + gaps * base.len());
         for (i, part) in self.parts.iter().enumerate() {
@@ -172,9 +195,16 @@ impl Template {
         out.freeze()
     }
 
-    /// Bytes held.
+    /// Bytes held, counting the kept rendering (sized as if the public
+    /// base were as long as EM's) so the cache's bound covers it.
     pub fn weight(&self) -> usize {
-        self.literal_len + self.parts.len() * std::mem::size_of::<Bytes>()
+        let gaps = self.parts.len() - 1;
+        let kept = if gaps == 0 {
+            0
+        } else {
+            self.literal_len + gaps * self.needle_len
+        };
+        self.literal_len + kept + self.parts.len() * std::mem::size_of::<Bytes>()
     }
 }
 
@@ -198,10 +228,15 @@ impl Prepared {
     ) -> Result<Prepared, ConvertError> {
         let mut json = Vec::with_capacity(em.body.len() + em.body.len() / 4);
         convert::to_json(&em.body, self::case(case), None, &mut json)?;
+        // Kept for the entry's lifetime: hold only what is used (the weigher
+        // counts lengths, so spare capacity would be memory it cannot see).
+        json.shrink_to_fit();
         Ok(Prepared {
             status: em.status,
             json: Template::split(Bytes::from(json), em_base),
-            xml: Template::split(em.body.clone(), em_base),
+            // A copy: the body may be a slice of a larger read buffer that
+            // would otherwise live as long as the entry.
+            xml: Template::split(Bytes::copy_from_slice(&em.body), em_base),
         })
     }
 
@@ -229,6 +264,15 @@ mod tests {
         let doc =
             Bytes::from_static(b"{\"Href\":\"https://em:9398/api/a\",\"X\":\"https://em:9398\"}");
         let t = Template::split(doc, "https://em:9398");
+        assert_eq!(
+            t.render("http://gw"),
+            Bytes::from_static(b"{\"Href\":\"http://gw/api/a\",\"X\":\"http://gw\"}")
+        );
+        // The second client with another base gets its own links too.
+        assert_eq!(
+            t.render("https://other"),
+            Bytes::from_static(b"{\"Href\":\"https://other/api/a\",\"X\":\"https://other\"}")
+        );
         assert_eq!(
             t.render("http://gw"),
             Bytes::from_static(b"{\"Href\":\"http://gw/api/a\",\"X\":\"http://gw\"}")

@@ -70,7 +70,8 @@ pub async fn serve(
     public: &str,
 ) -> Response<Body> {
     let key = Key { id, form };
-    let fetch = {
+    // Built only on a miss: a hit must not pay for copying headers.
+    let fetch = || {
         let pool = app.pool.clone();
         let case = app.settings.json_case;
         let headers = crate::proxy::to_em(&parts.headers);
@@ -78,7 +79,7 @@ pub async fn serve(
             Form::References => format!("/api/restorePoints/{id}/vmRestorePoints"),
             Form::Entity => format!("/api/restorePoints/{id}/vmRestorePoints?format=Entity"),
         };
-        move || async move {
+        async move {
             let em = crate::proxy::fetch(&pool, &path, headers).await?;
             let base = pool.upstream().base_url();
             let prepared = Prepared::from_em(&em, base, case)?;

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::access;
@@ -37,6 +37,7 @@ use crate::error::{error_response, GatewayError};
 use crate::limit::ClientLimits;
 use crate::logon::ClientSessions;
 use crate::render;
+use crate::request_id::ProcessUniqueId;
 use crate::response::{prefers_xml, Body};
 use crate::restore_points;
 use crate::session::SessionPool;
@@ -145,6 +146,7 @@ impl Gateway {
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         // One semaphore for the whole process, shared by every connection.
         let concurrency = Arc::new(Semaphore::new(app.settings.listen.max_concurrency));
+        let request_ids = ProcessUniqueId::new();
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -171,7 +173,12 @@ impl Gateway {
                 _ = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(stack(app.clone(), peer, concurrency.clone()));
+            let service = TowerToHyperService::new(stack(
+                app.clone(),
+                peer,
+                concurrency.clone(),
+                request_ids.clone(),
+            ));
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
@@ -242,6 +249,7 @@ fn stack(
     app: Arc<App>,
     peer: SocketAddr,
     concurrency: Arc<Semaphore>,
+    request_ids: ProcessUniqueId,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Response<impl http_body::Body<Data = Bytes, Error = Infallible>>,
@@ -250,7 +258,7 @@ fn stack(
 > + Clone {
     ServiceBuilder::new()
         // Outermost, so every log line and every response carries the id.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(request_ids))
         // A span per request, so every log line made while serving it
         // carries the request id.
         .layer(
