@@ -42,6 +42,12 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Exit 0 if URL (default the local /readyz) answers 2xx: an exec probe for a loopback sidecar.
+    Probe {
+        /// The URL to probe.
+        #[arg(default_value = crate::probe::DEFAULT_URL)]
+        url: String,
+    },
     /// Manage client credentials.
     Client {
         /// The action.
@@ -107,6 +113,7 @@ pub fn main() -> ExitCode {
         Some(Command::CheckConfig { config }) => check_config(config.or(cli.config).as_deref()),
         Some(Command::Sim(args)) => runtime.block_on(sim(args)),
         Some(Command::Demo) => runtime.block_on(crate::demo::run()),
+        Some(Command::Probe { url }) => runtime.block_on(crate::probe::run(&url)),
         Some(Command::Client {
             action: ClientAction::Add { name },
         }) => client_add(&name),

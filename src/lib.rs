@@ -30,6 +30,7 @@ pub mod logging;
 pub mod logon;
 pub mod metrics;
 pub mod path;
+pub mod probe;
 pub mod proxy;
 pub mod render;
 pub mod request_id;

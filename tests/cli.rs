@@ -183,3 +183,36 @@ async fn the_demo_prints_curl_lines_that_work_and_stops_on_sigint() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_zero_only_when_the_gateway_is_ready() {
+    let sim = common::start_sim(common::sim_config()).await;
+    let gw = common::Gateway::start(&sim, &[]);
+    let ready = gw.url("/readyz");
+    let http = Http::default();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            let http = http.clone();
+            let url = ready.clone();
+            async move { http.get(&url, &[]).await.status == StatusCode::OK }
+        })
+        .await
+    );
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || emgate(&["probe", &url], &[]).status.code())
+    };
+    assert_eq!(probe(ready.clone()).await.unwrap(), Some(0));
+    sim.set_password("changed");
+    sim.expire_all_sessions();
+    // A request finds the session gone and the logon refused: not ready.
+    let _ = http.get(&gw.url("/api/restorePoints"), &[]).await;
+    assert_eq!(probe(ready).await.unwrap(), Some(1));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(
+        probe(format!("http://{closed}/readyz")).await.unwrap(),
+        Some(1)
+    );
+}
