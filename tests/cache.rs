@@ -287,3 +287,28 @@ async fn purging_needs_the_admin_token_and_forces_a_refetch() {
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
     assert_eq!(em_saw(&sim, &p), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_up_does_not_cancel_the_fetch_others_wait_for() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    let p = path(&sim, 50);
+    sim.set_latency(Duration::from_millis(800));
+
+    // The first client disconnects while its miss is being fetched...
+    let impatient =
+        tokio::time::timeout(Duration::from_millis(200), http.get(&gw.url(&p), &[])).await;
+    assert!(impatient.is_err());
+    // ...a second one joins the same fetch and gets its answer.
+    let patient = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(patient.status, StatusCode::OK);
+    assert_eq!(
+        em_saw(&sim, &p),
+        1,
+        "the fetch was cancelled and made again"
+    );
+    sim.set_latency(Duration::ZERO);
+    assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
+}

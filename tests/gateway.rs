@@ -605,3 +605,64 @@ async fn every_log_line_is_one_json_object_with_the_request_fields() {
         "{found}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_is_kept_alive_across_ems_idle_timeout() {
+    let mut cfg = sim_config();
+    cfg.session_idle = Duration::from_millis(1500);
+    let sim = start_sim(cfg).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_UPSTREAM_KEEPALIVE", "400ms")]);
+    let http = Http::default();
+    assert_eq!(
+        http.get(&gw.url("/api/restorePoints"), &[]).await.status,
+        StatusCode::OK
+    );
+
+    // No client for twice EM's idle timeout: only the keep-alive touches EM.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let reply = http.get(&gw.url("/api/restorePoints"), &[]).await;
+
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        sim.stats().logons_ok,
+        1,
+        "the session expired and was replaced"
+    );
+    assert_eq!(sim.stats().unauthorized, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_em_logon_gives_503_within_the_timeout() {
+    let sim = start_sim(sim_config()).await;
+    sim.set_fault(FaultTarget::Logon, Some(Fault::Hang));
+    let mut gw = Gateway::start(&sim, &[("EMGATE_UPSTREAM_TIMEOUT", "1s")]);
+    let http = Http::default();
+
+    let started = Instant::now();
+    let reply = http.get(&gw.url("/api/restorePoints"), &[]).await;
+
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.json()["StatusCode"], 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(gw.is_running());
+    sim.set_fault(FaultTarget::Logon, None);
+    let ready_url = gw.url("/readyz");
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let http = http.clone();
+            let url = ready_url.clone();
+            async move { http.get(&url, &[]).await.status == StatusCode::OK }
+        })
+        .await,
+        "no recovery after the logon hang ended"
+    );
+}
