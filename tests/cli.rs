@@ -190,14 +190,7 @@ async fn probe_exits_zero_only_when_the_gateway_is_ready() {
     let gw = common::Gateway::start(&sim, &[]);
     let ready = gw.url("/readyz");
     let http = Http::default();
-    assert!(
-        common::eventually(Duration::from_secs(10), || {
-            let http = http.clone();
-            let url = ready.clone();
-            async move { http.get(&url, &[]).await.status == StatusCode::OK }
-        })
-        .await
-    );
+    assert!(common::becomes_ready(&http, &gw).await);
     let probe = |url: String| {
         tokio::task::spawn_blocking(move || emgate(&["probe", &url], &[]).status.code())
     };

@@ -195,15 +195,8 @@ async fn a_wrong_em_password_gives_503s_until_it_is_fixed_then_recovers() {
     assert!(gw.is_running());
 
     sim.set_password(PASSWORD);
-    let http2 = http.clone();
-    let ready_url = gw.url("/readyz");
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let http = http2.clone();
-            let url = ready_url.clone();
-            async move { http.get(&url, &[]).await.status == StatusCode::OK }
-        })
-        .await,
+        becomes_ready(&http, &gw).await,
         "the gateway did not recover by itself"
     );
     let reply = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
@@ -492,15 +485,7 @@ async fn the_em_password_and_session_token_never_appear_in_debug_logs() {
     let http = Http::default();
     let _ = http.get(&gw.url("/api/"), &[]).await;
     sim.set_password(PASSWORD);
-    let ready_url = gw.url("/readyz");
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let http = http.clone();
-            let url = ready_url.clone();
-            async move { http.get(&url, &[]).await.status == StatusCode::OK }
-        })
-        .await
-    );
+    assert!(becomes_ready(&http, &gw).await);
     let _ = http.get(&gw.url(&vm_points_path(&sim, 0)), &[]).await;
     sim.expire_all_sessions();
     let _ = http.get(&gw.url(&vm_points_path(&sim, 1)), &[]).await;
@@ -655,14 +640,8 @@ async fn a_hanging_em_logon_gives_503_within_the_timeout() {
     );
     assert!(gw.is_running());
     sim.set_fault(FaultTarget::Logon, None);
-    let ready_url = gw.url("/readyz");
     assert!(
-        eventually(Duration::from_secs(10), || {
-            let http = http.clone();
-            let url = ready_url.clone();
-            async move { http.get(&url, &[]).await.status == StatusCode::OK }
-        })
-        .await,
+        becomes_ready(&http, &gw).await,
         "no recovery after the logon hang ended"
     );
 }

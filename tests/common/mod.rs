@@ -266,6 +266,17 @@ where
     false
 }
 
+/// Waits (up to 10 s) for the gateway's `/readyz` to answer 200.
+pub async fn becomes_ready(http: &Http, gw: &Gateway) -> bool {
+    let url = gw.url("/readyz");
+    eventually(Duration::from_secs(10), || {
+        let http = http.clone();
+        let url = url.clone();
+        async move { http.get(&url, &[]).await.status == StatusCode::OK }
+    })
+    .await
+}
+
 /// Starts a simulator, failing the test if it cannot.
 pub async fn start_sim(cfg: SimConfig) -> Sim {
     let _ = rustls::crypto::ring::default_provider().install_default();
