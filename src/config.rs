@@ -765,7 +765,7 @@ mod tests {
         ("EMGATE_UPSTREAM_PASSWORD", "hunter2"),
     ];
 
-    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    fn with<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut v = MINIMAL.to_vec();
         v.extend_from_slice(extra);
         v
@@ -874,18 +874,16 @@ mod tests {
     fn trust_options_are_exclusive_and_pins_parse_with_colons() {
         let pin = "AB:".repeat(31) + "AB";
         let s = load(
-            &with(&[(
-                "EMGATE_UPSTREAM_CERT_SHA256",
-                Box::leak(pin.into_boxed_str()),
-            )]),
+            &with(&[("EMGATE_UPSTREAM_CERT_SHA256", pin.as_str())]),
             None,
         )
         .unwrap();
         assert_eq!(s.upstream.trust, UpstreamTrust::Pinned([0xAB; 32]));
+        let zeros = "00".repeat(32);
         let err = load(
             &with(&[
                 ("EMGATE_UPSTREAM_INSECURE", "true"),
-                ("EMGATE_UPSTREAM_CERT_SHA256", &"00".repeat(32).leak()[..]),
+                ("EMGATE_UPSTREAM_CERT_SHA256", zeros.as_str()),
             ]),
             None,
         )
