@@ -37,20 +37,23 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Whose gateway sessions this caller sees.
+    /// Whose gateway sessions this caller sees. Anonymous owners start with
+    /// `~`, which no client name may contain, so a client named "anonymous"
+    /// never shares sessions with anonymous callers.
     pub fn owner(&self) -> &str {
         match self {
             Caller::Client(name) => name,
             Caller::Session { owner, .. } => owner,
-            Caller::Anonymous => "anonymous",
+            Caller::Anonymous => "~anonymous",
         }
     }
 
-    /// The rate-limit bucket of this caller.
+    /// The rate-limit bucket of this caller: anonymous callers by address
+    /// (a name they chose themselves must not buy them a fresh bucket).
     pub fn bucket(&self, peer: IpAddr) -> Bucket {
-        match self {
-            Caller::Anonymous => Bucket::Anonymous(peer),
-            other => Bucket::Client(other.owner().to_string()),
+        match self.owner() {
+            owner if owner.starts_with('~') => Bucket::Address(peer),
+            owner => Bucket::Client(owner.to_string()),
         }
     }
 }
@@ -97,18 +100,27 @@ pub fn logon(
     xml: bool,
     public: &str,
 ) -> Result<Response<Body>, GatewayError> {
+    let exact = parts.uri.path().trim_end_matches('/');
+    if !exact.eq_ignore_ascii_case("/api/sessionMngr") {
+        return Err(GatewayError::NotFound(exact.chars().take(200).collect()));
+    }
     if parts.method != Method::POST {
-        return Err(GatewayError::MethodNotAllowed(parts.method.clone()));
+        return Err(GatewayError::MethodNotAllowed(parts.method.clone(), "POST"));
     }
     let access = &app.settings.access;
     let owner = match presented(&parts.headers) {
         // An anonymous gateway takes any EM-style logon and keeps the name
         // for display, so unchanged EM clients work against a sidecar.
-        Presented::Basic(name, _) if access.clients.is_empty() && access.allow_anonymous => name,
-        _ => match authenticate(app, &parts.headers)? {
-            Caller::Anonymous => "anonymous".to_string(),
-            caller => caller.owner().to_string(),
-        },
+        Presented::Basic(name, _) if access.clients.is_empty() && access.allow_anonymous => {
+            let shown = if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control)
+            {
+                "anonymous"
+            } else {
+                name.as_str()
+            };
+            format!("~{shown}")
+        }
+        _ => authenticate(app, &parts.headers)?.owner().to_string(),
     };
     let (token, id) = app.sessions.create(&owner)?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
@@ -117,7 +129,8 @@ pub fn logon(
         id,
         &owner,
         public,
-        app.settings.tls.is_some(),
+        // TLS here or at a trusted proxy in front: either way the client is on https.
+        public.starts_with("https://"),
         xml,
         app.settings.json_case,
     )
@@ -144,7 +157,10 @@ pub fn logon_sessions(
             Method::GET | Method::HEAD => {
                 logon::list(&app.sessions.list(owner), owner, public, xml, case)
             }
-            _ => Err(GatewayError::MethodNotAllowed(parts.method.clone())),
+            _ => Err(GatewayError::MethodNotAllowed(
+                parts.method.clone(),
+                "GET, HEAD",
+            )),
         };
     }
     let not_found = || {
@@ -165,14 +181,20 @@ pub fn logon_sessions(
             Ok(r)
         }
         Method::GET | Method::HEAD | Method::DELETE => Err(not_found()),
-        _ => Err(GatewayError::MethodNotAllowed(parts.method.clone())),
+        _ => Err(GatewayError::MethodNotAllowed(
+            parts.method.clone(),
+            "GET, HEAD, DELETE",
+        )),
     }
 }
 
-/// Whether `path` is the drop-in logon resource.
+/// Whether `path` is at or under the logon resource (all of which the
+/// gateway answers itself: nothing under it may reach EM).
 pub fn is_logon_path(path: &str) -> bool {
-    let p = path.trim_end_matches('/');
-    p.eq_ignore_ascii_case("/api/sessionMngr")
+    const LOGON: &str = "/api/sessionMngr";
+    path.get(..LOGON.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(LOGON))
+        && matches!(path.as_bytes().get(LOGON.len()), None | Some(b'/'))
 }
 
 /// Whether `path` is under `/api/logonSessions`.

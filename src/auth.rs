@@ -118,9 +118,14 @@ impl Clients {
                     .position(|l| l.contains(needle))
                     .map_or(0, |i| i + 1)
             };
-            if c.name.is_empty() || c.name.len() > 64 {
+            let valid = !c.name.is_empty()
+                && c.name.len() <= 64
+                && c.name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+            if !valid {
                 return Err(format!(
-                    "line {}: a client name is 1 to 64 characters",
+                    "line {}: a client name is 1 to 64 letters, digits, '-', '_' or '.'",
                     line_of(&c.name)
                 ));
             }

@@ -347,6 +347,12 @@ impl Settings {
         let explicit_anonymous = v.opt("EMGATE_ALLOW_ANONYMOUS", parse_bool)?;
         let loopback = listen.address.ip().is_loopback();
         let allow_anonymous = match explicit_anonymous {
+            Some(false) if clients_file.is_none() => {
+                return Err(ConfigError::of(
+                    spec_of("EMGATE_ALLOW_ANONYMOUS"),
+                    "false without EMGATE_CLIENTS_FILE would let nobody in; set a clients file",
+                ))
+            }
             Some(a) => a,
             None if clients_file.is_some() => false,
             None if loopback => true,
@@ -521,7 +527,16 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
         trust,
         timeout: v.parse("EMGATE_UPSTREAM_TIMEOUT", parse_positive_duration)?,
         max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
-        keepalive: v.parse("EMGATE_UPSTREAM_KEEPALIVE", parse_positive_duration)?,
+        keepalive: v.parse(
+            "EMGATE_UPSTREAM_KEEPALIVE",
+            |s| match parse_positive_duration(s)? {
+                // EM ends a session after 15 minutes idle; the touch must come first.
+                d if d >= Duration::from_secs(15 * 60) => {
+                    Err("must be shorter than EM's 15-minute idle timeout".to_string())
+                }
+                d => Ok(d),
+            },
+        )?,
         logon_backoff_max: v.parse("EMGATE_UPSTREAM_LOGON_BACKOFF_MAX", parse_positive_duration)?,
     })
 }
@@ -889,6 +904,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("choose one"));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        let err = load(&with(&[("EMGATE_ALLOW_ANONYMOUS", "false")]), None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("EMGATE_ALLOW_ANONYMOUS"),
+            "{err}"
+        );
+        let err = load(&with(&[("EMGATE_UPSTREAM_KEEPALIVE", "15m")]), None).unwrap_err();
+        assert!(
+            err.to_string().starts_with("EMGATE_UPSTREAM_KEEPALIVE"),
+            "{err}"
+        );
     }
 
     #[test]

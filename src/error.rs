@@ -37,8 +37,8 @@ pub enum GatewayError {
     #[error("the resource {0} does not exist on this gateway")]
     NotFound(String),
     /// The method is not served here.
-    #[error("the {0} method is not allowed here: the gateway forwards GET and HEAD, and writes only with EMGATE_ALLOW_WRITES=true")]
-    MethodNotAllowed(Method),
+    #[error("the {0} method is not allowed here (allowed: {1}); writes reach EM only with EMGATE_ALLOW_WRITES=true")]
+    MethodNotAllowed(Method, &'static str),
     /// No EM session could be had.
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -80,7 +80,7 @@ impl GatewayError {
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::WriteNotReplayed => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Session(_) | GatewayError::SessionRejected | GatewayError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -88,6 +88,27 @@ impl GatewayError {
             GatewayError::Upstream(_) | GatewayError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Em { status, .. } => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message a client sees: transport and TLS details (EM's address,
+    /// certificate problems) stay in the gateway's log.
+    pub fn client_message(&self) -> String {
+        const LOG: &str = "the gateway's log has the details";
+        match self {
+            GatewayError::Upstream(UpstreamError::Unreachable(_)) => {
+                format!("cannot reach Enterprise Manager ({LOG})")
+            }
+            GatewayError::Session(SessionError::Upstream(_)) => {
+                format!("Enterprise Manager logon failed ({LOG})")
+            }
+            GatewayError::Session(SessionError::BackingOff { retry_in_ms, .. }) => format!(
+                "Enterprise Manager logon is failing; the gateway tries again in {retry_in_ms} ms ({LOG})"
+            ),
+            GatewayError::BadUpstream(_) => {
+                format!("Enterprise Manager answered with a document the gateway cannot read ({LOG})")
+            }
+            other => other.to_string(),
         }
     }
 
@@ -107,11 +128,11 @@ impl GatewayError {
             return response;
         }
         let status = self.status();
-        let mut response = error_response(status, &self.to_string(), xml, case);
+        let mut response = error_response(status, &self.client_message(), xml, case);
         let headers = response.headers_mut();
         match self {
-            GatewayError::MethodNotAllowed(_) => {
-                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            GatewayError::MethodNotAllowed(_, allowed) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allowed));
             }
             GatewayError::Unauthorized(_) => {
                 headers.insert(
@@ -194,7 +215,8 @@ mod tests {
 
     #[tokio::test]
     async fn errors_have_ems_shape_in_json_xml_and_both_cases() {
-        let r = GatewayError::MethodNotAllowed(Method::POST).into_response(false, JsonCase::Pascal);
+        let r = GatewayError::MethodNotAllowed(Method::POST, "GET, HEAD")
+            .into_response(false, JsonCase::Pascal);
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers()[ALLOW], "GET, HEAD");
         let v: serde_json::Value = serde_json::from_str(&body_of(r).await).unwrap();

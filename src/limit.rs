@@ -13,8 +13,8 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 pub enum Bucket {
     /// A named client (or the owner of a gateway session).
     Client(String),
-    /// An anonymous caller, by address.
-    Anonymous(IpAddr),
+    /// An anonymous caller (or a logon attempt), by address.
+    Address(IpAddr),
 }
 
 /// Keyed token buckets; `None` when rate limiting is off.

@@ -29,6 +29,8 @@ use crate::session::SESSION_HEADER;
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
 /// Sessions one client may hold at once; a new logon beyond it ends the oldest.
 pub const PER_CLIENT: usize = 64;
+/// Sessions the gateway holds at most; beyond it the oldest ends.
+pub const MAX_SESSIONS: usize = 10_000;
 
 /// One gateway session.
 #[derive(Debug, Clone)]
@@ -102,6 +104,11 @@ impl ClientSessions {
             own.sort_by_key(|(_, created)| *created);
             for (k, _) in own.iter().take(own.len() + 1 - PER_CLIENT) {
                 map.remove(k);
+            }
+        }
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, r)| r.created).map(|(k, _)| *k) {
+                map.remove(&oldest);
             }
         }
         map.insert(
@@ -231,7 +238,8 @@ fn logon_session_xml(out: &mut String, public: &str, id: Uuid, owner: &str, root
         out,
         "<Link Rel=\"Delete\" Type=\"LogonSession\" Href=\"{public}/api/logonSessions/{id}\"/></Links>\
          <UserName>{}</UserName><SessionId>{id}</SessionId></LogonSession>",
-        escape(owner)
+        // Anonymous owners are marked with `~` inside the gateway only.
+        escape(owner.trim_start_matches('~'))
     );
 }
 

@@ -7,8 +7,14 @@ use crate::error::GatewayError;
 pub const MAX_PATH_LEN: usize = 2048;
 
 /// Checks that `path_and_query` names an EM API resource and nothing else:
-/// `/api` or `/api/...`, no `.`/`..` segments, no encoded `/`, `\` or `.`, no
-/// backslashes or control characters, bounded length.
+/// `/api` or `/api/...`, no `.`/`..` or empty segments, no encoded `/`, `\`
+/// or `.`, no percent-encoded letters, digits or `-_~`, no backslashes or
+/// control characters, bounded length.
+///
+/// Why so strict: EM (WCF) ignores doubled slashes and decodes escapes, so
+/// `/api//logonSessions` or `/api/logon%53essions` would reach EM's own
+/// logonSessions past the gateway's handlers. After these checks the path
+/// the gateway routes on is the path EM resolves.
 pub fn check_api_path(path: &str, query: Option<&str>) -> Result<(), GatewayError> {
     let bad = |why: &str| {
         Err(GatewayError::BadRequest(format!(
@@ -30,6 +36,13 @@ pub fn check_api_path(path: &str, query: Option<&str>) -> Result<(), GatewayErro
     if path.split('/').any(|seg| seg == "." || seg == "..") {
         return bad("'.' or '..' segment");
     }
+    // An empty segment anywhere but at the very end ("/api/x/" is fine).
+    if path.trim_end_matches('/').contains("//") || path.ends_with("//") {
+        return bad("empty path segment");
+    }
+    if has_encoded_unreserved(path.as_bytes()) {
+        return bad("percent-encoded letter, digit or '-', '_', '~'");
+    }
     if query.is_some_and(|q| q.bytes().any(|b| b.is_ascii_control())) {
         return bad("control character in query");
     }
@@ -48,6 +61,21 @@ fn has_encoded_separator(path: &[u8]) -> bool {
     })
 }
 
+/// Whether `path` percent-encodes a character that never needs it: no
+/// client has a reason to, and EM would decode it into a different route.
+fn has_encoded_unreserved(path: &[u8]) -> bool {
+    path.windows(3).any(|w| {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (w[0], hex(w[1]), hex(w[2])) {
+            (b'%', Some(hi), Some(lo)) => {
+                let c = (hi * 16 + lo) as u8;
+                c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~')
+            }
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +87,8 @@ mod tests {
             "/api/",
             "/api/restorePoints/x/vmRestorePoints",
             "/api/query",
+            "/api/catalog/vms/web%20server%2301",
+            "/api/restorePoints/x/vmRestorePoints/",
         ] {
             assert!(check_api_path(ok, None).is_ok(), "{ok}");
         }
@@ -72,6 +102,10 @@ mod tests {
             "/api/a%2Fb",
             "/api/a%5cb",
             "/api/a\\b",
+            "/api//logonSessions",
+            "/api/logon%53essions",
+            "/api/restorePoints//x",
+            "/api/x//",
         ] {
             assert!(check_api_path(bad, None).is_err(), "{bad}");
         }

@@ -9,6 +9,8 @@
 //! - A GET that EM answers 401 is replayed once, after the one re-logon that
 //!   every concurrent request shares.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
@@ -58,14 +60,17 @@ const NEVER_TO_CLIENT: [HeaderName; 5] = [
 /// Forwards a GET or HEAD under `/api` to EM and returns EM's answer,
 /// converted for the client (JSON, or XML if preferred) with links to `public`.
 pub async fn forward(
-    pool: &SessionPool,
+    pool: &Arc<SessionPool>,
     parts: &Parts,
     xml: bool,
     public: &str,
     case: JsonCase,
 ) -> Result<Response<Body>, GatewayError> {
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return Err(GatewayError::MethodNotAllowed(parts.method.clone()));
+        return Err(GatewayError::MethodNotAllowed(
+            parts.method.clone(),
+            "GET, HEAD",
+        ));
     }
     crate::path::check_api_path(parts.uri.path(), parts.uri.query())?;
     let path_and_query = parts
@@ -91,7 +96,7 @@ pub fn is_write(method: &Method) -> bool {
 /// body is streamed to EM within `max_body`, the request is never retried
 /// (not even after EM's 401) and its answer is never cached.
 pub async fn forward_write(
-    pool: &SessionPool,
+    pool: &Arc<SessionPool>,
     parts: &Parts,
     body: Incoming,
     max_body: u64,
@@ -132,9 +137,9 @@ pub async fn forward_write(
             other => GatewayError::Upstream(other),
         })?;
     if em.status == StatusCode::UNAUTHORIZED {
-        // EM refused the expired session before doing anything; log on again
-        // for the next request, but never send a write twice.
-        let _ = pool.renew(&session).await;
+        // EM refused the session before doing anything; if it expired, log
+        // on again for the next request, but never send a write twice.
+        pool.verify(&session).await;
         return Err(GatewayError::WriteNotReplayed);
     }
     pool.mark_used();
@@ -151,7 +156,7 @@ pub async fn forward_write(
 
 /// GETs `path_and_query` from EM with the pooled session, replaying once after a re-logon.
 pub async fn fetch(
-    pool: &SessionPool,
+    pool: &Arc<SessionPool>,
     path_and_query: &str,
     headers: HeaderMap,
 ) -> Result<UpstreamResponse, GatewayError> {

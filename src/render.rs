@@ -127,6 +127,10 @@ fn looks_like_xml(headers: &HeaderMap) -> bool {
     }
 }
 
+/// How much longer than EM's base URL a public base may be and still have
+/// its rendering kept (the weight allows for this much).
+const KEPT_BASE_SLACK: usize = 32;
+
 /// A document split wherever EM's base URL occurred; the gaps are filled
 /// with a client's public base URL when it is served.
 ///
@@ -146,23 +150,20 @@ pub struct Template {
 }
 
 impl Template {
-    /// Splits `doc` at every occurrence of `needle`.
+    /// Splits `doc` wherever EM's base URL `needle` starts a URL (the
+    /// converter's own matching rules, so cached and passed-through answers
+    /// get the same links).
     pub fn split(doc: Bytes, needle: &str) -> Template {
-        let literal_len = doc.len();
         let mut parts = Vec::new();
-        if needle.is_empty() {
-            parts.push(doc);
-        } else {
-            let finder = memchr::memmem::Finder::new(needle.as_bytes());
-            let mut start = 0;
-            let positions: Vec<usize> = finder.find_iter(&doc).collect();
-            for pos in positions {
-                parts.push(doc.slice(start..pos));
-                start = pos + needle.len();
-            }
-            parts.push(doc.slice(start..));
+        let mut start = 0;
+        let mut cut = 0;
+        for (pos, len) in convert::base_url_spans(&doc, needle) {
+            parts.push(doc.slice(start..pos));
+            start = pos + len;
+            cut += len;
         }
-        let literal_len = literal_len - needle.len() * (parts.len() - 1);
+        parts.push(doc.slice(start..));
+        let literal_len = doc.len() - cut;
         Template {
             parts,
             literal_len,
@@ -175,6 +176,11 @@ impl Template {
     pub fn render(&self, base: &str) -> Bytes {
         if let [only] = self.parts.as_slice() {
             return only.clone();
+        }
+        // Kept only for a base within the size the weight allows for, so a
+        // long `Host` cannot make an entry bigger than the cache counts.
+        if base.len() > self.needle_len + KEPT_BASE_SLACK {
+            return self.fill(base);
         }
         let (first_base, first_doc) = self.first.get_or_init(|| (base.into(), self.fill(base)));
         if **first_base == *base {
@@ -202,7 +208,7 @@ impl Template {
         let kept = if gaps == 0 {
             0
         } else {
-            self.literal_len + gaps * self.needle_len
+            self.literal_len + gaps * (self.needle_len + KEPT_BASE_SLACK)
         };
         self.literal_len + kept + self.parts.len() * std::mem::size_of::<Bytes>()
     }

@@ -74,7 +74,12 @@ pub async fn serve(
     let fetch = || {
         let pool = app.pool.clone();
         let case = app.settings.json_case;
-        let headers = crate::proxy::to_em(&parts.headers);
+        // One fetch serves every client: only the request id of the client
+        // that caused it goes along, nothing that could shape the answer.
+        let mut headers = http::HeaderMap::new();
+        if let Some(id) = parts.headers.get("x-request-id") {
+            headers.insert("x-request-id", id.clone());
+        }
         let path = match form {
             Form::References => format!("/api/restorePoints/{id}/vmRestorePoints"),
             Form::Entity => format!("/api/restorePoints/{id}/vmRestorePoints?format=Entity"),

@@ -34,7 +34,7 @@ use crate::access;
 use crate::cache::{RestorePointId, VmPointsCache};
 use crate::config::Settings;
 use crate::error::{error_response, GatewayError};
-use crate::limit::ClientLimits;
+use crate::limit::{Bucket, ClientLimits};
 use crate::logon::ClientSessions;
 use crate::render;
 use crate::request_id::ProcessUniqueId;
@@ -369,6 +369,10 @@ async fn api(
         let path = parts.uri.path();
         crate::path::check_api_path(path, parts.uri.query())?;
         if access::is_logon_path(path) {
+            // Logons are limited by address: each makes a session to keep.
+            app.limits
+                .check(&Bucket::Address(peer))
+                .map_err(GatewayError::RateLimited)?;
             return access::logon(app, parts, xml, &public);
         }
         let read = parts.method == Method::GET || parts.method == Method::HEAD;

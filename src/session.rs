@@ -75,6 +75,9 @@ pub enum SessionError {
     /// EM could not be reached or was too slow.
     #[error("Enterprise Manager logon failed: {0}")]
     Upstream(String),
+    /// The gateway is shutting down and has logged out.
+    #[error("the gateway is shutting down")]
+    Closed,
     /// A previous logon failed and the backoff has not run out.
     #[error("Enterprise Manager logon is failing (next attempt in {retry_in_ms} ms): {last}")]
     BackingOff {
@@ -129,6 +132,8 @@ pub struct SessionPool {
     backoff_max: Duration,
     /// Wakes the maintenance task when the session is lost.
     lost: tokio::sync::Notify,
+    /// Set by `logout`: requests still draining must not log on again.
+    closed: std::sync::atomic::AtomicBool,
     /// Logon counters.
     pub stats: SessionStats,
 }
@@ -148,6 +153,7 @@ impl SessionPool {
             keepalive: settings.keepalive,
             backoff_max: settings.logon_backoff_max,
             lost: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             stats: SessionStats::default(),
         }
     }
@@ -184,7 +190,7 @@ impl SessionPool {
     }
 
     /// The current session, logging on first if there is none.
-    pub async fn acquire(&self) -> Result<Arc<EmSession>, SessionError> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<Arc<EmSession>, SessionError> {
         match self.peek() {
             Some(s) => Ok(s),
             None => self.logon_replacing(None).await,
@@ -192,12 +198,34 @@ impl SessionPool {
     }
 
     /// EM answered 401 to `stale`: get a newer session (one logon for everybody).
-    pub async fn renew(&self, stale: &EmSession) -> Result<Arc<EmSession>, SessionError> {
+    pub async fn renew(
+        self: &Arc<Self>,
+        stale: &EmSession,
+    ) -> Result<Arc<EmSession>, SessionError> {
         self.logon_replacing(Some(stale.generation)).await
     }
 
-    async fn logon_replacing(&self, stale: Option<u64>) -> Result<Arc<EmSession>, SessionError> {
+    /// The logon runs in its own task: a client that goes away mid-logon
+    /// must not cancel it (EM may already hold the new session, and the
+    /// other waiters need its outcome and the backoff it records).
+    async fn logon_replacing(
+        self: &Arc<Self>,
+        stale: Option<u64>,
+    ) -> Result<Arc<EmSession>, SessionError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SessionError::Closed);
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.logon_locked(stale).await })
+            .await
+            .unwrap_or_else(|_| Err(SessionError::Upstream("the logon task failed".into())))
+    }
+
+    async fn logon_locked(&self, stale: Option<u64>) -> Result<Arc<EmSession>, SessionError> {
         let mut state = self.logon.lock().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SessionError::Closed);
+        }
         if let Some(current) = self.peek() {
             if stale != Some(current.generation) {
                 // Someone logged on while we waited, or the 401 came from an
@@ -309,8 +337,15 @@ impl SessionPool {
         }
     }
 
+    /// EM answered 401 to a request that must not be replayed (a write):
+    /// log on again only if the session really expired, so a 401 that EM
+    /// gives for another reason cannot make the gateway drop its session.
+    pub async fn verify(self: &Arc<Self>, session: &EmSession) {
+        self.touch(session).await;
+    }
+
     /// A cheap authenticated GET, so EM's 15-minute idle timer restarts.
-    async fn touch(&self, session: &EmSession) {
+    async fn touch(self: &Arc<Self>, session: &EmSession) {
         let path = match &session.id {
             Some(id) => format!("/api/logonSessions/{id}"),
             None => "/api/logonSessions".to_string(),
@@ -342,8 +377,10 @@ impl SessionPool {
         }
     }
 
-    /// Logs the session out of EM (`DELETE /api/logonSessions/{id}`), at shutdown.
+    /// Logs the session out of EM (`DELETE /api/logonSessions/{id}`), at
+    /// shutdown; no logon happens after it.
     pub async fn logout(&self) {
+        self.closed.store(true, Ordering::SeqCst);
         let _guard = self.logon.lock().await;
         let Some(session) = self.peek() else { return };
         self.set(None);

@@ -326,6 +326,11 @@ async fn writes_and_odd_paths_are_refused_before_em() {
         "/api/%2e%2e/x",
         "/api/a%2Fb",
         "/api/./logonSessions",
+        // EM ignores doubled slashes and decodes escapes: these would reach
+        // EM's own logonSessions past the gateway's.
+        "/api//logonSessions",
+        "/api/logon%53essions",
+        "/api//sessionMngr/?v=latest",
     ] {
         let reply = http.get(&gw.url(path), &[]).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
@@ -440,6 +445,8 @@ async fn em_down_gives_503_fast_and_not_ready() {
     let http = Http::default();
     let started = Instant::now();
     let reply = http.get(&gw.url("/api/"), &[]).await;
+    // Transport details (EM's address) stay in the gateway's log.
+    assert!(!reply.body.contains(&closed.to_string()), "{}", reply.body);
     assert_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,

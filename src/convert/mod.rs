@@ -127,6 +127,23 @@ pub fn rewrite_xml(
     rewrite::rewrite_xml(xml, rewrite, out)
 }
 
+/// Where EM's base URL `from` starts a URL in `doc`, by the same rules as
+/// the rewriting (scheme and host in any case, not followed by more of a
+/// host or port), with the length matched; for splicing in a URL later.
+pub fn base_url_spans(doc: &[u8], from: &str) -> Vec<(usize, usize)> {
+    let rw = Rewrite { from, to: "" };
+    let Some(r) = Rewriter::new(&rw) else {
+        return Vec::new();
+    };
+    let mut spans = Vec::new();
+    let mut pos = 0;
+    while let Some(p) = r.find(doc, pos) {
+        spans.push((p, r.from.len()));
+        pos = p + r.from.len();
+    }
+    spans
+}
+
 /// The root element's local name (`Error`, `EntityReferences`, …) if `xml`
 /// starts like an XML document; a cheap peek that does not check the rest.
 pub fn root_name(xml: &[u8]) -> Option<&str> {
