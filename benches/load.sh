@@ -187,32 +187,29 @@ print(f"ratio emgate/nginx: throughput {e_rps/n_rps:.2f}x, p99 latency {e_p99/n_
 ratios = [r[0]/r[3] for r in rows]
 print("per-round throughput ratios: " + ", ".join(f"{x:.2f}" for x in ratios))'
 
-say "EM logons for at least 10,000 requests from 200 clients"
-logons_before=$(metric 'emgate_upstream_logons_total{result="ok"}')
-head -n "$WARM" "$work/ids" >"$work/warm-ids"
-cat >"$work/rotate.lua" <<EOF
+# A wrk script that asks for the vmRestorePoints of each ID in FILE in turn.
+rotating_script() { # FILE QUERY
+    cat <<EOF
 local ids = {}
-for line in io.lines("$work/warm-ids") do ids[#ids + 1] = line end
+for line in io.lines("$1") do ids[#ids + 1] = line end
 local i = 0
 request = function()
     i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints")
+    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints$2")
 end
 EOF
+}
+
+say "EM logons for at least 10,000 requests from 200 clients"
+logons_before=$(metric 'emgate_upstream_logons_total{result="ok"}')
+head -n "$WARM" "$work/ids" >"$work/warm-ids"
+rotating_script "$work/warm-ids" "" >"$work/rotate.lua"
 requests=$("${client_cpu[@]}" wrk -t1 -c200 -d3s -s "$work/rotate.lua" "$gw" 2>&1 | awk '/requests in/ {print $1}')
 logons_after=$(metric 'emgate_upstream_logons_total{result="ok"}')
 echo "requests: $requests; EM logons during them: $(python3 -c "print(int(float('$logons_after')) - int(float('${logons_before:-0}')))"); EM logons since start: $logons_after"
 
 say "RSS after filling the cache with $RESTORE_POINTS collections"
-cat >"$work/fill.lua" <<EOF
-local ids = {}
-for line in io.lines("$work/ids") do ids[#ids + 1] = line end
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints?format=Entity")
-end
-EOF
+rotating_script "$work/ids" "?format=Entity" >"$work/fill.lua"
 "${client_cpu[@]}" wrk -t1 -c16 -d15s -s "$work/fill.lua" "$gw" >/dev/null 2>&1
 entries=$(metric emgate_cache_entries)
 bytes=$(metric emgate_cache_bytes)
