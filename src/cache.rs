@@ -165,6 +165,8 @@ pub struct VmPointsCache {
     ttl: Duration,
     /// Negative freshness.
     negative_ttl: Duration,
+    /// Bumped by every purge; a fetch that began before one does not store.
+    purges: Arc<AtomicU64>,
     /// Counters.
     pub stats: CacheStats,
 }
@@ -188,17 +190,13 @@ impl VmPointsCache {
             flights: Arc::default(),
             ttl: settings.ttl,
             negative_ttl: settings.negative_ttl,
+            purges: Arc::default(),
             stats: CacheStats::default(),
         }
     }
 
     fn is_fresh(&self, e: &Entry) -> bool {
-        let ttl = if e.is_negative() {
-            self.negative_ttl
-        } else {
-            self.ttl
-        };
-        e.fetched_at.elapsed() < ttl
+        fresh(e, self.ttl, self.negative_ttl)
     }
 
     /// The entry for `key`: fresh from the cache, or fetched (once for all
@@ -256,19 +254,36 @@ impl VmPointsCache {
                     self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                     let job = fetch();
                     let entries = self.entries.clone();
+                    let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
+                    let purges = self.purges.clone();
+                    let epoch = purges.load(Ordering::SeqCst);
                     let guard = FlightGuard {
                         flights: self.flights.clone(),
                         key,
                     };
                     // Own task: a client that goes away does not cancel the fetch others wait for.
                     tokio::spawn(async move {
+                        // A flight that ended just before this one began may
+                        // have stored a fresh entry after our caller read a
+                        // stale one: use it rather than asking EM again.
+                        if let Some(e) = entries.get(&key).await {
+                            if fresh(&e, ttl, negative_ttl) {
+                                drop(guard);
+                                let _ = tx.send(Some(Ok(e)));
+                                return;
+                            }
+                        }
                         let outcome: Shared = match job.await {
                             Ok(prepared) => {
                                 let entry = Arc::new(Entry {
                                     prepared,
                                     fetched_at: Instant::now(),
                                 });
-                                entries.insert(key, entry.clone()).await;
+                                // A purge while EM was answering wins: the
+                                // answer goes to the waiters but is not kept.
+                                if purges.load(Ordering::SeqCst) == epoch {
+                                    entries.insert(key, entry.clone()).await;
+                                }
                                 Ok(entry)
                             }
                             Err(e) => Err(Arc::new(e)),
@@ -293,13 +308,15 @@ impl VmPointsCache {
         })
     }
 
-    /// Drops every entry.
+    /// Drops every entry (and what fetches in flight would store).
     pub fn purge_all(&self) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
     }
 
-    /// Drops both forms of one restore point.
+    /// Drops both forms of one restore point (and what fetches in flight would store).
     pub async fn purge(&self, id: RestorePointId) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
         for form in [Form::References, Form::Entity] {
             self.entries.invalidate(&Key { id, form }).await;
         }
@@ -319,6 +336,12 @@ impl VmPointsCache {
     pub async fn settle(&self) {
         self.entries.run_pending_tasks().await;
     }
+}
+
+/// Whether an entry is within its TTL (or negative TTL).
+fn fresh(e: &Entry, ttl: Duration, negative_ttl: Duration) -> bool {
+    let limit = if e.is_negative() { negative_ttl } else { ttl };
+    e.fetched_at.elapsed() < limit
 }
 
 /// Removes a key's flight when the fetch task ends, however it ends.

@@ -312,3 +312,39 @@ async fn a_client_that_gives_up_does_not_cancel_the_fetch_others_wait_for() {
     sim.set_latency(Duration::ZERO);
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_during_a_fetch_is_not_undone_by_that_fetch() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "purge-it")]);
+    let http = Http::default();
+    assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
+    let p = path(&sim, 60);
+    sim.set_latency(Duration::from_millis(800));
+
+    let slow = {
+        let http = http.clone();
+        let url = gw.url(&p);
+        tokio::spawn(async move { http.get(&url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let purge = http
+        .send(
+            Method::DELETE,
+            &gw.url("/admin/cache"),
+            &[("authorization", "Bearer purge-it")],
+        )
+        .await;
+    assert_eq!(purge.status, StatusCode::NO_CONTENT);
+    let first = slow.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.headers["x-cache"], "MISS");
+
+    sim.set_latency(Duration::ZERO);
+    let after = http.get(&gw.url(&p), &[]).await;
+    assert_eq!(
+        after.headers["x-cache"], "MISS",
+        "the purged answer was stored"
+    );
+    assert_eq!(em_saw(&sim, &p), 2);
+}
