@@ -78,9 +78,7 @@ impl ClientSessions {
     }
 
     fn key(token: &str) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-        out
+        crate::auth::sha256(token.as_bytes())
     }
 
     /// A new session for `owner`: its token (shown once) and id.

@@ -23,8 +23,10 @@ pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// The `{id}` segment if `path` is `/api/restorePoints/{id}/vmRestorePoints`
 /// (EM matches its path segments ignoring case; so do we).
 pub fn match_route(path: &str) -> Option<&str> {
-    let rest = strip_prefix_ignore_case(path, "/api/restorePoints/")?;
-    let (id, tail) = rest.split_once('/')?;
+    let id = restore_point_segment(path)?;
+    let tail = path
+        .get("/api/restorePoints/".len() + id.len()..)?
+        .strip_prefix('/')?;
     let tail = tail.strip_suffix('/').unwrap_or(tail);
     tail.eq_ignore_ascii_case("vmRestorePoints").then_some(id)
 }

@@ -85,10 +85,7 @@ pub fn client_config(trust: &UpstreamTrust) -> Result<ClientConfig, String> {
 
 /// SHA-256 of a certificate's DER encoding.
 pub fn fingerprint(cert: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+    crate::auth::sha256(cert)
 }
 
 /// Accepts the pinned certificate (or, without a pin, any), checking only
