@@ -11,9 +11,9 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use emgate::cache::{Form, Key, RestorePointId, VmPointsCache};
 use emgate::config::{CacheSettings, JsonCase};
-use emgate::error::GatewayError;
-use emgate::render::{self, Prepared};
-use emgate::upstream::UpstreamResponse;
+use emgate::em::client::UpstreamResponse;
+use emgate::gateway::error::GatewayError;
+use emgate::gateway::render::{self, Prepared};
 use http::{HeaderMap, StatusCode};
 
 const EM: &str = "https://em.example.local:9398";

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use crate::auth::Clients;
+use crate::gateway::clients::Clients;
 use crate::secret::Secret;
 
 /// A configuration problem, reported in one line that names the setting.
@@ -501,7 +501,7 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
     })?;
     let ca_file = v.opt("EMGATE_UPSTREAM_CA_FILE", |s| {
         let path = PathBuf::from(s);
-        crate::upstream::tls::load_ca_file(&path)?;
+        crate::em::tls::load_ca_file(&path)?;
         Ok(path)
     })?;
     let pin = v.opt("EMGATE_UPSTREAM_CERT_SHA256", parse_fingerprint)?;

@@ -6,11 +6,11 @@ use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use crate::auth::{constant_time_eq, sha256};
 use crate::cache::RestorePointId;
-use crate::error::{error_response, GatewayError};
-use crate::response::Body;
-use crate::server::App;
+use crate::gateway::clients::{constant_time_eq, sha256};
+use crate::gateway::error::{error_response, GatewayError};
+use crate::gateway::response::Body;
+use crate::gateway::server::App;
 
 /// Answers a request under `/admin/`.
 pub async fn handle(app: &App, parts: &Parts, xml: bool) -> Response<Body> {

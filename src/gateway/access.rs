@@ -13,12 +13,12 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use uuid::Uuid;
 
-use crate::auth::{presented, Presented};
-use crate::error::GatewayError;
-use crate::limit::Bucket;
-use crate::logon;
-use crate::response::Body;
-use crate::server::App;
+use crate::gateway::clients::{presented, Presented};
+use crate::gateway::error::GatewayError;
+use crate::gateway::limit::Bucket;
+use crate::gateway::logon;
+use crate::gateway::response::Body;
+use crate::gateway::server::App;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]

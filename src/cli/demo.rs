@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use crate::config::{Settings, Sources};
-use crate::server::Gateway;
+use crate::gateway::server::Gateway;
 use crate::sim::{Sim, SimConfig};
 
 /// Where the demo gateway listens unless `EMGATE_LISTEN` says otherwise.
@@ -59,7 +59,7 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    crate::logging::init(&settings.log.filter, settings.log.format);
+    crate::ops::logging::init(&settings.log.filter, settings.log.format);
     let gateway = match Gateway::bind(settings).await {
         Ok(g) => g,
         Err(e) => {
@@ -89,7 +89,7 @@ pub async fn run() -> ExitCode {
         sim_url = sim.base_url(),
         pin = sim.cert_sha256().unwrap_or_default(),
     );
-    gateway.run(crate::shutdown::signal()).await;
+    gateway.run(crate::ops::shutdown::signal()).await;
     sim.shutdown().await;
     ExitCode::SUCCESS
 }

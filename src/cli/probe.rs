@@ -31,7 +31,7 @@ pub async fn run(url: &str) -> ExitCode {
         }
     };
     // Our own listener, usually on loopback: its certificate is not the point.
-    let tls = match crate::upstream::tls::client_config(&UpstreamTrust::Insecure) {
+    let tls = match crate::em::tls::client_config(&UpstreamTrust::Insecure) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("emgate probe: {e}");

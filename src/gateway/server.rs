@@ -30,18 +30,18 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::access;
 use crate::cache::{RestorePointId, VmPointsCache};
 use crate::config::Settings;
-use crate::error::{error_response, GatewayError};
-use crate::limit::{Bucket, ClientLimits};
-use crate::logon::ClientSessions;
-use crate::render;
-use crate::request_id::ProcessUniqueId;
-use crate::response::{prefers_xml, Body};
-use crate::restore_points;
-use crate::session::SessionPool;
-use crate::upstream::Upstream;
+use crate::em::client::Upstream;
+use crate::em::session::SessionPool;
+use crate::gateway::access;
+use crate::gateway::error::{error_response, GatewayError};
+use crate::gateway::limit::{Bucket, ClientLimits};
+use crate::gateway::logon::ClientSessions;
+use crate::gateway::render;
+use crate::gateway::request_id::ProcessUniqueId;
+use crate::gateway::response::{prefers_xml, Body};
+use crate::gateway::restore_points;
 
 /// Slow clients get this long to send their request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,7 +104,7 @@ impl Gateway {
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
         let upstream = Upstream::new(&settings.upstream).map_err(StartError::Upstream)?;
         let tls = match &settings.tls {
-            Some(t) => Some(crate::listen_tls::acceptor(t).map_err(StartError::Tls)?),
+            Some(t) => Some(crate::gateway::listen_tls::acceptor(t).map_err(StartError::Tls)?),
             None => None,
         };
         let pool = Arc::new(SessionPool::new(upstream, &settings.upstream));
@@ -119,7 +119,7 @@ impl Gateway {
             settings,
             pool,
             draining: AtomicBool::new(false),
-            metrics: crate::metrics::install(),
+            metrics: crate::ops::metrics::install(),
             sessions: ClientSessions::default(),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1),
             local_addr,
@@ -312,14 +312,14 @@ async fn route(
         "/metrics" => metrics(&app).await,
         p if p == "/api" || p.starts_with("/api/") => api(&app, peer, &parts, body, xml).await,
         p if p == "/admin" || p.starts_with("/admin/") => {
-            crate::admin::handle(&app, &parts, xml).await
+            crate::gateway::admin::handle(&app, &parts, xml).await
         }
         other => GatewayError::NotFound(other.chars().take(200).collect())
             .into_response(xml, app.settings.json_case),
     };
-    let route = crate::metrics::route_label(path);
+    let route = crate::ops::metrics::route_label(path);
     let elapsed = started.elapsed();
-    crate::metrics::request(route, response.status(), elapsed);
+    crate::ops::metrics::request(route, response.status(), elapsed);
     tracing::info!(
         method = %parts.method,
         path,
@@ -367,7 +367,7 @@ async fn api(
             return Err(GatewayError::Draining);
         }
         let path = parts.uri.path();
-        crate::path::check_api_path(path, parts.uri.query())?;
+        crate::gateway::path::check_api_path(path, parts.uri.query())?;
         if access::is_logon_path(path) {
             // Logons are limited by address: each makes a session to keep.
             app.limits
@@ -404,12 +404,14 @@ async fn api(
             }
         }
         let case = app.settings.json_case;
-        if crate::proxy::is_write(&parts.method) && app.settings.access.allow_writes {
+        if crate::gateway::proxy::is_write(&parts.method) && app.settings.access.allow_writes {
             let limit = app.settings.access.max_request_body;
-            return crate::proxy::forward_write(&app.pool, parts, body, limit, xml, &public, case)
-                .await;
+            return crate::gateway::proxy::forward_write(
+                &app.pool, parts, body, limit, xml, &public, case,
+            )
+            .await;
         }
-        crate::proxy::forward(&app.pool, parts, xml, &public, case).await
+        crate::gateway::proxy::forward(&app.pool, parts, xml, &public, case).await
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
@@ -471,7 +473,7 @@ async fn metrics(app: &App) -> Response<Body> {
     // moka's counts trail its inserts until its housekeeping runs.
     app.cache.settle().await;
     let stats = &app.cache.stats;
-    let snapshot = crate::metrics::Snapshot {
+    let snapshot = crate::ops::metrics::Snapshot {
         cache_hits: stats.hits.load(Ordering::Relaxed),
         cache_misses: stats.misses.load(Ordering::Relaxed),
         cache_stale: stats.stale.load(Ordering::Relaxed),
@@ -482,7 +484,7 @@ async fn metrics(app: &App) -> Response<Body> {
         session_valid: app.pool.is_valid(),
         client_sessions: app.sessions.count() as u64,
     };
-    let mut r = Response::new(Body::new(Bytes::from(crate::metrics::render(
+    let mut r = Response::new(Body::new(Bytes::from(crate::ops::metrics::render(
         handle, &snapshot,
     ))));
     r.headers_mut().insert(

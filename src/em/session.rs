@@ -22,8 +22,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Method, StatusCode};
 
 use crate::config::UpstreamSettings;
+use crate::em::client::{Upstream, UpstreamError};
 use crate::secret::Secret;
-use crate::upstream::{Upstream, UpstreamError};
 
 /// EM's session header.
 pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-restsvcsessionid");

@@ -92,7 +92,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        p if crate::restore_points::match_route(p).is_some() => {
+        p if crate::gateway::restore_points::match_route(p).is_some() => {
             "/api/restorePoints/{id}/vmRestorePoints"
         }
         p if p.starts_with("/api/sessionMngr") => "/api/sessionMngr",

@@ -5,8 +5,6 @@
 //! a path and the headers to send, and get EM's whole answer back or a typed
 //! error.
 
-pub mod tls;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -70,7 +68,7 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client from validated settings.
     pub fn new(settings: &UpstreamSettings) -> Result<Upstream, String> {
-        let tls = tls::client_config(&settings.trust)?;
+        let tls = super::tls::client_config(&settings.trust)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -169,11 +167,11 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         };
         let label = match &result {
-            Ok(r) => crate::metrics::status_label(r.status),
+            Ok(r) => crate::ops::metrics::status_label(r.status),
             Err(UpstreamError::Timeout(_)) => "timeout",
             Err(_) => "error",
         };
-        crate::metrics::upstream(label, started.elapsed());
+        crate::ops::metrics::upstream(label, started.elapsed());
         result
     }
 

@@ -2,6 +2,9 @@
 //! `check-config`, `client add`. Exit codes: 0 clean stop, 1 bad
 //! configuration, 2 other fatal error.
 
+pub mod demo;
+pub mod probe;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_duration, Settings, Sources, UpstreamTrust};
-use crate::server::Gateway;
+use crate::gateway::server::Gateway;
 
 /// emgate: a caching gateway for the Veeam Backup Enterprise Manager REST API.
 #[derive(Debug, Parser)]
@@ -45,7 +48,7 @@ enum Command {
     /// Exit 0 if URL (default the local /readyz) answers 2xx: an exec probe for a loopback sidecar.
     Probe {
         /// The URL to probe.
-        #[arg(default_value = crate::probe::DEFAULT_URL)]
+        #[arg(default_value = crate::cli::probe::DEFAULT_URL)]
         url: String,
     },
     /// Manage client credentials.
@@ -112,8 +115,8 @@ pub fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { config }) => check_config(config.or(cli.config).as_deref()),
         Some(Command::Sim(args)) => runtime.block_on(sim(args)),
-        Some(Command::Demo) => runtime.block_on(crate::demo::run()),
-        Some(Command::Probe { url }) => runtime.block_on(crate::probe::run(&url)),
+        Some(Command::Demo) => runtime.block_on(crate::cli::demo::run()),
+        Some(Command::Probe { url }) => runtime.block_on(crate::cli::probe::run(&url)),
         Some(Command::Client {
             action: ClientAction::Add { name },
         }) => client_add(&name),
@@ -143,8 +146,8 @@ async fn serve(config: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    crate::logging::init(&settings.log.filter, settings.log.format);
-    serve_settings(settings, crate::shutdown::signal()).await
+    crate::ops::logging::init(&settings.log.filter, settings.log.format);
+    serve_settings(settings, crate::ops::shutdown::signal()).await
 }
 
 /// Runs the gateway with these settings until `shutdown`; the exit code to return.
@@ -178,7 +181,7 @@ pub async fn serve_settings(
 }
 
 async fn sim(args: SimArgs) -> ExitCode {
-    crate::logging::init("info", crate::config::LogFormat::Text);
+    crate::ops::logging::init("info", crate::config::LogFormat::Text);
     let cfg = crate::sim::SimConfig {
         listen: args.listen,
         tls: args.tls,
@@ -208,7 +211,7 @@ fn client_add(name: &str) -> ExitCode {
         eprintln!("emgate: a client name is 1 to 64 letters, digits, '-', '_' or '.'");
         return ExitCode::from(1);
     }
-    match crate::auth::new_client_secret() {
+    match crate::gateway::clients::new_client_secret() {
         Ok((secret, hash)) => {
             println!("# Secret for client {name:?} (shown only now; give it to the client):");
             println!("# {}", secret.expose());

@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 
 use crate::config::{JsonCase, Settings};
 use crate::convert::{self, Case, ConvertError, Rewrite};
-use crate::response::Body;
-use crate::upstream::UpstreamResponse;
+use crate::em::client::UpstreamResponse;
+use crate::gateway::response::Body;
 
 /// `Content-Type` of JSON answers.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");

@@ -1,7 +1,7 @@
 //! What a client may ask EM for: the path checks made before anything
 //! reaches EM (CONTRACT §5).
 
-use crate::error::GatewayError;
+use crate::gateway::error::GatewayError;
 
 /// Longest path (with query) the gateway forwards.
 pub const MAX_PATH_LEN: usize = 2048;

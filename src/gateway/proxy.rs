@@ -18,11 +18,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::JsonCase;
-use crate::error::GatewayError;
-use crate::render;
-use crate::response::Body;
-use crate::session::{SessionPool, SESSION_HEADER};
-use crate::upstream::{UpstreamError, UpstreamResponse};
+use crate::em::client::{UpstreamError, UpstreamResponse};
+use crate::em::session::{SessionPool, SESSION_HEADER};
+use crate::gateway::error::GatewayError;
+use crate::gateway::render;
+use crate::gateway::response::Body;
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -72,7 +72,7 @@ pub async fn forward(
             "GET, HEAD",
         ));
     }
-    crate::path::check_api_path(parts.uri.path(), parts.uri.query())?;
+    crate::gateway::path::check_api_path(parts.uri.path(), parts.uri.query())?;
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -104,7 +104,7 @@ pub async fn forward_write(
     public: &str,
     case: JsonCase,
 ) -> Result<Response<Body>, GatewayError> {
-    crate::path::check_api_path(parts.uri.path(), parts.uri.query())?;
+    crate::gateway::path::check_api_path(parts.uri.path(), parts.uri.query())?;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -19,11 +19,11 @@ use http::{Response, StatusCode};
 use uuid::Uuid;
 
 use crate::config::JsonCase;
-use crate::error::GatewayError;
-use crate::render;
-use crate::response::Body;
+use crate::em::session::SESSION_HEADER;
+use crate::gateway::error::GatewayError;
+use crate::gateway::render;
+use crate::gateway::response::Body;
 use crate::secret::Secret;
-use crate::session::SESSION_HEADER;
 
 /// EM's idle timeout for logon sessions (http_authentication.md), ours too.
 pub const IDLE: Duration = Duration::from_secs(15 * 60);
@@ -78,13 +78,13 @@ impl ClientSessions {
     }
 
     fn key(token: &str) -> [u8; 32] {
-        crate::auth::sha256(token.as_bytes())
+        crate::gateway::clients::sha256(token.as_bytes())
     }
 
     /// A new session for `owner`: its token (shown once) and id.
     pub fn create(&self, owner: &str) -> Result<(Secret, Uuid), GatewayError> {
-        let token =
-            crate::auth::random_token(32).map_err(|_| GatewayError::Internal("no randomness"))?;
+        let token = crate::gateway::clients::random_token(32)
+            .map_err(|_| GatewayError::Internal("no randomness"))?;
         let id = Uuid::new_v4();
         let now = Instant::now();
         let mut map = self

@@ -28,7 +28,7 @@ pub fn acceptor(settings: &TlsSettings) -> Result<TlsAcceptor, String> {
             settings.key_file.display()
         )
     })?;
-    let mut config = ServerConfig::builder_with_provider(crate::upstream::tls::provider())
+    let mut config = ServerConfig::builder_with_provider(crate::em::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()

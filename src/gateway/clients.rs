@@ -2,7 +2,7 @@
 //!
 //! A client proves itself with `Authorization: Basic name:secret`,
 //! `Authorization: Bearer secret`, or a gateway session token (from the
-//! drop-in logon, [`crate::logon`]) in `X-RestSvcSessionId` or its cookie.
+//! drop-in logon, [`crate::gateway::logon`]) in `X-RestSvcSessionId` or its cookie.
 //! Secrets are stored as SHA-256 hashes and compared in constant time.
 //!
 //! Invariant: nothing here ever reaches EM; the EM session is the pool's.
@@ -15,8 +15,8 @@ use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 
+use crate::em::session::SESSION_HEADER;
 use crate::secret::Secret;
-use crate::session::SESSION_HEADER;
 
 /// A new random client secret (256 bits, URL-safe) and its hex SHA-256.
 pub fn new_client_secret() -> Result<(Secret, String), String> {

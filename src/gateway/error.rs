@@ -7,10 +7,10 @@ use http::{Method, Response, StatusCode};
 
 use crate::config::JsonCase;
 use crate::convert::ConvertError;
-use crate::render::Prepared;
-use crate::response::Body;
-use crate::session::SessionError;
-use crate::upstream::UpstreamError;
+use crate::em::client::UpstreamError;
+use crate::em::session::SessionError;
+use crate::gateway::render::Prepared;
+use crate::gateway::response::Body;
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]

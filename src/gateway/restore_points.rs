@@ -3,7 +3,7 @@
 //!
 //! The restore point ID is parsed here, at the edge: a path that has this
 //! route's shape but not a UUID is answered 400 without contacting EM.
-//! Other query parameters bypass the cache and go through [`crate::proxy`].
+//! Other query parameters bypass the cache and go through [`crate::gateway::proxy`].
 
 use std::sync::Arc;
 
@@ -12,10 +12,10 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
 use crate::cache::{Form, Key, Outcome, RestorePointId};
-use crate::error::GatewayError;
-use crate::render::Prepared;
-use crate::response::Body;
-use crate::server::App;
+use crate::gateway::error::GatewayError;
+use crate::gateway::render::Prepared;
+use crate::gateway::response::Body;
+use crate::gateway::server::App;
 
 /// `X-Cache: HIT|MISS|STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -87,7 +87,7 @@ pub async fn serve(
             Form::Entity => format!("/api/restorePoints/{id}/vmRestorePoints?format=Entity"),
         };
         async move {
-            let em = crate::proxy::fetch(&pool, &path, headers).await?;
+            let em = crate::gateway::proxy::fetch(&pool, &path, headers).await?;
             let base = pool.upstream().base_url();
             let prepared = Prepared::from_em(&em, base, case)?;
             match em.status {

@@ -5,7 +5,7 @@
 //! - The key is a parsed [`RestorePointId`] and a [`Form`]; nothing else a
 //!   client sends (host, headers, other query parameters) reaches the key,
 //!   so no client can poison another's answer. Links are filled in per
-//!   client when served (see [`crate::render::Template`]).
+//!   client when served (see [`crate::gateway::render::Template`]).
 //! - A hit never converts: values are ready bytes for JSON and XML.
 //! - Concurrent misses (and refreshes of a stale entry) for one key make one
 //!   fetch. The fetch runs in its own task, so a client that disconnects
@@ -27,8 +27,8 @@ use moka::Expiry;
 use tokio::sync::watch;
 
 use crate::config::CacheSettings;
-use crate::error::GatewayError;
-use crate::render::Prepared;
+use crate::gateway::error::GatewayError;
+use crate::gateway::render::Prepared;
 
 /// A restore point ID: a UUID, lowercase, parsed once at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

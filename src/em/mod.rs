@@ -1,0 +1,5 @@
+//! Enterprise Manager as a service.
+
+pub mod client;
+pub mod session;
+pub mod tls;

@@ -1,0 +1,5 @@
+//! Operations.
+
+pub mod logging;
+pub mod metrics;
+pub mod shutdown;
