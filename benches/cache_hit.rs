@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use emgate::cache::{Form, Key, RestorePointId, VmPointsCache};
 use emgate::config::{CacheSettings, JsonCase};
 use emgate::em::client::UpstreamResponse;
 use emgate::gateway::error::GatewayError;
 use emgate::gateway::render::{self, Prepared};
+use emgate::gateway::restore_points::{Form, Key, RestorePointId, VmPointsCache};
 use http::{HeaderMap, StatusCode};
 
 const EM: &str = "https://em.example.local:9398";
@@ -72,13 +72,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cache_hit_json", |b| {
         b.to_async(&rt).iter(|| async {
             let (entry, _) = cache.get(black_box(key), never).await.unwrap();
-            black_box(entry.prepared.body_for(false, "http://127.0.0.1:9399"))
+            black_box(entry.value.body_for(false, "http://127.0.0.1:9399"))
         })
     });
     group.bench_function("cache_hit_xml", |b| {
         b.to_async(&rt).iter(|| async {
             let (entry, _) = cache.get(black_box(key), never).await.unwrap();
-            black_box(entry.prepared.body_for(true, "http://127.0.0.1:9399"))
+            black_box(entry.value.body_for(true, "http://127.0.0.1:9399"))
         })
     });
     group.bench_function("no_cache_convert_json", |b| {

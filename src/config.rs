@@ -10,12 +10,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
 
-use crate::gateway::clients::Clients;
 use crate::secret::Secret;
 
 /// A configuration problem, reported in one line that names the setting.
@@ -29,6 +27,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error about the setting named by its environment variable.
+    pub fn setting(env: &str, reason: impl Into<String>) -> Self {
+        ConfigError::of(spec_of(env), reason)
+    }
+
     fn of(spec: &Spec, reason: impl Into<String>) -> Self {
         ConfigError {
             setting: format!("{} ({}.{})", spec.env, spec.section, spec.key),
@@ -199,8 +202,6 @@ pub struct CacheSettings {
 pub struct AccessSettings {
     /// Client credentials file.
     pub clients_file: Option<PathBuf>,
-    /// Its clients, read at start.
-    pub clients: Arc<Clients>,
     /// Requests per second per client (0: no limit).
     pub rate_limit: u32,
     /// Burst above the rate (0: one second's worth).
@@ -337,13 +338,6 @@ impl Settings {
             _ => Err(format!("expected pascal or camel, got {s:?}")),
         })?;
         let clients_file = v.opt("EMGATE_CLIENTS_FILE", readable_file)?;
-        let clients = match &clients_file {
-            Some(path) => Arc::new(
-                Clients::load(path)
-                    .map_err(|e| ConfigError::of(spec_of("EMGATE_CLIENTS_FILE"), e))?,
-            ),
-            None => Arc::new(Clients::default()),
-        };
         let explicit_anonymous = v.opt("EMGATE_ALLOW_ANONYMOUS", parse_bool)?;
         let loopback = listen.address.ip().is_loopback();
         let allow_anonymous = match explicit_anonymous {
@@ -375,7 +369,6 @@ impl Settings {
         };
         let access = AccessSettings {
             clients_file,
-            clients,
             rate_limit: v.parse("EMGATE_RATE_LIMIT", count)?,
             rate_burst: v.parse("EMGATE_RATE_BURST", count)?,
             max_request_body: v.parse("EMGATE_MAX_REQUEST_BODY", parse_size)?,
@@ -499,11 +492,9 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
             "required (or EMGATE_UPSTREAM_PASSWORD_FILE)",
         )
     })?;
-    let ca_file = v.opt("EMGATE_UPSTREAM_CA_FILE", |s| {
-        let path = PathBuf::from(s);
-        crate::em::tls::load_ca_file(&path)?;
-        Ok(path)
-    })?;
+    // Readable here; its PEM is checked by the EM client that uses it
+    // (see `gateway::server::preflight`).
+    let ca_file = v.opt("EMGATE_UPSTREAM_CA_FILE", readable_file)?;
     let pin = v.opt("EMGATE_UPSTREAM_CERT_SHA256", parse_fingerprint)?;
     let insecure = v.parse("EMGATE_UPSTREAM_INSECURE", parse_bool)?;
     let trust = match (ca_file, pin, insecure) {

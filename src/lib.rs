@@ -4,6 +4,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod digest;
 pub mod em;
 pub mod gateway;
 pub mod ops;

@@ -14,8 +14,8 @@ fn clients_file(dir: &std::path::Path) -> (String, &'static str, &'static str) {
     let (a, b) = ("dashboard-secret-0123456789", "portal-secret-9876543210");
     let text = format!(
         "# who may use the gateway\n[[clients]]\nname = \"dashboard\"\nsecret_sha256 = \"{}\"\n\n[[clients]]\nname = \"portal\"\nsecret_sha256 = \"{}\"\n",
-        emgate::gateway::clients::sha256_hex(a.as_bytes()),
-        emgate::gateway::clients::sha256_hex(b.as_bytes())
+        emgate::digest::sha256_hex(a.as_bytes()),
+        emgate::digest::sha256_hex(b.as_bytes())
     );
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("clients.toml");

@@ -130,7 +130,7 @@ fn client_add_prints_a_secret_once_and_its_hash() {
         .and_then(|l| l.strip_prefix("# "))
         .expect("secret line");
     assert!(secret.len() >= 22, "{secret}");
-    let hash = emgate::gateway::clients::sha256_hex(secret.as_bytes());
+    let hash = emgate::digest::sha256_hex(secret.as_bytes());
     assert!(
         stdout.contains(&format!("secret_sha256 = \"{hash}\"")),
         "{stdout}"

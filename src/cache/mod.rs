@@ -1,20 +1,20 @@
-//! The vmRestorePoints cache: one EM fetch per restore point and form,
-//! however many clients ask (CONTRACT §2, §3; issue "the vmRestorePoints cache").
+//! The cache: one fetch per key, however many callers ask, entries bounded
+//! in bytes and kept past their TTL for serving stale while the source fails.
+//!
+//! It is generic over its key `K`, the value `V` it stores and the error
+//! `E` a fetch may end in: it knows no HTTP client, no EM and no rendering.
+//! The caller hands it the fetch; what a key means (and that nothing a
+//! client sends beyond it may shape an answer) is the caller's contract.
 //!
 //! Invariants:
-//! - The key is a parsed [`RestorePointId`] and a [`Form`]; nothing else a
-//!   client sends (host, headers, other query parameters) reaches the key,
-//!   so no client can poison another's answer. Links are filled in per
-//!   client when served (see [`crate::gateway::render::Template`]).
-//! - A hit never converts: values are ready bytes for JSON and XML.
+//! - A hit never calls the fetch: values are stored ready to serve.
 //! - Concurrent misses (and refreshes of a stale entry) for one key make one
 //!   fetch. The fetch runs in its own task, so a client that disconnects
 //!   cancels nothing; every waiter gets its outcome, success or error.
-//! - Only 200s and EM's 404 are stored; any other answer or error is not.
+//! - Only what the fetch returns as `Ok` is stored; an error is shared with
+//!   the waiters and never stored.
 //! - Freshness is judged by the stored fetch time; moka only evicts entries
 //!   past TTL + stale window (or the negative TTL), or over the byte bound.
-//!
-//! The cache knows no HTTP client: callers hand it the fetch.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,65 +22,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
+use moka::future::Cache as MokaCache;
 use moka::Expiry;
 use tokio::sync::watch;
 
 use crate::config::CacheSettings;
-use crate::gateway::error::GatewayError;
-use crate::gateway::render::Prepared;
 
-/// A restore point ID: a UUID, lowercase, parsed once at the edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RestorePointId(uuid::Uuid);
-
-impl RestorePointId {
-    /// Parses the path segment; anything but a UUID (36 characters, hyphenated) is refused.
-    pub fn parse(segment: &str) -> Option<RestorePointId> {
-        if segment.len() != 36 {
-            return None;
-        }
-        uuid::Uuid::try_parse(segment).ok().map(RestorePointId)
-    }
+/// What the cache needs to know of a stored value.
+pub trait Stored: Send + Sync + 'static {
+    /// Bytes held (the cache's bound counts these).
+    fn weight(&self) -> usize;
+    /// Whether the value is a remembered "not found" (kept for the negative TTL).
+    fn is_negative(&self) -> bool;
 }
 
-impl std::fmt::Display for RestorePointId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
+/// What the cache needs to know of a failed fetch.
+pub trait Failure: Send + Sync + 'static {
+    /// Whether the failure justifies serving a stale entry (the source was
+    /// unreachable or failing, not a considered answer).
+    fn serves_stale(&self) -> bool;
+    /// A broken invariant inside the cache (never expected).
+    fn internal(what: &'static str) -> Self;
 }
 
-/// Which representation of the collection EM was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Form {
-    /// The default: `EntityReferences` of `Ref`s.
-    References,
-    /// `?format=Entity`: `VmRestorePoints` entities.
-    Entity,
-}
-
-/// Cache key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Key {
-    /// The restore point.
-    pub id: RestorePointId,
-    /// The form.
-    pub form: Form,
-}
-
-/// A stored answer.
+/// A stored value and when it was fetched.
 #[derive(Debug)]
-pub struct Entry {
-    /// EM's answer, ready for every client.
-    pub prepared: Prepared,
-    /// When EM gave it.
+pub struct Entry<V> {
+    /// The value, ready for every caller.
+    pub value: V,
+    /// When the fetch gave it.
     pub fetched_at: Instant,
 }
 
-impl Entry {
-    /// Whether EM's answer was "not found" (negative entry).
+impl<V: Stored> Entry<V> {
+    /// Whether the value is a remembered "not found" (negative entry).
     pub fn is_negative(&self) -> bool {
-        self.prepared.status == http::StatusCode::NOT_FOUND
+        self.value.is_negative()
     }
 
     /// Seconds since the fetch, for `Age`.
@@ -112,7 +89,10 @@ impl Outcome {
 }
 
 /// What a fetch produced: an entry to store, or an error for everybody waiting.
-type Shared = Result<Arc<Entry>, Arc<GatewayError>>;
+type Shared<V, E> = Result<Arc<Entry<V>>, Arc<E>>;
+
+/// Fetches in flight, one per key; waiters subscribe to the outcome.
+type Flights<K, V, E> = Arc<Mutex<HashMap<K, watch::Receiver<Option<Shared<V, E>>>>>>;
 
 /// Counters for metrics (moka keeps no hit statistics).
 #[derive(Debug, Default)]
@@ -135,8 +115,8 @@ struct Lifetimes {
     negative: Duration,
 }
 
-impl Expiry<Key, Arc<Entry>> for Lifetimes {
-    fn expire_after_create(&self, _: &Key, value: &Arc<Entry>, _: Instant) -> Option<Duration> {
+impl<K, V: Stored> Expiry<K, Arc<Entry<V>>> for Lifetimes {
+    fn expire_after_create(&self, _: &K, value: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
         Some(if value.is_negative() {
             self.negative
         } else {
@@ -146,8 +126,8 @@ impl Expiry<Key, Arc<Entry>> for Lifetimes {
 
     fn expire_after_update(
         &self,
-        key: &Key,
-        value: &Arc<Entry>,
+        key: &K,
+        value: &Arc<Entry<V>>,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -156,11 +136,11 @@ impl Expiry<Key, Arc<Entry>> for Lifetimes {
 }
 
 /// The cache.
-pub struct VmPointsCache {
+pub struct Cache<K, V, E> {
     /// Entries, bounded in bytes.
-    entries: Cache<Key, Arc<Entry>>,
+    entries: MokaCache<K, Arc<Entry<V>>>,
     /// Fetches in flight, one per key; waiters subscribe to the outcome.
-    flights: Arc<Mutex<HashMap<Key, watch::Receiver<Option<Shared>>>>>,
+    flights: Flights<K, V, E>,
     /// Freshness.
     ttl: Duration,
     /// Negative freshness.
@@ -171,21 +151,26 @@ pub struct VmPointsCache {
     pub stats: CacheStats,
 }
 
-impl VmPointsCache {
+impl<K, V, E> Cache<K, V, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Stored,
+    E: Failure,
+{
     /// An empty cache with the configured bounds.
-    pub fn new(settings: &CacheSettings) -> VmPointsCache {
-        let entries = Cache::builder()
+    pub fn new(settings: &CacheSettings) -> Self {
+        let entries = MokaCache::builder()
             .max_capacity(settings.max_bytes)
-            .weigher(|_: &Key, e: &Arc<Entry>| {
+            .weigher(|_: &K, e: &Arc<Entry<V>>| {
                 // Key, entry and bookkeeping overhead on top of the bytes.
-                u32::try_from(e.prepared.weight() + 256).unwrap_or(u32::MAX)
+                u32::try_from(e.value.weight() + 256).unwrap_or(u32::MAX)
             })
             .expire_after(Lifetimes {
                 positive: settings.ttl + settings.stale_if_error,
                 negative: settings.negative_ttl,
             })
             .build();
-        VmPointsCache {
+        Cache {
             entries,
             flights: Arc::default(),
             ttl: settings.ttl,
@@ -195,7 +180,7 @@ impl VmPointsCache {
         }
     }
 
-    fn is_fresh(&self, e: &Entry) -> bool {
+    fn is_fresh(&self, e: &Entry<V>) -> bool {
         fresh(e, self.ttl, self.negative_ttl)
     }
 
@@ -204,14 +189,10 @@ impl VmPointsCache {
     ///
     /// `fetch` returns the answer to store (EM's 200 or 404) or the error to
     /// give every waiter; it only runs when no fresh entry exists.
-    pub async fn get<F, Fut>(
-        &self,
-        key: Key,
-        fetch: F,
-    ) -> Result<(Arc<Entry>, Outcome), Arc<GatewayError>>
+    pub async fn get<F, Fut>(&self, key: K, fetch: F) -> Result<(Arc<Entry<V>>, Outcome), Arc<E>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Prepared, GatewayError>> + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let existing = self.entries.get(&key).await;
         if let Some(e) = &existing {
@@ -220,14 +201,14 @@ impl VmPointsCache {
                 return Ok((e.clone(), Outcome::Hit));
             }
         }
-        match self.fetch_once(key, fetch).await {
+        match self.fetch_once(key.clone(), fetch).await {
             Ok(entry) => {
                 self.stats.misses.fetch_add(1, Ordering::Relaxed);
                 Ok((entry, Outcome::Miss))
             }
             Err(error) => match existing {
                 // EM failed: an old positive entry still in moka is within the stale window.
-                Some(e) if !e.is_negative() && serves_stale(&error) => {
+                Some(e) if !e.is_negative() && error.serves_stale() => {
                     self.stats.stale.fetch_add(1, Ordering::Relaxed);
                     Ok((e, Outcome::Stale))
                 }
@@ -237,20 +218,20 @@ impl VmPointsCache {
     }
 
     /// Runs `fetch` unless one is in flight for `key`, and waits for the outcome.
-    async fn fetch_once<F, Fut>(&self, key: Key, fetch: F) -> Shared
+    async fn fetch_once<F, Fut>(&self, key: K, fetch: F) -> Shared<V, E>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Prepared, GatewayError>> + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         let mut rx = {
             let Ok(mut flights) = self.flights.lock() else {
-                return Err(Arc::new(GatewayError::Internal("cache lock poisoned")));
+                return Err(Arc::new(E::internal("cache lock poisoned")));
             };
             match flights.get(&key) {
                 Some(rx) => rx.clone(),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    flights.insert(key, rx.clone());
+                    flights.insert(key.clone(), rx.clone());
                     self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                     let job = fetch();
                     let entries = self.entries.clone();
@@ -259,7 +240,7 @@ impl VmPointsCache {
                     let epoch = purges.load(Ordering::SeqCst);
                     let guard = FlightGuard {
                         flights: self.flights.clone(),
-                        key,
+                        key: key.clone(),
                     };
                     // Own task: a client that goes away does not cancel the fetch others wait for.
                     tokio::spawn(async move {
@@ -273,10 +254,10 @@ impl VmPointsCache {
                                 return;
                             }
                         }
-                        let outcome: Shared = match job.await {
-                            Ok(prepared) => {
+                        let outcome: Shared<V, E> = match job.await {
+                            Ok(value) => {
                                 let entry = Arc::new(Entry {
-                                    prepared,
+                                    value,
                                     fetched_at: Instant::now(),
                                 });
                                 // A purge while EM was answering wins: the
@@ -301,11 +282,7 @@ impl VmPointsCache {
             // The fetch task died (it cannot panic by design, but never hang on it).
             Err(_) => None,
         };
-        outcome.unwrap_or_else(|| {
-            Err(Arc::new(GatewayError::Internal(
-                "fetch ended without an answer",
-            )))
-        })
+        outcome.unwrap_or_else(|| Err(Arc::new(E::internal("fetch ended without an answer"))))
     }
 
     /// Drops every entry (and what fetches in flight would store).
@@ -314,11 +291,11 @@ impl VmPointsCache {
         self.entries.invalidate_all();
     }
 
-    /// Drops both forms of one restore point (and what fetches in flight would store).
-    pub async fn purge(&self, id: RestorePointId) {
+    /// Drops these keys (and what fetches in flight would store).
+    pub async fn purge(&self, keys: impl IntoIterator<Item = K>) {
         self.purges.fetch_add(1, Ordering::SeqCst);
-        for form in [Form::References, Form::Entity] {
-            self.entries.invalidate(&Key { id, form }).await;
+        for key in keys {
+            self.entries.invalidate(&key).await;
         }
     }
 
@@ -339,56 +316,23 @@ impl VmPointsCache {
 }
 
 /// Whether an entry is within its TTL (or negative TTL).
-fn fresh(e: &Entry, ttl: Duration, negative_ttl: Duration) -> bool {
+fn fresh<V: Stored>(e: &Entry<V>, ttl: Duration, negative_ttl: Duration) -> bool {
     let limit = if e.is_negative() { negative_ttl } else { ttl };
     e.fetched_at.elapsed() < limit
 }
 
 /// Removes a key's flight when the fetch task ends, however it ends.
-struct FlightGuard {
+struct FlightGuard<K: std::hash::Hash + Eq, V, E> {
     /// The shared flight table.
-    flights: Arc<Mutex<HashMap<Key, watch::Receiver<Option<Shared>>>>>,
+    flights: Flights<K, V, E>,
     /// The key to remove.
-    key: Key,
+    key: K,
 }
 
-impl Drop for FlightGuard {
+impl<K: std::hash::Hash + Eq, V, E> Drop for FlightGuard<K, V, E> {
     fn drop(&mut self) {
         if let Ok(mut f) = self.flights.lock() {
             f.remove(&self.key);
-        }
-    }
-}
-
-/// EM failures that justify serving a stale entry (not EM's considered answers).
-fn serves_stale(error: &GatewayError) -> bool {
-    match error {
-        GatewayError::Upstream(_)
-        | GatewayError::Session(_)
-        | GatewayError::SessionRejected
-        | GatewayError::BadUpstream(_) => true,
-        GatewayError::Em { status, .. } => status.is_server_error(),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restore_point_ids_must_be_hyphenated_uuids_and_are_lowercased() {
-        let id = RestorePointId::parse("DC216C04-2E34-478E-8B9B-49A3397EF6F8").unwrap();
-        assert_eq!(id.to_string(), "dc216c04-2e34-478e-8b9b-49a3397ef6f8");
-        for bad in [
-            "abc",
-            "..",
-            "%2e%2e",
-            "dc216c042e34478e8b9b49a3397ef6f8",
-            &"a".repeat(300),
-            "{dc216c04-2e34-478e-8b9b-49a3397ef6f8}",
-        ] {
-            assert!(RestorePointId::parse(bad).is_none(), "{bad}");
         }
     }
 }

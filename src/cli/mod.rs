@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{parse_duration, Settings, Sources, UpstreamTrust};
-use crate::gateway::server::Gateway;
+use crate::config::{parse_duration, ConfigError, Settings, Sources, UpstreamTrust};
+use crate::gateway::server::{Gateway, StartError};
 
 /// emgate: a caching gateway for the Veeam Backup Enterprise Manager REST API.
 #[derive(Debug, Parser)]
@@ -123,11 +123,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Settings, and the files they name checked by their owners: exactly what
+/// `serve` would refuse to start on.
 fn load(config: Option<&Path>) -> Result<Settings, ExitCode> {
-    Settings::load(&Sources::process(config)).map_err(|e| {
+    let fail = |e: ConfigError| {
         eprintln!("emgate: configuration error: {e}");
         ExitCode::from(1)
-    })
+    };
+    let settings = Settings::load(&Sources::process(config)).map_err(fail)?;
+    crate::gateway::server::preflight(&settings).map_err(fail)?;
+    Ok(settings)
 }
 
 fn check_config(config: Option<&Path>) -> ExitCode {
@@ -175,7 +180,10 @@ pub async fn serve_settings(
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("emgate: {e}");
-            ExitCode::from(2)
+            match e {
+                StartError::Config(_) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

@@ -85,7 +85,7 @@ pub fn client_config(trust: &UpstreamTrust) -> Result<ClientConfig, String> {
 
 /// SHA-256 of a certificate's DER encoding.
 pub fn fingerprint(cert: &[u8]) -> [u8; 32] {
-    crate::gateway::clients::sha256(cert)
+    crate::digest::sha256(cert)
 }
 
 /// Accepts the pinned certificate (or, without a pin, any), checking only

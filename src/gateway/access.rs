@@ -13,12 +13,12 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use uuid::Uuid;
 
+use crate::gateway::app::App;
 use crate::gateway::clients::{presented, Presented};
 use crate::gateway::error::GatewayError;
 use crate::gateway::limit::Bucket;
 use crate::gateway::logon;
 use crate::gateway::response::Body;
-use crate::gateway::server::App;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idl
 /// Authenticates a request to `/api`; the error is a 401 in EM's shape.
 pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayError> {
     let access = &app.settings.access;
-    let clients = &access.clients;
+    let clients = &app.clients;
     match presented(headers) {
         Presented::Session(token) => app
             .sessions
@@ -111,7 +111,7 @@ pub fn logon(
     let owner = match presented(&parts.headers) {
         // An anonymous gateway takes any EM-style logon and keeps the name
         // for display, so unchanged EM clients work against a sidecar.
-        Presented::Basic(name, _) if access.clients.is_empty() && access.allow_anonymous => {
+        Presented::Basic(name, _) if app.clients.is_empty() && access.allow_anonymous => {
             let shown = if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control)
             {
                 "anonymous"

@@ -6,11 +6,11 @@ use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use crate::cache::RestorePointId;
-use crate::gateway::clients::{constant_time_eq, sha256};
+use crate::digest::{constant_time_eq, sha256};
+use crate::gateway::app::App;
 use crate::gateway::error::{error_response, GatewayError};
 use crate::gateway::response::Body;
-use crate::gateway::server::App;
+use crate::gateway::restore_points::{Form, Key, RestorePointId};
 
 /// Answers a request under `/admin/`.
 pub async fn handle(app: &App, parts: &Parts, xml: bool) -> Response<Body> {
@@ -69,7 +69,9 @@ pub async fn handle(app: &App, parts: &Parts, xml: bool) -> Response<Body> {
                 return GatewayError::NotFound(path.chars().take(200).collect())
                     .into_response(xml, case);
             };
-            app.cache.purge(id).await;
+            app.cache
+                .purge([Form::References, Form::Entity].map(|form| Key { id, form }))
+                .await;
             tracing::info!(restore_point = %id, "cache entry purged");
         }
         None => {
@@ -80,16 +82,4 @@ pub async fn handle(app: &App, parts: &Parts, xml: bool) -> Response<Body> {
     let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(&sha256(b"abc"), &sha256(b"abc")));
-        assert!(!constant_time_eq(&sha256(b"abc"), &sha256(b"abd")));
-        assert!(!constant_time_eq(&sha256(b""), &sha256(b"abc")));
-    }
 }

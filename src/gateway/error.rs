@@ -152,6 +152,24 @@ impl GatewayError {
     }
 }
 
+impl crate::cache::Failure for GatewayError {
+    /// EM failures that justify serving a stale entry (not EM's considered answers).
+    fn serves_stale(&self) -> bool {
+        match self {
+            GatewayError::Upstream(_)
+            | GatewayError::Session(_)
+            | GatewayError::SessionRejected
+            | GatewayError::BadUpstream(_) => true,
+            GatewayError::Em { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+
+    fn internal(what: &'static str) -> Self {
+        GatewayError::Internal(what)
+    }
+}
+
 /// A response in EM's error shape: `{"Message", "StatusCode", ...}` or `<Error/>`.
 pub fn error_response(
     status: StatusCode,

@@ -78,13 +78,13 @@ impl ClientSessions {
     }
 
     fn key(token: &str) -> [u8; 32] {
-        crate::gateway::clients::sha256(token.as_bytes())
+        crate::digest::sha256(token.as_bytes())
     }
 
     /// A new session for `owner`: its token (shown once) and id.
     pub fn create(&self, owner: &str) -> Result<(Secret, Uuid), GatewayError> {
-        let token = crate::gateway::clients::random_token(32)
-            .map_err(|_| GatewayError::Internal("no randomness"))?;
+        let token =
+            crate::digest::random_token(32).map_err(|_| GatewayError::Internal("no randomness"))?;
         let id = Uuid::new_v4();
         let now = Instant::now();
         let mut map = self

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod app;
 pub mod clients;
 pub mod error;
 pub mod limit;
@@ -13,4 +14,5 @@ pub mod render;
 pub mod request_id;
 pub mod response;
 pub mod restore_points;
+pub mod router;
 pub mod server;

@@ -225,6 +225,16 @@ pub struct Prepared {
     pub xml: Template,
 }
 
+impl crate::cache::Stored for Prepared {
+    fn weight(&self) -> usize {
+        Prepared::weight(self)
+    }
+
+    fn is_negative(&self) -> bool {
+        self.status == StatusCode::NOT_FOUND
+    }
+}
+
 impl Prepared {
     /// Converts EM's XML answer once; the error means EM sent garbage.
     pub fn from_em(

@@ -11,11 +11,56 @@ use http::header::{HeaderName, HeaderValue, AGE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use crate::cache::{Form, Key, Outcome, RestorePointId};
+use crate::cache::{Cache, Outcome};
+use crate::gateway::app::App;
 use crate::gateway::error::GatewayError;
 use crate::gateway::render::Prepared;
 use crate::gateway::response::Body;
-use crate::gateway::server::App;
+
+/// A restore point ID: a UUID, lowercase, parsed once at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RestorePointId(uuid::Uuid);
+
+impl RestorePointId {
+    /// Parses the path segment; anything but a UUID (36 characters, hyphenated) is refused.
+    pub fn parse(segment: &str) -> Option<RestorePointId> {
+        if segment.len() != 36 {
+            return None;
+        }
+        uuid::Uuid::try_parse(segment).ok().map(RestorePointId)
+    }
+}
+
+impl std::fmt::Display for RestorePointId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Which representation of the collection EM was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    /// The default: `EntityReferences` of `Ref`s.
+    References,
+    /// `?format=Entity`: `VmRestorePoints` entities.
+    Entity,
+}
+
+/// Cache key: the parsed restore point ID and form, and nothing else a
+/// client sends (host, headers, other query parameters), so no client can
+/// poison another's answer. Links are filled in per client when served
+/// (see [`crate::gateway::render::Template`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The restore point.
+    pub id: RestorePointId,
+    /// The form.
+    pub form: Form,
+}
+
+/// The vmRestorePoints cache: EM's answers prepared for every client (a hit
+/// never converts); only EM's 200 and 404 are stored.
+pub type VmPointsCache = Cache<Key, Prepared, GatewayError>;
 
 /// `X-Cache: HIT|MISS|STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -102,13 +147,13 @@ pub async fn serve(
     let head = parts.method == Method::HEAD;
     match app.cache.get(key, fetch).await {
         Ok((entry, outcome)) => {
-            let (body, content_type) = entry.prepared.body_for(xml, public);
+            let (body, content_type) = entry.value.body_for(xml, public);
             let mut response = Response::new(if head {
                 Body::default()
             } else {
                 Body::new(body)
             });
-            *response.status_mut() = entry.prepared.status;
+            *response.status_mut() = entry.value.status;
             let headers = response.headers_mut();
             headers.insert(http::header::CONTENT_TYPE, content_type);
             headers.insert(X_CACHE, HeaderValue::from_static(outcome.as_str()));
@@ -136,6 +181,22 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restore_point_ids_must_be_hyphenated_uuids_and_are_lowercased() {
+        let id = RestorePointId::parse("DC216C04-2E34-478E-8B9B-49A3397EF6F8").unwrap();
+        assert_eq!(id.to_string(), "dc216c04-2e34-478e-8b9b-49a3397ef6f8");
+        for bad in [
+            "abc",
+            "..",
+            "%2e%2e",
+            "dc216c042e34478e8b9b49a3397ef6f8",
+            &"a".repeat(300),
+            "{dc216c04-2e34-478e-8b9b-49a3397ef6f8}",
+        ] {
+            assert!(RestorePointId::parse(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn the_route_and_its_forms() {

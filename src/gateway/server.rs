@@ -1,5 +1,5 @@
-//! The gateway's listener: accept loop, the tower stack every request goes
-//! through, routing, and the graceful drain on shutdown.
+//! The gateway's listener: start-up checks, the accept loop, the tower stack
+//! every request goes through, and the graceful drain on shutdown.
 //!
 //! A request meets, in order: hyper's connection limits (header size and
 //! read timeout) → `X-Request-Id` (the client's, or a new one) → one log line
@@ -7,21 +7,18 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
-use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -30,45 +27,21 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::cache::{RestorePointId, VmPointsCache};
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings, UpstreamTrust};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
-use crate::gateway::access;
-use crate::gateway::error::{error_response, GatewayError};
-use crate::gateway::limit::{Bucket, ClientLimits};
+use crate::gateway::app::App;
+use crate::gateway::clients::Clients;
+use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
-use crate::gateway::render;
 use crate::gateway::request_id::ProcessUniqueId;
-use crate::gateway::response::{prefers_xml, Body};
-use crate::gateway::restore_points;
+use crate::gateway::restore_points::VmPointsCache;
+use crate::gateway::router::{route, MAX_HEAD_BYTES};
 
 /// Slow clients get this long to send their request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for EM's logout at shutdown.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted (hyper answers 431 beyond it).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-/// Shared state of a running gateway.
-pub struct App {
-    /// Validated settings.
-    pub settings: Settings,
-    /// The pooled EM session and client.
-    pub pool: Arc<SessionPool>,
-    /// The vmRestorePoints cache.
-    pub cache: VmPointsCache,
-    /// Set on SIGTERM: `/readyz` answers 503 from then on.
-    pub draining: AtomicBool,
-    /// Renders `/metrics` (`None` if another metrics recorder owns the process).
-    pub metrics: Option<PrometheusHandle>,
-    /// Gateway sessions of clients (drop-in logon).
-    pub sessions: ClientSessions,
-    /// Per-client rate limits.
-    pub limits: ClientLimits,
-    /// The address actually bound (the fallback for links when a request names no host).
-    pub local_addr: SocketAddr,
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,9 +57,42 @@ pub enum StartError {
     /// The EM client could not be built (TLS setup).
     #[error("upstream: {0}")]
     Upstream(String),
-    /// The HTTPS listener's certificate or key is unusable.
-    #[error("EMGATE_TLS_CERT_FILE/EMGATE_TLS_KEY_FILE: {0}")]
-    Tls(String),
+    /// A file a setting names is unusable (see [`preflight`]).
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// What the files that settings name hold, read and checked by the modules
+/// that own their formats (settings only know they are readable).
+pub struct Preflight {
+    /// The clients file's clients (empty without one).
+    pub clients: Clients,
+    /// TLS for the listener, when HTTPS is configured.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Reads the clients file, EM's CA bundle and the listener's certificate and
+/// key; an error names the setting. `check-config` and `serve` both run it,
+/// so a gateway that starts has usable files.
+pub fn preflight(settings: &Settings) -> Result<Preflight, ConfigError> {
+    let clients = match &settings.access.clients_file {
+        Some(path) => {
+            Clients::load(path).map_err(|e| ConfigError::setting("EMGATE_CLIENTS_FILE", e))?
+        }
+        None => Clients::default(),
+    };
+    if let UpstreamTrust::CaFile(path) = &settings.upstream.trust {
+        crate::em::tls::load_ca_file(path)
+            .map_err(|e| ConfigError::setting("EMGATE_UPSTREAM_CA_FILE", e))?;
+    }
+    let tls = match &settings.tls {
+        Some(t) => Some(
+            crate::gateway::listen_tls::acceptor(t)
+                .map_err(|e| ConfigError::setting("EMGATE_TLS_CERT_FILE", e))?,
+        ),
+        None => None,
+    };
+    Ok(Preflight { clients, tls })
 }
 
 /// A gateway bound to its port, not yet serving.
@@ -102,11 +108,8 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listener and builds the EM client; logs on in the background once run.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
+        let Preflight { clients, tls } = preflight(&settings)?;
         let upstream = Upstream::new(&settings.upstream).map_err(StartError::Upstream)?;
-        let tls = match &settings.tls {
-            Some(t) => Some(crate::gateway::listen_tls::acceptor(t).map_err(StartError::Tls)?),
-            None => None,
-        };
         let pool = Arc::new(SessionPool::new(upstream, &settings.upstream));
         let addr = settings.listen.address;
         let listener = TcpListener::bind(addr)
@@ -116,6 +119,7 @@ impl Gateway {
         let local_addr = listener.local_addr().unwrap_or(addr);
         let app = Arc::new(App {
             cache: VmPointsCache::new(&settings.cache),
+            clients,
             settings,
             pool,
             draining: AtomicBool::new(false),
@@ -291,153 +295,6 @@ fn stack(
         .layer(GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
         .service_fn(move |req| route(app.clone(), peer.ip(), req))
 }
-
-/// Sends a request to its handler.
-async fn route(
-    app: Arc<App>,
-    peer: IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let started = Instant::now();
-    let (parts, body) = req.into_parts();
-    let xml = prefers_xml(&parts.headers);
-    let path = parts.uri.path();
-    let response = match path {
-        // hyper's own limit depends on how the bytes arrive; this one does not.
-        _ if head_size(&parts) > MAX_HEAD_BYTES => {
-            GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, app.settings.json_case)
-        }
-        "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/readyz" => readiness(&app, xml),
-        "/metrics" => metrics(&app).await,
-        p if p == "/api" || p.starts_with("/api/") => api(&app, peer, &parts, body, xml).await,
-        p if p == "/admin" || p.starts_with("/admin/") => {
-            crate::gateway::admin::handle(&app, &parts, xml).await
-        }
-        other => GatewayError::NotFound(other.chars().take(200).collect())
-            .into_response(xml, app.settings.json_case),
-    };
-    let route = crate::ops::metrics::route_label(path);
-    let elapsed = started.elapsed();
-    crate::ops::metrics::request(route, response.status(), elapsed);
-    tracing::info!(
-        method = %parts.method,
-        path,
-        route,
-        status = response.status().as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        client = response
-            .extensions()
-            .get::<ClientLabel>()
-            .map_or("-", |c| c.0.as_str()),
-        cache = response
-            .headers()
-            .get(&restore_points::X_CACHE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-        request_id = parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-        "request"
-    );
-    Ok(response)
-}
-
-/// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
-/// route or the pass-through, each after the checks that apply to it.
-async fn api(
-    app: &Arc<App>,
-    peer: IpAddr,
-    parts: &Parts,
-    body: Incoming,
-    xml: bool,
-) -> Response<Body> {
-    let public = render::public_base(
-        &app.settings,
-        parts,
-        app.settings.tls.is_some(),
-        app.local_addr,
-    );
-    let mut client = None;
-    let result = async {
-        if app.draining.load(Ordering::Relaxed) {
-            // Connections kept alive through the drain still get an answer.
-            return Err(GatewayError::Draining);
-        }
-        let path = parts.uri.path();
-        crate::gateway::path::check_api_path(path, parts.uri.query())?;
-        if access::is_logon_path(path) {
-            // Logons are limited by address: each makes a session to keep.
-            app.limits
-                .check(&Bucket::Address(peer))
-                .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, xml, &public);
-        }
-        let read = parts.method == Method::GET || parts.method == Method::HEAD;
-        // EM's entry point needs no session on EM either: clients read it to find the logon link.
-        let entry_point = read && (path == "/api" || path == "/api/");
-        let caller = if entry_point {
-            access::Caller::Anonymous
-        } else {
-            access::authenticate(app, &parts.headers)?
-        };
-        client = Some(caller.owner().to_string());
-        app.limits
-            .check(&caller.bucket(peer))
-            .map_err(GatewayError::RateLimited)?;
-        if access::is_logon_sessions_path(path) {
-            return access::logon_sessions(app, &caller, parts, xml, &public);
-        }
-        // Every restore point ID is checked before EM sees it, not only the cached route's.
-        let id = restore_points::restore_point_segment(path)
-            .map(|segment| {
-                RestorePointId::parse(segment).ok_or_else(|| {
-                    GatewayError::BadRequest("the restore point ID must be a UUID".into())
-                })
-            })
-            .transpose()?;
-        if let (Some(id), true) = (id, restore_points::match_route(path).is_some()) {
-            if let (true, Some(form)) = (read, restore_points::form_of(parts.uri.query())) {
-                return Ok(restore_points::serve(app, parts, id, form, xml, &public).await);
-            }
-        }
-        let case = app.settings.json_case;
-        if crate::gateway::proxy::is_write(&parts.method) && app.settings.access.allow_writes {
-            let limit = app.settings.access.max_request_body;
-            return crate::gateway::proxy::forward_write(
-                &app.pool, parts, body, limit, xml, &public, case,
-            )
-            .await;
-        }
-        crate::gateway::proxy::forward(&app.pool, parts, xml, &public, case).await
-    }
-    .await;
-    let mut response = result.unwrap_or_else(|e| {
-        log_error(&e);
-        e.to_response(xml, app.settings.json_case, &public)
-    });
-    if let Some(name) = client {
-        response.extensions_mut().insert(ClientLabel(name));
-    }
-    response
-}
-
-/// Who made a request, for its log line.
-#[derive(Clone)]
-struct ClientLabel(String);
-
-/// Bytes of a request's head: target and headers.
-fn head_size(parts: &Parts) -> usize {
-    let headers: usize = parts
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    headers + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
-}
-
 /// Once logged on, logs which API versions EM offers (operators want to
 /// know what they are talking to; the JSON case must match the EM version).
 async fn log_em_version(pool: Arc<SessionPool>) {
@@ -461,73 +318,4 @@ async fn housekeeping(app: Arc<App>) {
         tick.tick().await;
         app.limits.shrink();
     }
-}
-
-async fn metrics(app: &App) -> Response<Body> {
-    let Some(handle) = &app.metrics else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "metrics are not available in this process\n",
-        );
-    };
-    // moka's counts trail its inserts until its housekeeping runs.
-    app.cache.settle().await;
-    let stats = &app.cache.stats;
-    let snapshot = crate::ops::metrics::Snapshot {
-        cache_hits: stats.hits.load(Ordering::Relaxed),
-        cache_misses: stats.misses.load(Ordering::Relaxed),
-        cache_stale: stats.stale.load(Ordering::Relaxed),
-        cache_entries: app.cache.entry_count(),
-        cache_bytes: app.cache.weighted_size(),
-        logons_ok: app.pool.stats.logons_ok.load(Ordering::Relaxed),
-        logons_failed: app.pool.stats.logons_failed.load(Ordering::Relaxed),
-        session_valid: app.pool.is_valid(),
-        client_sessions: app.sessions.count() as u64,
-    };
-    let mut r = Response::new(Body::new(Bytes::from(crate::ops::metrics::render(
-        handle, &snapshot,
-    ))));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    r
-}
-
-fn log_error(e: &GatewayError) {
-    match e.status().as_u16() {
-        500.. => tracing::warn!(error = %e, "request failed"),
-        _ => tracing::debug!(error = %e, "request refused"),
-    }
-}
-
-fn readiness(app: &App, xml: bool) -> Response<Body> {
-    if app.draining.load(Ordering::Relaxed) {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            xml,
-            app.settings.json_case,
-        );
-    }
-    if app.pool.is_valid() {
-        plain(StatusCode::OK, "ready\n")
-    } else {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no Enterprise Manager session",
-            xml,
-            app.settings.json_case,
-        )
-    }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
-    let mut r = Response::new(Body::new(Bytes::from_static(text.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }

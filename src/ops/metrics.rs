@@ -86,23 +86,6 @@ fn describe() {
     );
 }
 
-/// The route template for a path: a fixed, small set of values.
-pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        p if crate::gateway::restore_points::match_route(p).is_some() => {
-            "/api/restorePoints/{id}/vmRestorePoints"
-        }
-        p if p.starts_with("/api/sessionMngr") => "/api/sessionMngr",
-        p if p.starts_with("/api/logonSessions") => "/api/logonSessions",
-        p if p == "/api" || p.starts_with("/api/") => "/api/*",
-        p if p.starts_with("/admin/") => "/admin/*",
-        _ => "other",
-    }
-}
-
 /// A status as a label without allocating for the common ones.
 pub fn status_label(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -181,20 +164,4 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     metrics::gauge!("emgate_upstream_session_valid").set(if s.session_valid { 1.0 } else { 0.0 });
     metrics::gauge!("emgate_client_sessions").set(s.client_sessions as f64);
     handle.render()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_templates() {
-        assert_eq!(
-            route_label("/api/restorePoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmRestorePoints"),
-            "/api/restorePoints/{id}/vmRestorePoints"
-        );
-        assert_eq!(route_label("/api/backupSessions/123"), "/api/*");
-        assert_eq!(route_label("/etc/passwd"), "other");
-        assert_eq!(status_label(StatusCode::from_u16(418).unwrap()), "4xx");
-    }
 }

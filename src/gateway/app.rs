@@ -1,0 +1,37 @@
+//! The state every request shares: settings, the pooled EM session, the
+//! cache, client sessions and limits. Built once by [`crate::gateway::server`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::Settings;
+use crate::em::session::SessionPool;
+use crate::gateway::clients::Clients;
+use crate::gateway::limit::ClientLimits;
+use crate::gateway::logon::ClientSessions;
+use crate::gateway::restore_points::VmPointsCache;
+
+/// Shared state of a running gateway.
+pub struct App {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The pooled EM session and client.
+    pub pool: Arc<SessionPool>,
+    /// The vmRestorePoints cache.
+    pub cache: VmPointsCache,
+    /// Set on SIGTERM: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// Renders `/metrics` (`None` if another metrics recorder owns the process).
+    pub metrics: Option<PrometheusHandle>,
+    /// The clients file's clients (empty without one).
+    pub clients: Clients,
+    /// Gateway sessions of clients (drop-in logon).
+    pub sessions: ClientSessions,
+    /// Per-client rate limits.
+    pub limits: ClientLimits,
+    /// The address actually bound (the fallback for links when a request names no host).
+    pub local_addr: SocketAddr,
+}
