@@ -1,4 +1,31 @@
 //! emgate: a caching gateway for the Veeam Backup Enterprise Manager REST API.
+//!
+//! The folders, in the order a request meets them. Each may use only the
+//! ones listed after it (`tests/layering.rs` fails the build otherwise):
+//!
+//! - [`cli`]: the commands (`serve`, `sim`, `demo`, `check-config`,
+//!   `client add`, `probe`). It loads settings, runs the start-up checks
+//!   and composes everything below; nothing imports it.
+//! - [`gateway`]: the HTTP surface. The listener and its tower stack
+//!   ([`gateway::server`]), routing ([`gateway::router`]), path checks,
+//!   client access and the drop-in logon, the cached route, the
+//!   pass-through, admin endpoints, rendering for a client, and the one
+//!   place errors become HTTP ([`gateway::error`]). Shared state is
+//!   [`gateway::app::App`].
+//! - [`em`]: Enterprise Manager as a service: the HTTP client
+//!   ([`em::client`]), TLS trust ([`em::tls`]) and the pooled EM session
+//!   ([`em::session`]). It knows nothing of clients.
+//! - [`cache`]: keys, entries, flights and staleness, generic over what it
+//!   stores; it is handed a fetch and knows no HTTP client and no EM.
+//! - [`convert`]: EM's XML to EM's JSON, pure.
+//! - [`ops`]: metrics, logging, the shutdown signal.
+//! - [`config`]: settings from the TOML file and `EMGATE_*`, validated once
+//!   into typed values.
+//! - [`secret`], [`digest`]: helpers at the bottom: a string that never
+//!   prints itself; SHA-256, constant-time compare, random tokens.
+//!
+//! Beside them, [`sim`] is a self-contained Enterprise Manager simulator for
+//! tests, the demo and benchmarks; it imports nothing of the rest.
 
 pub mod cache;
 pub mod cli;

@@ -1,4 +1,18 @@
-//! The HTTP surface.
+//! The HTTP surface: what clients see, in the order a request meets it.
+//!
+//! - [`server`]: start-up checks, the listener, the tower stack, the drain;
+//! - [`request_id`]: `X-Request-Id` for requests without one;
+//! - [`router`]: which handler answers; one log line and metrics per request;
+//! - [`path`]: the path checks made before anything reaches EM;
+//! - [`access`], [`clients`], [`limit`], [`logon`]: who is calling (clients
+//!   file, Basic/Bearer, gateway sessions), rate limits, the drop-in logon;
+//! - [`restore_points`]: the cached vmRestorePoints route;
+//! - [`proxy`]: the pass-through to EM with the pooled session;
+//! - [`admin`]: cache purges behind the admin token;
+//! - [`render`], [`response`]: EM's answer rendered for one client (JSON or
+//!   XML, links to the gateway);
+//! - [`error`]: every error, and the one place it becomes an HTTP answer;
+//! - [`app`]: the state all of them share; [`listen_tls`]: HTTPS.
 
 pub mod access;
 pub mod admin;

@@ -1,4 +1,8 @@
-//! Operations.
+//! Operations: what an operator sees and how the process starts and stops.
+//!
+//! - [`metrics`]: the Prometheus recorder and the metric names of CONTRACT §7;
+//! - [`logging`]: the log subscriber (text or JSON lines on stderr);
+//! - [`shutdown`]: SIGTERM/SIGINT.
 
 pub mod logging;
 pub mod metrics;
