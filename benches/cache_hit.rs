@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         stale_if_error: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(30),
         max_bytes: 256 << 20,
+        stale_wait: Duration::from_secs(2),
     };
     let cache = VmPointsCache::new(&settings);
     let em = UpstreamResponse {
@@ -53,6 +54,7 @@ fn bench(c: &mut Criterion) {
         headers: HeaderMap::new(),
         body: em_xml(),
         elapsed: Duration::ZERO,
+        held: Default::default(),
     };
     let key = Key {
         id: RestorePointId::parse("dc216c04-2e34-478e-8b9b-49a3397ef6f8").unwrap(),
@@ -88,6 +90,7 @@ fn bench(c: &mut Criterion) {
                 headers: HeaderMap::new(),
                 body: black_box(em.body.clone()),
                 elapsed: Duration::ZERO,
+                held: Default::default(),
             };
             black_box(
                 render::render(em, EM, "http://127.0.0.1:9399", false, JsonCase::Pascal).unwrap(),

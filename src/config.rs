@@ -87,6 +87,9 @@ pub const SETTINGS: &[Spec] = &[
     spec("listen", "trust_forwarded", "EMGATE_TRUST_FORWARDED", Some("false"), false),
     spec("listen", "drain_timeout", "EMGATE_DRAIN_TIMEOUT", Some("25s"), false),
     spec("listen", "max_concurrency", "EMGATE_MAX_CONCURRENCY", Some("1024"), false),
+    spec("listen", "max_connections", "EMGATE_MAX_CONNECTIONS", Some("10000"), false),
+    spec("listen", "header_timeout", "EMGATE_HEADER_TIMEOUT", Some("30s"), false),
+    spec("listen", "idle_timeout", "EMGATE_IDLE_TIMEOUT", Some("60s"), false),
     spec("upstream", "url", "EMGATE_UPSTREAM_URL", None, false),
     spec("upstream", "username", "EMGATE_UPSTREAM_USERNAME", None, false),
     spec("upstream", "password", "EMGATE_UPSTREAM_PASSWORD", None, true),
@@ -98,10 +101,14 @@ pub const SETTINGS: &[Spec] = &[
     spec("upstream", "max_body", "EMGATE_UPSTREAM_MAX_BODY", Some("64MiB"), false),
     spec("upstream", "keepalive", "EMGATE_UPSTREAM_KEEPALIVE", Some("5m"), false),
     spec("upstream", "logon_backoff_max", "EMGATE_UPSTREAM_LOGON_BACKOFF_MAX", Some("60s"), false),
+    spec("upstream", "concurrency", "EMGATE_UPSTREAM_CONCURRENCY", Some("32"), false),
+    spec("upstream", "queue_wait", "EMGATE_UPSTREAM_QUEUE_WAIT", Some("5s"), false),
+    spec("upstream", "memory", "EMGATE_UPSTREAM_MEMORY", Some("256MiB"), false),
     spec("cache", "ttl", "EMGATE_CACHE_TTL", Some("5m"), false),
     spec("cache", "stale_if_error", "EMGATE_CACHE_STALE_IF_ERROR", Some("1h"), false),
     spec("cache", "negative_ttl", "EMGATE_CACHE_NEGATIVE_TTL", Some("30s"), false),
     spec("cache", "max_bytes", "EMGATE_CACHE_MAX_BYTES", Some("256MiB"), false),
+    spec("cache", "stale_wait", "EMGATE_CACHE_STALE_WAIT", Some("2s"), false),
     spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
     spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
@@ -116,6 +123,9 @@ pub const SETTINGS: &[Spec] = &[
     spec("log", "filter", "EMGATE_LOG", Some("info"), false),
     spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
 ];
+
+/// Shortest admin token accepted, in characters after trimming (CONTRACT §2).
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// JSON member naming (CONTRACT §4.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +171,13 @@ pub struct ListenSettings {
     pub drain_timeout: Duration,
     /// Requests handled at once; more wait for a slot.
     pub max_concurrency: usize,
+    /// Open client connections at most; more wait in the backlog.
+    pub max_connections: usize,
+    /// Deadline for a connection's first request head, from accept (TLS
+    /// handshake and protocol detection included), and for any one head.
+    pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
 }
 
 /// The EM server and how to reach it.
@@ -182,6 +199,12 @@ pub struct UpstreamSettings {
     pub keepalive: Duration,
     /// Longest wait between logon attempts while EM refuses them.
     pub logon_backoff_max: Duration,
+    /// EM requests of clients in flight at most.
+    pub concurrency: usize,
+    /// Longest wait for a place among them (or in the memory budget).
+    pub queue_wait: Duration,
+    /// Bytes of EM answers and their conversion held at once.
+    pub memory: u64,
 }
 
 /// The vmRestorePoints cache.
@@ -195,6 +218,8 @@ pub struct CacheSettings {
     pub negative_ttl: Duration,
     /// Memory bound in bytes.
     pub max_bytes: u64,
+    /// Longest a client waits for EM when a stale copy exists.
+    pub stale_wait: Duration,
 }
 
 /// Who may use the gateway and how.
@@ -320,10 +345,10 @@ impl Settings {
             public_url: v.opt("EMGATE_PUBLIC_URL", parse_base_url)?,
             trust_forwarded: v.parse("EMGATE_TRUST_FORWARDED", parse_bool)?,
             drain_timeout: v.parse("EMGATE_DRAIN_TIMEOUT", parse_duration)?,
-            max_concurrency: v.parse("EMGATE_MAX_CONCURRENCY", |s| match s.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("expected a positive number, got {s:?}")),
-            })?,
+            max_concurrency: v.parse("EMGATE_MAX_CONCURRENCY", parse_positive)?,
+            max_connections: v.parse("EMGATE_MAX_CONNECTIONS", parse_positive)?,
+            header_timeout: v.parse("EMGATE_HEADER_TIMEOUT", parse_positive_duration)?,
+            idle_timeout: v.parse("EMGATE_IDLE_TIMEOUT", parse_positive_duration)?,
         };
         let upstream = upstream_settings(v)?;
         let cache = CacheSettings {
@@ -331,6 +356,7 @@ impl Settings {
             stale_if_error: v.parse("EMGATE_CACHE_STALE_IF_ERROR", parse_duration)?,
             negative_ttl: v.parse("EMGATE_CACHE_NEGATIVE_TTL", parse_duration)?,
             max_bytes: v.parse("EMGATE_CACHE_MAX_BYTES", parse_size)?,
+            stale_wait: v.parse("EMGATE_CACHE_STALE_WAIT", parse_duration)?,
         };
         let json_case = v.parse("EMGATE_JSON_CASE", |s| match s {
             "pascal" => Ok(JsonCase::Pascal),
@@ -362,7 +388,27 @@ impl Settings {
                 ))
             }
         };
-        let admin_token = secret_or_file(v, "EMGATE_ADMIN_TOKEN", "EMGATE_ADMIN_TOKEN_FILE")?;
+        let admin_token = match secret_or_file(v, "EMGATE_ADMIN_TOKEN", "EMGATE_ADMIN_TOKEN_FILE")?
+        {
+            // A blank or short token would turn admin authentication into a
+            // formality (" " once turned it off): refuse it.
+            Some(t) if t.expose().trim().chars().count() < MIN_ADMIN_TOKEN => {
+                let which = if v.raw("EMGATE_ADMIN_TOKEN").is_some_and(|s| !s.is_empty()) {
+                    "EMGATE_ADMIN_TOKEN"
+                } else {
+                    "EMGATE_ADMIN_TOKEN_FILE"
+                };
+                return Err(ConfigError::of(
+                    spec_of(which),
+                    format!(
+                        "the admin token must be at least {MIN_ADMIN_TOKEN} characters \
+                         (not counting spaces at either end); `emgate client add admin` makes a good one"
+                    ),
+                ));
+            }
+            Some(t) => Some(Secret::new(t.expose().trim())),
+            None => None,
+        };
         let count = |s: &str| {
             s.parse::<u32>()
                 .map_err(|_| format!("expected a whole number, got {s:?}"))
@@ -510,7 +556,26 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
             ))
         }
     };
+    if url.scheme_str() == Some("http") && trust != UpstreamTrust::Insecure {
+        return Err(ConfigError::of(
+            spec_of("EMGATE_UPSTREAM_URL"),
+            "http:// would send the EM password in clear; use EM's https:// URL \
+             (or EMGATE_UPSTREAM_INSECURE=true if that is really meant)",
+        ));
+    }
     let max_body = v.parse("EMGATE_UPSTREAM_MAX_BODY", parse_size)?;
+    let memory = v.parse("EMGATE_UPSTREAM_MEMORY", parse_size)?;
+    // The largest answer, and its conversion (about twice its size), must
+    // fit in the budget, or it could never be served.
+    if max_body.saturating_mul(3) > memory {
+        return Err(ConfigError::of(
+            spec_of("EMGATE_UPSTREAM_MEMORY"),
+            format!(
+                "must be at least 3 x EMGATE_UPSTREAM_MAX_BODY ({max_body} bytes): the largest \
+                 answer and its conversion must fit"
+            ),
+        ));
+    }
     Ok(UpstreamSettings {
         url,
         username,
@@ -529,6 +594,9 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
             },
         )?,
         logon_backoff_max: v.parse("EMGATE_UPSTREAM_LOGON_BACKOFF_MAX", parse_positive_duration)?,
+        concurrency: v.parse("EMGATE_UPSTREAM_CONCURRENCY", parse_positive)?,
+        queue_wait: v.parse("EMGATE_UPSTREAM_QUEUE_WAIT", parse_duration)?,
+        memory,
     })
 }
 
@@ -680,6 +748,13 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|_| format!("not a duration: {s:?} (write it like 250ms, 30s, 5m or 1h)"))
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive number, got {s:?}")),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -848,15 +923,19 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_effective_settings_and_debug() {
-        let s = load(&with(&[("EMGATE_ADMIN_TOKEN", "tok-123")]), None).unwrap();
+        let s = load(
+            &with(&[("EMGATE_ADMIN_TOKEN", "tok-1234567890abcdef")]),
+            None,
+        )
+        .unwrap();
         let shown = s.render_effective();
         assert!(shown.contains("password = \"***\""), "{shown}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("tok-123"),
+            !shown.contains("hunter2") && !shown.contains("tok-1234567890abcdef"),
             "{shown}"
         );
         let debug = format!("{s:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("tok-123"));
+        assert!(!debug.contains("hunter2") && !debug.contains("tok-1234567890abcdef"));
     }
 
     #[test]

@@ -108,7 +108,7 @@ async fn an_em_client_logs_on_uses_its_token_and_logs_off_without_touching_em() 
     let cookie = a.headers["set-cookie"].to_str().unwrap();
     assert_eq!(
         cookie,
-        format!("X-RestSvcSessionId={token_a}; Path=/api; HttpOnly")
+        format!("X-RestSvcSessionId={token_a}; Path=/api; HttpOnly; SameSite=Strict")
     );
     let body = a.json();
     assert_eq!(body["UserName"], "dashboard");
@@ -428,7 +428,7 @@ async fn https_listener_serves_http2_and_marks_the_cookie_secure() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let cookie = headers2["set-cookie"].to_str().unwrap();
     assert!(
-        cookie.ends_with("; Path=/api; HttpOnly; Secure"),
+        cookie.ends_with("; Path=/api; HttpOnly; SameSite=Strict; Secure"),
         "{cookie}"
     );
     assert!(

@@ -259,7 +259,7 @@ async fn purging_needs_the_admin_token_and_forces_a_refetch() {
     );
     drop(plain);
 
-    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "let-me-purge")]);
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "let-me-purge-the-cache")]);
     let p = path(&sim, 40);
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
@@ -272,7 +272,7 @@ async fn purging_needs_the_admin_token_and_forces_a_refetch() {
     }
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "HIT");
 
-    let ok = [("authorization", "Bearer let-me-purge")];
+    let ok = [("authorization", "Bearer let-me-purge-the-cache")];
     assert_eq!(
         http.send(Method::DELETE, &gw.url(&one), &ok).await.status,
         StatusCode::NO_CONTENT
@@ -316,7 +316,7 @@ async fn a_client_that_gives_up_does_not_cancel_the_fetch_others_wait_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_during_a_fetch_is_not_undone_by_that_fetch() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "purge-it")]);
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "purge-it-now-please")]);
     let http = Http::default();
     assert_eq!(http.get(&gw.url("/api/"), &[]).await.status, StatusCode::OK);
     let p = path(&sim, 60);
@@ -332,7 +332,7 @@ async fn a_purge_during_a_fetch_is_not_undone_by_that_fetch() {
         .send(
             Method::DELETE,
             &gw.url("/admin/cache"),
-            &[("authorization", "Bearer purge-it")],
+            &[("authorization", "Bearer purge-it-now-please")],
         )
         .await;
     assert_eq!(purge.status, StatusCode::NO_CONTENT);

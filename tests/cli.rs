@@ -28,7 +28,7 @@ const GOOD: &[(&str, &str)] = &[
     ("EMGATE_UPSTREAM_URL", "https://em.example:9398"),
     ("EMGATE_UPSTREAM_USERNAME", "svc"),
     ("EMGATE_UPSTREAM_PASSWORD", "Very-Secret-1"),
-    ("EMGATE_ADMIN_TOKEN", "Admin-Token-2"),
+    ("EMGATE_ADMIN_TOKEN", "Admin-Token-2-long-enough"),
 ];
 
 #[test]
@@ -47,7 +47,7 @@ fn check_config_prints_effective_settings_with_secrets_redacted() {
     assert!(stdout.contains("password = \"***\""), "{stdout}");
     assert!(stdout.contains("admin_token = \"***\""), "{stdout}");
     assert!(stdout.contains("timeout = \"120s\""), "{stdout}");
-    assert!(!stdout.contains("Very-Secret-1") && !stdout.contains("Admin-Token-2"));
+    assert!(!stdout.contains("Very-Secret-1") && !stdout.contains("Admin-Token-2-long-enough"));
 }
 
 #[test]

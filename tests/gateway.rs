@@ -329,13 +329,19 @@ async fn writes_and_odd_paths_are_refused_before_em() {
         // EM ignores doubled slashes and decodes escapes: these would reach
         // EM's own logonSessions past the gateway's.
         "/api//logonSessions",
-        "/api/logon%53essions",
         "/api//sessionMngr/?v=latest",
+        "/api/logon%u0053essions",
+        "/api/jobs/%u002e%u002e/logonSessions",
     ] {
         let reply = http.get(&gw.url(path), &[]).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(reply.json()["StatusCode"], 400);
     }
+    // An escaped letter is decoded once, and routed as what it decodes to:
+    // the gateway's own logonSessions, as EM would resolve it.
+    let reply = http.get(&gw.url("/api/logon%53essions"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(reply.json()["LogonSessions"].is_array(), "{}", reply.body);
     let reply = http.get(&gw.url("/nope"), &[]).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert!(

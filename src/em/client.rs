@@ -1,21 +1,33 @@
 //! The HTTP client to EM: pooled keep-alive connections over rustls, a
-//! timeout on every request (body included) and a cap on response size.
+//! timeout on every request (body included), a cap on response size, and the
+//! two bounds that protect EM and the gateway's memory (CONTRACT §2):
+//!
+//! - at most `EMGATE_UPSTREAM_CONCURRENCY` requests of the [`Lane::Client`]
+//!   lane in flight; more wait up to `EMGATE_UPSTREAM_QUEUE_WAIT`, then fail
+//!   with [`UpstreamError::Saturated`]. The session's own requests (logon,
+//!   keep-alive, logout) take the [`Lane::Session`] lane, so a full queue of
+//!   hanging client requests never stops the gateway from keeping its session;
+//! - EM answers held at once, and what callers reserve to convert them,
+//!   share one byte budget (`EMGATE_UPSTREAM_MEMORY`): a body is reserved as
+//!   it arrives and released when its [`UpstreamResponse`] is dropped.
 //!
 //! It knows nothing of client access or sessions: callers hand it a method,
 //! a path and the headers to send, and get EM's whole answer back or a typed
 //! error.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamSettings;
 
@@ -34,6 +46,41 @@ pub enum UpstreamError {
     /// The client's request body grew past its limit while being sent.
     #[error("the request body exceeds its limit")]
     RequestTooLarge,
+    /// No place among the EM requests in flight (or in the memory budget)
+    /// within the queue wait: EM is slow and the gateway protects it.
+    #[error(
+        "Enterprise Manager is busy: {0} EM requests are in flight or queued; try again shortly"
+    )]
+    Saturated(usize),
+}
+
+/// Which limit a request to EM counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Work for clients (fetches, refreshes, pass-through, writes): bounded
+    /// by the EM concurrency limit.
+    Client,
+    /// The pooled session's own logon, keep-alive and logout: few by
+    /// construction (single flight), never queued behind clients.
+    Session,
+}
+
+/// Bytes held in the memory budget; released when dropped.
+#[derive(Debug, Default)]
+pub struct Reservation(Option<OwnedSemaphorePermit>);
+
+impl Reservation {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn add(&mut self, more: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(p) => p.merge(more),
+            None => self.0 = Some(more),
+        }
+    }
 }
 
 /// A request body on its way to EM (streamed, for writes).
@@ -50,6 +97,8 @@ pub struct UpstreamResponse {
     pub body: Bytes,
     /// How long EM took.
     pub elapsed: Duration,
+    /// The body's bytes in the memory budget, held as long as the answer is.
+    pub held: Reservation,
 }
 
 /// A client bound to one EM server.
@@ -63,6 +112,14 @@ pub struct Upstream {
     timeout: Duration,
     /// Largest body accepted.
     max_body: usize,
+    /// Places for client-lane requests in flight.
+    lanes: Arc<Semaphore>,
+    /// Size of `lanes`, for messages.
+    concurrency: usize,
+    /// Longest wait for a place (or for memory).
+    queue_wait: Duration,
+    /// The memory budget, in bytes.
+    memory: Arc<Semaphore>,
 }
 
 impl Upstream {
@@ -83,11 +140,18 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(64)
             .build(connector);
+        let memory = usize::try_from(settings.memory)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         Ok(Upstream {
             client,
             base: base_string(&settings.url),
             timeout: settings.timeout,
             max_body: settings.max_body,
+            lanes: Arc::new(Semaphore::new(settings.concurrency)),
+            concurrency: settings.concurrency,
+            queue_wait: settings.queue_wait,
+            memory: Arc::new(Semaphore::new(memory)),
         })
     }
 
@@ -98,7 +162,9 @@ impl Upstream {
 
     /// The API versions EM's entry point (`GET /api/`, no session needed) lists.
     pub async fn api_versions(&self) -> Result<Vec<String>, UpstreamError> {
-        let response = self.send(Method::GET, "/api/", HeaderMap::new()).await?;
+        let response = self
+            .send(Lane::Session, Method::GET, "/api/", HeaderMap::new())
+            .await?;
         let mut reader = quick_xml::Reader::from_reader(response.body.as_ref());
         let mut versions = Vec::new();
         loop {
@@ -126,24 +192,82 @@ impl Upstream {
     /// `path_and_query` starts with `/api`. EM is always asked for XML.
     pub async fn send(
         &self,
+        lane: Lane,
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let empty = Empty::<Bytes>::new()
-            .map_err(|never| match never {})
-            .boxed();
-        self.send_with_body(method, path_and_query, headers, empty)
+        self.send_with_body(lane, method, path_and_query, headers, empty())
             .await
+    }
+
+    /// As [`Upstream::send`] for a client's HEAD: EM is asked GET (its REST
+    /// service documents only GET) and the body is read and dropped as it
+    /// comes, never held, since the client gets none.
+    pub async fn send_discarding_body(
+        &self,
+        path_and_query: &str,
+        headers: HeaderMap,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange_timed(
+            Lane::Client,
+            Method::GET,
+            path_and_query,
+            headers,
+            empty(),
+            Body::Discard,
+        )
+        .await
     }
 
     /// As [`Upstream::send`], streaming `body` to EM (writes).
     pub async fn send_with_body(
         &self,
+        lane: Lane,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: UpstreamBody,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.exchange_timed(lane, method, path_and_query, headers, body, Body::Keep)
+            .await
+    }
+
+    /// Reserves `bytes` of the memory budget (to convert an answer), waiting
+    /// at most the queue wait.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, UpstreamError> {
+        let mut held = Reservation::default();
+        self.reserve_more(&mut held, bytes).await?;
+        Ok(held)
+    }
+
+    async fn reserve_more(
+        &self,
+        held: &mut Reservation,
+        bytes: usize,
+    ) -> Result<(), UpstreamError> {
+        let mut left = bytes;
+        while left > 0 {
+            let n = u32::try_from(left).unwrap_or(u32::MAX);
+            let permit =
+                tokio::time::timeout(self.queue_wait, self.memory.clone().acquire_many_owned(n))
+                    .await
+                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?
+                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?;
+            held.add(permit);
+            left -= n as usize;
+        }
+        Ok(())
+    }
+
+    async fn exchange_timed(
+        &self,
+        lane: Lane,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
         body: UpstreamBody,
+        keep: Body,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let uri: Uri = format!("{}{}", self.base, path_and_query)
             .parse()
@@ -155,13 +279,24 @@ impl Upstream {
             .body(body)
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         *request.headers_mut() = headers;
+        // A place among the client requests to EM, waiting at most the queue wait.
+        let _place = match lane {
+            Lane::Session => None,
+            Lane::Client => Some(
+                tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
+                    .await
+                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?
+                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?,
+            ),
+        };
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
+        let result = match tokio::time::timeout(self.timeout, self.exchange(request, keep)).await {
+            Ok(Ok((status, headers, body, held))) => Ok(UpstreamResponse {
                 status,
                 headers,
                 body,
                 elapsed: started.elapsed(),
+                held,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
@@ -178,7 +313,8 @@ impl Upstream {
     async fn exchange(
         &self,
         request: Request<UpstreamBody>,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
+        keep: Body,
+    ) -> Result<(StatusCode, HeaderMap, Bytes, Reservation), UpstreamError> {
         let response = self.client.request(request).await.map_err(|e| {
             if caused_by::<http_body_util::LengthLimitError>(&e) {
                 UpstreamError::RequestTooLarge
@@ -194,20 +330,50 @@ impl Upstream {
         if declared.is_some_and(|len| len > self.max_body as u64) {
             return Err(UpstreamError::TooLarge(self.max_body));
         }
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    UpstreamError::TooLarge(self.max_body)
-                } else {
-                    UpstreamError::Unreachable(format!("response body broke off: {e}"))
-                }
-            })?
-            .to_bytes();
-        Ok((parts.status, parts.headers, body))
+        let (parts, mut body) = response.into_parts();
+        let mut held = Reservation::default();
+        if keep == Body::Keep {
+            if let Some(len) = declared {
+                // Known size: reserve it before reading a byte.
+                self.reserve_more(&mut held, len as usize).await?;
+            }
+        }
+        let mut buf = BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| UpstreamError::Unreachable(format!("response body broke off: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len();
+            if seen > self.max_body {
+                return Err(UpstreamError::TooLarge(self.max_body));
+            }
+            if keep == Body::Discard {
+                continue;
+            }
+            let missing = seen.saturating_sub(held.bytes());
+            if missing > 0 {
+                self.reserve_more(&mut held, missing).await?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok((parts.status, parts.headers, buf.freeze(), held))
     }
+}
+
+/// Whether an answer's body is kept or read and dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    Keep,
+    Discard,
+}
+
+fn empty() -> UpstreamBody {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn base_string(url: &Uri) -> String {

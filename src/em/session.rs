@@ -6,23 +6,35 @@
 //! - Each session carries a generation. A 401 seen with generation `g` only
 //!   throws away the session if it is still generation `g`, so a late 401
 //!   from an old session never discards a newer one.
+//! - A 401 alone never causes a logon: the session is first checked with a
+//!   cheap request of its own (`GET /api/logonSessions/{id}`, one check at a
+//!   time). Only if EM refuses that too is the session gone; otherwise the
+//!   resource's 401 is passed on and EM sees no new logon.
+//! - Re-logons are rate-limited (a burst of [`RELOGON_BURST`], then one per
+//!   [`RELOGON_EVERY`]), and a replaced session is logged out best-effort,
+//!   so sessions never pile up on EM.
 //! - While EM refuses logons or is down, attempts are spaced by an
 //!   exponential backoff with jitter; requests in between fail at once
 //!   (503) instead of hammering EM, and a background task keeps trying so
 //!   the gateway recovers by itself.
+//! - After [`REFUSALS_BEFORE_PAUSE`] refused logons in a row (EM's 401 to
+//!   the logon itself: a wrong or rotated password) the gateway pauses
+//!   logons for [`REFUSED_PAUSE`], so it never locks the EM account.
 //! - The EM session token never leaves this module except as the
 //!   `X-RestSvcSessionId` header of a request to EM (marked sensitive).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Method, StatusCode};
 
 use crate::config::UpstreamSettings;
-use crate::em::client::{Upstream, UpstreamError};
+use crate::em::client::{Lane, Upstream, UpstreamBody, UpstreamError, UpstreamResponse};
 use crate::secret::Secret;
 
 /// EM's session header.
@@ -30,12 +42,23 @@ pub const SESSION_HEADER: HeaderName = HeaderName::from_static("x-restsvcsession
 
 /// First wait after a failed logon; doubles up to the configured maximum.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
+/// Refused logons in a row after which logons pause.
+pub const REFUSALS_BEFORE_PAUSE: u32 = 3;
+/// How long logons pause after that many refusals (EM accounts usually
+/// lock after a handful of failures within some minutes).
+pub const REFUSED_PAUSE: Duration = Duration::from_secs(10 * 60);
+/// Re-logons allowed back to back.
+pub const RELOGON_BURST: u32 = 3;
+/// Then one re-logon per this long.
+pub const RELOGON_EVERY: Duration = Duration::from_secs(20);
+/// A session confirmed alive this recently is not checked again.
+const ALIVE_FOR: Duration = Duration::from_secs(1);
 
 /// One EM logon session.
 pub struct EmSession {
     /// The `X-RestSvcSessionId` token.
     token: Secret,
-    /// The session's GUID, for `DELETE /api/logonSessions/{id}`.
+    /// The session's GUID, for `GET`/`DELETE /api/logonSessions/{id}`.
     id: Option<String>,
     /// Increases with every logon; compared when EM answers 401.
     generation: u64,
@@ -48,10 +71,19 @@ impl EmSession {
     }
 
     /// The header to send to EM with this session.
-    pub fn header(&self) -> Option<HeaderValue> {
+    fn header(&self) -> Option<HeaderValue> {
         let mut v = HeaderValue::from_str(self.token.expose()).ok()?;
         v.set_sensitive(true);
         Some(v)
+    }
+
+    /// `GET /api/logonSessions/{id}`: the session's own resource, the
+    /// cheapest request that tells whether EM still knows it.
+    fn own_path(&self) -> String {
+        match &self.id {
+            Some(id) => format!("/api/logonSessions/{id}"),
+            None => "/api/logonSessions".to_string(),
+        }
     }
 }
 
@@ -86,15 +118,88 @@ pub enum SessionError {
         /// The last failure.
         last: String,
     },
+    /// EM refused the logon several times in a row; logons are paused so
+    /// the EM account is not locked.
+    #[error("Enterprise Manager refused the gateway's logon {refusals} times in a row (wrong or rotated password?); logons pause for {} s so the EM account is not locked", .retry_in.as_secs())]
+    Paused {
+        /// Refusals in a row.
+        refusals: u32,
+        /// Until the next attempt.
+        retry_in: Duration,
+    },
+    /// Too many re-logons lately: EM keeps dropping sessions.
+    #[error("Enterprise Manager keeps ending the gateway's sessions; the next logon is allowed in {} s", .0.as_secs().max(1))]
+    RelogonLimited(Duration),
 }
 
-/// Counters for the metrics issue.
+impl SessionError {
+    /// How long until the gateway tries again, when it knows.
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            SessionError::BackingOff { retry_in_ms, .. } => Some(Duration::from_millis(
+                u64::try_from(*retry_in_ms).unwrap_or(u64::MAX),
+            )),
+            SessionError::Paused { retry_in, .. } => Some(*retry_in),
+            SessionError::RelogonLimited(wait) => Some(*wait),
+            _ => None,
+        }
+    }
+}
+
+/// Why a request to EM with the pooled session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmError {
+    /// No session could be had.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// EM could not be asked, or answered unusably.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// EM refused even a freshly made session.
+    #[error("Enterprise Manager rejected the gateway's new session")]
+    SessionRejected,
+    /// The session had expired when a write reached EM; writes are never
+    /// replayed, so the client must send it again.
+    #[error("the Enterprise Manager session had expired; the request was not executed and is not retried automatically: send it again")]
+    WriteNotReplayed,
+}
+
+/// Counters for metrics and the status page.
 #[derive(Debug, Default)]
 pub struct SessionStats {
     /// Successful logons.
     pub logons_ok: AtomicU64,
-    /// Failed logons.
+    /// Failed logons (refusals included).
     pub logons_failed: AtomicU64,
+    /// Logons EM refused (401 to the logon).
+    pub logons_refused: AtomicU64,
+    /// Logons that replaced a session EM had dropped.
+    pub relogons: AtomicU64,
+    /// 401s checked against the session's own resource.
+    pub checks: AtomicU64,
+    /// Of those, the session was alive: the 401 was the resource's own.
+    pub checks_alive: AtomicU64,
+}
+
+/// What `/readyz` and the status page say about the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    /// A session is held.
+    Valid {
+        /// Since when (wall clock).
+        since: SystemTime,
+    },
+    /// No session yet, and no failure: the first logon is under way.
+    LoggingOn,
+    /// Logons are failing.
+    Failing {
+        /// Why, in words an operator can act on (no secrets).
+        reason: String,
+        /// Until the next attempt.
+        retry_in: Duration,
+        /// Whether logons are paused after repeated refusals.
+        paused: bool,
+    },
 }
 
 /// Backoff bookkeeping, guarded by the logon lock.
@@ -102,10 +207,36 @@ pub struct SessionStats {
 struct LogonState {
     /// Consecutive failures.
     failures: u32,
+    /// Consecutive refusals (EM's 401 to the logon).
+    refusals: u32,
     /// No attempt before this instant.
     retry_at: Option<Instant>,
     /// The last failure, repeated to requests during the backoff.
     last_error: Option<SessionError>,
+}
+
+/// The last failure as the outside sees it (readable without the logon lock).
+#[derive(Clone)]
+struct Failure {
+    error: SessionError,
+    retry_at: Instant,
+    paused: bool,
+}
+
+/// What checking a session told.
+enum Check {
+    /// EM still knows it.
+    Alive,
+    /// EM refused it: it is gone.
+    Gone,
+}
+
+/// What a caller does after EM answered 401 to its request.
+pub enum After401 {
+    /// The session was gone; here is the new one: replay (reads only).
+    Replaced(Arc<EmSession>),
+    /// The session is alive: the 401 is the resource's own; pass it on.
+    Alive,
 }
 
 /// The shared EM session for all clients.
@@ -118,8 +249,17 @@ pub struct SessionPool {
     password: Secret,
     /// The current session; a std lock because it is held only to clone an `Arc`.
     current: RwLock<Option<Arc<EmSession>>>,
+    /// When the current session was made.
+    since: Mutex<Option<SystemTime>>,
     /// Serialises logons (single flight) and holds the backoff state.
     logon: tokio::sync::Mutex<LogonState>,
+    /// The last logon failure, for readiness (cleared on success).
+    failure: Mutex<Option<Failure>>,
+    /// Serialises session checks after a 401; holds the generation last
+    /// found alive and when.
+    check: tokio::sync::Mutex<Option<(u64, Instant)>>,
+    /// Re-logons: a small burst, then a steady trickle.
+    relogons: DefaultDirectRateLimiter,
     /// Source of generations.
     generations: AtomicU64,
     /// Milliseconds since `epoch` when EM last saw the session used.
@@ -133,27 +273,35 @@ pub struct SessionPool {
     /// Wakes the maintenance task when the session is lost.
     lost: tokio::sync::Notify,
     /// Set by `logout`: requests still draining must not log on again.
-    closed: std::sync::atomic::AtomicBool,
-    /// Logon counters.
+    closed: AtomicBool,
+    /// Counters.
     pub stats: SessionStats,
 }
 
 impl SessionPool {
     /// A pool that has not logged on yet.
     pub fn new(upstream: Upstream, settings: &UpstreamSettings) -> SessionPool {
+        let every = RELOGON_EVERY;
+        let quota = Quota::with_period(every)
+            .unwrap_or_else(|| Quota::per_minute(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(RELOGON_BURST).unwrap_or(NonZeroU32::MIN));
         SessionPool {
             upstream,
             username: settings.username.clone(),
             password: settings.password.clone(),
             current: RwLock::new(None),
+            since: Mutex::new(None),
             logon: tokio::sync::Mutex::new(LogonState::default()),
+            failure: Mutex::new(None),
+            check: tokio::sync::Mutex::new(None),
+            relogons: RateLimiter::direct(quota),
             generations: AtomicU64::new(0),
             last_used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             keepalive: settings.keepalive,
             backoff_max: settings.logon_backoff_max,
             lost: tokio::sync::Notify::new(),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             stats: SessionStats::default(),
         }
     }
@@ -168,11 +316,35 @@ impl SessionPool {
         self.peek().is_some()
     }
 
+    /// The session's state, for `/readyz` and the status page.
+    pub fn state(&self) -> SessionState {
+        if self.peek().is_some() {
+            let since = self
+                .since
+                .lock()
+                .ok()
+                .and_then(|s| *s)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            return SessionState::Valid { since };
+        }
+        match self.failure.lock().ok().and_then(|f| f.clone()) {
+            Some(f) => SessionState::Failing {
+                reason: f.error.to_string(),
+                retry_in: f.retry_at.saturating_duration_since(Instant::now()),
+                paused: f.paused,
+            },
+            None => SessionState::LoggingOn,
+        }
+    }
+
     fn peek(&self) -> Option<Arc<EmSession>> {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
     fn set(&self, session: Option<Arc<EmSession>>) {
+        if let Ok(mut since) = self.since.lock() {
+            *since = session.as_ref().map(|_| SystemTime::now());
+        }
         if let Ok(mut c) = self.current.write() {
             *c = session;
         }
@@ -197,12 +369,131 @@ impl SessionPool {
         }
     }
 
-    /// EM answered 401 to `stale`: get a newer session (one logon for everybody).
-    pub async fn renew(
+    /// GETs `path_and_query` from EM with the pooled session. After EM's
+    /// 401 the session is checked; if it was gone, the GET is replayed once
+    /// with the new session; if it is alive, EM's 401 is the answer.
+    /// `discard_body`: a client's HEAD, whose body is never held.
+    pub async fn get(
         self: &Arc<Self>,
-        stale: &EmSession,
-    ) -> Result<Arc<EmSession>, SessionError> {
-        self.logon_replacing(Some(stale.generation)).await
+        path_and_query: &str,
+        headers: HeaderMap,
+        discard_body: bool,
+    ) -> Result<UpstreamResponse, EmError> {
+        let mut session = self.acquire().await?;
+        for attempt in 0..2 {
+            let mut request_headers = headers.clone();
+            if let Some(token) = session.header() {
+                request_headers.insert(SESSION_HEADER, token);
+            }
+            let response = if discard_body {
+                self.upstream
+                    .send_discarding_body(path_and_query, request_headers)
+                    .await?
+            } else {
+                self.upstream
+                    .send(Lane::Client, Method::GET, path_and_query, request_headers)
+                    .await?
+            };
+            if response.status != StatusCode::UNAUTHORIZED {
+                self.mark_used();
+                return Ok(response);
+            }
+            match self.after_401(&session).await? {
+                After401::Alive => return Ok(response),
+                After401::Replaced(newer) if attempt == 0 => session = newer,
+                After401::Replaced(_) => break,
+            }
+        }
+        tracing::warn!("EM answered 401 to a freshly logged-on session");
+        Err(EmError::SessionRejected)
+    }
+
+    /// Sends a write with the pooled session, once: never replayed, not even
+    /// after EM's 401 (if the session was gone, the next request gets a new
+    /// one, and this one fails with [`EmError::WriteNotReplayed`]).
+    pub async fn write(
+        self: &Arc<Self>,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: UpstreamBody,
+    ) -> Result<UpstreamResponse, EmError> {
+        let session = self.acquire().await?;
+        if let Some(token) = session.header() {
+            headers.insert(SESSION_HEADER, token);
+        }
+        let response = self
+            .upstream
+            .send_with_body(Lane::Client, method, path_and_query, headers, body)
+            .await?;
+        if response.status == StatusCode::UNAUTHORIZED {
+            return match self.after_401(&session).await? {
+                After401::Alive => Ok(response),
+                After401::Replaced(_) => Err(EmError::WriteNotReplayed),
+            };
+        }
+        self.mark_used();
+        Ok(response)
+    }
+
+    /// EM answered 401 to a request made with `stale`: is the session gone
+    /// (then get a newer one, one logon for everybody) or was the 401 the
+    /// resource's own? One check at a time; a generation found alive within
+    /// the last second is not checked again.
+    pub async fn after_401(self: &Arc<Self>, stale: &Arc<EmSession>) -> Result<After401, EmError> {
+        if let Some(current) = self.peek() {
+            if current.generation != stale.generation {
+                return Ok(After401::Replaced(current));
+            }
+        }
+        let mut last_alive = self.check.lock().await;
+        match self.peek() {
+            Some(current) if current.generation != stale.generation => {
+                return Ok(After401::Replaced(current));
+            }
+            None => return Ok(After401::Replaced(self.acquire().await?)),
+            Some(_) => {}
+        }
+        if let Some((generation, at)) = *last_alive {
+            if generation == stale.generation && at.elapsed() < ALIVE_FOR {
+                return Ok(After401::Alive);
+            }
+        }
+        self.stats.checks.fetch_add(1, Ordering::Relaxed);
+        match self.check(stale).await? {
+            Check::Alive => {
+                self.stats.checks_alive.fetch_add(1, Ordering::Relaxed);
+                *last_alive = Some((stale.generation, Instant::now()));
+                tracing::info!(
+                    "EM answered 401 for a resource while the session is alive; passing it on, no logon"
+                );
+                Ok(After401::Alive)
+            }
+            Check::Gone => {
+                drop(last_alive);
+                Ok(After401::Replaced(
+                    self.logon_replacing(Some(stale.generation)).await?,
+                ))
+            }
+        }
+    }
+
+    /// Asks EM about the session itself.
+    async fn check(&self, session: &EmSession) -> Result<Check, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = session.header() {
+            headers.insert(SESSION_HEADER, v);
+        }
+        let r = self
+            .upstream
+            .send(Lane::Session, Method::GET, &session.own_path(), headers)
+            .await?;
+        Ok(if r.status == StatusCode::UNAUTHORIZED {
+            Check::Gone
+        } else {
+            self.mark_used();
+            Check::Alive
+        })
     }
 
     /// The logon runs in its own task: a client that goes away mid-logon
@@ -221,26 +512,47 @@ impl SessionPool {
             .unwrap_or_else(|_| Err(SessionError::Upstream("the logon task failed".into())))
     }
 
-    async fn logon_locked(&self, stale: Option<u64>) -> Result<Arc<EmSession>, SessionError> {
+    async fn logon_locked(
+        self: &Arc<Self>,
+        stale: Option<u64>,
+    ) -> Result<Arc<EmSession>, SessionError> {
         let mut state = self.logon.lock().await;
         if self.closed.load(Ordering::SeqCst) {
             return Err(SessionError::Closed);
         }
+        let mut replaced = None;
         if let Some(current) = self.peek() {
             if stale != Some(current.generation) {
                 // Someone logged on while we waited, or the 401 came from an
                 // older session than the current one.
                 return Ok(current);
             }
+            if let Err(not_until) = self.relogons.check() {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                tracing::warn!(
+                    retry_in_ms = wait.as_millis() as u64,
+                    "EM keeps ending the gateway's sessions; re-logon rate-limited"
+                );
+                return Err(SessionError::RelogonLimited(wait));
+            }
             tracing::info!(
                 generation = current.generation,
-                "EM session expired; logging on again"
+                "EM session gone; logging on again"
             );
             self.set(None);
+            replaced = Some(current);
         }
         if let (Some(at), Some(last)) = (state.retry_at, &state.last_error) {
             let now = Instant::now();
             if now < at {
+                if state.refusals >= REFUSALS_BEFORE_PAUSE {
+                    return Err(SessionError::Paused {
+                        refusals: state.refusals,
+                        retry_in: at - now,
+                    });
+                }
                 return Err(SessionError::BackingOff {
                     retry_in_ms: (at - now).as_millis(),
                     last: last.to_string(),
@@ -254,21 +566,66 @@ impl SessionPool {
                     tracing::info!(after_failures = state.failures, "EM logon recovered");
                 }
                 *state = LogonState::default();
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = None;
+                }
                 let session = Arc::new(session);
                 self.mark_used();
                 self.set(Some(session.clone()));
                 tracing::info!(generation = session.generation, "logged on to EM");
+                if let Some(old) = replaced {
+                    self.stats.relogons.fetch_add(1, Ordering::Relaxed);
+                    // Best effort: if EM still held it, it should not linger.
+                    let this = self.clone();
+                    tokio::spawn(async move { this.end(&old).await });
+                }
                 Ok(session)
             }
             Err(e) => {
                 self.stats.logons_failed.fetch_add(1, Ordering::Relaxed);
                 state.failures = state.failures.saturating_add(1);
-                let wait = backoff(state.failures, self.backoff_max);
-                state.retry_at = Some(Instant::now() + wait);
+                let refused = matches!(e, SessionError::Refused);
+                if refused {
+                    self.stats.logons_refused.fetch_add(1, Ordering::Relaxed);
+                    state.refusals = state.refusals.saturating_add(1);
+                } else {
+                    state.refusals = 0;
+                }
+                let paused = state.refusals >= REFUSALS_BEFORE_PAUSE;
+                let wait = if paused {
+                    REFUSED_PAUSE
+                } else {
+                    backoff(state.failures, self.backoff_max)
+                };
+                let retry_at = Instant::now() + wait;
+                state.retry_at = Some(retry_at);
                 state.last_error = Some(e.clone());
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "EM logon failed");
+                let shown = if paused {
+                    SessionError::Paused {
+                        refusals: state.refusals,
+                        retry_in: wait,
+                    }
+                } else {
+                    e.clone()
+                };
+                if let Ok(mut f) = self.failure.lock() {
+                    *f = Some(Failure {
+                        error: shown.clone(),
+                        retry_at,
+                        paused,
+                    });
+                }
+                if paused {
+                    tracing::error!(
+                        refusals = state.refusals,
+                        pause_s = wait.as_secs(),
+                        "EM refused the gateway's logon repeatedly; logons paused so the EM account is not locked (check the password)"
+                    );
+                } else {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "EM logon failed");
+                }
                 self.lost.notify_one();
-                Err(e)
+                Err(shown)
             }
         }
     }
@@ -287,7 +644,12 @@ impl SessionPool {
         headers.insert(AUTHORIZATION, auth);
         let response = self
             .upstream
-            .send(Method::POST, "/api/sessionMngr/?v=latest", headers)
+            .send(
+                Lane::Session,
+                Method::POST,
+                "/api/sessionMngr/?v=latest",
+                headers,
+            )
             .await
             .map_err(|e| SessionError::Upstream(e.to_string()))?;
         match response.status {
@@ -322,7 +684,9 @@ impl SessionPool {
                         .unwrap_or_default()
                 };
                 tokio::time::sleep(wait).await;
-                let _ = self.acquire().await;
+                if let Err(SessionError::RelogonLimited(wait)) = self.acquire().await {
+                    tokio::time::sleep(wait).await;
+                }
                 continue;
             };
             let idle = self.idle();
@@ -337,38 +701,14 @@ impl SessionPool {
         }
     }
 
-    /// EM answered 401 to a request that must not be replayed (a write):
-    /// log on again only if the session really expired, so a 401 that EM
-    /// gives for another reason cannot make the gateway drop its session.
-    pub async fn verify(self: &Arc<Self>, session: &EmSession) {
-        self.touch(session).await;
-    }
-
-    /// A cheap authenticated GET, so EM's 15-minute idle timer restarts.
-    async fn touch(self: &Arc<Self>, session: &EmSession) {
-        let path = match &session.id {
-            Some(id) => format!("/api/logonSessions/{id}"),
-            None => "/api/logonSessions".to_string(),
-        };
-        let mut headers = HeaderMap::new();
-        if let Some(v) = session.header() {
-            headers.insert(SESSION_HEADER, v);
-        }
-        match self.upstream.send(Method::GET, &path, headers).await {
-            Ok(r) if r.status == StatusCode::UNAUTHORIZED => {
-                let _ = self.renew(session).await;
+    /// The keep-alive: a cheap authenticated GET, so EM's 15-minute idle
+    /// timer restarts; if EM refuses it, the session is gone.
+    async fn touch(self: &Arc<Self>, session: &Arc<EmSession>) {
+        match self.check(session).await {
+            Ok(Check::Gone) => {
+                let _ = self.logon_replacing(Some(session.generation)).await;
             }
-            Ok(r) if r.status.is_success() => {
-                tracing::debug!("EM session kept alive");
-                self.mark_used();
-            }
-            Ok(r) => {
-                tracing::warn!(
-                    status = r.status.as_u16(),
-                    "EM session keep-alive got an unexpected answer"
-                );
-                self.mark_used();
-            }
+            Ok(Check::Alive) => tracing::debug!("EM session kept alive"),
             Err(e) => {
                 tracing::warn!(error = %e, "EM session keep-alive failed");
                 // Try again after a short pause rather than spinning.
@@ -377,13 +717,8 @@ impl SessionPool {
         }
     }
 
-    /// Logs the session out of EM (`DELETE /api/logonSessions/{id}`), at
-    /// shutdown; no logon happens after it.
-    pub async fn logout(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        let _guard = self.logon.lock().await;
-        let Some(session) = self.peek() else { return };
-        self.set(None);
+    /// `DELETE /api/logonSessions/{id}` with the session itself.
+    async fn end(&self, session: &EmSession) {
         let Some(id) = &session.id else {
             tracing::warn!("EM session id unknown; cannot log out");
             return;
@@ -394,17 +729,28 @@ impl SessionPool {
         }
         match self
             .upstream
-            .send(Method::DELETE, &format!("/api/logonSessions/{id}"), headers)
+            .send(
+                Lane::Session,
+                Method::DELETE,
+                &format!("/api/logonSessions/{id}"),
+                headers,
+            )
             .await
         {
             Ok(r) if r.status.is_success() => tracing::info!("logged out of EM"),
-            Ok(r) => tracing::warn!(
-                status = r.status.as_u16(),
-                "EM logout answered unexpectedly"
-            ),
+            Ok(r) => tracing::debug!(status = r.status.as_u16(), "EM logout answered"),
             Err(UpstreamError::Timeout(_)) => tracing::warn!("EM logout timed out"),
             Err(e) => tracing::warn!(error = %e, "EM logout failed"),
         }
+    }
+
+    /// Logs the session out of EM at shutdown; no logon happens after it.
+    pub async fn logout(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _guard = self.logon.lock().await;
+        let Some(session) = self.peek() else { return };
+        self.set(None);
+        self.end(&session).await;
     }
 }
 

@@ -19,6 +19,7 @@ use crate::gateway::error::GatewayError;
 use crate::gateway::limit::Bucket;
 use crate::gateway::logon;
 use crate::gateway::response::Body;
+use crate::gateway::target::Target;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -94,15 +95,17 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayErr
 }
 
 /// `POST /api/sessionMngr/?v=…`: a gateway session, never an EM one.
+/// Everything under `sessionMngr` is answered here: nothing under it may
+/// reach EM.
 pub fn logon(
     app: &App,
     parts: &Parts,
+    target: &Target,
     xml: bool,
     public: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let exact = parts.uri.path().trim_end_matches('/');
-    if !exact.eq_ignore_ascii_case("/api/sessionMngr") {
-        return Err(GatewayError::NotFound(exact.chars().take(200).collect()));
+    if target.segments().len() != 1 {
+        return Err(GatewayError::NotFound(target.shown()));
     }
     if parts.method != Method::POST {
         return Err(GatewayError::MethodNotAllowed(parts.method.clone(), "POST"));
@@ -140,27 +143,24 @@ pub fn logon(
 pub fn logon_sessions(
     app: &App,
     caller: &Caller,
-    parts: &Parts,
+    method: &Method,
+    target: &Target,
     xml: bool,
     public: &str,
 ) -> Result<Response<Body>, GatewayError> {
     let case = app.settings.json_case;
     let owner = caller.owner();
-    let rest = parts
-        .uri
-        .path()
-        .get("/api/logonSessions".len()..)
-        .unwrap_or("")
-        .trim_matches('/');
+    let rest = match target.segments() {
+        [_] => "",
+        [_, id] => id.as_str(),
+        _ => return Err(GatewayError::NotFound(target.shown())),
+    };
     if rest.is_empty() {
-        return match parts.method {
+        return match *method {
             Method::GET | Method::HEAD => {
                 logon::list(&app.sessions.list(owner), owner, public, xml, case)
             }
-            _ => Err(GatewayError::MethodNotAllowed(
-                parts.method.clone(),
-                "GET, HEAD",
-            )),
+            _ => Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
         };
     }
     let not_found = || {
@@ -170,7 +170,7 @@ pub fn logon_sessions(
         ))
     };
     let id = Uuid::try_parse(rest).map_err(|_| not_found())?;
-    match parts.method {
+    match *method {
         Method::GET | Method::HEAD if app.sessions.list(owner).contains(&id) => {
             logon::one(id, owner, public, xml, case)
         }
@@ -182,27 +182,8 @@ pub fn logon_sessions(
         }
         Method::GET | Method::HEAD | Method::DELETE => Err(not_found()),
         _ => Err(GatewayError::MethodNotAllowed(
-            parts.method.clone(),
+            method.clone(),
             "GET, HEAD, DELETE",
         )),
     }
-}
-
-/// Whether `path` is at or under the logon resource (all of which the
-/// gateway answers itself: nothing under it may reach EM).
-pub fn is_logon_path(path: &str) -> bool {
-    const LOGON: &str = "/api/sessionMngr";
-    path.get(..LOGON.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(LOGON))
-        && matches!(path.as_bytes().get(LOGON.len()), None | Some(b'/'))
-}
-
-/// Whether `path` is under `/api/logonSessions`.
-pub fn is_logon_sessions_path(path: &str) -> bool {
-    path.get(.."/api/logonSessions".len())
-        .is_some_and(|p| p.eq_ignore_ascii_case("/api/logonSessions"))
-        && matches!(
-            path.as_bytes().get("/api/logonSessions".len()),
-            None | Some(b'/')
-        )
 }

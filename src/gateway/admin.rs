@@ -1,45 +1,82 @@
 //! Admin endpoints: `DELETE /admin/cache` and
-//! `DELETE /admin/cache/restorePoints/{id}`, behind `Authorization: Bearer
-//! <EMGATE_ADMIN_TOKEN>`. Without a configured token they do not exist (404).
+//! `DELETE /admin/cache/restorePoints/{id}`, behind the admin token
+//! (`EMGATE_ADMIN_TOKEN`), given as `Authorization: Bearer <token>` or as
+//! the password of `Authorization: Basic` (any user name, so a browser can
+//! open admin pages). Without a configured token they do not exist (404).
+//!
+//! Admin requests are rate-limited per address before the token is even
+//! compared, so guessing it is slow.
 
-use http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use base64::Engine as _;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
 use crate::digest::{constant_time_eq, sha256};
 use crate::gateway::app::App;
 use crate::gateway::error::{error_response, GatewayError};
+use crate::gateway::limit::Bucket;
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{Form, Key, RestorePointId};
+use crate::gateway::router::Conn;
+use crate::secret::Secret;
+
+/// Admin requests per second per address, and their burst.
+pub const ADMIN_RATE: (u32, u32) = (5, 20);
+
+/// The token a request presents: a bearer token, or a Basic password.
+fn presented(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(Secret::new(rest.trim()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (_, password) = decoded.split_once(':')?;
+        return Some(Secret::new(password));
+    }
+    None
+}
+
+/// Whether the request carries the admin token (compared in constant time).
+pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.settings.access.admin_token else {
+        return false;
+    };
+    let Some(given) = presented(headers) else {
+        return false;
+    };
+    // Hashed first: equal lengths, and the token's length does not show.
+    constant_time_eq(
+        &sha256(given.expose().trim().as_bytes()),
+        &sha256(token.expose().as_bytes()),
+    )
+}
 
 /// Answers a request under `/admin/`.
-pub async fn handle(app: &App, parts: &Parts, xml: bool) -> Response<Body> {
+pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response<Body> {
     let case = app.settings.json_case;
     let path = parts.uri.path();
-    let Some(token) = &app.settings.access.admin_token else {
+    if app.settings.access.admin_token.is_none() {
         return GatewayError::NotFound(path.chars().take(200).collect()).into_response(xml, case);
-    };
-    let presented = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Hashed first: equal lengths, and the token's length does not show.
-    let (presented, expected) = (
-        sha256(presented.trim().as_bytes()),
-        sha256(token.expose().as_bytes()),
-    );
-    if !constant_time_eq(&presented, &expected) {
+    }
+    if let Err(wait) = app.admin_limits.check(&Bucket::Address(conn.peer)) {
+        return GatewayError::RateLimited(wait).into_response(xml, case);
+    }
+    if !authorized(app, &parts.headers) {
         let mut r = error_response(
             StatusCode::UNAUTHORIZED,
-            "a valid admin bearer token is required",
+            "the admin token is required (Authorization: Bearer <token>, or as the Basic password)",
             xml,
             case,
         );
         r.headers_mut().insert(
             WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"emgate-admin\""),
+            HeaderValue::from_static("Basic realm=\"emgate admin\""),
         );
         return r;
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::em::session::SessionPool;
@@ -28,10 +29,15 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     /// The clients file's clients (empty without one).
     pub clients: Clients,
+    /// Places for requests being worked on (`EMGATE_MAX_CONCURRENCY`);
+    /// probes never take one.
+    pub work: Arc<Semaphore>,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
     /// Per-client rate limits.
     pub limits: ClientLimits,
+    /// Per-address limits of admin requests.
+    pub admin_limits: ClientLimits,
     /// The address actually bound (the fallback for links when a request names no host).
     pub local_addr: SocketAddr,
 }

@@ -184,6 +184,15 @@ pub enum Presented<'a> {
     Malformed,
 }
 
+/// Whether the request is authenticated by the session cookie alone: the
+/// one credential a browser sends by itself, so an unsafe method carrying
+/// only it could be a cross-site request (CONTRACT §5).
+pub fn cookie_only(headers: &HeaderMap) -> bool {
+    session_cookie(headers).is_some()
+        && !headers.contains_key(&SESSION_HEADER)
+        && !headers.contains_key(AUTHORIZATION)
+}
+
 /// Reads the credentials a request carries.
 pub fn presented(headers: &HeaderMap) -> Presented<'_> {
     if let Some(token) = session_cookie(headers) {

@@ -8,7 +8,7 @@ use http::{Method, Response, StatusCode};
 use crate::config::JsonCase;
 use crate::convert::ConvertError;
 use crate::em::client::UpstreamError;
-use crate::em::session::SessionError;
+use crate::em::session::{EmError, SessionError};
 use crate::gateway::render::Prepared;
 use crate::gateway::response::Body;
 
@@ -21,6 +21,9 @@ pub enum GatewayError {
     /// No or wrong client credentials.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The request body is larger than allowed.
     #[error("the request body exceeds the {0}-byte limit")]
     TooLarge(u64),
@@ -74,6 +77,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::TooLarge(_) | GatewayError::Upstream(UpstreamError::RequestTooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -81,7 +85,10 @@ impl GatewayError {
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::WriteNotReplayed => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::Session(_) | GatewayError::SessionRejected | GatewayError::Draining => {
+            GatewayError::Session(_)
+            | GatewayError::SessionRejected
+            | GatewayError::Draining
+            | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -143,12 +150,40 @@ impl GatewayError {
             GatewayError::RateLimited(wait) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
             }
-            GatewayError::WriteNotReplayed => {
+            GatewayError::WriteNotReplayed
+            | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::Session(e) => {
+                let wait = e.retry_in().map_or(1, |d| d.as_secs().max(1));
+                headers.insert(RETRY_AFTER, HeaderValue::from(wait));
             }
             _ => {}
         }
         response
+    }
+}
+
+impl From<EmError> for GatewayError {
+    fn from(e: EmError) -> Self {
+        match e {
+            EmError::Session(e) => GatewayError::Session(e),
+            EmError::Upstream(e) => GatewayError::Upstream(e),
+            EmError::SessionRejected => GatewayError::SessionRejected,
+            EmError::WriteNotReplayed => GatewayError::WriteNotReplayed,
+        }
+    }
+}
+
+impl From<crate::gateway::target::BadTarget> for GatewayError {
+    fn from(e: crate::gateway::target::BadTarget) -> Self {
+        GatewayError::BadRequest(e.to_string())
+    }
+}
+
+impl From<crate::gateway::host::BadHost> for GatewayError {
+    fn from(e: crate::gateway::host::BadHost) -> Self {
+        GatewayError::BadRequest(e.to_string())
     }
 }
 

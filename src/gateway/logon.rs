@@ -279,7 +279,7 @@ pub fn created(
     value.set_sensitive(true);
     let secure = if tls { "; Secure" } else { "" };
     let mut cookie = HeaderValue::from_str(&format!(
-        "X-RestSvcSessionId={}; Path=/api; HttpOnly{secure}",
+        "X-RestSvcSessionId={}; Path=/api; HttpOnly; SameSite=Strict{secure}",
         token.expose()
     ))
     .map_err(|_| GatewayError::Internal("cookie"))?;

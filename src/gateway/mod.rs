@@ -1,9 +1,11 @@
 //! The HTTP surface: what clients see, in the order a request meets it.
 //!
 //! - [`server`]: start-up checks, the listener, the tower stack, the drain;
-//! - [`request_id`]: `X-Request-Id` for requests without one;
+//! - [`conn`]: one connection's deadlines (first request head, idle);
+//! - [`request_id`]: `X-Request-Id`: the client's if well-formed, else a new one;
 //! - [`router`]: which handler answers; one log line and metrics per request;
-//! - [`path`]: the path checks made before anything reaches EM;
+//! - [`host`], [`target`]: the host and the `/api` target a request names,
+//!   parsed and checked before anything reaches EM;
 //! - [`access`], [`clients`], [`limit`], [`logon`]: who is calling (clients
 //!   file, Basic/Bearer, gateway sessions), rate limits, the drop-in logon;
 //! - [`restore_points`]: the cached vmRestorePoints route;
@@ -18,11 +20,12 @@ pub mod access;
 pub mod admin;
 pub mod app;
 pub mod clients;
+pub mod conn;
 pub mod error;
+pub mod host;
 pub mod limit;
 pub mod listen_tls;
 pub mod logon;
-pub mod path;
 pub mod proxy;
 pub mod render;
 pub mod request_id;
@@ -30,3 +33,4 @@ pub mod response;
 pub mod restore_points;
 pub mod router;
 pub mod server;
+pub mod target;

@@ -1,90 +1,85 @@
 //! The `/api` pass-through: a client's GET or HEAD goes to EM with the pooled
-//! session, and EM's status and body come back.
+//! session, and EM's status and body come back; writes go once, when allowed.
 //!
 //! Invariants:
-//! - A client's `Authorization`, `X-RestSvcSessionId` and `Cookie` never
-//!   reach EM, and EM's session token (its `Set-Cookie`, its
-//!   `X-RestSvcSessionId`) never reaches a client.
-//! - Hop-by-hop headers are dropped both ways.
+//! - EM is sent the canonical encoding of the parsed target (never the
+//!   client's bytes) and, by allow-list, only the headers it needs (CONTRACT
+//!   §5): `Accept-Language` and the request id, plus `Content-Type` and
+//!   `Content-Length` of a write. A client's `Authorization`,
+//!   `X-RestSvcSessionId`, `Cookie`, `Forwarded`, `X-Forwarded-*`,
+//!   `X-HTTP-Method-Override`, `Range`, `If-*` and `Expect` never reach EM.
+//! - A client gets, by allow-list, only the EM headers it needs (see
+//!   [`crate::gateway::render::client_headers`]): never EM's session token,
+//!   cookies or server identity.
 //! - A GET that EM answers 401 is replayed once, after the one re-logon that
-//!   every concurrent request shares.
+//!   every concurrent request shares, and only if the session was really gone.
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName};
-use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Method, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::JsonCase;
-use crate::em::client::{UpstreamError, UpstreamResponse};
-use crate::em::session::{SessionPool, SESSION_HEADER};
+use crate::em::client::UpstreamError;
+use crate::em::session::{EmError, SessionPool};
 use crate::gateway::error::GatewayError;
 use crate::gateway::render;
 use crate::gateway::response::Body;
+use crate::gateway::target::Target;
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// The request id header, the one trace of the client EM may see.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Client headers that carry the client's own credentials or are set by us.
-const NEVER_TO_EM: [HeaderName; 7] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    SESSION_HEADER,
-    header::HOST,
-    header::ACCEPT,
-    header::ACCEPT_ENCODING,
-    header::CONTENT_LENGTH,
-];
+/// What a read may tell EM.
+const TO_EM: [HeaderName; 2] = [header::ACCEPT_LANGUAGE, X_REQUEST_ID];
+/// What a write may tell EM besides.
+const TO_EM_WRITE: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_LENGTH];
 
-/// EM headers that carry EM's session or are recomputed for the client.
-const NEVER_TO_CLIENT: [HeaderName; 5] = [
-    header::SET_COOKIE,
-    SESSION_HEADER,
-    header::CONTENT_LENGTH,
-    header::WWW_AUTHENTICATE,
-    // EM's server software and version are none of the client's business.
-    header::SERVER,
-];
+/// The client's headers as EM may see them (allow-list).
+pub fn to_em(client: &HeaderMap, write: bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let extra: &[HeaderName] = if write { &TO_EM_WRITE } else { &[] };
+    for name in TO_EM.iter().chain(extra) {
+        // One value each: a duplicated header is ambiguous, and EM gets none.
+        let mut values = client.get_all(name).iter();
+        if let (Some(v), None) = (values.next(), values.next()) {
+            out.insert(name.clone(), v.clone());
+        }
+    }
+    out
+}
 
 /// Forwards a GET or HEAD under `/api` to EM and returns EM's answer,
 /// converted for the client (JSON, or XML if preferred) with links to `public`.
 pub async fn forward(
     pool: &Arc<SessionPool>,
-    parts: &Parts,
+    method: &Method,
+    target: &Target,
+    headers: &HeaderMap,
     xml: bool,
     public: &str,
     case: JsonCase,
 ) -> Result<Response<Body>, GatewayError> {
-    if parts.method != Method::GET && parts.method != Method::HEAD {
-        return Err(GatewayError::MethodNotAllowed(
-            parts.method.clone(),
-            "GET, HEAD",
-        ));
+    if method != Method::GET && method != Method::HEAD {
+        return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
     }
-    crate::gateway::path::check_api_path(parts.uri.path(), parts.uri.query())?;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/api/");
-    let mut em = fetch(pool, path_and_query, to_em(&parts.headers)).await?;
-    em.headers = filtered(&em.headers, &NEVER_TO_CLIENT);
-    let mut response = render::render(em, pool.upstream().base_url(), public, xml, case)?;
-    if parts.method == Method::HEAD {
-        *response.body_mut() = Body::default();
+    let head = method == Method::HEAD;
+    let em = pool
+        .get(&target.canonical(), to_em(headers, false), head)
+        .await?;
+    let base = pool.upstream().base_url();
+    if head {
+        return Ok(render::head(em, base, public, xml));
     }
-    Ok(response)
+    // The conversion's room in the memory budget, held while it runs.
+    let _room = pool
+        .upstream()
+        .reserve(render::conversion_room(&em, xml))
+        .await
+        .map_err(EmError::Upstream)?;
+    Ok(render::render(em, base, public, xml, case)?)
 }
 
 /// Methods that change things on EM, forwarded only when writes are allowed.
@@ -95,56 +90,44 @@ pub fn is_write(method: &Method) -> bool {
 /// Forwards a write (restore, job start...) when writes are allowed: the
 /// body is streamed to EM within `max_body`, the request is never retried
 /// (not even after EM's 401) and its answer is never cached.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward_write(
     pool: &Arc<SessionPool>,
-    parts: &Parts,
+    method: &Method,
+    target: &Target,
+    headers: &HeaderMap,
     body: Incoming,
     max_body: u64,
     xml: bool,
     public: &str,
     case: JsonCase,
 ) -> Result<Response<Body>, GatewayError> {
-    crate::gateway::path::check_api_path(parts.uri.path(), parts.uri.query())?;
-    let declared = parts
-        .headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body) {
         return Err(GatewayError::TooLarge(max_body));
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/api/");
-    let session = pool.acquire().await?;
-    let mut headers = to_em(&parts.headers);
-    if let Some(len) = declared {
-        headers.insert(header::CONTENT_LENGTH, len.into());
-    }
-    if let Some(token) = session.header() {
-        headers.insert(SESSION_HEADER, token);
-    }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let body = Limited::new(body, limit).boxed();
     let em = pool
-        .upstream()
-        .send_with_body(parts.method.clone(), path_and_query, headers, body)
+        .write(
+            method.clone(),
+            &target.canonical(),
+            to_em(headers, true),
+            body,
+        )
         .await
         .map_err(|e| match e {
-            UpstreamError::RequestTooLarge => GatewayError::TooLarge(max_body),
-            other => GatewayError::Upstream(other),
+            EmError::Upstream(UpstreamError::RequestTooLarge) => GatewayError::TooLarge(max_body),
+            other => other.into(),
         })?;
-    if em.status == StatusCode::UNAUTHORIZED {
-        // EM refused the session before doing anything; if it expired, log
-        // on again for the next request, but never send a write twice.
-        pool.verify(&session).await;
-        return Err(GatewayError::WriteNotReplayed);
-    }
-    pool.mark_used();
-    let mut em = em;
-    em.headers = filtered(&em.headers, &NEVER_TO_CLIENT);
+    let _room = pool
+        .upstream()
+        .reserve(render::conversion_room(&em, xml))
+        .await
+        .map_err(EmError::Upstream)?;
     Ok(render::render(
         em,
         pool.upstream().base_url(),
@@ -154,83 +137,37 @@ pub async fn forward_write(
     )?)
 }
 
-/// GETs `path_and_query` from EM with the pooled session, replaying once after a re-logon.
-pub async fn fetch(
-    pool: &Arc<SessionPool>,
-    path_and_query: &str,
-    headers: HeaderMap,
-) -> Result<UpstreamResponse, GatewayError> {
-    let mut session = pool.acquire().await?;
-    for attempt in 0..2 {
-        let mut request_headers = headers.clone();
-        if let Some(token) = session.header() {
-            request_headers.insert(SESSION_HEADER, token);
-        }
-        // HEAD is asked of EM as GET: its REST service documents only GET.
-        let response = pool
-            .upstream()
-            .send(Method::GET, path_and_query, request_headers)
-            .await?;
-        if response.status != StatusCode::UNAUTHORIZED {
-            pool.mark_used();
-            return Ok(response);
-        }
-        if attempt == 0 {
-            session = pool.renew(&session).await?;
-        }
-    }
-    tracing::warn!("EM answered 401 to a freshly logged-on session");
-    Err(GatewayError::SessionRejected)
-}
-
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect()
-}
-
-fn filtered(from: &HeaderMap, drop: &[HeaderName]) -> HeaderMap {
-    let listed = connection_listed(from);
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if HOP_BY_HOP.contains(name) || drop.contains(name) || listed.contains(name) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-/// The client's headers as EM may see them.
-pub fn to_em(client: &HeaderMap) -> HeaderMap {
-    filtered(client, &NEVER_TO_EM)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn credentials_and_hop_by_hop_headers_never_reach_em() {
+    fn only_what_em_needs_reaches_em() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic Zm9vOmJhcg==".parse().unwrap());
-        h.insert(SESSION_HEADER, "client-token".parse().unwrap());
+        h.insert("x-restsvcsessionid", "client-token".parse().unwrap());
         h.insert(header::COOKIE, "X-RestSvcSessionId=abc".parse().unwrap());
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
-        );
-        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
-        h.insert("x-request-id", "r1".parse().unwrap());
+        h.insert("x-http-method-override", "DELETE".parse().unwrap());
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        h.insert(header::FORWARDED, "for=1.2.3.4".parse().unwrap());
+        h.insert(header::RANGE, "bytes=0-1".parse().unwrap());
+        h.insert(header::IF_NONE_MATCH, "\"x\"".parse().unwrap());
+        h.insert(header::EXPECT, "100-continue".parse().unwrap());
         h.insert(header::USER_AGENT, "curl".parse().unwrap());
-        let out = to_em(&h);
-        let names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        assert!(out.contains_key("x-request-id") && out.contains_key(header::USER_AGENT));
+        h.insert(header::CONTENT_TYPE, "application/xml".parse().unwrap());
+        h.insert(header::ACCEPT_LANGUAGE, "de".parse().unwrap());
+        h.insert("x-request-id", "r1".parse().unwrap());
+        let read = to_em(&h, false);
+        let mut names: Vec<_> = read.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept-language", "x-request-id"]);
+        let write = to_em(&h, true);
+        assert_eq!(write.len(), 3, "{write:?}");
+        assert!(write.contains_key(header::CONTENT_TYPE));
+        // A duplicated header is dropped, not picked from.
+        h.append(header::ACCEPT_LANGUAGE, "fr".parse().unwrap());
+        assert!(!to_em(&h, false).contains_key(header::ACCEPT_LANGUAGE));
     }
 }

@@ -11,14 +11,14 @@
 use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
-use http::request::Parts;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use std::net::SocketAddr;
 
 use crate::config::{JsonCase, Settings};
 use crate::convert::{self, Case, ConvertError, Rewrite};
 use crate::em::client::UpstreamResponse;
+use crate::gateway::host::Authority;
 use crate::gateway::response::Body;
 
 /// `Content-Type` of JSON answers.
@@ -35,13 +35,19 @@ pub fn case(case: JsonCase) -> Case {
 }
 
 /// The base URL this client reaches the gateway at: `EMGATE_PUBLIC_URL`, or
-/// built from the request's `Host` (HTTP/2: its authority; and trusted
-/// `X-Forwarded-*`), or else the bound address.
+/// built from the host the request named (already checked by
+/// [`crate::gateway::host`]; with `EMGATE_TRUST_FORWARDED`, a valid
+/// `X-Forwarded-Host`/`-Proto`), or else the bound address.
 ///
-/// A `Host` that is not a plain host\[:port\] is ignored (the bound address
-/// is used instead), so a client cannot inject text into the links it gets.
-pub fn public_base(settings: &Settings, parts: &Parts, tls: bool, bound: SocketAddr) -> String {
-    let headers = &parts.headers;
+/// Only checked values are used, so a client cannot inject text into the
+/// links it gets.
+pub fn public_base(
+    settings: &Settings,
+    host: Option<&Authority>,
+    headers: &HeaderMap,
+    tls: bool,
+    bound: SocketAddr,
+) -> String {
     if let Some(url) = &settings.listen.public_url {
         return url.to_string().trim_end_matches('/').to_string();
     }
@@ -61,26 +67,88 @@ pub fn public_base(settings: &Settings, parts: &Parts, tls: bool, bound: SocketA
         _ if tls => "https",
         _ => "http",
     };
-    let host = forwarded("x-forwarded-host")
-        .filter(|h| valid_host(h))
-        .or_else(|| {
-            headers
-                .get(HOST)
-                .and_then(|v| v.to_str().ok())
-                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-                .filter(|h| valid_host(h))
-        });
-    match host {
-        Some(h) => format!("{scheme}://{h}"),
+    let forwarded_host = forwarded("x-forwarded-host").and_then(Authority::parse);
+    match forwarded_host.as_ref().or(host) {
+        Some(h) => format!("{scheme}://{}", h.as_str()),
         None => format!("{scheme}://{bound}"),
     }
 }
 
-fn valid_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+/// EM headers a client may get (allow-list, CONTRACT §5): what describes
+/// the answer, and where EM points the client, rewritten to the gateway.
+/// Never EM's session token, cookies, authentication challenge, server
+/// identity or its own `ETag` (the client gets another representation).
+const FROM_EM: [HeaderName; 9] = [
+    header::ALLOW,
+    header::CACHE_CONTROL,
+    header::CONTENT_DISPOSITION,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_LOCATION,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::LOCATION,
+    header::RETRY_AFTER,
+];
+
+/// The EM headers a client gets, `Location` and `Content-Location`
+/// pointed at the gateway like Hrefs.
+pub fn client_headers(em: &HeaderMap, em_base: &str, public: &str) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in &FROM_EM {
+        for value in em.get_all(name) {
+            let value = if name == header::LOCATION || name == header::CONTENT_LOCATION {
+                match rewrite_url(value, em_base, public) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                value.clone()
+            };
+            out.append(name.clone(), value);
+        }
+    }
+    out
+}
+
+/// `value` with EM's base URL replaced by `public` (case-insensitive scheme
+/// and host, as URLs compare); other values as they are.
+fn rewrite_url(value: &HeaderValue, em_base: &str, public: &str) -> Option<HeaderValue> {
+    let text = value.to_str().ok()?;
+    let head = text.get(..em_base.len());
+    let rest = text.get(em_base.len()..).unwrap_or("");
+    if head.is_some_and(|h| h.eq_ignore_ascii_case(em_base))
+        && (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'))
+    {
+        HeaderValue::from_str(&format!("{public}{rest}")).ok()
+    } else {
+        Some(value.clone())
+    }
+}
+
+/// Bytes a conversion of `em` needs on top of the body (CONTRACT §2,
+/// `EMGATE_UPSTREAM_MEMORY`): JSON about twice the body (the converter's
+/// index and its output), XML a rewritten copy.
+pub fn conversion_room(em: &UpstreamResponse, xml: bool) -> usize {
+    if xml {
+        em.body.len()
+    } else {
+        em.body.len().saturating_mul(2)
+    }
+}
+
+/// A HEAD's answer: EM's status and the headers a GET would carry, no body
+/// (none was kept).
+pub fn head(em: UpstreamResponse, em_base: &str, public: &str, xml: bool) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = em.status;
+    let mut headers = client_headers(&em.headers, em_base, public);
+    if looks_like_xml(&em.headers) {
+        headers.insert(CONTENT_TYPE, if xml { XML } else { JSON });
+    } else if let Some(t) = em.headers.get(CONTENT_TYPE) {
+        headers.insert(CONTENT_TYPE, t.clone());
+    }
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Converts EM's answer for one client. Bodies that are not XML (a 204, say)
@@ -92,10 +160,14 @@ pub fn render(
     xml: bool,
     case: JsonCase,
 ) -> Result<Response<Body>, ConvertError> {
+    let mut headers = client_headers(&em.headers, em_base, public);
     if em.body.is_empty() || !looks_like_xml(&em.headers) {
+        if let Some(t) = em.headers.get(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, t.clone());
+        }
         let mut response = Response::new(Body::new(em.body));
         *response.status_mut() = em.status;
-        *response.headers_mut() = em.headers;
+        *response.headers_mut() = headers;
         return Ok(response);
     }
     let rewrite = Rewrite {
@@ -110,7 +182,6 @@ pub fn render(
     }
     let mut response = Response::new(Body::new(Bytes::from(out)));
     *response.status_mut() = em.status;
-    let mut headers = em.headers;
     headers.insert(CONTENT_TYPE, if xml { XML } else { JSON });
     *response.headers_mut() = headers;
     Ok(response)
@@ -298,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hostile_host_header_is_not_used_for_links() {
+    fn links_come_from_checked_hosts_only() {
         let env = |k: &str| match k {
             "EMGATE_UPSTREAM_URL" => Some("https://em:9398".to_string()),
             "EMGATE_UPSTREAM_USERNAME" => Some("u".to_string()),
@@ -311,38 +382,61 @@ mod tests {
         })
         .unwrap();
         let bound: SocketAddr = "127.0.0.1:4242".parse().unwrap();
-        let parts = |host: &'static str, fwd: Option<&'static str>| {
-            let mut r = http::Request::builder().uri("/api/").header(HOST, host);
-            if let Some(f) = fwd {
-                r = r.header("x-forwarded-host", f);
-            }
-            r.body(()).unwrap().into_parts().0
-        };
-        let p = parts("gw.example:8080", None);
+        let host = Authority::parse("gw.example:8080");
+        let mut headers = HeaderMap::new();
         assert_eq!(
-            public_base(&settings, &p, false, bound),
+            public_base(&settings, host.as_ref(), &headers, false, bound),
             "http://gw.example:8080"
         );
-        let p = parts("evil\"/><x", None);
         assert_eq!(
-            public_base(&settings, &p, true, bound),
+            public_base(&settings, None, &headers, true, bound),
             "https://127.0.0.1:4242"
         );
         // Forwarded headers count only when trusted.
-        let p = parts("gw.example", Some("other.example"));
+        headers.insert("x-forwarded-host", "other.example".parse().unwrap());
         assert_eq!(
-            public_base(&settings, &p, false, bound),
-            "http://gw.example"
+            public_base(&settings, host.as_ref(), &headers, false, bound),
+            "http://gw.example:8080"
         );
-        let h2 = http::Request::builder()
-            .uri("https://gw.example:9399/api/")
-            .body(())
-            .unwrap()
-            .into_parts()
-            .0;
+        let mut trusting = settings.clone();
+        trusting.listen.trust_forwarded = true;
         assert_eq!(
-            public_base(&settings, &h2, true, bound),
-            "https://gw.example:9399"
+            public_base(&trusting, host.as_ref(), &headers, false, bound),
+            "http://other.example"
         );
+        headers.insert("x-forwarded-host", "evil\"/><x".parse().unwrap());
+        assert_eq!(
+            public_base(&trusting, host.as_ref(), &headers, false, bound),
+            "http://gw.example:8080"
+        );
+    }
+
+    #[test]
+    fn em_headers_reach_clients_by_allow_list_with_locations_rewritten() {
+        let mut em = HeaderMap::new();
+        em.insert(header::SERVER, "Microsoft-HTTPAPI/2.0".parse().unwrap());
+        em.insert("x-powered-by", "ASP.NET".parse().unwrap());
+        em.insert(
+            header::SET_COOKIE,
+            "X-RestSvcSessionId=abc".parse().unwrap(),
+        );
+        em.insert("x-restsvcsessionid", "abc".parse().unwrap());
+        em.insert(header::WWW_AUTHENTICATE, "Basic".parse().unwrap());
+        em.insert(header::ETAG, "\"em\"".parse().unwrap());
+        em.insert(
+            header::LOCATION,
+            "https://EM:9398/api/tasks/task-1".parse().unwrap(),
+        );
+        em.insert(
+            header::CONTENT_LOCATION,
+            "https://elsewhere/api/x".parse().unwrap(),
+        );
+        em.insert(header::RETRY_AFTER, "5".parse().unwrap());
+        let out = client_headers(&em, "https://em:9398", "http://gw:9399");
+        let mut names: Vec<_> = out.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-location", "location", "retry-after"]);
+        assert_eq!(out[header::LOCATION], "http://gw:9399/api/tasks/task-1");
+        assert_eq!(out[header::CONTENT_LOCATION], "https://elsewhere/api/x");
     }
 }

@@ -1,4 +1,6 @@
-//! `X-Request-Id` values for requests that come without one.
+//! `X-Request-Id`: a client's own id is kept when it is well-formed (at most
+//! [`MAX_LEN`] characters of `A-Za-z0-9._:-`, CONTRACT §3); anything else is
+//! dropped before the request is logged or forwarded, and a new one made.
 //!
 //! A UUID v4 per request costs a `getrandom` system call; an id only has to
 //! be unique, so it is a random per-process prefix and a counter (32 hex
@@ -7,8 +9,36 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::{HeaderValue, Request};
+use http::{HeaderName, HeaderValue, Request};
 use tower_http::request_id::{MakeRequestId, RequestId};
+
+/// Longest client request id kept.
+pub const MAX_LEN: usize = 128;
+
+const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether a client's request id may be kept (echoed, logged, sent to EM).
+pub fn is_valid(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// Drops a client's request id unless it is exactly one valid value.
+pub fn keep_only_valid<B>(mut req: Request<B>) -> Request<B> {
+    let mut values = req.headers().get_all(HEADER).iter();
+    let keep = match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(v), None) => is_valid(v.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !keep {
+        req.headers_mut().remove(HEADER);
+    }
+    req
+}
 
 /// Makes request ids: process prefix + counter.
 #[derive(Clone)]
@@ -56,6 +86,27 @@ fn hex(mut v: u64, out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_well_formed_client_ids_are_kept() {
+        let with = |v: &[&str]| {
+            let mut r = Request::builder();
+            for x in v {
+                r = r.header("x-request-id", *x);
+            }
+            keep_only_valid(r.body(()).unwrap())
+                .headers()
+                .get("x-request-id")
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(with(&["abc-1.2_3:4"]).as_deref(), Some("abc-1.2_3:4"));
+        assert_eq!(with(&[&"a".repeat(128)]).map(|v| v.len()), Some(128));
+        assert_eq!(with(&[&"a".repeat(129)]), None);
+        assert_eq!(with(&["a b"]), None);
+        assert_eq!(with(&["<script>"]), None);
+        assert_eq!(with(&["a", "b"]), None);
+        assert_eq!(with(&[]), None);
+    }
 
     #[test]
     fn ids_are_32_hex_digits_and_distinct() {

@@ -8,14 +8,16 @@
 use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, AGE};
-use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
 use crate::cache::{Cache, Outcome};
+use crate::em::session::EmError;
 use crate::gateway::app::App;
 use crate::gateway::error::GatewayError;
-use crate::gateway::render::Prepared;
+use crate::gateway::proxy::X_REQUEST_ID;
+use crate::gateway::render::{self, Prepared};
 use crate::gateway::response::Body;
+use crate::gateway::target::Target;
 
 /// A restore point ID: a UUID, lowercase, parsed once at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,52 +67,43 @@ pub type VmPointsCache = Cache<Key, Prepared, GatewayError>;
 /// `X-Cache: HIT|MISS|STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
-/// The `{id}` segment if `path` is `/api/restorePoints/{id}/vmRestorePoints`
-/// (EM matches its path segments ignoring case; so do we).
-pub fn match_route(path: &str) -> Option<&str> {
-    let id = restore_point_segment(path)?;
-    let tail = path
-        .get("/api/restorePoints/".len() + id.len()..)?
-        .strip_prefix('/')?;
-    let tail = tail.strip_suffix('/').unwrap_or(tail);
-    tail.eq_ignore_ascii_case("vmRestorePoints").then_some(id)
-}
-
-fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &s[prefix.len()..])
+/// Whether the target is `/api/restorePoints/{id}/vmRestorePoints` (EM
+/// matches its path segments ignoring case; so do we).
+pub fn is_vm_points(target: &Target) -> bool {
+    target.segments().len() == 3 && target.is(0, "restorePoints") && target.is(2, "vmRestorePoints")
 }
 
 /// The cached form for a query, or `None` when the query must bypass the cache.
 ///
-/// `v` (the API version some clients add to every request, e.g. the
-/// `veeam-em` package's `?v=latest`) does not change this resource's answer,
-/// so it does not keep a request from the cache; it is not sent to EM either.
-pub fn form_of(query: Option<&str>) -> Option<Form> {
+/// Names compare ignoring case. `v` (the API version some clients add to
+/// every request, e.g. the `veeam-em` package's `?v=latest`) does not change
+/// this resource's answer, so it does not keep a request from the cache; it
+/// is not sent to EM either.
+pub fn form_of(target: &Target) -> Option<Form> {
     let mut form = Form::References;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match name {
-            "v" => {}
-            "format" if value.eq_ignore_ascii_case("entity") => form = Form::Entity,
+    for (name, value) in target.query() {
+        match (name.to_ascii_lowercase().as_str(), value.as_deref()) {
+            ("v", _) => {}
+            ("format", Some(v)) if v.eq_ignore_ascii_case("entity") => form = Form::Entity,
             _ => return None,
         }
     }
     Some(form)
 }
 
-/// The restore point `{id}` segment of any `/api/restorePoints/{id}[/...]` path.
-pub fn restore_point_segment(path: &str) -> Option<&str> {
-    let rest = strip_prefix_ignore_case(path, "/api/restorePoints/")?;
-    let id = rest.split('/').next().unwrap_or(rest);
-    (!id.is_empty()).then_some(id)
+/// The restore point `{id}` segment of any `/api/restorePoints/{id}[/...]` target.
+pub fn restore_point_segment(target: &Target) -> Option<&str> {
+    match target.segments() {
+        [_, id, ..] if target.is(0, "restorePoints") => Some(id.as_str()),
+        _ => None,
+    }
 }
 
 /// Answers a GET/HEAD for the cached route.
 pub async fn serve(
     app: &Arc<App>,
-    parts: &Parts,
+    method: &Method,
+    headers: &http::HeaderMap,
     id: RestorePointId,
     form: Form,
     xml: bool,
@@ -123,17 +116,23 @@ pub async fn serve(
         let case = app.settings.json_case;
         // One fetch serves every client: only the request id of the client
         // that caused it goes along, nothing that could shape the answer.
-        let mut headers = http::HeaderMap::new();
-        if let Some(id) = parts.headers.get("x-request-id") {
-            headers.insert("x-request-id", id.clone());
+        let mut em_headers = http::HeaderMap::new();
+        if let Some(id) = headers.get(X_REQUEST_ID) {
+            em_headers.insert(X_REQUEST_ID, id.clone());
         }
         let path = match form {
             Form::References => format!("/api/restorePoints/{id}/vmRestorePoints"),
             Form::Entity => format!("/api/restorePoints/{id}/vmRestorePoints?format=Entity"),
         };
         async move {
-            let em = crate::gateway::proxy::fetch(&pool, &path, headers).await?;
+            let em = pool.get(&path, em_headers, false).await?;
             let base = pool.upstream().base_url();
+            // JSON and XML both: twice the body's room for the conversion.
+            let _room = pool
+                .upstream()
+                .reserve(render::conversion_room(&em, false))
+                .await
+                .map_err(EmError::Upstream)?;
             let prepared = Prepared::from_em(&em, base, case)?;
             match em.status {
                 StatusCode::OK | StatusCode::NOT_FOUND => Ok(prepared),
@@ -144,7 +143,7 @@ pub async fn serve(
             }
         }
     };
-    let head = parts.method == Method::HEAD;
+    let head = method == Method::HEAD;
     match app.cache.get(key, fetch).await {
         Ok((entry, outcome)) => {
             let (body, content_type) = entry.value.body_for(xml, public);
@@ -200,39 +199,41 @@ mod tests {
 
     #[test]
     fn the_route_and_its_forms() {
+        let t = |s: &str| {
+            let (p, q) = match s.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (s, None),
+            };
+            Target::parse(p, q).unwrap()
+        };
         let id = "dc216c04-2e34-478e-8b9b-49a3397ef6f8";
+        assert!(is_vm_points(&t(&format!(
+            "/api/restorePoints/{id}/vmRestorePoints"
+        ))));
+        assert!(is_vm_points(&t(&format!(
+            "/api/restorepoints/{id}/VMRESTOREPOINTS/"
+        ))));
+        assert!(is_vm_points(&t("/api/restorePoints/abc/vmRestorePoints")));
+        assert!(!is_vm_points(&t(&format!("/api/restorePoints/{id}"))));
+        assert!(!is_vm_points(&t(&format!(
+            "/api/restorePoints/{id}/backupFiles"
+        ))));
+        let form = |q: &str| form_of(&t(&format!("/api/x?{q}")));
+        assert_eq!(form_of(&t("/api/x")), Some(Form::References));
+        assert_eq!(form("format=Entity"), Some(Form::Entity));
+        assert_eq!(form("Format=ENTITY"), Some(Form::Entity));
+        assert_eq!(form("format=Entity&x=1"), None);
+        assert_eq!(form("v=latest"), Some(Form::References));
+        assert_eq!(form("V=latest&format=Entity"), Some(Form::Entity));
+        assert_eq!(form("sortAsc=name"), None);
         assert_eq!(
-            match_route(&format!("/api/restorePoints/{id}/vmRestorePoints")),
+            restore_point_segment(&t(&format!("/api/restorePoints/{id}"))),
             Some(id)
         );
         assert_eq!(
-            match_route(&format!("/api/restorepoints/{id}/VMRESTOREPOINTS/")),
-            Some(id)
-        );
-        assert_eq!(
-            match_route("/api/restorePoints/abc/vmRestorePoints"),
-            Some("abc")
-        );
-        assert_eq!(match_route(&format!("/api/restorePoints/{id}")), None);
-        assert_eq!(
-            match_route(&format!("/api/restorePoints/{id}/backupFiles")),
-            None
-        );
-        assert_eq!(form_of(None), Some(Form::References));
-        assert_eq!(form_of(Some("format=Entity")), Some(Form::Entity));
-        assert_eq!(form_of(Some("format=ENTITY")), Some(Form::Entity));
-        assert_eq!(form_of(Some("format=Entity&x=1")), None);
-        assert_eq!(form_of(Some("v=latest")), Some(Form::References));
-        assert_eq!(form_of(Some("v=latest&format=Entity")), Some(Form::Entity));
-        assert_eq!(
-            restore_point_segment(&format!("/api/restorePoints/{id}")),
-            Some(id)
-        );
-        assert_eq!(
-            restore_point_segment("/api/restorePoints/x/backupFiles"),
+            restore_point_segment(&t("/api/restorePoints/x/backupFiles")),
             Some("x")
         );
-        assert_eq!(restore_point_segment("/api/restorePoints"), None);
-        assert_eq!(form_of(Some("sortAsc=name")), None);
+        assert_eq!(restore_point_segment(&t("/api/restorePoints")), None);
     }
 }

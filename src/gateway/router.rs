@@ -3,55 +3,105 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
-use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::em::session::SessionState;
 use crate::gateway::access;
 use crate::gateway::app::App;
-use crate::gateway::error::{error_response, GatewayError};
+use crate::gateway::clients;
+use crate::gateway::error::GatewayError;
+use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
+use crate::gateway::proxy;
 use crate::gateway::render;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::restore_points::{self, RestorePointId};
+use crate::gateway::target::Target;
 
 /// Largest request head accepted (hyper answers 431 beyond it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Methods the gateway serves at all; anything else (CONNECT, TRACE,
+/// OPTIONS, inventions) is answered 405 and the connection closed.
+const SERVED: [Method; 6] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+];
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client's address (rate limits of anonymous callers and logons).
+    pub peer: IpAddr,
+    /// Whether the connection is TLS (links are https).
+    pub tls: bool,
+}
+
+/// The route template a request was answered on (a metrics label).
+#[derive(Clone, Copy)]
+struct RouteLabel(&'static str);
+
 /// Sends a request to its handler.
-pub async fn route(
-    app: Arc<App>,
-    peer: IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+///
+/// Checks on the request itself come first, whatever the path: the method,
+/// the size of the head, the host. `/healthz`, `/readyz` and `/metrics` are
+/// answered without waiting for a place among the requests being worked on,
+/// so a full queue behind a hanging EM never fails a probe.
+pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let xml = prefers_xml(&parts.headers);
+    let case = app.settings.json_case;
     let path = parts.uri.path();
-    let response = match path {
+    let mut response = if !SERVED.contains(&parts.method) {
+        closing(
+            GatewayError::MethodNotAllowed(
+                parts.method.clone(),
+                "GET, HEAD, POST, PUT, DELETE, PATCH",
+            )
+            .into_response(xml, case),
+            &parts,
+        )
+    } else if head_size(&parts) > MAX_HEAD_BYTES {
         // hyper's own limit depends on how the bytes arrive; this one does not.
-        _ if head_size(&parts) > MAX_HEAD_BYTES => {
-            GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, app.settings.json_case)
+        GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, case)
+    } else {
+        match host::of_request(&parts) {
+            Err(e) => closing(GatewayError::from(e).into_response(xml, case), &parts),
+            Ok(host) => match path {
+                "/healthz" => plain(StatusCode::OK, "ok\n"),
+                "/readyz" => readiness(&app),
+                "/metrics" => metrics(&app).await,
+                p if p == "/api" || p.starts_with("/api/") => match app.work.acquire().await {
+                    Ok(_place) => api(&app, conn, &parts, body, xml, host.as_ref()).await,
+                    Err(_) => GatewayError::Draining.into_response(xml, case),
+                },
+                p if p == "/admin" || p.starts_with("/admin/") => match app.work.acquire().await {
+                    Ok(_place) => crate::gateway::admin::handle(&app, conn, &parts, xml).await,
+                    Err(_) => GatewayError::Draining.into_response(xml, case),
+                },
+                other => GatewayError::NotFound(other.chars().take(200).collect())
+                    .into_response(xml, case),
+            },
         }
-        "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/readyz" => readiness(&app, xml),
-        "/metrics" => metrics(&app).await,
-        p if p == "/api" || p.starts_with("/api/") => api(&app, peer, &parts, body, xml).await,
-        p if p == "/admin" || p.starts_with("/admin/") => {
-            crate::gateway::admin::handle(&app, &parts, xml).await
-        }
-        other => GatewayError::NotFound(other.chars().take(200).collect())
-            .into_response(xml, app.settings.json_case),
     };
-    let route = route_label(path);
+    let route = response
+        .extensions_mut()
+        .remove::<RouteLabel>()
+        .map_or_else(|| route_label(path), |l| l.0);
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
     tracing::info!(
@@ -76,76 +126,119 @@ pub async fn route(
             .unwrap_or("-"),
         "request"
     );
-    Ok(response)
+    response
+}
+
+/// Marks an HTTP/1 answer as the last on its connection (a request this
+/// malformed says nothing good about what follows on the same connection).
+fn closing(mut response: Response<Body>, parts: &Parts) -> Response<Body> {
+    if parts.version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
 /// route or the pass-through, each after the checks that apply to it.
+/// Routing looks only at the parsed [`Target`], and EM is sent its
+/// canonical encoding.
 async fn api(
     app: &Arc<App>,
-    peer: IpAddr,
+    conn: Conn,
     parts: &Parts,
     body: Incoming,
     xml: bool,
+    host: Option<&Authority>,
 ) -> Response<Body> {
     let public = render::public_base(
         &app.settings,
-        parts,
-        app.settings.tls.is_some(),
+        host,
+        &parts.headers,
+        conn.tls,
         app.local_addr,
     );
     let mut client = None;
+    let mut label = "/api/*";
     let result = async {
         if app.draining.load(Ordering::Relaxed) {
             // Connections kept alive through the drain still get an answer.
             return Err(GatewayError::Draining);
         }
-        let path = parts.uri.path();
-        crate::gateway::path::check_api_path(path, parts.uri.query())?;
-        if access::is_logon_path(path) {
+        let target = Target::parse(parts.uri.path(), parts.uri.query())?;
+        if target.is(0, "sessionMngr") {
+            label = "/api/sessionMngr";
             // Logons are limited by address: each makes a session to keep.
             app.limits
-                .check(&Bucket::Address(peer))
+                .check(&Bucket::Address(conn.peer))
                 .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, xml, &public);
+            return access::logon(app, parts, &target, xml, &public);
         }
-        let read = parts.method == Method::GET || parts.method == Method::HEAD;
+        let method = &parts.method;
+        let read = method == Method::GET || method == Method::HEAD;
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
-        let entry_point = read && (path == "/api" || path == "/api/");
-        let caller = if entry_point {
+        let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
         } else {
             access::authenticate(app, &parts.headers)?
         };
         client = Some(caller.owner().to_string());
         app.limits
-            .check(&caller.bucket(peer))
+            .check(&caller.bucket(conn.peer))
             .map_err(GatewayError::RateLimited)?;
-        if access::is_logon_sessions_path(path) {
-            return access::logon_sessions(app, &caller, parts, xml, &public);
+        if target.is(0, "logonSessions") {
+            label = "/api/logonSessions";
+            return access::logon_sessions(app, &caller, method, &target, xml, &public);
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
-        let id = restore_points::restore_point_segment(path)
+        let id = restore_points::restore_point_segment(&target)
             .map(|segment| {
                 RestorePointId::parse(segment).ok_or_else(|| {
                     GatewayError::BadRequest("the restore point ID must be a UUID".into())
                 })
             })
             .transpose()?;
-        if let (Some(id), true) = (id, restore_points::match_route(path).is_some()) {
-            if let (true, Some(form)) = (read, restore_points::form_of(parts.uri.query())) {
-                return Ok(restore_points::serve(app, parts, id, form, xml, &public).await);
+        if let (Some(id), true) = (id, restore_points::is_vm_points(&target)) {
+            label = "/api/restorePoints/{id}/vmRestorePoints";
+            if let (true, Some(form)) = (read, restore_points::form_of(&target)) {
+                return Ok(restore_points::serve(
+                    app,
+                    method,
+                    &parts.headers,
+                    id,
+                    form,
+                    xml,
+                    &public,
+                )
+                .await);
             }
         }
         let case = app.settings.json_case;
-        if crate::gateway::proxy::is_write(&parts.method) && app.settings.access.allow_writes {
+        if proxy::is_write(method) && app.settings.access.allow_writes {
+            // A browser sends the cookie by itself, also on a cross-site
+            // form post; a write carried by nothing else must come from
+            // the gateway's own origin.
+            if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, &public) {
+                return Err(GatewayError::Forbidden(
+                    "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
+                ));
+            }
             let limit = app.settings.access.max_request_body;
-            return crate::gateway::proxy::forward_write(
-                &app.pool, parts, body, limit, xml, &public, case,
+            return proxy::forward_write(
+                &app.pool,
+                method,
+                &target,
+                &parts.headers,
+                body,
+                limit,
+                xml,
+                &public,
+                case,
             )
             .await;
         }
-        crate::gateway::proxy::forward(&app.pool, parts, xml, &public, case).await
+        proxy::forward(&app.pool, method, &target, &parts.headers, xml, &public, case).await
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
@@ -155,7 +248,24 @@ async fn api(
     if let Some(name) = client {
         response.extensions_mut().insert(ClientLabel(name));
     }
+    response.extensions_mut().insert(RouteLabel(label));
     response
+}
+
+/// Whether `Origin` names the gateway's public origin (scheme and authority).
+fn same_origin(headers: &HeaderMap, public: &str) -> bool {
+    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(uri) = public.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            origin.eq_ignore_ascii_case(&format!("{scheme}://{}", authority.as_str()))
+        }
+        _ => false,
+    }
 }
 
 /// Who made a request, for its log line.
@@ -210,25 +320,39 @@ fn log_error(e: &GatewayError) {
     }
 }
 
-fn readiness(app: &App, xml: bool) -> Response<Body> {
-    if app.draining.load(Ordering::Relaxed) {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            xml,
-            app.settings.json_case,
-        );
-    }
-    if app.pool.is_valid() {
-        plain(StatusCode::OK, "ready\n")
+/// `/readyz`: 200 while the gateway holds an EM session, 503 otherwise and
+/// while draining; the body says why, for people and probes alike.
+fn readiness(app: &App) -> Response<Body> {
+    let draining = app.draining.load(Ordering::Relaxed);
+    let mut body = serde_json::Map::new();
+    let (state, ready) = match app.pool.state() {
+        SessionState::Valid { .. } => ("valid", !draining),
+        SessionState::LoggingOn => ("logging_on", false),
+        SessionState::Failing {
+            reason,
+            retry_in,
+            paused,
+        } => {
+            body.insert("reason".into(), reason.into());
+            body.insert("retry_in_s".into(), retry_in.as_secs().into());
+            body.insert("logons_paused".into(), paused.into());
+            ("failing", false)
+        }
+    };
+    body.insert("ready".into(), ready.into());
+    body.insert("em_session".into(), state.into());
+    body.insert("shared".into(), "off".into());
+    body.insert("draining".into(), draining.into());
+    let mut r = Response::new(Body::new(Bytes::from(
+        serde_json::Value::Object(body).to_string(),
+    )));
+    *r.status_mut() = if ready {
+        StatusCode::OK
     } else {
-        error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no Enterprise Manager session",
-            xml,
-            app.settings.json_case,
-        )
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    r.headers_mut().insert(CONTENT_TYPE, render::JSON);
+    r
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -247,9 +371,6 @@ pub fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        p if restore_points::match_route(p).is_some() => "/api/restorePoints/{id}/vmRestorePoints",
-        p if p.starts_with("/api/sessionMngr") => "/api/sessionMngr",
-        p if p.starts_with("/api/logonSessions") => "/api/logonSessions",
         p if p == "/api" || p.starts_with("/api/") => "/api/*",
         p if p.starts_with("/admin/") => "/admin/*",
         _ => "other",
@@ -261,13 +382,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_are_templates() {
-        assert_eq!(
-            route_label("/api/restorePoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmRestorePoints"),
-            "/api/restorePoints/{id}/vmRestorePoints"
-        );
+    fn routes_are_templates_and_origins_compare_scheme_and_host() {
         assert_eq!(route_label("/api/backupSessions/123"), "/api/*");
         assert_eq!(route_label("/etc/passwd"), "other");
+        let mut h = HeaderMap::new();
+        assert!(!same_origin(&h, "https://gw:9399"));
+        h.insert(ORIGIN, "https://GW:9399".parse().unwrap());
+        assert!(same_origin(&h, "https://gw:9399"));
+        assert!(!same_origin(&h, "http://gw:9399"));
+        assert!(same_origin(&h, "https://gw:9399/prefix"));
+        h.insert(ORIGIN, "null".parse().unwrap());
+        assert!(!same_origin(&h, "https://gw:9399"));
         assert_eq!(
             crate::ops::metrics::status_label(StatusCode::from_u16(418).unwrap()),
             "4xx"

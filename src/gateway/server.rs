@@ -22,7 +22,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -30,16 +29,31 @@ use tower_http::trace::TraceLayer;
 use crate::config::{ConfigError, Settings, UpstreamTrust};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
+use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::clients::Clients;
+use crate::gateway::conn::Activity;
 use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
+use crate::gateway::request_id;
 use crate::gateway::request_id::ProcessUniqueId;
 use crate::gateway::restore_points::VmPointsCache;
-use crate::gateway::router::{route, MAX_HEAD_BYTES};
+use crate::gateway::router::{route, Conn, MAX_HEAD_BYTES};
 
-/// Slow clients get this long to send their request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2: a ping after this much silence...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...must be answered within this long, or the connection goes.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 streams a client may have open at once.
+const H2_MAX_STREAMS: u32 = 128;
+/// HTTP/2 streams a client may reset before they are served.
+const H2_MAX_PENDING_RESETS: usize = 32;
+/// HTTP/2 streams we may reset for a client's errors before it goes.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// TCP keepalive: first probe after this much silence...
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// ...then every this long.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Longest wait for EM's logout at shutdown.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,6 +130,7 @@ impl Gateway {
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
         let settings_rate = (settings.access.rate_limit, settings.access.rate_burst);
+        let work = Arc::new(Semaphore::new(settings.listen.max_concurrency));
         let local_addr = listener.local_addr().unwrap_or(addr);
         let app = Arc::new(App {
             cache: VmPointsCache::new(&settings.cache),
@@ -126,6 +141,8 @@ impl Gateway {
             metrics: crate::ops::metrics::install(),
             sessions: ClientSessions::default(),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1),
+            admin_limits: ClientLimits::new(ADMIN_RATE.0, ADMIN_RATE.1),
+            work,
             local_addr,
         });
         Ok(Gateway { app, listener, tls })
@@ -145,25 +162,26 @@ impl Gateway {
             tracing::info!(%addr, scheme, upstream = %app.pool.upstream().base_url(), "listening");
         }
         tracing::info!(settings = %app.settings.summary(), "effective settings");
+        raise_open_files_limit();
         let maintenance = tokio::spawn(app.pool.clone().maintain());
         let discovery = tokio::spawn(log_em_version(app.pool.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
-        // One semaphore for the whole process, shared by every connection.
-        let concurrency = Arc::new(Semaphore::new(app.settings.listen.max_concurrency));
+        let listen = &app.settings.listen;
+        let (header_timeout, idle_timeout) = (listen.header_timeout, listen.idle_timeout);
+        // Past this many open connections, new ones wait in the listen backlog.
+        let connections = Arc::new(Semaphore::new(listen.max_connections));
         let request_ids = ProcessUniqueId::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEAD_BYTES as u32);
+        let builder = http_builder(header_timeout);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
+            let place = tokio::select! {
+                p = connections.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -176,47 +194,57 @@ impl Gateway {
                 },
                 _ = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
+            tune_socket(&stream);
+            let activity = Activity::new();
+            let conn = Conn {
+                peer: peer.ip(),
+                tls: tls.is_some(),
+            };
             let service = TowerToHyperService::new(stack(
                 app.clone(),
-                peer,
-                concurrency.clone(),
+                conn,
+                activity.clone(),
                 request_ids.clone(),
             ));
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let result = match tls {
-                    None => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls_stream)) => {
+                // Held for the connection's life: frees a place when it ends.
+                let _place = place;
+                let serve = async {
+                    match tls {
+                        None => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls_stream) => {
                                 let conn = builder.serve_connection_with_upgrades(
                                     TokioIo::new(tls_stream),
                                     service,
                                 );
                                 watcher.watch(conn.into_owned()).await
                             }
-                            Ok(Err(e)) => {
+                            Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 Ok(())
                             }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                Ok(())
-                            }
-                        }
+                        },
                     }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                // The deadlines cover everything from accept on: the TLS
+                // handshake and protocol detection, where hyper has no timer.
+                tokio::select! {
+                    result = serve => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    }
+                    why = activity.expired(header_timeout, idle_timeout) => {
+                        tracing::debug!(%peer, ?why, "connection closed by its deadline");
+                    }
                 }
             });
         }
@@ -248,11 +276,54 @@ impl Gateway {
     }
 }
 
+/// HTTP/1.1 and HTTP/2 settings for client connections.
+fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Each request head (hyper restarts it for every one).
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        // Dead peers are found by pings, not by waiting for the kernel.
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // Rapid reset (CVE-2023-44487): streams a client may reset before
+        // we answered, and errors we may reset, before the connection goes.
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS);
+    builder
+}
+
+/// No Nagle delay for small answers; TCP keepalive so peers that vanished
+/// without a FIN do not hold a place forever.
+fn tune_socket(stream: &tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Raises the soft limit on open files to the hard limit: every client
+/// connection and every EM connection is a descriptor.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
 /// The tower stack around [`route`]; each layer says why it sits where it does.
 fn stack(
     app: Arc<App>,
-    peer: SocketAddr,
-    concurrency: Arc<Semaphore>,
+    conn: Conn,
+    activity: Arc<Activity>,
     request_ids: ProcessUniqueId,
 ) -> impl tower::Service<
     Request<Incoming>,
@@ -261,7 +332,11 @@ fn stack(
     Future = impl Send,
 > + Clone {
     ServiceBuilder::new()
-        // Outermost, so every log line and every response carries the id.
+        // First: a client's request id that is too long or holds anything
+        // but `A-Za-z0-9._:-` is dropped here, so it is never echoed,
+        // logged or sent to EM; the next layer makes a new one.
+        .map_request(request_id::keep_only_valid)
+        // So every log line and every response carries an id.
         .layer(SetRequestIdLayer::x_request_id(request_ids))
         // A span per request, so every log line made while serving it
         // carries the request id.
@@ -290,11 +365,19 @@ fn stack(
         )
         // Copies the id onto the response.
         .layer(PropagateRequestIdLayer::x_request_id())
-        // Innermost: bounds the requests being worked on across all
-        // connections; the rest wait their turn (after being logged in).
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(concurrency))
-        .service_fn(move |req| route(app.clone(), peer.ip(), req))
+        .service_fn(move |req| {
+            // The connection is busy from here until the answer is made,
+            // so its idle deadline waits.
+            let busy = activity.begin();
+            let app = app.clone();
+            async move {
+                let response = route(app, conn, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
 }
+
 /// Once logged on, logs which API versions EM offers (operators want to
 /// know what they are talking to; the JSON case must match the EM version).
 async fn log_em_version(pool: Arc<SessionPool>) {
@@ -317,5 +400,6 @@ async fn housekeeping(app: Arc<App>) {
     loop {
         tick.tick().await;
         app.limits.shrink();
+        app.admin_limits.shrink();
     }
 }

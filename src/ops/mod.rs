@@ -2,7 +2,7 @@
 //!
 //! - [`metrics`]: the Prometheus recorder and the metric names of CONTRACT §7;
 //! - [`logging`]: the log subscriber (text or JSON lines on stderr);
-//! - [`shutdown`]: SIGTERM/SIGINT.
+//! - [`shutdown`]: the shutdown signal (SIGTERM or SIGINT).
 
 pub mod logging;
 pub mod metrics;

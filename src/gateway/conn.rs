@@ -1,0 +1,156 @@
+//! One client connection from accept to close: TLS, protocol detection,
+//! HTTP/1.1 or HTTP/2, and the deadlines that keep quiet sockets from
+//! holding file descriptors (CONTRACT §5, "Connections").
+//!
+//! A connection is closed when
+//! - its first request head has not arrived within the header timeout
+//!   (counted from accept, so it covers the TLS handshake and protocol
+//!   detection, where hyper has no timer of its own), or
+//! - no request is in flight and none has started for the idle timeout.
+//!
+//! Both are watched by one [`Activity`] per connection, which the request
+//! path marks as requests begin and end. HTTP/2 adds keep-alive pings and
+//! stream and reset limits (see [`crate::gateway::server`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What a connection has been doing, for its deadlines.
+pub struct Activity {
+    /// When the connection was accepted.
+    accepted: Instant,
+    /// Requests seen, requests in flight, and when the last one ended.
+    state: Mutex<State>,
+    /// Woken whenever `state` changes.
+    changed: Notify,
+}
+
+#[derive(Clone, Copy)]
+struct State {
+    /// Whether any request head has arrived.
+    seen: bool,
+    /// Requests being answered now.
+    in_flight: usize,
+    /// When the last request ended (or began, while none has ended).
+    last: Instant,
+}
+
+/// Why a connection was closed by its deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request head within the header timeout of accept.
+    NoRequest,
+    /// Idle between requests for the idle timeout.
+    Idle,
+}
+
+impl Activity {
+    /// A connection accepted now.
+    pub fn new() -> Arc<Activity> {
+        let now = Instant::now();
+        Arc::new(Activity {
+            accepted: now,
+            state: Mutex::new(State {
+                seen: false,
+                in_flight: 0,
+                last: now,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn snapshot(&self) -> Option<State> {
+        self.state.lock().ok().map(|s| *s)
+    }
+
+    /// A request head arrived; the guard marks its end when dropped.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.update(|s| {
+            s.seen = true;
+            s.in_flight += 1;
+            s.last = Instant::now();
+        });
+        RequestGuard(self.clone())
+    }
+
+    /// Resolves when the connection should be closed.
+    pub async fn expired(self: Arc<Self>, header_timeout: Duration, idle: Duration) -> Expired {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some(s) = self.snapshot() else {
+                return Expired::Idle;
+            };
+            let (deadline, why) = if !s.seen {
+                (self.accepted + header_timeout, Expired::NoRequest)
+            } else if s.in_flight == 0 {
+                (s.last + idle, Expired::Idle)
+            } else {
+                notified.await;
+                continue;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    // Only if nothing happened meanwhile.
+                    let now = self.snapshot();
+                    if now.is_some_and(|n| n.seen == s.seen && n.in_flight == 0 && n.last == s.last) {
+                        return why;
+                    }
+                }
+                _ = &mut notified => {}
+            }
+        }
+    }
+}
+
+/// Marks one request in flight on its connection.
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.update(|s| {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.last = Instant::now();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_expires_and_a_busy_one_does_not() {
+        let a = Activity::new();
+        let why = a
+            .clone()
+            .expired(Duration::from_secs(5), Duration::from_secs(60))
+            .await;
+        assert_eq!(why, Expired::NoRequest);
+        assert!(Instant::now() - a.accepted >= Duration::from_secs(5));
+
+        let a = Activity::new();
+        let guard = a.begin();
+        let watch = tokio::spawn(
+            a.clone()
+                .expired(Duration::from_secs(5), Duration::from_secs(60)),
+        );
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watch.is_finished(), "a request in flight was cut off");
+        drop(guard);
+        let started = Instant::now();
+        assert_eq!(watch.await.unwrap(), Expired::Idle);
+        assert!(Instant::now() - started >= Duration::from_secs(60));
+    }
+}

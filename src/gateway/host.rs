@@ -1,0 +1,172 @@
+//! The host a request names, checked once at the edge (RFC 9112 §3.2,
+//! CONTRACT §3): links the gateway builds for a client come only from a
+//! value that passed these checks.
+//!
+//! - HTTP/1.1 needs exactly one `Host`; none, or two, is a 400.
+//! - The value must be an authority and nothing else: a registered name
+//!   (letters, digits, `-`, `.`, `_`, `~`), an IPv4 address or a bracketed
+//!   IPv6 address, and an optional port. `a b`, `a@evil`, quotes, slashes
+//!   are a 400.
+//! - An absolute-form target (`GET http://host/api/ HTTP/1.1`) or an HTTP/2
+//!   `:authority` must name the same host as `Host` when both are present.
+
+use http::header::HOST;
+use http::request::Parts;
+use http::Version;
+
+/// A validated `host[:port]`, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority(String);
+
+impl Authority {
+    /// Parses a `Host`-style value; `None` if it is not a plain authority.
+    pub fn parse(value: &str) -> Option<Authority> {
+        if value.is_empty() || value.len() > 255 {
+            return None;
+        }
+        let (host, port) = if value.starts_with('[') {
+            let end = value.find(']')?;
+            value[1..end].parse::<std::net::Ipv6Addr>().ok()?;
+            let port = match &value[end + 1..] {
+                "" => None,
+                after => Some(after.strip_prefix(':')?),
+            };
+            (&value[..=end], port)
+        } else {
+            match value.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (value, None),
+            }
+        };
+        if let Some(p) = port {
+            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            if p.parse::<u32>().ok()? > 65535 {
+                return None;
+            }
+        }
+        let name_ok = host.starts_with('[')
+            || (!host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
+        name_ok.then(|| Authority(value.to_ascii_lowercase()))
+    }
+
+    /// The authority as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a request's host was refused (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHost {
+    /// Two or more `Host` headers.
+    #[error("the request has more than one Host header")]
+    Duplicated,
+    /// HTTP/1.1 without `Host`.
+    #[error("the request has no Host header")]
+    Missing,
+    /// `Host` (or the target's authority) is not a plain host\[:port\].
+    #[error("the Host header is not a valid host[:port]")]
+    Malformed,
+    /// The target's authority and `Host` disagree.
+    #[error("the request target names another host than the Host header")]
+    Mismatch,
+}
+
+/// The host the client addressed: `Host`, or the target's authority
+/// (HTTP/2's `:authority`, an absolute-form target); `None` for an HTTP/1.0
+/// request that names none.
+pub fn of_request(parts: &Parts) -> Result<Option<Authority>, BadHost> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadHost::Duplicated);
+    }
+    let header = match header {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(Authority::parse)
+                .ok_or(BadHost::Malformed)?,
+        ),
+        None => None,
+    };
+    let target = match parts.uri.authority() {
+        Some(a) => Some(Authority::parse(a.as_str()).ok_or(BadHost::Malformed)?),
+        None => None,
+    };
+    match (header, target) {
+        (Some(h), Some(t)) if h != t => Err(BadHost::Mismatch),
+        (Some(h), _) => Ok(Some(h)),
+        (None, Some(t)) => Ok(Some(t)),
+        (None, None) if parts.version == Version::HTTP_11 => Err(BadHost::Missing),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
+        let mut b = http::Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn authorities() {
+        for ok in [
+            "gw",
+            "gw.example:8080",
+            "127.0.0.1:9399",
+            "[::1]:9399",
+            "[::1]",
+            "GW.Example",
+            "a_b~c",
+        ] {
+            assert!(Authority::parse(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "", "a b", "a@evil", "\"x\"", "a/b", "a:", "a:99999", "a:1:2", "[x]", "[::1]x", "a\\b",
+            "é",
+        ] {
+            assert!(Authority::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Authority::parse("GW:1").unwrap().as_str(), "gw:1");
+    }
+
+    #[test]
+    fn requests_name_one_valid_host() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            of_request(&parts(v11, "/api/", &["gw:1"])).unwrap(),
+            Authority::parse("gw:1")
+        );
+        assert_eq!(
+            of_request(&parts(v11, "/api/", &["gw", "gw"])),
+            Err(BadHost::Duplicated)
+        );
+        assert_eq!(of_request(&parts(v11, "/api/", &[])), Err(BadHost::Missing));
+        assert_eq!(of_request(&parts(Version::HTTP_10, "/api/", &[])), Ok(None));
+        assert_eq!(
+            of_request(&parts(v11, "/api/", &["a@evil"])),
+            Err(BadHost::Malformed)
+        );
+        assert_eq!(
+            of_request(&parts(v11, "http://other/api/", &["gw"])),
+            Err(BadHost::Mismatch)
+        );
+        assert!(of_request(&parts(v11, "http://gw/api/", &["GW"])).is_ok());
+        assert_eq!(
+            of_request(&parts(Version::HTTP_2, "https://gw:9399/api/", &[])).unwrap(),
+            Authority::parse("gw:9399")
+        );
+    }
+}

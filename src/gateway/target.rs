@@ -1,0 +1,331 @@
+//! What a client asks EM for, parsed once at the edge (CONTRACT §5): the
+//! request target becomes decoded path segments and decoded query pairs,
+//! routing looks only at those, and EM is sent a canonical re-encoding of
+//! them, never the client's bytes.
+//!
+//! Why: EM runs on HTTP.sys, which decodes `%HH` and IIS-style `%uNNNN`
+//! escapes and ignores doubled slashes. If the gateway routed on the raw
+//! target and forwarded it as sent, what the gateway checked (the virtual
+//! `logonSessions`, the write guard, UUID checks) could differ from what EM
+//! resolves. With one decode here and a canonical encoding to EM, the path
+//! the gateway routes is the path EM serves.
+//!
+//! Refused (400): a `%` not followed by two hex digits (so `%uNNNN` too), an
+//! encoded `%`, `.`, `/` or `\`, raw or encoded control characters, a
+//! backslash, `.`/`..` and empty segments (a single trailing `/` is kept),
+//! bytes that do not decode to UTF-8, and targets longer than
+//! [`MAX_TARGET_LEN`]. Invariant: what [`Target::parse`] accepts has no
+//! separator, dot segment or control character in any decoded segment, and
+//! its canonical encoding parses back to the same target.
+
+use std::fmt::Write as _;
+
+/// Longest target (path and query, as sent) the gateway accepts.
+pub const MAX_TARGET_LEN: usize = 2048;
+
+/// Why a target was refused; the message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rejected request target: {0}")]
+pub struct BadTarget(&'static str);
+
+/// A parsed `/api` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Decoded segments after `/api` (`/api/jobs/x` → `["jobs", "x"]`).
+    segments: Vec<String>,
+    /// Whether the path ended in `/` (`/api/` vs `/api`).
+    trailing_slash: bool,
+    /// Decoded `name=value` pairs, in the client's order (a name without
+    /// `=` has `None`).
+    query: Vec<(String, Option<String>)>,
+}
+
+impl Target {
+    /// Parses a path and its query; only `/api` and `/api/...` are targets.
+    pub fn parse(path: &str, query: Option<&str>) -> Result<Target, BadTarget> {
+        if path.len() + query.map_or(0, |q| q.len() + 1) > MAX_TARGET_LEN {
+            return Err(BadTarget("too long"));
+        }
+        let (rest, trailing_slash) = match path.strip_prefix("/api") {
+            Some("") => ("", false),
+            Some("/") => ("", true),
+            Some(r) if r.starts_with('/') => match r[1..].strip_suffix('/') {
+                Some(inner) => (inner, true),
+                None => (&r[1..], false),
+            },
+            _ => return Err(BadTarget("only /api/ paths are served")),
+        };
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            for raw in rest.split('/') {
+                if raw.is_empty() {
+                    return Err(BadTarget("empty path segment"));
+                }
+                if raw == "." || raw == ".." {
+                    return Err(BadTarget("'.' or '..' segment"));
+                }
+                segments.push(decode(raw, Part::Path)?);
+            }
+        }
+        let mut pairs = Vec::new();
+        for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = match raw.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (raw, None),
+            };
+            let name = decode(name, Part::Query)?;
+            let value = value.map(|v| decode(v, Part::Query)).transpose()?;
+            pairs.push((name, value));
+        }
+        Ok(Target {
+            segments,
+            trailing_slash,
+            query: pairs,
+        })
+    }
+
+    /// The decoded segments after `/api`.
+    pub fn segments(&self) -> &[String] {
+        &self.segments
+    }
+
+    /// Whether segment `i` is `literal`, ignoring ASCII case (EM matches its
+    /// URI templates that way).
+    pub fn is(&self, i: usize, literal: &str) -> bool {
+        self.segments
+            .get(i)
+            .is_some_and(|s| s.eq_ignore_ascii_case(literal))
+    }
+
+    /// Whether this is EM's entry point, `/api` or `/api/`.
+    pub fn is_entry_point(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The decoded query pairs, in the client's order.
+    pub fn query(&self) -> &[(String, Option<String>)] {
+        &self.query
+    }
+
+    /// The path, canonically encoded: `/api/...` with every segment
+    /// percent-encoded the one way (unreserved characters and `!$&'()*,;=:@`
+    /// as they are, everything else `%HH` in upper case).
+    pub fn canonical_path(&self) -> String {
+        let mut out = String::with_capacity(64);
+        out.push_str("/api");
+        for s in &self.segments {
+            out.push('/');
+            encode(s, Part::Path, &mut out);
+        }
+        if self.trailing_slash {
+            out.push('/');
+        }
+        out
+    }
+
+    /// The query, canonically encoded, in the client's order; `None` if empty.
+    pub fn canonical_query(&self) -> Option<String> {
+        canonical_pairs(self.query.iter().map(|(n, v)| (n.as_str(), v.as_deref())))
+    }
+
+    /// Path and query as EM is sent them.
+    pub fn canonical(&self) -> String {
+        let mut out = self.canonical_path();
+        if let Some(q) = self.canonical_query() {
+            out.push('?');
+            out.push_str(&q);
+        }
+        out
+    }
+
+    /// The path for log lines and error messages (canonical, bounded).
+    pub fn shown(&self) -> String {
+        self.canonical_path().chars().take(200).collect()
+    }
+}
+
+/// Encodes query pairs canonically; `None` when there are none.
+pub fn canonical_pairs<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> Option<String> {
+    let mut out = String::new();
+    for (name, value) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        encode(name, Part::Query, &mut out);
+        if let Some(v) = value {
+            out.push('=');
+            encode(v, Part::Query, &mut out);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Which part of the target a piece comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Path,
+    Query,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Decodes each `%HH` exactly once (and, in a query, `+` as a space, as EM's
+/// query parsing does); refuses what [`Target`] lists.
+fn decode(raw: &str, part: Part) -> Result<String, BadTarget> {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(BadTarget("'%' not followed by two hex digits"));
+                };
+                let d = hi * 16 + lo;
+                if part == Part::Path && matches!(d, b'%' | b'.' | b'/' | b'\\') {
+                    return Err(BadTarget("encoded '%', '.', '/' or '\\' in the path"));
+                }
+                if part == Part::Query && d == b'%' {
+                    return Err(BadTarget("encoded '%' in the query"));
+                }
+                if d.is_ascii_control() {
+                    return Err(BadTarget("encoded control character"));
+                }
+                out.push(d);
+                i += 3;
+            }
+            b'\\' => return Err(BadTarget("backslash")),
+            c if c.is_ascii_control() || c == b' ' => {
+                return Err(BadTarget("control character or space"))
+            }
+            b'+' if part == Part::Query => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| BadTarget("escapes that do not decode to UTF-8"))
+}
+
+/// Characters kept as they are: RFC 3986 unreserved, and in a path segment
+/// the sub-delimiters and `:`/`@` a segment may hold (`+` is always encoded,
+/// so nobody has to guess whether it means a space).
+fn keep(c: u8, part: Part) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(c, b'-' | b'.' | b'_' | b'~')
+        || (part == Part::Path
+            && matches!(
+                c,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b',' | b';' | b'=' | b':' | b'@'
+            ))
+        || (part == Part::Query && matches!(c, b'!' | b'\'' | b'(' | b')' | b'*' | b':' | b'@'))
+}
+
+fn encode(decoded: &str, part: Part, out: &mut String) {
+    for &c in decoded.as_bytes() {
+        if keep(c, part) {
+            out.push(c as char);
+        } else {
+            let _ = write!(out, "%{c:02X}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Target, BadTarget> {
+        let (p, q) = match t.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (t, None),
+        };
+        Target::parse(p, q)
+    }
+
+    #[test]
+    fn api_targets_decode_once_and_re_encode_canonically() {
+        for (sent, canonical) in [
+            ("/api", "/api"),
+            ("/api/", "/api/"),
+            (
+                "/api/restorePoints/x/vmRestorePoints/",
+                "/api/restorePoints/x/vmRestorePoints/",
+            ),
+            (
+                "/api/catalog/vms/web%20server%2301",
+                "/api/catalog/vms/web%20server%2301",
+            ),
+            // An escaped letter is decoded (once), and EM gets the letter.
+            ("/api/logon%53essions", "/api/logonSessions"),
+            (
+                "/api/query?type=Job&filter=name%3D%3D%22a%26b%22",
+                "/api/query?type=Job&filter=name%3D%3D%22a%26b%22",
+            ),
+            ("/api/x?q=a+b&v=latest&flag", "/api/x?q=a%20b&v=latest&flag"),
+            ("/api/caf%C3%A9", "/api/caf%C3%A9"),
+        ] {
+            let t = parse(sent).unwrap_or_else(|e| panic!("{sent}: {e}"));
+            assert_eq!(t.canonical(), canonical, "{sent}");
+            assert_eq!(
+                parse(&t.canonical()).unwrap(),
+                t,
+                "{sent} does not round-trip"
+            );
+        }
+        let t = parse("/api/logon%53essions/").unwrap();
+        assert!(t.is(0, "LOGONSESSIONS"));
+    }
+
+    #[test]
+    fn hostile_targets_are_refused() {
+        for bad in [
+            "/",
+            "/apix",
+            "/metrics",
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/x",
+            "/api/%2E",
+            "/api/a%25",
+            "/api/a%2541",
+            "/api/a%2Fb",
+            "/api/a%5cb",
+            "/api/a\\b",
+            "/api//logonSessions",
+            "/api/restorePoints//x",
+            "/api/x//",
+            "/api/logon%u0053essions",
+            "/api/jobs/%u002e%u002e/logonSessions",
+            "/api/%zz",
+            "/api/%G1",
+            "/api/%",
+            "/api/%2",
+            "/api/%2x",
+            "/api/a%00b",
+            "/api/a%0d%0ab",
+            "/api/a%7f",
+            "/api/%ff",
+            "/api/x?a=%zz",
+            "/api/x?a=%",
+            "/api/x?a=%0a",
+            "/api/x?a=%25",
+            "/api/x?a=\u{1}",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} was accepted");
+        }
+        assert!(parse(&format!("/api/{}", "a".repeat(MAX_TARGET_LEN))).is_err());
+    }
+}
