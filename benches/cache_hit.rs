@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use emgate::config::{CacheSettings, JsonCase};
+use emgate::cache::{Fetched, Options, Policy};
+use emgate::config::JsonCase;
 use emgate::em::client::UpstreamResponse;
 use emgate::gateway::error::GatewayError;
 use emgate::gateway::render::{self, Prepared};
@@ -41,14 +42,21 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let settings = CacheSettings {
+    let options = Options {
+        max_bytes: 256 << 20,
+        max_entry_bytes: 32 << 20,
+        stale_wait: Duration::from_secs(2),
+        refresh_ahead: true,
+        failed_memory: Duration::from_secs(5),
+    };
+    let policy = Policy {
+        rule: 0,
         ttl: Duration::from_secs(3600),
+        stale_while_revalidate: Duration::from_secs(60),
         stale_if_error: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(30),
-        max_bytes: 256 << 20,
-        stale_wait: Duration::from_secs(2),
     };
-    let cache = VmPointsCache::new(&settings);
+    let cache = VmPointsCache::new(options, 1);
     let em = UpstreamResponse {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
@@ -64,22 +72,33 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         let p = prepared.clone();
         cache
-            .get(key, move || async move { Ok::<_, GatewayError>(p) })
+            .get(key, &policy, move || async move {
+                Ok::<_, GatewayError>(Fetched::fresh(p))
+            })
             .await
             .unwrap();
     });
-    let never = || async { Err::<Prepared, _>(GatewayError::Internal("fetched on a hit")) };
+    let never =
+        || async { Err::<Fetched<Prepared>, _>(GatewayError::Internal("fetched on a hit")) };
 
     let mut group = c.benchmark_group("vm_restore_points");
     group.bench_function("cache_hit_json", |b| {
         b.to_async(&rt).iter(|| async {
-            let (entry, _) = cache.get(black_box(key), never).await.unwrap();
+            let entry = cache
+                .get(black_box(key), &policy, never)
+                .await
+                .unwrap()
+                .entry;
             black_box(entry.value.body_for(false, "http://127.0.0.1:9399"))
         })
     });
     group.bench_function("cache_hit_xml", |b| {
         b.to_async(&rt).iter(|| async {
-            let (entry, _) = cache.get(black_box(key), never).await.unwrap();
+            let entry = cache
+                .get(black_box(key), &policy, never)
+                .await
+                .unwrap()
+                .entry;
             black_box(entry.value.body_for(true, "http://127.0.0.1:9399"))
         })
     });

@@ -1,32 +1,52 @@
-//! The cache: one fetch per key, however many callers ask, entries bounded
-//! in bytes and kept past their TTL for serving stale while the source fails.
+//! The cache: one fetch per key however many callers ask, entries bounded in
+//! bytes, served stale while the source is slow or failing, refreshed ahead
+//! of expiry when they are read (CONTRACT §9).
 //!
-//! It is generic over its key `K`, the value `V` it stores and the error
-//! `E` a fetch may end in: it knows no HTTP client, no EM and no rendering.
-//! The caller hands it the fetch; what a key means (and that nothing a
-//! client sends beyond it may shape an answer) is the caller's contract.
+//! It is generic over its key `K`, the value `V` it stores and the error `E`
+//! a fetch may end in: it knows no HTTP client, no EM, no rendering and no
+//! Redis. The caller hands it a fetch for the key; what a key means (and
+//! that nothing a client sends beyond it may shape an answer) is the
+//! caller's contract. A fetch may also say its value came from elsewhere
+//! (the fleet's shared tier) and how old it already is.
+//!
+//! An entry's life, by its age against its rule's [`Policy`]:
+//!
+//! | age | a request gets |
+//! | --- | --- |
+//! | < TTL | the entry (HIT); the first such hit schedules a refresh shortly before the TTL ends (refresh-ahead) |
+//! | < TTL + stale-while-revalidate | the entry at once (STALE), and one background refresh runs |
+//! | < TTL + stale-if-error | the refresh's answer if it comes within the stale wait (MISS); the entry if EM fails or is slower (STALE), the refresh going on in the background |
+//! | older | whatever the fetch gives (MISS) |
 //!
 //! Invariants:
 //! - A hit never calls the fetch: values are stored ready to serve.
-//! - Concurrent misses (and refreshes of a stale entry) for one key make one
-//!   fetch. The fetch runs in its own task, so a client that disconnects
-//!   cancels nothing; every waiter gets its outcome, success or error.
-//! - Only what the fetch returns as `Ok` is stored; an error is shared with
-//!   the waiters and never stored.
-//! - Freshness is judged by the stored fetch time; moka only evicts entries
-//!   past TTL + stale window (or the negative TTL), or over the byte bound.
+//! - Concurrent callers of one key share one fetch (a *flight*). The fetch
+//!   runs in its own task, so a caller that goes away cancels nothing; every
+//!   waiter gets its outcome, success or error, and none waits forever.
+//! - Only what the fetch returns as `Ok` is stored, and only if it is no
+//!   larger than the per-entry bound; errors are shared with the waiters and
+//!   never stored. A failed refresh is remembered for a few seconds, during
+//!   which a stale entry is served without asking again.
+//! - A purge wins over a fetch in flight: what began before the purge is
+//!   given to its waiters but not stored.
+//! - Freshness is judged by the fetch time; moka evicts entries past their
+//!   last useful moment, or over the byte bound.
+
+mod stats;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use moka::future::Cache as MokaCache;
+use moka::notification::RemovalCause;
 use moka::Expiry;
 use tokio::sync::watch;
 
-use crate::config::CacheSettings;
+pub use stats::{RuleStats, StatsSnapshot};
 
 /// What the cache needs to know of a stored value.
 pub trait Stored: Send + Sync + 'static {
@@ -39,41 +59,171 @@ pub trait Stored: Send + Sync + 'static {
 /// What the cache needs to know of a failed fetch.
 pub trait Failure: Send + Sync + 'static {
     /// Whether the failure justifies serving a stale entry (the source was
-    /// unreachable or failing, not a considered answer).
+    /// unreachable, slow or failing, not a considered answer).
     fn serves_stale(&self) -> bool;
     /// A broken invariant inside the cache (never expected).
     fn internal(what: &'static str) -> Self;
 }
 
-/// A stored value and when it was fetched.
+/// How long the entries of one rule live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The rule's index (its counters).
+    pub rule: usize,
+    /// Freshness.
+    pub ttl: Duration,
+    /// After the TTL, how long the entry is served at once while one
+    /// background refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// After the TTL, how long the entry may be served while the source fails.
+    pub stale_if_error: Duration,
+    /// Freshness of a remembered "not found".
+    pub negative_ttl: Duration,
+}
+
+impl Policy {
+    /// How long an entry is worth keeping at all.
+    fn lifetime(&self, negative: bool) -> Duration {
+        if negative {
+            self.negative_ttl
+        } else {
+            self.ttl + self.stale_while_revalidate.max(self.stale_if_error)
+        }
+    }
+}
+
+/// Bounds and behaviour shared by every rule.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes held at most, all rules together.
+    pub max_bytes: u64,
+    /// A value heavier than this is given to its waiters but not stored.
+    pub max_entry_bytes: usize,
+    /// Longest a caller waits for the source when a stale entry exists.
+    pub stale_wait: Duration,
+    /// Refresh entries read during their TTL shortly before it ends.
+    pub refresh_ahead: bool,
+    /// How long a failed refresh is remembered.
+    pub failed_memory: Duration,
+}
+
+/// What a fetch hands the cache.
+#[derive(Debug)]
+pub struct Fetched<V> {
+    /// The value.
+    pub value: V,
+    /// How old it already is (zero when the source just gave it).
+    pub age: Duration,
+    /// Whether it came from the fleet's shared tier rather than the source.
+    pub shared: bool,
+}
+
+impl<V> Fetched<V> {
+    /// A value the source just gave.
+    pub fn fresh(value: V) -> Fetched<V> {
+        Fetched {
+            value,
+            age: Duration::ZERO,
+            shared: false,
+        }
+    }
+}
+
+/// A stored value, when it was fetched, and its rule's lifetimes.
 #[derive(Debug)]
 pub struct Entry<V> {
     /// The value, ready for every caller.
     pub value: V,
-    /// When the fetch gave it.
+    /// When the source gave it (monotonic).
     pub fetched_at: Instant,
+    /// When the source gave it (wall clock, for `Last-Modified`).
+    pub fetched_wall: SystemTime,
+    /// Whether it came from the fleet's shared tier.
+    pub shared: bool,
+    /// Its rule's lifetimes.
+    policy: Policy,
+    /// Set by the first hit during the TTL: a refresh-ahead is scheduled.
+    scheduled: AtomicBool,
+}
+
+/// Where an entry stands, by its age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Within the TTL.
+    Fresh,
+    /// Within stale-while-revalidate after the TTL.
+    Revalidate,
+    /// Within stale-if-error after the TTL: only for when the source fails.
+    IfError,
+    /// Of no use.
+    Dead,
 }
 
 impl<V: Stored> Entry<V> {
-    /// Whether the value is a remembered "not found" (negative entry).
+    fn new(fetched: Fetched<V>, policy: Policy) -> Entry<V> {
+        let now = Instant::now();
+        Entry {
+            fetched_at: now.checked_sub(fetched.age).unwrap_or(now),
+            fetched_wall: SystemTime::now()
+                .checked_sub(fetched.age)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            shared: fetched.shared,
+            value: fetched.value,
+            policy,
+            scheduled: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the value is a remembered "not found".
     pub fn is_negative(&self) -> bool {
         self.value.is_negative()
     }
 
+    /// Time since the fetch.
+    pub fn age(&self) -> Duration {
+        self.fetched_at.elapsed()
+    }
+
     /// Seconds since the fetch, for `Age`.
     pub fn age_secs(&self) -> u64 {
-        self.fetched_at.elapsed().as_secs()
+        self.age().as_secs()
+    }
+
+    /// The rule this entry was stored under.
+    pub fn rule(&self) -> usize {
+        self.policy.rule
+    }
+
+    fn freshness(&self) -> Freshness {
+        let age = self.age();
+        let p = &self.policy;
+        if self.is_negative() {
+            return if age < p.negative_ttl {
+                Freshness::Fresh
+            } else {
+                Freshness::Dead
+            };
+        }
+        if age < p.ttl {
+            Freshness::Fresh
+        } else if age < p.ttl + p.stale_while_revalidate {
+            Freshness::Revalidate
+        } else if age < p.ttl + p.stale_if_error {
+            Freshness::IfError
+        } else {
+            Freshness::Dead
+        }
     }
 }
 
-/// How a request was served, for `X-Cache`.
+/// How a request was served, for `X-Cache` and `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Fresh entry.
+    /// A fresh entry (or one a fetch found in the shared tier).
     Hit,
-    /// Fetched from EM for this request (or a concurrent one).
+    /// Fetched from the source for this request (or a concurrent one).
     Miss,
-    /// EM failed; an entry past its TTL but within the stale window was served.
+    /// An entry past its TTL, within its stale windows.
     Stale,
 }
 
@@ -88,201 +238,421 @@ impl Outcome {
     }
 }
 
-/// What a fetch produced: an entry to store, or an error for everybody waiting.
-type Shared<V, E> = Result<Arc<Entry<V>>, Arc<E>>;
-
-/// Fetches in flight, one per key; waiters subscribe to the outcome.
-type Flights<K, V, E> = Arc<Mutex<HashMap<K, watch::Receiver<Option<Shared<V, E>>>>>>;
-
-/// Counters for metrics (moka keeps no hit statistics).
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    /// Fresh hits.
-    pub hits: AtomicU64,
-    /// Misses (requests that waited for a fetch).
-    pub misses: AtomicU64,
-    /// Stale entries served because EM failed.
-    pub stale: AtomicU64,
-    /// Fetches made (one per burst).
-    pub fetches: AtomicU64,
+/// An answer from the cache.
+#[derive(Debug)]
+pub struct Served<V> {
+    /// The entry.
+    pub entry: Arc<Entry<V>>,
+    /// How it was found.
+    pub outcome: Outcome,
+    /// Whether this request shared a fetch another request started.
+    pub collapsed: bool,
 }
 
-/// Per-entry lifetimes for moka: positive entries live for TTL + stale window, negative ones for the negative TTL.
-struct Lifetimes {
-    /// TTL + stale-if-error.
-    positive: Duration,
-    /// Negative TTL.
-    negative: Duration,
+/// Why a fetch ran, for the refresh counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// Nothing usable was stored.
+    Miss,
+    /// Stale-while-revalidate, or a stale-if-error wait.
+    Revalidate,
+    /// Refresh-ahead of an entry read during its TTL.
+    Ahead,
 }
+
+/// When a flight that is about to fetch finds it need not.
+#[derive(Debug, Clone, Copy)]
+enum Unless {
+    /// A fresh entry is stored (a flight that just ended stored one).
+    Fresh,
+    /// An entry fetched after this instant is stored (someone refreshed).
+    NewerThan(Instant),
+}
+
+/// How a flight ended, for everybody waiting on it.
+enum Landed<V, E> {
+    /// The source answered (or a fresh entry was found); stored unless too large or purged.
+    Value(Arc<Entry<V>>),
+    /// The fetch failed; nothing was stored.
+    Failed(Arc<E>),
+}
+
+impl<V, E> Clone for Landed<V, E> {
+    fn clone(&self) -> Self {
+        match self {
+            Landed::Value(e) => Landed::Value(e.clone()),
+            Landed::Failed(e) => Landed::Failed(e.clone()),
+        }
+    }
+}
+
+/// Where a flight's waiters learn how it landed.
+type Landing<V, E> = watch::Receiver<Option<Landed<V, E>>>;
+
+/// Fetches in flight, one per key.
+type Flights<K, V, E> = Arc<Mutex<HashMap<K, Landing<V, E>>>>;
+
+/// Per-entry lifetimes for moka: each entry lives as long as its rule makes it useful.
+struct Lifetimes;
 
 impl<K, V: Stored> Expiry<K, Arc<Entry<V>>> for Lifetimes {
-    fn expire_after_create(&self, _: &K, value: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
-        Some(if value.is_negative() {
-            self.negative
-        } else {
-            self.positive
-        })
+    fn expire_after_create(&self, _: &K, e: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
+        Some(e.policy.lifetime(e.is_negative()).saturating_sub(e.age()))
     }
 
     fn expire_after_update(
         &self,
         key: &K,
-        value: &Arc<Entry<V>>,
+        e: &Arc<Entry<V>>,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        self.expire_after_create(key, value, now)
+        self.expire_after_create(key, e, now)
     }
 }
+
+/// Bytes of bookkeeping counted on top of each value.
+const OVERHEAD: usize = 256;
 
 /// The cache.
 pub struct Cache<K, V, E> {
     /// Entries, bounded in bytes.
     entries: MokaCache<K, Arc<Entry<V>>>,
-    /// Fetches in flight, one per key; waiters subscribe to the outcome.
+    /// Fetches in flight.
     flights: Flights<K, V, E>,
-    /// Freshness.
-    ttl: Duration,
-    /// Negative freshness.
-    negative_ttl: Duration,
+    /// Keys whose last refresh failed, remembered for a few seconds.
+    failed: moka::sync::Cache<K, ()>,
     /// Bumped by every purge; a fetch that began before one does not store.
     purges: Arc<AtomicU64>,
-    /// Counters.
-    pub stats: CacheStats,
+    /// Bounds and behaviour.
+    options: Options,
+    /// Counters per rule.
+    stats: Arc<Vec<RuleStats>>,
 }
 
 impl<K, V, E> Cache<K, V, E>
 where
-    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Stored,
     E: Failure,
 {
-    /// An empty cache with the configured bounds.
-    pub fn new(settings: &CacheSettings) -> Self {
+    /// An empty cache with `rules` rules' counters.
+    pub fn new(options: Options, rules: usize) -> Self {
+        let stats: Arc<Vec<RuleStats>> =
+            Arc::new((0..rules.max(1)).map(|_| RuleStats::default()).collect());
+        let on_removal = stats.clone();
         let entries = MokaCache::builder()
-            .max_capacity(settings.max_bytes)
+            .max_capacity(options.max_bytes)
             .weigher(|_: &K, e: &Arc<Entry<V>>| {
-                // Key, entry and bookkeeping overhead on top of the bytes.
-                u32::try_from(e.value.weight() + 256).unwrap_or(u32::MAX)
+                u32::try_from(e.value.weight() + OVERHEAD).unwrap_or(u32::MAX)
             })
-            .expire_after(Lifetimes {
-                positive: settings.ttl + settings.stale_if_error,
-                negative: settings.negative_ttl,
+            .expire_after(Lifetimes)
+            .support_invalidation_closures()
+            .eviction_listener(move |_, e: Arc<Entry<V>>, _: RemovalCause| {
+                if let Some(s) = on_removal.get(e.policy.rule) {
+                    s.removed(e.value.weight() + OVERHEAD);
+                }
             })
+            .build();
+        let failed = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(options.failed_memory.max(Duration::from_millis(1)))
             .build();
         Cache {
             entries,
             flights: Arc::default(),
-            ttl: settings.ttl,
-            negative_ttl: settings.negative_ttl,
+            failed,
             purges: Arc::default(),
-            stats: CacheStats::default(),
+            options,
+            stats,
         }
     }
 
-    fn is_fresh(&self, e: &Entry<V>) -> bool {
-        fresh(e, self.ttl, self.negative_ttl)
+    fn stats_of(&self, rule: usize) -> &RuleStats {
+        self.stats
+            .get(rule)
+            .unwrap_or_else(|| &self.stats[self.stats.len() - 1])
     }
 
-    /// The entry for `key`: fresh from the cache, or fetched (once for all
-    /// concurrent callers), or stale if the fetch fails and one is at hand.
-    ///
-    /// `fetch` returns the answer to store (EM's 200 or 404) or the error to
-    /// give every waiter; it only runs when no fresh entry exists.
-    pub async fn get<F, Fut>(&self, key: K, fetch: F) -> Result<(Arc<Entry<V>>, Outcome), Arc<E>>
+    /// The entry for `key` by the table in the module docs. `fetch` is
+    /// called only when the source must be asked (now or ahead of expiry).
+    pub async fn get<F, Fut>(&self, key: K, policy: &Policy, fetch: F) -> Result<Served<V>, Arc<E>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
+        let stats = self.stats_of(policy.rule);
         let existing = self.entries.get(&key).await;
-        if let Some(e) = &existing {
-            if self.is_fresh(e) {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok((e.clone(), Outcome::Hit));
-            }
-        }
-        match self.fetch_once(key.clone(), fetch).await {
-            Ok(entry) => {
-                self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                Ok((entry, Outcome::Miss))
-            }
-            Err(error) => match existing {
-                // EM failed: an old positive entry still in moka is within the stale window.
-                Some(e) if !e.is_negative() && error.serves_stale() => {
-                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                    Ok((e, Outcome::Stale))
+        let state = existing.as_ref().map_or(Freshness::Dead, |e| e.freshness());
+        match (state, existing) {
+            (Freshness::Fresh, Some(e)) => {
+                stats.hit();
+                if self.options.refresh_ahead
+                    && !e.is_negative()
+                    && !e.scheduled.swap(true, Ordering::Relaxed)
+                {
+                    self.schedule_ahead(key, &e, fetch);
                 }
-                _ => Err(error),
-            },
+                Ok(Served {
+                    entry: e,
+                    outcome: Outcome::Hit,
+                    collapsed: false,
+                })
+            }
+            (Freshness::Revalidate, Some(e)) => {
+                if !self.failed.contains_key(&key) {
+                    let unless = Unless::NewerThan(e.fetched_at);
+                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch);
+                }
+                stats.stale();
+                Ok(Served {
+                    entry: e,
+                    outcome: Outcome::Stale,
+                    collapsed: false,
+                })
+            }
+            (Freshness::IfError, Some(e)) => {
+                if self.failed.contains_key(&key) {
+                    stats.stale();
+                    return Ok(Served {
+                        entry: e,
+                        outcome: Outcome::Stale,
+                        collapsed: false,
+                    });
+                }
+                let unless = Unless::NewerThan(e.fetched_at);
+                let (rx, started) =
+                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch);
+                match tokio::time::timeout(self.options.stale_wait, wait(rx)).await {
+                    Ok(Landed::Value(entry)) => Ok(self.served(entry, started, stats)),
+                    Ok(Landed::Failed(error)) if error.serves_stale() => {
+                        stats.stale();
+                        Ok(Served {
+                            entry: e,
+                            outcome: Outcome::Stale,
+                            collapsed: false,
+                        })
+                    }
+                    Ok(Landed::Failed(error)) => Err(error),
+                    // Slower than the stale wait: the copy now, the refresh
+                    // goes on in its own task.
+                    Err(_) => {
+                        stats.stale();
+                        Ok(Served {
+                            entry: e,
+                            outcome: Outcome::Stale,
+                            collapsed: false,
+                        })
+                    }
+                }
+            }
+            _ => {
+                let (rx, started) =
+                    self.flight(key, policy, true, Reason::Miss, Unless::Fresh, fetch);
+                match wait(rx).await {
+                    Landed::Value(entry) => Ok(self.served(entry, started, stats)),
+                    Landed::Failed(error) => Err(error),
+                }
+            }
         }
     }
 
-    /// Runs `fetch` unless one is in flight for `key`, and waits for the outcome.
-    async fn fetch_once<F, Fut>(&self, key: K, fetch: F) -> Shared<V, E>
+    /// Fetches `key` again whatever is stored (an operator's `no-cache`),
+    /// sharing a fetch already in flight, and stores the answer.
+    pub async fn refetch<F, Fut>(
+        &self,
+        key: K,
+        policy: &Policy,
+        fetch: F,
+    ) -> Result<Served<V>, Arc<E>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
-        let mut rx = {
-            let Ok(mut flights) = self.flights.lock() else {
-                return Err(Arc::new(E::internal("cache lock poisoned")));
-            };
-            match flights.get(&key) {
-                Some(rx) => rx.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    flights.insert(key.clone(), rx.clone());
-                    self.stats.fetches.fetch_add(1, Ordering::Relaxed);
-                    let job = fetch();
-                    let entries = self.entries.clone();
-                    let (ttl, negative_ttl) = (self.ttl, self.negative_ttl);
-                    let purges = self.purges.clone();
-                    let epoch = purges.load(Ordering::SeqCst);
-                    let guard = FlightGuard {
-                        flights: self.flights.clone(),
-                        key: key.clone(),
+        let stats = self.stats_of(policy.rule);
+        let unless = Unless::NewerThan(Instant::now());
+        let (rx, started) = self.flight(key, policy, true, Reason::Miss, unless, fetch);
+        match wait(rx).await {
+            Landed::Value(entry) => Ok(self.served(entry, started, stats)),
+            Landed::Failed(error) => Err(error),
+        }
+    }
+
+    /// One fetch for every concurrent caller of `key`, nothing stored: the
+    /// collapsing of requests no rule caches.
+    pub async fn collapse<F, Fut>(&self, key: K, fetch: F) -> Result<Served<V>, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+    {
+        let policy = Policy {
+            rule: usize::MAX,
+            ttl: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+        };
+        let (rx, started) = self.flight(key, &policy, false, Reason::Miss, Unless::Fresh, fetch);
+        match wait(rx).await {
+            Landed::Value(entry) => Ok(Served {
+                entry,
+                outcome: Outcome::Miss,
+                collapsed: !started,
+            }),
+            Landed::Failed(error) => Err(error),
+        }
+    }
+
+    fn served(&self, entry: Arc<Entry<V>>, started: bool, stats: &RuleStats) -> Served<V> {
+        if !started {
+            stats.collapsed();
+        }
+        // A value a fetch found in the shared tier is a hit of the gateway's
+        // cache: EM was not asked.
+        let outcome = if entry.shared {
+            stats.hit();
+            Outcome::Hit
+        } else {
+            stats.miss();
+            Outcome::Miss
+        };
+        Served {
+            entry,
+            outcome,
+            collapsed: !started,
+        }
+    }
+
+    /// Schedules the refresh-ahead of an entry read during its TTL: at a
+    /// jittered point in the last quarter of its TTL (so entries filled
+    /// together do not all refresh together), if it is still the stored one.
+    fn schedule_ahead<F, Fut>(&self, key: K, e: &Arc<Entry<V>>, fetch: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+    {
+        let ttl = e.policy.ttl;
+        let at = e.fetched_at + ttl.mul_f64(0.75 + fastrand::f64() * 0.15);
+        let job = fetch();
+        let this = self.handle();
+        let entry = e.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            match this.entries.get(&key).await {
+                Some(now) if Arc::ptr_eq(&now, &entry) => {}
+                // Purged or replaced meanwhile: nothing to do.
+                _ => return,
+            }
+            let policy = entry.policy.clone();
+            let unless = Unless::NewerThan(entry.fetched_at);
+            this.flight(key, &policy, true, Reason::Ahead, unless, move || job);
+        });
+    }
+
+    /// A second handle on the same cache, for background tasks.
+    fn handle(&self) -> Cache<K, V, E> {
+        Cache {
+            entries: self.entries.clone(),
+            flights: self.flights.clone(),
+            failed: self.failed.clone(),
+            purges: self.purges.clone(),
+            options: self.options.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Joins the flight for `key`, or starts one; whether this call started it.
+    fn flight<F, Fut>(
+        &self,
+        key: K,
+        policy: &Policy,
+        store: bool,
+        reason: Reason,
+        unless: Unless,
+        fetch: F,
+    ) -> (Option<Landing<V, E>>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+    {
+        let Ok(mut flights) = self.flights.lock() else {
+            return (None, false);
+        };
+        if let Some(rx) = flights.get(&key) {
+            return (Some(rx.clone()), false);
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(key.clone(), rx.clone());
+        drop(flights);
+        if let Some(s) = self.stats.get(policy.rule) {
+            s.fetch(match reason {
+                Reason::Miss => stats::Refresh::Miss,
+                Reason::Revalidate => stats::Refresh::Revalidate,
+                Reason::Ahead => stats::Refresh::Ahead,
+            });
+        }
+        let job = fetch();
+        let this = self.handle();
+        let policy = policy.clone();
+        let rule = policy.rule;
+        let epoch = self.purges.load(Ordering::SeqCst);
+        let guard = FlightGuard {
+            flights: self.flights.clone(),
+            key: key.clone(),
+        };
+        // Own task: a caller that goes away does not cancel the fetch others wait for.
+        tokio::spawn(async move {
+            if store {
+                // A flight that ended just before this one began may have
+                // stored what we were about to fetch: use it.
+                if let Some(e) = this.entries.get(&key).await {
+                    let enough = match unless {
+                        Unless::Fresh => e.freshness() == Freshness::Fresh,
+                        Unless::NewerThan(t) => e.fetched_at > t,
                     };
-                    // Own task: a client that goes away does not cancel the fetch others wait for.
-                    tokio::spawn(async move {
-                        // A flight that ended just before this one began may
-                        // have stored a fresh entry after our caller read a
-                        // stale one: use it rather than asking EM again.
-                        if let Some(e) = entries.get(&key).await {
-                            if fresh(&e, ttl, negative_ttl) {
-                                drop(guard);
-                                let _ = tx.send(Some(Ok(e)));
-                                return;
-                            }
-                        }
-                        let outcome: Shared<V, E> = match job.await {
-                            Ok(value) => {
-                                let entry = Arc::new(Entry {
-                                    value,
-                                    fetched_at: Instant::now(),
-                                });
-                                // A purge while EM was answering wins: the
-                                // answer goes to the waiters but is not kept.
-                                if purges.load(Ordering::SeqCst) == epoch {
-                                    entries.insert(key, entry.clone()).await;
-                                }
-                                Ok(entry)
-                            }
-                            Err(e) => Err(Arc::new(e)),
-                        };
-                        // Stored before the flight ends, so no second fetch can start in between.
+                    if enough {
                         drop(guard);
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
+                        let _ = tx.send(Some(Landed::Value(e)));
+                        return;
+                    }
                 }
             }
-        };
-        let outcome = match rx.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
-            // The fetch task died (it cannot panic by design, but never hang on it).
-            Err(_) => None,
-        };
-        outcome.unwrap_or_else(|| Err(Arc::new(E::internal("fetch ended without an answer"))))
+            let landed = match job.await {
+                Ok(fetched) => {
+                    this.failed.invalidate(&key);
+                    let entry = Arc::new(Entry::new(fetched, policy));
+                    let weight = entry.value.weight() + OVERHEAD;
+                    let stats = this.stats.get(entry.policy.rule);
+                    if !store {
+                    } else if weight > this.options.max_entry_bytes {
+                        if let Some(s) = stats {
+                            s.oversize();
+                        }
+                    } else if this.purges.load(Ordering::SeqCst) == epoch {
+                        // A purge while the source was answering wins: the
+                        // answer goes to the waiters but is not kept.
+                        if let Some(s) = stats {
+                            s.stored(weight);
+                        }
+                        this.entries.insert(key, entry.clone()).await;
+                    }
+                    Landed::Value(entry)
+                }
+                Err(e) => {
+                    if let Some(s) = this.stats.get(rule) {
+                        s.error();
+                    }
+                    if e.serves_stale() {
+                        this.failed.insert(key, ());
+                    }
+                    Landed::Failed(Arc::new(e))
+                }
+            };
+            // Stored before the flight ends, so no second fetch can start in between.
+            drop(guard);
+            let _ = tx.send(Some(landed));
+        });
+        (Some(rx), true)
     }
 
     /// Drops every entry (and what fetches in flight would store).
@@ -299,6 +669,19 @@ where
         }
     }
 
+    /// Drops every entry whose key `matches` (and what fetches in flight would store).
+    pub fn purge_where(&self, matches: impl Fn(&K) -> bool + Send + Sync + 'static) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+        if self
+            .entries
+            .invalidate_entries_if(move |k, _| matches(k))
+            .is_err()
+        {
+            // Only possible without `support_invalidation_closures`, which is set.
+            self.entries.invalidate_all();
+        }
+    }
+
     /// Entries held (approximate, moka's count).
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
@@ -309,27 +692,43 @@ where
         self.entries.weighted_size()
     }
 
+    /// Counters of one rule.
+    pub fn rule_stats(&self, rule: usize) -> StatsSnapshot {
+        self.stats_of(rule).snapshot()
+    }
+
+    /// The stored entries (for the status page's busiest keys); a snapshot.
+    pub fn entries(&self) -> Vec<(Arc<K>, Arc<Entry<V>>)> {
+        self.entries.iter().collect()
+    }
+
     /// Lets moka finish pending bookkeeping (evictions), for exact counts.
     pub async fn settle(&self) {
         self.entries.run_pending_tasks().await;
     }
 }
 
-/// Whether an entry is within its TTL (or negative TTL).
-fn fresh<V: Stored>(e: &Entry<V>, ttl: Duration, negative_ttl: Duration) -> bool {
-    let limit = if e.is_negative() { negative_ttl } else { ttl };
-    e.fetched_at.elapsed() < limit
+/// Waits for a flight to land; a flight whose task died lands as an internal error.
+async fn wait<V, E: Failure>(rx: Option<Landing<V, E>>) -> Landed<V, E> {
+    let landed = match rx {
+        Some(mut rx) => match rx.wait_for(Option::is_some).await {
+            Ok(l) => l.clone(),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    landed.unwrap_or_else(|| Landed::Failed(Arc::new(E::internal("fetch ended without an answer"))))
 }
 
 /// Removes a key's flight when the fetch task ends, however it ends.
-struct FlightGuard<K: std::hash::Hash + Eq, V, E> {
+struct FlightGuard<K: Hash + Eq, V, E> {
     /// The shared flight table.
     flights: Flights<K, V, E>,
     /// The key to remove.
     key: K,
 }
 
-impl<K: std::hash::Hash + Eq, V, E> Drop for FlightGuard<K, V, E> {
+impl<K: Hash + Eq, V, E> Drop for FlightGuard<K, V, E> {
     fn drop(&mut self) {
         if let Ok(mut f) = self.flights.lock() {
             f.remove(&self.key);

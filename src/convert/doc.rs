@@ -19,6 +19,8 @@ use quick_xml::Reader;
 use super::json::is_xml_ws;
 use super::ConvertError;
 
+/// Attributes one element may have (EM's have a handful).
+pub(crate) const MAX_ATTRS: usize = 64;
 /// Deepest element nesting accepted. EM's documents nest about ten levels;
 /// the bound keeps the recursive writer's stack use small whatever the input.
 pub(crate) const MAX_DEPTH: usize = 256;
@@ -546,6 +548,11 @@ fn scan_attrs(
         }
         let key_off = content_off + k0 as u32;
         let key_len = u16::try_from(key.len()).map_err(|_| "attribute name too long")?;
+        // The duplicate check compares with every earlier attribute of the
+        // element: bounded, so a hostile document cannot make it quadratic.
+        if doc.attrs.len() - attr_lo >= MAX_ATTRS {
+            return Err(format!("more than {MAX_ATTRS} attributes on one element"));
+        }
         let dup = doc.attrs[attr_lo..].iter().any(|a| {
             usize::from(a.key_len) == key.len()
                 && doc.input.get(a.key_off as usize) == key.first()

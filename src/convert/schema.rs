@@ -163,6 +163,19 @@ pub(crate) fn root_type(name: &[u8]) -> Ty {
         .map_or(Ty::Unknown, |i| ROOTS[i].1)
 }
 
+/// How `Links` converts: EM's link list, a plain array of `Link` objects,
+/// whatever element holds it (types newer than the schema too).
+pub(crate) fn links_type() -> Ty {
+    static LINKS: std::sync::OnceLock<Ty> = std::sync::OnceLock::new();
+    *LINKS.get_or_init(|| {
+        TYPES
+            .iter()
+            .flat_map(|t| t.members.iter())
+            .find(|m| m.xml == "Links")
+            .map_or(Ty::Unknown, |m| m.ty)
+    })
+}
+
 /// The scalar type of a member named `name` where no type declares it: a
 /// number or boolean when every schema declaration and every docs table that
 /// mentions the name agree on it (`MaxConcurrentTasks`, `DayOfMonth`).

@@ -1226,3 +1226,46 @@ fn randomized_inputs_never_panic() {
         let _ = root_name(&doc);
     }
 }
+
+#[test]
+fn links_are_a_plain_array_in_types_the_schema_does_not_know() {
+    // A newer EM resource (agents' discovered computers) the 9.5 schema lacks.
+    let got = pascal(
+        "<DiscoveredComputer Href=\"h\" Name=\"pc1\">\
+           <Links><Link Rel=\"Up\" Href=\"u\" Type=\"ProtectionGroup\"/><Link Rel=\"Alternate\" Href=\"a\"/></Links>\
+           <Nested><Links><Link Rel=\"Down\" Href=\"d\"/></Links></Nested>\
+         </DiscoveredComputer>",
+    );
+    assert_eq!(
+        got["Links"],
+        json!([
+            {"Rel": "Up", "Href": "u", "Name": null, "Type": "ProtectionGroup"},
+            {"Rel": "Alternate", "Href": "a", "Name": null, "Type": null}
+        ]),
+        "{got}"
+    );
+    assert_eq!(got["Nested"]["Links"][0]["Rel"], "Down", "{got}");
+    let camel = convert(
+        b"<DiscoveredComputer><Links><Link Rel=\"Up\" Href=\"u\"/></Links></DiscoveredComputer>",
+        Case::Camel,
+        None,
+    );
+    assert_eq!(camel["links"][0]["rel"], "Up", "{camel}");
+}
+
+#[test]
+fn an_element_with_too_many_attributes_is_refused_not_slow() {
+    let attrs: String = (0..schema_attr_limit())
+        .map(|i| format!(" a{i}=\"{i}\""))
+        .collect();
+    pascal(&format!("<Ref{attrs}/>"));
+    let too_many = format!("<Ref{attrs} last=\"x\"/>");
+    assert!(matches!(
+        err(too_many.as_bytes()),
+        ConvertError::Malformed(_)
+    ));
+}
+
+fn schema_attr_limit() -> usize {
+    super::doc::MAX_ATTRS
+}

@@ -15,7 +15,7 @@ use super::doc::{self, Doc, Kind, HAS_ELEM, HAS_TEXT, NIL};
 use super::json::{escape_into, number_into, parse_bool, trim_xml_ws};
 use super::rewrite::{replace_with, Rewriter};
 use super::schema::{
-    bit, name_scalar, root_type, type_def, Scalar, Ty, TypeDef, NULLABLE, REPEATED,
+    bit, links_type, name_scalar, root_type, type_def, Scalar, Ty, TypeDef, NULLABLE, REPEATED,
 };
 use super::{Case, ConvertError};
 
@@ -472,6 +472,9 @@ impl<'d, 'a, 'r> Writer<'d, 'a, 'r> {
 /// The type of an element no schema type declares: a number or boolean if
 /// the schema and the docs agree on it for that name, else generic.
 fn unknown_ty(name: &[u8]) -> Ty {
+    if name == b"Links" {
+        return links_type();
+    }
     match name_scalar(name) {
         Some(k) => Ty::Scalar(k),
         None => Ty::Unknown,

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
+use crate::cache::Policy;
+
 use crate::config::Settings;
 use crate::em::session::SessionPool;
 use crate::gateway::clients::Clients;
@@ -23,6 +25,8 @@ pub struct App {
     pub pool: Arc<SessionPool>,
     /// The vmRestorePoints cache.
     pub cache: VmPointsCache,
+    /// Lifetimes of vmRestorePoints entries.
+    pub vm_policy: Policy,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// Renders `/metrics` (`None` if another metrics recorder owns the process).

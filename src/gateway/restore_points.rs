@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue, AGE};
 use http::{Method, Response, StatusCode};
 
-use crate::cache::{Cache, Outcome};
+use crate::cache::{Cache, Fetched, Outcome, Served};
 use crate::em::session::EmError;
 use crate::gateway::app::App;
 use crate::gateway::error::GatewayError;
@@ -135,7 +135,7 @@ pub async fn serve(
                 .map_err(EmError::Upstream)?;
             let prepared = Prepared::from_em(&em, base, case)?;
             match em.status {
-                StatusCode::OK | StatusCode::NOT_FOUND => Ok(prepared),
+                StatusCode::OK | StatusCode::NOT_FOUND => Ok(Fetched::fresh(prepared)),
                 status => Err(GatewayError::Em {
                     status,
                     prepared: Box::new(prepared),
@@ -144,8 +144,8 @@ pub async fn serve(
         }
     };
     let head = method == Method::HEAD;
-    match app.cache.get(key, fetch).await {
-        Ok((entry, outcome)) => {
+    match app.cache.get(key, &app.vm_policy, fetch).await {
+        Ok(Served { entry, outcome, .. }) => {
             let (body, content_type) = entry.value.body_for(xml, public);
             let mut response = Response::new(if head {
                 Body::default()

@@ -291,11 +291,11 @@ async fn metrics(app: &App) -> Response<Body> {
     };
     // moka's counts trail its inserts until its housekeeping runs.
     app.cache.settle().await;
-    let stats = &app.cache.stats;
+    let stats = app.cache.rule_stats(0);
     let snapshot = crate::ops::metrics::Snapshot {
-        cache_hits: stats.hits.load(Ordering::Relaxed),
-        cache_misses: stats.misses.load(Ordering::Relaxed),
-        cache_stale: stats.stale.load(Ordering::Relaxed),
+        cache_hits: stats.hits,
+        cache_misses: stats.misses,
+        cache_stale: stats.stale,
         cache_entries: app.cache.entry_count(),
         cache_bytes: app.cache.weighted_size(),
         logons_ok: app.pool.stats.logons_ok.load(Ordering::Relaxed),

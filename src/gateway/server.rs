@@ -26,7 +26,8 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::{ConfigError, Settings, UpstreamTrust};
+use crate::cache::{Options, Policy};
+use crate::config::{CacheSettings, ConfigError, Settings, UpstreamTrust};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
 use crate::gateway::admin::ADMIN_RATE;
@@ -133,7 +134,14 @@ impl Gateway {
         let work = Arc::new(Semaphore::new(settings.listen.max_concurrency));
         let local_addr = listener.local_addr().unwrap_or(addr);
         let app = Arc::new(App {
-            cache: VmPointsCache::new(&settings.cache),
+            cache: VmPointsCache::new(cache_options(&settings.cache), 1),
+            vm_policy: Policy {
+                rule: 0,
+                ttl: settings.cache.ttl,
+                stale_while_revalidate: std::time::Duration::ZERO,
+                stale_if_error: settings.cache.stale_if_error,
+                negative_ttl: settings.cache.negative_ttl,
+            },
             clients,
             settings,
             pool,
@@ -273,6 +281,22 @@ impl Gateway {
             tracing::warn!("EM logout did not finish in time; leaving the session to expire");
         }
         tracing::info!("stopped");
+    }
+}
+
+/// A failed refresh is remembered this long (stale entries are served
+/// without asking EM again meanwhile).
+const FAILED_REFRESH_MEMORY: Duration = Duration::from_secs(5);
+
+/// The cache's bounds from the settings: one answer may use at most an
+/// eighth of the cache, so no single answer can evict most of it.
+fn cache_options(settings: &CacheSettings) -> Options {
+    Options {
+        max_bytes: settings.max_bytes,
+        max_entry_bytes: usize::try_from(settings.max_bytes / 8).unwrap_or(usize::MAX),
+        stale_wait: settings.stale_wait,
+        refresh_ahead: false,
+        failed_memory: FAILED_REFRESH_MEMORY,
     }
 }
 

@@ -28,8 +28,39 @@ const SESSION_COOKIE: &str = "X-RestSvcSessionId";
 const WWW_AUTHENTICATE: &str = "Basic Realm=RestSvc";
 const SERVER: &str = "emgate-sim";
 
-/// The response body type.
-pub(crate) type Body = Full<Bytes>;
+/// The response body: whole, or (the `Stall` fault) a first part and then
+/// nothing more.
+pub(crate) enum Body {
+    /// The whole body.
+    Full(Full<Bytes>),
+    /// What is sent before the stall; afterwards the body never ends.
+    Stalled(Option<Bytes>),
+}
+
+impl Body {
+    fn new(bytes: Bytes) -> Body {
+        Body::Full(Full::new(bytes))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Body::Full(full) => std::pin::Pin::new(full).poll_frame(cx),
+            Body::Stalled(first) => match first.take() {
+                Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+                // Never wakes: the connection is aborted when the simulator stops.
+                None => std::task::Poll::Pending,
+            },
+        }
+    }
+}
 
 /// Representation asked for by `Accept` (every docs page: XML unless the client
 /// asks for `application/json`).
@@ -125,7 +156,7 @@ pub(crate) async fn handle<B>(
     });
     tracing::debug!(method = %req.method(), uri = %req.uri(), "sim request");
 
-    let latency = state.latency();
+    let latency = state.latency(req.uri().path());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -135,7 +166,10 @@ pub(crate) async fn handle<B>(
     let head = req.method() == Method::HEAD;
     let base = request_base(&state, &req);
 
-    if let Some(fault) = state.fault_for(route.fault_class()) {
+    let fault = state
+        .fault_for(route.fault_class())
+        .or_else(|| state.path_fault(req.uri().path()));
+    if let Some(fault) = fault {
         return match fault {
             Fault::Status(code) => {
                 let status =
@@ -177,6 +211,28 @@ pub(crate) async fn handle<B>(
                 ))
             }
             Fault::Garbage => Ok(garbage(format, &base, head)),
+            Fault::Stall => {
+                let full = answer(
+                    &state,
+                    &route,
+                    req.method(),
+                    req.headers(),
+                    req.uri().query(),
+                    format,
+                    head,
+                    &base,
+                );
+                let (parts, body) = full.into_parts();
+                let bytes = match body {
+                    Body::Full(f) => http_body_util::BodyExt::collect(f)
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default(),
+                    Body::Stalled(b) => b.unwrap_or_default(),
+                };
+                let half = bytes.slice(..bytes.len() / 2);
+                Ok(Response::from_parts(parts, Body::Stalled(Some(half))))
+            }
         };
     }
 
@@ -532,7 +588,7 @@ fn with_body(
     } else {
         Bytes::from(body)
     };
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(Body::new(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -542,7 +598,7 @@ fn with_body(
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(Body::new(Bytes::new()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::SERVER, HeaderValue::from_static(SERVER));

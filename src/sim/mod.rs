@@ -111,6 +111,10 @@ pub enum Fault {
     Reset,
     /// Answer 200 with a body that breaks off mid-document (not valid XML or JSON).
     Garbage,
+    /// Answer the real document's status and headers (its full
+    /// `Content-Length`), send the first half of the body, then nothing more:
+    /// a client holding room for the whole body holds it until it gives up.
+    Stall,
 }
 
 /// Which requests a fault applies to.
@@ -283,6 +287,20 @@ impl Sim {
     /// Sets (`Some`) or clears (`None`) the fault for a target.
     pub fn set_fault(&self, target: FaultTarget, fault: Option<Fault>) {
         self.state.set_fault(target, fault);
+    }
+
+    /// Sets (`Some`) or clears (`None`) a fault for every request whose path
+    /// starts with `prefix` (ignoring ASCII case), session or not: a resource
+    /// that fails on its own. A fault set with [`Sim::set_fault`] wins.
+    pub fn set_path_fault(&self, prefix: &str, fault: Option<Fault>) {
+        self.state.set_path_fault(prefix, fault);
+    }
+
+    /// Sets (`Some`) or clears (`None`) the delay of requests whose path starts
+    /// with `prefix` (ignoring ASCII case), in place of the global latency: a
+    /// slow resource. The longest matching prefix wins.
+    pub fn set_path_latency(&self, prefix: &str, latency: Option<Duration>) {
+        self.state.set_path_latency(prefix, latency);
     }
 
     pub fn stats(&self) -> SimStats {

@@ -91,6 +91,10 @@ pub(crate) struct State {
     /// Delay added before answering each request, in nanoseconds.
     latency_ns: AtomicU64,
     faults: Mutex<Faults>,
+    /// Faults by path prefix (lowercase).
+    path_faults: Mutex<Vec<(String, Fault)>>,
+    /// Latency by path prefix (lowercase), longest prefix first.
+    path_latency: Mutex<Vec<(String, Duration)>>,
     sessions: Mutex<HashMap<Uuid, Session>>,
     next_seq: AtomicU64,
     pub counters: Counters,
@@ -123,6 +127,8 @@ impl State {
             session_idle,
             latency_ns: AtomicU64::new(duration_ns(latency)),
             faults: Mutex::new(Faults::default()),
+            path_faults: Mutex::new(Vec::new()),
+            path_latency: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(0),
             counters: Counters::default(),
@@ -130,8 +136,43 @@ impl State {
         }
     }
 
-    pub fn latency(&self) -> Duration {
-        Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed))
+    /// The delay before answering a request for `path`.
+    pub fn latency(&self, path: &str) -> Duration {
+        let path = path.to_ascii_lowercase();
+        lock(&self.path_latency)
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, d)| *d)
+            .unwrap_or_else(|| Duration::from_nanos(self.latency_ns.load(Ordering::Relaxed)))
+    }
+
+    pub fn set_path_latency(&self, prefix: &str, latency: Option<Duration>) {
+        let prefix = prefix.to_ascii_lowercase();
+        let mut list = lock(&self.path_latency);
+        list.retain(|(p, _)| *p != prefix);
+        if let Some(d) = latency {
+            list.push((prefix, d));
+            list.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        }
+    }
+
+    pub fn set_path_fault(&self, prefix: &str, fault: Option<Fault>) {
+        let prefix = prefix.to_ascii_lowercase();
+        let mut list = lock(&self.path_faults);
+        list.retain(|(p, _)| *p != prefix);
+        if let Some(f) = fault {
+            list.push((prefix, f));
+            list.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        }
+    }
+
+    /// The fault set for `path`'s prefix, if any.
+    pub fn path_fault(&self, path: &str) -> Option<Fault> {
+        let path = path.to_ascii_lowercase();
+        lock(&self.path_faults)
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, f)| *f)
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -226,7 +267,10 @@ impl State {
             (FaultTarget::Logon, f) => faults.logon = f,
             (FaultTarget::Data, f) => faults.data = f,
             // Clearing `All` clears every target: "no faults at all".
-            (FaultTarget::All, None) => *faults = Faults::default(),
+            (FaultTarget::All, None) => {
+                *faults = Faults::default();
+                lock(&self.path_faults).clear();
+            }
             (FaultTarget::All, f) => faults.all = f,
         }
     }
