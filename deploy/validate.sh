@@ -6,8 +6,9 @@
 #      kubernetes-validate knows; kustomization.yaml's resources exist, and
 #      `kubectl kustomize` renders them when kubectl is on the PATH;
 #   2. the manifests agree with each other: every *_FILE setting points at a
-#      key of the mounted Secret, and the pod's stop budget covers the preStop
-#      sleep plus the drain timeout;
+#      key of the mounted Secret, the pod's stop budget covers the preStop
+#      sleep plus the drain timeout, and its memory limit covers the cache
+#      bound + the upstream memory budget + a 64Mi baseline;
 #   3. grafana-dashboard.json parses, and its queries name only the metrics of
 #      the contract;
 #   4. `emgate check-config` accepts the settings of every emgate container
@@ -114,6 +115,17 @@ def seconds(s):
     assert m, f"not a duration: {s!r}"
     return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]]
 
+def size(s, kubernetes=False):
+    """A size as emgate reads it (512KiB, 256MiB, 1GB = 2^30: all binary), or
+    as Kubernetes does (512Mi, 1Gi binary; 512M, 1G decimal)."""
+    m = re.fullmatch(r"(\d+)\s*([A-Za-z]*)", str(s).strip())
+    assert m, f"not a size: {s!r}"
+    unit = m[2] if kubernetes else m[2].lower().rstrip("b").rstrip("i")
+    mult = ({"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+            if kubernetes else {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30})
+    assert unit in mult, f"unknown size unit in {s!r}"
+    return int(m[1]) * mult[unit]
+
 configmaps = {d["metadata"]["name"]: d.get("data", {})
               for f in os.listdir(k8s) if f.endswith(".yaml") and f != "kustomization.yaml"
               for d in load(f) if d["kind"] == "ConfigMap"}
@@ -171,6 +183,15 @@ for manifest in ("deployment.yaml", "sidecar-example.yaml"):
             assert sleep + drain + 5 <= grace, \
                 f"{where}: terminationGracePeriodSeconds {grace} < preStop {sleep}s + drain {drain}s + 5s"
             print(f"{where}: stop budget {grace}s >= preStop {sleep}s + drain {drain:g}s + 5s")
+            # The memory budget: cache + EM answers in flight + baseline <= limit.
+            limit = size(c.get("resources", {}).get("limits", {}).get("memory", "0"), kubernetes=True)
+            cache = size(env.get("EMGATE_CACHE_MAX_BYTES", "256MiB"))
+            upstream = size(env.get("EMGATE_UPSTREAM_MEMORY", "256MiB"))
+            baseline = 64 << 20
+            assert limit > 0, f"{where}: no memory limit"
+            assert cache + upstream + baseline <= limit, \
+                f"{where}: memory limit {limit >> 20}Mi < cache {cache >> 20}MiB + upstream {upstream >> 20}MiB + baseline 64Mi"
+            print(f"{where}: memory limit {limit >> 20}Mi >= cache {cache >> 20}MiB + upstream {upstream >> 20}MiB + baseline 64Mi")
             # The environment for check-config.
             n += 1
             with open(os.path.join(tmp, f"env.{n}"), "w") as out:

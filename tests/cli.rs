@@ -65,6 +65,22 @@ fn check_config_exits_1_with_a_one_line_reason_naming_the_setting() {
             "EMGATE_UPSTREAM_CA_FILE",
         ),
         ("EMGATE_CACHE_MAX_BYTES", "lots", "EMGATE_CACHE_MAX_BYTES"),
+        // A blank or short admin token would make admin authentication a formality.
+        ("EMGATE_ADMIN_TOKEN", "   ", "EMGATE_ADMIN_TOKEN"),
+        (
+            "EMGATE_ADMIN_TOKEN",
+            "  short-token  ",
+            "EMGATE_ADMIN_TOKEN",
+        ),
+        // Plain http would send the EM password in clear.
+        (
+            "EMGATE_UPSTREAM_URL",
+            "http://em.example:9398",
+            "EMGATE_UPSTREAM_URL",
+        ),
+        // The largest answer and its conversion must fit the memory budget.
+        ("EMGATE_UPSTREAM_MEMORY", "100MiB", "EMGATE_UPSTREAM_MEMORY"),
+        ("EMGATE_MAX_CONNECTIONS", "0", "EMGATE_MAX_CONNECTIONS"),
     ];
     for (name, value, named) in cases {
         let mut env = GOOD.to_vec();
@@ -105,7 +121,7 @@ fn check_config_refuses_unknown_keys_in_the_file_and_serve_validates_the_same_wa
 }
 
 #[test]
-fn the_shipped_example_config_is_valid() {
+fn the_shipped_example_config_is_valid_and_documents_every_setting() {
     // The file leaves the password to the environment, as it recommends.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/emgate.toml");
     let out = emgate(
@@ -117,6 +133,17 @@ fn the_shipped_example_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Every setting check-config knows is in the example, with its variable.
+    let file = std::fs::read_to_string(path).unwrap();
+    let effective = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in effective.lines() {
+        let Some(var) = line.rsplit("# ").next().and_then(|v| v.split(',').next()) else {
+            continue;
+        };
+        if var.starts_with("EMGATE_") {
+            assert!(file.contains(var.trim()), "config/emgate.toml lacks {var}");
+        }
+    }
 }
 
 #[test]

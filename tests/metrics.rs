@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use http::StatusCode;
 
-/// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.split_whitespace().next() == Some(series))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_hits_misses_requests_and_one_logon() {
     let sim = start_sim(sim_config()).await;
@@ -71,22 +62,38 @@ async fn metrics_count_hits_misses_requests_and_one_logon() {
         "{m}"
     );
     assert_eq!(
-        sample(&m, "emgate_cache_requests_total{result=\"hit\"}"),
+        sample(
+            &m,
+            "emgate_cache_requests_total{rule=\"vm_restore_points\",result=\"hit\"}"
+        ),
         Some(2.0),
         "{m}"
     );
     assert_eq!(
-        sample(&m, "emgate_cache_requests_total{result=\"miss\"}"),
+        sample(
+            &m,
+            "emgate_cache_requests_total{rule=\"vm_restore_points\",result=\"miss\"}"
+        ),
         Some(1.0),
         "{m}"
     );
     assert_eq!(
-        sample(&m, "emgate_cache_requests_total{result=\"stale\"}"),
+        sample(
+            &m,
+            "emgate_cache_requests_total{rule=\"vm_restore_points\",result=\"stale\"}"
+        ),
         Some(0.0),
         "{m}"
     );
-    assert_eq!(sample(&m, "emgate_cache_entries"), Some(1.0), "{m}");
-    assert!(sample(&m, "emgate_cache_bytes").unwrap() > 500.0, "{m}");
+    assert_eq!(
+        sample(&m, "emgate_cache_entries{rule=\"vm_restore_points\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "emgate_cache_bytes{rule=\"vm_restore_points\"}").unwrap() > 500.0,
+        "{m}"
+    );
     assert_eq!(
         sample(&m, "emgate_upstream_logons_total{result=\"ok\"}"),
         Some(1.0),
@@ -141,8 +148,8 @@ async fn the_cache_stays_within_its_byte_bound_when_filled() {
     let mut bytes = f64::MAX;
     for _ in 0..20 {
         let m = http.get(&gw.url("/metrics"), &[]).await.body;
-        bytes = sample(&m, "emgate_cache_bytes").unwrap();
-        let entries = sample(&m, "emgate_cache_entries").unwrap();
+        bytes = sample(&m, "emgate_cache_bytes{rule=\"vm_restore_points\"}").unwrap();
+        let entries = sample(&m, "emgate_cache_entries{rule=\"vm_restore_points\"}").unwrap();
         if bytes <= 64.0 * 1024.0 && entries > 0.0 {
             break;
         }

@@ -289,8 +289,11 @@ impl<V, E> Clone for Landed<V, E> {
 /// Where a flight's waiters learn how it landed.
 type Landing<V, E> = watch::Receiver<Option<Landed<V, E>>>;
 
+/// A flight's landing and when it began.
+type Joined<V, E> = (Landing<V, E>, Instant);
+
 /// Fetches in flight, one per key.
-type Flights<K, V, E> = Arc<Mutex<HashMap<K, Landing<V, E>>>>;
+type Flights<K, V, E> = Arc<Mutex<HashMap<K, Joined<V, E>>>>;
 
 /// Per-entry lifetimes for moka: each entry lives as long as its rule makes it useful.
 struct Lifetimes;
@@ -423,7 +426,13 @@ where
                 let unless = Unless::NewerThan(e.fetched_at);
                 let (rx, started) =
                     self.flight(key, policy, true, Reason::Revalidate, unless, fetch);
-                match tokio::time::timeout(self.options.stale_wait, wait(rx)).await {
+                // A refresh that has already run longer than the stale wait
+                // (EM hanging) gets no more waiting from later callers.
+                let waited = rx
+                    .as_ref()
+                    .map_or(Duration::ZERO, |(_, began)| began.elapsed());
+                let patience = self.options.stale_wait.saturating_sub(waited);
+                match tokio::time::timeout(patience, wait(rx)).await {
                     Ok(Landed::Value(entry)) => Ok(self.served(entry, started, stats)),
                     Ok(Landed::Failed(error)) if error.serves_stale() => {
                         stats.stale();
@@ -570,7 +579,7 @@ where
         reason: Reason,
         unless: Unless,
         fetch: F,
-    ) -> (Option<Landing<V, E>>, bool)
+    ) -> (Option<Joined<V, E>>, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
@@ -578,11 +587,12 @@ where
         let Ok(mut flights) = self.flights.lock() else {
             return (None, false);
         };
-        if let Some(rx) = flights.get(&key) {
-            return (Some(rx.clone()), false);
+        if let Some((rx, began)) = flights.get(&key) {
+            return (Some((rx.clone(), *began)), false);
         }
         let (tx, rx) = watch::channel(None);
-        flights.insert(key.clone(), rx.clone());
+        let began = Instant::now();
+        flights.insert(key.clone(), (rx.clone(), began));
         drop(flights);
         if let Some(s) = self.stats.get(policy.rule) {
             s.fetch(match reason {
@@ -652,7 +662,7 @@ where
             drop(guard);
             let _ = tx.send(Some(landed));
         });
-        (Some(rx), true)
+        (Some((rx, began)), true)
     }
 
     /// Drops every entry (and what fetches in flight would store).
@@ -709,9 +719,9 @@ where
 }
 
 /// Waits for a flight to land; a flight whose task died lands as an internal error.
-async fn wait<V, E: Failure>(rx: Option<Landing<V, E>>) -> Landed<V, E> {
+async fn wait<V, E: Failure>(rx: Option<Joined<V, E>>) -> Landed<V, E> {
     let landed = match rx {
-        Some(mut rx) => match rx.wait_for(Option::is_some).await {
+        Some((mut rx, _)) => match rx.wait_for(Option::is_some).await {
             Ok(l) => l.clone(),
             Err(_) => None,
         },

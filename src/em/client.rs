@@ -120,6 +120,8 @@ pub struct Upstream {
     queue_wait: Duration,
     /// The memory budget, in bytes.
     memory: Arc<Semaphore>,
+    /// Its size.
+    memory_total: usize,
 }
 
 impl Upstream {
@@ -152,6 +154,7 @@ impl Upstream {
             concurrency: settings.concurrency,
             queue_wait: settings.queue_wait,
             memory: Arc::new(Semaphore::new(memory)),
+            memory_total: memory,
         })
     }
 
@@ -233,6 +236,12 @@ impl Upstream {
             .await
     }
 
+    /// Bytes of the memory budget held now (EM answers and conversions).
+    pub fn memory_held(&self) -> usize {
+        self.memory_total
+            .saturating_sub(self.memory.available_permits())
+    }
+
     /// Reserves `bytes` of the memory budget (to convert an answer), waiting
     /// at most the queue wait.
     pub async fn reserve(&self, bytes: usize) -> Result<Reservation, UpstreamError> {
@@ -282,12 +291,17 @@ impl Upstream {
         // A place among the client requests to EM, waiting at most the queue wait.
         let _place = match lane {
             Lane::Session => None,
-            Lane::Client => Some(
-                tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
+            Lane::Client => {
+                match tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
                     .await
-                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?
-                    .map_err(|_| UpstreamError::Saturated(self.concurrency))?,
-            ),
+                {
+                    Ok(Ok(place)) => Some(place),
+                    _ => {
+                        crate::ops::metrics::upstream_saturated();
+                        return Err(UpstreamError::Saturated(self.concurrency));
+                    }
+                }
+            }
         };
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, self.exchange(request, keep)).await {

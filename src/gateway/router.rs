@@ -291,18 +291,7 @@ async fn metrics(app: &App) -> Response<Body> {
     };
     // moka's counts trail its inserts until its housekeeping runs.
     app.cache.settle().await;
-    let stats = app.cache.rule_stats(0);
-    let snapshot = crate::ops::metrics::Snapshot {
-        cache_hits: stats.hits,
-        cache_misses: stats.misses,
-        cache_stale: stats.stale,
-        cache_entries: app.cache.entry_count(),
-        cache_bytes: app.cache.weighted_size(),
-        logons_ok: app.pool.stats.logons_ok.load(Ordering::Relaxed),
-        logons_failed: app.pool.stats.logons_failed.load(Ordering::Relaxed),
-        session_valid: app.pool.is_valid(),
-        client_sessions: app.sessions.count() as u64,
-    };
+    let snapshot = metrics_snapshot(app);
     let mut r = Response::new(Body::new(Bytes::from(crate::ops::metrics::render(
         handle, &snapshot,
     ))));
@@ -311,6 +300,48 @@ async fn metrics(app: &App) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
+}
+
+/// What the modules count, copied for `/metrics` (and the status page).
+pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
+    use crate::ops::metrics::{RuleSnapshot, SessionSnapshot, Snapshot};
+    let rule = |i: usize, name: &str| {
+        let s = app.cache.rule_stats(i);
+        RuleSnapshot {
+            name: name.to_string(),
+            hits: s.hits,
+            misses: s.misses,
+            stale: s.stale,
+            collapsed: s.collapsed,
+            fetch_miss: s.fetch_miss,
+            fetch_revalidate: s.fetch_revalidate,
+            fetch_ahead: s.fetch_ahead,
+            oversize: s.oversize,
+            entries: s.entries,
+            bytes: s.bytes,
+        }
+    };
+    let p = &app.pool.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let refused = get(&p.logons_refused);
+    let checks = get(&p.checks);
+    let alive = get(&p.checks_alive);
+    Snapshot {
+        rules: vec![rule(0, "vm_restore_points")],
+        collapsed_uncached: 0,
+        session: SessionSnapshot {
+            logons_ok: get(&p.logons_ok),
+            logons_failed: get(&p.logons_failed).saturating_sub(refused),
+            logons_refused: refused,
+            relogons: get(&p.relogons),
+            checks_alive: alive,
+            checks_gone: checks.saturating_sub(alive),
+            valid: app.pool.is_valid(),
+            paused: matches!(app.pool.state(), SessionState::Failing { paused: true, .. }),
+        },
+        client_sessions: app.sessions.count() as u64,
+        upstream_memory: app.pool.upstream().memory_held() as u64,
+    }
 }
 
 fn log_error(e: &GatewayError) {

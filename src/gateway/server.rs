@@ -33,7 +33,7 @@ use crate::em::session::SessionPool;
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::clients::Clients;
-use crate::gateway::conn::Activity;
+use crate::gateway::conn::{Activity, Expired};
 use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::request_id;
@@ -217,9 +217,11 @@ impl Gateway {
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
+            crate::ops::metrics::connections(1.0);
             tokio::spawn(async move {
                 // Held for the connection's life: frees a place when it ends.
                 let _place = place;
+                let _open = OpenConnection;
                 let serve = async {
                     match tls {
                         None => {
@@ -252,6 +254,10 @@ impl Gateway {
                     }
                     why = activity.expired(header_timeout, idle_timeout) => {
                         tracing::debug!(%peer, ?why, "connection closed by its deadline");
+                        crate::ops::metrics::connection_closed(match why {
+                            Expired::NoRequest => "no_request",
+                            Expired::Idle => "idle",
+                        });
                     }
                 }
             });
@@ -297,6 +303,15 @@ fn cache_options(settings: &CacheSettings) -> Options {
         stale_wait: settings.stale_wait,
         refresh_ahead: false,
         failed_memory: FAILED_REFRESH_MEMORY,
+    }
+}
+
+/// Counts an open connection down when its task ends, however it ends.
+struct OpenConnection;
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::ops::metrics::connections(-1.0);
     }
 }
 

@@ -41,48 +41,80 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    metrics::describe_counter!(
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
         "emgate_requests_total",
         "Requests served, by route template and status."
     );
-    metrics::describe_histogram!(
+    describe_histogram!(
         "emgate_request_duration_seconds",
-        metrics::Unit::Seconds,
+        Unit::Seconds,
         "Time to answer a request, by route template."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "emgate_cache_requests_total",
-        "vmRestorePoints cache lookups, by result (hit, miss, stale)."
+        "Cache lookups, by rule and result (hit, miss, stale)."
     );
-    metrics::describe_gauge!(
-        "emgate_cache_entries",
-        "Entries in the vmRestorePoints cache."
+    describe_counter!(
+        "emgate_cache_collapsed_total",
+        "Requests that shared an EM fetch another request started, by rule (uncached: no rule caches the route)."
     );
-    metrics::describe_gauge!(
+    describe_counter!(
+        "emgate_cache_refreshes_total",
+        "EM fetches of the cache, by rule and reason (miss, revalidate, ahead)."
+    );
+    describe_counter!(
+        "emgate_cache_not_stored_total",
+        "Answers served but not stored because they are larger than the per-entry bound, by rule."
+    );
+    describe_gauge!("emgate_cache_entries", "Cache entries, by rule.");
+    describe_gauge!(
         "emgate_cache_bytes",
-        metrics::Unit::Bytes,
-        "Bytes held by the vmRestorePoints cache."
+        Unit::Bytes,
+        "Bytes held by the cache, by rule."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "emgate_upstream_requests_total",
-        "Requests to EM, by EM's status (or error, timeout)."
+        "Requests to EM, by EM's status (or error, timeout, saturated)."
     );
-    metrics::describe_histogram!(
+    describe_histogram!(
         "emgate_upstream_duration_seconds",
-        metrics::Unit::Seconds,
+        Unit::Seconds,
         "Time EM took to answer."
     );
-    metrics::describe_counter!(
+    describe_counter!(
         "emgate_upstream_logons_total",
-        "Logons to EM, by result (ok, failed)."
+        "Logons to EM, by result (ok, failed, refused: EM's 401 to the logon)."
     );
-    metrics::describe_gauge!(
+    describe_counter!(
+        "emgate_upstream_relogons_total",
+        "Logons that replaced a session EM had ended."
+    );
+    describe_counter!(
+        "emgate_upstream_session_checks_total",
+        "EM 401s checked against the session's own resource, by result (alive: the 401 was the resource's own; gone)."
+    );
+    describe_gauge!(
+        "emgate_upstream_logons_paused",
+        "1 while logons pause after EM refused the gateway's credentials repeatedly (so the EM account is not locked)."
+    );
+    describe_gauge!(
         "emgate_upstream_session_valid",
         "1 while the gateway holds an EM session."
     );
-    metrics::describe_gauge!(
+    describe_gauge!(
         "emgate_client_sessions",
         "Gateway sessions of clients (drop-in logons)."
+    );
+    describe_gauge!("emgate_connections", "Open client connections.");
+    describe_gauge!(
+        "emgate_upstream_memory_bytes",
+        Unit::Bytes,
+        "Bytes of EM answers and their conversion held now (bounded by EMGATE_UPSTREAM_MEMORY)."
+    );
+    describe_counter!(
+        "emgate_connections_closed_total",
+        "Client connections the gateway closed by its deadlines, by reason (no_request, idle)."
     );
 }
 
@@ -125,43 +157,122 @@ pub fn upstream(status: &'static str, elapsed: Duration) {
     metrics::histogram!("emgate_upstream_duration_seconds").record(elapsed.as_secs_f64());
 }
 
-/// Values read off other modules at scrape time.
-pub struct Snapshot {
-    /// Cache hits, misses, stale serves.
-    pub cache_hits: u64,
-    /// Cache misses.
-    pub cache_misses: u64,
-    /// Stale serves.
-    pub cache_stale: u64,
-    /// Entries.
-    pub cache_entries: u64,
-    /// Bytes.
-    pub cache_bytes: u64,
+/// A request to EM that found no place within the queue wait.
+pub fn upstream_saturated() {
+    metrics::counter!("emgate_upstream_requests_total", "status" => "saturated").increment(1);
+}
+
+/// A client connection opened (`+1`) or ended (`-1`).
+pub fn connections(delta: f64) {
+    metrics::gauge!("emgate_connections").increment(delta);
+}
+
+/// A client connection closed by one of its deadlines.
+pub fn connection_closed(reason: &'static str) {
+    metrics::counter!("emgate_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// One cache rule's counters, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSnapshot {
+    /// The rule's name (a label: rule names are few, from the settings).
+    pub name: String,
+    /// Fresh hits.
+    pub hits: u64,
+    /// Answers fetched from EM.
+    pub misses: u64,
+    /// Stale answers.
+    pub stale: u64,
+    /// Requests that shared another's fetch.
+    pub collapsed: u64,
+    /// Fetches because nothing usable was stored.
+    pub fetch_miss: u64,
+    /// Fetches refreshing a stale entry.
+    pub fetch_revalidate: u64,
+    /// Fetches ahead of expiry.
+    pub fetch_ahead: u64,
+    /// Answers too large to store.
+    pub oversize: u64,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}
+
+/// The pooled EM session's counters, read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct SessionSnapshot {
     /// Successful logons.
     pub logons_ok: u64,
-    /// Failed logons.
+    /// Failed logons other than refusals.
     pub logons_failed: u64,
-    /// Whether an EM session is held.
-    pub session_valid: bool,
+    /// Logons EM refused (401).
+    pub logons_refused: u64,
+    /// Logons that replaced an ended session.
+    pub relogons: u64,
+    /// 401s found to be the resource's own.
+    pub checks_alive: u64,
+    /// 401s found to mean the session had ended.
+    pub checks_gone: u64,
+    /// Whether a session is held.
+    pub valid: bool,
+    /// Whether logons pause after refusals.
+    pub paused: bool,
+}
+
+/// Values read off other modules at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Each cache rule.
+    pub rules: Vec<RuleSnapshot>,
+    /// Requests of uncached routes that shared another's EM fetch.
+    pub collapsed_uncached: u64,
+    /// The EM session.
+    pub session: SessionSnapshot,
     /// Client sessions.
     pub client_sessions: u64,
+    /// Bytes of EM answers and conversions held now.
+    pub upstream_memory: u64,
 }
 
 /// The exposition text, after copying in `snapshot`.
 pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
+    use metrics::{counter, gauge};
+    for r in &s.rules {
+        let rule = r.name.clone();
+        for (result, value) in [("hit", r.hits), ("miss", r.misses), ("stale", r.stale)] {
+            counter!("emgate_cache_requests_total", "rule" => rule.clone(), "result" => result)
+                .absolute(value);
+        }
+        counter!("emgate_cache_collapsed_total", "rule" => rule.clone()).absolute(r.collapsed);
+        for (reason, value) in [
+            ("miss", r.fetch_miss),
+            ("revalidate", r.fetch_revalidate),
+            ("ahead", r.fetch_ahead),
+        ] {
+            counter!("emgate_cache_refreshes_total", "rule" => rule.clone(), "reason" => reason)
+                .absolute(value);
+        }
+        counter!("emgate_cache_not_stored_total", "rule" => rule.clone()).absolute(r.oversize);
+        gauge!("emgate_cache_entries", "rule" => rule.clone()).set(r.entries as f64);
+        gauge!("emgate_cache_bytes", "rule" => rule).set(r.bytes as f64);
+    }
+    counter!("emgate_cache_collapsed_total", "rule" => "uncached").absolute(s.collapsed_uncached);
+    let e = &s.session;
     for (result, value) in [
-        ("hit", s.cache_hits),
-        ("miss", s.cache_misses),
-        ("stale", s.cache_stale),
+        ("ok", e.logons_ok),
+        ("failed", e.logons_failed),
+        ("refused", e.logons_refused),
     ] {
-        metrics::counter!("emgate_cache_requests_total", "result" => result).absolute(value);
+        counter!("emgate_upstream_logons_total", "result" => result).absolute(value);
     }
-    for (result, value) in [("ok", s.logons_ok), ("failed", s.logons_failed)] {
-        metrics::counter!("emgate_upstream_logons_total", "result" => result).absolute(value);
+    counter!("emgate_upstream_relogons_total").absolute(e.relogons);
+    for (result, value) in [("alive", e.checks_alive), ("gone", e.checks_gone)] {
+        counter!("emgate_upstream_session_checks_total", "result" => result).absolute(value);
     }
-    metrics::gauge!("emgate_cache_entries").set(s.cache_entries as f64);
-    metrics::gauge!("emgate_cache_bytes").set(s.cache_bytes as f64);
-    metrics::gauge!("emgate_upstream_session_valid").set(if s.session_valid { 1.0 } else { 0.0 });
-    metrics::gauge!("emgate_client_sessions").set(s.client_sessions as f64);
+    gauge!("emgate_upstream_logons_paused").set(if e.paused { 1.0 } else { 0.0 });
+    gauge!("emgate_upstream_session_valid").set(if e.valid { 1.0 } else { 0.0 });
+    gauge!("emgate_client_sessions").set(s.client_sessions as f64);
+    gauge!("emgate_upstream_memory_bytes").set(s.upstream_memory as f64);
     handle.render()
 }

@@ -338,3 +338,52 @@ impl Https {
         )
     }
 }
+
+/// What came back on a raw TCP connection.
+#[derive(Debug)]
+pub struct RawReply {
+    /// The status of the first response, if one came.
+    pub status: Option<u16>,
+    /// Everything read, as text.
+    pub text: String,
+    /// Whether the server closed the connection within the limit.
+    pub closed: bool,
+}
+
+/// Sends `request` as is on a new connection and reads until the server
+/// closes it or `limit` passes: for requests no HTTP client library sends.
+pub async fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| text.strip_prefix("HTTP/1.0 "))
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok());
+    RawReply {
+        status,
+        text,
+        closed,
+    }
+}
+
+/// The value of the sample whose line starts with `series` (name and labels).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.split_whitespace().next() == Some(series))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
