@@ -9,15 +9,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use emgate::cache::{Fetched, Options, Policy};
+use emgate::cache::{Fetched, Options};
 use emgate::config::JsonCase;
+use emgate::config::{Settings, Sources};
 use emgate::em::client::UpstreamResponse;
 use emgate::gateway::error::GatewayError;
+use emgate::gateway::reads::{cache_key, ReadCache, Rules};
 use emgate::gateway::render::{self, Prepared};
-use emgate::gateway::restore_points::{Form, Key, RestorePointId, VmPointsCache};
+use emgate::gateway::target::Target;
 use http::{HeaderMap, StatusCode};
 
 const EM: &str = "https://em.example.local:9398";
+const PATH: &str = "/api/restorePoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmRestorePoints";
 
 /// A typical answer: the references of a restore point with 4 VMs (about 3.5 KB).
 fn em_xml() -> Bytes {
@@ -49,14 +52,20 @@ fn bench(c: &mut Criterion) {
         refresh_ahead: true,
         failed_memory: Duration::from_secs(5),
     };
-    let policy = Policy {
-        rule: 0,
-        ttl: Duration::from_secs(3600),
-        stale_while_revalidate: Duration::from_secs(60),
-        stale_if_error: Duration::from_secs(3600),
-        negative_ttl: Duration::from_secs(30),
+    let env = |k: &str| match k {
+        "EMGATE_UPSTREAM_URL" => Some(EM.to_string()),
+        "EMGATE_UPSTREAM_USERNAME" => Some("u".to_string()),
+        "EMGATE_UPSTREAM_PASSWORD" => Some("p".to_string()),
+        "EMGATE_CACHE_TTL" => Some("1h".to_string()),
+        _ => None,
     };
-    let cache = VmPointsCache::new(options, 1);
+    let settings = Settings::load(&Sources {
+        file: None,
+        env: &env,
+    })
+    .unwrap();
+    let rules = Rules::new(&settings.cache);
+    let cache = ReadCache::new(options, rules.all().len());
     let em = UpstreamResponse {
         status: StatusCode::OK,
         headers: HeaderMap::new(),
@@ -64,15 +73,15 @@ fn bench(c: &mut Criterion) {
         elapsed: Duration::ZERO,
         held: Default::default(),
     };
-    let key = Key {
-        id: RestorePointId::parse("dc216c04-2e34-478e-8b9b-49a3397ef6f8").unwrap(),
-        form: Form::References,
-    };
+    let target = Target::parse(PATH, None).unwrap();
+    let rule = rules.find(&target).unwrap();
+    let policy = rule.policy.clone();
+    let key = cache_key(&target, Some(rule), false);
     let prepared = Prepared::from_em(&em, EM, JsonCase::Pascal).unwrap();
     rt.block_on(async {
         let p = prepared.clone();
         cache
-            .get(key, &policy, move || async move {
+            .get(key.clone(), &policy, move || async move {
                 Ok::<_, GatewayError>(Fetched::fresh(p))
             })
             .await
@@ -81,27 +90,22 @@ fn bench(c: &mut Criterion) {
     let never =
         || async { Err::<Fetched<Prepared>, _>(GatewayError::Internal("fetched on a hit")) };
 
+    // A hit as a request pays for it: the target parsed, the rule found,
+    // the key built, the entry looked up, the representation rendered.
+    let hit = |xml: bool| {
+        let t = Target::parse(black_box(PATH), None).unwrap();
+        let rule = rules.find(&t).unwrap();
+        let key = cache_key(&t, Some(rule), false);
+        let cache = &cache;
+        let policy = &rule.policy;
+        async move {
+            let entry = cache.get(key, policy, never).await.unwrap().entry;
+            black_box(entry.value.representation(xml, "http://127.0.0.1:9399"))
+        }
+    };
     let mut group = c.benchmark_group("vm_restore_points");
-    group.bench_function("cache_hit_json", |b| {
-        b.to_async(&rt).iter(|| async {
-            let entry = cache
-                .get(black_box(key), &policy, never)
-                .await
-                .unwrap()
-                .entry;
-            black_box(entry.value.body_for(false, "http://127.0.0.1:9399"))
-        })
-    });
-    group.bench_function("cache_hit_xml", |b| {
-        b.to_async(&rt).iter(|| async {
-            let entry = cache
-                .get(black_box(key), &policy, never)
-                .await
-                .unwrap()
-                .entry;
-            black_box(entry.value.body_for(true, "http://127.0.0.1:9399"))
-        })
-    });
+    group.bench_function("cache_hit_json", |b| b.to_async(&rt).iter(|| hit(false)));
+    group.bench_function("cache_hit_xml", |b| b.to_async(&rt).iter(|| hit(true)));
     group.bench_function("no_cache_convert_json", |b| {
         b.iter(|| {
             let em = UpstreamResponse {

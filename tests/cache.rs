@@ -137,7 +137,15 @@ async fn links_follow_each_clients_host_even_on_a_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_ttl_a_burst_makes_exactly_one_refetch() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::start(&sim, &[("EMGATE_CACHE_TTL", "1s")]);
+    // Without stale-while-revalidate or refresh-ahead, an expired entry is a MISS.
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CACHE_TTL", "1s"),
+            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
+            ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
+        ],
+    );
     let http = Http::default();
     let p = path(&sim, 20);
     assert_eq!(http.get(&gw.url(&p), &[]).await.headers["x-cache"], "MISS");
@@ -160,6 +168,7 @@ async fn while_em_fails_an_expired_entry_is_served_stale_until_the_window_ends()
         &[
             ("EMGATE_CACHE_TTL", "500ms"),
             ("EMGATE_CACHE_STALE_IF_ERROR", "2s"),
+            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
         ],
     );
     let http = Http::default();

@@ -247,6 +247,9 @@ pub struct Served<V> {
     pub outcome: Outcome,
     /// Whether this request shared a fetch another request started.
     pub collapsed: bool,
+    /// Whether a fetch for this request found the entry in the fleet's
+    /// shared tier (EM was not asked).
+    pub from_shared: bool,
 }
 
 /// Why a fetch ran, for the refresh counters.
@@ -400,6 +403,7 @@ where
                     entry: e,
                     outcome: Outcome::Hit,
                     collapsed: false,
+                    from_shared: false,
                 })
             }
             (Freshness::Revalidate, Some(e)) => {
@@ -412,6 +416,7 @@ where
                     entry: e,
                     outcome: Outcome::Stale,
                     collapsed: false,
+                    from_shared: false,
                 })
             }
             (Freshness::IfError, Some(e)) => {
@@ -421,6 +426,7 @@ where
                         entry: e,
                         outcome: Outcome::Stale,
                         collapsed: false,
+                        from_shared: false,
                     });
                 }
                 let unless = Unless::NewerThan(e.fetched_at);
@@ -440,6 +446,7 @@ where
                             entry: e,
                             outcome: Outcome::Stale,
                             collapsed: false,
+                            from_shared: false,
                         })
                     }
                     Ok(Landed::Failed(error)) => Err(error),
@@ -451,6 +458,7 @@ where
                             entry: e,
                             outcome: Outcome::Stale,
                             collapsed: false,
+                            from_shared: false,
                         })
                     }
                 }
@@ -504,6 +512,7 @@ where
         let (rx, started) = self.flight(key, &policy, false, Reason::Miss, Unless::Fresh, fetch);
         match wait(rx).await {
             Landed::Value(entry) => Ok(Served {
+                from_shared: entry.shared,
                 entry,
                 outcome: Outcome::Miss,
                 collapsed: !started,
@@ -526,6 +535,7 @@ where
             Outcome::Miss
         };
         Served {
+            from_shared: entry.shared,
             entry,
             outcome,
             collapsed: !started,

@@ -17,8 +17,10 @@ use crate::gateway::app::App;
 use crate::gateway::error::{error_response, GatewayError};
 use crate::gateway::limit::Bucket;
 use crate::gateway::response::Body;
-use crate::gateway::restore_points::{Form, Key, RestorePointId};
+use crate::gateway::restore_points::{self, RestorePointId};
+use crate::gateway::router::purge_prefix;
 use crate::gateway::router::Conn;
+use crate::gateway::target::Target;
 use crate::secret::Secret;
 
 /// Admin requests per second per address, and their burst.
@@ -91,32 +93,61 @@ pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response
             .insert(http::header::ALLOW, HeaderValue::from_static("DELETE"));
         return r;
     }
-    let target = path.strip_prefix("/admin/cache");
-    match target {
-        Some("") | Some("/") => {
-            app.cache.purge_all();
-            tracing::info!("cache purged");
-        }
+    let not_found = || GatewayError::NotFound(path.chars().take(200).collect());
+    match path.strip_prefix("/admin/cache") {
+        Some("") | Some("/") => match purge_prefix_of(parts.uri.query()) {
+            Ok(None) => {
+                app.cache.purge_all();
+                tracing::info!("cache purged");
+            }
+            Ok(Some(prefix)) => {
+                tracing::info!(%prefix, "cache entries purged by prefix");
+                purge_prefix(app, prefix);
+            }
+            Err(e) => return e.into_response(xml, case),
+        },
         Some(rest) => {
             let Some(id) = rest
                 .strip_prefix("/restorePoints/")
                 .map(|s| s.trim_end_matches('/'))
                 .and_then(RestorePointId::parse)
             else {
-                return GatewayError::NotFound(path.chars().take(200).collect())
-                    .into_response(xml, case);
+                return not_found().into_response(xml, case);
             };
-            app.cache
-                .purge([Form::References, Form::Entity].map(|form| Key { id, form }))
-                .await;
-            tracing::info!(restore_point = %id, "cache entry purged");
+            // Both forms of its vmRestorePoints, and whatever else of it is cached.
+            purge_prefix(app, restore_points::key_prefix(id));
+            tracing::info!(restore_point = %id, "cache entries purged");
         }
-        None => {
-            return GatewayError::NotFound(path.chars().take(200).collect())
-                .into_response(xml, case)
-        }
+        None => return not_found().into_response(xml, case),
     }
     let mut r = Response::new(Body::default());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
+}
+
+/// `?prefix=/api/...`: the EM path prefix to purge, decoded and checked like
+/// any target; `None` without one (purge all).
+fn purge_prefix_of(query: Option<&str>) -> Result<Option<String>, GatewayError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let parsed = Target::parse("/api", Some(query))?;
+    let mut prefix = None;
+    for (name, value) in parsed.query() {
+        match (name.as_str(), value) {
+            ("prefix", Some(p)) => prefix = Some(p.clone()),
+            _ => {
+                return Err(GatewayError::BadRequest(format!(
+                    "unknown parameter {name:?}; purge takes prefix=/api/..."
+                )))
+            }
+        }
+    }
+    match prefix {
+        None => Ok(None),
+        Some(p) => {
+            let t = Target::parse(&p, None)?;
+            Ok(Some(t.canonical_path()))
+        }
+    }
 }

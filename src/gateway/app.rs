@@ -8,14 +8,12 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Semaphore;
 
-use crate::cache::Policy;
-
 use crate::config::Settings;
 use crate::em::session::SessionPool;
 use crate::gateway::clients::Clients;
 use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
-use crate::gateway::restore_points::VmPointsCache;
+use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
 
 /// Shared state of a running gateway.
 pub struct App {
@@ -23,10 +21,13 @@ pub struct App {
     pub settings: Settings,
     /// The pooled EM session and client.
     pub pool: Arc<SessionPool>,
-    /// The vmRestorePoints cache.
-    pub cache: VmPointsCache,
-    /// Lifetimes of vmRestorePoints entries.
-    pub vm_policy: Policy,
+    /// The cache of reads (every rule's entries, and the collapsing of
+    /// uncached reads).
+    pub cache: ReadCache,
+    /// The cache rules, in the order they are tried.
+    pub rules: Rules,
+    /// Uncached reads that shared another's EM fetch.
+    pub collapse_stats: CollapseStats,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// Renders `/metrics` (`None` if another metrics recorder owns the process).

@@ -131,7 +131,9 @@ impl GatewayError {
             let (body, content_type) = prepared.body_for(xml, public);
             let mut response = Response::new(Body::new(body));
             *response.status_mut() = *status;
-            response.headers_mut().insert(CONTENT_TYPE, content_type);
+            if let Some(t) = content_type {
+                response.headers_mut().insert(CONTENT_TYPE, t);
+            }
             return response;
         }
         let status = self.status();

@@ -8,8 +8,9 @@
 //!   parsed and checked before anything reaches EM;
 //! - [`access`], [`clients`], [`limit`], [`logon`]: who is calling (clients
 //!   file, Basic/Bearer, gateway sessions), rate limits, the drop-in logon;
-//! - [`restore_points`]: the cached vmRestorePoints route;
-//! - [`proxy`]: the pass-through to EM with the pooled session;
+//! - [`reads`]: GET/HEAD through the cache rules, or collapsed when no rule
+//!   caches them; [`restore_points`]: restore point IDs checked at the edge;
+//! - [`proxy`]: the pass-through to EM with the pooled session, and writes;
 //! - [`admin`]: cache purges behind the admin token;
 //! - [`render`], [`response`]: EM's answer rendered for one client (JSON or
 //!   XML, links to the gateway);
@@ -27,6 +28,7 @@ pub mod limit;
 pub mod listen_tls;
 pub mod logon;
 pub mod proxy;
+pub mod reads;
 pub mod render;
 pub mod request_id;
 pub mod response;

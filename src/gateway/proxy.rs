@@ -4,8 +4,8 @@
 //! Invariants:
 //! - EM is sent the canonical encoding of the parsed target (never the
 //!   client's bytes) and, by allow-list, only the headers it needs (CONTRACT
-//!   §5): `Accept-Language` and the request id, plus `Content-Type` and
-//!   `Content-Length` of a write. A client's `Authorization`,
+//!   §5): the request id, and for a write `Accept-Language`, `Content-Type`
+//!   and `Content-Length`. A client's `Authorization`,
 //!   `X-RestSvcSessionId`, `Cookie`, `Forwarded`, `X-Forwarded-*`,
 //!   `X-HTTP-Method-Override`, `Range`, `If-*` and `Expect` never reach EM.
 //! - A client gets, by allow-list, only the EM headers it needs (see
@@ -32,10 +32,15 @@ use crate::gateway::target::Target;
 /// The request id header, the one trace of the client EM may see.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What a read may tell EM.
-const TO_EM: [HeaderName; 2] = [header::ACCEPT_LANGUAGE, X_REQUEST_ID];
+/// What a read may tell EM: a read's answer is everybody's (collapsed or
+/// cached), so nothing of the client that caused it but the request id.
+const TO_EM: [HeaderName; 1] = [X_REQUEST_ID];
 /// What a write may tell EM besides.
-const TO_EM_WRITE: [HeaderName; 2] = [header::CONTENT_TYPE, header::CONTENT_LENGTH];
+const TO_EM_WRITE: [HeaderName; 3] = [
+    header::ACCEPT_LANGUAGE,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+];
 
 /// The client's headers as EM may see them (allow-list).
 pub fn to_em(client: &HeaderMap, write: bool) -> HeaderMap {
@@ -160,14 +165,14 @@ mod tests {
         h.insert(header::ACCEPT_LANGUAGE, "de".parse().unwrap());
         h.insert("x-request-id", "r1".parse().unwrap());
         let read = to_em(&h, false);
-        let mut names: Vec<_> = read.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["accept-language", "x-request-id"]);
+        let names: Vec<_> = read.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-request-id"]);
         let write = to_em(&h, true);
         assert_eq!(write.len(), 3, "{write:?}");
         assert!(write.contains_key(header::CONTENT_TYPE));
+        assert!(write.contains_key(header::ACCEPT_LANGUAGE));
         // A duplicated header is dropped, not picked from.
         h.append(header::ACCEPT_LANGUAGE, "fr".parse().unwrap());
-        assert!(!to_em(&h, false).contains_key(header::ACCEPT_LANGUAGE));
+        assert!(!to_em(&h, true).contains_key(header::ACCEPT_LANGUAGE));
     }
 }

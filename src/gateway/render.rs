@@ -8,6 +8,7 @@
 //!   are split where EM's base URL occurs, so a hit only splices in the
 //!   requesting client's public URL (never another host's) and never converts.
 
+use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
 
 use bytes::{Bytes, BytesMut};
@@ -89,6 +90,17 @@ const FROM_EM: [HeaderName; 9] = [
     header::LOCATION,
     header::RETRY_AFTER,
 ];
+
+/// The EM headers a client may get, as EM wrote them.
+fn allowed_headers(em: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in &FROM_EM {
+        for value in em.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
 
 /// The EM headers a client gets, `Location` and `Content-Location`
 /// pointed at the gateway like Hrefs.
@@ -205,9 +217,9 @@ const KEPT_BASE_SLACK: usize = 32;
 /// A document split wherever EM's base URL occurred; the gaps are filled
 /// with a client's public base URL when it is served.
 ///
-/// The first rendering is kept: nearly every deployment has one public base
-/// (`EMGATE_PUBLIC_URL`, or the one name clients use), so a hit is then a
-/// comparison and a reference-counted clone, with no copy at all.
+/// The first rendering is kept with its `ETag`: nearly every deployment has
+/// one public base (`EMGATE_PUBLIC_URL`, or the one name clients use), so a
+/// hit is then a comparison and reference-counted clones, with no copy at all.
 #[derive(Debug, Clone)]
 pub struct Template {
     /// Literal pieces; a public base goes between each two.
@@ -216,8 +228,10 @@ pub struct Template {
     literal_len: usize,
     /// Length of the base that was cut out (to size the kept rendering).
     needle_len: usize,
-    /// The first base served and the document rendered with it.
-    first: OnceLock<(Box<str>, Bytes)>,
+    /// A hash of the pieces (with the public base, it makes the `ETag`).
+    tag: u64,
+    /// The first base served, the document rendered with it, and its `ETag`.
+    first: OnceLock<(Box<str>, Bytes, HeaderValue)>,
 }
 
 impl Template {
@@ -235,32 +249,59 @@ impl Template {
         }
         parts.push(doc.slice(start..));
         let literal_len = doc.len() - cut;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in &parts {
+            p.hash(&mut h);
+        }
         Template {
             parts,
             literal_len,
             needle_len: needle.len(),
+            tag: h.finish(),
             first: OnceLock::new(),
         }
     }
 
     /// The document with `base` in every gap.
     pub fn render(&self, base: &str) -> Bytes {
-        if let [only] = self.parts.as_slice() {
-            return only.clone();
-        }
+        self.render_tagged(base, "").0
+    }
+
+    /// The document with `base` in every gap, and its strong `ETag`
+    /// (`kind` tells representations apart).
+    fn render_tagged(&self, base: &str, kind: &str) -> (Bytes, HeaderValue) {
         // Kept only for a base within the size the weight allows for, so a
         // long `Host` cannot make an entry bigger than the cache counts.
         if base.len() > self.needle_len + KEPT_BASE_SLACK {
-            return self.fill(base);
+            return (self.fill(base), self.etag(base, kind));
         }
-        let (first_base, first_doc) = self.first.get_or_init(|| (base.into(), self.fill(base)));
+        let (first_base, first_doc, first_tag) = self
+            .first
+            .get_or_init(|| (base.into(), self.fill(base), self.etag(base, kind)));
         if **first_base == *base {
-            return first_doc.clone();
+            return (first_doc.clone(), first_tag.clone());
         }
-        self.fill(base)
+        (self.fill(base), self.etag(base, kind))
+    }
+
+    /// `"<kind><hash of the pieces>-<hash of the base>"`: the bytes a client
+    /// gets depend on both (a document without links on the pieces alone).
+    fn etag(&self, base: &str, kind: &str) -> HeaderValue {
+        let base_tag = if self.parts.len() > 1 {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            base.hash(&mut h);
+            h.finish() as u32
+        } else {
+            0
+        };
+        HeaderValue::from_str(&format!("\"{kind}{:016x}-{base_tag:08x}\"", self.tag))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"x\""))
     }
 
     fn fill(&self, base: &str) -> Bytes {
+        if let [only] = self.parts.as_slice() {
+            return only.clone();
+        }
         let gaps = self.parts.len() - 1;
         let mut out = BytesMut::with_capacity(self.literal_len + gaps * base.len());
         for (i, part) in self.parts.iter().enumerate() {
@@ -285,15 +326,47 @@ impl Template {
     }
 }
 
-/// One EM answer prepared for every client: JSON and XML, URL gaps marked.
+/// An answer's body, ready for every client.
+// Nearly every answer is a converted document: boxing it to shrink the
+// rare variants would only add an indirection to every hit.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Doc {
+    /// One of EM's XML documents: JSON in the deployment's case, and EM's XML.
+    Converted {
+        /// The JSON representation.
+        json: Template,
+        /// EM's XML.
+        xml: Template,
+    },
+    /// Something else EM sent (a file, a plain text), passed on as it came.
+    Raw {
+        /// The bytes.
+        bytes: Bytes,
+        /// EM's `Content-Type`, if any.
+        content_type: Option<HeaderValue>,
+    },
+    /// No body (EM's 204, or a HEAD's answer whose body was not kept).
+    Empty {
+        /// Whether EM's answer was an XML document (then the client is told
+        /// the type it would get).
+        xml_doc: bool,
+    },
+}
+
+/// One EM answer prepared for every client: status, the EM headers a client
+/// may get, and the body in every representation.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    /// EM's status (200, or 404 for a remembered miss).
+    /// EM's status.
     pub status: StatusCode,
-    /// The JSON representation in the deployment's case.
-    pub json: Template,
-    /// EM's XML.
-    pub xml: Template,
+    /// EM's headers a client may get (allow-list); `Location` as EM wrote
+    /// it, pointed at each client's gateway URL when served.
+    pub headers: HeaderMap,
+    /// The body.
+    pub doc: Doc,
+    /// The deployment's JSON case (part of the JSON `ETag`).
+    case: JsonCase,
 }
 
 impl crate::cache::Stored for Prepared {
@@ -307,38 +380,109 @@ impl crate::cache::Stored for Prepared {
 }
 
 impl Prepared {
-    /// Converts EM's XML answer once; the error means EM sent garbage.
+    /// Prepares EM's answer once: converts an XML document (the error means
+    /// EM sent garbage), keeps anything else as it is.
     pub fn from_em(
         em: &UpstreamResponse,
         em_base: &str,
         case: JsonCase,
     ) -> Result<Prepared, ConvertError> {
-        let mut json = Vec::with_capacity(em.body.len() + em.body.len() / 4);
-        convert::to_json(&em.body, self::case(case), None, &mut json)?;
-        // Kept for the entry's lifetime: hold only what is used (the weigher
-        // counts lengths, so spare capacity would be memory it cannot see).
-        json.shrink_to_fit();
+        let headers = allowed_headers(&em.headers);
+        let xml_doc = looks_like_xml(&em.headers);
+        let doc = if em.body.is_empty() {
+            Doc::Empty { xml_doc }
+        } else if !xml_doc {
+            Doc::Raw {
+                bytes: Bytes::copy_from_slice(&em.body),
+                content_type: em.headers.get(CONTENT_TYPE).cloned(),
+            }
+        } else {
+            let mut json = Vec::with_capacity(em.body.len() + em.body.len() / 4);
+            convert::to_json(&em.body, self::case(case), None, &mut json)?;
+            // Kept for the entry's lifetime: hold only what is used (the
+            // weigher counts lengths, so spare capacity would be memory it
+            // cannot see).
+            json.shrink_to_fit();
+            Doc::Converted {
+                json: Template::split(Bytes::from(json), em_base),
+                // A copy: the body may be a slice of a larger read buffer
+                // that would otherwise live as long as the entry.
+                xml: Template::split(Bytes::copy_from_slice(&em.body), em_base),
+            }
+        };
         Ok(Prepared {
             status: em.status,
-            json: Template::split(Bytes::from(json), em_base),
-            // A copy: the body may be a slice of a larger read buffer that
-            // would otherwise live as long as the entry.
-            xml: Template::split(Bytes::copy_from_slice(&em.body), em_base),
+            headers,
+            doc,
+            case,
         })
     }
 
-    /// Bytes held by both representations.
+    /// Bytes held by every representation and the headers.
     pub fn weight(&self) -> usize {
-        self.json.weight() + self.xml.weight()
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        headers
+            + match &self.doc {
+                Doc::Converted { json, xml } => json.weight() + xml.weight(),
+                Doc::Raw { bytes, .. } => bytes.len(),
+                Doc::Empty { .. } => 0,
+            }
     }
 
     /// The body and `Content-Type` for a client.
-    pub fn body_for(&self, xml: bool, public: &str) -> (Bytes, HeaderValue) {
-        if xml {
-            (self.xml.render(public), XML)
-        } else {
-            (self.json.render(public), JSON)
+    pub fn body_for(&self, xml: bool, public: &str) -> (Bytes, Option<HeaderValue>) {
+        let (body, content_type, _) = self.representation(xml, public);
+        (body, content_type)
+    }
+
+    /// The body, `Content-Type` and strong `ETag` for a client (the tag
+    /// differs per representation: JSON in each case, XML, raw).
+    pub fn representation(
+        &self,
+        xml: bool,
+        public: &str,
+    ) -> (Bytes, Option<HeaderValue>, HeaderValue) {
+        match &self.doc {
+            Doc::Converted { xml: t, .. } if xml => {
+                let (b, tag) = t.render_tagged(public, "x");
+                (b, Some(XML), tag)
+            }
+            Doc::Converted { json: t, .. } => {
+                let kind = match self.case {
+                    JsonCase::Pascal => "p",
+                    JsonCase::Camel => "c",
+                };
+                let (b, tag) = t.render_tagged(public, kind);
+                (b, Some(JSON), tag)
+            }
+            Doc::Raw {
+                bytes,
+                content_type,
+            } => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                let tag = HeaderValue::from_str(&format!("\"r{:016x}\"", h.finish()))
+                    .unwrap_or_else(|_| HeaderValue::from_static("\"r\""));
+                (bytes.clone(), content_type.clone(), tag)
+            }
+            Doc::Empty { xml_doc } => {
+                let t = match (xml_doc, xml) {
+                    (false, _) => None,
+                    (true, true) => Some(XML),
+                    (true, false) => Some(JSON),
+                };
+                (Bytes::new(), t, HeaderValue::from_static("\"e\""))
+            }
         }
+    }
+
+    /// EM's headers for a client at `public` (locations pointed at it).
+    pub fn headers_for(&self, em_base: &str, public: &str) -> HeaderMap {
+        client_headers(&self.headers, em_base, public)
     }
 }
 

@@ -16,12 +16,14 @@ use hyper::body::Incoming;
 
 use crate::em::session::SessionState;
 use crate::gateway::access;
+use crate::gateway::admin;
 use crate::gateway::app::App;
 use crate::gateway::clients;
 use crate::gateway::error::GatewayError;
 use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
 use crate::gateway::proxy;
+use crate::gateway::reads::{self, CacheKey};
 use crate::gateway::render;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::restore_points::{self, RestorePointId};
@@ -116,7 +118,7 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
             .map_or("-", |c| c.0.as_str()),
         cache = response
             .headers()
-            .get(&restore_points::X_CACHE)
+            .get(&reads::X_CACHE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
         request_id = parts
@@ -192,53 +194,64 @@ async fn api(
             return access::logon_sessions(app, &caller, method, &target, xml, &public);
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
-        let id = restore_points::restore_point_segment(&target)
-            .map(|segment| {
-                RestorePointId::parse(segment).ok_or_else(|| {
-                    GatewayError::BadRequest("the restore point ID must be a UUID".into())
-                })
-            })
-            .transpose()?;
-        if let (Some(id), true) = (id, restore_points::is_vm_points(&target)) {
-            label = "/api/restorePoints/{id}/vmRestorePoints";
-            if let (true, Some(form)) = (read, restore_points::form_of(&target)) {
-                return Ok(restore_points::serve(
-                    app,
-                    method,
-                    &parts.headers,
-                    id,
-                    form,
-                    xml,
-                    &public,
-                )
-                .await);
-            }
-        }
-        let case = app.settings.json_case;
-        if proxy::is_write(method) && app.settings.access.allow_writes {
-            // A browser sends the cookie by itself, also on a cross-site
-            // form post; a write carried by nothing else must come from
-            // the gateway's own origin.
-            if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, &public) {
-                return Err(GatewayError::Forbidden(
-                    "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
+        if let Some(segment) = restore_points::restore_point_segment(&target) {
+            if RestorePointId::parse(segment).is_none() {
+                return Err(GatewayError::BadRequest(
+                    "the restore point ID must be a UUID".into(),
                 ));
             }
-            let limit = app.settings.access.max_request_body;
-            return proxy::forward_write(
-                &app.pool,
+        }
+        if read {
+            let rule = app.rules.find(&target);
+            if let Some(r) = rule {
+                label = r.label;
+            }
+            let operator = admin::authorized(app, &parts.headers);
+            return reads::serve(
+                app,
                 method,
-                &target,
                 &parts.headers,
-                body,
-                limit,
+                &target,
+                rule,
                 xml,
                 &public,
-                case,
+                operator,
             )
             .await;
         }
-        proxy::forward(&app.pool, method, &target, &parts.headers, xml, &public, case).await
+        let case = app.settings.json_case;
+        if !proxy::is_write(method) || !app.settings.access.allow_writes {
+            return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
+        }
+        // A browser sends the cookie by itself, also on a cross-site form
+        // post; a write carried by nothing else must come from the
+        // gateway's own origin.
+        if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, &public) {
+            return Err(GatewayError::Forbidden(
+                "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
+            ));
+        }
+        let limit = app.settings.access.max_request_body;
+        let response = proxy::forward_write(
+            &app.pool,
+            method,
+            &target,
+            &parts.headers,
+            body,
+            limit,
+            xml,
+            &public,
+            case,
+        )
+        .await?;
+        if response.status().is_success() {
+            // What a write changed is no longer what the cache holds: drop
+            // the cached reads of the collection it went to.
+            if let Some(first) = target.segments().first() {
+                purge_prefix(app, format!("/api/{}", first.to_ascii_lowercase()));
+            }
+        }
+        Ok(response)
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
@@ -250,6 +263,17 @@ async fn api(
     }
     response.extensions_mut().insert(RouteLabel(label));
     response
+}
+
+/// Drops every cached entry whose path is `prefix` or under it (compared
+/// ignoring case, at a segment boundary).
+pub fn purge_prefix(app: &App, prefix: String) {
+    let prefix = prefix.trim_end_matches('/').to_ascii_lowercase();
+    app.cache.purge_where(move |key: &CacheKey| {
+        let path = key.path().to_ascii_lowercase();
+        path.strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
 }
 
 /// Whether `Origin` names the gateway's public origin (scheme and authority).
@@ -327,8 +351,14 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
     let checks = get(&p.checks);
     let alive = get(&p.checks_alive);
     Snapshot {
-        rules: vec![rule(0, "vm_restore_points")],
-        collapsed_uncached: 0,
+        rules: app
+            .rules
+            .all()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, &r.name))
+            .collect(),
+        collapsed_uncached: app.collapse_stats.collapsed.load(Ordering::Relaxed),
         session: SessionSnapshot {
             logons_ok: get(&p.logons_ok),
             logons_failed: get(&p.logons_failed).saturating_sub(refused),

@@ -26,7 +26,7 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::cache::{Options, Policy};
+use crate::cache::Options;
 use crate::config::{CacheSettings, ConfigError, Settings, UpstreamTrust};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
@@ -36,9 +36,9 @@ use crate::gateway::clients::Clients;
 use crate::gateway::conn::{Activity, Expired};
 use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
+use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
 use crate::gateway::request_id;
 use crate::gateway::request_id::ProcessUniqueId;
-use crate::gateway::restore_points::VmPointsCache;
 use crate::gateway::router::{route, Conn, MAX_HEAD_BYTES};
 
 /// HTTP/2: a ping after this much silence...
@@ -134,14 +134,9 @@ impl Gateway {
         let work = Arc::new(Semaphore::new(settings.listen.max_concurrency));
         let local_addr = listener.local_addr().unwrap_or(addr);
         let app = Arc::new(App {
-            cache: VmPointsCache::new(cache_options(&settings.cache), 1),
-            vm_policy: Policy {
-                rule: 0,
-                ttl: settings.cache.ttl,
-                stale_while_revalidate: std::time::Duration::ZERO,
-                stale_if_error: settings.cache.stale_if_error,
-                negative_ttl: settings.cache.negative_ttl,
-            },
+            cache: ReadCache::new(cache_options(&settings.cache), settings.cache.rules.len()),
+            rules: Rules::new(&settings.cache),
+            collapse_stats: CollapseStats::default(),
             clients,
             settings,
             pool,
@@ -301,7 +296,7 @@ fn cache_options(settings: &CacheSettings) -> Options {
         max_bytes: settings.max_bytes,
         max_entry_bytes: usize::try_from(settings.max_bytes / 8).unwrap_or(usize::MAX),
         stale_wait: settings.stale_wait,
-        refresh_ahead: false,
+        refresh_ahead: settings.refresh_ahead,
         failed_memory: FAILED_REFRESH_MEMORY,
     }
 }

@@ -144,6 +144,13 @@ impl Target {
     }
 }
 
+/// One decoded path segment, canonically encoded.
+pub fn encode_segment(decoded: &str) -> String {
+    let mut out = String::with_capacity(decoded.len());
+    encode(decoded, Part::Path, &mut out);
+    out
+}
+
 /// Encodes query pairs canonically; `None` when there are none.
 pub fn canonical_pairs<'a>(
     pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
@@ -216,7 +223,13 @@ fn decode(raw: &str, part: Part) -> Result<String, BadTarget> {
             }
         }
     }
-    String::from_utf8(out).map_err(|_| BadTarget("escapes that do not decode to UTF-8"))
+    let text =
+        String::from_utf8(out).map_err(|_| BadTarget("escapes that do not decode to UTF-8"))?;
+    // C1 controls (U+0080..U+009F) too, not only ASCII's.
+    if text.chars().any(char::is_control) {
+        return Err(BadTarget("control character"));
+    }
+    Ok(text)
 }
 
 /// Characters kept as they are: RFC 3986 unreserved, and in a path segment
@@ -323,6 +336,8 @@ mod tests {
             "/api/x?a=%0a",
             "/api/x?a=%25",
             "/api/x?a=\u{1}",
+            "/api/que?ey=nss?for=at=\u{91}thty",
+            "/api/x%C2%91",
         ] {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }

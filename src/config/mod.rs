@@ -16,6 +16,10 @@ use http::Uri;
 
 use crate::secret::Secret;
 
+pub mod rules;
+
+use rules::{PathTemplate, Rule, RuleOrigin};
+
 /// A configuration problem, reported in one line that names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {reason}")]
@@ -109,6 +113,10 @@ pub const SETTINGS: &[Spec] = &[
     spec("cache", "negative_ttl", "EMGATE_CACHE_NEGATIVE_TTL", Some("30s"), false),
     spec("cache", "max_bytes", "EMGATE_CACHE_MAX_BYTES", Some("256MiB"), false),
     spec("cache", "stale_wait", "EMGATE_CACHE_STALE_WAIT", Some("2s"), false),
+    spec("cache", "stale_while_revalidate", "EMGATE_CACHE_STALE_WHILE_REVALIDATE", Some("1m"), false),
+    spec("cache", "refresh_ahead", "EMGATE_CACHE_REFRESH_AHEAD", Some("true"), false),
+    spec("cache", "collapse", "EMGATE_COLLAPSE", Some("true"), false),
+    spec("cache", "default_rules", "EMGATE_CACHE_DEFAULT_RULES", Some("true"), false),
     spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
     spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
@@ -220,6 +228,18 @@ pub struct CacheSettings {
     pub max_bytes: u64,
     /// Longest a client waits for EM when a stale copy exists.
     pub stale_wait: Duration,
+    /// After the TTL, how long a vmRestorePoints copy is served at once while
+    /// one background refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// Refresh entries read during their TTL shortly before it ends.
+    pub refresh_ahead: bool,
+    /// Identical concurrent GET/HEAD requests of any route make one EM request.
+    pub collapse: bool,
+    /// Whether the default rule set is on.
+    pub default_rules: bool,
+    /// The effective rules, in the order they are tried: the file's, the
+    /// built-in vmRestorePoints rule, then the defaults.
+    pub rules: Vec<Rule>,
 }
 
 /// Who may use the gateway and how.
@@ -309,8 +329,9 @@ impl Settings {
     /// Loads and validates settings; the error names the setting at fault.
     pub fn load(sources: &Sources<'_>) -> Result<Settings, ConfigError> {
         let mut raw: BTreeMap<&'static str, Origin> = BTreeMap::new();
+        let mut rules = Vec::new();
         if let Some(path) = sources.file {
-            read_file(path, &mut raw)?;
+            read_file(path, &mut raw, &mut rules)?;
         }
         for s in SETTINGS {
             if let Some(v) = (sources.env)(s.env) {
@@ -323,7 +344,10 @@ impl Settings {
                 );
             }
         }
-        let values = Values { raw: &raw };
+        let values = Values {
+            raw: &raw,
+            rules: &rules,
+        };
         let mut settings = Self::from_values(&values)?;
         // Kept for `check-config` only; secrets are dropped here so that no
         // `Debug` of the settings can show them.
@@ -351,13 +375,20 @@ impl Settings {
             idle_timeout: v.parse("EMGATE_IDLE_TIMEOUT", parse_positive_duration)?,
         };
         let upstream = upstream_settings(v)?;
-        let cache = CacheSettings {
+        let mut cache = CacheSettings {
             ttl: v.parse("EMGATE_CACHE_TTL", parse_duration)?,
             stale_if_error: v.parse("EMGATE_CACHE_STALE_IF_ERROR", parse_duration)?,
             negative_ttl: v.parse("EMGATE_CACHE_NEGATIVE_TTL", parse_duration)?,
             max_bytes: v.parse("EMGATE_CACHE_MAX_BYTES", parse_size)?,
             stale_wait: v.parse("EMGATE_CACHE_STALE_WAIT", parse_duration)?,
+            stale_while_revalidate: v
+                .parse("EMGATE_CACHE_STALE_WHILE_REVALIDATE", parse_duration)?,
+            refresh_ahead: v.parse("EMGATE_CACHE_REFRESH_AHEAD", parse_bool)?,
+            collapse: v.parse("EMGATE_COLLAPSE", parse_bool)?,
+            default_rules: v.parse("EMGATE_CACHE_DEFAULT_RULES", parse_bool)?,
+            rules: Vec::new(),
         };
+        cache.rules = effective_rules(v.rules, &cache)?;
         let json_case = v.parse("EMGATE_JSON_CASE", |s| match s {
             "pascal" => Ok(JsonCase::Pascal),
             "camel" => Ok(JsonCase::Camel),
@@ -505,16 +536,62 @@ impl Settings {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "\n# Cache rules, in the order they are tried (the first that matches wins)."
+        );
+        for r in &self.cache.rules {
+            let human = |d: Duration| humantime::format_duration(d).to_string();
+            let body = format!(
+                "name = {:?}\npath = {:?}\nttl = {:?}\nstale_while_revalidate = {:?}\nstale_if_error = {:?}",
+                r.name,
+                r.path.to_string(),
+                human(r.ttl),
+                human(r.stale_while_revalidate),
+                human(r.stale_if_error),
+            );
+            match r.origin {
+                RuleOrigin::File => {
+                    let _ = writeln!(out, "[[cache.rules]]  # from the file\n{body}");
+                }
+                origin => {
+                    let what = if origin == RuleOrigin::BuiltIn {
+                        "built-in, set by EMGATE_CACHE_*"
+                    } else {
+                        "default, EMGATE_CACHE_DEFAULT_RULES"
+                    };
+                    let _ = writeln!(out, "# [[cache.rules]]  ({what})");
+                    for line in body.lines() {
+                        let _ = writeln!(out, "# {line}");
+                    }
+                }
+            }
+        }
         out
     }
 
     /// The effective settings on one line (`section.key=value ...`, secrets
     /// as `***`, unset ones left out), for the start-up log.
     pub fn summary(&self) -> String {
-        self.effective()
+        let mut parts: Vec<String> = self
+            .effective()
             .filter_map(|(s, shown)| shown.map(|(v, _)| format!("{}.{}={v}", s.section, s.key)))
-            .collect::<Vec<_>>()
-            .join(" ")
+            .collect();
+        let rules: Vec<String> = self
+            .cache
+            .rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}:{}",
+                    r.name,
+                    r.path,
+                    humantime::format_duration(r.ttl)
+                )
+            })
+            .collect();
+        parts.push(format!("cache.rules={}", rules.join(",")));
+        parts.join(" ")
     }
 }
 
@@ -600,6 +677,119 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
     })
 }
 
+/// The rules in the order they are tried: the file's, then the built-in
+/// vmRestorePoints rule, then the defaults (a file rule with a default's
+/// name replaces that default). Errors name the rule and what is wrong.
+fn effective_rules(file: &[toml::Table], cache: &CacheSettings) -> Result<Vec<Rule>, ConfigError> {
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, table) in file.iter().enumerate() {
+        let name_of = table
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(|n| format!(" ({n:?})"))
+            .unwrap_or_default();
+        let fail =
+            |reason: String| ConfigError::other(format!("cache.rules[{i}]{name_of}"), reason);
+        let text = |key: &str, required: bool| -> Result<Option<String>, ConfigError> {
+            match table.get(key) {
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(fail(format!("{key} must be a string"))),
+                None if required => Err(fail(format!("{key} is required"))),
+                None => Ok(None),
+            }
+        };
+        let name = text("name", true)?.unwrap_or_default();
+        let path = text("path", true)?.unwrap_or_default();
+        let ttl = text("ttl", true)?.unwrap_or_default();
+        let swr = text("stale_while_revalidate", false)?;
+        let sie = text("stale_if_error", false)?;
+        if let Some(k) = table.keys().find(|k| {
+            ![
+                "name",
+                "path",
+                "ttl",
+                "stale_while_revalidate",
+                "stale_if_error",
+            ]
+            .contains(&k.as_str())
+        }) {
+            return Err(fail(format!(
+                "unknown key {k:?} (a rule has name, path, ttl, stale_while_revalidate, stale_if_error)"
+            )));
+        }
+        if !rules::valid_name(&name) {
+            return Err(fail(
+                "name must be 1 to 64 letters, digits or '_' (it is a metrics label)".into(),
+            ));
+        }
+        if name == rules::VM_RESTORE_POINTS {
+            return Err(fail(format!(
+                "{} is the built-in rule; set it with EMGATE_CACHE_TTL and the other EMGATE_CACHE_* settings",
+                rules::VM_RESTORE_POINTS
+            )));
+        }
+        if rules.iter().any(|r| r.name == name) {
+            return Err(fail(format!("another rule is also named {name:?}")));
+        }
+        let path = PathTemplate::parse(&path).map_err(|e| fail(format!("path {e}")))?;
+        let ttl = parse_positive_duration(&ttl).map_err(|e| fail(format!("ttl: {e}")))?;
+        let swr = swr
+            .map(|s| parse_duration(&s))
+            .transpose()
+            .map_err(|e| fail(format!("stale_while_revalidate: {e}")))?
+            .unwrap_or_default();
+        let sie = sie
+            .map(|s| parse_duration(&s))
+            .transpose()
+            .map_err(|e| fail(format!("stale_if_error: {e}")))?
+            .unwrap_or(cache.stale_if_error);
+        rules.push(Rule {
+            name,
+            path,
+            ttl,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            origin: RuleOrigin::File,
+        });
+    }
+    let builtin = |name: &str, path: &str, ttl, swr, sie, origin| -> Result<Rule, ConfigError> {
+        Ok(Rule {
+            name: name.to_string(),
+            path: PathTemplate::parse(path)
+                .map_err(|e| ConfigError::other(format!("rule {name}"), e))?,
+            ttl,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            origin,
+        })
+    };
+    rules.push(builtin(
+        rules::VM_RESTORE_POINTS,
+        rules::VM_RESTORE_POINTS_PATH,
+        cache.ttl,
+        cache.stale_while_revalidate,
+        cache.stale_if_error,
+        RuleOrigin::BuiltIn,
+    )?);
+    if cache.default_rules {
+        for (name, path, ttl, swr) in rules::DEFAULT_RULES {
+            if rules.iter().any(|r| r.name == *name) {
+                continue;
+            }
+            let d = |s: &str| parse_duration(s).map_err(|e| ConfigError::other(*name, e));
+            rules.push(builtin(
+                name,
+                path,
+                d(ttl)?,
+                d(swr)?,
+                cache.stale_if_error,
+                RuleOrigin::Default,
+            )?);
+        }
+    }
+    Ok(rules)
+}
+
 /// A secret given inline or in a file (trailing newline ignored); both is an error.
 fn secret_or_file(
     v: &Values<'_>,
@@ -636,6 +826,8 @@ fn spec_of(env: &str) -> &'static Spec {
 /// Merged raw values with typed accessors that name the setting on error.
 struct Values<'a> {
     raw: &'a BTreeMap<&'static str, Origin>,
+    /// `[[cache.rules]]` of the file, as written.
+    rules: &'a [toml::Table],
 }
 
 impl Values<'_> {
@@ -677,7 +869,11 @@ impl Values<'_> {
     }
 }
 
-fn read_file(path: &Path, raw: &mut BTreeMap<&'static str, Origin>) -> Result<(), ConfigError> {
+fn read_file(
+    path: &Path,
+    raw: &mut BTreeMap<&'static str, Origin>,
+    rules: &mut Vec<toml::Table>,
+) -> Result<(), ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::other(shown.clone(), format!("cannot read: {e}")))?;
@@ -693,6 +889,24 @@ fn read_file(path: &Path, raw: &mut BTreeMap<&'static str, Origin>) -> Result<()
             ));
         };
         for (key, value) in keys {
+            if section == "cache" && key == "rules" {
+                let toml::Value::Array(items) = value else {
+                    return Err(ConfigError::other(
+                        "cache.rules",
+                        "write rules as [[cache.rules]] tables",
+                    ));
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let toml::Value::Table(t) = item else {
+                        return Err(ConfigError::other(
+                            format!("cache.rules[{i}]"),
+                            "write rules as [[cache.rules]] tables",
+                        ));
+                    };
+                    rules.push(t.clone());
+                }
+                continue;
+            }
             let Some(s) = SETTINGS
                 .iter()
                 .find(|s| s.section == section && s.key == key)

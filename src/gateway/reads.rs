@@ -1,0 +1,530 @@
+//! Reads of EM's API: every GET and HEAD under `/api` that the gateway does
+//! not answer itself comes here (CONTRACT §3, §9).
+//!
+//! - A path some cache rule covers is served from the cache: one EM fetch per
+//!   key and rule lifetime, stale copies while EM is slow or failing,
+//!   refreshes ahead of expiry, `ETag`/`Last-Modified` and 304s.
+//! - Any other read is *collapsed* (`EMGATE_COLLAPSE`): identical concurrent
+//!   requests make one EM request, nothing is stored. This is safe because
+//!   every client sees EM through the same pooled session: EM's answer to
+//!   one is EM's answer to all of them.
+//!
+//! Invariants:
+//! - The key ([`CacheKey`]) is built from the parsed target alone (decoded
+//!   path, normalised query); nothing else a client sends reaches it or the
+//!   EM request made for it (only the request id goes along), so no client
+//!   can shape another's answer. Links are filled in per client when served.
+//! - A hit never converts: entries hold every representation, ready.
+//! - A client's `Cache-Control: no-cache` reaches EM only when it presents
+//!   the admin token: EM is what the gateway protects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+    LAST_MODIFIED, PRAGMA,
+};
+use http::{Method, Response, StatusCode};
+
+use crate::cache::{Cache, Fetched, Outcome, Policy, Served};
+use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
+use crate::config::CacheSettings;
+use crate::em::session::EmError;
+use crate::gateway::app::App;
+use crate::gateway::error::GatewayError;
+use crate::gateway::proxy::X_REQUEST_ID;
+use crate::gateway::render::{self, Prepared};
+use crate::gateway::response::Body;
+use crate::gateway::target::{canonical_pairs, encode_segment, Target};
+
+/// `X-Cache: HIT|MISS|STALE`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// RFC 9211 `Cache-Status`.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The cache of reads.
+pub type ReadCache = Cache<CacheKey, Prepared, GatewayError>;
+
+/// A cache (or collapsing) key: the decoded path and normalised query,
+/// written canonically. Literal segments of the matching rule's template and
+/// `{id}`s are lowercased (EM ignores their case); other segments keep theirs.
+/// Query names are lowercased, `format`'s value too, `v` is dropped, pairs
+/// are sorted. The representation is not part of it: an entry holds all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Arc<str>);
+
+impl CacheKey {
+    /// The key as text (`/api/...?...`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key's path, without the query.
+    pub fn path(&self) -> &str {
+        self.0.split('?').next().unwrap_or(&self.0)
+    }
+}
+
+/// A cache rule, ready to match.
+pub struct ReadRule {
+    /// Its name (the metrics label).
+    pub name: String,
+    /// What it covers.
+    pub template: PathTemplate,
+    /// Its lifetimes.
+    pub policy: Policy,
+    /// The route label of requests it answers (its template; rules are few).
+    pub label: &'static str,
+    /// The built-in vmRestorePoints rule: other query parameters than
+    /// `format` and `v` bypass it (CONTRACT §3).
+    vm: bool,
+}
+
+/// The rules, in the order they are tried.
+pub struct Rules(Vec<ReadRule>);
+
+impl Rules {
+    /// The rules of the settings.
+    pub fn new(settings: &CacheSettings) -> Rules {
+        Rules(
+            settings
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ReadRule {
+                    name: r.name.clone(),
+                    template: r.path.clone(),
+                    policy: Policy {
+                        rule: i,
+                        ttl: r.ttl,
+                        stale_while_revalidate: r.stale_while_revalidate,
+                        stale_if_error: r.stale_if_error,
+                        negative_ttl: settings.negative_ttl,
+                    },
+                    // A label lives as long as the process: a handful, made once.
+                    label: Box::leak(r.path.to_string().into_boxed_str()),
+                    vm: r.name == VM_RESTORE_POINTS,
+                })
+                .collect(),
+        )
+    }
+
+    /// The first rule covering `target`, if any.
+    pub fn find(&self, target: &Target) -> Option<&ReadRule> {
+        self.0
+            .iter()
+            .find(|r| r.template.matches(target.segments()) && (!r.vm || vm_query_ok(target)))
+    }
+
+    /// All rules, in order.
+    pub fn all(&self) -> &[ReadRule] {
+        &self.0
+    }
+}
+
+/// The vmRestorePoints route caches the references and `format=Entity`
+/// only; `v` (which some clients add to every request) does not change the
+/// answer.
+fn vm_query_ok(target: &Target) -> bool {
+    target.query().iter().all(|(name, value)| {
+        name.eq_ignore_ascii_case("v")
+            || (name.eq_ignore_ascii_case("format")
+                && value
+                    .as_deref()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("entity")))
+    })
+}
+
+/// The key of `target` under `rule` (or, for collapsing, none).
+pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheKey {
+    let mut path = String::with_capacity(64);
+    path.push_str("/api");
+    let template = rule.map(|r| r.template.segments()).unwrap_or(&[]);
+    let mut fixed = true;
+    for (i, seg) in target.segments().iter().enumerate() {
+        let lower = match template.get(i) {
+            Some(Segment::Rest) => {
+                fixed = false;
+                false
+            }
+            Some(Segment::Literal(_)) | Some(Segment::Id) if fixed => true,
+            _ => false,
+        };
+        let one = if lower {
+            seg.to_ascii_lowercase()
+        } else {
+            seg.clone()
+        };
+        path.push('/');
+        path.push_str(&encode_segment(&one));
+    }
+    let mut pairs: Vec<(String, Option<String>)> = target
+        .query()
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("v"))
+        .map(|(n, v)| {
+            let n = n.to_ascii_lowercase();
+            let v = if n == "format" {
+                v.as_ref().map(|v| v.to_ascii_lowercase())
+            } else {
+                v.clone()
+            };
+            (n, v)
+        })
+        .collect();
+    pairs.sort();
+    if let Some(q) = canonical_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_deref()))) {
+        path.push('?');
+        path.push_str(&q);
+    }
+    // A HEAD's EM request keeps no body, so it cannot stand in for a GET's.
+    if head && rule.is_none() {
+        path.push_str(" HEAD");
+    }
+    CacheKey(path.into())
+}
+
+/// What EM is asked for a target: its canonical path and query, without `v`.
+fn em_target(target: &Target) -> String {
+    let mut out = target.canonical_path();
+    let pairs = target
+        .query()
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("v"))
+        .map(|(n, v)| (n.as_str(), v.as_deref()));
+    if let Some(q) = canonical_pairs(pairs) {
+        out.push('?');
+        out.push_str(&q);
+    }
+    out
+}
+
+/// Requests of uncached routes that shared another's EM fetch.
+#[derive(Debug, Default)]
+pub struct CollapseStats {
+    /// Count.
+    pub collapsed: AtomicU64,
+}
+
+/// Whether the client asks for a fresh answer (`Cache-Control: no-cache` or
+/// `max-age=0`, or `Pragma: no-cache`).
+fn wants_fresh(headers: &HeaderMap) -> bool {
+    let listed = |name: HeaderName, what: &[&str]| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|d| what.iter().any(|w| d.trim().eq_ignore_ascii_case(w)))
+            })
+        })
+    };
+    listed(CACHE_CONTROL, &["no-cache", "max-age=0"]) || listed(PRAGMA, &["no-cache"])
+}
+
+/// Answers a GET or HEAD of `/api` that goes to EM.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    app: &Arc<App>,
+    method: &Method,
+    headers: &HeaderMap,
+    target: &Target,
+    rule: Option<&ReadRule>,
+    xml: bool,
+    public: &str,
+    operator: bool,
+) -> Result<Response<Body>, GatewayError> {
+    let head = method == Method::HEAD;
+    // Built only on a miss: a hit must not pay for copying headers.
+    let fetch = |cacheable: bool| {
+        let pool = app.pool.clone();
+        let case = app.settings.json_case;
+        // One fetch serves every client: only the request id of the client
+        // that caused it goes along, nothing that could shape the answer.
+        let mut em_headers = HeaderMap::new();
+        if let Some(id) = headers.get(X_REQUEST_ID) {
+            em_headers.insert(X_REQUEST_ID, id.clone());
+        }
+        let path = em_target(target);
+        // A collapsed HEAD keeps no body; a cached entry must (GETs use it).
+        let discard = head && !cacheable;
+        async move {
+            let em = pool.get(&path, em_headers, discard).await?;
+            let base = pool.upstream().base_url();
+            // JSON and XML both: twice the body's room for the conversion.
+            let _room = pool
+                .upstream()
+                .reserve(render::conversion_room(&em, false))
+                .await
+                .map_err(EmError::Upstream)?;
+            let prepared = Prepared::from_em(&em, base, case)?;
+            match em.status {
+                // Only EM's considered answers are stored: the resource, or
+                // that it does not exist.
+                StatusCode::OK | StatusCode::NOT_FOUND => Ok(Fetched::fresh(prepared)),
+                _ if !cacheable => Ok(Fetched::fresh(prepared)),
+                status => Err(GatewayError::Em {
+                    status,
+                    prepared: Box::new(prepared),
+                }),
+            }
+        }
+    };
+    let em_base = app.pool.upstream().base_url();
+    let Some(rule) = rule else {
+        if !app.settings.cache.collapse {
+            let case = app.settings.json_case;
+            return crate::gateway::proxy::forward(
+                &app.pool, method, target, headers, xml, public, case,
+            )
+            .await;
+        }
+        let key = cache_key(target, None, head);
+        let served = match app.cache.collapse(key, || fetch(false)).await {
+            Ok(s) => s,
+            Err(error) => {
+                let mut r = error.to_response(xml, app.settings.json_case, public);
+                if head {
+                    *r.body_mut() = Body::default();
+                }
+                return Ok(r);
+            }
+        };
+        if served.collapsed {
+            app.collapse_stats.collapsed.fetch_add(1, Ordering::Relaxed);
+        }
+        let status = if served.collapsed {
+            "emgate; fwd=bypass; collapsed"
+        } else {
+            "emgate; fwd=bypass"
+        };
+        let mut r = respond(&served.entry.value, xml, public, em_base, head);
+        r.headers_mut()
+            .insert(CACHE_STATUS, HeaderValue::from_static(status));
+        return Ok(r);
+    };
+    let key = cache_key(target, Some(rule), head);
+    let result = if operator && wants_fresh(headers) {
+        app.cache.refetch(key, &rule.policy, || fetch(true)).await
+    } else {
+        app.cache.get(key, &rule.policy, || fetch(true)).await
+    };
+    let served = match result {
+        Ok(s) => s,
+        Err(error) => {
+            if error.status().is_server_error() {
+                tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed");
+            }
+            let mut r = error.to_response(xml, app.settings.json_case, public);
+            r.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static(Outcome::Miss.as_str()));
+            r.headers_mut()
+                .insert(CACHE_STATUS, HeaderValue::from_static("emgate; fwd=miss"));
+            if head {
+                *r.body_mut() = Body::default();
+            }
+            return Ok(r);
+        }
+    };
+    Ok(cached_response(
+        &served, headers, xml, public, em_base, head,
+    ))
+}
+
+/// A response from the cache: body, `X-Cache`, `Cache-Status`, `Age`,
+/// `ETag`, `Last-Modified`, or a 304 when the client's tag matches.
+fn cached_response(
+    served: &Served<Prepared>,
+    request: &HeaderMap,
+    xml: bool,
+    public: &str,
+    em_base: &str,
+    head: bool,
+) -> Response<Body> {
+    let entry = &served.entry;
+    let prepared = &entry.value;
+    let (body, content_type, etag) = prepared.representation(xml, public);
+    let ok = prepared.status == StatusCode::OK;
+    let not_modified = ok && matches_etag(request, &etag);
+    let mut r = if not_modified {
+        let mut r = Response::new(Body::default());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(if head {
+            Body::default()
+        } else {
+            Body::new(body)
+        });
+        *r.status_mut() = prepared.status;
+        *r.headers_mut() = prepared.headers_for(em_base, public);
+        if let Some(t) = content_type {
+            r.headers_mut().insert(CONTENT_TYPE, t);
+        }
+        r
+    };
+    let h = r.headers_mut();
+    h.insert(X_CACHE, HeaderValue::from_static(served.outcome.as_str()));
+    h.insert(
+        CACHE_STATUS,
+        HeaderValue::from_static(
+            match (served.outcome, served.collapsed, served.from_shared) {
+                (Outcome::Hit, _, true) => "emgate; hit; detail=shared",
+                (Outcome::Hit, _, false) => "emgate; hit",
+                (Outcome::Miss, true, _) => "emgate; fwd=miss; collapsed",
+                (Outcome::Miss, false, _) => "emgate; fwd=miss",
+                (Outcome::Stale, _, _) => "emgate; fwd=stale",
+            },
+        ),
+    );
+    if served.outcome != Outcome::Miss {
+        h.insert(AGE, HeaderValue::from(entry.age_secs()));
+    }
+    if ok {
+        h.insert(ETAG, etag);
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(entry.fetched_wall)) {
+            h.insert(LAST_MODIFIED, v);
+        }
+    }
+    r
+}
+
+/// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 §13.1.2
+/// has it for this header) or is `*`.
+fn matches_etag(request: &HeaderMap, etag: &HeaderValue) -> bool {
+    let ours = etag.as_bytes();
+    request.get_all(IF_NONE_MATCH).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == ours)
+        })
+    })
+}
+
+/// A response for a collapsed (uncached) read.
+fn respond(
+    prepared: &Prepared,
+    xml: bool,
+    public: &str,
+    em_base: &str,
+    head: bool,
+) -> Response<Body> {
+    let (body, content_type) = prepared.body_for(xml, public);
+    let mut r = Response::new(if head {
+        Body::default()
+    } else {
+        Body::new(body)
+    });
+    *r.status_mut() = prepared.status;
+    *r.headers_mut() = prepared.headers_for(em_base, public);
+    if let Some(t) = content_type {
+        r.headers_mut().insert(CONTENT_TYPE, t);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::rules::{Rule, RuleOrigin};
+    use std::time::Duration;
+
+    fn target(s: &str) -> Target {
+        let (p, q) = match s.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (s, None),
+        };
+        Target::parse(p, q).unwrap()
+    }
+
+    fn rule(path: &str) -> ReadRule {
+        let settings = CacheSettings {
+            ttl: Duration::from_secs(1),
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::ZERO,
+            max_bytes: 1,
+            stale_wait: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            refresh_ahead: false,
+            collapse: true,
+            default_rules: false,
+            rules: vec![Rule {
+                name: "r".into(),
+                path: PathTemplate::parse(path).unwrap(),
+                ttl: Duration::from_secs(1),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                origin: RuleOrigin::File,
+            }],
+        };
+        Rules::new(&settings).0.remove(0)
+    }
+
+    #[test]
+    fn keys_normalise_what_em_ignores_and_keep_what_it_does_not() {
+        let r = rule("/api/restorePoints/{id}/vmRestorePoints");
+        let id = "DC216C04-2E34-478E-8B9B-49A3397EF6F8";
+        let a = cache_key(
+            &target(&format!(
+                "/api/RestorePoints/{id}/vmrestorepoints?V=latest&Format=entity"
+            )),
+            Some(&r),
+            false,
+        );
+        let b = cache_key(
+            &target(&format!(
+                "/api/restorePoints/{}/vmRestorePoints?format=Entity",
+                id.to_lowercase()
+            )),
+            Some(&r),
+            false,
+        );
+        assert_eq!(a, b);
+        assert_eq!(
+            a.as_str(),
+            "/api/restorepoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmrestorepoints?format=entity"
+        );
+        // Pairs are sorted; values other than format's keep their case.
+        let q = rule("/api/query");
+        let x = cache_key(&target("/api/query?type=Job&pageSize=5"), Some(&q), false);
+        let y = cache_key(&target("/api/Query?PAGESIZE=5&TYPE=Job"), Some(&q), false);
+        assert_eq!(x, y);
+        let z = cache_key(&target("/api/query?type=job&pageSize=5"), Some(&q), false);
+        assert_ne!(x, z);
+        // Wildcard segments keep their case; uncached keys keep everything.
+        let w = rule("/api/catalog/vms/*");
+        assert_ne!(
+            cache_key(&target("/api/catalog/vms/WebServer"), Some(&w), false),
+            cache_key(&target("/api/catalog/vms/webserver"), Some(&w), false)
+        );
+        assert_ne!(
+            cache_key(&target("/api/jobs"), None, false),
+            cache_key(&target("/api/JOBS"), None, false)
+        );
+        assert_ne!(
+            cache_key(&target("/api/jobs"), None, false),
+            cache_key(&target("/api/jobs"), None, true)
+        );
+        assert_eq!(
+            em_target(&target("/api/query?type=Job&v=latest&x=a%20b")),
+            "/api/query?type=Job&x=a%20b"
+        );
+    }
+
+    #[test]
+    fn fresh_is_asked_for_by_no_cache_or_max_age_zero_and_tags_match_weakly() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_fresh(&h));
+        h.insert(CACHE_CONTROL, "max-age=0".parse().unwrap());
+        assert!(wants_fresh(&h));
+        h.insert(CACHE_CONTROL, "public, No-Cache".parse().unwrap());
+        assert!(wants_fresh(&h));
+        let tag = HeaderValue::from_static("\"p1-2\"");
+        let mut r = HeaderMap::new();
+        assert!(!matches_etag(&r, &tag));
+        r.insert(IF_NONE_MATCH, "\"a\", W/\"p1-2\"".parse().unwrap());
+        assert!(matches_etag(&r, &tag));
+        r.insert(IF_NONE_MATCH, "*".parse().unwrap());
+        assert!(matches_etag(&r, &tag));
+    }
+}
