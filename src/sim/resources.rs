@@ -531,6 +531,33 @@ fn vm_entity(base: &str, data: &Data, rp: &RestorePoint, vm: &VmPoint) -> Elemen
         .absent("SqlInfo")
 }
 
+/// VM restore points `(restore point index, VM index)` as a query returns them:
+/// references, or entities with their attributes in sample 07's order.
+pub(crate) fn vm_items(
+    base: &str,
+    data: &Data,
+    vms: &[(usize, usize)],
+    entity: bool,
+) -> Vec<Element> {
+    vms.iter()
+        .map(|&(i, k)| {
+            let rp = &data.points[i];
+            let vm = &rp.vms[k];
+            if entity {
+                vm_entity(base, data, rp, vm).order_attrs(&[
+                    "Type",
+                    "Href",
+                    "Name",
+                    "VmDisplayName",
+                    "UID",
+                ])
+            } else {
+                vm_ref("Ref", base, data, rp, vm)
+            }
+        })
+        .collect()
+}
+
 /// `GET /api/restorePoints/{id}/vmRestorePoints` (sample 03).
 pub(crate) fn vm_point_refs(base: &str, data: &Data, rp: &RestorePoint) -> Document {
     let refs = rp
