@@ -732,8 +732,9 @@ fn parse_id(raw: &str) -> Option<Uuid> {
     Uuid::parse_str(raw).ok()
 }
 
-/// Decodes `%XX` escapes in a path segment (invalid escapes are kept as written).
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes in a path segment or query parameter (invalid escapes
+/// are kept as written).
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -6,6 +6,7 @@
 
 use super::data::{self, Data, Job, Session, SessionResult};
 use super::model::{Document, Element, Link, RootStyle};
+use super::resources;
 use super::time::Civil;
 
 /// The days of the week in EM's order (`DaysOfWeekEnumeration`, get_jobs_id.md).
@@ -44,13 +45,7 @@ fn job_href(base: &str, job: &Job) -> String {
 }
 
 fn server_link(base: &str, data: &Data, job: &Job) -> Link {
-    let server = &data.servers[job.server];
-    Link::named(
-        "Up",
-        "BackupServerReference",
-        format!("{base}/api/backupServers/{}", server.id),
-        &server.name,
-    )
+    resources::server_link(base, &data.servers[job.server])
 }
 
 /// A job's reference: `Ref` in a list, `EntityRef` alone. Attributes and links as
@@ -256,17 +251,13 @@ pub(crate) fn job_entities(base: &str, data: &Data) -> Document {
     )
 }
 
-/// The items of a query for jobs (query.rs).
-pub(crate) fn job_items(base: &str, data: &Data, jobs: &[usize], entity: bool) -> Vec<Element> {
-    jobs.iter()
-        .map(|&j| {
-            if entity {
-                job_entity(base, data, j)
-            } else {
-                job_ref("Ref", base, data, &data.jobs[j])
-            }
-        })
-        .collect()
+/// Job `j` as a query returns it (query.rs).
+pub(crate) fn job_item(base: &str, data: &Data, j: usize, entity: bool) -> Element {
+    if entity {
+        job_entity(base, data, j)
+    } else {
+        job_ref("Ref", base, data, &data.jobs[j])
+    }
 }
 
 fn session_href(base: &str, s: &Session) -> String {
@@ -399,24 +390,13 @@ pub(crate) fn session_entities(base: &str, data: &Data) -> Document {
     )
 }
 
-/// The items of a query for sessions (query.rs).
-pub(crate) fn session_items(
-    base: &str,
-    data: &Data,
-    sessions: &[usize],
-    entity: bool,
-) -> Vec<Element> {
-    sessions
-        .iter()
-        .map(|&i| {
-            let s = &data.sessions[i];
-            if entity {
-                session_entity(base, data, s)
-            } else {
-                session_ref("Ref", base, data, s)
-            }
-        })
-        .collect()
+/// A session as a query returns it (query.rs).
+pub(crate) fn session_item(base: &str, data: &Data, s: &Session, entity: bool) -> Element {
+    if entity {
+        session_entity(base, data, s)
+    } else {
+        session_ref("Ref", base, data, s)
+    }
 }
 
 /// What a task document shows.

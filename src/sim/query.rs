@@ -25,6 +25,7 @@ use std::cmp::{Ordering, Reverse};
 use uuid::Uuid;
 
 use super::data::{Data, SessionResult};
+use super::handler::percent_decode;
 use super::jobs;
 use super::model::{Document, Element, Link, RootStyle};
 use super::resources;
@@ -642,30 +643,9 @@ struct Params {
     filter: Option<Expr>,
 }
 
-/// Decodes `%XX` and `+` (a space in a query string) in one query parameter.
+/// Decodes one query parameter: `+` is a space in a query string, then `%XX`.
 fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| char::from(b).to_digit(16);
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push((hi * 16 + lo) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode(&s.replace('+', " "))
 }
 
 /// The query's `key=value` pairs, decoded; keys as sent.
@@ -781,40 +761,17 @@ pub(crate) fn answer(base: &str, data: &Data, query: Option<&str>) -> Result<Doc
         None => (total, 1),
     };
     let skip = (p.page - 1).saturating_mul(page_size);
-    let page_items: Vec<Item> = items.into_iter().skip(skip).take(page_size).collect();
 
-    let elements: Vec<Element> = match p.typ {
-        Type::VmRestorePoint => {
-            let vms: Vec<(usize, usize)> = page_items
-                .iter()
-                .filter_map(|it| match *it {
-                    Item::Vm(i, k) => Some((i, k)),
-                    _ => None,
-                })
-                .collect();
-            resources::vm_items(base, data, &vms, p.entities)
-        }
-        Type::BackupJobSession => {
-            let ids: Vec<usize> = page_items
-                .iter()
-                .filter_map(|it| match *it {
-                    Item::Session(i) => Some(i),
-                    _ => None,
-                })
-                .collect();
-            jobs::session_items(base, data, &ids, p.entities)
-        }
-        Type::Job => {
-            let ids: Vec<usize> = page_items
-                .iter()
-                .filter_map(|it| match *it {
-                    Item::Job(j) => Some(j),
-                    _ => None,
-                })
-                .collect();
-            jobs::job_items(base, data, &ids, p.entities)
-        }
-    };
+    let elements: Vec<Element> = items
+        .into_iter()
+        .skip(skip)
+        .take(page_size)
+        .map(|it| match it {
+            Item::Vm(i, k) => resources::vm_item(base, data, i, k, p.entities),
+            Item::Session(i) => jobs::session_item(base, data, &data.sessions[i], p.entities),
+            Item::Job(j) => jobs::job_item(base, data, j, p.entities),
+        })
+        .collect();
 
     let root = Element::new("QueryResult");
     let root = if p.entities {

@@ -14,16 +14,6 @@ use super::data::{self, Data, SessionResult, DAY_MS, JOBS, SERVERS};
 use super::model::{Document, Element, Link, RootStyle};
 use super::time::Civil;
 
-/// The five reports below `/api/reports/summary`, in the order reports_summary.md
-/// lists them: (path segment, root element).
-pub(crate) const REPORTS: [(&str, &str); 5] = [
-    ("overview", "OverviewReportFrame"),
-    ("vms_overview", "VmsOverviewReportFrame"),
-    ("job_statistics", "JobStatisticsReportFrame"),
-    ("processed_vms", "ProcessedVmsReportFrame"),
-    ("repository", "RepositoryReportFrame"),
-];
-
 /// The days `processed_vms` covers, ending with the day of the newest VM
 /// restore point (the docs do not say how many; EM's dashboard shows a week).
 const PROCESSED_DAYS: i64 = 7;
@@ -42,20 +32,25 @@ pub(crate) enum Report {
     Repository,
 }
 
+/// The five reports below `/api/reports/summary` by path segment, in the order
+/// reports_summary.md lists them. The job statistics are at `job_statistics`, as
+/// the page's resource URL says (its method link says `statistics`, its example
+/// `jobs_statistics`).
+const REPORTS: [(&str, Report); 5] = [
+    ("overview", Report::Overview),
+    ("vms_overview", Report::VmsOverview),
+    ("job_statistics", Report::JobStatistics),
+    ("processed_vms", Report::ProcessedVms),
+    ("repository", Report::Repository),
+];
+
 impl Report {
     /// The report a path segment names (ignoring ASCII case, as EM's routes do).
     pub fn from_segment(segment: &str) -> Option<Report> {
-        let all = [
-            Report::Overview,
-            Report::VmsOverview,
-            Report::JobStatistics,
-            Report::ProcessedVms,
-            Report::Repository,
-        ];
         REPORTS
             .iter()
-            .position(|(seg, _)| seg.eq_ignore_ascii_case(segment))
-            .map(|i| all[i])
+            .find(|(seg, _)| seg.eq_ignore_ascii_case(segment))
+            .map(|(_, r)| *r)
     }
 }
 
