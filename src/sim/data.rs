@@ -12,7 +12,10 @@
 //!   eight VMs with fixed names (`web017`, `db203`, … and one `r&d…` so that names
 //!   needing XML escaping occur);
 //! - restore points, each from one job, created at some moment of 2025, holding the
-//!   job's first `vm_count` VMs (1 to 8), one backup file, full or incremental.
+//!   job's first `vm_count` VMs (1 to 8), one backup file, full or incremental;
+//! - [`SESSIONS_PER_JOB`] backup job sessions per job, its most recent runs: a
+//!   successful run (Success or Warning) made the job's next newest restore point
+//!   (and links to it), a failed run made none and the run after it is its retry.
 
 use std::collections::HashMap;
 
@@ -26,11 +29,19 @@ pub(crate) const SERVERS: usize = 3;
 pub(crate) const JOBS: usize = 24;
 /// VMs per job; a restore point holds 1 to this many of them.
 pub(crate) const VMS_PER_JOB: usize = 8;
+/// Backup job sessions per job (its most recent runs).
+pub(crate) const SESSIONS_PER_JOB: usize = 10;
 
 /// 2025-01-01T00:00:00Z in milliseconds since the Unix epoch.
 const YEAR_2025_MS: i64 = 1_735_689_600_000;
 /// Length of 2025 in milliseconds.
 const YEAR_MS: u64 = 365 * 86_400_000;
+/// One day in milliseconds.
+pub(crate) const DAY_MS: i64 = 86_400_000;
+/// One minute in milliseconds.
+const MINUTE_MS: i64 = 60_000;
+/// One GiB in bytes.
+const GIB: i64 = 1 << 30;
 
 /// VM name prefixes; `r&d` makes names that must be escaped in XML.
 const PREFIXES: [&str; 12] = [
@@ -48,6 +59,13 @@ mod tag {
     pub const BACKUP_FILE: u64 = 0x0007;
     pub const DETAILS: u64 = 0x0008;
     pub const VM_COUNT: u64 = 0x0009;
+    pub const SESSION: u64 = 0x000A;
+    pub const SESSION_DETAILS: u64 = 0x000B;
+    pub const JOB_DETAILS: u64 = 0x000C;
+    pub const JOB_OBJECT: u64 = 0x000D;
+    pub const VM_SIZE: u64 = 0x000E;
+    pub const REPORT_LINK: u64 = 0x000F;
+    pub const REPOSITORY: u64 = 0x0010;
 }
 
 /// splitmix64's finaliser: a fast, well-mixed 64-bit hash step.
@@ -81,6 +99,28 @@ pub(crate) fn restore_point_uuid(seed: u64, index: usize) -> Uuid {
     uuid(seed, tag::RESTORE_POINT, index as u64, 0)
 }
 
+/// The id of job `index` under `seed`; past [`JOBS`] an id the sim does not know.
+pub(crate) fn job_uuid(seed: u64, index: usize) -> Uuid {
+    uuid(seed, tag::JOB, index as u64, 0)
+}
+
+/// The id of backup job session `index` (`job * SESSIONS_PER_JOB + run`, runs
+/// oldest first); past the last session an id the sim does not know.
+pub(crate) fn session_uuid(seed: u64, index: usize) -> Uuid {
+    uuid(seed, tag::SESSION, index as u64, 0)
+}
+
+/// The id of the `k`-th object (VM) in job `job` (`ObjectInJobId`).
+pub(crate) fn object_in_job_uuid(seed: u64, job: usize, k: usize) -> Uuid {
+    uuid(seed, tag::JOB_OBJECT, job as u64, k as u64)
+}
+
+/// A fixed id per seed and `n`, for the report definitions EM links its summary
+/// reports to (`Workspace/ViewReport.aspx?definition=…`).
+pub(crate) fn report_definition_uuid(seed: u64, n: u64) -> Uuid {
+    uuid(seed, tag::REPORT_LINK, n, 0)
+}
+
 /// How many VMs restore point `index` holds: 1 to [`VMS_PER_JOB`].
 pub(crate) fn vm_count(seed: u64, index: usize) -> usize {
     1 + (hash(seed, tag::VM_COUNT, index as u64, 0) % VMS_PER_JOB as u64) as usize
@@ -102,6 +142,13 @@ pub(crate) struct Job {
     pub name: String,
     pub server: usize,
     pub vms: Vec<Vm>,
+    /// Whether its daily schedule is enabled (`ScheduleEnabled`); one job in
+    /// six has it disabled.
+    pub schedule_enabled: bool,
+    /// Minutes after midnight UTC of the daily run (`OptionsDaily/Time`).
+    pub run_minute: u32,
+    /// When it was created (its `Description` says so), in 2024.
+    pub created_ms: i64,
 }
 
 /// A VM a job protects.
@@ -110,6 +157,46 @@ pub(crate) struct Vm {
     pub name: String,
     /// vSphere managed object number (`vm-85541`).
     pub moref: u32,
+    /// Provisioned size in GiB (20 to 500), for the reports.
+    pub size_gib: u32,
+}
+
+/// The result of a backup job session, in the order the query service compares
+/// them (query_comparison.md: Success < Warning < Failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionResult {
+    Success,
+    Warning,
+    Failed,
+}
+
+impl SessionResult {
+    pub const NAMES: [&'static str; 3] = ["Success", "Warning", "Failed"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One run of a backup job (a backup job session). Every generated session has
+/// ended (`State` Stopped).
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: Uuid,
+    pub job: usize,
+    /// `CreationTimeUTC`, milliseconds since the Unix epoch.
+    pub start_ms: i64,
+    /// `EndTimeUTC`.
+    pub end_ms: i64,
+    pub result: SessionResult,
+    /// The run retries the failed run before it.
+    pub is_retry: bool,
+    /// Index of the restore point the run made; failed runs make none.
+    pub point: Option<usize>,
 }
 
 /// One restore point (a job run).
@@ -140,11 +227,17 @@ pub(crate) struct VmPoint {
 /// The whole estate plus the id indexes the router looks things up in.
 #[derive(Debug)]
 pub(crate) struct Data {
+    /// The seed everything was drawn from (sizes are drawn when asked for).
+    pub seed: u64,
     pub servers: Vec<BackupServer>,
     pub jobs: Vec<Job>,
     pub points: Vec<RestorePoint>,
+    /// `SESSIONS_PER_JOB` per job, job by job, each job's oldest first.
+    pub sessions: Vec<Session>,
     rp_by_id: HashMap<Uuid, usize>,
     vm_by_id: HashMap<Uuid, (usize, usize)>,
+    job_by_id: HashMap<Uuid, usize>,
+    session_by_id: HashMap<Uuid, usize>,
 }
 
 impl Data {
@@ -158,27 +251,38 @@ impl Data {
             })
             .collect();
         let jobs = (0..JOBS)
-            .map(|j| Job {
-                id: uuid(seed, tag::JOB, j as u64, 0),
-                name: format!("Backup Job {}", j + 1),
-                server: j % SERVERS,
-                vms: (0..VMS_PER_JOB)
-                    .map(|k| {
-                        let h = hash(seed, tag::JOB_VM, j as u64, k as u64);
-                        // Numbers are unique across the estate, so names are too.
-                        let number = j * VMS_PER_JOB + k;
-                        Vm {
-                            name: format!(
-                                "{}{:03}",
-                                PREFIXES[(h % PREFIXES.len() as u64) as usize],
-                                number
-                            ),
-                            moref: 1000 + (h >> 32) as u32 % 99_000,
-                        }
-                    })
-                    .collect(),
+            .map(|j| {
+                let h = hash(seed, tag::JOB_DETAILS, j as u64, 0);
+                Job {
+                    id: job_uuid(seed, j),
+                    name: format!("Backup Job {}", j + 1),
+                    server: j % SERVERS,
+                    schedule_enabled: h % 6 != 0,
+                    // 18:00 to 23:30, on the half hour.
+                    run_minute: 18 * 60 + 30 * ((h >> 8) % 12) as u32,
+                    // Some day of December 2024, in working hours.
+                    created_ms: YEAR_2025_MS - 31 * DAY_MS
+                        + ((h >> 16) % 30) as i64 * DAY_MS
+                        + (8 * 60 + ((h >> 24) % 600) as i64) * MINUTE_MS,
+                    vms: (0..VMS_PER_JOB)
+                        .map(|k| {
+                            let h = hash(seed, tag::JOB_VM, j as u64, k as u64);
+                            // Numbers are unique across the estate, so names are too.
+                            let number = j * VMS_PER_JOB + k;
+                            Vm {
+                                name: format!(
+                                    "{}{:03}",
+                                    PREFIXES[(h % PREFIXES.len() as u64) as usize],
+                                    number
+                                ),
+                                moref: 1000 + (h >> 32) as u32 % 99_000,
+                                size_gib: 20 + ((h >> 16) % 481) as u32,
+                            }
+                        })
+                        .collect(),
+                }
             })
-            .collect();
+            .collect::<Vec<_>>();
         let mut points = Vec::with_capacity(count);
         let mut rp_by_id = HashMap::with_capacity(count);
         let mut vm_by_id = HashMap::with_capacity(count * (VMS_PER_JOB + 1) / 2);
@@ -215,13 +319,85 @@ impl Data {
                 vms,
             });
         }
+        let sessions = generate_sessions(seed, &points);
+        let job_by_id = jobs
+            .iter()
+            .enumerate()
+            .map(|(j, job)| (job.id, j))
+            .collect();
+        let session_by_id = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
         Data {
+            seed,
             servers,
             jobs,
             points,
+            sessions,
             rp_by_id,
             vm_by_id,
+            job_by_id,
+            session_by_id,
         }
+    }
+
+    /// The job with this id, by index.
+    pub fn job_index(&self, id: &Uuid) -> Option<usize> {
+        self.job_by_id.get(id).copied()
+    }
+
+    /// The backup job session with this id.
+    pub fn session(&self, id: &Uuid) -> Option<&Session> {
+        self.session_by_id.get(id).map(|&i| &self.sessions[i])
+    }
+
+    /// A job's sessions, oldest first.
+    pub fn job_sessions(&self, job: usize) -> &[Session] {
+        let start = (job * SESSIONS_PER_JOB).min(self.sessions.len());
+        let end = (start + SESSIONS_PER_JOB).min(self.sessions.len());
+        &self.sessions[start..end]
+    }
+
+    /// `NextRun` of a job: its daily run time on the day after its last run;
+    /// `None` when its schedule is disabled (get_jobs_id.md: scheduled jobs only).
+    pub fn next_run_ms(&self, job: usize) -> Option<i64> {
+        let j = &self.jobs[job];
+        if !j.schedule_enabled {
+            return None;
+        }
+        let last = self
+            .job_sessions(job)
+            .last()
+            .map_or(YEAR_2025_MS, |s| s.start_ms);
+        Some(last.div_euclid(DAY_MS) * DAY_MS + DAY_MS + i64::from(j.run_minute) * MINUTE_MS)
+    }
+
+    /// `Backup Job 3@2025-10-20 20:00:02`: a session's name (backupsessions_id.md:
+    /// `Fileserver Backup@2014-10-19 05:22:52`).
+    pub fn session_name(&self, s: &Session) -> String {
+        format!(
+            "{}@{}",
+            self.jobs[s.job].name,
+            Civil::from_unix_ms(s.start_ms).plain()
+        )
+    }
+
+    /// Size in bytes of one VM's data in a restore point: 40 to 70 % of the VM's
+    /// size in a full point, 1 to 8 % in an incremental one.
+    pub fn vm_point_bytes(&self, rp_index: usize, k: usize) -> i64 {
+        let rp = &self.points[rp_index];
+        let size = i64::from(self.jobs[rp.job].vms[rp.vms[k].slot].size_gib) * GIB;
+        let h = hash(self.seed, tag::VM_SIZE, rp_index as u64, k as u64);
+        let percent = if rp.full { 40 + h % 31 } else { 1 + h % 8 };
+        size / 100 * percent as i64
+    }
+
+    /// Free space of a backup server's repository: 2 to 16 TiB.
+    pub fn repository_free_bytes(&self, server: usize) -> i64 {
+        let h = hash(self.seed, tag::REPOSITORY, server as u64, 0);
+        (2 + (h % 15) as i64) * 1024 * GIB
     }
 
     /// The restore point with this id.
@@ -284,6 +460,76 @@ impl Data {
     }
 }
 
+/// A job's most recent runs, walking back from its newest restore point: a run
+/// succeeds (7 in 8) and made the next older restore point, or fails (and always
+/// when no point is left) without one, half an hour to an hour before the run
+/// after it, which is then its retry.
+fn generate_sessions(seed: u64, points: &[RestorePoint]) -> Vec<Session> {
+    let mut by_job: Vec<Vec<usize>> = vec![Vec::new(); JOBS];
+    for (i, rp) in points.iter().enumerate() {
+        by_job[rp.job].push(i);
+    }
+    let mut sessions = Vec::with_capacity(JOBS * SESSIONS_PER_JOB);
+    for (j, mut pts) in by_job.into_iter().enumerate() {
+        pts.sort_unstable_by_key(|&i| points[i].backup_ms);
+        // Newest first while walking back.
+        let mut runs: Vec<Session> = Vec::with_capacity(SESSIONS_PER_JOB);
+        for r in 0..SESSIONS_PER_JOB {
+            let h = hash(seed, tag::SESSION_DETAILS, j as u64, r as u64);
+            let point = if h % 8 == 0 { None } else { pts.pop() };
+            let run = match point {
+                Some(i) => {
+                    let rp = &points[i];
+                    let last_vm = rp.vms.last().map_or(rp.backup_ms, |v| v.created_ms);
+                    Session {
+                        id: Uuid::nil(),
+                        job: j,
+                        // Started 10 s to 1 min before the point's backup time.
+                        start_ms: rp.backup_ms - 10_000 - ((h >> 8) % 50_000) as i64,
+                        // Ended 5 s to 1 min after its last VM.
+                        end_ms: last_vm + 5_000 + ((h >> 24) % 55_000) as i64,
+                        result: if (h >> 40) % 6 == 0 {
+                            SessionResult::Warning
+                        } else {
+                            SessionResult::Success
+                        },
+                        is_retry: false,
+                        point: Some(i),
+                    }
+                }
+                None => {
+                    let start_ms = match runs.last_mut() {
+                        Some(newer) => {
+                            newer.is_retry = true;
+                            newer.start_ms - 30 * MINUTE_MS - ((h >> 8) % 30) as i64 * MINUTE_MS
+                        }
+                        // The newest run: a day after the newest point.
+                        None => pts.last().map_or(YEAR_2025_MS + YEAR_MS as i64, |&i| {
+                            points[i].backup_ms + DAY_MS
+                        }),
+                    };
+                    Session {
+                        id: Uuid::nil(),
+                        job: j,
+                        start_ms,
+                        end_ms: start_ms + MINUTE_MS + ((h >> 24) % 600_000) as i64,
+                        result: SessionResult::Failed,
+                        is_retry: false,
+                        point: None,
+                    }
+                }
+            };
+            runs.push(run);
+        }
+        runs.sort_by_key(|s| s.start_ms);
+        for (k, mut run) in runs.into_iter().enumerate() {
+            run.id = session_uuid(seed, j * SESSIONS_PER_JOB + k);
+            sessions.push(run);
+        }
+    }
+    sessions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,11 +559,79 @@ mod tests {
     }
 
     #[test]
+    fn sessions_follow_the_restore_points() {
+        for count in [0, 30, 2000] {
+            let d = Data::generate(9, count);
+            assert_eq!(d.sessions.len(), JOBS * SESSIONS_PER_JOB);
+            let mut linked = std::collections::HashSet::new();
+            for j in 0..JOBS {
+                let runs = d.job_sessions(j);
+                assert_eq!(runs.len(), SESSIONS_PER_JOB);
+                for (k, s) in runs.iter().enumerate() {
+                    assert_eq!(s.job, j);
+                    assert_eq!(s.id, session_uuid(9, j * SESSIONS_PER_JOB + k));
+                    assert_eq!(d.session(&s.id).map(|x| x.id), Some(s.id));
+                    assert!(s.end_ms > s.start_ms);
+                    if k > 0 {
+                        assert!(runs[k - 1].start_ms <= s.start_ms, "oldest first");
+                    }
+                    match s.point {
+                        Some(i) => {
+                            let rp = &d.points[i];
+                            assert_eq!(rp.job, j);
+                            assert!(s.start_ms < rp.backup_ms);
+                            assert!(s.end_ms > rp.vms.last().unwrap().created_ms);
+                            assert_ne!(s.result, SessionResult::Failed);
+                            assert!(linked.insert(i), "one run per point");
+                        }
+                        None => assert_eq!(s.result, SessionResult::Failed),
+                    }
+                }
+                // The newest runs made the newest points of the job.
+                let newest = d
+                    .points
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, rp)| rp.job == j)
+                    .max_by_key(|(_, rp)| rp.backup_ms)
+                    .map(|(i, _)| i);
+                let newest_linked = runs.iter().rev().find_map(|s| s.point);
+                assert_eq!(newest_linked, newest);
+                assert_eq!(d.job_index(&d.jobs[j].id), Some(j));
+            }
+            if count == 0 {
+                assert!(d.sessions.iter().all(|s| s.result == SessionResult::Failed));
+            } else {
+                assert!(d
+                    .sessions
+                    .iter()
+                    .any(|s| s.result == SessionResult::Success));
+                assert!(d.sessions.iter().any(|s| s.is_retry));
+            }
+        }
+        assert!(Data::generate(9, 10)
+            .session(&session_uuid(9, 240))
+            .is_none());
+    }
+
+    #[test]
     fn five_thousand_points_generate_quickly() {
-        let t = std::time::Instant::now();
+        // The best of three runs, so that a busy machine (tests run in
+        // parallel) does not fail it. Measured in a debug build on 2 cores:
+        // about 15 ms, of which the sessions take 1.5 ms.
+        let best = (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let d = Data::generate(1, 5000);
+                let elapsed = t.elapsed();
+                assert_eq!(d.points.len(), 5000);
+                elapsed
+            })
+            .min()
+            .unwrap_or_default();
+        eprintln!("Data::generate(1, 5000): {best:?}");
+        assert!(best < std::time::Duration::from_millis(50), "{best:?}");
         let d = Data::generate(1, 5000);
-        assert_eq!(d.points.len(), 5000);
-        assert!(t.elapsed() < std::time::Duration::from_secs(1));
         let names: std::collections::HashSet<_> = d
             .jobs
             .iter()

@@ -17,7 +17,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use uuid::Uuid;
 
+use super::jobs::{self, TaskView};
 use super::model::Document;
+use super::query::{self, QueryError};
+use super::report::{self, Report};
 use super::state::{session_token, Counters, FaultClass, SessionError, State};
 use super::{json, resources, server::ConnCtx, xml, Fault, RecordedRequest};
 
@@ -81,6 +84,19 @@ enum Route {
     RestorePoint(String),
     RestorePointVms(String),
     VmRestorePoint(String),
+    /// `/api/reports/summary`.
+    Reports,
+    /// `/api/reports/summary/{report}`.
+    Report(Report),
+    Jobs,
+    /// `/api/jobs/{id}`: GET, and POST with `?action=start`.
+    Job(String),
+    BackupSessions,
+    BackupSession(String),
+    /// `/api/query?type=…`.
+    Query,
+    /// `/api/tasks/{id}` (ids like `task-7`).
+    Task(String),
     /// Below `/api/` but nothing the simulator knows.
     UnknownApi,
     /// Outside `/api`.
@@ -102,6 +118,16 @@ impl Route {
             2 if is(1, "sessionMngr") => Route::Logon,
             2 if is(1, "logonSessions") => Route::LogonSessions,
             2 if is(1, "restorePoints") => Route::RestorePoints,
+            2 if is(1, "jobs") => Route::Jobs,
+            2 if is(1, "backupSessions") => Route::BackupSessions,
+            2 if is(1, "query") => Route::Query,
+            3 if is(1, "reports") && is(2, "summary") => Route::Reports,
+            4 if is(1, "reports") && is(2, "summary") => {
+                Report::from_segment(segs[3]).map_or(Route::UnknownApi, Route::Report)
+            }
+            3 if is(1, "jobs") => Route::Job(id(2)),
+            3 if is(1, "backupSessions") => Route::BackupSession(id(2)),
+            3 if is(1, "tasks") => Route::Task(id(2)),
             3 if is(1, "logonSessions") => Route::LogonSession(id(2)),
             3 if is(1, "restorePoints") => Route::RestorePoint(id(2)),
             3 if is(1, "vmRestorePoints") => Route::VmRestorePoint(id(2)),
@@ -125,6 +151,7 @@ impl Route {
         match self {
             Route::Logon => &[Method::POST],
             Route::LogonSession(_) => &[Method::GET, Method::DELETE],
+            Route::Job(_) => &[Method::GET, Method::POST],
             _ => &[Method::GET],
         }
     }
@@ -394,10 +421,172 @@ fn answer(
             };
             document(StatusCode::OK, &doc, format, head)
         }
+        Route::Reports => document(StatusCode::OK, &report::summary(base), format, head),
+        Route::Report(which) => {
+            document(StatusCode::OK, &report::report(data, *which), format, head)
+        }
+        Route::Jobs => {
+            let doc = if entity {
+                jobs::job_entities(base, data)
+            } else {
+                jobs::job_refs(base, data)
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::Job(raw) => {
+            let Some(j) = parse_id(raw).and_then(|id| data.job_index(&id)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Job [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            if *method == Method::POST {
+                return job_action(state, j, query, format, base);
+            }
+            let doc = if entity {
+                jobs::job_entity_doc(base, data, j)
+            } else {
+                jobs::job_ref_doc(base, data, &data.jobs[j])
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::BackupSessions => {
+            let doc = if entity {
+                jobs::session_entities(base, data)
+            } else {
+                jobs::session_refs(base, data)
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::BackupSession(raw) => {
+            let Some(s) = parse_id(raw).and_then(|id| data.session(&id)) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Backup session [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            let doc = if entity {
+                jobs::session_entity_doc(base, data, s)
+            } else {
+                jobs::session_ref_doc(base, data, s)
+            };
+            document(StatusCode::OK, &doc, format, head)
+        }
+        Route::Query => match query::answer(base, data, query) {
+            Ok(doc) => document(StatusCode::OK, &doc, format, head),
+            Err(QueryError::Bad(message)) => error(StatusCode::BAD_REQUEST, &message, format, head),
+            Err(QueryError::NotSimulated(message)) => {
+                error(StatusCode::NOT_IMPLEMENTED, &message, format, head)
+            }
+        },
+        Route::Task(raw) => {
+            let task = raw
+                .strip_prefix("task-")
+                .and_then(|n| n.parse::<u64>().ok())
+                .and_then(|n| state.task(n));
+            let Some(task) = task else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    &format!("Task [{raw}] does not exist."),
+                    format,
+                    head,
+                );
+            };
+            let id = task.id();
+            let view = TaskView {
+                id: &id,
+                running: task.running(),
+                job_name: &data.jobs[task.job].name,
+            };
+            document(StatusCode::OK, &jobs::task(base, &view), format, head)
+        }
         Route::EntryPoint | Route::Logon | Route::UnknownApi | Route::Outside => {
             unreachable!("handled above")
         }
     }
+}
+
+/// The `POST` actions jobs_id.md lists for `/jobs/{ID}`; only `start` is simulated.
+const JOB_ACTIONS: [&str; 6] = [
+    "start",
+    "stop",
+    "retry",
+    "clone",
+    "sync",
+    "toggleScheduleEnabled",
+];
+
+/// `POST /api/jobs/{id}?action=start` (post_jobs_id_actionstart.md): 202 Accepted
+/// with a `Task` that is `Running` (scenario_starting_a_job.md step 7). The other
+/// documented actions answer 501, anything else 400.
+fn job_action(
+    state: &State,
+    job: usize,
+    query: Option<&str>,
+    format: Format,
+    base: &str,
+) -> Response<Body> {
+    let action = query_value(query, "action");
+    match action.as_deref() {
+        Some(a) if a.eq_ignore_ascii_case("start") => {}
+        Some(a) if JOB_ACTIONS.iter().any(|d| d.eq_ignore_ascii_case(a)) => {
+            return error(
+                StatusCode::NOT_IMPLEMENTED,
+                &format!("The simulator does not implement the job action [{a}]."),
+                format,
+                false,
+            );
+        }
+        Some(a) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("Action [{a}] is not valid for a job."),
+                format,
+                false,
+            );
+        }
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The request names no action: send ?action=start.",
+                format,
+                false,
+            );
+        }
+    }
+    let task = state.create_task(job);
+    let id = task.id();
+    let view = TaskView {
+        id: &id,
+        running: true,
+        job_name: &state.data.jobs[job].name,
+    };
+    let mut resp = document(
+        StatusCode::ACCEPTED,
+        &jobs::task(base, &view),
+        format,
+        false,
+    );
+    // EM sends no Location with this 202 (post_jobs_id_actionstart.md lists only
+    // Content-length and Content-type); the simulator adds one naming the task,
+    // so that tests can check the gateway rewrites Location like an Href.
+    if let Ok(v) = HeaderValue::from_str(&jobs::task_href(base, &id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The first value of query parameter `key` (name ignoring ASCII case), as sent.
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.to_owned())
 }
 
 /// `POST /api/sessionMngr/?v=…` (post_sessionmngr.md, http_authentication.md).
@@ -543,8 +732,9 @@ fn parse_id(raw: &str) -> Option<Uuid> {
     Uuid::parse_str(raw).ok()
 }
 
-/// Decodes `%XX` escapes in a path segment (invalid escapes are kept as written).
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes in a path segment or query parameter (invalid escapes
+/// are kept as written).
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -670,6 +860,28 @@ mod tests {
             Route::VmRestorePoint("x-y".into())
         );
         assert_eq!(Route::parse("/api/backups"), Route::UnknownApi);
+        assert_eq!(Route::parse("/api/reports/summary/"), Route::Reports);
+        assert_eq!(
+            Route::parse("/api/Reports/Summary/VMS_OVERVIEW"),
+            Route::Report(Report::VmsOverview)
+        );
+        assert_eq!(
+            Route::parse("/api/reports/summary/statistics"),
+            Route::UnknownApi
+        );
+        assert_eq!(Route::parse("/api/jobs"), Route::Jobs);
+        assert_eq!(Route::parse("/api/jobs/x"), Route::Job("x".into()));
+        assert_eq!(Route::parse("/api/backupsessions"), Route::BackupSessions);
+        assert_eq!(
+            Route::parse("/api/backupSessions/y"),
+            Route::BackupSession("y".into())
+        );
+        assert_eq!(Route::parse("/api/query"), Route::Query);
+        assert_eq!(
+            Route::parse("/api/tasks/task-3"),
+            Route::Task("task-3".into())
+        );
+        assert_eq!(Route::parse("/api/tasks"), Route::UnknownApi);
         assert_eq!(Route::parse("/"), Route::Outside);
         assert_eq!(Route::parse("/apix"), Route::Outside);
     }

@@ -2,7 +2,9 @@
 //!
 //! Rules, from /work/shared/README.md and the JSON samples: the root element is
 //! dropped (the document is an object of its members); attributes and text become
-//! plain members, numbers as JSON numbers; `Links` is an array of
+//! plain members, numbers as JSON numbers, booleans as `true`/`false`; a child
+//! element with members is an object, a repeated text-only element an array of
+//! scalars; `Links` is an array of
 //! `{"Rel","Href","Name","Type"}` with `null` for what is absent; a repeated element
 //! is an array named with its plural, a wrapped list keeps EM's double wrapper; a
 //! declared but absent member is `null`, and so is an empty list.
@@ -41,11 +43,17 @@ fn write_object(out: &mut String, el: &Element) {
         match &m.value {
             Value::Attr(v) | Value::Text(v) => write_scalar(out, v),
             Value::Absent => out.push_str("null"),
+            Value::Texts(values) => write_scalars(out, values),
+            Value::Child(child) => write_object(out, child),
             Value::Links(links) => write_links(out, links),
-            Value::List { wrapped, items } => {
+            Value::List {
+                wrapped,
+                inner,
+                items,
+            } => {
                 if *wrapped {
                     out.push('{');
-                    write_string(out, m.name);
+                    write_string(out, inner);
                     out.push(':');
                     write_items(out, items);
                     out.push('}');
@@ -69,6 +77,22 @@ fn write_items(out: &mut String, items: &[Element]) {
             out.push(',');
         }
         write_object(out, item);
+    }
+    out.push(']');
+}
+
+/// A repeated text-only element: an array of scalars, `null` when empty.
+fn write_scalars(out: &mut String, values: &[Scalar]) {
+    if values.is_empty() {
+        out.push_str("null");
+        return;
+    }
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_scalar(out, v);
     }
     out.push(']');
 }
@@ -107,6 +131,7 @@ fn write_scalar(out: &mut String, v: &Scalar) {
     match v {
         Scalar::Str(s) => write_string(out, s),
         Scalar::Int(i) => out.push_str(&i.to_string()),
+        Scalar::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
     }
 }
 

@@ -5,8 +5,11 @@
 //! entry point `GET /api/`, logon with Basic auth (`POST /api/sessionMngr/`), session
 //! tokens in `X-RestSvcSessionId` (header or cookie) with idle expiry, logon session
 //! listing and logout, restore points and their VM restore points in reference and
-//! entity form, EM's `<Error>` documents, and JSON for `Accept: application/json`.
-//! Its data is generated from a seed, and tests can add latency and faults.
+//! entity form, jobs and backup job sessions in both forms, starting a job (a
+//! task), the query service for VM restore points, sessions and jobs (paged,
+//! sorted, filtered), the summary reports, EM's `<Error>` documents, and JSON for
+//! `Accept: application/json`. Its data is generated from a seed, and tests can
+//! add latency and faults.
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
 //! only `crate::sim::…` and external crates. Everything it knows about EM comes from
@@ -15,16 +18,23 @@
 //! Layout, in the order a request meets it:
 //! - `server.rs`: accept loop, TLS handshake, one HTTP/1.1 connection per task;
 //! - `handler.rs`: routing, logon, session checks, faults, content negotiation;
-//! - `state.rs`: shared state: credentials, sessions, faults, counters, request log;
-//! - `data.rs` (with `time.rs`): the generated restore points;
-//! - `resources.rs`: EM's representations of them as documents (`model.rs`);
+//! - `state.rs`: shared state: credentials, sessions, faults, counters, request
+//!   log, tasks;
+//! - `data.rs` (with `time.rs`): the generated estate: servers, jobs, restore
+//!   points, backup job sessions;
+//! - `resources.rs` (entry point, logon sessions, restore points, errors),
+//!   `jobs.rs` (jobs, backup job sessions, tasks), `report.rs` (summary reports),
+//!   `query.rs` (the query service): EM's representations as documents (`model.rs`);
 //! - `xml.rs`, `json.rs`: the two renderings of one document;
 //! - `tls.rs`: the self-signed certificate.
 
 mod data;
 mod handler;
+mod jobs;
 mod json;
 mod model;
+mod query;
+mod report;
 mod resources;
 mod server;
 mod state;
@@ -269,6 +279,36 @@ impl Sim {
         data::vm_count(self.seed, index)
     }
 
+    /// How many VM restore points there are in all (what
+    /// `GET /api/query?type=VmRestorePoint` counts).
+    pub fn vm_restore_point_count(&self) -> usize {
+        self.state.data.points.iter().map(|rp| rp.vms.len()).sum()
+    }
+
+    /// The lowercase UUID of job `index` (`Backup Job {index + 1}`). Defined for
+    /// any index: from [`Sim::job_count`] on, an id the simulator does not know.
+    pub fn job_id(&self, index: usize) -> String {
+        data::job_uuid(self.seed, index).to_string()
+    }
+
+    /// How many jobs there are (24).
+    pub fn job_count(&self) -> usize {
+        self.state.data.jobs.len()
+    }
+
+    /// The lowercase UUID of backup job session `index`: sessions are numbered
+    /// job by job, each job's oldest first, so job `j`'s runs are
+    /// `j * 10 .. j * 10 + 10`. Defined for any index: from
+    /// [`Sim::backup_session_count`] on, an id the simulator does not know.
+    pub fn backup_session_id(&self, index: usize) -> String {
+        data::session_uuid(self.seed, index).to_string()
+    }
+
+    /// How many backup job sessions there are (10 per job).
+    pub fn backup_session_count(&self) -> usize {
+        self.state.data.sessions.len()
+    }
+
     /// Changes the password; existing sessions stay valid.
     pub fn set_password(&self, password: &str) {
         self.state.set_password(password);
@@ -367,6 +407,11 @@ pub async fn run(cfg: SimConfig) -> io::Result<()> {
             sim.restore_point_id(0)
         );
     }
+    println!(
+        "  {} jobs, {} backup sessions, e.g. {url}/api/query?type=BackupJobSession&pageSize=20",
+        sim.job_count(),
+        sim.backup_session_count()
+    );
     println!("Press Ctrl-C to stop.");
     let waited = wait_for_stop().await;
     sim.shutdown().await;

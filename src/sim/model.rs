@@ -9,11 +9,13 @@
 //! numbers, which lists are wrapped, and which members the schema declares but the
 //! document leaves out (EM's JSON sends those as `null`).
 
-/// A scalar value: text, or a number (a JSON number, e.g. `StatusCode`).
+/// A scalar value: text, a number (a JSON number, e.g. `StatusCode`) or a
+/// boolean (`true`/`false` in both renderings, e.g. `IsRetry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Scalar {
     Str(String),
     Int(i64),
+    Bool(bool),
 }
 
 /// One `<Link Rel=… Type=… Href=… Name=…/>`; JSON `{"Rel","Href","Name","Type"}`
@@ -64,14 +66,27 @@ pub(crate) enum Value {
     /// A member the schema declares but this document leaves out: nothing in XML,
     /// `null` in JSON (EM's JSON serializer writes every member of its classes).
     Absent,
+    /// A text-only element that repeats (`<Days>Sunday</Days><Days>Monday</Days>`);
+    /// a JSON array of scalars named like the element, `null` when empty.
+    Texts(Vec<Scalar>),
+    /// One child element with members of its own (`<PagingInfo …>`,
+    /// `<JobScheduleOptions>`); a JSON object. The member is named like the element.
+    Child(Element),
     /// `<Links><Link/>…</Links>`; a JSON array of link objects.
     Links(Vec<Link>),
     /// A repeated element. `wrapped: false` puts the items directly in the parent
     /// (`<EntityReferences><Ref/>…`, JSON `"Refs": […]`); `wrapped: true` puts them in
     /// an element named like the member (`<SupportedVersions><SupportedVersion/>…`,
-    /// JSON `"SupportedVersions": {"SupportedVersions": […]}`). An empty list is
-    /// `null` in JSON, as EM sends it.
-    List { wrapped: bool, items: Vec<Element> },
+    /// JSON `"SupportedVersions": {"SupportedVersions": […]}`), and `inner` names
+    /// the JSON array inside that wrapper: the plural of the item element, as EM's
+    /// list classes name it (`<Includes><ObjectInJob/>…` gives
+    /// `"Includes": {"ObjectInJobs": […]}`). An empty list is `null` in JSON, as
+    /// EM sends it.
+    List {
+        wrapped: bool,
+        inner: &'static str,
+        items: Vec<Element>,
+    },
 }
 
 /// A named member of an element. For lists the name is the JSON (plural) name.
@@ -107,8 +122,39 @@ impl Element {
         self
     }
 
+    pub fn attr_bool(mut self, name: &'static str, value: bool) -> Self {
+        self.push(name, Value::Attr(Scalar::Bool(value)));
+        self
+    }
+
     pub fn text(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.push(name, Value::Text(Scalar::Str(value.into())));
+        self
+    }
+
+    pub fn text_int(mut self, name: &'static str, value: i64) -> Self {
+        self.push(name, Value::Text(Scalar::Int(value)));
+        self
+    }
+
+    pub fn text_bool(mut self, name: &'static str, value: bool) -> Self {
+        self.push(name, Value::Text(Scalar::Bool(value)));
+        self
+    }
+
+    /// A repeated text-only element, one per value.
+    pub fn texts(mut self, name: &'static str, values: &[&str]) -> Self {
+        let values = values
+            .iter()
+            .map(|v| Scalar::Str((*v).to_owned()))
+            .collect();
+        self.push(name, Value::Texts(values));
+        self
+    }
+
+    /// A child element, as a member named like the element.
+    pub fn child(mut self, element: Element) -> Self {
+        self.push(element.name, Value::Child(element));
         self
     }
 
@@ -122,8 +168,48 @@ impl Element {
         self
     }
 
+    /// A list whose JSON names, outer and (when wrapped) inner, are both `name`.
     pub fn list(mut self, name: &'static str, wrapped: bool, items: Vec<Element>) -> Self {
-        self.push(name, Value::List { wrapped, items });
+        self.push(
+            name,
+            Value::List {
+                wrapped,
+                inner: name,
+                items,
+            },
+        );
+        self
+    }
+
+    /// A wrapped list whose JSON array inside the wrapper is named `inner`.
+    pub fn wrapped_list(
+        mut self,
+        name: &'static str,
+        inner: &'static str,
+        items: Vec<Element>,
+    ) -> Self {
+        self.push(
+            name,
+            Value::List {
+                wrapped: true,
+                inner,
+                items,
+            },
+        );
+        self
+    }
+
+    /// Moves the attributes named in `order` to the front, in that order (EM's
+    /// serializers write the same entity's attributes in different orders in
+    /// different documents; samples 04 and 07). Children keep their order.
+    pub fn order_attrs(mut self, order: &[&str]) -> Self {
+        let rank = |m: &Member| {
+            order
+                .iter()
+                .position(|n| *n == m.name && matches!(m.value, Value::Attr(_)))
+                .unwrap_or(order.len())
+        };
+        self.members.sort_by_key(rank);
         self
     }
 

@@ -6,7 +6,7 @@
 
 use uuid::Uuid;
 
-use super::data::{Data, RestorePoint, VmPoint};
+use super::data::{BackupServer, Data, RestorePoint, VmPoint};
 use super::model::{Document, Element, Link, RootStyle};
 use super::time::Civil;
 
@@ -328,6 +328,17 @@ pub(crate) fn logon_sessions(base: &str, sessions: &[(Uuid, String)]) -> Documen
     )
 }
 
+/// The `Up` link to a backup server that every resource on it carries (samples
+/// 03, 04, 06; get_jobs_id.md, get_backupsessions_id.md).
+pub(crate) fn server_link(base: &str, server: &BackupServer) -> Link {
+    Link::named(
+        "Up",
+        "BackupServerReference",
+        format!("{base}/api/backupServers/{}", server.id),
+        &server.name,
+    )
+}
+
 fn rp_href(base: &str, rp: &RestorePoint) -> String {
     format!("{base}/api/restorePoints/{}", rp.id)
 }
@@ -346,12 +357,7 @@ fn rp_ref(element: &'static str, base: &str, data: &Data, rp: &RestorePoint) -> 
         .attr("Name", name.clone())
         .attr("UID", format!("urn:veeam:RestorePoint:{}", rp.id))
         .links(vec![
-            Link::named(
-                "Up",
-                "BackupServerReference",
-                format!("{base}/api/backupServers/{}", server.id),
-                &server.name,
-            ),
+            server_link(base, server),
             Link::named(
                 "Up",
                 "BackupReference",
@@ -409,12 +415,7 @@ pub(crate) fn restore_point_entity(base: &str, data: &Data, rp: &RestorePoint) -
                 format!("{base}/api/backups/{}", job.id),
                 &job.name,
             ),
-            Link::named(
-                "Up",
-                "BackupServerReference",
-                format!("{base}/api/backupServers/{}", server.id),
-                &server.name,
-            ),
+            server_link(base, server),
             Link::named("Alternate", "RestorePointReference", href.clone(), &name),
             Link::new(
                 "Down",
@@ -441,12 +442,7 @@ fn vm_href(base: &str, vm: &VmPoint) -> String {
 fn vm_up_links(base: &str, data: &Data, rp: &RestorePoint) -> [Link; 3] {
     let server = data.server(rp);
     [
-        Link::named(
-            "Up",
-            "BackupServerReference",
-            format!("{base}/api/backupServers/{}", server.id),
-            &server.name,
-        ),
+        server_link(base, server),
         Link::named(
             "Up",
             "RestorePointReference",
@@ -529,6 +525,18 @@ fn vm_entity(base: &str, data: &Data, rp: &RestorePoint, vm: &VmPoint) -> Elemen
         .text("HierarchyObjRef", data.hierarchy_ref(rp, vm))
         // Declared by RestAPI.xsd, only present for SQL Server VMs.
         .absent("SqlInfo")
+}
+
+/// VM restore point `k` of restore point `i` as a query returns it: a reference,
+/// or the entity with its attributes in sample 07's order.
+pub(crate) fn vm_item(base: &str, data: &Data, i: usize, k: usize, entity: bool) -> Element {
+    let rp = &data.points[i];
+    let vm = &rp.vms[k];
+    if entity {
+        vm_entity(base, data, rp, vm).order_attrs(&["Type", "Href", "Name", "VmDisplayName", "UID"])
+    } else {
+        vm_ref("Ref", base, data, rp, vm)
+    }
 }
 
 /// `GET /api/restorePoints/{id}/vmRestorePoints` (sample 03).

@@ -18,6 +18,32 @@ use super::{Fault, FaultTarget, RecordedRequest, SimStats};
 
 /// How many requests the log keeps.
 pub(crate) const REQUEST_LOG: usize = 10_000;
+/// How many tasks the table keeps; the oldest are forgotten (and answer 404).
+pub(crate) const TASKS_KEPT: usize = 1000;
+/// How long a started job's task is `Running` before it is `Finished`.
+pub(crate) const TASK_RUNNING: Duration = Duration::from_millis(100);
+
+/// A task EM created for a request (tasks_id.md), here always a job start.
+#[derive(Clone, Debug)]
+pub(crate) struct Task {
+    /// `task-{number}`; numbers count from 1 and are never reused.
+    pub number: u64,
+    /// Index of the job it started.
+    pub job: usize,
+    pub created: Instant,
+}
+
+impl Task {
+    /// `task-7` (post_jobs_id_actionstart.md).
+    pub fn id(&self) -> String {
+        format!("task-{}", self.number)
+    }
+
+    /// Still `Running`: younger than [`TASK_RUNNING`].
+    pub fn running(&self) -> bool {
+        self.created.elapsed() < TASK_RUNNING
+    }
+}
 
 /// Why a request's session was refused (all answer 401).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +124,13 @@ pub(crate) struct State {
     sessions: Mutex<HashMap<Uuid, Session>>,
     next_seq: AtomicU64,
     pub counters: Counters,
+    /// The last [`TASKS_KEPT`] tasks, oldest first. Tasks are global, not per
+    /// logon session: the docs list a session's tasks at `/tasks` but give no
+    /// scope for `/tasks/{ID}`, and a global table keeps a task readable after
+    /// the client logs on again.
+    tasks: Mutex<VecDeque<Task>>,
+    /// The number of the next task.
+    next_task: AtomicU64,
     /// The last [`REQUEST_LOG`] requests, oldest first.
     log: Mutex<VecDeque<RecordedRequest>>,
 }
@@ -132,6 +165,8 @@ impl State {
             sessions: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(0),
             counters: Counters::default(),
+            tasks: Mutex::new(VecDeque::new()),
+            next_task: AtomicU64::new(1),
             log: Mutex::new(VecDeque::with_capacity(1024)),
         }
     }
@@ -283,6 +318,32 @@ impl State {
             FaultClass::Data => faults.data,
             FaultClass::Other => None,
         })
+    }
+
+    /// Records a new task starting job `job`, forgetting the oldest beyond
+    /// [`TASKS_KEPT`].
+    pub fn create_task(&self, job: usize) -> Task {
+        let task = Task {
+            number: self.next_task.fetch_add(1, Ordering::Relaxed),
+            job,
+            created: Instant::now(),
+        };
+        let mut tasks = lock(&self.tasks);
+        if tasks.len() == TASKS_KEPT {
+            tasks.pop_front();
+        }
+        tasks.push_back(task.clone());
+        task
+    }
+
+    /// The task `task-{number}`, if still kept.
+    pub fn task(&self, number: u64) -> Option<Task> {
+        // Numbers only grow, so the table is sorted by them.
+        let tasks = lock(&self.tasks);
+        tasks
+            .binary_search_by_key(&number, |t| t.number)
+            .ok()
+            .and_then(|i| tasks.get(i).cloned())
     }
 
     pub fn record(&self, request: RecordedRequest) {

@@ -143,6 +143,12 @@ impl Node {
             .map(|(_, v)| v.as_str())
             .unwrap_or_else(|| panic!("no attribute {name} on {}", self.name))
     }
+    fn attr_opt(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
     fn all(&self, name: &str) -> Vec<&Node> {
         let mut found = Vec::new();
         self.walk(name, &mut found);
@@ -983,5 +989,722 @@ async fn names_needing_escapes_round_trip() {
         break;
     }
     assert!(found, "the estate has VM names with '&'");
+    sim.shutdown().await;
+}
+
+// ---------------------------------------------------------------- jobs, sessions, query, reports, tasks
+
+/// GET with `Accept: application/json`.
+async fn get_json(c: &mut Client, path: &str, token: &str) -> Reply {
+    c.send(
+        Method::GET,
+        path,
+        &[
+            ("x-restsvcsessionid", token),
+            ("accept", "application/json"),
+        ],
+    )
+    .await
+}
+
+/// The text of a child element, for numbers.
+fn num(node: &Node, name: &str) -> i64 {
+    node.child(name)
+        .text
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[tokio::test]
+async fn reports_in_xml_and_json() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let summary = c.get("/api/reports/summary", &token).await;
+    assert_eq!(summary.status, StatusCode::OK);
+    let doc = summary.xml();
+    assert_eq!(doc.name, "SummaryReport");
+    let links = doc.all("Link");
+    let names = [
+        "overview",
+        "vms_overview",
+        "job_statistics",
+        "processed_vms",
+        "repository",
+    ];
+    assert_eq!(links.len(), names.len());
+    for (link, name) in links.iter().zip(names) {
+        assert_eq!(link.attr("Rel"), "Down");
+        assert_eq!(link.attr("Type"), "ReportFrame");
+        assert_eq!(
+            link.attr("Href"),
+            format!("{}/api/reports/summary/{name}", sim.base_url())
+        );
+    }
+    let json = get_json(&mut c, "/api/reports/summary", &token)
+        .await
+        .json();
+    assert_eq!(json["Links"].as_array().unwrap().len(), 5);
+
+    let roots = [
+        "OverviewReportFrame",
+        "VmsOverviewReportFrame",
+        "JobStatisticsReportFrame",
+        "ProcessedVmsReportFrame",
+        "RepositoryReportFrame",
+    ];
+    for (name, root) in names.iter().zip(roots) {
+        let path = format!("/api/reports/summary/{name}");
+        let r = c.get(&path, &token).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.xml().name, root);
+        let j = get_json(&mut c, &path, &token).await;
+        assert_eq!(j.header("content-type"), "application/json; charset=utf-8");
+        let j = j.json();
+        assert_eq!(j["Href"], serde_json::Value::Null);
+    }
+
+    let o = c.get("/api/reports/summary/overview", &token).await.xml();
+    assert_eq!(num(&o, "BackupServers"), 3);
+    let latest: i64 = ["Successful", "Warning", "Failed"]
+        .iter()
+        .map(|k| num(&o, &format!("{k}VmLastestStates")))
+        .sum();
+    assert_eq!(latest, sim.job_count() as i64 * 8);
+    let oj = get_json(&mut c, "/api/reports/summary/overview", &token)
+        .await
+        .json();
+    assert_eq!(oj["ScheduledJobs"], num(&o, "ScheduledJobs"));
+    assert_eq!(oj["BackupServers"], 3);
+
+    let v = c
+        .get("/api/reports/summary/vms_overview", &token)
+        .await
+        .xml();
+    assert_eq!(
+        num(&v, "RestorePoints"),
+        sim.vm_restore_point_count() as i64
+    );
+    assert!(num(&v, "FullBackupPointsSize") > 0);
+
+    let s = c
+        .get("/api/reports/summary/job_statistics", &token)
+        .await
+        .xml();
+    assert_eq!(num(&s, "TotalJobRuns"), sim.backup_session_count() as i64);
+    assert_eq!(
+        num(&s, "SuccessfulJobRuns") + num(&s, "WarningsJobRuns") + num(&s, "FailedJobRuns"),
+        num(&s, "TotalJobRuns")
+    );
+    assert!(s
+        .child("MaxDurationBackupJobName")
+        .text
+        .starts_with("Backup Job "));
+
+    let p = get_json(&mut c, "/api/reports/summary/processed_vms", &token)
+        .await
+        .json();
+    let days = p["Days"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    assert!(days[0]["BackupedVms"].is_i64());
+    assert!(days[6]["Timestamp"]
+        .as_str()
+        .unwrap()
+        .ends_with("T00:00:00Z"));
+
+    let repo = c.get("/api/reports/summary/repository", &token).await.xml();
+    assert!(repo
+        .attr("CapacityPlanningReportLink")
+        .starts_with("Workspace/ViewReport.aspx?definition="));
+    let periods = repo.all("Period");
+    assert_eq!(periods.len(), 3);
+    for p in periods {
+        assert_eq!(
+            num(p, "Capacity"),
+            num(p, "FreeSpace") + num(p, "BackupSize")
+        );
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_in_both_forms() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let base = sim.base_url();
+    let list = c.get("/api/jobs", &token).await.xml();
+    assert_eq!(list.name, "EntityReferences");
+    let refs = list.all("Ref");
+    assert_eq!(refs.len(), sim.job_count());
+    assert_eq!(sim.job_count(), 24);
+    assert_eq!(
+        refs[3].attr("Href"),
+        format!("{base}/api/jobs/{}", sim.job_id(3))
+    );
+    assert_eq!(refs[3].attr("Type"), "JobReference");
+    assert_eq!(refs[3].attr("Name"), "Backup Job 4");
+    assert_eq!(
+        refs[3].attr("UID"),
+        format!("urn:veeam:Job:{}", sim.job_id(3))
+    );
+
+    let entities = c.get("/api/jobs?format=Entity", &token).await.xml();
+    assert_eq!(entities.name, "Jobs");
+    assert_eq!(entities.all("Job").len(), sim.job_count());
+
+    let id = sim.job_id(5);
+    let one = c.get(&format!("/api/jobs/{id}"), &token).await.xml();
+    assert_eq!(one.name, "EntityRef");
+    assert_eq!(one.attr("Name"), "Backup Job 6");
+    let r = c
+        .get(&format!("/api/jobs/{id}?format=Entity"), &token)
+        .await;
+    assert!(r
+        .body
+        .starts_with("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"));
+    let job = r.xml();
+    assert_eq!(job.name, "Job");
+    assert_eq!(job.attr("UID"), format!("urn:veeam:Job:{id}"));
+    assert_eq!(job.child("JobType").text, "Backup");
+    assert!(["true", "false"].contains(&job.child("ScheduleEnabled").text.as_str()));
+    assert_eq!(job.all("ObjectInJob").len(), 8);
+    assert!(job.all("Link").iter().any(|l| l.attr("Rel") == "Start"
+        && l.attr("Href") == format!("{base}/api/jobs/{id}?action=start")));
+    assert_eq!(job.all("Days").len(), 7);
+
+    let j = get_json(&mut c, &format!("/api/jobs/{id}?format=Entity"), &token)
+        .await
+        .json();
+    assert_eq!(j["Name"], "Backup Job 6");
+    assert!(j["ScheduleEnabled"].is_boolean());
+    assert_eq!(j["ScheduleConfigured"], true);
+    let daily = &j["JobScheduleOptions"]["Standart"]["OptionsDaily"];
+    assert_eq!(daily["Enabled"], true);
+    assert_eq!(daily["Days"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        j["JobInfo"]["BackupJobInfo"]["Includes"]["ObjectInJobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
+    let refs = get_json(&mut c, "/api/jobs", &token).await.json();
+    assert_eq!(refs["Refs"].as_array().unwrap().len(), sim.job_count());
+    let all = get_json(&mut c, "/api/jobs?format=Entity", &token)
+        .await
+        .json();
+    assert_eq!(all["Jobs"].as_array().unwrap().len(), sim.job_count());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn backup_sessions_in_both_forms() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let base = sim.base_url();
+    assert_eq!(sim.backup_session_count(), 240);
+    let list = c.get("/api/backupSessions", &token).await.xml();
+    assert_eq!(list.name, "EntityReferences");
+    let refs = list.all("Ref");
+    assert_eq!(refs.len(), sim.backup_session_count());
+    assert_eq!(
+        refs[17].attr("Href"),
+        format!("{base}/api/backupSessions/{}", sim.backup_session_id(17))
+    );
+    assert_eq!(refs[17].attr("Type"), "BackupJobSessionReference");
+    assert!(refs[17].attr("Name").starts_with("Backup Job 2@2025-"));
+
+    let entities = c
+        .get("/api/backupSessions?format=Entity", &token)
+        .await
+        .xml();
+    assert_eq!(entities.name, "BackupJobSessions");
+    let sessions = entities.all("BackupJobSession");
+    assert_eq!(sessions.len(), sim.backup_session_count());
+    let mut related = 0;
+    for (i, s) in sessions.iter().enumerate() {
+        assert_eq!(
+            s.child("JobUid").text,
+            format!("urn:veeam:Job:{}", sim.job_id(i / 10))
+        );
+        assert_eq!(s.child("State").text, "Stopped");
+        let result = s.child("Result").text.as_str();
+        assert!(["Success", "Warning", "Failed"].contains(&result));
+        let point = s
+            .all("Link")
+            .into_iter()
+            .find(|l| l.attr_opt("Type") == Some("RestorePointReference"))
+            .map(|l| l.attr("Href").strip_prefix(&base).unwrap().to_owned());
+        assert_eq!(
+            point.is_some(),
+            result != "Failed",
+            "only successful runs made a point"
+        );
+        if let Some(path) = point {
+            related += 1;
+            if related <= 3 {
+                let rp = c.get(&path, &token).await;
+                assert_eq!(rp.status, StatusCode::OK, "{path}");
+            }
+        }
+        assert!(s.child("CreationTimeUTC").text < s.child("EndTimeUTC").text);
+    }
+    assert!(related > 0);
+
+    let id = sim.backup_session_id(42);
+    let one = c
+        .get(&format!("/api/backupSessions/{id}"), &token)
+        .await
+        .xml();
+    assert_eq!(one.name, "EntityRef");
+    assert_eq!(one.attr("UID"), format!("urn:veeam:BackupJobSession:{id}"));
+    let entity = c
+        .get(&format!("/api/backupSessions/{id}?format=Entity"), &token)
+        .await
+        .xml();
+    assert_eq!(entity.name, "BackupJobSession");
+    assert_eq!(entity.attr("Name"), one.attr("Name"));
+    let j = get_json(
+        &mut c,
+        &format!("/api/backupSessions/{id}?format=Entity"),
+        &token,
+    )
+    .await
+    .json();
+    assert!(j["IsRetry"].is_boolean());
+    assert_eq!(j["Progress"], 100);
+    assert_eq!(j["JobName"], "Backup Job 5");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn new_routes_need_a_session_and_know_their_ids() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let job = sim.job_id(0);
+    let session = sim.backup_session_id(0);
+    let gets = [
+        "/api/reports/summary".to_owned(),
+        "/api/reports/summary/overview".to_owned(),
+        "/api/jobs".to_owned(),
+        format!("/api/jobs/{job}?format=Entity"),
+        "/api/backupSessions".to_owned(),
+        format!("/api/backupSessions/{session}"),
+        "/api/query?type=Job".to_owned(),
+        "/api/tasks/task-1".to_owned(),
+    ];
+    for path in &gets {
+        let r = c.send(Method::GET, path, &[]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(r.xml().attr("StatusCode"), "401");
+    }
+    let r = c
+        .send(Method::POST, &format!("/api/jobs/{job}?action=start"), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(sim.stats().unauthorized, gets.len() as u64 + 1);
+
+    let token = c.logon().await;
+    let unknown_job = sim.job_id(sim.job_count());
+    let unknown_session = sim.backup_session_id(sim.backup_session_count());
+    for path in [
+        format!("/api/jobs/{unknown_job}"),
+        format!("/api/jobs/{unknown_job}?format=Entity"),
+        "/api/jobs/not-a-uuid".to_owned(),
+        format!("/api/backupSessions/{unknown_session}"),
+        format!("/api/backupSessions/{job}"),
+        "/api/tasks/task-999".to_owned(),
+        "/api/tasks/nothing".to_owned(),
+        "/api/reports/summary/nothing".to_owned(),
+    ] {
+        let r = c.get(&path, &token).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        let err = r.xml();
+        assert_eq!(err.name, "Error");
+        assert_eq!(err.attr("StatusCode"), "404");
+        let j = get_json(&mut c, &path, &token).await;
+        assert_eq!(j.status, StatusCode::NOT_FOUND);
+        assert_eq!(j.json()["StatusCode"], 404);
+    }
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{unknown_job}?action=start"),
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = c
+        .send(
+            Method::DELETE,
+            "/api/jobs",
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = c
+        .send(
+            Method::DELETE,
+            &format!("/api/jobs/{job}"),
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.header("allow"), "GET, POST, HEAD");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_pages_through_vm_restore_points() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let base = sim.base_url();
+    let total = sim.vm_restore_point_count();
+    let size = (7..).find(|s| total % s != 0).unwrap();
+    let pages = total.div_ceil(size);
+    let q = format!("/api/query?type=VmRestorePoint&format=Entities&pageSize={size}");
+
+    let first = c.get(&format!("{q}&page=1"), &token).await.xml();
+    assert_eq!(first.name, "QueryResult");
+    let paging = first.child("PagingInfo");
+    assert_eq!(paging.attr("PagesCount"), pages.to_string());
+    assert_eq!(paging.attr("PageSize"), size.to_string());
+    assert_eq!(paging.attr("PageNum"), "1");
+    let rels: Vec<&str> = paging.all("Link").iter().map(|l| l.attr("Rel")).collect();
+    assert_eq!(rels, ["First", "Next", "Last"]);
+    assert_eq!(
+        paging.all("Link")[1].attr("Href"),
+        format!("{base}{q}&page=2")
+    );
+    let names = |doc: &Node| -> Vec<String> {
+        doc.all("VmRestorePoint")
+            .iter()
+            .map(|p| p.attr("UID").to_owned())
+            .collect()
+    };
+    let page1 = names(&first);
+    assert_eq!(page1.len(), size);
+
+    // Follow the Next link as a client would.
+    let next = paging.all("Link")[1]
+        .attr("Href")
+        .strip_prefix(&base)
+        .unwrap()
+        .to_owned();
+    let second = c.get(&next, &token).await.xml();
+    let page2 = names(&second);
+    assert_eq!(page2.len(), size);
+    assert!(page1.iter().all(|id| !page2.contains(id)), "pages differ");
+    let rels: Vec<String> = second
+        .child("PagingInfo")
+        .all("Link")
+        .iter()
+        .map(|l| l.attr("Rel").to_owned())
+        .collect();
+    assert_eq!(rels, ["First", "Previous", "Next", "Last"]);
+
+    let last = c.get(&format!("{q}&page={pages}"), &token).await.xml();
+    assert_eq!(names(&last).len(), total % size, "the last page is shorter");
+    let rels: Vec<String> = last
+        .child("PagingInfo")
+        .all("Link")
+        .iter()
+        .map(|l| l.attr("Rel").to_owned())
+        .collect();
+    assert_eq!(rels, ["First", "Previous", "Last"]);
+    let beyond = c
+        .get(&format!("{q}&page={}", pages + 1), &token)
+        .await
+        .xml();
+    assert!(names(&beyond).is_empty());
+
+    // References by default, and everything on one page without pageSize.
+    let all = c.get("/api/query?type=VmRestorePoint", &token).await.xml();
+    assert_eq!(all.all("Ref").len(), total);
+    assert_eq!(all.child("Refs").children.len(), total);
+    assert_eq!(all.child("PagingInfo").attr("PagesCount"), "1");
+
+    // JSON: every member of Entities, the filled one double-wrapped.
+    let j = get_json(&mut c, &format!("{q}&page=2"), &token)
+        .await
+        .json();
+    let obj = j.as_object().unwrap();
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["Entities", "Links", "PagingInfo", "Refs", "Resources"]
+    );
+    assert_eq!(j["Refs"], serde_json::Value::Null);
+    let entities = j["Entities"].as_object().unwrap();
+    assert_eq!(entities.len(), 50);
+    assert_eq!(entities["Jobs"], serde_json::Value::Null);
+    let points = j["Entities"]["VmRestorePoints"]["VmRestorePoints"]
+        .as_array()
+        .unwrap();
+    let uids: Vec<String> = points
+        .iter()
+        .map(|p| p["UID"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(uids, page2);
+    assert_eq!(j["PagingInfo"]["PageNum"], 2);
+    assert_eq!(j["PagingInfo"]["PagesCount"], pages as u64);
+    let refs = get_json(&mut c, "/api/query?type=VmRestorePoint&pageSize=3", &token)
+        .await
+        .json();
+    assert_eq!(refs["Refs"]["Refs"].as_array().unwrap().len(), 3);
+    assert_eq!(refs["Entities"], serde_json::Value::Null);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_sorts_and_filters_sessions_and_jobs() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let r = c
+        .get(
+            "/api/query?type=BackupJobSession&format=Entities&sortDesc=CreationTime&pageSize=20",
+            &token,
+        )
+        .await
+        .xml();
+    let times: Vec<String> = r
+        .all("CreationTimeUTC")
+        .iter()
+        .map(|n| n.text.clone())
+        .collect();
+    assert_eq!(times.len(), 20);
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    assert_eq!(
+        r.child("PagingInfo").attr("PagesCount"),
+        (sim.backup_session_count() / 20).to_string()
+    );
+
+    let r = c
+        .get(
+            "/api/query?type=backupjobsession&filter=JobName==%22Backup%20Job%203%22",
+            &token,
+        )
+        .await
+        .xml();
+    let refs = r.all("Ref");
+    assert_eq!(refs.len(), 10);
+    for (k, rf) in refs.iter().enumerate() {
+        assert!(rf.attr("Href").ends_with(&sim.backup_session_id(20 + k)));
+    }
+    let failed = c
+        .get(
+            "/api/query?type=BackupJobSession&format=Entities&filter=Result==Failed",
+            &token,
+        )
+        .await
+        .xml();
+    assert!(failed.all("Result").iter().all(|n| n.text == "Failed"));
+
+    let jobs = c
+        .get("/api/query?type=job&format=entities&sortAsc=name", &token)
+        .await
+        .xml();
+    let names: Vec<String> = jobs
+        .all("Job")
+        .iter()
+        .map(|j| j.attr("Name").to_owned())
+        .collect();
+    assert_eq!(names.len(), sim.job_count());
+    let mut sorted = names.clone();
+    sorted.sort_by_key(|n| n.to_lowercase());
+    assert_eq!(names, sorted);
+    let none = c
+        .get("/api/query?type=Job&filter=JobType==Replica", &token)
+        .await
+        .xml();
+    assert!(none.all("Ref").is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_rejects_what_it_cannot_read() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    for q in [
+        "type=NoSuchType",
+        "format=Entities",
+        "type=Job&pageSize=0",
+        "type=Job&pageSize=ten",
+        "type=Job&page=0",
+        "type=Job&format=Everything",
+        "type=Job&sortAsc=Colour",
+        "type=Job&filter=Name==%22unterminated",
+    ] {
+        let path = format!("/api/query?{q}");
+        let r = c.get(&path, &token).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+        let err = r.xml();
+        assert_eq!(err.name, "Error");
+        assert_eq!(err.attr("StatusCode"), "400");
+        let j = get_json(&mut c, &path, &token).await;
+        assert_eq!(j.status, StatusCode::BAD_REQUEST);
+        assert_eq!(j.json()["StatusCode"], 400);
+    }
+    let r = c.get("/api/query?type=BackupServer", &token).await;
+    assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(r.xml().attr("StatusCode"), "501");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn starting_a_job_returns_a_task_and_its_location() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let base = sim.base_url();
+    let job = sim.job_id(2);
+    let auth = [("x-restsvcsessionid", token.as_str())];
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{job}?action=start"),
+            &auth,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let location = r.header("location").to_owned();
+    assert_eq!(location, format!("{base}/api/tasks/task-1"));
+    let task = r.xml();
+    assert_eq!(task.name, "Task");
+    assert_eq!(task.attr("Href"), location);
+    assert_eq!(task.child("TaskId").text, "task-1");
+    assert_eq!(task.child("State").text, "Running");
+    assert_eq!(task.child("Operation").text, "StartJob");
+
+    let path = location.strip_prefix(&base).unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let done = c.get(&path, &token).await;
+    assert_eq!(done.status, StatusCode::OK);
+    let done = done.xml();
+    assert_eq!(done.child("State").text, "Finished");
+    let result = done.child("Result");
+    assert_eq!(result.attr("Success"), "true");
+    assert_eq!(
+        result.child("Message").text,
+        "Job \"Backup Job 3\" triggered to start."
+    );
+    let j = get_json(&mut c, &path, &token).await.json();
+    assert_eq!(j["Result"]["Success"], true);
+    assert_eq!(j["TaskId"], "task-1");
+
+    // In JSON too, and task numbers count up.
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{job}?action=Start"),
+            &[
+                ("x-restsvcsessionid", token.as_str()),
+                ("accept", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.header("location"), format!("{base}/api/tasks/task-2"));
+    let j = r.json();
+    assert_eq!(j["State"], "Running");
+    assert_eq!(j["Result"], serde_json::Value::Null);
+
+    for (query, status) in [
+        ("?action=stop", StatusCode::NOT_IMPLEMENTED),
+        ("?action=explode", StatusCode::BAD_REQUEST),
+        ("", StatusCode::BAD_REQUEST),
+    ] {
+        let r = c
+            .send(Method::POST, &format!("/api/jobs/{job}{query}"), &auth)
+            .await;
+        assert_eq!(r.status, status, "{query}");
+        assert_eq!(r.xml().name, "Error");
+        assert!(r.header("location").is_empty());
+    }
+    let log = sim.requests();
+    assert!(log
+        .iter()
+        .any(|q| q.method == "POST" && q.path_and_query.ends_with("?action=start")));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_on_new_routes_is_get_without_body() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    for path in [
+        "/api/reports/summary/overview".to_owned(),
+        format!("/api/jobs/{}?format=Entity", sim.job_id(1)),
+        "/api/backupSessions".to_owned(),
+        "/api/query?type=Job&pageSize=5".to_owned(),
+    ] {
+        let get = c.get(&path, &token).await;
+        let head = c
+            .send(Method::HEAD, &path, &[("x-restsvcsessionid", &token)])
+            .await;
+        assert_eq!(head.status, StatusCode::OK, "{path}");
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("content-length"), get.body.len().to_string());
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_and_faults_per_new_route() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let slow = Duration::from_millis(200);
+    for (prefix, path, other) in [
+        ("/api/reports", "/api/reports/summary/overview", "/api/jobs"),
+        (
+            "/api/jobs",
+            "/api/jobs?format=Entity",
+            "/api/backupSessions",
+        ),
+        (
+            "/api/backupSessions",
+            "/api/backupSessions",
+            "/api/query?type=Job",
+        ),
+        ("/api/query", "/api/query?type=Job", "/api/reports/summary"),
+        ("/api/tasks", "/api/tasks/task-1", "/api/jobs"),
+    ] {
+        sim.set_path_latency(prefix, Some(slow));
+        let t = Instant::now();
+        c.get(path, &token).await;
+        assert!(t.elapsed() >= slow, "{path} is slow");
+        let t = Instant::now();
+        assert_eq!(c.get(other, &token).await.status, StatusCode::OK);
+        assert!(t.elapsed() < slow, "{other} is not");
+        sim.set_path_latency(prefix, None);
+    }
+
+    sim.set_path_fault("/api/query", Some(Fault::Status(503)));
+    let r = c.get("/api/query?type=Job", &token).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.xml().attr("StatusCode"), "503");
+    assert_eq!(c.get("/api/jobs", &token).await.status, StatusCode::OK);
+    sim.set_path_fault("/api/query", None);
+    assert_eq!(
+        c.get("/api/query?type=Job", &token).await.status,
+        StatusCode::OK
+    );
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{}?action=start", sim.job_id(0)),
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     sim.shutdown().await;
 }

@@ -41,6 +41,81 @@ impl Civil {
         }
     }
 
+    /// Milliseconds since the Unix epoch (Howard Hinnant's `days_from_civil`).
+    pub fn to_unix_ms(self) -> i64 {
+        let y = self.year - i64::from(self.month <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let m = i64::from(self.month);
+        let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(self.day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400_000
+            + i64::from(self.hour) * 3_600_000
+            + i64::from(self.minute) * 60_000
+            + i64::from(self.second) * 1000
+            + i64::from(self.millis)
+    }
+
+    /// Parses a UTC date and time as the query service takes them
+    /// (get_query_backupjobsession.md: `2025-08-14T12:31:30.389954Z`): also without
+    /// the fraction, without the `Z`, or a date alone. `None` when malformed.
+    pub fn parse_utc(s: &str) -> Option<i64> {
+        let s = s.strip_suffix('Z').unwrap_or(s);
+        let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00"));
+        let mut d = date.splitn(3, '-');
+        let year: i64 = num(d.next()?, 4)?;
+        let month: u32 = num(d.next()?, 2)?;
+        let day: u32 = num(d.next()?, 2)?;
+        let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+        let mut t = hms.splitn(3, ':');
+        let hour: u32 = num(t.next()?, 2)?;
+        let minute: u32 = num(t.next()?, 2)?;
+        let second: u32 = num(t.next()?, 2)?;
+        if !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let millis = frac
+            .bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(3)
+            .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0'));
+        let days_in_month = match month {
+            2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return None,
+        };
+        if day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let c = Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            millis,
+        };
+        Some(c.to_unix_ms())
+    }
+
+    /// `12/5/2024 9:41 AM`: a date as US Windows writes it, in job descriptions
+    /// (jobs: `Created by SRV02\Administrator at 10/7/2014 6:02 AM.`).
+    pub fn us(&self) -> String {
+        let h12 = match self.hour % 12 {
+            0 => 12,
+            h => h,
+        };
+        let ampm = if self.hour < 12 { "AM" } else { "PM" };
+        format!(
+            "{}/{}/{} {}:{:02} {}",
+            self.month, self.day, self.year, h12, self.minute, ampm
+        )
+    }
+
     /// `2025-10-20T20:04:07.267Z`: .NET's round-trip UTC form as EM writes it, with
     /// trailing zeros of the fraction dropped (`…:31.23Z`, sample 06) and no fraction
     /// at all for whole seconds.
@@ -94,6 +169,14 @@ impl Civil {
     }
 }
 
+/// A field of exactly `len` ASCII digits.
+fn num<T: std::str::FromStr>(s: &str, len: usize) -> Option<T> {
+    if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +200,32 @@ mod tests {
         assert_eq!(
             Civil::from_unix_ms(1_735_689_600_000).legacy(),
             "Jan  1 2025 12:00AM"
+        );
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        for ms in [0, 1_760_990_647_267, 1_759_759_190_230, 951_782_400_000] {
+            let c = Civil::from_unix_ms(ms);
+            assert_eq!(c.to_unix_ms(), ms);
+            assert_eq!(Civil::parse_utc(&c.iso()), Some(ms));
+        }
+        assert_eq!(
+            Civil::parse_utc("2025-10-20T20:04:07.267999Z"),
+            Some(1_760_990_647_267)
+        );
+        assert_eq!(Civil::parse_utc("2025-01-01"), Some(1_735_689_600_000));
+        assert_eq!(Civil::parse_utc("2025-02-29"), None);
+        assert_eq!(
+            Civil::parse_utc("2024-02-29T00:00:00"),
+            Some(1_709_164_800_000)
+        );
+        assert_eq!(Civil::parse_utc("2025-1-01"), None);
+        assert_eq!(Civil::parse_utc("yesterday"), None);
+        assert_eq!(Civil::parse_utc("2025-01-01T10:00:00.x"), None);
+        assert_eq!(
+            Civil::from_unix_ms(1_733_391_660_000).us(),
+            "12/5/2024 9:41 AM"
         );
     }
 }

@@ -44,8 +44,9 @@ fn write_element(out: &mut String, el: &Element, depth: usize, root: Option<Root
         push_attr(out, "xmlns", NAMESPACE);
     }
     let has_children = el.members.iter().any(|m| match &m.value {
-        Value::Text(_) | Value::Links(_) => true,
-        Value::List { wrapped, items } => *wrapped || !items.is_empty(),
+        Value::Text(_) | Value::Links(_) | Value::Child(_) => true,
+        Value::Texts(values) => !values.is_empty(),
+        Value::List { wrapped, items, .. } => *wrapped || !items.is_empty(),
         Value::Attr(_) | Value::Absent => false,
     });
     if !has_children {
@@ -56,20 +57,18 @@ fn write_element(out: &mut String, el: &Element, depth: usize, root: Option<Root
     for m in &el.members {
         match &m.value {
             Value::Attr(_) | Value::Absent => {}
-            Value::Text(v) => {
-                indent(out, depth + 1);
-                out.push('<');
-                out.push_str(m.name);
-                out.push('>');
-                escape_into(out, &scalar_text(v), false);
-                out.push_str("</");
-                out.push_str(m.name);
-                out.push_str(">\n");
+            Value::Text(v) => write_text(out, m.name, v, depth + 1),
+            Value::Texts(values) => {
+                for v in values {
+                    write_text(out, m.name, v, depth + 1);
+                }
             }
+            Value::Child(child) => write_element(out, child, depth + 1, None),
             Value::Links(links) => write_links(out, links, depth + 1),
             Value::List {
                 wrapped: false,
                 items,
+                ..
             } => {
                 for item in items {
                     write_element(out, item, depth + 1, None);
@@ -78,6 +77,7 @@ fn write_element(out: &mut String, el: &Element, depth: usize, root: Option<Root
             Value::List {
                 wrapped: true,
                 items,
+                ..
             } => {
                 indent(out, depth + 1);
                 out.push('<');
@@ -100,6 +100,18 @@ fn write_element(out: &mut String, el: &Element, depth: usize, root: Option<Root
     indent(out, depth);
     out.push_str("</");
     out.push_str(el.name);
+    out.push_str(">\n");
+}
+
+/// `<Name>value</Name>` on a line of its own.
+fn write_text(out: &mut String, name: &str, v: &Scalar, depth: usize) {
+    indent(out, depth);
+    out.push('<');
+    out.push_str(name);
+    out.push('>');
+    escape_into(out, &scalar_text(v), false);
+    out.push_str("</");
+    out.push_str(name);
     out.push_str(">\n");
 }
 
@@ -131,6 +143,8 @@ fn scalar_text(v: &Scalar) -> std::borrow::Cow<'_, str> {
     match v {
         Scalar::Str(s) => std::borrow::Cow::Borrowed(s.as_str()),
         Scalar::Int(i) => std::borrow::Cow::Owned(i.to_string()),
+        // xs:boolean as .NET's XmlSerializer writes it.
+        Scalar::Bool(b) => std::borrow::Cow::Borrowed(if *b { "true" } else { "false" }),
     }
 }
 
