@@ -236,3 +236,80 @@ async fn probe_exits_zero_only_when_the_gateway_is_ready() {
         Some(1)
     );
 }
+
+#[test]
+fn check_config_validates_cache_rules_naming_the_rule_and_prints_them() {
+    let dir = std::env::temp_dir().join(format!("emgate-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rules.toml");
+    let path = file.to_str().unwrap();
+    let rule = |name: &str, path: &str, extra: &str| {
+        format!("[[cache.rules]]\nname = \"{name}\"\npath = \"{path}\"\nttl = \"30s\"\n{extra}")
+    };
+    for (text, expect) in [
+        (
+            rule("bad", "/api/x/{name}", ""),
+            "unknown placeholder {name}",
+        ),
+        (
+            rule("bad", "/api/**/x", ""),
+            "** may only be the last segment",
+        ),
+        (rule("bad", "jobs", ""), "must start with /api/"),
+        (rule("bad-name", "/api/x", ""), "letters, digits or '_'"),
+        (rule("vm_restore_points", "/api/x", ""), "built-in rule"),
+        (
+            rule("bad", "/api/x", "colour = \"red\"\n"),
+            "unknown key \"colour\"",
+        ),
+        (
+            rule("bad", "/api/x", "stale_if_error = \"later\"\n"),
+            "stale_if_error",
+        ),
+        (
+            rule("twice", "/api/x", "") + &rule("twice", "/api/y", ""),
+            "another rule is also named",
+        ),
+    ] {
+        std::fs::write(&file, &text).unwrap();
+        let out = emgate(&["check-config", "--config", path], GOOD);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.contains("cache.rules["), "{stderr}");
+        assert!(stderr.contains(expect), "{text}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    std::fs::write(
+        &file,
+        rule(
+            "repositories",
+            "/api/repositories/**",
+            "stale_while_revalidate = \"10s\"\n",
+        ) + &rule("jobs", "/api/jobs/**", ""),
+    )
+    .unwrap();
+    let out = emgate(&["check-config", "--config", path], GOOD);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let order: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.trim_start_matches("# ").strip_prefix("name = "))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "\"repositories\"",
+            "\"jobs\"",
+            "\"vm_restore_points\"",
+            "\"reports_summary\"",
+            "\"query\"",
+            "\"backup_sessions\""
+        ],
+        "file rules first (one replacing the default jobs), then the built-in, then the defaults: {stdout}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

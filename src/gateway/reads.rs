@@ -185,19 +185,39 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
     CacheKey(path.into())
 }
 
-/// What EM is asked for a target: its canonical path and query, without `v`.
+/// What EM is asked for a target: its canonical path and query, without `v`,
+/// and `format` spelt as EM's docs spell it (`format=Entity`): requests that
+/// share a key may have written it in any case.
 fn em_target(target: &Target) -> String {
     let mut out = target.canonical_path();
-    let pairs = target
+    let pairs: Vec<(&str, Option<String>)> = target
         .query()
         .iter()
         .filter(|(n, _)| !n.eq_ignore_ascii_case("v"))
-        .map(|(n, v)| (n.as_str(), v.as_deref()));
-    if let Some(q) = canonical_pairs(pairs) {
+        .map(|(n, v)| {
+            if n.eq_ignore_ascii_case("format") {
+                ("format", v.as_deref().map(em_format))
+            } else {
+                (n.as_str(), v.clone())
+            }
+        })
+        .collect();
+    if let Some(q) = canonical_pairs(pairs.iter().map(|(n, v)| (*n, v.as_deref()))) {
         out.push('?');
         out.push_str(&q);
     }
     out
+}
+
+/// A `format` value as EM's docs write it: `Entity`, `Entities`, `References`.
+fn em_format(value: &str) -> String {
+    let mut chars = value.chars();
+    match chars.next() {
+        Some(first) => {
+            first.to_ascii_uppercase().to_string() + &chars.as_str().to_ascii_lowercase()
+        }
+        None => String::new(),
+    }
 }
 
 /// Requests of uncached routes that shared another's EM fetch.
@@ -506,8 +526,10 @@ mod tests {
             cache_key(&target("/api/jobs"), None, true)
         );
         assert_eq!(
-            em_target(&target("/api/query?type=Job&v=latest&x=a%20b")),
-            "/api/query?type=Job&x=a%20b"
+            em_target(&target(
+                "/api/query?type=Job&v=latest&x=a%20b&FORMAT=entities"
+            )),
+            "/api/query?type=Job&x=a%20b&format=Entities"
         );
     }
 

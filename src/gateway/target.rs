@@ -77,11 +77,37 @@ impl Target {
             let value = value.map(|v| decode(v, Part::Query)).transpose()?;
             pairs.push((name, value));
         }
-        Ok(Target {
+        let target = Target {
             segments,
             trailing_slash,
             query: pairs,
-        })
+        };
+        // What EM is sent must fit the bound too (an escaped character is
+        // three bytes), so the canonical form is always accepted again.
+        if target.canonical_len() > MAX_TARGET_LEN {
+            return Err(BadTarget("too long"));
+        }
+        Ok(target)
+    }
+
+    /// The length of [`Target::canonical`], without building it.
+    fn canonical_len(&self) -> usize {
+        let path: usize = "/api".len()
+            + self
+                .segments
+                .iter()
+                .map(|s| 1 + encoded_len(s, Part::Path))
+                .sum::<usize>()
+            + usize::from(self.trailing_slash);
+        let query: usize = self
+            .query
+            .iter()
+            .map(|(n, v)| {
+                1 + encoded_len(n, Part::Query)
+                    + v.as_ref().map_or(0, |v| 1 + encoded_len(v, Part::Query))
+            })
+            .sum();
+        path + query
     }
 
     /// The decoded segments after `/api`.
@@ -246,6 +272,13 @@ fn keep(c: u8, part: Part) -> bool {
         || (part == Part::Query && matches!(c, b'!' | b'\'' | b'(' | b')' | b'*' | b':' | b'@'))
 }
 
+fn encoded_len(decoded: &str, part: Part) -> usize {
+    decoded
+        .bytes()
+        .map(|c| if keep(c, part) { 1 } else { 3 })
+        .sum()
+}
+
 fn encode(decoded: &str, part: Part, out: &mut String) {
     for &c in decoded.as_bytes() {
         if keep(c, part) {
@@ -342,5 +375,8 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad} was accepted");
         }
         assert!(parse(&format!("/api/{}", "a".repeat(MAX_TARGET_LEN))).is_err());
+        // Short as sent, too long once escaped for EM.
+        assert!(parse(&format!("/api/{}", "}".repeat(1000))).is_err());
+        assert!(parse(&format!("/api/{}", "}".repeat(600))).is_ok());
     }
 }

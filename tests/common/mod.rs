@@ -45,6 +45,12 @@ pub struct Gateway {
 impl Gateway {
     /// Starts `emgate serve` in front of `sim` with extra environment settings.
     pub fn start(sim: &Sim, extra_env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with_file(sim, extra_env, None)
+    }
+
+    /// As [`Gateway::start`], with a settings file holding `toml` (for
+    /// what only the file can say, such as `[[cache.rules]]`).
+    pub fn start_with_file(sim: &Sim, extra_env: &[(&str, &str)], toml: Option<&str>) -> Gateway {
         let mut env: Vec<(String, String)> = vec![
             ("EMGATE_LISTEN".into(), "127.0.0.1:0".into()),
             ("EMGATE_UPSTREAM_URL".into(), sim.base_url()),
@@ -63,14 +69,29 @@ impl Gateway {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
         }
-        Gateway::spawn(&env)
+        let file = toml.map(|text| {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("emgate-test-{}-{n}.toml", std::process::id()));
+            std::fs::write(&path, text).expect("write settings file");
+            path
+        });
+        Gateway::spawn_with(&env, file.as_deref())
     }
 
     /// Starts `emgate serve` with exactly these `EMGATE_*` settings.
     pub fn spawn(env: &[(String, String)]) -> Gateway {
+        Gateway::spawn_with(env, None)
+    }
+
+    fn spawn_with(env: &[(String, String)], file: Option<&std::path::Path>) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
-        cmd.arg("serve")
-            .stdin(Stdio::null())
+        cmd.arg("serve");
+        if let Some(f) = file {
+            cmd.arg("--config").arg(f);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
