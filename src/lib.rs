@@ -33,6 +33,7 @@ pub mod config;
 pub mod convert;
 pub mod digest;
 pub mod em;
+pub mod fleet;
 pub mod gateway;
 pub mod ops;
 pub mod secret;

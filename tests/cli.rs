@@ -81,6 +81,19 @@ fn check_config_exits_1_with_a_one_line_reason_naming_the_setting() {
         // The largest answer and its conversion must fit the memory budget.
         ("EMGATE_UPSTREAM_MEMORY", "100MiB", "EMGATE_UPSTREAM_MEMORY"),
         ("EMGATE_MAX_CONNECTIONS", "0", "EMGATE_MAX_CONNECTIONS"),
+        // Fleet mode.
+        (
+            "EMGATE_SHARED_URL",
+            "http://redis:6379",
+            "EMGATE_SHARED_URL",
+        ),
+        ("EMGATE_SHARED_URL", "redis://", "EMGATE_SHARED_URL"),
+        (
+            "EMGATE_SHARED_URL",
+            "redis://redis:6379/x",
+            "EMGATE_SHARED_URL",
+        ),
+        ("EMGATE_SHARED_PASSWORD", "orphan", "EMGATE_SHARED_PASSWORD"),
     ];
     for (name, value, named) in cases {
         let mut env = GOOD.to_vec();
@@ -96,6 +109,72 @@ fn check_config_exits_1_with_a_one_line_reason_naming_the_setting() {
     let out = emgate(&["check-config"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("EMGATE_UPSTREAM_URL"));
+}
+
+#[test]
+fn bad_fleet_settings_fail_check_config_naming_the_setting() {
+    let with_url = |extra: &[(&'static str, &'static str)]| {
+        let mut env = GOOD.to_vec();
+        env.push(("EMGATE_SHARED_URL", "redis://:Redis-Pw-77@127.0.0.1:6379/2"));
+        env.extend_from_slice(extra);
+        emgate(&["check-config"], &env)
+    };
+    let ok = with_url(&[]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains("redis://:***@127.0.0.1:6379/2"), "{stdout}");
+    assert!(!stdout.contains("Redis-Pw-77"), "{stdout}");
+    for (extra, named) in [
+        (
+            &[("EMGATE_SHARED_PREFIX", "{bad}")][..],
+            "EMGATE_SHARED_PREFIX",
+        ),
+        (
+            &[("EMGATE_SHARED_TIMEOUT", "soon")][..],
+            "EMGATE_SHARED_TIMEOUT",
+        ),
+        (
+            &[("EMGATE_SHARED_LEASE", "500ms")][..],
+            "EMGATE_SHARED_LEASE",
+        ),
+        (
+            &[
+                ("EMGATE_SHARED_LEASE", "2s"),
+                ("EMGATE_SHARED_TIMEOUT", "1s"),
+            ][..],
+            "EMGATE_SHARED_LEASE",
+        ),
+        (
+            &[("EMGATE_SHARED_PASSWORD", "twice")][..],
+            "EMGATE_SHARED_PASSWORD",
+        ),
+        (
+            &[("EMGATE_SHARED_CA_FILE", "/etc/hostname")][..],
+            "EMGATE_SHARED_CA_FILE",
+        ),
+        (
+            &[("EMGATE_SHARED_SECRET", "short")][..],
+            "EMGATE_SHARED_SECRET",
+        ),
+        (
+            &[("EMGATE_SHARED_EM_SESSION", "perhaps")][..],
+            "EMGATE_SHARED_EM_SESSION",
+        ),
+    ] {
+        let out = with_url(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            stderr.starts_with("emgate: configuration error: "),
+            "{stderr}"
+        );
+        assert!(stderr.contains(named), "{extra:?}: {stderr}");
+        assert!(!stderr.contains("Redis-Pw-77"), "{stderr}");
+    }
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub struct Policy {
 
 impl Policy {
     /// How long an entry is worth keeping at all.
-    fn lifetime(&self, negative: bool) -> Duration {
+    pub fn lifetime(&self, negative: bool) -> Duration {
         if negative {
             self.negative_ttl
         } else {
@@ -114,8 +114,19 @@ pub struct Fetched<V> {
     pub value: V,
     /// How old it already is (zero when the source just gave it).
     pub age: Duration,
-    /// Whether it came from the fleet's shared tier rather than the source.
-    pub shared: bool,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Where a fetched value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The source itself (EM), for this fetch.
+    Origin,
+    /// The fleet's shared tier: another replica had fetched it.
+    Shared,
+    /// The shared tier, after waiting for another replica's fetch in flight.
+    Coalesced,
 }
 
 impl<V> Fetched<V> {
@@ -124,7 +135,7 @@ impl<V> Fetched<V> {
         Fetched {
             value,
             age: Duration::ZERO,
-            shared: false,
+            source: Source::Origin,
         }
     }
 }
@@ -138,8 +149,8 @@ pub struct Entry<V> {
     pub fetched_at: Instant,
     /// When the source gave it (wall clock, for `Last-Modified`).
     pub fetched_wall: SystemTime,
-    /// Whether it came from the fleet's shared tier.
-    pub shared: bool,
+    /// Where it came from.
+    pub source: Source,
     /// Its rule's lifetimes.
     policy: Policy,
     /// Set by the first hit during the TTL: a refresh-ahead is scheduled.
@@ -167,7 +178,7 @@ impl<V: Stored> Entry<V> {
             fetched_wall: SystemTime::now()
                 .checked_sub(fetched.age)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
-            shared: fetched.shared,
+            source: fetched.source,
             value: fetched.value,
             policy,
             scheduled: AtomicBool::new(false),
@@ -512,7 +523,7 @@ where
         let (rx, started) = self.flight(key, &policy, false, Reason::Miss, Unless::Fresh, fetch);
         match wait(rx).await {
             Landed::Value(entry) => Ok(Served {
-                from_shared: entry.shared,
+                from_shared: entry.source != Source::Origin,
                 entry,
                 outcome: Outcome::Miss,
                 collapsed: !started,
@@ -526,16 +537,28 @@ where
             stats.collapsed();
         }
         // A value a fetch found in the shared tier is a hit of the gateway's
-        // cache: EM was not asked.
-        let outcome = if entry.shared {
-            stats.hit();
-            Outcome::Hit
-        } else {
-            stats.miss();
-            Outcome::Miss
+        // cache (EM was not asked), or stale if it is already past its TTL
+        // (a copy served while another replica refreshes it).
+        let outcome = match (entry.source, entry.freshness()) {
+            (Source::Origin, _) => {
+                stats.miss();
+                Outcome::Miss
+            }
+            (source, Freshness::Fresh) => {
+                if source == Source::Coalesced {
+                    stats.coalesced();
+                } else {
+                    stats.shared_hit();
+                }
+                Outcome::Hit
+            }
+            _ => {
+                stats.stale();
+                Outcome::Stale
+            }
         };
         Served {
-            from_shared: entry.shared,
+            from_shared: entry.source != Source::Origin,
             entry,
             outcome,
             collapsed: !started,

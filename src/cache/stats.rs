@@ -21,6 +21,8 @@ pub struct RuleStats {
     misses: AtomicU64,
     stale: AtomicU64,
     collapsed: AtomicU64,
+    shared_hits: AtomicU64,
+    coalesced: AtomicU64,
     fetch_miss: AtomicU64,
     fetch_revalidate: AtomicU64,
     fetch_ahead: AtomicU64,
@@ -41,6 +43,10 @@ pub struct StatsSnapshot {
     pub stale: u64,
     /// Requests that shared a fetch another request started.
     pub collapsed: u64,
+    /// Requests a local miss answered from the fleet's shared tier.
+    pub shared_hits: u64,
+    /// Requests answered after waiting for another replica's fetch.
+    pub coalesced: u64,
     /// Fetches because nothing usable was stored.
     pub fetch_miss: u64,
     /// Fetches refreshing a stale entry.
@@ -74,6 +80,12 @@ impl RuleStats {
     pub(crate) fn collapsed(&self) {
         bump(&self.collapsed);
     }
+    pub(crate) fn shared_hit(&self) {
+        bump(&self.shared_hits);
+    }
+    pub(crate) fn coalesced(&self) {
+        bump(&self.coalesced);
+    }
     pub(crate) fn error(&self) {
         bump(&self.errors);
     }
@@ -104,6 +116,8 @@ impl RuleStats {
             misses: get(&self.misses),
             stale: get(&self.stale),
             collapsed: get(&self.collapsed),
+            shared_hits: get(&self.shared_hits),
+            coalesced: get(&self.coalesced),
             fetch_miss: get(&self.fetch_miss),
             fetch_revalidate: get(&self.fetch_revalidate),
             fetch_ahead: get(&self.fetch_ahead),

@@ -128,6 +128,16 @@ pub const SETTINGS: &[Spec] = &[
     spec("access", "admin_token_file", "EMGATE_ADMIN_TOKEN_FILE", None, false),
     spec("tls", "cert_file", "EMGATE_TLS_CERT_FILE", None, false),
     spec("tls", "key_file", "EMGATE_TLS_KEY_FILE", None, false),
+    spec("shared", "url", "EMGATE_SHARED_URL", None, false),
+    spec("shared", "password", "EMGATE_SHARED_PASSWORD", None, true),
+    spec("shared", "password_file", "EMGATE_SHARED_PASSWORD_FILE", None, false),
+    spec("shared", "ca_file", "EMGATE_SHARED_CA_FILE", None, false),
+    spec("shared", "prefix", "EMGATE_SHARED_PREFIX", Some("emgate"), false),
+    spec("shared", "timeout", "EMGATE_SHARED_TIMEOUT", Some("250ms"), false),
+    spec("shared", "em_session", "EMGATE_SHARED_EM_SESSION", Some("true"), false),
+    spec("shared", "lease", "EMGATE_SHARED_LEASE", Some("5s"), false),
+    spec("shared", "secret", "EMGATE_SHARED_SECRET", None, true),
+    spec("shared", "secret_file", "EMGATE_SHARED_SECRET_FILE", None, false),
     spec("log", "filter", "EMGATE_LOG", Some("info"), false),
     spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
 ];
@@ -279,6 +289,30 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// Fleet mode (CONTRACT §10): the Redis or Valkey replicas share.
+#[derive(Debug, Clone)]
+pub struct SharedSettings {
+    /// `redis://` or `rediss://` URL, its password (if any) taken out.
+    pub url: Secret,
+    /// Whether the URL is `rediss://`.
+    pub tls: bool,
+    /// The password, from the URL or `EMGATE_SHARED_PASSWORD[_FILE]`.
+    pub password: Option<Secret>,
+    /// PEM bundle to trust for `rediss://` (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key and channel.
+    pub prefix: String,
+    /// Bound on one Redis operation.
+    pub timeout: Duration,
+    /// One EM logon for the whole fleet.
+    pub em_session: bool,
+    /// How long a fetch or logon lease lives without renewal.
+    pub lease: Duration,
+    /// Key material for sealing the EM session token; `None`: derived
+    /// from the EM credentials.
+    pub secret: Option<Secret>,
+}
+
 /// The validated, effective settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -296,6 +330,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// `[log]`
     pub log: LogSettings,
+    /// `[shared]`: fleet mode, when a Redis/Valkey URL is set.
+    pub shared: Option<SharedSettings>,
     /// Raw values as merged, for `check-config`.
     raw: BTreeMap<&'static str, Origin>,
 }
@@ -355,6 +391,10 @@ impl Settings {
             if let Some(o) = raw.get_mut(s.env) {
                 o.value = "***".into();
             }
+        }
+        // The shared URL may hold a password: shown without it.
+        if let Some(o) = raw.get_mut("EMGATE_SHARED_URL") {
+            o.value = redact_url_password(&o.value);
         }
         settings.raw = raw;
         Ok(settings)
@@ -488,6 +528,7 @@ impl Settings {
                 _ => Err(format!("expected text or json, got {s:?}")),
             })?,
         };
+        let shared = shared_settings(v)?;
         Ok(Settings {
             listen,
             upstream,
@@ -496,6 +537,7 @@ impl Settings {
             access,
             tls,
             log,
+            shared,
             raw: BTreeMap::new(),
         })
     }
@@ -788,6 +830,170 @@ fn effective_rules(file: &[toml::Table], cache: &CacheSettings) -> Result<Vec<Ru
         }
     }
     Ok(rules)
+}
+
+/// `[shared]`: `None` unless `EMGATE_SHARED_URL` is set.
+fn shared_settings(v: &Values<'_>) -> Result<Option<SharedSettings>, ConfigError> {
+    let Some((url, tls, in_url)) = v.opt("EMGATE_SHARED_URL", parse_shared_url)? else {
+        for other in [
+            "EMGATE_SHARED_PASSWORD",
+            "EMGATE_SHARED_PASSWORD_FILE",
+            "EMGATE_SHARED_CA_FILE",
+            "EMGATE_SHARED_SECRET",
+            "EMGATE_SHARED_SECRET_FILE",
+        ] {
+            if v.raw(other).is_some_and(|s| !s.is_empty()) {
+                return Err(ConfigError::of(
+                    spec_of(other),
+                    "set EMGATE_SHARED_URL too: without it there is no fleet",
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let given = secret_or_file(v, "EMGATE_SHARED_PASSWORD", "EMGATE_SHARED_PASSWORD_FILE")?;
+    let password = match (in_url, given) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::of(
+                spec_of("EMGATE_SHARED_PASSWORD"),
+                "the password is in EMGATE_SHARED_URL already; give it once",
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    let ca_file = v.opt("EMGATE_SHARED_CA_FILE", readable_file)?;
+    if ca_file.is_some() && !tls {
+        return Err(ConfigError::of(
+            spec_of("EMGATE_SHARED_CA_FILE"),
+            "only rediss:// URLs use TLS; a CA file needs one",
+        ));
+    }
+    let prefix = v.parse("EMGATE_SHARED_PREFIX", |s| {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if ok {
+            Ok(s.to_string())
+        } else {
+            Err(format!(
+                "expected 1 to 64 letters, digits, '_', '-', '.' or ':', got {s:?}"
+            ))
+        }
+    })?;
+    let timeout = v.parse("EMGATE_SHARED_TIMEOUT", parse_positive_duration)?;
+    let lease = v.parse("EMGATE_SHARED_LEASE", |s| {
+        match parse_positive_duration(s)? {
+            d if d < Duration::from_secs(1) => {
+                Err("must be at least 1s (it is renewed a few times per lease)".to_string())
+            }
+            d => Ok(d),
+        }
+    })?;
+    if lease <= timeout * 3 {
+        return Err(ConfigError::of(
+            spec_of("EMGATE_SHARED_LEASE"),
+            format!(
+                "must be more than 3 x EMGATE_SHARED_TIMEOUT ({timeout:?}): a lease is renewed \
+                 at a third of its life, and each renewal may take the timeout"
+            ),
+        ));
+    }
+    let secret = secret_or_file(v, "EMGATE_SHARED_SECRET", "EMGATE_SHARED_SECRET_FILE")?;
+    if secret
+        .as_ref()
+        .is_some_and(|s| s.expose().trim().chars().count() < MIN_ADMIN_TOKEN)
+    {
+        return Err(ConfigError::of(
+            spec_of("EMGATE_SHARED_SECRET"),
+            format!("must be at least {MIN_ADMIN_TOKEN} characters"),
+        ));
+    }
+    Ok(Some(SharedSettings {
+        url,
+        tls,
+        password,
+        ca_file,
+        prefix,
+        timeout,
+        em_session: v.parse("EMGATE_SHARED_EM_SESSION", parse_bool)?,
+        lease,
+        secret,
+    }))
+}
+
+/// `scheme://user:password@host...` with the password shown as `***`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{scheme}://{shown}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// A `redis://` or `rediss://` URL with a host: the URL without its
+/// password, whether it is TLS, and the password it held.
+fn parse_shared_url(s: &str) -> Result<(Secret, bool, Option<Secret>), String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| "not a URL (write it like redis://host:6379/0)".to_string())?;
+    let tls = match uri.scheme_str() {
+        Some("redis") => false,
+        Some("rediss") => true,
+        _ => return Err("must start with redis:// or rediss://".to_string()),
+    };
+    let Some(authority) = uri.authority() else {
+        return Err("no host".to_string());
+    };
+    let (userinfo, host) = match authority.as_str().rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority.as_str()),
+    };
+    if host.is_empty() || host.starts_with(':') {
+        return Err("no host".to_string());
+    }
+    let (user, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((u, p)) => (Some(u), (!p.is_empty()).then(|| Secret::new(p))),
+        None => (None, None),
+    };
+    let path = uri.path().trim_start_matches('/');
+    if !(path.is_empty() || path.parse::<u16>().is_ok()) {
+        return Err(format!("the path must be a database number, got {path:?}"));
+    }
+    if uri.query().is_some() {
+        return Err(
+            "takes no query (set TLS with rediss://, the CA with EMGATE_SHARED_CA_FILE)".into(),
+        );
+    }
+    let user = user
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let scheme = if tls { "rediss" } else { "redis" };
+    let db = if path.is_empty() {
+        String::new()
+    } else {
+        format!("/{path}")
+    };
+    Ok((
+        Secret::new(format!("{scheme}://{user}{host}{db}")),
+        tls,
+        password,
+    ))
 }
 
 /// A secret given inline or in a file (trailing newline ignored); both is an error.

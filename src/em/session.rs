@@ -51,6 +51,8 @@ pub const REFUSED_PAUSE: Duration = Duration::from_secs(10 * 60);
 pub const RELOGON_BURST: u32 = 3;
 /// Then one re-logon per this long.
 pub const RELOGON_EVERY: Duration = Duration::from_secs(20);
+/// Fleet mode: how often a replica that went on alone looks for the fleet.
+const REJOIN_EVERY: Duration = Duration::from_secs(5);
 /// A session confirmed alive this recently is not checked again.
 const ALIVE_FOR: Duration = Duration::from_secs(1);
 
@@ -60,9 +62,17 @@ pub struct EmSession {
     token: Secret,
     /// The session's GUID, for `GET`/`DELETE /api/logonSessions/{id}`.
     id: Option<String>,
-    /// Increases with every logon; compared when EM answers 401.
+    /// Increases with every logon; compared when EM answers 401. The
+    /// fleet's sessions carry the fleet's generation; a replica's own ones
+    /// have [`LOCAL_GENERATION`] set, so the two never compare equal.
     generation: u64,
+    /// Whether this is the fleet's session (kept in the shared store).
+    shared: bool,
 }
+
+/// Marks the generations of a replica's own sessions (fleet mode with the
+/// shared store unreachable, or no fleet at all).
+pub const LOCAL_GENERATION: u64 = 1 << 62;
 
 impl EmSession {
     /// The generation of this session.
@@ -164,6 +174,64 @@ pub enum EmError {
     WriteNotReplayed,
 }
 
+/// A future a shared session store answers with.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreDown>> + Send + 'a>>;
+
+/// The shared store could not be asked (down, slow, breaker open): the pool
+/// goes on alone, with a session of its own if it needs one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreDown;
+
+/// The fleet's EM session, as the shared store hands it (unsealed).
+pub struct SharedEmSession {
+    /// The `X-RestSvcSessionId` token.
+    pub token: Secret,
+    /// The session's GUID.
+    pub id: Option<String>,
+    /// The fleet's generation of it.
+    pub generation: u64,
+}
+
+/// Something held while this replica logs on for the fleet; dropping it
+/// lets others try.
+pub type LogonLease = Box<dyn Send + Sync>;
+
+/// Where the fleet keeps its one EM session (CONTRACT §10): implemented by
+/// the shared tier, so this module knows no Redis. Every call is bounded; a
+/// [`StoreDown`] means "go on alone".
+pub trait SessionStore: Send + Sync {
+    /// The fleet's session, if there is one.
+    fn load(&self) -> StoreFuture<'_, Option<SharedEmSession>>;
+    /// The right to log on for the fleet, if nobody holds it.
+    fn lease(&self) -> StoreFuture<'_, Option<LogonLease>>;
+    /// Makes this the fleet's session if the fleet's generation is still
+    /// `replacing` (0: none); its new generation, or `None` if another
+    /// replica published first.
+    fn publish(
+        &self,
+        token: &Secret,
+        id: Option<&str>,
+        replacing: u64,
+    ) -> StoreFuture<'_, Option<u64>>;
+    /// Waits (at most `within`) for a session of another generation than `after`.
+    fn wait_newer(&self, after: u64, within: Duration) -> StoreFuture<'_, Option<SharedEmSession>>;
+    /// Refusals in a row across the fleet, and how long logons still pause.
+    fn pause(&self) -> StoreFuture<'_, Option<(u32, Duration)>>;
+    /// Records a logon's outcome for the fleet (a refusal counts, a success
+    /// clears); the refusals in a row.
+    fn record(&self, refused: bool, pause: Duration) -> StoreFuture<'_, u32>;
+    /// Whether this replica should keep the session alive now (nobody in
+    /// the fleet used it for `keepalive`); at most one replica gets `true`.
+    fn keepalive_due(&self, keepalive: Duration) -> StoreFuture<'_, bool>;
+    /// Records that EM just saw the session used.
+    fn used(&self, keepalive: Duration) -> StoreFuture<'_, ()>;
+    /// Leaves the fleet; whether this was its last live member.
+    fn leave(&self) -> StoreFuture<'_, bool>;
+    /// Forgets the session of this generation (it was logged out).
+    fn clear(&self, generation: u64) -> StoreFuture<'_, ()>;
+}
+
 /// Counters for metrics and the status page.
 #[derive(Debug, Default)]
 pub struct SessionStats {
@@ -213,6 +281,14 @@ struct LogonState {
     retry_at: Option<Instant>,
     /// The last failure, repeated to requests during the backoff.
     last_error: Option<SessionError>,
+}
+
+/// How a logon for the fleet ended.
+enum FleetLogon {
+    /// This replica logged on (for the fleet, or alone).
+    Own(EmSession),
+    /// Another replica's session, already in place.
+    Adopted(Arc<EmSession>),
 }
 
 /// The last failure as the outside sees it (readable without the logon lock).
@@ -274,6 +350,12 @@ pub struct SessionPool {
     lost: tokio::sync::Notify,
     /// Set by `logout`: requests still draining must not log on again.
     closed: AtomicBool,
+    /// Fleet mode: where the fleet's one session lives.
+    shared: Option<Arc<dyn SessionStore>>,
+    /// Milliseconds since `epoch` when use was last reported to the fleet.
+    reported_ms: AtomicU64,
+    /// How long a logon for the fleet is awaited before trying anew.
+    fleet_wait: Duration,
     /// Counters.
     pub stats: SessionStats,
 }
@@ -302,8 +384,24 @@ impl SessionPool {
             backoff_max: settings.logon_backoff_max,
             lost: tokio::sync::Notify::new(),
             closed: AtomicBool::new(false),
+            shared: None,
+            reported_ms: AtomicU64::new(0),
+            fleet_wait: settings.timeout,
             stats: SessionStats::default(),
         }
+    }
+
+    /// Fleet mode: the session is the fleet's, kept in `store`; a logon for
+    /// the fleet by another replica is awaited `lease` + the upstream timeout.
+    pub fn with_shared(mut self, store: Arc<dyn SessionStore>, lease: Duration) -> SessionPool {
+        self.shared = Some(store);
+        self.fleet_wait += lease;
+        self
+    }
+
+    /// Whether the current session is the fleet's (fleet mode).
+    pub fn is_shared(&self) -> bool {
+        self.peek().is_some_and(|s| s.shared)
     }
 
     /// The EM client this pool logs on with.
@@ -354,6 +452,24 @@ impl SessionPool {
     pub fn mark_used(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_used_ms.store(ms, Ordering::Relaxed);
+        // Fleet mode: the fleet keeps one keep-alive, so replicas tell it
+        // when they use the session (a few times per keep-alive period).
+        if let (Some(store), true) = (&self.shared, self.is_shared()) {
+            let every = (self.keepalive.as_millis() as u64 / 4).max(1000);
+            let last = self.reported_ms.load(Ordering::Relaxed);
+            if ms.saturating_sub(last) >= every
+                && self
+                    .reported_ms
+                    .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let store = store.clone();
+                let keepalive = self.keepalive;
+                tokio::spawn(async move {
+                    let _ = store.used(keepalive).await;
+                });
+            }
+        }
     }
 
     fn idle(&self) -> Duration {
@@ -520,6 +636,18 @@ impl SessionPool {
         if self.closed.load(Ordering::SeqCst) {
             return Err(SessionError::Closed);
         }
+        // Fleet mode: the fleet may hold a session this replica does not
+        // have yet, or a newer one than the one that failed: take it.
+        let mut fleet_generation = 0;
+        if let Some(store) = &self.shared {
+            if let Ok(Some(s)) = store.load().await {
+                let current = self.peek().map(|c| c.generation);
+                if Some(s.generation) != stale && Some(s.generation) != current {
+                    return Ok(self.adopt(s));
+                }
+                fleet_generation = s.generation;
+            }
+        }
         let mut replaced = None;
         if let Some(current) = self.peek() {
             if stale != Some(current.generation) {
@@ -559,7 +687,19 @@ impl SessionPool {
                 });
             }
         }
-        match self.logon_once().await {
+        let logon = match &self.shared {
+            Some(store) => {
+                self.fleet_logon(store.clone(), fleet_generation, &mut state)
+                    .await
+            }
+            None => self.logon_once().await.map(FleetLogon::Own),
+        };
+        let logon = match logon {
+            Ok(FleetLogon::Adopted(session)) => return Ok(session),
+            Ok(FleetLogon::Own(session)) => Ok(session),
+            Err(e) => Err(e),
+        };
+        match logon {
             Ok(session) => {
                 self.stats.logons_ok.fetch_add(1, Ordering::Relaxed);
                 if state.failures > 0 {
@@ -588,8 +728,11 @@ impl SessionPool {
                 if refused {
                     self.stats.logons_refused.fetch_add(1, Ordering::Relaxed);
                     state.refusals = state.refusals.saturating_add(1);
-                } else {
+                } else if !matches!(e, SessionError::Paused { .. }) {
                     state.refusals = 0;
+                }
+                if let SessionError::Paused { refusals, .. } = e {
+                    state.refusals = state.refusals.max(refusals);
                 }
                 let paused = state.refusals >= REFUSALS_BEFORE_PAUSE;
                 let wait = if paused {
@@ -630,6 +773,109 @@ impl SessionPool {
         }
     }
 
+    /// Makes the fleet's session this replica's.
+    fn adopt(&self, s: SharedEmSession) -> Arc<EmSession> {
+        let session = Arc::new(EmSession {
+            token: s.token,
+            id: s.id,
+            generation: s.generation,
+            shared: true,
+        });
+        self.mark_used();
+        self.set(Some(session.clone()));
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
+        }
+        tracing::info!(
+            generation = session.generation,
+            "using the fleet's EM session"
+        );
+        session
+    }
+
+    /// Logs on for the fleet: one replica at a time (under a lease), the
+    /// others wait for its session; refusals count for the whole fleet, so
+    /// N replicas cannot lock the EM account N times faster. With the store
+    /// unreachable, a session of this replica's own.
+    async fn fleet_logon(
+        self: &Arc<Self>,
+        store: Arc<dyn SessionStore>,
+        mut fleet_generation: u64,
+        state: &mut LogonState,
+    ) -> Result<FleetLogon, SessionError> {
+        if let Ok(Some((refusals, retry_in))) = store.pause().await {
+            if refusals >= REFUSALS_BEFORE_PAUSE && !retry_in.is_zero() {
+                return Err(SessionError::Paused { refusals, retry_in });
+            }
+        }
+        for _ in 0..2 {
+            match store.lease().await {
+                Ok(Some(lease)) => {
+                    // Someone may have published while we took the lease.
+                    if let Ok(Some(s)) = store.load().await {
+                        if s.generation != fleet_generation {
+                            return Ok(FleetLogon::Adopted(self.adopt(s)));
+                        }
+                    }
+                    let result = self.logon_once().await;
+                    let refused = matches!(result, Err(SessionError::Refused));
+                    let refusals = store
+                        .record(refused, REFUSED_PAUSE)
+                        .await
+                        .unwrap_or(state.refusals);
+                    let session = match result {
+                        Ok(s) => s,
+                        Err(SessionError::Refused) if refusals >= REFUSALS_BEFORE_PAUSE => {
+                            self.stats.logons_refused.fetch_add(1, Ordering::Relaxed);
+                            return Err(SessionError::Paused {
+                                refusals,
+                                retry_in: REFUSED_PAUSE,
+                            });
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let published = store
+                        .publish(&session.token, session.id.as_deref(), fleet_generation)
+                        .await;
+                    drop(lease);
+                    return match published {
+                        Ok(Some(generation)) => Ok(FleetLogon::Own(EmSession {
+                            generation,
+                            shared: true,
+                            ..session
+                        })),
+                        // Another replica's session made it first: use it,
+                        // and do not leave ours open on EM.
+                        Ok(None) => {
+                            self.end(&session).await;
+                            match store.load().await {
+                                Ok(Some(s)) => Ok(FleetLogon::Adopted(self.adopt(s))),
+                                _ => Err(SessionError::Upstream(
+                                    "the fleet's new EM session could not be read".into(),
+                                )),
+                            }
+                        }
+                        Err(StoreDown) => Ok(FleetLogon::Own(session)),
+                    };
+                }
+                Ok(None) => match store.wait_newer(fleet_generation, self.fleet_wait).await {
+                    Ok(Some(s)) => return Ok(FleetLogon::Adopted(self.adopt(s))),
+                    // The replica logging on gave no session in time (it
+                    // died, or failed): try the lease ourselves.
+                    Ok(None) => {
+                        if let Ok(Some(s)) = store.load().await {
+                            fleet_generation = s.generation;
+                        }
+                        continue;
+                    }
+                    Err(StoreDown) => break,
+                },
+                Err(StoreDown) => break,
+            }
+        }
+        self.logon_once().await.map(FleetLogon::Own)
+    }
+
     async fn logon_once(&self) -> Result<EmSession, SessionError> {
         let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
@@ -668,11 +914,15 @@ impl SessionPool {
         Ok(EmSession {
             token: Secret::new(token),
             id: session_id(&response.body),
-            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            generation: LOCAL_GENERATION | (self.generations.fetch_add(1, Ordering::Relaxed) + 1),
+            shared: false,
         })
     }
 
-    /// Keeps the session alive and logs on again after failures, until aborted.
+    /// Keeps the session alive and logs on again after failures, until
+    /// aborted. In fleet mode, one replica touches the fleet's session per
+    /// keep-alive period, and a replica that went on alone rejoins the
+    /// fleet's session when the store answers again.
     pub async fn maintain(self: Arc<Self>) {
         loop {
             let Some(session) = self.peek() else {
@@ -683,21 +933,67 @@ impl SessionPool {
                         .map(|at| at.saturating_duration_since(Instant::now()))
                         .unwrap_or_default()
                 };
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
                 if let Err(SessionError::RelogonLimited(wait)) = self.acquire().await {
                     tokio::time::sleep(wait).await;
                 }
                 continue;
             };
+            if let (Some(store), false) = (&self.shared, session.shared) {
+                self.rejoin(store.clone(), &session).await;
+            }
             let idle = self.idle();
             if idle < self.keepalive {
+                let wait = self.keepalive - idle;
+                // Alone in fleet mode: look for the fleet again soon.
+                let wait = match (&self.shared, session.shared) {
+                    (Some(_), false) => wait.min(REJOIN_EVERY),
+                    _ => wait,
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(self.keepalive - idle) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = self.lost.notified() => {}
                 }
                 continue;
             }
+            if let (Some(store), true) = (&self.shared, session.shared) {
+                // Another replica used or touched it within the period.
+                if let Ok(false) = store.keepalive_due(self.keepalive).await {
+                    self.mark_used();
+                    continue;
+                }
+            }
             self.touch(&session).await;
+        }
+    }
+
+    /// A replica that went on alone: take the fleet's session (logging out
+    /// its own), or make its own the fleet's if the fleet has none.
+    async fn rejoin(self: &Arc<Self>, store: Arc<dyn SessionStore>, own: &Arc<EmSession>) {
+        let _state = self.logon.lock().await;
+        if self.peek().map(|c| c.generation) != Some(own.generation) {
+            return;
+        }
+        match store.load().await {
+            Ok(Some(s)) => {
+                self.adopt(s);
+                tracing::info!("rejoined the fleet's EM session; logging out this replica's own");
+                self.end(own).await;
+            }
+            Ok(None) => {
+                if let Ok(Some(generation)) = store.publish(&own.token, own.id.as_deref(), 0).await
+                {
+                    let session = Arc::new(EmSession {
+                        token: own.token.clone(),
+                        id: own.id.clone(),
+                        generation,
+                        shared: true,
+                    });
+                    self.set(Some(session));
+                    tracing::info!(generation, "this replica's EM session is now the fleet's");
+                }
+            }
+            Err(StoreDown) => {}
         }
     }
 
@@ -745,12 +1041,32 @@ impl SessionPool {
     }
 
     /// Logs the session out of EM at shutdown; no logon happens after it.
+    /// In fleet mode the fleet's session is logged out only by the fleet's
+    /// last live member (the others still use it); a replica's own session
+    /// always is.
     pub async fn logout(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let _guard = self.logon.lock().await;
+        let last = match &self.shared {
+            Some(store) => store.leave().await,
+            None => Ok(true),
+        };
         let Some(session) = self.peek() else { return };
         self.set(None);
-        self.end(&session).await;
+        match (session.shared, last) {
+            (false, _) | (true, Ok(true)) => {
+                self.end(&session).await;
+                if let (Some(store), true) = (&self.shared, session.shared) {
+                    let _ = store.clear(session.generation).await;
+                }
+            }
+            (true, Ok(false)) => {
+                tracing::info!("other replicas still use the fleet's EM session; not logging out")
+            }
+            (true, Err(StoreDown)) => tracing::warn!(
+                "the shared store is unreachable: the fleet's EM session is left to the other replicas (or EM's idle timeout)"
+            ),
+        }
     }
 }
 

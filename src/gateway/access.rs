@@ -67,13 +67,14 @@ const BAD_CREDENTIALS: &str = "unknown client or wrong secret";
 const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idle); log on again";
 
 /// Authenticates a request to `/api`; the error is a 401 in EM's shape.
-pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayError> {
     let access = &app.settings.access;
     let clients = &app.clients;
     match presented(headers) {
         Presented::Session(token) => app
             .sessions
             .lookup(token)
+            .await
             .map(|s| Caller::Session {
                 id: s.id,
                 owner: s.owner,
@@ -107,7 +108,7 @@ pub fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayErr
 /// `POST /api/sessionMngr/?v=…`: a gateway session, never an EM one.
 /// Everything under `sessionMngr` is answered here: nothing under it may
 /// reach EM.
-pub fn logon(
+pub async fn logon(
     app: &App,
     parts: &Parts,
     target: &Target,
@@ -133,9 +134,9 @@ pub fn logon(
             };
             format!("~{shown}")
         }
-        _ => authenticate(app, &parts.headers)?.owner().to_string(),
+        _ => authenticate(app, &parts.headers).await?.owner().to_string(),
     };
-    let (token, id) = app.sessions.create(&owner)?;
+    let (token, id) = app.sessions.create(&owner).await?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
     logon::created(
         &token,
@@ -150,7 +151,7 @@ pub fn logon(
 }
 
 /// `/api/logonSessions[/{id}]`: the caller's own gateway sessions.
-pub fn logon_sessions(
+pub async fn logon_sessions(
     app: &App,
     caller: &Caller,
     method: &Method,
@@ -168,7 +169,7 @@ pub fn logon_sessions(
     if rest.is_empty() {
         return match *method {
             Method::GET | Method::HEAD => {
-                logon::list(&app.sessions.list(owner), owner, public, xml, case)
+                logon::list(&app.sessions.list(owner).await, owner, public, xml, case)
             }
             _ => Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
         };
@@ -181,10 +182,10 @@ pub fn logon_sessions(
     };
     let id = Uuid::try_parse(rest).map_err(|_| not_found())?;
     match *method {
-        Method::GET | Method::HEAD if app.sessions.list(owner).contains(&id) => {
+        Method::GET | Method::HEAD if app.sessions.list(owner).await.contains(&id) => {
             logon::one(id, owner, public, xml, case)
         }
-        Method::DELETE if app.sessions.delete(owner, id) => {
+        Method::DELETE if app.sessions.delete(owner, id).await => {
             tracing::info!(client = %owner, session = %id, "client logged off the gateway");
             let mut r = Response::new(Body::default());
             *r.status_mut() = StatusCode::NO_CONTENT;

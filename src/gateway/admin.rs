@@ -18,8 +18,8 @@ use crate::gateway::error::{error_response, GatewayError};
 use crate::gateway::limit::Bucket;
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{self, RestorePointId};
-use crate::gateway::router::purge_prefix;
 use crate::gateway::router::Conn;
+use crate::gateway::router::{purge_all_everywhere, purge_prefix_everywhere};
 use crate::gateway::target::Target;
 use crate::secret::Secret;
 
@@ -97,12 +97,12 @@ pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response
     match path.strip_prefix("/admin/cache") {
         Some("") | Some("/") => match purge_prefix_of(parts.uri.query()) {
             Ok(None) => {
-                app.cache.purge_all();
+                purge_all_everywhere(app).await;
                 tracing::info!("cache purged");
             }
             Ok(Some(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by prefix");
-                purge_prefix(app, prefix);
+                purge_prefix_everywhere(app, prefix).await;
             }
             Err(e) => return e.into_response(xml, case),
         },
@@ -115,7 +115,7 @@ pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response
                 return not_found().into_response(xml, case);
             };
             // Both forms of its vmRestorePoints, and whatever else of it is cached.
-            purge_prefix(app, restore_points::key_prefix(id));
+            purge_prefix_everywhere(app, restore_points::key_prefix(id)).await;
             tracing::info!(restore_point = %id, "cache entries purged");
         }
         None => return not_found().into_response(xml, case),

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::em::session::SessionPool;
+use crate::fleet::Fleet;
 use crate::gateway::clients::Clients;
 use crate::gateway::limit::ClientLimits;
 use crate::gateway::logon::ClientSessions;
@@ -39,6 +40,8 @@ pub struct App {
     pub work: Arc<Semaphore>,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
+    /// Fleet mode's shared tier.
+    pub fleet: Option<Fleet>,
     /// Per-client rate limits.
     pub limits: ClientLimits,
     /// Per-address limits of admin requests.

@@ -17,12 +17,29 @@ pub enum Bucket {
     Address(IpAddr),
 }
 
-/// Keyed token buckets; `None` when rate limiting is off.
+impl Bucket {
+    /// The bucket's name in the fleet's shared tier.
+    fn shared_name(&self) -> String {
+        match self {
+            Bucket::Client(c) => format!("client {c}"),
+            Bucket::Address(a) => format!("address {a}"),
+        }
+    }
+}
+
+/// Keyed token buckets; `None` when rate limiting is off. In fleet mode the
+/// fleet counts (GCRA in the shared tier), so a client's limit holds over
+/// requests spread across replicas; with the shared tier unreachable, each
+/// replica counts alone.
 pub struct ClientLimits {
     /// The buckets.
     limiter: Option<DefaultKeyedRateLimiter<Bucket>>,
     /// The limiter's clock, to turn "not until" into a wait.
     clock: DefaultClock,
+    /// Rate and burst, for the fleet's count.
+    quota: (u32, u32),
+    /// The fleet, in fleet mode.
+    fleet: Option<crate::fleet::Fleet>,
 }
 
 impl ClientLimits {
@@ -35,7 +52,35 @@ impl ClientLimits {
         ClientLimits {
             limiter,
             clock: DefaultClock::default(),
+            quota: (per_second, if burst == 0 { per_second } else { burst }),
+            fleet: None,
         }
+    }
+
+    /// Counts for the fleet.
+    pub fn with_fleet(mut self, fleet: Option<crate::fleet::Fleet>) -> ClientLimits {
+        self.fleet = fleet;
+        self
+    }
+
+    /// `Ok` to go ahead, or how long to wait before the next request will
+    /// be let through (for the fleet, in fleet mode).
+    pub async fn check_shared(&self, bucket: &Bucket) -> Result<(), Duration> {
+        if self.limiter.is_none() {
+            return Ok(());
+        }
+        if let Some(fleet) = &self.fleet {
+            match fleet
+                .rate(&bucket.shared_name(), self.quota.0, self.quota.1)
+                .await
+            {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                // The shared tier is down: this replica counts alone.
+                Err(_) => {}
+            }
+        }
+        self.check(bucket)
     }
 
     /// `Ok` to go ahead, or how long to wait before the next request will be let through.

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::config::JsonCase;
 use crate::em::session::SESSION_HEADER;
+use crate::fleet::Fleet;
 use crate::gateway::error::GatewayError;
 use crate::gateway::render;
 use crate::gateway::response::Body;
@@ -43,6 +44,8 @@ struct Record {
     last_used: Instant,
     /// When it was created (to end the oldest first).
     created: Instant,
+    /// When the fleet last confirmed it (fleet mode), or its creation.
+    checked: Instant,
 }
 
 /// What a session token stands for.
@@ -54,24 +57,24 @@ pub struct SessionInfo {
     pub owner: String,
 }
 
-/// All gateway sessions.
-pub struct ClientSessions {
+/// The gateway sessions this replica knows (all of them, without a fleet).
+pub struct LocalSessions {
     /// By SHA-256 of the token, so no token sits in memory in the clear.
     by_token: Mutex<HashMap<[u8; 32], Record>>,
     /// Idle timeout.
     idle: Duration,
 }
 
-impl Default for ClientSessions {
+impl Default for LocalSessions {
     fn default() -> Self {
-        ClientSessions::new(IDLE)
+        LocalSessions::new(IDLE)
     }
 }
 
-impl ClientSessions {
+impl LocalSessions {
     /// An empty store with this idle timeout.
-    pub fn new(idle: Duration) -> ClientSessions {
-        ClientSessions {
+    pub fn new(idle: Duration) -> LocalSessions {
+        LocalSessions {
             by_token: Mutex::new(HashMap::new()),
             idle,
         }
@@ -116,6 +119,7 @@ impl ClientSessions {
                 owner: owner.to_string(),
                 last_used: now,
                 created: now,
+                checked: now,
             },
         );
         Ok((token, id))
@@ -162,6 +166,51 @@ impl ClientSessions {
         map.len() < before
     }
 
+    /// Keeps what the fleet said a token stands for (a session made on
+    /// another replica), so the next requests need not ask.
+    fn mirror(&self, key: [u8; 32], id: Uuid, owner: &str) {
+        let Ok(mut map) = self.by_token.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let record = map.entry(key).or_insert_with(|| Record {
+            id,
+            owner: owner.to_string(),
+            last_used: now,
+            created: now,
+            checked: now,
+        });
+        record.last_used = now;
+        record.checked = now;
+    }
+
+    /// The record of a token hash, if this replica knows it, and when the
+    /// fleet last confirmed it.
+    fn known(&self, key: &[u8; 32]) -> Option<(SessionInfo, Instant)> {
+        let mut map = self.by_token.lock().ok()?;
+        let now = Instant::now();
+        let record = map.get_mut(key)?;
+        if now.duration_since(record.last_used) >= self.idle {
+            map.remove(key);
+            return None;
+        }
+        record.last_used = now;
+        Some((
+            SessionInfo {
+                id: record.id,
+                owner: record.owner.clone(),
+            },
+            record.checked,
+        ))
+    }
+
+    /// Forgets a token hash (its session ended on another replica).
+    fn forget(&self, key: &[u8; 32]) {
+        if let Ok(mut map) = self.by_token.lock() {
+            map.remove(key);
+        }
+    }
+
     /// Live sessions, for metrics.
     pub fn count(&self) -> usize {
         let Ok(map) = self.by_token.lock() else {
@@ -171,6 +220,116 @@ impl ClientSessions {
         map.values()
             .filter(|r| now.duration_since(r.last_used) < self.idle)
             .count()
+    }
+}
+
+/// How long a session the fleet confirmed is taken on this replica's word
+/// alone (a logout elsewhere reaches it by event at once, or after this).
+const FLEET_RECHECK: Duration = Duration::from_secs(2);
+
+/// Gateway sessions: this replica's, and in fleet mode the fleet's (kept in
+/// the shared tier by token hash, so a token from one replica works on
+/// every one, and a logout anywhere ends it everywhere). With the shared
+/// tier unreachable, what this replica knows.
+pub struct ClientSessions {
+    /// What this replica knows.
+    pub local: LocalSessions,
+    /// The fleet, in fleet mode.
+    fleet: Option<Fleet>,
+}
+
+impl ClientSessions {
+    /// Sessions of this replica alone, or of the fleet.
+    pub fn new(fleet: Option<Fleet>) -> ClientSessions {
+        ClientSessions {
+            local: LocalSessions::default(),
+            fleet,
+        }
+    }
+
+    fn hex(key: &[u8; 32]) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A new session for `owner`: its token (shown once) and id.
+    pub async fn create(&self, owner: &str) -> Result<(Secret, Uuid), GatewayError> {
+        let (token, id) = self.local.create(owner)?;
+        if let Some(fleet) = &self.fleet {
+            let key = LocalSessions::key(token.expose());
+            let _ = fleet
+                .session_create(&Self::hex(&key), owner, &id.to_string(), IDLE, PER_CLIENT)
+                .await;
+        }
+        Ok((token, id))
+    }
+
+    /// The live session a token stands for (its idle timer restarts).
+    pub async fn lookup(&self, token: &str) -> Option<SessionInfo> {
+        let key = LocalSessions::key(token);
+        let known = self.local.known(&key);
+        let Some(fleet) = &self.fleet else {
+            return known.map(|(info, _)| info);
+        };
+        if let Some((info, checked)) = &known {
+            if checked.elapsed() < FLEET_RECHECK {
+                return Some(info.clone());
+            }
+        }
+        match fleet.session_lookup(&Self::hex(&key), IDLE).await {
+            Ok(Some(s)) => {
+                let id = Uuid::try_parse(&s.id).ok()?;
+                self.local.mirror(key, id, &s.owner);
+                Some(SessionInfo { id, owner: s.owner })
+            }
+            Ok(None) => {
+                self.local.forget(&key);
+                None
+            }
+            // The shared tier is down: what this replica knows.
+            Err(_) => known.map(|(info, _)| info),
+        }
+    }
+
+    /// The live sessions of `owner`, oldest first.
+    pub async fn list(&self, owner: &str) -> Vec<Uuid> {
+        if let Some(fleet) = &self.fleet {
+            if let Ok(ids) = fleet.session_list(owner).await {
+                return ids.iter().filter_map(|i| Uuid::try_parse(i).ok()).collect();
+            }
+        }
+        self.local.list(owner)
+    }
+
+    /// Ends `owner`'s session `id` (everywhere, in fleet mode); false if
+    /// there is no such session of theirs.
+    pub async fn delete(&self, owner: &str, id: Uuid) -> bool {
+        let here = self.local.delete(owner, id);
+        match &self.fleet {
+            Some(fleet) => match fleet.session_delete(owner, &id.to_string()).await {
+                Ok(Some(_)) => true,
+                _ => here,
+            },
+            None => here,
+        }
+    }
+
+    /// Forgets a session that ended on another replica (by token hash, hex).
+    pub fn ended_elsewhere(&self, token_hash: &str) {
+        let mut key = [0u8; 32];
+        if token_hash.len() == 64
+            && (0..32).all(|i| {
+                u8::from_str_radix(&token_hash[2 * i..2 * i + 2], 16)
+                    .map(|b| key[i] = b)
+                    .is_ok()
+            })
+        {
+            self.local.forget(&key);
+        }
+    }
+
+    /// Live sessions this replica knows, for metrics.
+    pub fn count(&self) -> usize {
+        self.local.count()
     }
 }
 
@@ -324,7 +483,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_when_idle_are_scoped_to_their_owner_and_bounded() {
-        let store = ClientSessions::new(Duration::from_millis(50));
+        let store = LocalSessions::new(Duration::from_millis(50));
         let (t1, id1) = store.create("a").unwrap();
         let (_t2, id2) = store.create("b").unwrap();
         assert_eq!(store.lookup(t1.expose()).unwrap().id, id1);
@@ -337,7 +496,7 @@ mod tests {
             "idle session still valid"
         );
 
-        let store = ClientSessions::default();
+        let store = LocalSessions::default();
         let (first, _) = store.create("c").unwrap();
         for _ in 0..PER_CLIENT {
             store.create("c").unwrap();

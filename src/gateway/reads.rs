@@ -27,10 +27,11 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode};
 
-use crate::cache::{Cache, Fetched, Outcome, Policy, Served};
+use crate::cache::{Cache, Fetched, Outcome, Policy, Served, Source};
 use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
 use crate::config::CacheSettings;
 use crate::em::session::EmError;
+use crate::fleet::{Fleet, Waited};
 use crate::gateway::app::App;
 use crate::gateway::error::GatewayError;
 use crate::gateway::proxy::X_REQUEST_ID;
@@ -323,10 +324,31 @@ pub async fn serve(
         return Ok(r);
     };
     let key = cache_key(target, Some(rule), head);
-    let result = if operator && wants_fresh(headers) {
-        app.cache.refetch(key, &rule.policy, || fetch(true)).await
+    let fresh = operator && wants_fresh(headers);
+    // Fleet mode: a local miss looks in the shared tier before EM, and one
+    // replica fetches for the fleet.
+    let tiered = || {
+        let em = fetch(true);
+        let shared = app.fleet.clone().map(|fleet| Tier {
+            fleet,
+            key: key.clone(),
+            policy: rule.policy.clone(),
+            case: app.settings.json_case,
+            wait: app.settings.upstream.timeout,
+            skip_lookup: fresh,
+            stale_wait: app.settings.cache.stale_wait,
+        });
+        async move {
+            match shared {
+                Some(tier) => tier.fetch(em).await,
+                None => em.await,
+            }
+        }
+    };
+    let result = if fresh {
+        app.cache.refetch(key.clone(), &rule.policy, tiered).await
     } else {
-        app.cache.get(key, &rule.policy, || fetch(true)).await
+        app.cache.get(key.clone(), &rule.policy, tiered).await
     };
     let served = match result {
         Ok(s) => s,
@@ -348,6 +370,133 @@ pub async fn serve(
     Ok(cached_response(
         &served, headers, xml, public, em_base, head,
     ))
+}
+
+/// A rule's fetch in fleet mode: the fleet's shared tier before EM.
+struct Tier {
+    fleet: Fleet,
+    key: CacheKey,
+    policy: Policy,
+    case: crate::config::JsonCase,
+    /// How long to wait for another replica's fetch (it is bounded by the
+    /// EM timeout, and its lease by the lease time).
+    wait: std::time::Duration,
+    /// An operator's `no-cache`: do not take the fleet's copy either.
+    skip_lookup: bool,
+    /// Longest wait for another replica's refresh when a stale copy is at
+    /// hand (past the stale-while-revalidate window).
+    stale_wait: std::time::Duration,
+}
+
+impl Tier {
+    /// The shared entry if it is fresh; else one replica of the fleet fetches
+    /// (under a lease) and stores it for all, the others wait for it to land
+    /// (or serve a stale copy of it meanwhile), and one of them takes over
+    /// if the fetching replica dies. The shared tier failing falls back to
+    /// `em`: Redis never fails a request.
+    async fn fetch<F>(self, em: F) -> Result<Fetched<Prepared>, GatewayError>
+    where
+        F: std::future::Future<Output = Result<Fetched<Prepared>, GatewayError>>,
+    {
+        let case = match self.case {
+            crate::config::JsonCase::Pascal => "pascal",
+            crate::config::JsonCase::Camel => "camel",
+        };
+        let h = Fleet::key_hash(&format!("{case} {}", self.key.as_str()));
+        let mut stale = None;
+        let mut known: Option<Vec<u8>> = None;
+        if !self.skip_lookup {
+            if let Ok(Some(bytes)) = self.fleet.entry(&h).await {
+                match self.decode(&bytes, Source::Shared) {
+                    Some((f, true)) => return Ok(f),
+                    Some((f, false)) => {
+                        stale = Some(f);
+                        known = Some(bytes);
+                    }
+                    None => {}
+                }
+            }
+        }
+        let mut holder_gone = false;
+        for _ in 0..3 {
+            let Ok(epoch) = self.fleet.epoch().await else {
+                break;
+            };
+            match self.fleet.try_lease(&h).await {
+                Ok(Some(lease)) => {
+                    if holder_gone {
+                        self.fleet.took_over();
+                    }
+                    let result = em.await;
+                    if let Ok(f) = &result {
+                        let negative = f.value.status == StatusCode::NOT_FOUND;
+                        if let Some(bytes) = f.value.to_shared(std::time::SystemTime::now()) {
+                            let lifetime = self.policy.lifetime(negative);
+                            let _ = self
+                                .fleet
+                                .store(&h, self.key.path(), bytes, lifetime, epoch)
+                                .await;
+                        }
+                    }
+                    drop(lease);
+                    return match (result, stale) {
+                        // EM failed: the fleet's stale copy, if there is one.
+                        (Err(e), Some(s)) if crate::cache::Failure::serves_stale(&e) => Ok(s),
+                        (r, _) => r,
+                    };
+                }
+                Ok(None) => {
+                    // Another replica fetches. A stale copy at hand is served
+                    // at once within stale-while-revalidate, and within the
+                    // stale wait past it (as a replica alone would).
+                    let window = self.policy.ttl + self.policy.stale_while_revalidate;
+                    if stale.as_ref().is_some_and(|s| s.age < window) {
+                        if let Some(s) = stale.take() {
+                            return Ok(s);
+                        }
+                    }
+                    let wait = if stale.is_some() {
+                        self.stale_wait
+                    } else {
+                        self.wait
+                    };
+                    match self.fleet.wait_landed(&h, wait, known.as_deref()).await {
+                        Ok(Waited::Landed(bytes)) => {
+                            if let Some((f, _)) = self.decode(&bytes, Source::Coalesced) {
+                                return Ok(f);
+                            }
+                            break;
+                        }
+                        Ok(Waited::HolderGone) => holder_gone = true,
+                        Ok(Waited::TimedOut) | Err(_) => match stale.take() {
+                            Some(s) => return Ok(s),
+                            None => break,
+                        },
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        em.await
+    }
+
+    /// A shared entry as a fetch's answer, and whether it is still fresh.
+    fn decode(&self, bytes: &[u8], source: Source) -> Option<(Fetched<Prepared>, bool)> {
+        let (value, at) = Prepared::from_shared(bytes, self.case)?;
+        let age = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
+        let limit = if value.status == StatusCode::NOT_FOUND {
+            self.policy.negative_ttl
+        } else {
+            self.policy.ttl
+        };
+        let fresh = age < limit;
+        if !fresh && age >= self.policy.lifetime(value.status == StatusCode::NOT_FOUND) {
+            return None;
+        }
+        Some((Fetched { value, age, source }, fresh))
+    }
 }
 
 /// A response from the cache: body, `X-Cache`, `Cache-Status`, `Age`,

@@ -10,6 +10,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -313,6 +314,29 @@ impl Template {
         out.freeze()
     }
 
+    fn to_wire(&self) -> wire::Template {
+        wire::Template {
+            parts: self.parts.iter().map(|p| p.to_vec()).collect(),
+            needle_len: self.needle_len as u32,
+        }
+    }
+
+    fn from_wire(w: wire::Template) -> Template {
+        let parts: Vec<Bytes> = w.parts.into_iter().map(Bytes::from).collect();
+        let literal_len = parts.iter().map(Bytes::len).sum();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in &parts {
+            p.hash(&mut h);
+        }
+        Template {
+            parts,
+            literal_len,
+            needle_len: w.needle_len as usize,
+            tag: h.finish(),
+            first: OnceLock::new(),
+        }
+    }
+
     /// Bytes held, counting the kept rendering (sized as if the public
     /// base were as long as EM's) so the cache's bound covers it.
     pub fn weight(&self) -> usize {
@@ -480,9 +504,117 @@ impl Prepared {
         }
     }
 
+    /// The entry as the fleet's shared tier keeps it: everything a hit needs,
+    /// ready (a replica that finds it never converts), and when EM gave it.
+    pub fn to_shared(&self, fetched: SystemTime) -> Option<Vec<u8>> {
+        let wire = wire::Prepared {
+            version: wire::VERSION,
+            fetched_ms: fetched
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            status: self.status.as_u16(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            doc: match &self.doc {
+                Doc::Converted { json, xml } => wire::Doc::Converted {
+                    json: json.to_wire(),
+                    xml: xml.to_wire(),
+                },
+                Doc::Raw {
+                    bytes,
+                    content_type,
+                } => wire::Doc::Raw {
+                    bytes: bytes.to_vec(),
+                    content_type: content_type.as_ref().map(|v| v.as_bytes().to_vec()),
+                },
+                Doc::Empty { xml_doc } => wire::Doc::Empty { xml_doc: *xml_doc },
+            },
+        };
+        postcard::to_stdvec(&wire).ok()
+    }
+
+    /// An entry of the shared tier, and when EM gave it; `None` for bytes
+    /// of another version or damaged ones (then EM is asked).
+    pub fn from_shared(bytes: &[u8], case: JsonCase) -> Option<(Prepared, SystemTime)> {
+        let wire: wire::Prepared = postcard::from_bytes(bytes).ok()?;
+        if wire.version != wire::VERSION {
+            return None;
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in wire.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).ok()?;
+            // Only what a client may get, whatever the bytes say.
+            if FROM_EM.contains(&name) {
+                headers.append(name, HeaderValue::from_bytes(&v).ok()?);
+            }
+        }
+        let doc = match wire.doc {
+            wire::Doc::Converted { json, xml } => Doc::Converted {
+                json: Template::from_wire(json),
+                xml: Template::from_wire(xml),
+            },
+            wire::Doc::Raw {
+                bytes,
+                content_type,
+            } => Doc::Raw {
+                bytes: Bytes::from(bytes),
+                content_type: content_type.and_then(|v| HeaderValue::from_bytes(&v).ok()),
+            },
+            wire::Doc::Empty { xml_doc } => Doc::Empty { xml_doc },
+        };
+        Some((
+            Prepared {
+                status: StatusCode::from_u16(wire.status).ok()?,
+                headers,
+                doc,
+                case,
+            },
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms),
+        ))
+    }
+
     /// EM's headers for a client at `public` (locations pointed at it).
     pub fn headers_for(&self, em_base: &str, public: &str) -> HeaderMap {
         client_headers(&self.headers, em_base, public)
+    }
+}
+
+/// The shared tier's form of a prepared answer (postcard-encoded).
+mod wire {
+    /// Bumped whenever the form changes: replicas of another version ask EM.
+    pub const VERSION: u8 = 1;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Template {
+        pub parts: Vec<Vec<u8>>,
+        pub needle_len: u32,
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub enum Doc {
+        Converted {
+            json: Template,
+            xml: Template,
+        },
+        Raw {
+            bytes: Vec<u8>,
+            content_type: Option<Vec<u8>>,
+        },
+        Empty {
+            xml_doc: bool,
+        },
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub struct Prepared {
+        pub version: u8,
+        pub fetched_ms: u64,
+        pub status: u16,
+        pub headers: Vec<(String, Vec<u8>)>,
+        pub doc: Doc,
     }
 }
 
@@ -553,6 +685,43 @@ mod tests {
             public_base(&trusting, host.as_ref(), &headers, false, bound),
             "http://gw.example:8080"
         );
+    }
+
+    #[test]
+    fn a_shared_entry_comes_back_as_it_went_and_serves_without_converting() {
+        let em = UpstreamResponse {
+            status: StatusCode::OK,
+            headers: {
+                let mut h = HeaderMap::new();
+                h.insert(CONTENT_TYPE, "application/xml".parse().unwrap());
+                h.insert(header::LOCATION, "https://em:9398/api/x".parse().unwrap());
+                h
+            },
+            body: Bytes::from_static(
+                b"<EntityReferences xmlns=\"http://www.veeam.com/ent/v1.0\"><Ref Href=\"https://em:9398/api/a\" Name=\"n\"/></EntityReferences>",
+            ),
+            elapsed: std::time::Duration::ZERO,
+            held: Default::default(),
+        };
+        let p = Prepared::from_em(&em, "https://em:9398", JsonCase::Camel).unwrap();
+        let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let bytes = p.to_shared(when).unwrap();
+        let (back, at) = Prepared::from_shared(&bytes, JsonCase::Camel).unwrap();
+        assert_eq!(at, when);
+        assert_eq!(back.status, StatusCode::OK);
+        for xml in [false, true] {
+            let (a, ta, ea) = p.representation(xml, "http://gw");
+            let (b, tb, eb) = back.representation(xml, "http://gw");
+            assert_eq!((a, ta, ea), (b, tb, eb));
+        }
+        assert_eq!(
+            back.headers_for("https://em:9398", "http://gw")[header::LOCATION],
+            "http://gw/api/x"
+        );
+        assert!(Prepared::from_shared(b"garbage", JsonCase::Camel).is_none());
+        let mut other_version = bytes.clone();
+        other_version[0] = 99;
+        assert!(Prepared::from_shared(&other_version, JsonCase::Camel).is_none());
     }
 
     #[test]

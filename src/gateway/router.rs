@@ -173,9 +173,10 @@ async fn api(
             label = "/api/sessionMngr";
             // Logons are limited by address: each makes a session to keep.
             app.limits
-                .check(&Bucket::Address(conn.peer))
+                .check_shared(&Bucket::Address(conn.peer))
+                .await
                 .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, &target, xml, &public);
+            return access::logon(app, parts, &target, xml, &public).await;
         }
         let method = &parts.method;
         let read = method == Method::GET || method == Method::HEAD;
@@ -183,15 +184,16 @@ async fn api(
         let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
         } else {
-            access::authenticate(app, &parts.headers)?
+            access::authenticate(app, &parts.headers).await?
         };
         client = Some(caller.owner().to_string());
         app.limits
-            .check(&caller.bucket(conn.peer))
+            .check_shared(&caller.bucket(conn.peer))
+            .await
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
-            return access::logon_sessions(app, &caller, method, &target, xml, &public);
+            return access::logon_sessions(app, &caller, method, &target, xml, &public).await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
         if let Some(segment) = restore_points::restore_point_segment(&target) {
@@ -248,7 +250,8 @@ async fn api(
             // What a write changed is no longer what the cache holds: drop
             // the cached reads of the collection it went to.
             if let Some(first) = target.segments().first() {
-                purge_prefix(app, format!("/api/{}", first.to_ascii_lowercase()));
+                purge_prefix_everywhere(app, format!("/api/{}", first.to_ascii_lowercase()))
+                    .await;
             }
         }
         Ok(response)
@@ -274,6 +277,27 @@ pub fn purge_prefix(app: &App, prefix: String) {
         path.strip_prefix(prefix.as_str())
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     });
+}
+
+/// [`purge_prefix`] here, and in fleet mode in the shared tier and on
+/// every replica (a purge during a fetch anywhere still wins).
+pub async fn purge_prefix_everywhere(app: &App, prefix: String) {
+    purge_prefix(app, prefix.clone());
+    if let Some(fleet) = &app.fleet {
+        if fleet.purge_prefix(&prefix).await.is_err() {
+            tracing::warn!(%prefix, "the shared tier is down: purged on this replica only");
+        }
+    }
+}
+
+/// Every cached entry, here and (fleet mode) everywhere.
+pub async fn purge_all_everywhere(app: &App) {
+    app.cache.purge_all();
+    if let Some(fleet) = &app.fleet {
+        if fleet.purge_all().await.is_err() {
+            tracing::warn!("the shared tier is down: purged on this replica only");
+        }
+    }
 }
 
 /// Whether `Origin` names the gateway's public origin (scheme and authority).
@@ -337,6 +361,8 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
             misses: s.misses,
             stale: s.stale,
             collapsed: s.collapsed,
+            shared_hits: s.shared_hits,
+            coalesced: s.coalesced,
             fetch_miss: s.fetch_miss,
             fetch_revalidate: s.fetch_revalidate,
             fetch_ahead: s.fetch_ahead,
@@ -402,7 +428,17 @@ fn readiness(app: &App) -> Response<Body> {
     };
     body.insert("ready".into(), ready.into());
     body.insert("em_session".into(), state.into());
-    body.insert("shared".into(), "off".into());
+    let shared = match &app.fleet {
+        None => "off",
+        // Redis being down never makes a replica unready: it goes on alone.
+        Some(f) if f.is_up() => "up",
+        Some(_) => "down",
+    };
+    body.insert("shared".into(), shared.into());
+    if let Some(f) = &app.fleet {
+        body.insert("fleet_members".into(), f.members().into());
+        body.insert("em_session_shared".into(), app.pool.is_shared().into());
+    }
     body.insert("draining".into(), draining.into());
     let mut r = Response::new(Body::new(Bytes::from(
         serde_json::Value::Object(body).to_string(),

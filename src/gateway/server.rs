@@ -30,6 +30,8 @@ use crate::cache::Options;
 use crate::config::{CacheSettings, ConfigError, Settings, UpstreamTrust};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
+use crate::fleet::session::EmSessionStore;
+use crate::fleet::{Event, Fleet};
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::clients::Clients;
@@ -96,6 +98,9 @@ pub fn preflight(settings: &Settings) -> Result<Preflight, ConfigError> {
         }
         None => Clients::default(),
     };
+    if let Some(shared) = &settings.shared {
+        crate::fleet::preflight(shared).map_err(|(setting, e)| ConfigError::setting(setting, e))?;
+    }
     if let UpstreamTrust::CaFile(path) = &settings.upstream.trust {
         crate::em::tls::load_ca_file(path)
             .map_err(|e| ConfigError::setting("EMGATE_UPSTREAM_CA_FILE", e))?;
@@ -125,7 +130,21 @@ impl Gateway {
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
         let Preflight { clients, tls } = preflight(&settings)?;
         let upstream = Upstream::new(&settings.upstream).map_err(StartError::Upstream)?;
-        let pool = Arc::new(SessionPool::new(upstream, &settings.upstream));
+        // Fleet mode: started lazily, so a Redis that is down at start is
+        // joined later; meanwhile this replica goes on alone.
+        let fleet = match &settings.shared {
+            Some(shared) => {
+                Some(Fleet::start(shared, &settings.upstream).map_err(StartError::Upstream)?)
+            }
+            None => None,
+        };
+        let mut pool = SessionPool::new(upstream, &settings.upstream);
+        if let (Some(fleet), Some(shared)) = (&fleet, &settings.shared) {
+            if shared.em_session {
+                pool = pool.with_shared(Arc::new(EmSessionStore(fleet.clone())), shared.lease);
+            }
+        }
+        let pool = Arc::new(pool);
         let addr = settings.listen.address;
         let listener = TcpListener::bind(addr)
             .await
@@ -142,8 +161,9 @@ impl Gateway {
             pool,
             draining: AtomicBool::new(false),
             metrics: crate::ops::metrics::install(),
-            sessions: ClientSessions::default(),
-            limits: ClientLimits::new(settings_rate.0, settings_rate.1),
+            sessions: ClientSessions::new(fleet.clone()),
+            limits: ClientLimits::new(settings_rate.0, settings_rate.1).with_fleet(fleet.clone()),
+            fleet,
             admin_limits: ClientLimits::new(ADMIN_RATE.0, ADMIN_RATE.1),
             work,
             local_addr,
@@ -169,6 +189,7 @@ impl Gateway {
         let maintenance = tokio::spawn(app.pool.clone().maintain());
         let discovery = tokio::spawn(log_em_version(app.pool.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
+        let fleet_events = tokio::spawn(fleet_events(app.clone()));
         let listen = &app.settings.listen;
         let (header_timeout, idle_timeout) = (listen.header_timeout, listen.idle_timeout);
         // Past this many open connections, new ones wait in the listen backlog.
@@ -272,6 +293,7 @@ impl Gateway {
         }
         maintenance.abort();
         housekeeping.abort();
+        fleet_events.abort();
         discovery.abort();
         // Bounded: a hung EM must not hold the pod past its grace period
         // (an abandoned session expires on EM's side anyway).
@@ -425,6 +447,33 @@ async fn log_em_version(pool: Arc<SessionPool>) {
             "Enterprise Manager found"
         ),
         Err(e) => tracing::warn!(error = %e, "could not read EM's entry point"),
+    }
+}
+
+/// Fleet mode: what other replicas did that this one must follow (purges,
+/// logouts).
+async fn fleet_events(app: Arc<App>) {
+    let Some(fleet) = &app.fleet else { return };
+    let mut events = fleet.events();
+    loop {
+        match events.recv().await {
+            Ok(Event::PurgeAll) => {
+                app.cache.purge_all();
+                tracing::info!("cache purged by another replica");
+            }
+            Ok(Event::PurgePrefix(prefix)) => {
+                tracing::info!(%prefix, "cache entries purged by another replica");
+                crate::gateway::router::purge_prefix(&app, prefix);
+            }
+            Ok(Event::Logout(token_hash)) => app.sessions.ended_elsewhere(&token_hash),
+            Ok(Event::Landed(_)) | Ok(Event::Session) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                // Missed purges: drop everything rather than serve what was purged.
+                tracing::warn!(missed = n, "fleet events missed; purging the local cache");
+                app.cache.purge_all();
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -53,7 +53,7 @@ fn describe() {
     );
     describe_counter!(
         "emgate_cache_requests_total",
-        "Cache lookups, by rule and result (hit, miss, stale)."
+        "Cache lookups, by rule and result (hit, miss, stale; in fleet mode also shared_hit: a local miss found in the shared tier, coalesced: answered by another replica's fetch)."
     );
     describe_counter!(
         "emgate_cache_collapsed_total",
@@ -185,6 +185,10 @@ pub struct RuleSnapshot {
     pub stale: u64,
     /// Requests that shared another's fetch.
     pub collapsed: u64,
+    /// Local misses answered from the fleet's shared tier.
+    pub shared_hits: u64,
+    /// Requests answered after waiting for another replica's fetch.
+    pub coalesced: u64,
     /// Fetches because nothing usable was stored.
     pub fetch_miss: u64,
     /// Fetches refreshing a stale entry.
@@ -240,7 +244,13 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     use metrics::{counter, gauge};
     for r in &s.rules {
         let rule = r.name.clone();
-        for (result, value) in [("hit", r.hits), ("miss", r.misses), ("stale", r.stale)] {
+        for (result, value) in [
+            ("hit", r.hits),
+            ("miss", r.misses),
+            ("stale", r.stale),
+            ("shared_hit", r.shared_hits),
+            ("coalesced", r.coalesced),
+        ] {
             counter!("emgate_cache_requests_total", "rule" => rule.clone(), "result" => result)
                 .absolute(value);
         }

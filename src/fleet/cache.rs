@@ -1,0 +1,359 @@
+//! The shared cache tier: entries by key hash, one EM fetch per key for the
+//! fleet under a lease, and the notice that an entry landed.
+//!
+//! The lease is Pingora's cache lock and Ledge's Redis lock, with the gap
+//! closed that leaves Ledge's waiters sitting out a minute when the holder
+//! dies: `SET NX PX lease` takes it, a watchdog renews it (compare-and-
+//! expire) while the fetch runs, a compare-and-delete releases it. A holder
+//! that dies stops renewing, its lease runs out within the lease time, and
+//! one waiter takes it over. Its states are named in [`Waited`].
+//!
+//! Purges: a fleet-wide epoch is bumped first, and an entry is stored only
+//! if the epoch is still the one its fetch began under, so a purge during
+//! a fetch wins on every replica.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::{Down, Event, Fleet};
+
+/// How a wait for another replica's fetch ended.
+#[derive(Debug)]
+pub enum Waited {
+    /// The entry landed: its bytes.
+    Landed(Vec<u8>),
+    /// The lease is gone and nothing landed: the holder died or failed.
+    HolderGone,
+    /// Still fetching after the bound.
+    TimedOut,
+}
+
+/// The right to fetch a key for the fleet; renewed while held, released
+/// when dropped.
+pub struct Lease {
+    fleet: Fleet,
+    key: String,
+    token: String,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let (fleet, key, token) = (self.fleet.clone(), self.key.clone(), self.token.clone());
+        tokio::spawn(async move {
+            let _ = fleet.release(&key, &token).await;
+        });
+    }
+}
+
+impl Fleet {
+    /// The hash of a cache key (with what else separates representations,
+    /// e.g. the JSON case): what names it in Redis.
+    pub fn key_hash(key: &str) -> String {
+        crate::digest::sha256_hex(key.as_bytes())[..32].to_string()
+    }
+
+    fn entry_key(&self, h: &str) -> String {
+        self.key(&format!("e:{h}"))
+    }
+
+    fn lease_key(&self, h: &str) -> String {
+        self.key(&format!("l:{h}"))
+    }
+
+    /// The entry's bytes, if the fleet holds it.
+    pub async fn entry(&self, h: &str) -> Result<Option<Vec<u8>>, Down> {
+        let key = self.entry_key(h);
+        self.op("get", |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
+    /// The purge epoch a fetch begins under.
+    pub async fn epoch(&self) -> Result<u64, Down> {
+        let key = self.key("epoch");
+        let v: Option<u64> = self
+            .op("epoch", |mut c| async move {
+                redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Takes the fetch lease of `h`, if nobody holds it.
+    pub async fn try_lease(&self, h: &str) -> Result<Option<Lease>, Down> {
+        let key = self.lease_key(h);
+        let token = crate::digest::random_token(12)
+            .map_err(|_| Down)?
+            .expose()
+            .to_string();
+        let ms = self.lease_time().as_millis() as u64;
+        let (k, t) = (key.clone(), token.clone());
+        let won: Option<String> = self
+            .op("lease", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(t)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if won.is_none() {
+            return Ok(None);
+        }
+        // Renewed at a third of its life: two renewals may fail (or take the
+        // timeout) before it runs out.
+        let fleet = self.clone();
+        let (k, t) = (key.clone(), token.clone());
+        let watchdog = tokio::spawn(async move {
+            let every = fleet.lease_time() / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(false) = fleet.renew(&k, &t).await {
+                    break;
+                }
+            }
+        });
+        Ok(Some(Lease {
+            fleet: self.clone(),
+            key,
+            token,
+            watchdog: Some(watchdog),
+        }))
+    }
+
+    /// Counts a lease taken over from a replica that stopped renewing it.
+    pub fn took_over(&self) {
+        self.0
+            .takeovers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("emgate_fleet_lease_takeovers_total").increment(1);
+    }
+
+    async fn renew(&self, key: &str, token: &str) -> Result<bool, Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(RENEW));
+        let (k, t, ms) = (
+            key.to_string(),
+            token.to_string(),
+            self.lease_time().as_millis() as u64,
+        );
+        let n: i64 = self
+            .op("renew", |mut c| async move {
+                script.key(k).arg(t).arg(ms).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, key: &str, token: &str) -> Result<(), Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(RELEASE));
+        let (k, t) = (key.to_string(), token.to_string());
+        let _: i64 = self
+            .op("release", |mut c| async move {
+                script.key(k).arg(t).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an entry for `lifetime` (its EM path kept for purges by
+    /// prefix) unless a purge came after `epoch`, and tells the fleet it
+    /// landed; whether it was stored.
+    pub async fn store(
+        &self,
+        h: &str,
+        path: &str,
+        bytes: Vec<u8>,
+        lifetime: Duration,
+        epoch: u64,
+    ) -> Result<bool, Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(STORE));
+        let keys = (self.entry_key(h), self.key("epoch"), self.key("idx"));
+        let channel = self.0.channel.clone();
+        let message = Event::Landed(h.to_string()).encode(&self.0.member);
+        let member = format!("{h} {path}");
+        let ms = lifetime.as_millis().max(1) as u64;
+        let stored: i64 = self
+            .op("store", |mut c| async move {
+                script
+                    .key(keys.0)
+                    .key(keys.1)
+                    .key(keys.2)
+                    .arg(bytes)
+                    .arg(ms)
+                    .arg(epoch)
+                    .arg(member)
+                    .arg(channel)
+                    .arg(message)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(stored == 1)
+    }
+
+    /// Waits (at most `within`) for another replica's fetch of `h` to land:
+    /// an entry other than `known` (the stale one the caller already has).
+    /// Subscribed first, checked after: a notice sent in between is not
+    /// missed; and the lease is looked at now and then, since a holder that
+    /// died sends none.
+    pub async fn wait_landed(
+        &self,
+        h: &str,
+        within: Duration,
+        known: Option<&[u8]>,
+    ) -> Result<Waited, Down> {
+        let mut events = self.events();
+        let new = |b: Option<Vec<u8>>| b.filter(|b| Some(b.as_slice()) != known);
+        if let Some(bytes) = new(self.entry(h).await?) {
+            return Ok(Waited::Landed(bytes));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        let poll = (self.lease_time() / 5).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(Event::Landed(x)) if x == h => {
+                        if let Some(bytes) = new(self.entry(h).await?) {
+                            return Ok(Waited::Landed(bytes));
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(poll).await;
+                    }
+                },
+                _ = tokio::time::sleep(poll) => {
+                    let lease = self.lease_key(h);
+                    let held: bool = self
+                        .op("exists", |mut c| async move {
+                            redis::cmd("EXISTS").arg(lease).query_async(&mut c).await
+                        })
+                        .await?;
+                    if let Some(bytes) = new(self.entry(h).await?) {
+                        return Ok(Waited::Landed(bytes));
+                    }
+                    if !held {
+                        return Ok(Waited::HolderGone);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(Waited::TimedOut),
+            }
+        }
+    }
+
+    /// Drops every shared entry, and tells every replica to drop theirs.
+    pub async fn purge_all(&self) -> Result<(), Down> {
+        self.purge_matching(None).await?;
+        self.publish(Event::PurgeAll).await
+    }
+
+    /// Drops the shared entries whose EM path is `prefix` or under it
+    /// (lowercase, compared at a segment boundary), and tells every replica.
+    pub async fn purge_prefix(&self, prefix: &str) -> Result<(), Down> {
+        self.purge_matching(Some(prefix.to_ascii_lowercase()))
+            .await?;
+        self.publish(Event::PurgePrefix(prefix.to_string())).await
+    }
+
+    async fn purge_matching(&self, prefix: Option<String>) -> Result<(), Down> {
+        // The epoch first: a fetch that began before it stores nothing.
+        let epoch = self.key("epoch");
+        let _: u64 = self
+            .op("purge", |mut c| async move {
+                redis::cmd("INCR").arg(epoch).query_async(&mut c).await
+            })
+            .await?;
+        let idx = self.key("idx");
+        let i = idx.clone();
+        let members: Vec<String> = self
+            .op("purge", |mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(i)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let doomed: Vec<&String> = members
+            .iter()
+            .filter(|m| match (&prefix, m.split_once(' ')) {
+                (None, _) => true,
+                (Some(p), Some((_, path))) => {
+                    let path = path.to_ascii_lowercase();
+                    path.strip_prefix(p.as_str()).is_some_and(|rest| {
+                        rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                    })
+                }
+                (Some(_), None) => false,
+            })
+            .collect();
+        for chunk in doomed.chunks(256) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .filter_map(|m| m.split_once(' ').map(|(h, _)| self.entry_key(h)))
+                .collect();
+            let members: Vec<String> = chunk.iter().map(|m| (*m).clone()).collect();
+            let i = idx.clone();
+            let _: () = self
+                .op("purge", |mut c| async move {
+                    redis::pipe()
+                        .cmd("DEL")
+                        .arg(keys)
+                        .ignore()
+                        .cmd("ZREM")
+                        .arg(i)
+                        .arg(members)
+                        .ignore()
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Renews a lease if it is still ours.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Releases a lease if it is still ours (a slow holder never deletes a
+/// lease someone else has since taken).
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Stores an entry unless the purge epoch moved since the fetch began;
+/// indexes its path (expiring with it) and announces it.
+/// KEYS: entry, epoch, index. ARGV: bytes, ms, epoch, "hash path", channel, message.
+const STORE: &str = r"
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+if epoch ~= tonumber(ARGV[3]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+";

@@ -1,0 +1,436 @@
+//! Fleet mode's shared tier (CONTRACT §10): the replicas that share a Redis
+//! (or Valkey) and a prefix act as one gateway.
+//!
+//! This module is the only one that knows Redis. It offers small interfaces
+//! to the rest: bytes by cache key, leases and "landed" notices for the
+//! cache's fetches ([`cache`]), the fleet's EM session sealed at rest
+//! ([`session`], behind [`crate::em::session::SessionStore`]), client
+//! sessions and rate limits ([`clients`]), purges and membership.
+//!
+//! Invariants:
+//! - Redis failing never fails a request: every operation is bounded by
+//!   `EMGATE_SHARED_TIMEOUT`, and after a few failures a breaker stops asking
+//!   for a while ([`Down`] at once); callers then go on alone.
+//! - Every key of a fleet carries the hash tag `{prefix}`, so the fleet's
+//!   keys live in one Redis Cluster slot and its scripts work there too.
+//! - Nothing secret is kept in clear: the EM session token is sealed
+//!   (ChaCha20-Poly1305), client session tokens are kept as hashes.
+
+pub mod cache;
+pub mod clients;
+mod seal;
+pub mod session;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushKind, Value};
+use tokio::sync::broadcast;
+
+use crate::config::{SharedSettings, UpstreamSettings};
+use crate::digest::random_token;
+
+pub use cache::{Lease, Waited};
+
+/// The shared tier could not be asked: go on alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Down;
+
+/// What replicas tell each other on the fleet's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A shared cache entry landed (its key hash).
+    Landed(String),
+    /// Every cache entry was purged.
+    PurgeAll,
+    /// Cache entries under this EM path were purged.
+    PurgePrefix(String),
+    /// A client session ended (its token hash).
+    Logout(String),
+    /// The fleet's EM session changed.
+    Session,
+}
+
+impl Event {
+    fn encode(&self, member: &str) -> String {
+        match self {
+            Event::Landed(h) => format!("{member} landed {h}"),
+            Event::PurgeAll => format!("{member} purge-all -"),
+            Event::PurgePrefix(p) => format!("{member} purge {p}"),
+            Event::Logout(h) => format!("{member} logout {h}"),
+            Event::Session => format!("{member} session -"),
+        }
+    }
+
+    /// The sender and the event of a message.
+    fn decode(text: &str) -> Option<(String, Event)> {
+        let mut parts = text.splitn(3, ' ');
+        let member = parts.next()?.to_string();
+        let kind = parts.next()?;
+        let arg = parts.next()?.to_string();
+        let event = match kind {
+            "landed" => Event::Landed(arg),
+            "purge-all" => Event::PurgeAll,
+            "purge" => Event::PurgePrefix(arg),
+            "logout" => Event::Logout(arg),
+            "session" => Event::Session,
+            _ => return None,
+        };
+        Some((member, event))
+    }
+}
+
+/// Failures in a row after which Redis is not asked for a while.
+const BREAKER_FAILURES: u32 = 3;
+/// How long it is not asked.
+const BREAKER_OPEN: Duration = Duration::from_secs(2);
+
+/// Stops asking Redis for a while after failures, so a Redis that is down
+/// or slow costs each request nothing, not the timeout.
+struct Breaker {
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn allow(&self) -> bool {
+        self.now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= BREAKER_FAILURES {
+            self.open_until_ms.store(
+                self.now_ms() + BREAKER_OPEN.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn up(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) == 0 && self.allow()
+    }
+}
+
+struct Inner {
+    /// Reconnecting, multiplexed connection (RESP3: pub/sub arrives on it too).
+    conn: ConnectionManager,
+    /// `{prefix}`: every key starts with it.
+    tag: String,
+    /// The fleet's pub/sub channel.
+    channel: String,
+    /// Bound on one operation.
+    timeout: Duration,
+    /// Lifetime of a lease without renewal.
+    lease: Duration,
+    /// This replica's id in the fleet.
+    member: String,
+    /// Stops asking after failures.
+    breaker: Breaker,
+    /// Events from other replicas.
+    events: broadcast::Sender<Event>,
+    /// Live members at the last heartbeat.
+    members: AtomicU64,
+    /// Leases taken over from a replica that stopped renewing them.
+    takeovers: AtomicU64,
+    /// Seals the EM session token.
+    sealer: seal::Sealer,
+}
+
+/// A handle on the shared tier; cheap to clone.
+#[derive(Clone)]
+pub struct Fleet(Arc<Inner>);
+
+impl Fleet {
+    /// Connects (lazily: a Redis that is down at start is joined later) and
+    /// starts the listener of the fleet's channel and the heartbeat.
+    pub fn start(settings: &SharedSettings, upstream: &UpstreamSettings) -> Result<Fleet, String> {
+        let client = client(settings)?;
+        let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2))
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription();
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("EMGATE_SHARED_URL: {}", redact(&e.to_string())))?;
+        let member = random_token(9)
+            .map_err(|e| format!("fleet member id: {e}"))?
+            .expose()
+            .to_string();
+        let (events, _) = broadcast::channel(1024);
+        let fleet = Fleet(Arc::new(Inner {
+            conn,
+            tag: format!("{{{}}}", settings.prefix),
+            channel: format!("{}:events", settings.prefix),
+            timeout: settings.timeout,
+            lease: settings.lease,
+            member,
+            breaker: Breaker {
+                failures: AtomicU32::new(0),
+                open_until_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            },
+            events,
+            members: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            sealer: seal::Sealer::new(settings, upstream),
+        }));
+        // Messages of other replicas, from the connection's push channel.
+        let weak = Arc::downgrade(&fleet.0);
+        tokio::spawn(async move {
+            while let Some(push) = push_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { break };
+                if push.kind != PushKind::Message {
+                    continue;
+                }
+                let Some(Value::BulkString(payload)) = push.data.get(1) else {
+                    continue;
+                };
+                let Ok(text) = std::str::from_utf8(payload) else {
+                    continue;
+                };
+                if let Some((from, event)) = Event::decode(text) {
+                    // Our own purges and logouts are done already.
+                    if from != inner.member || matches!(event, Event::Landed(_) | Event::Session) {
+                        let _ = inner.events.send(event);
+                    }
+                }
+            }
+        });
+        tokio::spawn(fleet.clone().background());
+        Ok(fleet)
+    }
+
+    /// Subscribes (until it works), then heartbeats while the process runs.
+    async fn background(self) {
+        let beat = (self.0.lease / 2).max(Duration::from_millis(500));
+        let mut subscribed = false;
+        loop {
+            if !subscribed {
+                let channel = self.0.channel.clone();
+                subscribed = self
+                    .op(
+                        "subscribe",
+                        |mut c| async move { c.subscribe(channel).await },
+                    )
+                    .await
+                    .is_ok();
+            }
+            let _ = self.heartbeat().await;
+            tokio::time::sleep(beat).await;
+        }
+    }
+
+    /// Records this replica as alive; the live members.
+    async fn heartbeat(&self) -> Result<u64, Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(HEARTBEAT));
+        let key = self.key("members");
+        let member = self.0.member.clone();
+        let dead_after = (self.0.lease * 3).as_millis() as u64;
+        let live: u64 = self
+            .op("heartbeat", |mut c| async move {
+                script
+                    .key(key)
+                    .arg(member)
+                    .arg(dead_after)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.0.members.store(live, Ordering::Relaxed);
+        metrics::gauge!("emgate_fleet_members").set(live as f64);
+        Ok(live)
+    }
+
+    /// Runs one Redis operation: not at all while the breaker is open,
+    /// bounded by the timeout, counted by name and result.
+    pub(crate) async fn op<T, F, Fut>(&self, name: &'static str, f: F) -> Result<T, Down>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let inner = &self.0;
+        if !inner.breaker.allow() {
+            record(name, "skipped");
+            return Err(Down);
+        }
+        let result = tokio::time::timeout(inner.timeout, f(inner.conn.clone())).await;
+        let ok = match result {
+            Ok(Ok(v)) => {
+                inner.breaker.success();
+                record(name, "ok");
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(op = name, error = %redact(&e.to_string()), "shared tier error");
+                inner.breaker.failure();
+                record(name, "error");
+                Err(Down)
+            }
+            Err(_) => {
+                inner.breaker.failure();
+                record(name, "timeout");
+                Err(Down)
+            }
+        };
+        metrics::gauge!("emgate_shared_up").set(if inner.breaker.up() { 1.0 } else { 0.0 });
+        ok
+    }
+
+    /// `{prefix}:name`.
+    pub(crate) fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.0.tag)
+    }
+
+    /// Tells the other replicas.
+    pub(crate) async fn publish(&self, event: Event) -> Result<(), Down> {
+        let channel = self.0.channel.clone();
+        let text = event.encode(&self.0.member);
+        self.op("publish", |mut c| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(text)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Events of the other replicas (purges, logouts) and landings.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.0.events.subscribe()
+    }
+
+    /// Whether the shared tier answers (`/readyz`'s `shared`).
+    pub fn is_up(&self) -> bool {
+        self.0.breaker.up()
+    }
+
+    /// Live members at the last heartbeat.
+    pub fn members(&self) -> u64 {
+        self.0.members.load(Ordering::Relaxed)
+    }
+
+    /// Leases taken over from replicas that stopped renewing them.
+    pub fn takeovers(&self) -> u64 {
+        self.0.takeovers.load(Ordering::Relaxed)
+    }
+
+    /// The lease lifetime.
+    pub fn lease_time(&self) -> Duration {
+        self.0.lease
+    }
+}
+
+fn record(op: &'static str, result: &'static str) {
+    metrics::counter!("emgate_shared_operations_total", "op" => op, "result" => result)
+        .increment(1);
+}
+
+/// A Redis client for the settings (the password set apart from the URL,
+/// the CA bundle for `rediss://`).
+fn client(settings: &SharedSettings) -> Result<redis::Client, String> {
+    use redis::IntoConnectionInfo;
+    let mut info = settings
+        .url
+        .expose()
+        .into_connection_info()
+        .map_err(|e| format!("EMGATE_SHARED_URL: {}", redact(&e.to_string())))?;
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(p) = &settings.password {
+        redis_info = redis_info.set_password(p.expose());
+    }
+    // RESP3: the fleet's channel arrives on the same connection, and is
+    // subscribed again after every reconnection.
+    redis_info = redis_info.set_protocol(redis::ProtocolVersion::RESP3);
+    info = info.set_redis_settings(redis_info);
+    match &settings.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!("EMGATE_SHARED_CA_FILE: cannot read {}: {e}", path.display())
+            })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| format!("EMGATE_SHARED_CA_FILE: {}", redact(&e.to_string())))
+        }
+        None => redis::Client::open(info).map_err(|e| format!("EMGATE_SHARED_URL: {e}")),
+    }
+}
+
+/// Checks the settings the way [`Fleet::start`] will use them (for
+/// `check-config`): the URL, the password, the CA bundle. The error names
+/// the setting at fault and says what is wrong.
+pub fn preflight(settings: &SharedSettings) -> Result<(), (&'static str, String)> {
+    client(settings).map(|_| ()).map_err(|e| {
+        for setting in ["EMGATE_SHARED_CA_FILE", "EMGATE_SHARED_URL"] {
+            if let Some(rest) = e.strip_prefix(setting) {
+                return (setting, rest.trim_start_matches(": ").to_string());
+            }
+        }
+        ("EMGATE_SHARED_URL", e)
+    })
+}
+
+/// Error texts of the Redis client may quote the URL: never its password.
+fn redact(text: &str) -> String {
+    match (text.find("://"), text.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &text[..s], &text[at..]),
+        _ => text.to_string(),
+    }
+}
+
+/// Marks a member alive (server time), drops members silent for ARGV[2]
+/// ms, returns how many are alive.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_travel_as_one_line_each() {
+        for e in [
+            Event::Landed("ab12".into()),
+            Event::PurgeAll,
+            Event::PurgePrefix("/api/reports".into()),
+            Event::Logout("ff00".into()),
+            Event::Session,
+        ] {
+            let text = e.encode("m1");
+            assert_eq!(Event::decode(&text), Some(("m1".to_string(), e)));
+        }
+        assert_eq!(Event::decode("m1 nonsense x"), None);
+        assert_eq!(
+            redact("connection to redis://user:pw@host:6379 failed"),
+            "connection to redis://***@host:6379 failed"
+        );
+    }
+}

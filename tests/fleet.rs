@@ -1,0 +1,448 @@
+//! Fleet mode: three replicas sharing a real `redis-server` act as one
+//! gateway in front of EM, and Redis failing costs sharing, never an answer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use emgate::sim::Sim;
+use http::{Method, StatusCode};
+
+/// Three gateway processes sharing `redis`.
+fn fleet(sim: &Sim, redis: &Redis, extra: &[(&str, &str)]) -> Vec<Gateway> {
+    (0..3).map(|_| replica(sim, redis, extra)).collect()
+}
+
+fn replica(sim: &Sim, redis: &Redis, extra: &[(&str, &str)]) -> Gateway {
+    let url = redis.url();
+    let mut env = vec![("EMGATE_SHARED_URL", url.as_str())];
+    env.extend_from_slice(extra);
+    Gateway::start(sim, &env)
+}
+
+async fn all_ready(http: &Http, gws: &[Gateway]) {
+    for gw in gws {
+        assert!(
+            becomes_ready(http, gw).await,
+            "a replica never became ready"
+        );
+    }
+}
+
+fn vm(sim: &Sim, i: usize) -> String {
+    format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(i)
+    )
+}
+
+fn em_fetches(sim: &Sim, prefix: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path_and_query.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_requests_for_ten_ids_over_three_replicas_make_ten_em_fetches() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let gws = fleet(
+        &sim,
+        &redis,
+        &[
+            ("EMGATE_CACHE_TTL", "2s"),
+            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
+            ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
+        ],
+    );
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    sim.clear_requests();
+    sim.set_path_latency("/api/restorePoints/", Some(Duration::from_millis(300)));
+    for round in 0..2 {
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let http = http.clone();
+            let url = gws[i % 3].url(&vm(&sim, i % 10));
+            tasks.push(tokio::spawn(async move { http.get(&url, &[]).await }));
+        }
+        let mut shared = 0;
+        let mut statuses = std::collections::BTreeMap::new();
+        for t in tasks {
+            let r = t.await.unwrap();
+            *statuses
+                .entry(r.headers["cache-status"].to_str().unwrap().to_string())
+                .or_insert(0) += 1;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            if r.headers["cache-status"]
+                .to_str()
+                .unwrap()
+                .contains("detail=shared")
+            {
+                shared += 1;
+            }
+        }
+        assert_eq!(
+            em_fetches(&sim, "/api/restorePoints/"),
+            10 * (round + 1),
+            "round {round}: {:?}",
+            sim.requests()
+                .iter()
+                .map(|r| &r.path_and_query)
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            shared > 0,
+            "no answer came from the shared tier: {statuses:?}"
+        );
+        // Past the TTL everywhere.
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+    }
+    let m = http.get(&gws[1].url("/metrics"), &[]).await.body;
+    assert_eq!(sample(&m, "emgate_shared_up"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "emgate_fleet_members"), Some(3.0), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_logs_on_once_and_once_more_after_em_ends_the_session() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    assert_eq!(
+        sim.stats().logons_ok,
+        1,
+        "three replicas from cold: one logon"
+    );
+    for gw in &gws {
+        let ready = http.get(&gw.url("/readyz"), &[]).await.json();
+        assert_eq!(ready["shared"], "up", "{ready}");
+        assert_eq!(ready["em_session_shared"], true, "{ready}");
+    }
+    sim.expire_all_sessions();
+    let mut tasks = Vec::new();
+    for i in 0..96 {
+        let http = http.clone();
+        let url = gws[i % 3].url(&format!("/api/restorePoints/{}", sim.restore_point_id(i)));
+        tasks.push(tokio::spawn(async move { http.get(&url, &[]).await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(sim.stats().logons_ok, 2, "one more logon for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_session_works_on_every_replica_and_a_logout_ends_it_everywhere() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let logon = http
+        .send(
+            Method::POST,
+            &gws[0].url("/api/sessionMngr/?v=latest"),
+            &[("authorization", "Basic dTpw")],
+        )
+        .await;
+    assert_eq!(logon.status, StatusCode::CREATED);
+    let token = logon.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let id = logon.json()["SessionId"].as_str().unwrap().to_string();
+    let with = [("x-restsvcsessionid", token.as_str())];
+    for gw in &gws {
+        let r = http.get(&gw.url("/api/logonSessions"), &with).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.json()["LogonSessions"][0]["SessionId"], id.as_str());
+    }
+    let bye = http
+        .send(
+            Method::DELETE,
+            &gws[1].url(&format!("/api/logonSessions/{id}")),
+            &with,
+        )
+        .await;
+    assert_eq!(bye.status, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for gw in [&gws[0], &gws[2]] {
+        let r = http.get(&gw.url("/api/logonSessions"), &with).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_at_one_replica_purges_every_replica() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let token = "fleet-admin-token-0123456789";
+    let gws = fleet(&sim, &redis, &[("EMGATE_ADMIN_TOKEN", token)]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let p = vm(&sim, 3);
+    for gw in &gws {
+        http.get(&gw.url(&p), &[]).await;
+    }
+    assert_eq!(
+        http.get(&gws[2].url(&p), &[]).await.headers["x-cache"],
+        "HIT"
+    );
+    let bearer = format!("Bearer {token}");
+    let r = http
+        .send(
+            Method::DELETE,
+            &gws[0].url("/admin/cache"),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.clear_requests();
+    let after = http.get(&gws[2].url(&p), &[]).await;
+    assert_eq!(after.headers["x-cache"], "MISS");
+    assert_eq!(em_fetches(&sim, &p), 1, "the shared copy was purged too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_the_replica_fetching_for_the_fleet_dies_another_takes_over() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let mut gws = fleet(&sim, &redis, &[("EMGATE_SHARED_LEASE", "2s")]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    sim.clear_requests();
+    sim.set_path_latency("/api/restorePoints/", Some(Duration::from_secs(2)));
+    let p = vm(&sim, 7);
+    let started = Instant::now();
+    // A starts the fleet's fetch...
+    let first = {
+        let http = http.clone();
+        let url = gws[0].url(&p);
+        tokio::spawn(async move { http.try_get(&url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...B and C wait for it...
+    let mut waiting = Vec::new();
+    for gw in &gws[1..] {
+        for _ in 0..5 {
+            let http = http.clone();
+            let url = gw.url(&p);
+            waiting.push(tokio::spawn(async move {
+                let r = http.get(&url, &[]).await;
+                (r, started.elapsed())
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...and A dies mid-fetch.
+    gws[0].kill();
+    let _ = first.await;
+    for w in waiting {
+        let (r, took) = w.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(
+            took < Duration::from_millis(6500),
+            "answered after {took:?}"
+        );
+    }
+    assert!(
+        em_fetches(&sim, &p) <= 2,
+        "{:?}",
+        sim.requests()
+            .iter()
+            .map(|r| &r.path_and_query)
+            .collect::<Vec<_>>()
+    );
+    let m = http.get(&gws[1].url("/metrics"), &[]).await.body;
+    let m2 = http.get(&gws[2].url("/metrics"), &[]).await.body;
+    let takeovers = sample(&m, "emgate_fleet_lease_takeovers_total").unwrap_or(0.0)
+        + sample(&m2, "emgate_fleet_lease_takeovers_total").unwrap_or(0.0);
+    assert_eq!(takeovers, 1.0, "{m}\n{m2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_dying_mid_load_fails_no_request_and_the_fleet_shares_again_after() {
+    let sim = start_sim(sim_config()).await;
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let load = {
+        let http = http.clone();
+        let urls: Vec<String> = (0..60)
+            .map(|i| gws[i % 3].url(&format!("/api/restorePoints/{}", sim.restore_point_id(i))))
+            .chain((0..60).map(|i| gws[i % 3].url(&vm(&sim, 100 + i))))
+            .collect();
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for u in urls {
+                let r = http.get(&u, &[]).await;
+                if r.status != StatusCode::OK {
+                    failed.push((u, r.status, r.body));
+                }
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill();
+    let failed = load.await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    // Down: still served, and /readyz says so without turning unready.
+    let r = http.get(&gws[0].url(&vm(&sim, 50)), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let ready = http.get(&gws[0].url("/readyz"), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["shared"], "down");
+
+    let _back = Redis::start_on(port);
+    // Within seconds the fleet shares again: a key fetched at A is a
+    // shared hit at B.
+    let mut shared_again = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let p = vm(&sim, 180 + i);
+        sim.clear_requests();
+        http.get(&gws[0].url(&p), &[]).await;
+        let b = http.get(&gws[1].url(&p), &[]).await;
+        if em_fetches(&sim, &p) == 1 && b.headers["x-cache"] == "HIT" {
+            shared_again = true;
+            break;
+        }
+    }
+    assert!(
+        shared_again,
+        "the fleet did not share again after Redis came back"
+    );
+    let ready = http.get(&gws[0].url("/readyz"), &[]).await.json();
+    assert_eq!(ready["shared"], "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_last_replica_to_stop_logs_the_fleets_session_out() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let mut gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    // Heartbeats have run: every replica is a member.
+    let members = eventually(Duration::from_secs(5), || {
+        let http = http.clone();
+        let url = gws[0].url("/readyz");
+        async move { http.get(&url, &[]).await.json()["fleet_members"] == 3 }
+    })
+    .await;
+    assert!(members);
+    for gw in gws.iter_mut().take(2) {
+        assert!(gw.terminate().success());
+    }
+    assert_eq!(
+        sim.stats().logouts,
+        0,
+        "a replica logged out the fleet's session"
+    );
+    let r = http.get(&gws[2].url(&vm(&sim, 1)), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "the session still serves");
+    assert!(gws[2].terminate().success());
+    assert_eq!(sim.stats().logouts, 1, "the last replica logs out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_never_holds_the_em_token_or_a_client_token_in_clear() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let logon = http
+        .send(
+            Method::POST,
+            &gws[1].url("/api/sessionMngr/?v=latest"),
+            &[("authorization", "Basic dTpw")],
+        )
+        .await;
+    let client_token = logon.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    http.get(
+        &gws[2].url(&vm(&sim, 1)),
+        &[("x-restsvcsessionid", &client_token)],
+    )
+    .await;
+    // What EM issued: the token the gateways send, and the session's GUID.
+    let em_tokens: std::collections::BTreeSet<String> = sim
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
+        .collect();
+    assert!(!em_tokens.is_empty());
+    let ids: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/api/logonSessions/"))
+        .map(|r| r.path_and_query["/api/logonSessions/".len()..].to_string())
+        .collect();
+    let keys = redis.cli(&["--scan"]);
+    let mut dump = keys.clone();
+    for key in keys.lines() {
+        let kind = redis.cli(&["TYPE", key]);
+        let value = match kind.trim() {
+            "string" => redis.cli(&["GET", key]),
+            "hash" => redis.cli(&["HGETALL", key]),
+            "zset" => redis.cli(&["ZRANGE", key, "0", "-1"]),
+            _ => String::new(),
+        };
+        dump.push_str(&value);
+    }
+    assert!(dump.contains("em:session"), "no shared session? {keys}");
+    for secret in em_tokens.iter().chain(ids.iter()).chain([&client_token]) {
+        assert!(
+            !dump.contains(secret.as_str()),
+            "{secret} is in Redis in clear"
+        );
+    }
+    assert!(!dump.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::start();
+    let gws = fleet(
+        &sim,
+        &redis,
+        &[("EMGATE_RATE_LIMIT", "5"), ("EMGATE_RATE_BURST", "5")],
+    );
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let started = Instant::now();
+    let mut allowed = 0;
+    let mut limited = 0;
+    for i in 0..30 {
+        let r = http.get(&gws[i % 3].url("/api/jobs"), &[]).await;
+        match r.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers.contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // A burst of 5 and 5 a second, for the fleet: not 5 per replica.
+    let most = 5.0 + 5.0 * secs + 1.0;
+    assert!(
+        (allowed as f64) <= most,
+        "{allowed} allowed in {secs:.2} s (most {most:.1})"
+    );
+    assert!(limited > 0);
+}
