@@ -43,9 +43,10 @@ fail() { printf 'validate: %s\n' "$*" >&2; exit 1; }
 
 step "virtualenv with kubernetes-validate $KV_VERSION ($venv)"
 if [[ ! -x "$venv/bin/kubernetes-validate" ]] \
-    || [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERSION" ]]; then
+    || [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KV_VERSION" ]] \
+    || ! "$venv/bin/python" -c "import jsonpatch" 2>/dev/null; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KV_VERSION" "jsonpatch==1.33"
 fi
 echo "kubernetes-validate $("$venv/bin/kubernetes-validate" --version)"
 
@@ -97,6 +98,48 @@ else
     echo "kubectl not found: kustomize rendering not checked"
 fi
 
+# ----------------------------------------------- 1b. the fleet overlay
+# No kustomize needed: the overlay's JSON 6902 patches are applied to the
+# base objects here, the result validated like the rest, and written to
+# $tmp/fleet-rendered.yaml for the cross-checks below.
+step "fleet overlay (deploy/kubernetes/fleet)"
+"$py" - "$k8s" "$tmp" <<'EOF'
+import copy, os, sys, yaml, jsonpatch
+k8s, tmp = sys.argv[1], sys.argv[2]
+fleet = os.path.join(k8s, "fleet")
+with open(os.path.join(fleet, "kustomization.yaml")) as f:
+    k = yaml.safe_load(f)
+objects = []
+for r in k.get("resources", []):
+    path = os.path.normpath(os.path.join(fleet, r))
+    if os.path.isdir(path):
+        with open(os.path.join(path, "kustomization.yaml")) as f:
+            base = yaml.safe_load(f)
+        files = [os.path.join(path, x) for x in base["resources"]]
+    else:
+        assert os.path.isfile(path), f"fleet/kustomization.yaml: {r} does not exist"
+        files = [path]
+    for file in files:
+        with open(file) as f:
+            objects += [d for d in yaml.safe_load_all(f) if d]
+for p in k.get("patches", []):
+    t = p["target"]
+    hits = [o for o in objects if o["kind"] == t["kind"] and o["metadata"]["name"] == t["name"]]
+    assert len(hits) == 1, f"fleet patch target {t} matches {len(hits)} objects"
+    patched = jsonpatch.apply_patch(hits[0], yaml.safe_load(p["patch"]))
+    objects[objects.index(hits[0])] = patched
+svc = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "emgate"][0]
+assert svc["spec"].get("sessionAffinity") == "None", "fleet mode must not pin clients to replicas"
+kinds = {o["kind"] for o in objects}
+assert "NetworkPolicy" in kinds, "no NetworkPolicy guarding the shared tier"
+with open(os.path.join(tmp, "fleet-rendered.yaml"), "w") as f:
+    yaml.safe_dump_all(objects, f)
+print(f"fleet overlay: {len(objects)} objects rendered, {len(k.get('patches', []))} patches applied")
+EOF
+for v in "${K8S_VERSIONS[@]}"; do
+    kv --quiet -k "$v" "$tmp/fleet-rendered.yaml"
+done
+
 # ------------------------------------------- 2 and 4a: the emgate containers
 # For each emgate container: cross-checks, then its environment as the pod
 # would see it, written to $tmp/env.<n> (KEY=VALUE lines), with each *_FILE
@@ -131,19 +174,34 @@ configmaps = {d["metadata"]["name"]: d.get("data", {})
               for d in load(f) if d["kind"] == "ConfigMap"}
 secret_keys = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
                for d in load("secret.example.yaml") if d["kind"] == "Secret"}
+# The fleet's Secret adds keys to the same Secret.
+fleet_secret = {}
+for d in load("fleet/secret.example.yaml"):
+    if d["kind"] == "Secret":
+        fleet_secret = d.get("stringData", {})
+        secret_keys.setdefault(d["metadata"]["name"], set()).update(fleet_secret)
+with open(os.path.join(tmp, "fleet-rendered.yaml")) as f:
+    fleet_objects = [d for d in yaml.safe_load_all(f) if d]
+for d in fleet_objects:
+    if d["kind"] == "ConfigMap":
+        configmaps["fleet:" + d["metadata"]["name"]] = d.get("data", {})
 
 # What a placeholder secret file holds, by setting.
 placeholder = {
     "EMGATE_UPSTREAM_PASSWORD_FILE": "placeholder-password\n",
     "EMGATE_ADMIN_TOKEN_FILE": "placeholder-admin-token\n",
     "EMGATE_CLIENTS_FILE": '[[clients]]\nname = "validate"\nsecret_sha256 = "%s"\n' % ("0" * 64),
+    "EMGATE_SHARED_SECRET_FILE": "placeholder-shared-secret-0123456789\n",
 }
 
 n = 0
-for manifest in ("deployment.yaml", "sidecar-example.yaml"):
-    for d in load(manifest):
+sources = [(m, load(m)) for m in ("deployment.yaml", "sidecar-example.yaml")]
+sources.append(("fleet overlay", fleet_objects))
+for manifest, docs in sources:
+    for d in docs:
         if d["kind"] != "Deployment":
             continue
+        fleet_mode = manifest == "fleet overlay"
         pod = d["spec"]["template"]["spec"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod.get("initContainers", []) + pod.get("containers", []):
@@ -153,9 +211,18 @@ for manifest in ("deployment.yaml", "sidecar-example.yaml"):
             env = {}
             for src in c.get("envFrom", []):
                 ref = src["configMapRef"]["name"]
+                if fleet_mode:
+                    ref = "fleet:" + ref
                 assert ref in configmaps, f"{where}: no ConfigMap {ref}"
                 env.update(configmaps[ref])
             for e in c.get("env", []):
+                if "valueFrom" in e:
+                    # A Secret key, as the pod would get it: the example's value.
+                    ref = e["valueFrom"]["secretKeyRef"]
+                    assert ref["key"] in secret_keys.get(ref["name"], ()), \
+                        f"{where}: {e['name']}: Secret {ref['name']} has no key {ref['key']}"
+                    env[e["name"]] = fleet_secret.get(ref["key"], "placeholder")
+                    continue
                 assert "value" in e, f"{where}: {e['name']} is not a plain value"
                 env[e["name"]] = e["value"]
             # Every *_FILE names a key of a mounted Secret volume.
@@ -203,20 +270,25 @@ for manifest in ("deployment.yaml", "sidecar-example.yaml"):
                             f.write(placeholder[key])
                     assert "\n" not in value, f"{where}: {key} has a newline"
                     out.write(f"{key}={value}\n")
-assert n >= 2, "expected the emgate containers of deployment.yaml and sidecar-example.yaml"
+assert n >= 3, "expected the emgate containers of deployment.yaml, sidecar-example.yaml and the fleet overlay"
 EOF
 
 # ------------------------------------------------------------ 3. dashboard
 step "Grafana dashboard"
 "$py" -m json.tool "$deploy/grafana-dashboard.json" >/dev/null
 "$py" - "$deploy/grafana-dashboard.json" <<'EOF'
-# Every emgate_* name in a query is a metric of the contract (section 7),
-# histograms by their _bucket series; the datasource is the import input.
+# Every emgate_* name in a query is a metric of the contract (section 7) or
+# one the README documents beside them, histograms by their _bucket series;
+# every contract metric has a panel; the datasource is the import input.
 import json, re, sys
 contract = {"emgate_requests_total", "emgate_request_duration_seconds_bucket",
             "emgate_cache_requests_total", "emgate_cache_entries", "emgate_cache_bytes",
             "emgate_upstream_requests_total", "emgate_upstream_duration_seconds_bucket",
-            "emgate_upstream_logons_total", "emgate_upstream_session_valid", "emgate_client_sessions"}
+            "emgate_upstream_logons_total", "emgate_upstream_session_valid", "emgate_client_sessions",
+            "emgate_shared_up", "emgate_shared_operations_total", "emgate_fleet_members",
+            "emgate_fleet_lease_takeovers_total"}
+documented = {"emgate_cache_refreshes_total", "emgate_cache_collapsed_total",
+              "emgate_upstream_memory_bytes"}
 with open(sys.argv[1]) as f:
     d = json.load(f)
 assert any(i.get("name") == "DS_PROMETHEUS" for i in d.get("__inputs", [])), "no DS_PROMETHEUS input"
@@ -228,11 +300,11 @@ def walk(panels):
             assert t["datasource"]["uid"] == "${DS_PROMETHEUS}", f"{p['title']}: datasource"
             used.update(re.findall(r"\bemgate_[a-z_]+", t["expr"]))
 walk(d["panels"])
-unknown = used - contract
-assert not unknown, f"metrics not in the contract: {sorted(unknown)}"
+unknown = used - contract - documented
+assert not unknown, f"metrics neither in the contract nor documented: {sorted(unknown)}"
 missing = contract - used
 assert not missing, f"contract metrics without a panel: {sorted(missing)}"
-print(f"grafana-dashboard.json: schemaVersion {d['schemaVersion']}, {len(used)} metrics, all in the contract")
+print(f"grafana-dashboard.json: schemaVersion {d['schemaVersion']}, {len(used)} metrics, all in the contract or documented")
 EOF
 
 # ----------------------------------------------------------- 4. check-config
