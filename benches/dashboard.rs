@@ -9,15 +9,14 @@
 //! in-process and the release `emgate` binary as a child process, on
 //! loopback.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use emgate::sim::{Sim, SimConfig};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use emgate::sim::Sim;
+use http_body_util::BodyExt;
+use support::env_or;
 use tokio::sync::Mutex;
 
 const ROUTES: [&str; 5] = [
@@ -28,53 +27,6 @@ const ROUTES: [&str; 5] = [
     "/api/reports/summary/repository",
 ];
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim_end_matches('s').parse().ok())
-        .unwrap_or(default)
-}
-
-struct Gateway(Child, String);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(19600)
-}
-
-fn start_gateway(sim: &Sim, extra: &[(&str, &str)]) -> Gateway {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("EMGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EMGATE_UPSTREAM_URL", sim.base_url())
-        .env("EMGATE_UPSTREAM_USERNAME", "bench")
-        .env("EMGATE_UPSTREAM_PASSWORD", "bench-password")
-        .env(
-            "EMGATE_UPSTREAM_CERT_SHA256",
-            sim.cert_sha256().unwrap_or_default(),
-        )
-        .env("EMGATE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().expect("start emgate");
-    Gateway(child, format!("http://127.0.0.1:{port}"))
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -84,28 +36,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn run(sim: &Sim, name: &str, extra: &[(&str, &str)], clients: u64, seconds: u64) {
-    let gw = start_gateway(sim, extra);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    // Ready: the gateway holds its EM session.
-    let ready = format!("{}/readyz", gw.1);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.get(ready.parse().expect("url")),
-        )
-        .await
-        {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: emgate never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_gw, base) = support::gateway(sim, extra);
+    let client = support::http();
+    support::ready(&client, &base).await;
     sim.clear_requests();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -113,7 +46,7 @@ async fn run(sim: &Sim, name: &str, extra: &[(&str, &str)], clients: u64, second
     let mut tasks = Vec::new();
     for c in 0..clients {
         let client = client.clone();
-        let base = gw.1.clone();
+        let base = base.clone();
         let latencies = latencies.clone();
         let failures = failures.clone();
         tasks.push(tokio::spawn(async move {
@@ -175,21 +108,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let seconds = env_or("DURATION", 60);
     let clients = env_or("CLIENTS", 20);
     let latency = env_or("EM_LATENCY_MS", 1000);
     rt.block_on(async {
-        let sim = Sim::start(SimConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
-            tls: true,
-            username: "bench".into(),
-            password: "bench-password".into(),
-            restore_points: 2000,
-            ..SimConfig::default()
-        })
-        .await
-        .expect("simulator");
+        let sim = support::sim().await;
         sim.set_path_latency("/api/reports/", Some(Duration::from_millis(latency)));
         println!(
             "dashboard: {clients} clients x {} report routes every second for {seconds} s, EM answers them in {latency} ms",

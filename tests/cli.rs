@@ -245,7 +245,7 @@ fn client_add_prints_a_secret_once_and_its_hash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_prints_curl_lines_that_work_and_stops_on_sigint() {
+async fn the_demo_prints_curl_lines_and_the_status_page_that_work_and_stops_on_sigint() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_emgate"))
         .arg("demo")
         .env("EMGATE_LISTEN", "127.0.0.1:0")
@@ -255,29 +255,64 @@ async fn the_demo_prints_curl_lines_that_work_and_stops_on_sigint() {
         .spawn()
         .expect("spawn demo");
     let stdout = child.stdout.take().unwrap();
-    let urls = tokio::task::spawn_blocking(move || {
+    let lines = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
             .take_while(|l| !l.contains("Ctrl-C"))
-            .filter_map(|l| l.trim().strip_prefix("curl -s ").map(str::to_string))
             .collect::<Vec<_>>()
     });
-    let urls = tokio::time::timeout(Duration::from_secs(20), urls)
+    let lines = tokio::time::timeout(Duration::from_secs(20), lines)
         .await
         .expect("demo printed its lines")
         .unwrap();
-    assert_eq!(urls.len(), 3, "{urls:?}");
+    let curls: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("curl -s "))
+        .collect();
+    assert_eq!(curls.len(), 4, "{lines:?}");
     let http = Http::default();
-    for url in &urls {
+    for url in &curls[..3] {
         let reply = http.get(url, &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{url}: {}", reply.body);
     }
     assert!(http
-        .get(&urls[1], &[])
+        .get(curls[1], &[])
         .await
         .body
         .contains("VmRestorePointReference"));
+
+    // The status page's URL and the admin token, as printed, open the page;
+    // the printed curl line gives its JSON.
+    let token = lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("admin token"))
+        .map(str::trim)
+        .expect("the demo prints its admin token");
+    let page = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("http") && l.ends_with("/admin/status"))
+        .expect("the demo prints the status page URL");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("operator:{token}")
+        )
+    );
+    let reply = http.get(page, &[("authorization", &basic)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(reply.body.contains("emgate status"), "{}", reply.body);
+    assert_eq!(http.get(page, &[]).await.status, StatusCode::UNAUTHORIZED);
+    let (header, url) = curls[3]
+        .strip_prefix("-H 'Authorization: ")
+        .and_then(|r| r.split_once("' "))
+        .expect("curl -s -H 'Authorization: Bearer …' URL");
+    let reply = http.get(url, &[("authorization", header)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let facts: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(facts["em"]["state"], "valid", "{facts}");
 
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -155,6 +155,8 @@ pub struct Entry<V> {
     policy: Policy,
     /// Set by the first hit during the TTL: a refresh-ahead is scheduled.
     scheduled: AtomicBool,
+    /// Requests it answered from the cache (the status page's busiest keys).
+    hits: AtomicU64,
 }
 
 /// Where an entry stands, by its age.
@@ -182,7 +184,13 @@ impl<V: Stored> Entry<V> {
             value: fetched.value,
             policy,
             scheduled: AtomicBool::new(false),
+            hits: AtomicU64::new(0),
         }
+    }
+
+    /// Requests it answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
     }
 
     /// Whether the value is a remembered "not found".
@@ -404,6 +412,7 @@ where
         match (state, existing) {
             (Freshness::Fresh, Some(e)) => {
                 stats.hit();
+                e.hits.fetch_add(1, Ordering::Relaxed);
                 if self.options.refresh_ahead
                     && !e.is_negative()
                     && !e.scheduled.swap(true, Ordering::Relaxed)
@@ -418,6 +427,7 @@ where
                 })
             }
             (Freshness::Revalidate, Some(e)) => {
+                e.hits.fetch_add(1, Ordering::Relaxed);
                 if !self.failed.contains_key(&key) {
                     let unless = Unless::NewerThan(e.fetched_at);
                     self.flight(key, policy, true, Reason::Revalidate, unless, fetch);

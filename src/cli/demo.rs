@@ -34,6 +34,14 @@ pub async fn run() -> ExitCode {
     overrides.insert("EMGATE_UPSTREAM_URL", sim.base_url());
     overrides.insert("EMGATE_UPSTREAM_USERNAME", "demo".into());
     overrides.insert("EMGATE_UPSTREAM_PASSWORD", password);
+    // The status page is behind the admin token; the demo makes one up (or
+    // takes the one given) and prints it, so a new user sees the page in
+    // the first minute. It is the demo's own: printing it is the point.
+    let admin_token = std::env::var("EMGATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| format!("demo-{}", uuid::Uuid::new_v4().simple()));
+    overrides.insert("EMGATE_ADMIN_TOKEN", admin_token.clone());
     overrides.insert(
         "EMGATE_UPSTREAM_CERT_SHA256",
         sim.cert_sha256().unwrap_or_default(),
@@ -84,6 +92,11 @@ pub async fn run() -> ExitCode {
          \x20 curl -s {url}/api/\n\
          \x20 curl -s {url}/api/restorePoints/{rp}/vmRestorePoints\n\
          \x20 curl -s {url}/readyz\n\
+         \n\
+         Status page (any user name, the admin token as password):\n\
+         \x20 {url}/admin/status\n\
+         \x20 admin token  {admin_token}\n\
+         \x20 curl -s -H 'Authorization: Bearer {admin_token}' {url}/admin/status.json\n\
          \n\
          Ctrl-C stops both.",
         sim_url = sim.base_url(),

@@ -321,6 +321,8 @@ impl Upstream {
             Err(_) => "error",
         };
         crate::ops::metrics::upstream(label, started.elapsed());
+        let ok = matches!(&result, Ok(r) if !r.status.is_server_error());
+        crate::ops::history::global().upstream(started.elapsed(), ok);
         result
     }
 

@@ -255,19 +255,36 @@ impl Fleet {
 
     /// Drops every shared entry, and tells every replica to drop theirs.
     pub async fn purge_all(&self) -> Result<(), Down> {
-        self.purge_matching(None).await?;
-        self.publish(Event::PurgeAll).await
+        self.purge_paths(|_| true, Event::PurgeAll).await
     }
 
     /// Drops the shared entries whose EM path is `prefix` or under it
     /// (lowercase, compared at a segment boundary), and tells every replica.
     pub async fn purge_prefix(&self, prefix: &str) -> Result<(), Down> {
-        self.purge_matching(Some(prefix.to_ascii_lowercase()))
-            .await?;
-        self.publish(Event::PurgePrefix(prefix.to_string())).await
+        let p = prefix.to_ascii_lowercase();
+        let under = move |path: &str| {
+            path.to_ascii_lowercase()
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
+                })
+        };
+        self.purge_paths(under, Event::PurgePrefix(prefix.to_string()))
+            .await
     }
 
-    async fn purge_matching(&self, prefix: Option<String>) -> Result<(), Down> {
+    /// Drops the shared entries whose EM path `matches`, and tells every
+    /// replica `event` (what to drop of theirs).
+    pub async fn purge_paths(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        event: Event,
+    ) -> Result<(), Down> {
+        self.purge_matching(matches).await?;
+        self.publish(event).await
+    }
+
+    async fn purge_matching(&self, matches: impl Fn(&str) -> bool) -> Result<(), Down> {
         // The epoch first: a fetch that began before it stores nothing.
         let epoch = self.key("epoch");
         let _: u64 = self
@@ -289,16 +306,7 @@ impl Fleet {
             .await?;
         let doomed: Vec<&String> = members
             .iter()
-            .filter(|m| match (&prefix, m.split_once(' ')) {
-                (None, _) => true,
-                (Some(p), Some((_, path))) => {
-                    let path = path.to_ascii_lowercase();
-                    path.strip_prefix(p.as_str()).is_some_and(|rest| {
-                        rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')
-                    })
-                }
-                (Some(_), None) => false,
-            })
+            .filter(|m| m.split_once(' ').is_some_and(|(_, path)| matches(path)))
             .collect();
         for chunk in doomed.chunks(256) {
             let keys: Vec<String> = chunk
@@ -354,6 +362,8 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[3], math.ceil(tonumber(last[2]))) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 ";

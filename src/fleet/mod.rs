@@ -47,6 +47,8 @@ pub enum Event {
     PurgeAll,
     /// Cache entries under this EM path were purged.
     PurgePrefix(String),
+    /// The cache entries of this rule were purged.
+    PurgeRule(String),
     /// A client session ended (its token hash).
     Logout(String),
     /// The fleet's EM session changed.
@@ -59,6 +61,7 @@ impl Event {
             Event::Landed(h) => format!("{member} landed {h}"),
             Event::PurgeAll => format!("{member} purge-all -"),
             Event::PurgePrefix(p) => format!("{member} purge {p}"),
+            Event::PurgeRule(r) => format!("{member} purge-rule {r}"),
             Event::Logout(h) => format!("{member} logout {h}"),
             Event::Session => format!("{member} session -"),
         }
@@ -74,6 +77,7 @@ impl Event {
             "landed" => Event::Landed(arg),
             "purge-all" => Event::PurgeAll,
             "purge" => Event::PurgePrefix(arg),
+            "purge-rule" => Event::PurgeRule(arg),
             "logout" => Event::Logout(arg),
             "session" => Event::Session,
             _ => return None,
@@ -421,6 +425,7 @@ mod tests {
             Event::Landed("ab12".into()),
             Event::PurgeAll,
             Event::PurgePrefix("/api/reports".into()),
+            Event::PurgeRule("reports_summary".into()),
             Event::Logout("ff00".into()),
             Event::Session,
         ] {

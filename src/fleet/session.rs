@@ -2,7 +2,7 @@
 //! [`crate::em::session`] uses it through [`SessionStore`]).
 //!
 //! Keys: `em:session` (the sealed token and id), `em:gen` (its generation,
-//! bumped by compare-and-set on every logon for the fleet), `em:lease` (the
+//! bumped by compare-and-set on every logon for the fleet), `l:em-logon` (the
 //! right to log on for the fleet), `em:refusals`/`em:pause` (refused logons
 //! in a row, across the fleet), `em:used` (someone used it within the
 //! keep-alive period), `members` (heartbeats).

@@ -1,4 +1,5 @@
-//! Admin endpoints: `DELETE /admin/cache` and
+//! Admin endpoints: the status page (`GET /admin/status`, `.json`),
+//! `DELETE /admin/cache` and
 //! `DELETE /admin/cache/restorePoints/{id}`, behind the admin token
 //! (`EMGATE_ADMIN_TOKEN`), given as `Authorization: Bearer <token>` or as
 //! the password of `Authorization: Basic` (any user name, so a browser can
@@ -6,6 +7,11 @@
 //!
 //! Admin requests are rate-limited per address before the token is even
 //! compared, so guessing it is slow.
+//!
+//! A browser sends a Basic password it was given to every request to the
+//! origin, whoever's page asks, so purges also pass a same-origin check
+//! ([`same_origin`]): a page elsewhere cannot make an operator's browser
+//! empty the cache.
 
 use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -19,7 +25,10 @@ use crate::gateway::limit::Bucket;
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::router::Conn;
-use crate::gateway::router::{purge_all_everywhere, purge_prefix_everywhere};
+use crate::gateway::router::{
+    purge_all_everywhere, purge_prefix_everywhere, purge_rule_everywhere,
+};
+use crate::gateway::status;
 use crate::gateway::target::Target;
 use crate::secret::Secret;
 
@@ -60,7 +69,16 @@ pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
 }
 
 /// Answers a request under `/admin/`.
-pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response<Body> {
+///
+/// `public` is the gateway's public base URL for this request (the origin
+/// purges must come from).
+pub async fn handle(
+    app: &App,
+    conn: Conn,
+    parts: &Parts,
+    xml: bool,
+    public: &str,
+) -> Response<Body> {
     let case = app.settings.json_case;
     let path = parts.uri.path();
     if app.settings.access.admin_token.is_none() {
@@ -82,27 +100,49 @@ pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response
         );
         return r;
     }
-    if parts.method != Method::DELETE {
-        let mut r = error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "admin endpoints take DELETE",
-            xml,
-            case,
-        );
-        r.headers_mut()
-            .insert(http::header::ALLOW, HeaderValue::from_static("DELETE"));
-        return r;
+    let reading = parts.method == Method::GET || parts.method == Method::HEAD;
+    match path {
+        "/admin/status" | "/admin/status.json" if reading => {
+            let facts = status::facts(app).await;
+            let mut r = if path.ends_with(".json") {
+                status::json(&facts)
+            } else {
+                status::html(&facts)
+            };
+            if parts.method == Method::HEAD {
+                *r.body_mut() = Body::default();
+            }
+            return r;
+        }
+        "/admin/status" | "/admin/status.json" => {
+            return method_not_allowed("GET, HEAD", xml, case);
+        }
+        _ if parts.method != Method::DELETE => {
+            return method_not_allowed("DELETE", xml, case);
+        }
+        _ => {}
+    }
+    if let Err(why) = same_origin(&parts.headers, public) {
+        tracing::warn!(why, "cross-site purge refused");
+        return error_response(StatusCode::FORBIDDEN, why, xml, case);
     }
     let not_found = || GatewayError::NotFound(path.chars().take(200).collect());
     match path.strip_prefix("/admin/cache") {
-        Some("") | Some("/") => match purge_prefix_of(parts.uri.query()) {
-            Ok(None) => {
+        Some("") | Some("/") => match purge_target_of(parts.uri.query()) {
+            Ok(Purge::All) => {
                 purge_all_everywhere(app).await;
                 tracing::info!("cache purged");
             }
-            Ok(Some(prefix)) => {
+            Ok(Purge::Prefix(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by prefix");
                 purge_prefix_everywhere(app, prefix).await;
+            }
+            Ok(Purge::Rule(rule)) => {
+                if !purge_rule_everywhere(app, &rule).await {
+                    return GatewayError::NotFound(format!("cache rule {rule:?}"))
+                        .into_response(xml, case);
+                }
+                tracing::info!(%rule, "cache rule purged");
             }
             Err(e) => return e.into_response(xml, case),
         },
@@ -125,29 +165,118 @@ pub async fn handle(app: &App, conn: Conn, parts: &Parts, xml: bool) -> Response
     r
 }
 
-/// `?prefix=/api/...`: the EM path prefix to purge, decoded and checked like
-/// any target; `None` without one (purge all).
-fn purge_prefix_of(query: Option<&str>) -> Result<Option<String>, GatewayError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    let parsed = Target::parse("/api", Some(query))?;
-    let mut prefix = None;
-    for (name, value) in parsed.query() {
-        match (name.as_str(), value) {
-            ("prefix", Some(p)) => prefix = Some(p.clone()),
-            _ => {
-                return Err(GatewayError::BadRequest(format!(
-                    "unknown parameter {name:?}; purge takes prefix=/api/..."
-                )))
-            }
+fn method_not_allowed(
+    allow: &'static str,
+    xml: bool,
+    case: crate::config::JsonCase,
+) -> Response<Body> {
+    let mut r = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("this admin endpoint takes {allow}"),
+        xml,
+        case,
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Whether a purge may come from where it says it does. Scripts send
+/// neither header and pass (they hold the token); a browser sends
+/// `Sec-Fetch-Site` and, for a DELETE, `Origin`, and both must say the
+/// request comes from the gateway's own pages.
+fn same_origin(headers: &HeaderMap, public: &str) -> Result<(), &'static str> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Err("purges are taken only from the gateway's own pages (Sec-Fetch-Site)");
         }
     }
-    match prefix {
-        None => Ok(None),
-        Some(p) => {
-            let t = Target::parse(&p, None)?;
-            Ok(Some(t.canonical_path()))
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let ours = origin_of(public);
+        if !origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(ours)) {
+            return Err("purges are taken only from the gateway's own pages (Origin)");
         }
+    }
+    Ok(())
+}
+
+/// `scheme://host[:port]` of a base URL (a public URL may carry a path).
+fn origin_of(base: &str) -> &str {
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    }
+}
+
+/// What a `DELETE /admin/cache` purges.
+enum Purge {
+    /// Everything.
+    All,
+    /// Entries whose EM path is this or under it.
+    Prefix(String),
+    /// A rule's entries.
+    Rule(String),
+}
+
+/// `?prefix=/api/...` (decoded and checked like any target) or
+/// `?rule=name`; nothing: everything.
+fn purge_target_of(query: Option<&str>) -> Result<Purge, GatewayError> {
+    let Some(query) = query else {
+        return Ok(Purge::All);
+    };
+    let parsed = Target::parse("/api", Some(query))?;
+    match parsed.query() {
+        [] => Ok(Purge::All),
+        [(name, Some(p))] if name == "prefix" => {
+            let t = Target::parse(p, None)?;
+            Ok(Purge::Prefix(t.canonical_path()))
+        }
+        [(name, Some(r))] if name == "rule" => Ok(Purge::Rule(r.clone())),
+        _ => Err(GatewayError::BadRequest(
+            "purge takes prefix=/api/... or rule=NAME (or nothing: everything)".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn scripts_without_browser_headers_may_purge() {
+        assert!(same_origin(&headers(&[]), "http://gw:8080").is_ok());
+    }
+
+    #[test]
+    fn the_gateways_own_page_may_purge() {
+        let h = headers(&[
+            ("origin", "http://gw:8080"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(same_origin(&h, "http://gw:8080").is_ok());
+        // A public URL with a path (path-rewriting ingress): its origin.
+        let h = headers(&[("origin", "https://ops.example")]);
+        assert!(same_origin(&h, "https://ops.example/emgate").is_ok());
+    }
+
+    #[test]
+    fn another_sites_page_may_not() {
+        let h = headers(&[("origin", "https://evil.example")]);
+        assert!(same_origin(&h, "http://gw:8080").is_err());
+        let h = headers(&[("sec-fetch-site", "cross-site")]);
+        assert!(same_origin(&h, "http://gw:8080").is_err());
+        let h = headers(&[("sec-fetch-site", "same-site")]);
+        assert!(same_origin(&h, "http://gw:8080").is_err());
+        let h = headers(&[("origin", "null")]);
+        assert!(same_origin(&h, "http://gw:8080").is_err());
     }
 }

@@ -11,7 +11,8 @@
 //! - [`reads`]: GET/HEAD through the cache rules, or collapsed when no rule
 //!   caches them; [`restore_points`]: restore point IDs checked at the edge;
 //! - [`proxy`]: the pass-through to EM with the pooled session, and writes;
-//! - [`admin`]: cache purges behind the admin token;
+//! - [`admin`]: cache purges behind the admin token; [`status`]: the
+//!   operators' page and its JSON;
 //! - [`render`], [`response`]: EM's answer rendered for one client (JSON or
 //!   XML, links to the gateway);
 //! - [`error`]: every error, and the one place it becomes an HTTP answer;
@@ -35,4 +36,5 @@ pub mod response;
 pub mod restore_points;
 pub mod router;
 pub mod server;
+pub mod status;
 pub mod target;

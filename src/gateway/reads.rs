@@ -304,6 +304,8 @@ pub async fn serve(
             Ok(s) => s,
             Err(error) => {
                 let mut r = error.to_response(xml, app.settings.json_case, public);
+                r.extensions_mut()
+                    .insert(crate::gateway::router::ErrorMessage(error.client_message()));
                 if head {
                     *r.body_mut() = Body::default();
                 }
@@ -357,6 +359,8 @@ pub async fn serve(
                 tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed");
             }
             let mut r = error.to_response(xml, app.settings.json_case, public);
+            r.extensions_mut()
+                .insert(crate::gateway::router::ErrorMessage(error.client_message()));
             r.headers_mut()
                 .insert(X_CACHE, HeaderValue::from_static(Outcome::Miss.as_str()));
             r.headers_mut()

@@ -92,7 +92,16 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
                 p if p == "/admin" || p.starts_with("/admin/") => match app.work.acquire().await {
-                    Ok(_place) => crate::gateway::admin::handle(&app, conn, &parts, xml).await,
+                    Ok(_place) => {
+                        let public = render::public_base(
+                            &app.settings,
+                            host.as_ref(),
+                            &parts.headers,
+                            conn.tls,
+                            app.local_addr,
+                        );
+                        crate::gateway::admin::handle(&app, conn, &parts, xml, &public).await
+                    }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
                 other => GatewayError::NotFound(other.chars().take(200).collect())
@@ -106,6 +115,7 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         .map_or_else(|| route_label(path), |l| l.0);
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
+    record_history(&parts, route, &response);
     tracing::info!(
         method = %parts.method,
         path,
@@ -129,6 +139,52 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         "request"
     );
     response
+}
+
+/// An error's message as the client got it, for the status page.
+#[derive(Clone)]
+pub struct ErrorMessage(pub String);
+
+/// The request in the status page's history: its cache result and client,
+/// and (for errors worth an operator's look) its message and request id.
+fn record_history(parts: &Parts, route: &'static str, response: &Response<Body>) {
+    let history = crate::ops::history::global();
+    let status = response.status().as_u16();
+    let cache = response
+        .headers()
+        .get(&reads::X_CACHE)
+        .and_then(|v| v.to_str().ok());
+    let client = response
+        .extensions()
+        .get::<ClientLabel>()
+        .map(|c| c.0.as_str());
+    history.request(cache, status, client);
+    // Not 401/404: scanners and unauthenticated probes would drown the rest.
+    if status >= 400 && status != 401 && status != 404 {
+        let message = response
+            .extensions()
+            .get::<ErrorMessage>()
+            .map(|m| m.0.clone())
+            .unwrap_or_else(|| {
+                response
+                    .status()
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_string()
+            });
+        history.error(crate::ops::history::ErrorNote {
+            at: std::time::SystemTime::now(),
+            route: route.to_string(),
+            status,
+            request_id: parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string(),
+            message: message.chars().take(300).collect(),
+        });
+    }
 }
 
 /// Marks an HTTP/1 answer as the last on its connection (a request this
@@ -259,7 +315,9 @@ async fn api(
     .await;
     let mut response = result.unwrap_or_else(|e| {
         log_error(&e);
-        e.to_response(xml, app.settings.json_case, &public)
+        let mut r = e.to_response(xml, app.settings.json_case, &public);
+        r.extensions_mut().insert(ErrorMessage(e.client_message()));
+        r
     });
     if let Some(name) = client {
         response.extensions_mut().insert(ClientLabel(name));
@@ -288,6 +346,47 @@ pub async fn purge_prefix_everywhere(app: &App, prefix: String) {
             tracing::warn!(%prefix, "the shared tier is down: purged on this replica only");
         }
     }
+}
+
+/// Whether a key's (or shared entry's) path is one `template` covers.
+fn covered_by(template: &crate::config::rules::PathTemplate, path: &str) -> bool {
+    Target::parse(path, None).is_ok_and(|t| template.matches(t.segments()))
+}
+
+/// Drops every cached entry of the rule named `name` here; false if no
+/// rule has that name.
+pub fn purge_rule(app: &App, name: &str) -> bool {
+    let Some(rule) = app.rules.all().iter().find(|r| r.name == name) else {
+        return false;
+    };
+    let template = rule.template.clone();
+    app.cache
+        .purge_where(move |key: &CacheKey| covered_by(&template, key.path()));
+    true
+}
+
+/// [`purge_rule`] here and (fleet mode) everywhere; false if no rule has
+/// that name.
+pub async fn purge_rule_everywhere(app: &App, name: &str) -> bool {
+    if !purge_rule(app, name) {
+        return false;
+    }
+    if let (Some(fleet), Some(rule)) = (&app.fleet, app.rules.all().iter().find(|r| r.name == name))
+    {
+        let template = rule.template.clone();
+        let event = crate::fleet::Event::PurgeRule(name.to_string());
+        if fleet
+            .purge_paths(move |path| covered_by(&template, path), event)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                rule = name,
+                "the shared tier is down: purged on this replica only"
+            );
+        }
+    }
+    true
 }
 
 /// Every cached entry, here and (fleet mode) everywhere.

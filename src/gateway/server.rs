@@ -167,6 +167,7 @@ impl Gateway {
             admin_limits: ClientLimits::new(ADMIN_RATE.0, ADMIN_RATE.1),
             work,
             local_addr,
+            em_versions: std::sync::Mutex::new(Vec::new()),
         });
         Ok(Gateway { app, listener, tls })
     }
@@ -187,7 +188,7 @@ impl Gateway {
         tracing::info!(settings = %app.settings.summary(), "effective settings");
         raise_open_files_limit();
         let maintenance = tokio::spawn(app.pool.clone().maintain());
-        let discovery = tokio::spawn(log_em_version(app.pool.clone()));
+        let discovery = tokio::spawn(log_em_version(app.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         let fleet_events = tokio::spawn(fleet_events(app.clone()));
         let listen = &app.settings.listen;
@@ -436,16 +437,22 @@ fn stack(
 
 /// Once logged on, logs which API versions EM offers (operators want to
 /// know what they are talking to; the JSON case must match the EM version).
-async fn log_em_version(pool: Arc<SessionPool>) {
+async fn log_em_version(app: Arc<App>) {
+    let pool = &app.pool;
     while !pool.is_valid() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     match pool.upstream().api_versions().await {
-        Ok(versions) => tracing::info!(
-            api_versions = %versions.join(","),
-            latest = versions.last().map(String::as_str).unwrap_or("unknown"),
-            "Enterprise Manager found"
-        ),
+        Ok(versions) => {
+            tracing::info!(
+                api_versions = %versions.join(","),
+                latest = versions.last().map(String::as_str).unwrap_or("unknown"),
+                "Enterprise Manager found"
+            );
+            if let Ok(mut v) = app.em_versions.lock() {
+                *v = versions;
+            }
+        }
         Err(e) => tracing::warn!(error = %e, "could not read EM's entry point"),
     }
 }
@@ -464,6 +471,10 @@ async fn fleet_events(app: Arc<App>) {
             Ok(Event::PurgePrefix(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by another replica");
                 crate::gateway::router::purge_prefix(&app, prefix);
+            }
+            Ok(Event::PurgeRule(rule)) => {
+                tracing::info!(%rule, "cache rule purged by another replica");
+                crate::gateway::router::purge_rule(&app, &rule);
             }
             Ok(Event::Logout(token_hash)) => app.sessions.ended_elsewhere(&token_hash),
             Ok(Event::Landed(_)) | Ok(Event::Session) => {}

@@ -1,9 +1,11 @@
 //! Operations: what an operator sees and how the process starts and stops.
 //!
 //! - [`metrics`]: the Prometheus recorder and the metric names of CONTRACT §7;
+//! - [`history`]: the last hour in memory, for the status page;
 //! - [`logging`]: the log subscriber (text or JSON lines on stderr);
 //! - [`shutdown`]: the shutdown signal (SIGTERM or SIGINT).
 
+pub mod history;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;

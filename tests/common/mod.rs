@@ -2,6 +2,8 @@
 //! child process, both on ephemeral loopback ports, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -417,7 +419,30 @@ pub struct Redis {
     pub port: u16,
 }
 
+/// Whether `program` (a test dependency from the distribution's packages) is
+/// installed. When it is not, the test skips with a note, unless
+/// `EMGATE_TEST_REQUIRE_ALL` is set (as `.ci/run` does): then it fails, so CI
+/// never passes by skipping.
+pub fn installed(program: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()));
+    if !found {
+        assert!(
+            std::env::var_os("EMGATE_TEST_REQUIRE_ALL").is_none(),
+            "{program} is not installed (apt-get install -y {package}; .ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {program} is not installed (apt-get install -y {package})");
+    }
+    found
+}
+
 impl Redis {
+    /// Starts one, or `None` (the test skips) when redis-server is not
+    /// installed; see [`installed`].
+    pub fn try_start() -> Option<Redis> {
+        installed("redis-server", "redis-server").then(Redis::start)
+    }
+
     /// Starts one (panics with a hint when redis-server is not installed).
     pub fn start() -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,300 @@
+//! What the status page shows over time, kept in memory and bounded: a ring
+//! of 10-second slots over the last hour (requests by cache result, EM
+//! requests, errors and latency), the busiest clients, and the last errors.
+//! No storage: a restart starts afresh, and `/metrics` is the long-term view.
+//!
+//! One per process (like the metrics recorder): the request path records
+//! into it, the status page reads it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Seconds per slot.
+pub const SLOT_SECONDS: u64 = 10;
+/// Slots kept: one hour.
+pub const SLOTS: usize = 360;
+/// Upper bounds (ms) of the EM latency buckets; the last is everything above.
+pub const LATENCY_BOUNDS_MS: [u64; 14] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000,
+];
+/// Distinct clients counted at most (anonymous callers may name themselves).
+const CLIENTS: usize = 512;
+/// Errors kept.
+const ERRORS: usize = 50;
+
+/// One 10-second slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// Its index: seconds since start / [`SLOT_SECONDS`].
+    pub index: u64,
+    /// Requests answered from a fresh cache entry.
+    pub hit: u64,
+    /// Requests answered by an EM fetch (cached routes).
+    pub miss: u64,
+    /// Requests answered from a stale entry.
+    pub stale: u64,
+    /// Other requests (uncached routes, probes, logons...).
+    pub other: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Requests to EM.
+    pub em: u64,
+    /// Of those, failed (no answer, 5xx).
+    pub em_errors: u64,
+    /// EM latency counts per bucket of [`LATENCY_BOUNDS_MS`] (and one above).
+    pub em_latency: [u64; 15],
+}
+
+/// A client's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCounts {
+    /// Requests.
+    pub requests: u64,
+    /// Answers of 4xx/5xx, 429 aside.
+    pub errors: u64,
+    /// Requests refused for its rate (429).
+    pub limited: u64,
+}
+
+/// One recent error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorNote {
+    /// When.
+    pub at: SystemTime,
+    /// Route template.
+    pub route: String,
+    /// Status.
+    pub status: u16,
+    /// The request id.
+    pub request_id: String,
+    /// The message the client got (no secrets: errors never hold any).
+    pub message: String,
+}
+
+struct Inner {
+    slots: VecDeque<Slot>,
+    clients: HashMap<String, ClientCounts>,
+    errors: VecDeque<ErrorNote>,
+}
+
+/// The process's history.
+pub struct History {
+    inner: Mutex<Inner>,
+    start: Instant,
+    started_at: SystemTime,
+}
+
+/// The history of this process.
+pub fn global() -> &'static History {
+    static H: OnceLock<History> = OnceLock::new();
+    H.get_or_init(|| History {
+        inner: Mutex::new(Inner {
+            slots: VecDeque::with_capacity(SLOTS),
+            clients: HashMap::new(),
+            errors: VecDeque::with_capacity(ERRORS),
+        }),
+        start: Instant::now(),
+        started_at: SystemTime::now(),
+    })
+}
+
+impl History {
+    fn index(&self) -> u64 {
+        self.start.elapsed().as_secs() / SLOT_SECONDS
+    }
+
+    fn with_slot(&self, f: impl FnOnce(&mut Slot)) {
+        let index = self.index();
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if inner.slots.back().map(|s| s.index) != Some(index) {
+            inner.slots.push_back(Slot {
+                index,
+                ..Slot::default()
+            });
+            while inner.slots.len() > SLOTS {
+                inner.slots.pop_front();
+            }
+        }
+        if let Some(s) = inner.slots.back_mut() {
+            f(s);
+        }
+    }
+
+    /// When the process started.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// How long it has run.
+    pub fn uptime(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// One answered request: its `X-Cache` (if any), status and client.
+    pub fn request(&self, cache: Option<&str>, status: u16, client: Option<&str>) {
+        self.with_slot(|s| {
+            match cache {
+                Some("HIT") => s.hit += 1,
+                Some("MISS") => s.miss += 1,
+                Some("STALE") => s.stale += 1,
+                _ => s.other += 1,
+            }
+            if status >= 500 {
+                s.errors += 1;
+            }
+        });
+        let Some(client) = client else { return };
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if !inner.clients.contains_key(client) && inner.clients.len() >= CLIENTS {
+            // Full: the quietest goes, so the busiest stay.
+            if let Some(quiet) = inner
+                .clients
+                .iter()
+                .min_by_key(|(_, c)| c.requests)
+                .map(|(k, _)| k.clone())
+            {
+                inner.clients.remove(&quiet);
+            }
+        }
+        let c = inner.clients.entry(client.to_string()).or_default();
+        c.requests += 1;
+        match status {
+            429 => c.limited += 1,
+            400.. => c.errors += 1,
+            _ => {}
+        }
+    }
+
+    /// One request to EM.
+    pub fn upstream(&self, elapsed: Duration, ok: bool) {
+        let ms = elapsed.as_millis() as u64;
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.with_slot(|s| {
+            s.em += 1;
+            if !ok {
+                s.em_errors += 1;
+            }
+            s.em_latency[bucket] += 1;
+        });
+    }
+
+    /// One error answer.
+    pub fn error(&self, note: ErrorNote) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        if inner.errors.len() >= ERRORS {
+            inner.errors.pop_front();
+        }
+        inner.errors.push_back(note);
+    }
+
+    /// The last hour, oldest first, one slot per 10 s (empty ones included),
+    /// the current (partial) slot last.
+    pub fn slots(&self) -> Vec<Slot> {
+        let now = self.index();
+        let first = now.saturating_sub(SLOTS as u64 - 1);
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(SLOTS);
+        let mut kept = inner.slots.iter().peekable();
+        for index in first..=now {
+            while kept.peek().is_some_and(|s| s.index < index) {
+                kept.next();
+            }
+            match kept.peek() {
+                Some(s) if s.index == index => out.push((*s).clone()),
+                _ => out.push(Slot {
+                    index,
+                    ..Slot::default()
+                }),
+            }
+        }
+        out
+    }
+
+    /// The busiest clients, by requests.
+    pub fn clients(&self, top: usize) -> Vec<(String, ClientCounts)> {
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = inner
+            .clients
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(&b.0)));
+        all.truncate(top);
+        all
+    }
+
+    /// The last errors, newest first.
+    pub fn errors(&self) -> Vec<ErrorNote> {
+        self.inner
+            .lock()
+            .map(|i| i.errors.iter().rev().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The latency (ms, a bucket's upper bound) under which `q` of the counts fall.
+pub fn quantile_ms(counts: &[u64; 15], q: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let want = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= want {
+            return Some(LATENCY_BOUNDS_MS.get(i).copied().unwrap_or(60_000));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_cover_the_last_hour_and_quantiles_come_from_buckets() {
+        let h = History {
+            inner: Mutex::new(Inner {
+                slots: VecDeque::new(),
+                clients: HashMap::new(),
+                errors: VecDeque::new(),
+            }),
+            start: Instant::now(),
+            started_at: SystemTime::now(),
+        };
+        h.request(Some("HIT"), 200, Some("dash"));
+        h.request(Some("MISS"), 200, Some("dash"));
+        h.request(None, 503, Some("other"));
+        h.request(None, 429, Some("other"));
+        for ms in [1, 3, 8, 40, 900] {
+            h.upstream(Duration::from_millis(ms), ms < 900);
+        }
+        let slots = h.slots();
+        assert_eq!(slots.len(), 1, "no slot before the start");
+        let s = &slots[0];
+        assert_eq!((s.hit, s.miss, s.other, s.errors), (1, 1, 2, 1));
+        assert_eq!((s.em, s.em_errors), (5, 1));
+        assert_eq!(quantile_ms(&s.em_latency, 0.5), Some(10));
+        assert_eq!(quantile_ms(&s.em_latency, 0.99), Some(1000));
+        let clients = h.clients(10);
+        assert_eq!(clients[0].0, "dash");
+        assert_eq!(clients[1].1.limited, 1);
+        assert_eq!(clients[1].1.errors, 1);
+    }
+}
