@@ -9,7 +9,7 @@
 //!    against a local hit.
 //!
 //! Run: `cargo bench --bench fleet` (needs `redis-server` on the PATH;
-//! SECONDS=5 per throughput round, ROUNDS=3, CONNECTIONS=32).
+//! SECONDS=5 per throughput round, ROUNDS=4 (alternating which goes first), CONNECTIONS=32).
 
 mod support;
 
@@ -104,7 +104,7 @@ fn main() {
         .build()
         .expect("runtime");
     let seconds = env_or("SECONDS", 5);
-    let rounds = env_or("ROUNDS", 3);
+    let rounds = env_or("ROUNDS", 4);
     let connections = env_or("CONNECTIONS", 32);
     rt.block_on(async {
         let sim = support::sim().await;
@@ -129,8 +129,14 @@ fn main() {
         println!("2. local hits, {connections} connections, {seconds} s rounds (req/s):");
         let mut ratios = Vec::new();
         for r in 0..rounds {
-            let a = throughput(&format!("{on}{key}"), connections, seconds).await;
-            let b = throughput(&format!("{off}{key}"), connections, seconds).await;
+            // Alternate which goes first: the machine warms and cools.
+            let (a, b) = if r % 2 == 0 {
+                let a = throughput(&format!("{on}{key}"), connections, seconds).await;
+                (a, throughput(&format!("{off}{key}"), connections, seconds).await)
+            } else {
+                let b = throughput(&format!("{off}{key}"), connections, seconds).await;
+                (throughput(&format!("{on}{key}"), connections, seconds).await, b)
+            };
             ratios.push(a / b);
             println!("   round {r}: fleet on {a:>8.0}  fleet off {b:>8.0}  ratio {:.2}", a / b);
         }

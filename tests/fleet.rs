@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -163,11 +164,18 @@ async fn a_client_session_works_on_every_replica_and_a_logout_ends_it_everywhere
         .to_string();
     let id = logon.json()["SessionId"].as_str().unwrap().to_string();
     let with = [("x-restsvcsessionid", token.as_str())];
+    // The client's list of sessions lives as long as its sessions are used
+    // (here: about to run out, then the session is used).
+    let lists = redis.cli(&["--scan", "--pattern", "*co:*"]);
+    let list = lists.lines().next().expect("the client's list of sessions");
+    redis.cli(&["PEXPIRE", list, "1500"]);
     for gw in &gws {
         let r = http.get(&gw.url("/api/logonSessions"), &with).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(r.json()["LogonSessions"][0]["SessionId"], id.as_str());
     }
+    let ttl: i64 = redis.cli(&["PTTL", list]).trim().parse().unwrap();
+    assert!(ttl > 60_000, "a use renews the list too ({ttl} ms)");
     let bye = http
         .send(
             Method::DELETE,
@@ -202,19 +210,25 @@ async fn a_purge_at_one_replica_purges_every_replica() {
         "HIT"
     );
     let bearer = format!("Bearer {token}");
-    let r = http
-        .send(
-            Method::DELETE,
-            &gws[0].url("/admin/cache"),
-            &[("authorization", &bearer)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    sim.clear_requests();
-    let after = http.get(&gws[2].url(&p), &[]).await;
-    assert_eq!(after.headers["x-cache"], "MISS");
-    assert_eq!(em_fetches(&sim, &p), 1, "the shared copy was purged too");
+    // Everything; then by a prefix written with a trailing slash.
+    for purge in ["/admin/cache", "/admin/cache?prefix=/api/restorePoints/"] {
+        for gw in &gws {
+            http.get(&gw.url(&p), &[]).await;
+        }
+        let r = http
+            .send(
+                Method::DELETE,
+                &gws[0].url(purge),
+                &[("authorization", &bearer)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sim.clear_requests();
+        let after = http.get(&gws[2].url(&p), &[]).await;
+        assert_eq!(after.headers["x-cache"], "MISS", "{purge}");
+        assert_eq!(em_fetches(&sim, &p), 1, "{purge}: the shared copy went too");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -249,6 +263,23 @@ async fn when_the_replica_fetching_for_the_fleet_dies_another_takes_over() {
             }));
         }
     }
+    // The fleet is busy meanwhile: entries of other keys land all the time
+    // (their notices must not put off the waiters' look at the lease).
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let traffic = {
+        let (http, busy) = (http.clone(), busy.clone());
+        let urls: Vec<String> = gws[1..].iter().map(|g| g.url("/api/jobs")).collect();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let url = format!("{}?busy={n}", urls[(n % 2) as usize]);
+                let _ = http.try_get(&url, &[]).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...and A dies mid-fetch.
     gws[0].kill();
@@ -261,6 +292,9 @@ async fn when_the_replica_fetching_for_the_fleet_dies_another_takes_over() {
             "answered after {took:?}"
         );
     }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let landed = traffic.await.unwrap();
+    assert!(landed > 50, "only {landed} other entries landed meanwhile");
     assert!(
         em_fetches(&sim, &p) <= 2,
         "{:?}",

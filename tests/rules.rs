@@ -312,33 +312,71 @@ async fn conditional_reads_get_304_and_each_representation_has_its_own_etag() {
 async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does() {
     let sim = start_sim(sim_config()).await;
     let token = "operator-token-0123456789";
-    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", token)]);
-    let http = Http::default();
-    ready(&sim, &gw, &http).await;
-    let vm = format!(
-        "/api/restorePoints/{}/vmRestorePoints",
-        sim.restore_point_id(11)
-    );
-    http.get(&gw.url(&vm), &[]).await;
-    for h in [
-        ("cache-control", "no-cache"),
-        ("cache-control", "max-age=0"),
-        ("pragma", "no-cache"),
-    ] {
-        let r = http.get(&gw.url(&vm), &[h]).await;
-        assert_eq!(r.headers["x-cache"], "HIT", "{h:?}");
+    // Anonymous (a sidecar), and with a clients file: the admin token is
+    // the operator's credential on /api in both.
+    let secret = "dashboard-secret-0123456789";
+    let dir = std::env::temp_dir().join(format!("emgate-operator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clients = dir.join("clients.toml");
+    std::fs::write(
+        &clients,
+        format!(
+            "[[clients]]\nname = \"dashboard\"\nsecret_sha256 = \"{}\"\n",
+            emgate::digest::sha256_hex(secret.as_bytes())
+        ),
+    )
+    .unwrap();
+    let client_auth = format!("Bearer {secret}");
+    type Setup<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let setups: [Setup; 2] = [
+        (vec![("EMGATE_ADMIN_TOKEN", token)], None),
+        (
+            vec![
+                ("EMGATE_ADMIN_TOKEN", token),
+                ("EMGATE_CLIENTS_FILE", clients.to_str().unwrap()),
+            ],
+            Some(client_auth.as_str()),
+        ),
+    ];
+    for (i, (env, client)) in setups.iter().enumerate() {
+        let gw = Gateway::start(&sim, env);
+        let http = Http::default();
+        ready(&sim, &gw, &http).await;
+        let vm = format!(
+            "/api/restorePoints/{}/vmRestorePoints",
+            sim.restore_point_id(11 + i)
+        );
+        let with_client = |h: (&'static str, &'static str)| {
+            let mut v = vec![h];
+            if let Some(c) = client {
+                v.push(("authorization", c));
+            }
+            v
+        };
+        let first = http
+            .get(&gw.url(&vm), &with_client(("accept", "*/*")))
+            .await;
+        assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+        for h in [
+            ("cache-control", "no-cache"),
+            ("cache-control", "max-age=0"),
+            ("pragma", "no-cache"),
+        ] {
+            let r = http.get(&gw.url(&vm), &with_client(h)).await;
+            assert_eq!(r.headers["x-cache"], "HIT", "{h:?}");
+        }
+        assert_eq!(em_saw(&sim, &vm), 1);
+        let bearer = format!("Bearer {token}");
+        let r = http
+            .get(
+                &gw.url(&vm),
+                &[("cache-control", "no-cache"), ("authorization", &bearer)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "setup {i}: {}", r.body);
+        assert_eq!(r.headers["x-cache"], "MISS", "setup {i}");
+        assert_eq!(em_saw(&sim, &vm), 2);
     }
-    assert_eq!(em_saw(&sim, &vm), 1);
-    let bearer = format!("Bearer {token}");
-    let r = http
-        .get(
-            &gw.url(&vm),
-            &[("cache-control", "no-cache"), ("authorization", &bearer)],
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.headers["x-cache"], "MISS");
-    assert_eq!(em_saw(&sim, &vm), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

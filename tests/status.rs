@@ -157,6 +157,29 @@ async fn the_page_and_its_json_need_the_admin_token_and_show_the_traffic() {
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("script-src 'sha256-"), "{csp}");
     assert!(!csp.contains("unsafe"), "{csp}");
+    // The hashes are those of the page's own style and script, exactly.
+    let inline = |open: &str, close: &str| {
+        let start = page.body.find(open).expect(open) + open.len();
+        let end = start + page.body[start..].find(close).expect(close);
+        let digest = emgate::digest::sha256(&page.body.as_bytes()[start..end]);
+        format!(
+            "'sha256-{}'",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest)
+        )
+    };
+    assert!(
+        csp.contains(&format!("style-src {}", inline("<style>", "</style>"))),
+        "{csp}"
+    );
+    assert!(
+        csp.contains(&format!("script-src {}", inline("<script>", "</script>"))),
+        "{csp}"
+    );
+    assert_eq!(
+        page.body.matches("<script").count(),
+        1,
+        "one script, hashed"
+    );
     assert!(page.body.contains(r#"data-state="valid""#));
     assert!(page.body.contains(r#"<tr data-rule="vm_restore_points">"#));
     assert!(page.body.contains("<svg"));
@@ -280,6 +303,15 @@ async fn no_secret_reaches_the_page_or_the_json() {
         .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
         .collect();
     assert!(!em_tokens.is_empty());
+    // The same sessions by their GUID (EM's token is the base64 of its 16
+    // bytes in .NET's order).
+    let em_ids: Vec<String> = em_tokens
+        .iter()
+        .filter_map(|t| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, t).ok())
+        .filter_map(|b| uuid::Uuid::from_slice_le(&b).ok())
+        .flat_map(|id| [id.to_string(), id.to_string().to_uppercase()])
+        .collect();
+    assert!(!em_ids.is_empty());
     // The EM session goes bad once, so the page has a failure to explain.
     sim.set_password("a-new-password-the-gateway-lacks");
     sim.expire_all_sessions();
@@ -305,10 +337,62 @@ async fn no_secret_reaches_the_page_or_the_json() {
         for secret in [PASSWORD, client_secret, &client_token, ADMIN]
             .into_iter()
             .chain(em_tokens.iter().map(String::as_str))
+            .chain(em_ids.iter().map(String::as_str))
         {
             assert!(!text.contains(secret), "a secret on the status page");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_callers_choose_is_shown_escaped() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", ADMIN)]);
+    let http = Http::default();
+    // An anonymous gateway keeps the name an EM-style logon gives.
+    let hostile = r#"<script>alert(1)</script>"'&"#;
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{hostile}:x")
+        )
+    );
+    let logon = http
+        .send(
+            Method::POST,
+            &gw.url("/api/sessionMngr/?v=latest"),
+            &[("authorization", &basic)],
+        )
+        .await;
+    assert_eq!(logon.status, StatusCode::CREATED, "{}", logon.body);
+    let token = logon.headers["x-restsvcsessionid"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // And a path EM does not know, in the errors list.
+    let _ = http
+        .get(
+            &gw.url("/api/jobs/%3Cimg%20src%3Dx%3E"),
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    let page = http
+        .get(&gw.url("/admin/status"), &[("authorization", &bearer())])
+        .await
+        .body;
+    assert!(
+        page.contains("~&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert_eq!(page.matches("<script").count(), 1, "only the page's own");
+    assert!(!page.contains("<img"), "{page}");
+    let facts = facts(&http, &gw).await;
+    assert!(facts["clients"]["busiest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == format!("~{hostile}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +553,22 @@ async fn in_a_real_browser_the_page_renders_and_purges() {
 
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    // EM refuses the gateway now: the page, refreshing itself, says so in
+    // its header, where a person looks first.
+    sim.set_password("rotated-and-not-told");
+    sim.expire_all_sessions();
+    let _ = http.get(&gw.url(&vm_points(&sim, 5)), &[]).await;
+    let failing = eventually(Duration::from_secs(15), || async {
+        browser
+            .eval(r#"return document.getElementById("em-state").dataset.state"#)
+            .await
+            == "failing"
+    })
+    .await;
+    assert!(failing, "the header still says the EM session is valid");
+    let png = browser.screenshot().await;
+    std::fs::write(artifacts.join("status-page-em-failing.png"), &png).unwrap();
     browser.quit().await;
 }
 
@@ -476,14 +576,17 @@ async fn in_a_real_browser_the_page_renders_and_purges() {
 /// goes, the page says so (and still answers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_fleet_the_page_shows_the_members_and_the_shared_tier() {
-    let Some(mut redis) = common::Redis::try_start() else {
+    let redis_password = "redis-password-4f3e2d1c";
+    let Some(mut redis) = common::Redis::try_start_with_password(redis_password) else {
         return;
     };
     let sim = start_sim(sim_config()).await;
     let url = redis.url();
+    let sealing = "fleet-sealing-secret-0a1b2c3d4e";
     let env = [
         ("EMGATE_ADMIN_TOKEN", ADMIN),
         ("EMGATE_SHARED_URL", url.as_str()),
+        ("EMGATE_SHARED_SECRET", sealing),
     ];
     let a = Gateway::start(&sim, &env);
     let b = Gateway::start(&sim, &env);
@@ -519,6 +622,18 @@ async fn in_a_fleet_the_page_shows_the_members_and_the_shared_tier() {
         .await
         .body;
     assert!(page.contains("2 live members"), "{page}");
+    let json = http
+        .get(
+            &b.url("/admin/status.json"),
+            &[("authorization", &bearer())],
+        )
+        .await
+        .body;
+    for text in [&page, &json] {
+        assert!(!text.contains(redis_password), "the Redis password shown");
+        assert!(!text.contains(sealing), "the sealing secret shown");
+    }
+    assert!(json.contains(r#"url = \"redis://:***@127.0.0.1"#), "{json}");
 
     redis.kill();
     let f = facts_once(&http, &b, Duration::from_secs(10), |f| {

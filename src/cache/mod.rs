@@ -750,9 +750,27 @@ where
         self.stats_of(rule).snapshot()
     }
 
-    /// The stored entries (for the status page's busiest keys); a snapshot.
-    pub fn entries(&self) -> Vec<(Arc<K>, Arc<Entry<V>>)> {
-        self.entries.iter().collect()
+    /// The `top` most-hit entries of each of the first `rules` rules,
+    /// busiest first (the status page's busiest keys): one pass over the
+    /// entries, holding only those kept.
+    pub fn busiest(&self, rules: usize, top: usize) -> Vec<Vec<Kept<K, V>>> {
+        let mut out: Vec<Vec<Kept<K, V>>> =
+            (0..rules).map(|_| Vec::with_capacity(top + 1)).collect();
+        if top == 0 {
+            return out;
+        }
+        for (key, entry) in self.entries.iter() {
+            let Some(list) = out.get_mut(entry.rule()) else {
+                continue;
+            };
+            let hits = entry.hits();
+            if list.len() < top || list.last().is_some_and(|(_, e)| e.hits() < hits) {
+                let at = list.partition_point(|(_, e)| e.hits() >= hits);
+                list.insert(at, (key, entry));
+                list.truncate(top);
+            }
+        }
+        out
     }
 
     /// Lets moka finish pending bookkeeping (evictions), for exact counts.
@@ -760,6 +778,9 @@ where
         self.entries.run_pending_tasks().await;
     }
 }
+
+/// A stored entry and its key.
+pub type Kept<K, V> = (Arc<K>, Arc<Entry<V>>);
 
 /// Waits for a flight to land; a flight whose task died lands as an internal error.
 async fn wait<V, E: Failure>(rx: Option<Joined<V, E>>) -> Landed<V, E> {

@@ -331,6 +331,9 @@ pub struct SessionPool {
     logon: tokio::sync::Mutex<LogonState>,
     /// The last logon failure, for readiness (cleared on success).
     failure: Mutex<Option<Failure>>,
+    /// The last logon failure and when, kept after recovery (the status
+    /// page's "last error").
+    last_failure: Mutex<Option<(SystemTime, String)>>,
     /// Serialises session checks after a 401; holds the generation last
     /// found alive and when.
     check: tokio::sync::Mutex<Option<(u64, Instant)>>,
@@ -375,6 +378,7 @@ impl SessionPool {
             since: Mutex::new(None),
             logon: tokio::sync::Mutex::new(LogonState::default()),
             failure: Mutex::new(None),
+            last_failure: Mutex::new(None),
             check: tokio::sync::Mutex::new(None),
             relogons: RateLimiter::direct(quota),
             generations: AtomicU64::new(0),
@@ -433,6 +437,12 @@ impl SessionPool {
             },
             None => SessionState::LoggingOn,
         }
+    }
+
+    /// The last logon failure (when, why), also after the session came
+    /// back; `None` if a logon never failed.
+    pub fn last_failure(&self) -> Option<(SystemTime, String)> {
+        self.last_failure.lock().ok().and_then(|f| f.clone())
     }
 
     fn peek(&self) -> Option<Arc<EmSession>> {
@@ -757,6 +767,9 @@ impl SessionPool {
                         retry_at,
                         paused,
                     });
+                }
+                if let Ok(mut f) = self.last_failure.lock() {
+                    *f = Some((SystemTime::now(), shown.to_string()));
                 }
                 if paused {
                     tracing::error!(

@@ -33,6 +33,8 @@ pub enum Waited {
 /// when dropped.
 pub struct Lease {
     fleet: Fleet,
+    /// The hash of the key it is for.
+    hash: String,
     key: String,
     token: String,
     watchdog: Option<JoinHandle<()>>,
@@ -124,6 +126,7 @@ impl Fleet {
         });
         Ok(Some(Lease {
             fleet: self.clone(),
+            hash: h.to_string(),
             key,
             token,
             watchdog: Some(watchdog),
@@ -166,12 +169,14 @@ impl Fleet {
         Ok(())
     }
 
-    /// Stores an entry for `lifetime` (its EM path kept for purges by
-    /// prefix) unless a purge came after `epoch`, and tells the fleet it
-    /// landed; whether it was stored.
+    /// Stores the entry `lease` was taken for, for `lifetime` (its EM path
+    /// kept for purges by prefix), and tells the fleet it landed; whether
+    /// it was stored. Not stored when a purge came after `epoch`, or when
+    /// the lease is no longer ours (we stalled past it and another replica
+    /// took over: its answer is newer).
     pub async fn store(
         &self,
-        h: &str,
+        lease: &Lease,
         path: &str,
         bytes: Vec<u8>,
         lifetime: Duration,
@@ -179,7 +184,14 @@ impl Fleet {
     ) -> Result<bool, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(STORE));
-        let keys = (self.entry_key(h), self.key("epoch"), self.key("idx"));
+        let h = lease.hash.as_str();
+        let keys = (
+            self.entry_key(h),
+            self.key("epoch"),
+            self.key("idx"),
+            lease.key.clone(),
+        );
+        let token = lease.token.clone();
         let channel = self.0.channel.clone();
         let message = Event::Landed(h.to_string()).encode(&self.0.member);
         let member = format!("{h} {path}");
@@ -190,12 +202,14 @@ impl Fleet {
                     .key(keys.0)
                     .key(keys.1)
                     .key(keys.2)
+                    .key(keys.3)
                     .arg(bytes)
                     .arg(ms)
                     .arg(epoch)
                     .arg(member)
                     .arg(channel)
                     .arg(message)
+                    .arg(token)
                     .invoke_async(&mut c)
                     .await
             })
@@ -214,27 +228,40 @@ impl Fleet {
         within: Duration,
         known: Option<&[u8]>,
     ) -> Result<Waited, Down> {
-        let mut events = self.events();
+        let mut landed = self.landed();
         let new = |b: Option<Vec<u8>>| b.filter(|b| Some(b.as_slice()) != known);
         if let Some(bytes) = new(self.entry(h).await?) {
             return Ok(Waited::Landed(bytes));
         }
         let deadline = tokio::time::Instant::now() + within;
-        let poll = (self.lease_time() / 5).max(Duration::from_millis(100));
+        // One clock for the lease checks: notices of other keys (a busy
+        // fleet has many) must not keep putting the check off.
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.lease_time() / 5,
+            (self.lease_time() / 5).max(Duration::from_millis(100)),
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                event = events.recv() => match event {
-                    Ok(Event::Landed(x)) if x == h => {
+                notice = landed.recv() => match notice {
+                    Ok(x) if x == h => {
                         if let Some(bytes) = new(self.entry(h).await?) {
                             return Ok(Waited::Landed(bytes));
                         }
                     }
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(_) => {}
+                    // Missed notices, ours perhaps: look.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if let Some(bytes) = new(self.entry(h).await?) {
+                            return Ok(Waited::Landed(bytes));
+                        }
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        tokio::time::sleep(poll).await;
+                        tokio::time::sleep_until(deadline).await;
+                        return Ok(Waited::TimedOut);
                     }
                 },
-                _ = tokio::time::sleep(poll) => {
+                _ = check.tick() => {
                     let lease = self.lease_key(h);
                     let held: bool = self
                         .op("exists", |mut c| async move {
@@ -261,7 +288,7 @@ impl Fleet {
     /// Drops the shared entries whose EM path is `prefix` or under it
     /// (lowercase, compared at a segment boundary), and tells every replica.
     pub async fn purge_prefix(&self, prefix: &str) -> Result<(), Down> {
-        let p = prefix.to_ascii_lowercase();
+        let p = prefix.trim_end_matches('/').to_ascii_lowercase();
         let under = move |path: &str| {
             path.to_ascii_lowercase()
                 .strip_prefix(p.as_str())
@@ -351,12 +378,15 @@ end
 return 0
 ";
 
-/// Stores an entry unless the purge epoch moved since the fetch began;
-/// indexes its path (expiring with it) and announces it.
-/// KEYS: entry, epoch, index. ARGV: bytes, ms, epoch, "hash path", channel, message.
+/// Stores an entry unless the purge epoch moved since the fetch began or
+/// the lease is no longer the caller's; indexes its path (expiring with it)
+/// and announces it.
+/// KEYS: entry, epoch, index, lease. ARGV: bytes, ms, epoch, "hash path",
+/// channel, message, lease token.
 const STORE: &str = r"
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 if epoch ~= tonumber(ARGV[3]) then return 0 end
+if redis.call('GET', KEYS[4]) ~= ARGV[7] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)

@@ -156,7 +156,7 @@ impl Fleet {
 const CREATE: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'id', ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'id', ARGV[2], 'co', KEYS[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -177,11 +177,17 @@ end
 return 1
 ";
 
-/// KEYS: session. ARGV: idle ms.
+/// KEYS: session. ARGV: idle ms. A use renews the session and its
+/// owner's index (named in the session, under the same hash tag), so the
+/// index lives as long as the owner's most recently used session: a
+/// logout must always find the session it ends.
 const LOOKUP: &str = r"
-local v = redis.call('HMGET', KEYS[1], 'owner', 'id')
-if v[1] then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return v
+local v = redis.call('HMGET', KEYS[1], 'owner', 'id', 'co')
+if v[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  if v[3] then redis.call('PEXPIRE', v[3], ARGV[1]) end
+end
+return {v[1], v[2]}
 ";
 
 /// KEYS: owner index. ARGV: session key prefix. The ids of live sessions.

@@ -104,8 +104,27 @@ impl Breaker {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Closed: every operation goes. Open: none. When the open time is
+    /// over, one operation goes as a probe (the one that moves the open
+    /// time on) and the others still wait, so a Redis that is still gone
+    /// costs one timeout per period, not one per request.
     fn allow(&self) -> bool {
-        self.now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+        let now = self.now_ms();
+        let until = self.open_until_ms.load(Ordering::Relaxed);
+        if now < until {
+            return false;
+        }
+        if self.failures.load(Ordering::Relaxed) < BREAKER_FAILURES {
+            return true;
+        }
+        self.open_until_ms
+            .compare_exchange(
+                until,
+                now + BREAKER_OPEN.as_millis() as u64,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     fn success(&self) {
@@ -124,7 +143,7 @@ impl Breaker {
     }
 
     fn up(&self) -> bool {
-        self.failures.load(Ordering::Relaxed) == 0 && self.allow()
+        self.failures.load(Ordering::Relaxed) == 0
     }
 }
 
@@ -143,8 +162,11 @@ struct Inner {
     member: String,
     /// Stops asking after failures.
     breaker: Breaker,
-    /// Events from other replicas.
+    /// Events from other replicas: purges, logouts, session changes.
     events: broadcast::Sender<Event>,
+    /// "Landed" notices (key hashes), apart: a burst of them must never
+    /// make a purge listener lag (lagging purges the local cache).
+    landed: broadcast::Sender<String>,
     /// Live members at the last heartbeat.
     members: AtomicU64,
     /// Leases taken over from a replica that stopped renewing them.
@@ -177,6 +199,7 @@ impl Fleet {
             .expose()
             .to_string();
         let (events, _) = broadcast::channel(1024);
+        let (landed, _) = broadcast::channel(4096);
         let fleet = Fleet(Arc::new(Inner {
             conn,
             tag: format!("{{{}}}", settings.prefix),
@@ -190,6 +213,7 @@ impl Fleet {
                 epoch: Instant::now(),
             },
             events,
+            landed,
             members: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             sealer: seal::Sealer::new(settings, upstream),
@@ -208,11 +232,15 @@ impl Fleet {
                 let Ok(text) = std::str::from_utf8(payload) else {
                     continue;
                 };
-                if let Some((from, event)) = Event::decode(text) {
+                match Event::decode(text) {
+                    Some((_, Event::Landed(h))) => {
+                        let _ = inner.landed.send(h);
+                    }
                     // Our own purges and logouts are done already.
-                    if from != inner.member || matches!(event, Event::Landed(_) | Event::Session) {
+                    Some((from, event)) if from != inner.member || event == Event::Session => {
                         let _ = inner.events.send(event);
                     }
+                    _ => {}
                 }
             }
         });
@@ -321,6 +349,11 @@ impl Fleet {
         self.0.events.subscribe()
     }
 
+    /// Notices of shared entries landing (their key hashes).
+    pub(crate) fn landed(&self) -> broadcast::Receiver<String> {
+        self.0.landed.subscribe()
+    }
+
     /// Whether the shared tier answers (`/readyz`'s `shared`).
     pub fn is_up(&self) -> bool {
         self.0.breaker.up()
@@ -418,6 +451,27 @@ return redis.call('ZCARD', KEYS[1])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_failures_and_lets_one_probe_through_after() {
+        let b = Breaker {
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        assert!(b.allow() && b.up());
+        for _ in 0..BREAKER_FAILURES {
+            b.failure();
+        }
+        assert!(!b.allow(), "open");
+        assert!(!b.up());
+        // The open time is over: one probe, the others still wait.
+        b.open_until_ms.store(b.now_ms(), Ordering::Relaxed);
+        assert!(b.allow(), "the probe");
+        assert!(!b.allow() && !b.allow(), "only one probe");
+        b.success();
+        assert!(b.allow() && b.allow() && b.up(), "closed again");
+    }
 
     #[test]
     fn events_travel_as_one_line_each() {

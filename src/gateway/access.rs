@@ -80,6 +80,14 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, Gate
                 owner: s.owner,
             })
             .ok_or(GatewayError::Unauthorized(BAD_SESSION)),
+        // The admin token is an operator's credential on /api too (so a
+        // `no-cache` from the operator can reach EM), never a client
+        // secret; asked first, so it works beside a clients file.
+        Presented::Basic(..) | Presented::Bearer(_)
+            if crate::gateway::admin::authorized(app, headers) =>
+        {
+            Ok(Caller::Operator)
+        }
         Presented::Basic(name, secret) if !clients.is_empty() => clients
             .check_basic(&name, secret.expose())
             .map(|c| Caller::Client(c.as_str().to_string()))
@@ -88,13 +96,6 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, Gate
             .check_bearer(secret)
             .map(|c| Caller::Client(c.as_str().to_string()))
             .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS)),
-        // The admin token is an operator's credential on /api too (so a
-        // `no-cache` from the operator can reach EM), never a client secret.
-        Presented::Basic(..) | Presented::Bearer(_)
-            if crate::gateway::admin::authorized(app, headers) =>
-        {
-            Ok(Caller::Operator)
-        }
         _ if access.allow_anonymous => Ok(Caller::Anonymous),
         Presented::Basic(..) | Presented::Bearer(_) => {
             Err(GatewayError::Unauthorized(BAD_CREDENTIALS))

@@ -182,14 +182,18 @@ fn method_not_allowed(
 }
 
 /// Whether a purge may come from where it says it does. Scripts send
-/// neither header and pass (they hold the token); a browser sends
-/// `Sec-Fetch-Site` and, for a DELETE, `Origin`, and both must say the
-/// request comes from the gateway's own pages.
+/// neither header and pass (they hold the token). A browser sends
+/// `Sec-Fetch-Site` (a page cannot forge it): it must say `same-origin` (or
+/// `none`, typed by the user). Browsers too old for it send `Origin` with a
+/// DELETE, which must then be the gateway's public origin. `Sec-Fetch-Site`
+/// comes first because behind a TLS-terminating proxy without
+/// `EMGATE_PUBLIC_URL` the gateway may not know its public origin.
 fn same_origin(headers: &HeaderMap, public: &str) -> Result<(), &'static str> {
     if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return Err("purges are taken only from the gateway's own pages (Sec-Fetch-Site)");
-        }
+        return match site.as_bytes() {
+            b"same-origin" | b"none" => Ok(()),
+            _ => Err("purges are taken only from the gateway's own pages (Sec-Fetch-Site)"),
+        };
     }
     if let Some(origin) = headers.get(http::header::ORIGIN) {
         let ours = origin_of(public);
@@ -230,7 +234,12 @@ fn purge_target_of(query: Option<&str>) -> Result<Purge, GatewayError> {
         [] => Ok(Purge::All),
         [(name, Some(p))] if name == "prefix" => {
             let t = Target::parse(p, None)?;
-            Ok(Purge::Prefix(t.canonical_path()))
+            // `/api/reports/` is `/api/reports`: a prefix is whole segments.
+            let path = t.canonical_path();
+            let path = path.trim_end_matches('/');
+            Ok(Purge::Prefix(
+                if path.is_empty() { "/" } else { path }.to_string(),
+            ))
         }
         [(name, Some(r))] if name == "rule" => Ok(Purge::Rule(r.clone())),
         _ => Err(GatewayError::BadRequest(
@@ -266,6 +275,16 @@ mod tests {
         // A public URL with a path (path-rewriting ingress): its origin.
         let h = headers(&[("origin", "https://ops.example")]);
         assert!(same_origin(&h, "https://ops.example/emgate").is_ok());
+    }
+
+    #[test]
+    fn behind_a_tls_proxy_the_browsers_same_origin_is_enough() {
+        // The gateway thinks it is http://10.0.0.5:9399; the page is https.
+        let h = headers(&[
+            ("origin", "https://emgate.corp"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert!(same_origin(&h, "http://10.0.0.5:9399").is_ok());
     }
 
     #[test]

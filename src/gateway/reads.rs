@@ -438,7 +438,7 @@ impl Tier {
                             let lifetime = self.policy.lifetime(negative);
                             let _ = self
                                 .fleet
-                                .store(&h, self.key.path(), bytes, lifetime, epoch)
+                                .store(&lease, self.key.path(), bytes, lifetime, epoch)
                                 .await;
                         }
                     }

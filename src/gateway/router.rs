@@ -339,12 +339,17 @@ pub fn purge_prefix(app: &App, prefix: String) {
 
 /// [`purge_prefix`] here, and in fleet mode in the shared tier and on
 /// every replica (a purge during a fetch anywhere still wins).
+///
+/// Here twice, around the shared tier: a miss in between could refill this
+/// replica from the shared entry being purged (other replicas purge on the
+/// fleet's notice, sent after the shared entries are gone).
 pub async fn purge_prefix_everywhere(app: &App, prefix: String) {
     purge_prefix(app, prefix.clone());
     if let Some(fleet) = &app.fleet {
         if fleet.purge_prefix(&prefix).await.is_err() {
             tracing::warn!(%prefix, "the shared tier is down: purged on this replica only");
         }
+        purge_prefix(app, prefix);
     }
 }
 
@@ -385,6 +390,8 @@ pub async fn purge_rule_everywhere(app: &App, name: &str) -> bool {
                 "the shared tier is down: purged on this replica only"
             );
         }
+        // Again: see purge_prefix_everywhere.
+        purge_rule(app, name);
     }
     true
 }
@@ -396,6 +403,8 @@ pub async fn purge_all_everywhere(app: &App) {
         if fleet.purge_all().await.is_err() {
             tracing::warn!("the shared tier is down: purged on this replica only");
         }
+        // Again: see purge_prefix_everywhere.
+        app.cache.purge_all();
     }
 }
 

@@ -478,6 +478,8 @@ async fn fleet_events(app: Arc<App>) {
             }
             Ok(Event::Logout(token_hash)) => app.sessions.ended_elsewhere(&token_hash),
             Ok(Event::Landed(_)) | Ok(Event::Session) => {}
+            // Only purges, logouts and session changes come here (notices
+            // of landed entries have their own channel), so lagging is rare.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 // Missed purges: drop everything rather than serve what was purged.
                 tracing::warn!(missed = n, "fleet events missed; purging the local cache");

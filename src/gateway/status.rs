@@ -73,6 +73,10 @@ pub struct Em {
     pub retry_in_s: Option<u64>,
     /// Whether logons pause after refusals.
     pub logons_paused: bool,
+    /// The last logon failure (kept after recovery).
+    pub last_error: Option<String>,
+    /// When it happened (RFC 3339).
+    pub last_error_at: Option<String>,
     /// Whether the session is the fleet's.
     pub shared: bool,
     /// Logons that worked.
@@ -281,12 +285,15 @@ pub async fn facts(app: &App) -> Status {
         ),
     };
     let s = &snapshot.session;
+    let last = app.pool.last_failure();
     let em = Em {
         state,
         since,
         reason,
         retry_in_s,
         logons_paused: paused,
+        last_error_at: last.as_ref().map(|(at, _)| rfc3339(*at)),
+        last_error: last.map(|(_, why)| why),
         shared: app.pool.is_shared(),
         logons_ok: s.logons_ok,
         logons_failed: s.logons_failed + s.logons_refused,
@@ -306,16 +313,20 @@ pub async fn facts(app: &App) -> Status {
         url: app.pool.upstream().base_url().to_string(),
     };
     // The busiest keys of each rule, from one pass over the entries.
-    let mut per_rule: Vec<Vec<KeyFacts>> = (0..app.rules.all().len()).map(|_| Vec::new()).collect();
-    for (key, entry) in app.cache.entries() {
-        if let Some(list) = per_rule.get_mut(entry.rule()) {
-            list.push(KeyFacts {
-                key: key.as_str().to_string(),
-                hits: entry.hits(),
-                age_s: entry.age_secs(),
-            });
-        }
-    }
+    let per_rule: Vec<Vec<KeyFacts>> = app
+        .cache
+        .busiest(app.rules.all().len(), BUSIEST_KEYS)
+        .into_iter()
+        .map(|kept| {
+            kept.into_iter()
+                .map(|(key, entry)| KeyFacts {
+                    key: key.as_str().to_string(),
+                    hits: entry.hits(),
+                    age_s: entry.age_secs(),
+                })
+                .collect()
+        })
+        .collect();
     let rules = app
         .rules
         .all()
@@ -324,7 +335,6 @@ pub async fn facts(app: &App) -> Status {
         .zip(per_rule)
         .map(|((rule, r), mut keys)| {
             keys.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.key.cmp(&b.key)));
-            keys.truncate(BUSIEST_KEYS);
             let answered = r.hits + r.misses + r.stale + r.shared_hits + r.coalesced;
             RuleFacts {
                 name: rule.name.clone(),
@@ -506,17 +516,23 @@ pre{overflow:auto;background:#f4f4f4;padding:8px;font-size:12px}
 const SCRIPT: &str = r#"
 "use strict";
 async function refresh() {
+  const failed = (why) => {
+    const note = document.getElementById("refresh-note");
+    if (note) note.textContent = "refresh failed at " + new Date().toLocaleTimeString() + " (" + why + "): the figures are older";
+  };
   try {
     // Relative, and never with credentials a user typed into the URL.
     const r = await fetch(location.pathname + location.search, {cache: "no-store", credentials: "same-origin"});
-    if (!r.ok) return;
+    if (!r.ok) return failed("HTTP " + r.status);
     const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-    const fresh = doc.querySelector("main");
-    const old = document.querySelector("main");
-    if (fresh && old) old.replaceWith(fresh);
+    // The header (EM state, uptime) and the main part; the scroll stays.
+    for (const part of ["header", "main"]) {
+      const fresh = doc.querySelector(part);
+      const old = document.querySelector(part);
+      if (fresh && old) old.replaceWith(fresh);
+    }
   } catch (e) {
-    const note = document.getElementById("refresh-note");
-    if (note) note.textContent = "refresh failed: " + e;
+    failed(String(e));
   }
 }
 setInterval(refresh, 5000);
@@ -697,6 +713,7 @@ fn page(s: &Status) -> String {
 <tr><th>session</th><td>{}{}{}</td></tr>
 <tr><th>EM</th><td>{} · API versions {}</td></tr>
 <tr><th>logons</th><td>{} ok, {} failed ({} refused), {} re-logons after EM ended the session; {} 401s were a resource's own</td></tr>
+<tr><th>last logon error</th><td>{}</td></tr>
 <tr><th>last {} min</th><td>{} EM requests, {} failed ({}); latency p50 {} · p99 {}</td></tr>
 </table></section>"#,
         esc(e.state),
@@ -728,6 +745,10 @@ fn page(s: &Status) -> String {
         e.logons_refused,
         e.relogons,
         e.checks_alive,
+        match (&e.last_error, &e.last_error_at) {
+            (Some(why), Some(at)) => format!("{} — {}", esc(at), esc(why)),
+            _ => "none".to_string(),
+        },
         e.window_minutes,
         e.requests,
         e.errors,

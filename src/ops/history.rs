@@ -20,7 +20,7 @@ pub const LATENCY_BOUNDS_MS: [u64; 14] = [
 ];
 /// Distinct clients counted at most (anonymous callers may name themselves).
 const CLIENTS: usize = 512;
-/// Errors kept.
+/// Errors kept, of each kind (5xx, 4xx).
 const ERRORS: usize = 50;
 
 /// One 10-second slot.
@@ -75,7 +75,27 @@ pub struct ErrorNote {
 struct Inner {
     slots: VecDeque<Slot>,
     clients: HashMap<String, ClientCounts>,
-    errors: VecDeque<ErrorNote>,
+    /// 5xx answers: the gateway's or EM's trouble.
+    server_errors: VecDeque<ErrorNote>,
+    /// 4xx answers, apart, so a flood of bad requests (anyone can send
+    /// them) never pushes the 5xx out.
+    client_errors: VecDeque<ErrorNote>,
+}
+
+impl Inner {
+    /// The slot of `index`, the current one: created when time moved on.
+    fn slot(&mut self, index: u64) -> Option<&mut Slot> {
+        if self.slots.back().map(|s| s.index) != Some(index) {
+            self.slots.push_back(Slot {
+                index,
+                ..Slot::default()
+            });
+            while self.slots.len() > SLOTS {
+                self.slots.pop_front();
+            }
+        }
+        self.slots.back_mut()
+    }
 }
 
 /// The process's history.
@@ -92,7 +112,8 @@ pub fn global() -> &'static History {
         inner: Mutex::new(Inner {
             slots: VecDeque::with_capacity(SLOTS),
             clients: HashMap::new(),
-            errors: VecDeque::with_capacity(ERRORS),
+            server_errors: VecDeque::with_capacity(ERRORS),
+            client_errors: VecDeque::with_capacity(ERRORS),
         }),
         start: Instant::now(),
         started_at: SystemTime::now(),
@@ -100,27 +121,18 @@ pub fn global() -> &'static History {
 }
 
 impl History {
-    fn index(&self) -> u64 {
-        self.start.elapsed().as_secs() / SLOT_SECONDS
+    /// The state, even after a panic elsewhere poisoned the lock: counts
+    /// are plain numbers, never left half-written in a way that matters.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn with_slot(&self, f: impl FnOnce(&mut Slot)) {
-        let index = self.index();
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        if inner.slots.back().map(|s| s.index) != Some(index) {
-            inner.slots.push_back(Slot {
-                index,
-                ..Slot::default()
-            });
-            while inner.slots.len() > SLOTS {
-                inner.slots.pop_front();
-            }
-        }
-        if let Some(s) = inner.slots.back_mut() {
-            f(s);
-        }
+    /// The current slot's index (taken under the lock, so slots stay in
+    /// order whichever thread crosses a boundary first).
+    fn index(&self) -> u64 {
+        self.start.elapsed().as_secs() / SLOT_SECONDS
     }
 
     /// When the process started.
@@ -135,7 +147,9 @@ impl History {
 
     /// One answered request: its `X-Cache` (if any), status and client.
     pub fn request(&self, cache: Option<&str>, status: u16, client: Option<&str>) {
-        self.with_slot(|s| {
+        let mut inner = self.lock();
+        let index = self.index();
+        if let Some(s) = inner.slot(index) {
             match cache {
                 Some("HIT") => s.hit += 1,
                 Some("MISS") => s.miss += 1,
@@ -145,11 +159,8 @@ impl History {
             if status >= 500 {
                 s.errors += 1;
             }
-        });
+        }
         let Some(client) = client else { return };
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
         if !inner.clients.contains_key(client) && inner.clients.len() >= CLIENTS {
             // Full: the quietest goes, so the busiest stay.
             if let Some(quiet) = inner
@@ -177,34 +188,37 @@ impl History {
             .iter()
             .position(|b| ms <= *b)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
-        self.with_slot(|s| {
+        let mut inner = self.lock();
+        let index = self.index();
+        if let Some(s) = inner.slot(index) {
             s.em += 1;
             if !ok {
                 s.em_errors += 1;
             }
             s.em_latency[bucket] += 1;
-        });
+        }
     }
 
     /// One error answer.
     pub fn error(&self, note: ErrorNote) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
+        let mut inner = self.lock();
+        let ring = if note.status >= 500 {
+            &mut inner.server_errors
+        } else {
+            &mut inner.client_errors
         };
-        if inner.errors.len() >= ERRORS {
-            inner.errors.pop_front();
+        if ring.len() >= ERRORS {
+            ring.pop_front();
         }
-        inner.errors.push_back(note);
+        ring.push_back(note);
     }
 
     /// The last hour, oldest first, one slot per 10 s (empty ones included),
     /// the current (partial) slot last.
     pub fn slots(&self) -> Vec<Slot> {
+        let inner = self.lock();
         let now = self.index();
         let first = now.saturating_sub(SLOTS as u64 - 1);
-        let Ok(inner) = self.inner.lock() else {
-            return Vec::new();
-        };
         let mut out = Vec::with_capacity(SLOTS);
         let mut kept = inner.slots.iter().peekable();
         for index in first..=now {
@@ -224,9 +238,7 @@ impl History {
 
     /// The busiest clients, by requests.
     pub fn clients(&self, top: usize) -> Vec<(String, ClientCounts)> {
-        let Ok(inner) = self.inner.lock() else {
-            return Vec::new();
-        };
+        let inner = self.lock();
         let mut all: Vec<_> = inner
             .clients
             .iter()
@@ -237,12 +249,20 @@ impl History {
         all
     }
 
-    /// The last errors, newest first.
+    /// The last errors, newest first: the last [`ERRORS`] 5xx and the last
+    /// [`ERRORS`] 4xx, merged by time.
     pub fn errors(&self) -> Vec<ErrorNote> {
-        self.inner
-            .lock()
-            .map(|i| i.errors.iter().rev().cloned().collect())
-            .unwrap_or_default()
+        let inner = self.lock();
+        let mut all: Vec<ErrorNote> = inner
+            .server_errors
+            .iter()
+            .rev()
+            .chain(inner.client_errors.iter().rev())
+            .cloned()
+            .collect();
+        // Stable: notes of the same instant stay newest first.
+        all.sort_by_key(|e| std::cmp::Reverse(e.at));
+        all
     }
 }
 
@@ -267,13 +287,50 @@ pub fn quantile_ms(counts: &[u64; 15], q: f64) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn history() -> History {
+        History {
+            inner: Mutex::new(Inner {
+                slots: VecDeque::new(),
+                clients: HashMap::new(),
+                server_errors: VecDeque::new(),
+                client_errors: VecDeque::new(),
+            }),
+            start: Instant::now(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    fn note(status: u16, id: &str) -> ErrorNote {
+        ErrorNote {
+            at: SystemTime::now(),
+            route: "/api/*".into(),
+            status,
+            request_id: id.into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn a_flood_of_bad_requests_never_pushes_the_server_errors_out() {
+        let h = history();
+        h.error(note(502, "em-failed"));
+        for i in 0..1000 {
+            h.error(note(400, &format!("bad-{i}")));
+        }
+        let errors = h.errors();
+        assert_eq!(errors.len(), ERRORS + 1);
+        assert!(errors.iter().any(|e| e.request_id == "em-failed"));
+        assert_eq!(errors[0].request_id, "bad-999", "newest first");
+    }
+
     #[test]
     fn slots_cover_the_last_hour_and_quantiles_come_from_buckets() {
         let h = History {
             inner: Mutex::new(Inner {
                 slots: VecDeque::new(),
                 clients: HashMap::new(),
-                errors: VecDeque::new(),
+                server_errors: VecDeque::new(),
+                client_errors: VecDeque::new(),
             }),
             start: Instant::now(),
             started_at: SystemTime::now(),

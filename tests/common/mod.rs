@@ -417,6 +417,15 @@ pub struct Redis {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Its password, if it has one.
+    pub password: Option<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Whether `program` (a test dependency from the distribution's packages) is
@@ -443,17 +452,26 @@ impl Redis {
         installed("redis-server", "redis-server").then(Redis::start)
     }
 
+    /// As [`Redis::try_start`], with a password (`requirepass`).
+    pub fn try_start_with_password(password: &str) -> Option<Redis> {
+        installed("redis-server", "redis-server").then(|| {
+            let mut r = Redis::start_with(free_port(), &["--requirepass", password]);
+            r.password = Some(password.to_string());
+            r
+        })
+    }
+
     /// Starts one (panics with a hint when redis-server is not installed).
     pub fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     /// Starts one on `port` (to restart a stopped one where it was).
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -467,6 +485,7 @@ impl Redis {
                 "--protected-mode",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -479,12 +498,16 @@ impl Redis {
         Redis {
             child: Some(child),
             port,
+            password: None,
         }
     }
 
-    /// `redis://127.0.0.1:PORT`
+    /// `redis://127.0.0.1:PORT`, with `:password@` when it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills it at once (SIGKILL): Redis down.
@@ -497,11 +520,12 @@ impl Redis {
 
     /// Runs `redis-cli` against it; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
