@@ -325,16 +325,7 @@ mod tests {
 
     #[test]
     fn slots_cover_the_last_hour_and_quantiles_come_from_buckets() {
-        let h = History {
-            inner: Mutex::new(Inner {
-                slots: VecDeque::new(),
-                clients: HashMap::new(),
-                server_errors: VecDeque::new(),
-                client_errors: VecDeque::new(),
-            }),
-            start: Instant::now(),
-            started_at: SystemTime::now(),
-        };
+        let h = history();
         h.request(Some("HIT"), 200, Some("dash"));
         h.request(Some("MISS"), 200, Some("dash"));
         h.request(None, 503, Some("other"));
