@@ -84,7 +84,10 @@ until curl -sf "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1; do sleep 0.00
 ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 gw="http://127.0.0.1:$GW_PORT"
 
-metric() { curl -s "$gw/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+# A sample by its full name (with labels), or a metric's sum over its labels.
+metric() { curl -s "$gw/metrics" | awk -v m="$1" '
+    $1 == m || (index(m, "{") == 0 && index($1, m "{") == 1) { s += $2; n++ }
+    END { if (n) print s }'; }
 
 say "restore point IDs"
 curl -s "$gw/api/restorePoints" | python3 -c '

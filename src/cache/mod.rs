@@ -401,9 +401,13 @@ where
 
     /// The entry for `key` by the table in the module docs. `fetch` is
     /// called only when the source must be asked (now or ahead of expiry).
+    ///
+    /// `fetch` is owned (`'static`): an entry's first hit keeps it until the
+    /// refresh ahead of expiry, so it should hold little (the fetch itself,
+    /// often large, is made only when it runs).
     pub async fn get<F, Fut>(&self, key: K, policy: &Policy, fetch: F) -> Result<Served<V>, Arc<E>>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
         let stats = self.stats_of(policy.rule);
@@ -580,24 +584,28 @@ where
     /// together do not all refresh together), if it is still the stored one.
     fn schedule_ahead<F, Fut>(&self, key: K, e: &Arc<Entry<V>>, fetch: F)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
         let ttl = e.policy.ttl;
         let at = e.fetched_at + ttl.mul_f64(0.75 + fastrand::f64() * 0.15);
-        let job = fetch();
         let this = self.handle();
-        let entry = e.clone();
+        // The wait holds little: the fetch is made when it runs (an unpolled
+        // fetch is as large as its deepest state), and the entry is held
+        // weakly (an evicted one must not live on: the cache's byte bound
+        // would no longer bound the memory).
+        let entry = Arc::downgrade(e);
+        let fetched_at = e.fetched_at;
+        let policy = e.policy.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            match this.entries.get(&key).await {
-                Some(now) if Arc::ptr_eq(&now, &entry) => {}
-                // Purged or replaced meanwhile: nothing to do.
+            match (this.entries.get(&key).await, entry.upgrade()) {
+                (Some(now), Some(then)) if Arc::ptr_eq(&now, &then) => {}
+                // Purged, evicted or replaced meanwhile: nothing to do.
                 _ => return,
             }
-            let policy = entry.policy.clone();
-            let unless = Unless::NewerThan(entry.fetched_at);
-            this.flight(key, &policy, true, Reason::Ahead, unless, move || job);
+            let unless = Unless::NewerThan(fetched_at);
+            this.flight(key, &policy, true, Reason::Ahead, unless, fetch);
         });
     }
 
@@ -807,5 +815,87 @@ impl<K: Hash + Eq, V, E> Drop for FlightGuard<K, V, E> {
         if let Ok(mut f) = self.flights.lock() {
             f.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A value that counts how many of its kind are alive.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Stored for Counted {
+        fn weight(&self) -> usize {
+            1000
+        }
+        fn is_negative(&self) -> bool {
+            false
+        }
+    }
+
+    #[derive(Debug)]
+    struct Failed;
+
+    impl Failure for Failed {
+        fn serves_stale(&self) -> bool {
+            true
+        }
+        fn internal(_: &'static str) -> Self {
+            Failed
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_waiting_for_its_refresh_ahead_is_freed_when_evicted() {
+        let cache: Cache<String, Counted, Failed> = Cache::new(
+            Options {
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1 << 20,
+                stale_wait: Duration::from_secs(1),
+                refresh_ahead: true,
+                failed_memory: Duration::from_secs(1),
+            },
+            1,
+        );
+        let policy = Policy {
+            rule: 0,
+            ttl: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::from_secs(1),
+        };
+        let alive = Arc::new(AtomicUsize::new(0));
+        let fetch = |alive: &Arc<AtomicUsize>| {
+            let alive = alive.clone();
+            move || async move {
+                alive.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Failed>(Fetched::fresh(Counted(alive)))
+            }
+        };
+        let key = "k".to_string();
+        let first = cache.get(key.clone(), &policy, fetch(&alive)).await;
+        assert!(matches!(first, Ok(ref s) if s.outcome == Outcome::Miss));
+        drop(first);
+        // The first hit schedules the refresh ahead of expiry (in ~45 min).
+        let hit = cache.get(key.clone(), &policy, fetch(&alive)).await;
+        assert!(matches!(hit, Ok(ref s) if s.outcome == Outcome::Hit));
+        drop(hit);
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        cache.purge([key]).await;
+        cache.settle().await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            0,
+            "the scheduled refresh keeps an evicted entry alive"
+        );
     }
 }

@@ -186,6 +186,42 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
     CacheKey(path.into())
 }
 
+/// EM's answer for `path` (an [`em_target`]), prepared for every client.
+async fn em_fetch(
+    app: Arc<App>,
+    path: String,
+    request_id: Option<HeaderValue>,
+    head: bool,
+    cacheable: bool,
+) -> Result<Fetched<Prepared>, GatewayError> {
+    let pool = &app.pool;
+    let mut em_headers = HeaderMap::new();
+    if let Some(id) = request_id {
+        em_headers.insert(X_REQUEST_ID, id);
+    }
+    // A collapsed HEAD keeps no body; a cached entry must (GETs use it).
+    let discard = head && !cacheable;
+    let em = pool.get(&path, em_headers, discard).await?;
+    let base = pool.upstream().base_url();
+    // JSON and XML both: twice the body's room for the conversion.
+    let _room = pool
+        .upstream()
+        .reserve(render::conversion_room(&em, false))
+        .await
+        .map_err(EmError::Upstream)?;
+    let prepared = Prepared::from_em(&em, base, app.settings.json_case)?;
+    match em.status {
+        // Only EM's considered answers are stored: the resource, or that it
+        // does not exist.
+        StatusCode::OK | StatusCode::NOT_FOUND => Ok(Fetched::fresh(prepared)),
+        _ if !cacheable => Ok(Fetched::fresh(prepared)),
+        status => Err(GatewayError::Em {
+            status,
+            prepared: Box::new(prepared),
+        }),
+    }
+}
+
 /// What EM is asked for a target: its canonical path and query, without `v`,
 /// and `format` spelt as EM's docs spell it (`format=Entity`): requests that
 /// share a key may have written it in any case.
@@ -255,40 +291,17 @@ pub async fn serve(
     operator: bool,
 ) -> Result<Response<Body>, GatewayError> {
     let head = method == Method::HEAD;
-    // Built only on a miss: a hit must not pay for copying headers.
+    // One fetch serves every client: only the request id of the client
+    // that caused it goes along, nothing that could shape the answer.
+    let request_id = headers.get(X_REQUEST_ID);
     let fetch = |cacheable: bool| {
-        let pool = app.pool.clone();
-        let case = app.settings.json_case;
-        // One fetch serves every client: only the request id of the client
-        // that caused it goes along, nothing that could shape the answer.
-        let mut em_headers = HeaderMap::new();
-        if let Some(id) = headers.get(X_REQUEST_ID) {
-            em_headers.insert(X_REQUEST_ID, id.clone());
-        }
-        let path = em_target(target);
-        // A collapsed HEAD keeps no body; a cached entry must (GETs use it).
-        let discard = head && !cacheable;
-        async move {
-            let em = pool.get(&path, em_headers, discard).await?;
-            let base = pool.upstream().base_url();
-            // JSON and XML both: twice the body's room for the conversion.
-            let _room = pool
-                .upstream()
-                .reserve(render::conversion_room(&em, false))
-                .await
-                .map_err(EmError::Upstream)?;
-            let prepared = Prepared::from_em(&em, base, case)?;
-            match em.status {
-                // Only EM's considered answers are stored: the resource, or
-                // that it does not exist.
-                StatusCode::OK | StatusCode::NOT_FOUND => Ok(Fetched::fresh(prepared)),
-                _ if !cacheable => Ok(Fetched::fresh(prepared)),
-                status => Err(GatewayError::Em {
-                    status,
-                    prepared: Box::new(prepared),
-                }),
-            }
-        }
+        em_fetch(
+            app.clone(),
+            em_target(target),
+            request_id.cloned(),
+            head,
+            cacheable,
+        )
     };
     let em_base = app.pool.upstream().base_url();
     let Some(rule) = rule else {
@@ -300,7 +313,8 @@ pub async fn serve(
             .await;
         }
         let key = cache_key(target, None, head);
-        let served = match app.cache.collapse(key, || fetch(false)).await {
+        let em = fetch(false);
+        let served = match app.cache.collapse(key, move || em).await {
             Ok(s) => s,
             Err(error) => {
                 let mut r = error.to_response(xml, app.settings.json_case, public);
@@ -328,22 +342,32 @@ pub async fn serve(
     let key = cache_key(target, Some(rule), head);
     let fresh = operator && wants_fresh(headers);
     // Fleet mode: a local miss looks in the shared tier before EM, and one
-    // replica fetches for the fleet.
-    let tiered = || {
-        let em = fetch(true);
-        let shared = app.fleet.clone().map(|fleet| Tier {
-            fleet,
-            key: key.clone(),
-            policy: rule.policy.clone(),
-            case: app.settings.json_case,
-            wait: app.settings.upstream.timeout,
-            skip_lookup: fresh,
-            stale_wait: app.settings.cache.stale_wait,
-        });
-        async move {
-            match shared {
-                Some(tier) => tier.fetch(em).await,
-                None => em.await,
+    // replica fetches for the fleet. Owned and small (reference counts and
+    // the EM path), since the cache may keep it for a refresh ahead of
+    // expiry: the fetch itself is only made when it runs.
+    let tiered = {
+        let app = app.clone();
+        let key = key.clone();
+        let policy = rule.policy.clone();
+        let request_id = request_id.cloned();
+        // As the client wrote it (EM ignores case, but its logs need not).
+        let path = em_target(target);
+        move || {
+            let em = em_fetch(app.clone(), path, request_id, head, true);
+            let shared = app.fleet.clone().map(|fleet| Tier {
+                fleet,
+                key,
+                policy,
+                case: app.settings.json_case,
+                wait: app.settings.upstream.timeout,
+                skip_lookup: fresh,
+                stale_wait: app.settings.cache.stale_wait,
+            });
+            async move {
+                match shared {
+                    Some(tier) => tier.fetch(em).await,
+                    None => em.await,
+                }
             }
         }
     };
