@@ -155,6 +155,10 @@ pub struct Entry<V> {
     policy: Policy,
     /// Set by the first hit during the TTL: a refresh-ahead is scheduled.
     scheduled: AtomicBool,
+    /// That refresh's task, aborted when the entry leaves the cache (it
+    /// would wake up for nothing, and waiting tasks are memory the byte
+    /// bound does not see).
+    ahead: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Requests it answered from the cache (the status page's busiest keys).
     hits: AtomicU64,
 }
@@ -184,6 +188,7 @@ impl<V: Stored> Entry<V> {
             value: fetched.value,
             policy,
             scheduled: AtomicBool::new(false),
+            ahead: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
         }
     }
@@ -374,6 +379,9 @@ where
             .expire_after(Lifetimes)
             .support_invalidation_closures()
             .eviction_listener(move |_, e: Arc<Entry<V>>, _: RemovalCause| {
+                if let Some(task) = e.ahead.get() {
+                    task.abort();
+                }
                 if let Some(s) = on_removal.get(e.policy.rule) {
                     s.removed(e.value.weight() + OVERHEAD);
                 }
@@ -597,16 +605,21 @@ where
         let entry = Arc::downgrade(e);
         let fetched_at = e.fetched_at;
         let policy = e.policy.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            match (this.entries.get(&key).await, entry.upgrade()) {
-                (Some(now), Some(then)) if Arc::ptr_eq(&now, &then) => {}
-                // Purged, evicted or replaced meanwhile: nothing to do.
-                _ => return,
-            }
-            let unless = Unless::NewerThan(fetched_at);
-            this.flight(key, &policy, true, Reason::Ahead, unless, fetch);
+            // Boxed: the waiting task is only as large as what waits.
+            Box::pin(async move {
+                match (entry.upgrade(), this.entries.get(&key).await) {
+                    (Some(then), Some(now)) if Arc::ptr_eq(&now, &then) => {}
+                    // Purged, evicted or replaced meanwhile: nothing to do.
+                    _ => return,
+                }
+                let unless = Unless::NewerThan(fetched_at);
+                this.flight(key, &policy, true, Reason::Ahead, unless, fetch);
+            })
+            .await;
         });
+        let _ = e.ahead.set(task.abort_handle());
     }
 
     /// A second handle on the same cache, for background tasks.
@@ -896,6 +909,13 @@ mod tests {
             alive.load(Ordering::SeqCst),
             0,
             "the scheduled refresh keeps an evicted entry alive"
+        );
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0,
+            "the scheduled refresh still waits"
         );
     }
 }
