@@ -81,8 +81,8 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         let p = prepared.clone();
         cache
-            .get(key.clone(), &policy, move || async move {
-                Ok::<_, GatewayError>(Fetched::fresh(p))
+            .get(key.clone(), &policy, move || {
+                move || async move { Ok::<_, GatewayError>(Fetched::fresh(p)) }
             })
             .await
             .unwrap();
@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
         let cache = &cache;
         let policy = &rule.policy;
         async move {
-            let entry = cache.get(key, policy, never).await.unwrap().entry;
+            let entry = cache.get(key, policy, || never).await.unwrap().entry;
             black_box(entry.value.representation(xml, "http://127.0.0.1:9399"))
         }
     };

@@ -410,11 +410,18 @@ where
     /// The entry for `key` by the table in the module docs. `fetch` is
     /// called only when the source must be asked (now or ahead of expiry).
     ///
-    /// `fetch` is owned (`'static`): an entry's first hit keeps it until the
-    /// refresh ahead of expiry, so it should hold little (the fetch itself,
-    /// often large, is made only when it runs).
-    pub async fn get<F, Fut>(&self, key: K, policy: &Policy, fetch: F) -> Result<Served<V>, Arc<E>>
+    /// `fetch` makes the fetch's owned (`'static`) maker, and is called only
+    /// when one is needed: a hit pays for nothing. An entry's first hit
+    /// keeps the maker until the refresh ahead of expiry, so it should hold
+    /// little (the fetch itself, often large, is made when it runs).
+    pub async fn get<M, F, Fut>(
+        &self,
+        key: K,
+        policy: &Policy,
+        fetch: M,
+    ) -> Result<Served<V>, Arc<E>>
     where
+        M: FnOnce() -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
@@ -429,7 +436,7 @@ where
                     && !e.is_negative()
                     && !e.scheduled.swap(true, Ordering::Relaxed)
                 {
-                    self.schedule_ahead(key, &e, fetch);
+                    self.schedule_ahead(key, &e, fetch());
                 }
                 Ok(Served {
                     entry: e,
@@ -442,7 +449,7 @@ where
                 e.hits.fetch_add(1, Ordering::Relaxed);
                 if !self.failed.contains_key(&key) {
                     let unless = Unless::NewerThan(e.fetched_at);
-                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch);
+                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch());
                 }
                 stats.stale();
                 Ok(Served {
@@ -464,7 +471,7 @@ where
                 }
                 let unless = Unless::NewerThan(e.fetched_at);
                 let (rx, started) =
-                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch);
+                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch());
                 // A refresh that has already run longer than the stale wait
                 // (EM hanging) gets no more waiting from later callers.
                 let waited = rx
@@ -498,7 +505,7 @@ where
             }
             _ => {
                 let (rx, started) =
-                    self.flight(key, policy, true, Reason::Miss, Unless::Fresh, fetch);
+                    self.flight(key, policy, true, Reason::Miss, Unless::Fresh, fetch());
                 match wait(rx).await {
                     Landed::Value(entry) => Ok(self.served(entry, started, stats)),
                     Landed::Failed(error) => Err(error),
@@ -894,11 +901,11 @@ mod tests {
             }
         };
         let key = "k".to_string();
-        let first = cache.get(key.clone(), &policy, fetch(&alive)).await;
+        let first = cache.get(key.clone(), &policy, || fetch(&alive)).await;
         assert!(matches!(first, Ok(ref s) if s.outcome == Outcome::Miss));
         drop(first);
         // The first hit schedules the refresh ahead of expiry (in ~45 min).
-        let hit = cache.get(key.clone(), &policy, fetch(&alive)).await;
+        let hit = cache.get(key.clone(), &policy, || fetch(&alive)).await;
         assert!(matches!(hit, Ok(ref s) if s.outcome == Outcome::Hit));
         drop(hit);
         assert_eq!(alive.load(Ordering::SeqCst), 1);

@@ -342,10 +342,11 @@ pub async fn serve(
     let key = cache_key(target, Some(rule), head);
     let fresh = operator && wants_fresh(headers);
     // Fleet mode: a local miss looks in the shared tier before EM, and one
-    // replica fetches for the fleet. Owned and small (reference counts and
-    // the EM path), since the cache may keep it for a refresh ahead of
-    // expiry: the fetch itself is only made when it runs.
-    let tiered = {
+    // replica fetches for the fleet. Made only when the cache needs it (a
+    // hit makes nothing), owned and small (reference counts and the EM
+    // path), since the cache may keep it for a refresh ahead of expiry: the
+    // fetch itself is only made when it runs.
+    let tiered = || {
         let app = app.clone();
         let key = key.clone();
         let policy = rule.policy.clone();
@@ -372,7 +373,7 @@ pub async fn serve(
         }
     };
     let result = if fresh {
-        app.cache.refetch(key.clone(), &rule.policy, tiered).await
+        app.cache.refetch(key.clone(), &rule.policy, tiered()).await
     } else {
         app.cache.get(key.clone(), &rule.policy, tiered).await
     };
