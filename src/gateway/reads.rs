@@ -579,11 +579,35 @@ fn cached_response(
     }
     if ok {
         h.insert(ETAG, etag);
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(entry.fetched_wall)) {
+        if let Some(v) = http_date(entry.fetched_wall) {
             h.insert(LAST_MODIFIED, v);
         }
     }
     r
+}
+
+/// `t` as an HTTP date, remembered per thread for the last second asked:
+/// hits of one entry ask for the same date over and over.
+fn http_date(t: std::time::SystemTime) -> Option<HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())?;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((s, v)) if *s == secs => Some(v.clone()),
+            _ => {
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()?;
+                *last = Some((secs, v.clone()));
+                Some(v)
+            }
+        }
+    })
 }
 
 /// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 §13.1.2

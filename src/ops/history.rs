@@ -161,7 +161,20 @@ impl History {
             }
         }
         let Some(client) = client else { return };
-        if !inner.clients.contains_key(client) && inner.clients.len() >= CLIENTS {
+        let counts = |c: &mut ClientCounts| {
+            c.requests += 1;
+            match status {
+                429 => c.limited += 1,
+                400.. => c.errors += 1,
+                _ => {}
+            }
+        };
+        // Known clients (nearly every request) without allocating a key.
+        if let Some(c) = inner.clients.get_mut(client) {
+            counts(c);
+            return;
+        }
+        if inner.clients.len() >= CLIENTS {
             // Full: the quietest goes, so the busiest stay.
             if let Some(quiet) = inner
                 .clients
@@ -172,13 +185,7 @@ impl History {
                 inner.clients.remove(&quiet);
             }
         }
-        let c = inner.clients.entry(client.to_string()).or_default();
-        c.requests += 1;
-        match status {
-            429 => c.limited += 1,
-            400.. => c.errors += 1,
-            _ => {}
-        }
+        counts(inner.clients.entry(client.to_string()).or_default());
     }
 
     /// One request to EM.
