@@ -937,6 +937,9 @@ impl SessionPool {
     /// keep-alive period, and a replica that went on alone rejoins the
     /// fleet's session when the store answers again.
     pub async fn maintain(self: Arc<Self>) {
+        // The first logon at once (readiness waits for it); later attempts
+        // by the backoff, and never in a tight loop.
+        let mut first = true;
         loop {
             let Some(session) = self.peek() else {
                 let wait = {
@@ -946,7 +949,9 @@ impl SessionPool {
                         .map(|at| at.saturating_duration_since(Instant::now()))
                         .unwrap_or_default()
                 };
-                tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+                if !std::mem::take(&mut first) {
+                    tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+                }
                 if let Err(SessionError::RelogonLimited(wait)) = self.acquire().await {
                     tokio::time::sleep(wait).await;
                 }
