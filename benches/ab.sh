@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Cache-hit throughput of two emgate binaries side by side (before/after a
+# change): one simulator, both gateways pinned to core 0 with one worker
+# thread, wrk on core 1, alternating rounds on the same warm restore point.
+#
+#   git worktree add ../before <commit> && (cd ../before && cargo build --release)
+#   cargo build --release
+#   bash benches/ab.sh ../before/target/release/emgate target/release/emgate
+#
+# Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32). Needs wrk and curl
+# (benches/load.sh installs wrk).
+set -euo pipefail
+A=$1
+B=$2
+ROUNDS=${ROUNDS:-4}
+DURATION=${DURATION:-8s}
+CONNECTIONS=${CONNECTIONS:-32}
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sim_port=$(port)
+"$B" sim --listen "127.0.0.1:$sim_port" --tls --username ab --password ab-pass --restore-points 200 \
+    >"$work/sim.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
+pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
+start() { # binary port
+    TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" \
+        EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" EMGATE_UPSTREAM_USERNAME=ab \
+        EMGATE_UPSTREAM_PASSWORD=ab-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
+        EMGATE_LOG=warn EMGATE_CACHE_TTL=1h taskset -c 0 "$1" serve >/dev/null 2>&1 &
+    pids+=($!)
+}
+pa=$(port); pb=$(port)
+start "$A" "$pa"
+start "$B" "$pb"
+until curl -sf "http://127.0.0.1:$pa/readyz" >/dev/null && curl -sf "http://127.0.0.1:$pb/readyz" >/dev/null; do
+    sleep 0.05
+done
+id=$(curl -s "http://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+import json, sys
+print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
+path="/api/restorePoints/$id/vmRestorePoints"
+curl -s -o /dev/null "http://127.0.0.1:$pa$path"
+curl -s -o /dev/null "http://127.0.0.1:$pb$path"
+rps() { taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+echo "A: $A"
+echo "B: $B"
+for r in $(seq "$ROUNDS"); do
+    # Alternate which goes first: the machine warms and cools.
+    if (( r % 2 )); then a=$(rps "http://127.0.0.1:$pa$path"); b=$(rps "http://127.0.0.1:$pb$path")
+    else b=$(rps "http://127.0.0.1:$pb$path"); a=$(rps "http://127.0.0.1:$pa$path"); fi
+    python3 -c "print('round $r: A %8.0f req/s  B %8.0f req/s  B/A %.3f' % ($a, $b, $b / $a))"
+done
