@@ -106,6 +106,13 @@ async fn three_hundred_requests_for_ten_ids_over_three_replicas_make_ten_em_fetc
     let m = http.get(&gws[1].url("/metrics"), &[]).await.body;
     assert_eq!(sample(&m, "emgate_shared_up"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "emgate_fleet_members"), Some(3.0), "{m}");
+    // Present from the start, so an alert on it sees 0, not "no data".
+    assert_eq!(
+        sample(&m, "emgate_fleet_lease_takeovers_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(m.contains("# HELP emgate_shared_up "), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

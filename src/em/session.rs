@@ -676,7 +676,7 @@ impl SessionPool {
                 return Err(SessionError::RelogonLimited(wait));
             }
             tracing::info!(
-                generation = current.generation,
+                generation = current.generation & !LOCAL_GENERATION,
                 "EM session gone; logging on again"
             );
             self.set(None);
@@ -722,7 +722,11 @@ impl SessionPool {
                 let session = Arc::new(session);
                 self.mark_used();
                 self.set(Some(session.clone()));
-                tracing::info!(generation = session.generation, "logged on to EM");
+                tracing::info!(
+                    generation = session.generation & !LOCAL_GENERATION,
+                    shared = session.shared,
+                    "logged on to EM"
+                );
                 if let Some(old) = replaced {
                     self.stats.relogons.fetch_add(1, Ordering::Relaxed);
                     // Best effort: if EM still held it, it should not linger.

@@ -139,7 +139,7 @@ pub async fn handle(
             }
             Ok(Purge::Rule(rule)) => {
                 if !purge_rule_everywhere(app, &rule).await {
-                    return GatewayError::NotFound(format!("cache rule {rule:?}"))
+                    return GatewayError::NotFound(format!("/admin/cache?rule={rule}"))
                         .into_response(xml, case);
                 }
                 tracing::info!(%rule, "cache rule purged");

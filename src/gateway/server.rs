@@ -186,6 +186,9 @@ impl Gateway {
             tracing::info!(%addr, scheme, upstream = %app.pool.upstream().base_url(), "listening");
         }
         tracing::info!(settings = %app.settings.summary(), "effective settings");
+        if app.fleet.is_some() {
+            crate::ops::metrics::fleet_started();
+        }
         raise_open_files_limit();
         let maintenance = tokio::spawn(app.pool.clone().maintain());
         let discovery = tokio::spawn(log_em_version(app.clone()));

@@ -116,6 +116,28 @@ fn describe() {
         "emgate_connections_closed_total",
         "Client connections the gateway closed by its deadlines, by reason (no_request, idle)."
     );
+    describe_gauge!(
+        "emgate_shared_up",
+        "Fleet mode: 1 while the shared tier (Redis/Valkey) answers, 0 while this replica goes on alone."
+    );
+    describe_counter!(
+        "emgate_shared_operations_total",
+        "Fleet mode: operations on the shared tier, by op and result (ok, error, timeout, skipped while the breaker is open)."
+    );
+    describe_gauge!(
+        "emgate_fleet_members",
+        "Fleet mode: live replicas at this replica's last heartbeat."
+    );
+    describe_counter!(
+        "emgate_fleet_lease_takeovers_total",
+        "Fleet mode: fetch leases this replica took over from a replica that stopped renewing them."
+    );
+}
+
+/// Fleet mode: its counters exist from the start (at 0), so alerts and
+/// dashboards see 0 rather than no data. Called once, before serving.
+pub fn fleet_started() {
+    metrics::counter!("emgate_fleet_lease_takeovers_total").absolute(0);
 }
 
 /// A status as a label without allocating for the common ones.
