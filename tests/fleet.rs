@@ -513,3 +513,128 @@ async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
     );
     assert!(limited > 0);
 }
+
+/// Requests for keys of their own, spread over the replicas: the failures.
+async fn spread_load(
+    http: &Http,
+    gws: &[Gateway],
+    sim: &Sim,
+    from: usize,
+    n: usize,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for i in from..from + n {
+        let url = gws[i % gws.len()].url(&vm(sim, i));
+        let started = Instant::now();
+        let r = http.get(&url, &[]).await;
+        // A frozen Redis costs a request the shared timeout (250 ms) per
+        // operation at most, and the breaker soon stops asking.
+        if r.status != StatusCode::OK || started.elapsed() > Duration::from_secs(3) {
+            failed.push(format!("{url}: {} after {:?}", r.status, started.elapsed()));
+        }
+    }
+    failed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_redis_costs_requests_the_timeout_at_most_and_the_fleet_recovers() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    assert!(spread_load(&http, &gws, &sim, 0, 9).await.is_empty());
+    // Frozen: connections open, nothing answers (a hung Redis, a network
+    // that drops packets).
+    redis.pause();
+    let failed = spread_load(&http, &gws, &sim, 10, 30).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    let ready = http.get(&gws[0].url("/readyz"), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json()["shared"], "down");
+    redis.resume();
+    let mut shared_again = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let p = vm(&sim, 60 + i);
+        http.get(&gws[0].url(&p), &[]).await;
+        if http.get(&gws[2].url(&p), &[]).await.headers["x-cache"] == "HIT" {
+            shared_again = true;
+            break;
+        }
+    }
+    assert!(
+        shared_again,
+        "the fleet did not share again after Redis thawed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_emptied_under_load_fails_no_request_and_is_filled_again() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    assert!(spread_load(&http, &gws, &sim, 0, 12).await.is_empty());
+    // Everything goes: entries, leases, the sealed EM session, members.
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    let failed = spread_load(&http, &gws, &sim, 20, 30).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    // Refilled: a key fetched at A is a shared hit at C, and the fleet's
+    // EM session is back in Redis.
+    let p = vm(&sim, 90);
+    http.get(&gws[0].url(&p), &[]).await;
+    assert_eq!(
+        http.get(&gws[2].url(&p), &[]).await.headers["x-cache"],
+        "HIT"
+    );
+    // Its holders store the fleet's EM session again within seconds, so a
+    // replica that starts later uses it instead of logging on.
+    let mut session_back = false;
+    for _ in 0..60 {
+        if !redis
+            .cli(&["--scan", "--pattern", "*em:session"])
+            .trim()
+            .is_empty()
+        {
+            session_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(session_back, "the fleet's EM session was not stored again");
+    let logons = sim.stats().logons_ok;
+    let late = replica(&sim, &redis, &[]);
+    assert!(becomes_ready(&http, &late).await);
+    assert_eq!(
+        http.get(&late.url(&vm(&sim, 150)), &[]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.stats().logons_ok, logons, "the late replica logged on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_url_that_speaks_garbage_leaves_each_replica_serving_alone() {
+    let sim = start_sim(sim_config()).await;
+    let port = garbage_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start(&sim, &[("EMGATE_SHARED_URL", &url)]))
+        .collect();
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let failed = spread_load(&http, &gws, &sim, 0, 20).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    for gw in &gws {
+        let ready = http.get(&gw.url("/readyz"), &[]).await;
+        assert_eq!(ready.status, StatusCode::OK);
+        assert_eq!(ready.json()["shared"], "down");
+        let m = http.get(&gw.url("/metrics"), &[]).await.body;
+        assert_eq!(sample(&m, "emgate_shared_up"), Some(0.0), "{m}");
+    }
+}

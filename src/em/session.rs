@@ -961,16 +961,17 @@ impl SessionPool {
                 }
                 continue;
             };
-            if let (Some(store), false) = (&self.shared, session.shared) {
+            if let Some(store) = &self.shared {
                 self.rejoin(store.clone(), &session).await;
             }
             let idle = self.idle();
             if idle < self.keepalive {
                 let wait = self.keepalive - idle;
-                // Alone in fleet mode: look for the fleet again soon.
-                let wait = match (&self.shared, session.shared) {
-                    (Some(_), false) => wait.min(REJOIN_EVERY),
-                    _ => wait,
+                // Fleet mode: look at the fleet's session every few seconds
+                // (to rejoin it, or to store it again after Redis lost it).
+                let wait = match &self.shared {
+                    Some(_) => wait.min(REJOIN_EVERY),
+                    None => wait,
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -989,22 +990,42 @@ impl SessionPool {
         }
     }
 
-    /// A replica that went on alone: take the fleet's session (logging out
-    /// its own), or make its own the fleet's if the fleet has none.
+    /// Keeps this replica and the fleet on one session. A replica that went
+    /// on alone takes the fleet's session (logging out its own). When the
+    /// fleet has none (first of all, or Redis was restarted or emptied), the
+    /// session held here becomes the fleet's again, so replicas that start
+    /// later use it instead of logging on.
     async fn rejoin(self: &Arc<Self>, store: Arc<dyn SessionStore>, own: &Arc<EmSession>) {
         let _state = self.logon.lock().await;
         if self.peek().map(|c| c.generation) != Some(own.generation) {
             return;
         }
         match store.load().await {
+            // The fleet's session is another one: a 401 will bring this
+            // replica to it (the generation check), no need to act now.
+            Ok(Some(_)) if own.shared => {}
             Ok(Some(s)) => {
                 self.adopt(s);
                 tracing::info!("rejoined the fleet's EM session; logging out this replica's own");
                 self.end(own).await;
             }
             Ok(None) => {
-                if let Ok(Some(generation)) = store.publish(&own.token, own.id.as_deref(), 0).await
-                {
+                let published = store.publish(&own.token, own.id.as_deref(), 0).await;
+                // Another holder of the same session stored it first: take
+                // its generation, so the fleet agrees on it.
+                if let (Ok(None), true) = (&published, own.shared) {
+                    if let Ok(Some(s)) = store.load().await {
+                        if s.token.expose() == own.token.expose() {
+                            self.set(Some(Arc::new(EmSession {
+                                token: own.token.clone(),
+                                id: own.id.clone(),
+                                generation: s.generation,
+                                shared: true,
+                            })));
+                        }
+                    }
+                }
+                if let Ok(Some(generation)) = published {
                     let session = Arc::new(EmSession {
                         token: own.token.clone(),
                         id: own.id.clone(),
@@ -1012,7 +1033,14 @@ impl SessionPool {
                         shared: true,
                     });
                     self.set(Some(session));
-                    tracing::info!(generation, "this replica's EM session is now the fleet's");
+                    if own.shared {
+                        tracing::warn!(
+                            generation,
+                            "the fleet's EM session was gone from the shared tier (restarted or emptied?); stored it again"
+                        );
+                    } else {
+                        tracing::info!(generation, "this replica's EM session is now the fleet's");
+                    }
                 }
             }
             Err(StoreDown) => {}

@@ -518,6 +518,24 @@ impl Redis {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Runs `redis-cli` against it; its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
@@ -532,8 +550,27 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
+        // A frozen one would not die of SIGKILL's reaping otherwise.
+        self.resume();
         self.kill();
     }
+}
+
+/// A server on a loopback port that answers every connection with bytes
+/// that are not RESP, then hangs up: a "Redis" that speaks garbage.
+pub fn garbage_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut b = [0u8; 512];
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let _ = s.read(&mut b);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n\x00\xff{garbage}");
+        }
+    });
+    port
 }
 
 impl Gateway {
