@@ -276,6 +276,18 @@ pub struct Served<V> {
     pub from_shared: bool,
 }
 
+impl<V> Served<V> {
+    /// A stored entry served as it is (no fetch of this request's).
+    fn stored(entry: Arc<Entry<V>>, outcome: Outcome) -> Served<V> {
+        Served {
+            entry,
+            outcome,
+            collapsed: false,
+            from_shared: false,
+        }
+    }
+}
+
 /// Why a fetch ran, for the refresh counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
@@ -438,12 +450,7 @@ where
                 {
                     self.schedule_ahead(key, &e, fetch());
                 }
-                Ok(Served {
-                    entry: e,
-                    outcome: Outcome::Hit,
-                    collapsed: false,
-                    from_shared: false,
-                })
+                Ok(Served::stored(e, Outcome::Hit))
             }
             (Freshness::Revalidate, Some(e)) => {
                 e.hits.fetch_add(1, Ordering::Relaxed);
@@ -452,22 +459,12 @@ where
                     self.flight(key, policy, true, Reason::Revalidate, unless, fetch());
                 }
                 stats.stale();
-                Ok(Served {
-                    entry: e,
-                    outcome: Outcome::Stale,
-                    collapsed: false,
-                    from_shared: false,
-                })
+                Ok(Served::stored(e, Outcome::Stale))
             }
             (Freshness::IfError, Some(e)) => {
                 if self.failed.contains_key(&key) {
                     stats.stale();
-                    return Ok(Served {
-                        entry: e,
-                        outcome: Outcome::Stale,
-                        collapsed: false,
-                        from_shared: false,
-                    });
+                    return Ok(Served::stored(e, Outcome::Stale));
                 }
                 let unless = Unless::NewerThan(e.fetched_at);
                 let (rx, started) =
@@ -482,24 +479,14 @@ where
                     Ok(Landed::Value(entry)) => Ok(self.served(entry, started, stats)),
                     Ok(Landed::Failed(error)) if error.serves_stale() => {
                         stats.stale();
-                        Ok(Served {
-                            entry: e,
-                            outcome: Outcome::Stale,
-                            collapsed: false,
-                            from_shared: false,
-                        })
+                        Ok(Served::stored(e, Outcome::Stale))
                     }
                     Ok(Landed::Failed(error)) => Err(error),
                     // Slower than the stale wait: the copy now, the refresh
                     // goes on in its own task.
                     Err(_) => {
                         stats.stale();
-                        Ok(Served {
-                            entry: e,
-                            outcome: Outcome::Stale,
-                            collapsed: false,
-                            from_shared: false,
-                        })
+                        Ok(Served::stored(e, Outcome::Stale))
                     }
                 }
             }

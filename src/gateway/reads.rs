@@ -548,17 +548,7 @@ fn cached_response(
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        let mut r = Response::new(if head {
-            Body::default()
-        } else {
-            Body::new(body)
-        });
-        *r.status_mut() = prepared.status;
-        *r.headers_mut() = prepared.headers_for(em_base, public);
-        if let Some(t) = content_type {
-            r.headers_mut().insert(CONTENT_TYPE, t);
-        }
-        r
+        with_body(prepared, body, content_type, public, em_base, head)
     };
     let h = r.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(served.outcome.as_str()));
@@ -632,6 +622,18 @@ fn respond(
     head: bool,
 ) -> Response<Body> {
     let (body, content_type) = prepared.body_for(xml, public);
+    with_body(prepared, body, content_type, public, em_base, head)
+}
+
+/// EM's status and allowed headers with `body` (none for a HEAD).
+fn with_body(
+    prepared: &Prepared,
+    body: bytes::Bytes,
+    content_type: Option<HeaderValue>,
+    public: &str,
+    em_base: &str,
+    head: bool,
+) -> Response<Body> {
     let mut r = Response::new(if head {
         Body::default()
     } else {
