@@ -196,21 +196,14 @@ fn same_origin(headers: &HeaderMap, public: &str) -> Result<(), &'static str> {
         };
     }
     if let Some(origin) = headers.get(http::header::ORIGIN) {
-        let ours = origin_of(public);
-        if !origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(ours)) {
+        if !origin
+            .to_str()
+            .is_ok_and(|o| crate::gateway::render::is_origin_of(o, public))
+        {
             return Err("purges are taken only from the gateway's own pages (Origin)");
         }
     }
     Ok(())
-}
-
-/// `scheme://host[:port]` of a base URL (a public URL may carry a path).
-fn origin_of(base: &str) -> &str {
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    }
 }
 
 /// What a `DELETE /admin/cache` purges.

@@ -76,6 +76,20 @@ pub fn public_base(
     }
 }
 
+/// Whether `origin` (an `Origin` header's value) is the origin of the
+/// public base URL `public` (which may carry a path).
+pub fn is_origin_of(origin: &str, public: &str) -> bool {
+    let Ok(uri) = public.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            origin.eq_ignore_ascii_case(&format!("{scheme}://{}", authority.as_str()))
+        }
+        _ => false,
+    }
+}
+
 /// EM headers a client may get (allow-list, CONTRACT §5): what describes
 /// the answer, and where EM points the client, rewritten to the gateway.
 /// Never EM's session token, cookies, authentication challenge, server

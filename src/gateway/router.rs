@@ -410,18 +410,10 @@ pub async fn purge_all_everywhere(app: &App) {
 
 /// Whether `Origin` names the gateway's public origin (scheme and authority).
 fn same_origin(headers: &HeaderMap, public: &str) -> bool {
-    let Some(origin) = headers.get(ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Ok(uri) = public.parse::<http::Uri>() else {
-        return false;
-    };
-    match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(authority)) => {
-            origin.eq_ignore_ascii_case(&format!("{scheme}://{}", authority.as_str()))
-        }
-        _ => false,
-    }
+    headers
+        .get(ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| render::is_origin_of(origin, public))
 }
 
 /// Who made a request, for its log line.
