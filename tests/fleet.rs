@@ -157,18 +157,7 @@ async fn a_client_session_works_on_every_replica_and_a_logout_ends_it_everywhere
     let gws = fleet(&sim, &redis, &[]);
     let http = Http::default();
     all_ready(&http, &gws).await;
-    let logon = http
-        .send(
-            Method::POST,
-            &gws[0].url("/api/sessionMngr/?v=latest"),
-            &[("authorization", "Basic dTpw")],
-        )
-        .await;
-    assert_eq!(logon.status, StatusCode::CREATED);
-    let token = logon.headers["x-restsvcsessionid"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (token, logon) = gateway_logon(&http, &gws[0], "u", "p").await;
     let id = logon.json()["SessionId"].as_str().unwrap().to_string();
     let with = [("x-restsvcsessionid", token.as_str())];
     // The client's list of sessions lives as long as its sessions are used
@@ -418,17 +407,7 @@ async fn redis_never_holds_the_em_token_or_a_client_token_in_clear() {
     let gws = fleet(&sim, &redis, &[]);
     let http = Http::default();
     all_ready(&http, &gws).await;
-    let logon = http
-        .send(
-            Method::POST,
-            &gws[1].url("/api/sessionMngr/?v=latest"),
-            &[("authorization", "Basic dTpw")],
-        )
-        .await;
-    let client_token = logon.headers["x-restsvcsessionid"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (client_token, _) = gateway_logon(&http, &gws[1], "u", "p").await;
     http.get(
         &gws[2].url(&vm(&sim, 1)),
         &[("x-restsvcsessionid", &client_token)],

@@ -754,18 +754,7 @@ async fn a_write_carried_by_the_cookie_alone_needs_the_gateways_origin() {
     let gw = Gateway::start(&sim, &[("EMGATE_ALLOW_WRITES", "true")]);
     let http = Http::default();
     settled(&sim, &gw, &http).await;
-    let logon = http
-        .send(
-            Method::POST,
-            &gw.url("/api/sessionMngr/?v=latest"),
-            &[("authorization", "Basic dTpw")],
-        )
-        .await;
-    assert_eq!(logon.status, StatusCode::CREATED);
-    let token = logon.headers["x-restsvcsessionid"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (token, _) = common::gateway_logon(&http, &gw, "u", "p").await;
     let cookie = format!("X-RestSvcSessionId={token}");
     let target = gw.url(&format!(
         "/api/jobs/{}?action=start",

@@ -55,29 +55,6 @@ async fn facts_once(
     }
 }
 
-/// An EM-style logon to the gateway; the gateway session token.
-async fn logon(http: &Http, gw: &Gateway, name: &str, secret: &str) -> String {
-    let basic = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{name}:{secret}")
-        )
-    );
-    let reply = http
-        .send(
-            Method::POST,
-            &gw.url("/api/sessionMngr/?v=latest"),
-            &[("authorization", &basic)],
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
-    reply.headers["x-restsvcsessionid"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
 fn rule<'a>(facts: &'a Value, name: &str) -> &'a Value {
     facts["cache"]["rules"]
         .as_array()
@@ -284,7 +261,9 @@ async fn no_secret_reaches_the_page_or_the_json() {
     );
     let http = Http::default();
     // A client logs on (a gateway session token), reads, and makes errors.
-    let client_token = logon(&http, &gw, "dashboard", client_secret).await;
+    let client_token = common::gateway_logon(&http, &gw, "dashboard", client_secret)
+        .await
+        .0;
     let with_token = [("x-restsvcsessionid", client_token.as_str())];
     assert_eq!(
         http.get(&gw.url(&vm_points(&sim, 0)), &with_token)
@@ -356,7 +335,7 @@ async fn what_callers_choose_is_shown_escaped() {
     let http = Http::default();
     // An anonymous gateway keeps the name an EM-style logon gives.
     let hostile = r#"<script>alert(1)</script>"'&"#;
-    let token = logon(&http, &gw, hostile, "x").await;
+    let token = common::gateway_logon(&http, &gw, hostile, "x").await.0;
     // And a path EM does not know, in the errors list.
     let _ = http
         .get(

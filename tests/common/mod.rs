@@ -300,6 +300,30 @@ pub async fn becomes_ready(http: &Http, gw: &Gateway) -> bool {
     .await
 }
 
+/// An EM-style logon to the gateway (`POST /api/sessionMngr/`, Basic
+/// `name:secret`), which must answer 201: the gateway session token and the
+/// reply.
+pub async fn gateway_logon(http: &Http, gw: &Gateway, name: &str, secret: &str) -> (String, Reply) {
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"))
+    );
+    let reply = http
+        .send(
+            Method::POST,
+            &gw.url("/api/sessionMngr/?v=latest"),
+            &[("authorization", &basic)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    let token = reply.headers["x-restsvcsessionid"]
+        .to_str()
+        .expect("a token")
+        .to_string();
+    (token, reply)
+}
+
 /// Starts a simulator, failing the test if it cannot.
 pub async fn start_sim(cfg: SimConfig) -> Sim {
     let _ = rustls::crypto::ring::default_provider().install_default();
