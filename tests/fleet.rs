@@ -160,18 +160,26 @@ async fn a_client_session_works_on_every_replica_and_a_logout_ends_it_everywhere
     let (token, logon) = gateway_logon(&http, &gws[0], "u", "p").await;
     let id = logon.json()["SessionId"].as_str().unwrap().to_string();
     let with = [("x-restsvcsessionid", token.as_str())];
-    // The client's list of sessions lives as long as its sessions are used
-    // (here: about to run out, then the session is used).
+    // The session and the client's list of sessions have no Redis expiry
+    // (an eviction policy must never end them): the session's end is in
+    // its record, pushed on by every use, and the fleet sweeps ended ones.
     let lists = redis.cli(&["--scan", "--pattern", "*co:*"]);
     let list = lists.lines().next().expect("the client's list of sessions");
-    redis.cli(&["PEXPIRE", list, "1500"]);
+    let sessions = redis.cli(&["--scan", "--pattern", "*cs:*"]);
+    let record = sessions.lines().next().expect("the session's record");
+    let end_before: u64 = redis.cli(&["HGET", record, "exp"]).trim().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     for gw in &gws {
         let r = http.get(&gw.url("/api/logonSessions"), &with).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(r.json()["LogonSessions"][0]["SessionId"], id.as_str());
     }
-    let ttl: i64 = redis.cli(&["PTTL", list]).trim().parse().unwrap();
-    assert!(ttl > 60_000, "a use renews the list too ({ttl} ms)");
+    for key in [list, record] {
+        let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
+        assert_eq!(ttl, -1, "{key} has a Redis expiry: eviction could end it");
+    }
+    let end_after: u64 = redis.cli(&["HGET", record, "exp"]).trim().parse().unwrap();
+    assert!(end_after > end_before, "a use pushes the session's end on");
     let bye = http
         .send(
             Method::DELETE,
@@ -446,13 +454,31 @@ async fn redis_never_holds_the_em_token_or_a_client_token_in_clear() {
         );
     }
     assert!(!dump.contains(PASSWORD));
-    // Everything expires by itself (a Redis without persistence or under
-    // memory pressure loses nothing that matters), but two small counters
-    // that must outlive what they guard.
+    // Cache entries expire by themselves (and are what an eviction policy
+    // may take under memory pressure); what grants something or keeps the
+    // fleet together has no Redis expiry, so `volatile-lru` never takes it.
     for key in keys.lines() {
         let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
-        let counter = key.ends_with(":epoch") || key.ends_with(":em:gen");
-        assert!(counter || ttl > 0, "{key} never expires ({ttl})");
+        let cached = key.contains(":e:");
+        let kept = [
+            ":epoch",
+            ":em:gen",
+            ":em:session",
+            ":members",
+            ":boot",
+            ":idx",
+            ":cs-exp",
+        ]
+        .iter()
+        .any(|k| key.ends_with(k))
+            || key.contains(":cs:")
+            || key.contains(":co:")
+            || key.contains(":l:");
+        if cached {
+            assert!(ttl > 0, "{key}: a cache entry that never expires ({ttl})");
+        } else if kept {
+            assert_eq!(ttl, -1, "{key}: eviction could take it ({ttl} ms left)");
+        }
     }
 }
 

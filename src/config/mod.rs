@@ -138,6 +138,7 @@ pub const SETTINGS: &[Spec] = &[
     spec("shared", "lease", "EMGATE_SHARED_LEASE", Some("5s"), false),
     spec("shared", "secret", "EMGATE_SHARED_SECRET", None, true),
     spec("shared", "secret_file", "EMGATE_SHARED_SECRET_FILE", None, false),
+    spec("shared", "max_entry", "EMGATE_SHARED_MAX_ENTRY", None, false),
     spec("log", "filter", "EMGATE_LOG", Some("info"), false),
     spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
 ];
@@ -308,9 +309,13 @@ pub struct SharedSettings {
     pub em_session: bool,
     /// How long a fetch or logon lease lives without renewal.
     pub lease: Duration,
-    /// Key material for sealing the EM session token; `None`: derived
-    /// from the EM credentials.
+    /// Key material for sealing the EM session token and signing every
+    /// shared value, one secret per line (the first signs, all verify);
+    /// `None`: derived from the EM credentials.
     pub secret: Option<Secret>,
+    /// Largest answer put in the shared tier; `None`: the local cache's
+    /// per-entry bound.
+    pub max_entry: Option<u64>,
 }
 
 /// The validated, effective settings.
@@ -841,6 +846,7 @@ fn shared_settings(v: &Values<'_>) -> Result<Option<SharedSettings>, ConfigError
             "EMGATE_SHARED_CA_FILE",
             "EMGATE_SHARED_SECRET",
             "EMGATE_SHARED_SECRET_FILE",
+            "EMGATE_SHARED_MAX_ENTRY",
         ] {
             if v.raw(other).is_some_and(|s| !s.is_empty()) {
                 return Err(ConfigError::of(
@@ -900,13 +906,19 @@ fn shared_settings(v: &Values<'_>) -> Result<Option<SharedSettings>, ConfigError
         ));
     }
     let secret = secret_or_file(v, "EMGATE_SHARED_SECRET", "EMGATE_SHARED_SECRET_FILE")?;
-    if secret
-        .as_ref()
-        .is_some_and(|s| s.expose().trim().chars().count() < MIN_ADMIN_TOKEN)
-    {
+    // One secret per line: the first signs, all verify (a rotation).
+    if secret.as_ref().is_some_and(|s| {
+        let lines: Vec<&str> = s
+            .expose()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines.is_empty() || lines.iter().any(|l| l.chars().count() < MIN_ADMIN_TOKEN)
+    }) {
         return Err(ConfigError::of(
             spec_of("EMGATE_SHARED_SECRET"),
-            format!("must be at least {MIN_ADMIN_TOKEN} characters"),
+            format!("each secret (one per line) must be at least {MIN_ADMIN_TOKEN} characters"),
         ));
     }
     Ok(Some(SharedSettings {
@@ -919,6 +931,7 @@ fn shared_settings(v: &Values<'_>) -> Result<Option<SharedSettings>, ConfigError
         em_session: v.parse("EMGATE_SHARED_EM_SESSION", parse_bool)?,
         lease,
         secret,
+        max_entry: v.opt("EMGATE_SHARED_MAX_ENTRY", parse_size)?,
     }))
 }
 

@@ -862,16 +862,17 @@ impl SessionPool {
                             ..session
                         })),
                         // Another replica's session made it first: use it,
-                        // and do not leave ours open on EM.
-                        Ok(None) => {
-                            self.end(&session).await;
-                            match store.load().await {
-                                Ok(Some(s)) => Ok(FleetLogon::Adopted(self.adopt(s))),
-                                _ => Err(SessionError::Upstream(
-                                    "the fleet's new EM session could not be read".into(),
-                                )),
+                        // and do not leave ours open on EM. If it cannot be
+                        // read (gone again, or Redis failed in between),
+                        // ours serves this replica; the keep-alive loop
+                        // stores it for the fleet when the fleet has none.
+                        Ok(None) => match store.load().await {
+                            Ok(Some(s)) => {
+                                self.end(&session).await;
+                                Ok(FleetLogon::Adopted(self.adopt(s)))
                             }
-                        }
+                            _ => Ok(FleetLogon::Own(session)),
+                        },
                         Err(StoreDown) => Ok(FleetLogon::Own(session)),
                     };
                 }

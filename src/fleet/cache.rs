@@ -3,10 +3,17 @@
 //!
 //! The lease is Pingora's cache lock and Ledge's Redis lock, with the gap
 //! closed that leaves Ledge's waiters sitting out a minute when the holder
-//! dies: `SET NX PX lease` takes it, a watchdog renews it (compare-and-
-//! expire) while the fetch runs, a compare-and-delete releases it. A holder
-//! that dies stops renewing, its lease runs out within the lease time, and
-//! one waiter takes it over. Its states are named in [`Waited`].
+//! dies: a script takes it when there is none or it ran out, a watchdog
+//! renews it (compare-and-extend) while the fetch runs, a compare-and-delete
+//! releases it. A holder that dies stops renewing, its lease runs out within
+//! the lease time, and one waiter takes it over. Its states are named in
+//! [`Waited`]. The lease's end is in its value (`token end-ms`, Redis's
+//! clock), not a Redis TTL: an eviction policy may then never take it.
+//!
+//! Entries carry a MAC over their key name and bytes (`tag || bytes`); an
+//! entry that fails it is a miss. Entries larger than the shared bound stay
+//! on the replica that fetched them, and entries travel on the connection
+//! for large values.
 //!
 //! Purges: a fleet-wide epoch is bumped first, and an entry is stored only
 //! if the epoch is still the one its fetch began under, so a purge during
@@ -16,6 +23,10 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use super::keys::TAG_LEN;
+
+/// How long a purge that could not reach Redis is retried.
+pub const PURGE_RETRY_FOR: Duration = Duration::from_secs(600);
 use super::{Down, Event, Fleet};
 
 /// How a wait for another replica's fetch ended.
@@ -67,13 +78,43 @@ impl Fleet {
         self.key(&format!("l:{h}"))
     }
 
-    /// The entry's bytes, if the fleet holds it.
+    /// The entry's bytes, if the fleet holds it and its MAC holds (a
+    /// planted or altered entry is a miss, counted).
     pub async fn entry(&self, h: &str) -> Result<Option<Vec<u8>>, Down> {
+        if self
+            .0
+            .pending_purges
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            return Ok(None);
+        }
         let key = self.entry_key(h);
-        self.op("get", |mut c| async move {
-            redis::cmd("GET").arg(key).query_async(&mut c).await
-        })
-        .await
+        let k = key.clone();
+        let stored: Option<Vec<u8>> = self
+            .bulk_op("get", self.0.timeout * 4, |mut c| async move {
+                redis::cmd("GET").arg(k).query_async(&mut c).await
+            })
+            .await?;
+        let Some(mut stored) = stored else {
+            return Ok(None);
+        };
+        if stored.len() < TAG_LEN
+            || !self.0.keys.verify(
+                &[b"entry", key.as_bytes(), &stored[TAG_LEN..]],
+                &stored[..TAG_LEN],
+            )
+        {
+            self.rejected("entry", &key);
+            return Ok(None);
+        }
+        stored.drain(..TAG_LEN);
+        Ok(Some(stored))
+    }
+
+    /// The largest entry shared.
+    pub fn max_entry(&self) -> usize {
+        self.0.max_entry
     }
 
     /// The purge epoch a fetch begins under.
@@ -96,19 +137,14 @@ impl Fleet {
             .to_string();
         let ms = self.lease_time().as_millis() as u64;
         let (k, t) = (key.clone(), token.clone());
-        let won: Option<String> = self
+        static TAKE_SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let take = TAKE_SCRIPT.get_or_init(|| redis::Script::new(TAKE));
+        let won: i64 = self
             .op("lease", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(t)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .query_async(&mut c)
-                    .await
+                take.key(k).arg(t).arg(ms).invoke_async(&mut c).await
             })
             .await?;
-        if won.is_none() {
+        if won != 1 {
             return Ok(None);
         }
         // Renewed at a third of its life: two renewals may fail (or take the
@@ -141,6 +177,19 @@ impl Fleet {
         metrics::counter!("emgate_fleet_lease_takeovers_total").increment(1);
     }
 
+    /// Whether someone holds the lease `name` (a key hash, or `em-logon`).
+    pub(crate) async fn lease_held(&self, name: &str) -> Result<bool, Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(HELD));
+        let key = self.lease_key(name);
+        let held: i64 = self
+            .op("exists", |mut c| async move {
+                script.key(key).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(held == 1)
+    }
+
     async fn renew(&self, key: &str, token: &str) -> Result<bool, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(RENEW));
@@ -171,9 +220,10 @@ impl Fleet {
 
     /// Stores the entry `lease` was taken for, for `lifetime` (its EM path
     /// kept for purges by prefix), and tells the fleet it landed; whether
-    /// it was stored. Not stored when a purge came after `epoch`, or when
-    /// the lease is no longer ours (we stalled past it and another replica
-    /// took over: its answer is newer).
+    /// it was stored. Not stored when it is larger than the shared bound,
+    /// when a purge came after `epoch`, or when the lease is no longer ours
+    /// (we stalled past it and another replica took over: its answer is
+    /// newer).
     pub async fn store(
         &self,
         lease: &Lease,
@@ -184,26 +234,39 @@ impl Fleet {
     ) -> Result<bool, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(STORE));
+        if bytes.len() > self.0.max_entry {
+            metrics::counter!("emgate_shared_not_shared_total").increment(1);
+            return Ok(false);
+        }
         let h = lease.hash.as_str();
+        let entry_key = self.entry_key(h);
+        let Some(tag) = self.0.keys.sign(&[b"entry", entry_key.as_bytes(), &bytes]) else {
+            return Ok(false);
+        };
+        let mut value = Vec::with_capacity(TAG_LEN + bytes.len());
+        value.extend_from_slice(&tag);
+        value.extend_from_slice(&bytes);
+        // Time to move the bytes, on top of the usual bound.
+        let timeout = self.0.timeout + Duration::from_millis(value.len() as u64 / 32_000);
         let keys = (
-            self.entry_key(h),
+            entry_key,
             self.key("epoch"),
             self.key("idx"),
             lease.key.clone(),
         );
         let token = lease.token.clone();
         let channel = self.0.channel.clone();
-        let message = Event::Landed(h.to_string()).encode(&self.0.member);
+        let message = self.message(&Event::Landed(h.to_string()));
         let member = format!("{h} {path}");
         let ms = lifetime.as_millis().max(1) as u64;
         let stored: i64 = self
-            .op("store", |mut c| async move {
+            .bulk_op("store", timeout, |mut c| async move {
                 script
                     .key(keys.0)
                     .key(keys.1)
                     .key(keys.2)
                     .key(keys.3)
-                    .arg(bytes)
+                    .arg(value)
                     .arg(ms)
                     .arg(epoch)
                     .arg(member)
@@ -262,12 +325,7 @@ impl Fleet {
                     }
                 },
                 _ = check.tick() => {
-                    let lease = self.lease_key(h);
-                    let held: bool = self
-                        .op("exists", |mut c| async move {
-                            redis::cmd("EXISTS").arg(lease).query_async(&mut c).await
-                        })
-                        .await?;
+                    let held = self.lease_held(h).await?;
                     if let Some(bytes) = new(self.entry(h).await?) {
                         return Ok(Waited::Landed(bytes));
                     }
@@ -302,16 +360,46 @@ impl Fleet {
 
     /// Drops the shared entries whose EM path `matches`, and tells every
     /// replica `event` (what to drop of theirs).
+    ///
+    /// A purge that cannot reach Redis is `Err(Down)`, and is retried in
+    /// the background until it lands (at most [`PURGE_RETRY_FOR`]); until
+    /// then this replica takes nothing from the shared tier, which may
+    /// still hold what was purged.
     pub async fn purge_paths(
         &self,
-        matches: impl Fn(&str) -> bool,
+        matches: impl Fn(&str) -> bool + Send + Sync + 'static,
         event: Event,
     ) -> Result<(), Down> {
-        self.purge_matching(matches).await?;
-        self.publish(event).await
+        let first = async {
+            self.purge_matching(&matches).await?;
+            self.publish(event.clone()).await
+        }
+        .await;
+        if first.is_err() {
+            use std::sync::atomic::Ordering;
+            tracing::warn!(
+                "the shared tier is down: purged on this replica only; retrying for the fleet"
+            );
+            self.0.pending_purges.fetch_add(1, Ordering::AcqRel);
+            let fleet = self.clone();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + PURGE_RETRY_FOR;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if fleet.purge_matching(&matches).await.is_ok()
+                        && fleet.publish(event.clone()).await.is_ok()
+                    {
+                        tracing::info!("a purge reached the fleet");
+                        break;
+                    }
+                }
+                fleet.0.pending_purges.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+        first
     }
 
-    async fn purge_matching(&self, matches: impl Fn(&str) -> bool) -> Result<(), Down> {
+    async fn purge_matching(&self, matches: &impl Fn(&str) -> bool) -> Result<(), Down> {
         // The epoch first: a fetch that began before it stores nothing.
         let epoch = self.key("epoch");
         let _: u64 = self
@@ -361,10 +449,34 @@ impl Fleet {
     }
 }
 
-/// Renews a lease if it is still ours.
+/// Takes a lease (`token end-ms`) if there is none or it ran out.
+/// KEYS: lease. ARGV: token, lifetime ms.
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(string.match(v, ' (%d+)$') or '0') > now then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (now + tonumber(ARGV[2])))
+return 1
+";
+
+/// Whether a lease is held and has not run out. KEYS: lease.
+const HELD: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('GET', KEYS[1])
+if v and tonumber(string.match(v, ' (%d+)$') or '0') > now then return 1 end
+return 0
+";
+
+/// Renews a lease if it is still ours. KEYS: lease. ARGV: token, ms.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local v = redis.call('GET', KEYS[1])
+if v and string.match(v, '^(%S+) ') == ARGV[1] then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (now + tonumber(ARGV[2])))
+  return 1
 end
 return 0
 ";
@@ -372,7 +484,8 @@ return 0
 /// Releases a lease if it is still ours (a slow holder never deletes a
 /// lease someone else has since taken).
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v and string.match(v, '^(%S+) ') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -380,20 +493,18 @@ return 0
 
 /// Stores an entry unless the purge epoch moved since the fetch began or
 /// the lease is no longer the caller's; indexes its path (expiring with it)
-/// and announces it.
+/// (no expiry on the index: a purge must find every entry) and announces it.
 /// KEYS: entry, epoch, index, lease. ARGV: bytes, ms, epoch, "hash path",
 /// channel, message, lease token.
 const STORE: &str = r"
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 if epoch ~= tonumber(ARGV[3]) then return 0 end
-if redis.call('GET', KEYS[4]) ~= ARGV[7] then return 0 end
+if string.match(redis.call('GET', KEYS[4]) or '', '^(%S+) ') ~= ARGV[7] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', KEYS[3], math.ceil(tonumber(last[2]))) end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 ";

@@ -1,11 +1,17 @@
 //! Client access for the fleet: gateway sessions (drop-in logons) that work
 //! on every replica, and per-client rate limits that count for the fleet.
 //!
-//! Sessions are kept by the SHA-256 of their token only (`cs:<hash>`: owner
-//! and id, expiring after the idle time, renewed when used), with an index
-//! per owner (`co:<hash of owner>`) for listing, deleting and the cap. Rate
-//! limits are GCRA in a script, as Kong's Redis policy does: one key per
-//! bucket holding its theoretical arrival time.
+//! Sessions are kept under a keyed hash of their token only (`cs:<name>`,
+//! the name from [`Fleet::token_names`]: nobody without the fleet's secret
+//! can compute the record of a token they chose), holding owner, id, the
+//! end of their idle time (`exp`, Redis's clock) and a MAC over the record's
+//! name, owner and id, so a record copied under another name or written by
+//! hand is refused. An index per owner (`co:<hash of owner>`) serves
+//! listing, deleting and the cap; `cs-exp` orders sessions by their end for
+//! the sweep. None of these has a Redis expiry: an eviction policy never
+//! ends a session, and [`Fleet::sweep_sessions`] removes the ones that ran
+//! out. Rate limits are GCRA in a script, as Kong's Redis policy does: one
+//! key per bucket holding its theoretical arrival time.
 
 use std::time::Duration;
 
@@ -21,8 +27,8 @@ pub struct SharedClientSession {
 }
 
 impl Fleet {
-    fn session_key(&self, token_hash: &str) -> String {
-        self.key(&format!("cs:{token_hash}"))
+    fn session_key(&self, name: &str) -> String {
+        self.key(&format!("cs:{name}"))
     }
 
     fn owner_key(&self, owner: &str) -> String {
@@ -30,10 +36,26 @@ impl Fleet {
         self.key(&format!("co:{}", &h[..32]))
     }
 
-    /// Records a new session; the owner's oldest go beyond `cap`.
+    /// The Redis names (hex) of a client token's record under each of the
+    /// fleet's keys, the current one first.
+    pub fn token_names(&self, token: &str) -> Vec<[u8; 32]> {
+        self.0.keys.token_names(token)
+    }
+
+    fn session_mac(&self, key: &str, owner: &str, id: &str) -> Option<String> {
+        self.0.keys.sign_hex(&[
+            b"client-session",
+            key.as_bytes(),
+            owner.as_bytes(),
+            id.as_bytes(),
+        ])
+    }
+
+    /// Records a session (new, or put back after Redis lost it) under its
+    /// token's `name` (hex); the owner's oldest go beyond `cap`.
     pub async fn session_create(
         &self,
-        token_hash: &str,
+        name: &str,
         owner: &str,
         id: &str,
         idle: Duration,
@@ -41,26 +63,31 @@ impl Fleet {
     ) -> Result<(), Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(CREATE));
-        let keys = (self.session_key(token_hash), self.owner_key(owner));
+        let session_key = self.session_key(name);
+        let mac = self.session_mac(&session_key, owner, id).ok_or(Down)?;
+        let keys = (session_key, self.owner_key(owner), self.key("cs-exp"));
         let args = (
             owner.to_string(),
             id.to_string(),
             idle.as_millis() as u64,
             cap,
-            format!("{id} {token_hash}"),
+            format!("{id} {name}"),
             self.key("cs:"),
+            mac,
         );
         let _: i64 = self
             .op("session_create", |mut c| async move {
                 script
                     .key(keys.0)
                     .key(keys.1)
+                    .key(keys.2)
                     .arg(args.0)
                     .arg(args.1)
                     .arg(args.2)
                     .arg(args.3)
                     .arg(args.4)
                     .arg(args.5)
+                    .arg(args.6)
                     .invoke_async(&mut c)
                     .await
             })
@@ -68,25 +95,49 @@ impl Fleet {
         Ok(())
     }
 
-    /// The session a token hash stands for, its idle time restarted.
+    /// The session a token's record `name` (hex) stands for, its idle time
+    /// restarted; `None` if there is none, it ran out, or it fails its MAC.
     pub async fn session_lookup(
         &self,
-        token_hash: &str,
+        name: &str,
         idle: Duration,
     ) -> Result<Option<SharedClientSession>, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(LOOKUP));
-        let key = self.session_key(token_hash);
+        let session_key = self.session_key(name);
+        let keys = (session_key.clone(), self.key("cs-exp"));
         let ms = idle.as_millis() as u64;
-        let (owner, id): (Option<String>, Option<String>) = self
+        let name = name.to_string();
+        let (owner, id, mac): (Option<String>, Option<String>, Option<String>) = self
             .op("session_lookup", |mut c| async move {
-                script.key(key).arg(ms).invoke_async(&mut c).await
+                script
+                    .key(keys.0)
+                    .key(keys.1)
+                    .arg(ms)
+                    .arg(name)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
-        Ok(match (owner, id) {
-            (Some(owner), Some(id)) => Some(SharedClientSession { owner, id }),
-            _ => None,
-        })
+        let (Some(owner), Some(id)) = (owner, id) else {
+            return Ok(None);
+        };
+        let valid = mac.is_some_and(|mac| {
+            self.0.keys.verify_hex(
+                &[
+                    b"client-session",
+                    session_key.as_bytes(),
+                    owner.as_bytes(),
+                    id.as_bytes(),
+                ],
+                &mac,
+            )
+        });
+        if !valid {
+            self.rejected("client_session", &session_key);
+            return Ok(None);
+        }
+        Ok(Some(SharedClientSession { owner, id }))
     }
 
     /// The live sessions of `owner` (ids), oldest first.
@@ -101,16 +152,18 @@ impl Fleet {
         .await
     }
 
-    /// Ends `owner`'s session `id` everywhere; its token hash if there was one.
+    /// Ends `owner`'s session `id` everywhere; its record's name if there
+    /// was one.
     pub async fn session_delete(&self, owner: &str, id: &str) -> Result<Option<String>, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(DELETE));
-        let key = self.owner_key(owner);
+        let keys = (self.owner_key(owner), self.key("cs-exp"));
         let (id, prefix) = (id.to_string(), self.key("cs:"));
         let gone: Option<String> = self
             .op("session_delete", |mut c| async move {
                 script
-                    .key(key)
+                    .key(keys.0)
+                    .key(keys.1)
                     .arg(id)
                     .arg(prefix)
                     .invoke_async(&mut c)
@@ -121,6 +174,19 @@ impl Fleet {
             self.publish(Event::Logout(h.clone())).await?;
         }
         Ok(gone)
+    }
+
+    /// Removes sessions whose idle time ran out (a few hundred per call).
+    pub(crate) async fn sweep_sessions(&self) -> Result<(), Down> {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(SWEEP));
+        let (key, prefix) = (self.key("cs-exp"), self.key("cs:"));
+        let _: i64 = self
+            .op("session_sweep", |mut c| async move {
+                script.key(key).arg(prefix).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 
     /// One request of `bucket` against `per_second` with bursts of `burst`,
@@ -151,19 +217,21 @@ impl Fleet {
     }
 }
 
-/// KEYS: session, owner index. ARGV: owner, id, idle ms, cap, "id hash",
-/// session key prefix.
+/// KEYS: session, owner index, ends. ARGV: owner, id, idle ms, cap,
+/// "id name", session key prefix, MAC. A session is live while its `exp`
+/// (Redis's clock) is ahead.
 const CREATE: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'id', ARGV[2], 'co', KEYS[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local exp = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'id', ARGV[2], 'co', KEYS[2], 'exp', exp, 'mac', ARGV[7])
+redis.call('ZADD', KEYS[3], exp, string.match(ARGV[5], ' (.+)$'))
 redis.call('ZADD', KEYS[2], now, ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local live = {}
 for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   local h = string.match(m, ' (.+)$')
-  if h and redis.call('EXISTS', ARGV[6] .. h) == 1 then
+  local e = h and tonumber(redis.call('HGET', ARGV[6] .. h, 'exp') or '0') or 0
+  if e > now then
     table.insert(live, m)
   else
     redis.call('ZREM', KEYS[2], m)
@@ -172,30 +240,33 @@ end
 for i = 1, #live - tonumber(ARGV[4]) do
   local h = string.match(live[i], ' (.+)$')
   redis.call('DEL', ARGV[6] .. h)
+  redis.call('ZREM', KEYS[3], h)
   redis.call('ZREM', KEYS[2], live[i])
 end
 return 1
 ";
 
-/// KEYS: session. ARGV: idle ms. A use renews the session and its
-/// owner's index (named in the session, under the same hash tag), so the
-/// index lives as long as the owner's most recently used session: a
-/// logout must always find the session it ends.
+/// KEYS: session, ends. ARGV: idle ms, name. A use restarts the idle time.
+/// Owner, id and MAC of a live session (checked by the caller).
 const LOOKUP: &str = r"
-local v = redis.call('HMGET', KEYS[1], 'owner', 'id', 'co')
-if v[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  if v[3] then redis.call('PEXPIRE', v[3], ARGV[1]) end
-end
-return {v[1], v[2]}
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local v = redis.call('HMGET', KEYS[1], 'owner', 'id', 'exp', 'mac')
+if not v[1] or tonumber(v[3] or '0') <= now then return {false, false, false} end
+local exp = now + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'exp', exp)
+redis.call('ZADD', KEYS[2], exp, ARGV[2])
+return {v[1], v[2], v[4]}
 ";
 
 /// KEYS: owner index. ARGV: session key prefix. The ids of live sessions.
 const LIST: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ids = {}
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local id, h = string.match(m, '^(.-) (.+)$')
-  if h and redis.call('EXISTS', ARGV[1] .. h) == 1 then
+  if h and tonumber(redis.call('HGET', ARGV[1] .. h, 'exp') or '0') > now then
     table.insert(ids, id)
   else
     redis.call('ZREM', KEYS[1], m)
@@ -204,17 +275,36 @@ end
 return ids
 ";
 
-/// KEYS: owner index. ARGV: id, session key prefix. The token hash, if any.
+/// KEYS: owner index, ends. ARGV: id, session key prefix. The name, if any.
 const DELETE: &str = r"
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local id, h = string.match(m, '^(.-) (.+)$')
   if id == ARGV[1] then
     redis.call('ZREM', KEYS[1], m)
+    redis.call('ZREM', KEYS[2], h)
     if redis.call('DEL', ARGV[2] .. h) == 1 then return h end
     return false
   end
 end
 return false
+";
+
+/// KEYS: ends. ARGV: session key prefix. Removes up to 500 sessions whose
+/// idle time ran out, with their owner index entries.
+const SWEEP: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 500)
+for _, h in ipairs(gone) do
+  local k = ARGV[1] .. h
+  local v = redis.call('HMGET', k, 'co', 'id', 'exp')
+  if tonumber(v[3] or '0') <= now then
+    if v[1] and v[2] then redis.call('ZREM', v[1], v[2] .. ' ' .. h) end
+    redis.call('DEL', k)
+  end
+  redis.call('ZREM', KEYS[1], h)
+end
+return #gone
 ";
 
 /// GCRA. KEYS: bucket. ARGV: emission interval ms, burst tolerance ms.

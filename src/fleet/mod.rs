@@ -14,15 +14,25 @@
 //! - Every key of a fleet carries the hash tag `{prefix}`, so the fleet's
 //!   keys live in one Redis Cluster slot and its scripts work there too.
 //! - Nothing secret is kept in clear: the EM session token is sealed
-//!   (ChaCha20-Poly1305), client session tokens are kept as hashes.
+//!   (ChaCha20-Poly1305), client session tokens are kept as keyed hashes.
+//! - Nothing read from Redis is acted on without a MAC ([`keys`]): a value
+//!   that fails is a miss, counted in `emgate_shared_rejected_total{kind}`
+//!   and logged once per key, never served.
+//! - Under Redis memory pressure only cache entries may go: they are the
+//!   only values with a Redis TTL besides small counters, so a
+//!   `volatile-*` eviction policy never takes a lease, a client session, the
+//!   EM session or the fleet's bookkeeping (their expiry is in the value).
+//! - Large values travel on a connection of their own, so a big entry never
+//!   holds up a lease renewal or a session lookup behind it.
 
 pub mod cache;
 pub mod clients;
-mod seal;
+mod keys;
 pub mod session;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -49,30 +59,73 @@ pub enum Event {
     PurgePrefix(String),
     /// The cache entries of this rule were purged.
     PurgeRule(String),
-    /// A client session ended (its token hash).
+    /// A client session ended (its token's name, hex).
     Logout(String),
     /// The fleet's EM session changed.
     Session,
+    /// Not sent: this replica found Redis emptied (restarted, flushed) and
+    /// asks its parts to put back what they hold.
+    Emptied,
 }
 
+/// How old a message may be (clocks of replicas differ a little).
+const EVENT_MAX_AGE_MS: u64 = 5 * 60 * 1000;
+
 impl Event {
-    fn encode(&self, member: &str) -> String {
+    fn parts(&self) -> (&'static str, &str) {
         match self {
-            Event::Landed(h) => format!("{member} landed {h}"),
-            Event::PurgeAll => format!("{member} purge-all -"),
-            Event::PurgePrefix(p) => format!("{member} purge {p}"),
-            Event::PurgeRule(r) => format!("{member} purge-rule {r}"),
-            Event::Logout(h) => format!("{member} logout {h}"),
-            Event::Session => format!("{member} session -"),
+            Event::Landed(h) => ("landed", h),
+            Event::PurgeAll => ("purge-all", "-"),
+            Event::PurgePrefix(p) => ("purge", p),
+            Event::PurgeRule(r) => ("purge-rule", r),
+            Event::Logout(h) => ("logout", h),
+            Event::Session | Event::Emptied => ("session", "-"),
         }
     }
 
-    /// The sender and the event of a message.
-    fn decode(text: &str) -> Option<(String, Event)> {
-        let mut parts = text.splitn(3, ' ');
-        let member = parts.next()?.to_string();
+    /// `member ms kind mac arg`: the MAC covers all but itself, so a
+    /// message nobody with the fleet's secret sent does nothing.
+    fn encode(&self, member: &str, keys: &keys::Keys, now_ms: u64) -> String {
+        let (kind, arg) = self.parts();
+        let ms = now_ms.to_string();
+        let mac = keys
+            .sign_hex(&[
+                b"event",
+                member.as_bytes(),
+                ms.as_bytes(),
+                kind.as_bytes(),
+                arg.as_bytes(),
+            ])
+            .unwrap_or_default();
+        format!("{member} {ms} {kind} {mac} {arg}")
+    }
+
+    /// The sender and the event of a message, if its MAC holds and it is
+    /// recent.
+    fn decode(text: &str, keys: &keys::Keys, now_ms: u64) -> Option<(String, Event)> {
+        let mut parts = text.splitn(5, ' ');
+        let member = parts.next()?;
+        let ms = parts.next()?;
         let kind = parts.next()?;
-        let arg = parts.next()?.to_string();
+        let mac = parts.next()?;
+        let arg = parts.next()?;
+        if !keys.verify_hex(
+            &[
+                b"event",
+                member.as_bytes(),
+                ms.as_bytes(),
+                kind.as_bytes(),
+                arg.as_bytes(),
+            ],
+            mac,
+        ) {
+            return None;
+        }
+        let sent: u64 = ms.parse().ok()?;
+        if sent.abs_diff(now_ms) > EVENT_MAX_AGE_MS {
+            return None;
+        }
+        let arg = arg.to_string();
         let event = match kind {
             "landed" => Event::Landed(arg),
             "purge-all" => Event::PurgeAll,
@@ -82,8 +135,15 @@ impl Event {
             "session" => Event::Session,
             _ => return None,
         };
-        Some((member, event))
+        Some((member.to_string(), event))
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Failures in a row after which Redis is not asked for a while.
@@ -148,8 +208,12 @@ impl Breaker {
 }
 
 struct Inner {
-    /// Reconnecting, multiplexed connection (RESP3: pub/sub arrives on it too).
+    /// Reconnecting, multiplexed connection (RESP3: pub/sub arrives on it
+    /// too) for everything small: leases, sessions, events, bookkeeping.
     conn: ConnectionManager,
+    /// A second one for cache entries, so a large value never queues a
+    /// lease renewal or a session lookup behind it.
+    bulk: ConnectionManager,
     /// `{prefix}`: every key starts with it.
     tag: String,
     /// The fleet's pub/sub channel.
@@ -158,6 +222,8 @@ struct Inner {
     timeout: Duration,
     /// Lifetime of a lease without renewal.
     lease: Duration,
+    /// Largest entry shared (bytes as stored).
+    max_entry: usize,
     /// This replica's id in the fleet.
     member: String,
     /// Stops asking after failures.
@@ -171,9 +237,32 @@ struct Inner {
     members: AtomicU64,
     /// Leases taken over from a replica that stopped renewing them.
     takeovers: AtomicU64,
-    /// Seals the EM session token.
-    sealer: seal::Sealer,
+    /// Seals, signs and names.
+    keys: keys::Keys,
+    /// Keys whose rejected value was logged already (bounded).
+    rejected_logged: Mutex<HashSet<String>>,
+    /// What this replica knows of Redis's life (see [`Incarnation`]).
+    incarnation: Mutex<Incarnation>,
+    /// Purges that have not reached the shared tier yet: while any is
+    /// pending, this replica takes nothing from the shared tier (it could
+    /// be what the purge is about).
+    pending_purges: AtomicUsize,
 }
+
+/// Redis's life as this replica saw it. A marker (`boot`, no expiry) is set
+/// by the first replica that finds none; a marker other than the one a
+/// replica knew means Redis lost everything since (restarted without
+/// persistence, flushed): replicas put back what they hold.
+struct Incarnation {
+    /// The marker this replica last saw.
+    known: Option<String>,
+    /// When it first saw the current one.
+    since: Instant,
+}
+
+/// How long after Redis came back empty an unknown client token is looked
+/// up again before it is refused (replicas are putting their sessions back).
+pub const RESTORING: Duration = Duration::from_secs(10);
 
 /// A handle on the shared tier; cheap to clone.
 #[derive(Clone)]
@@ -182,7 +271,12 @@ pub struct Fleet(Arc<Inner>);
 impl Fleet {
     /// Connects (lazily: a Redis that is down at start is joined later) and
     /// starts the listener of the fleet's channel and the heartbeat.
-    pub fn start(settings: &SharedSettings, upstream: &UpstreamSettings) -> Result<Fleet, String> {
+    /// `max_entry`: the largest entry shared, unless the settings say.
+    pub fn start(
+        settings: &SharedSettings,
+        upstream: &UpstreamSettings,
+        max_entry: usize,
+    ) -> Result<Fleet, String> {
         let client = client(settings)?;
         let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
         let config = ConnectionManagerConfig::new()
@@ -192,7 +286,13 @@ impl Fleet {
             .set_max_delay(Duration::from_secs(2))
             .set_push_sender(push_tx)
             .set_automatic_resubscription();
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("EMGATE_SHARED_URL: {}", redact(&e.to_string())))?;
+        let bulk_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(500))))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let bulk = ConnectionManager::new_lazy_with_config(client, bulk_config)
             .map_err(|e| format!("EMGATE_SHARED_URL: {}", redact(&e.to_string())))?;
         let member = random_token(9)
             .map_err(|e| format!("fleet member id: {e}"))?
@@ -200,12 +300,17 @@ impl Fleet {
             .to_string();
         let (events, _) = broadcast::channel(1024);
         let (landed, _) = broadcast::channel(4096);
+        let max_entry = settings
+            .max_entry
+            .map_or(max_entry, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let fleet = Fleet(Arc::new(Inner {
             conn,
+            bulk,
             tag: format!("{{{}}}", settings.prefix),
             channel: format!("{}:events", settings.prefix),
             timeout: settings.timeout,
             lease: settings.lease,
+            max_entry,
             member,
             breaker: Breaker {
                 failures: AtomicU32::new(0),
@@ -216,7 +321,13 @@ impl Fleet {
             landed,
             members: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
-            sealer: seal::Sealer::new(settings, upstream),
+            keys: keys::Keys::new(settings, upstream),
+            rejected_logged: Mutex::new(HashSet::new()),
+            incarnation: Mutex::new(Incarnation {
+                known: None,
+                since: Instant::now(),
+            }),
+            pending_purges: AtomicUsize::new(0),
         }));
         // Messages of other replicas, from the connection's push channel.
         let weak = Arc::downgrade(&fleet.0);
@@ -232,7 +343,7 @@ impl Fleet {
                 let Ok(text) = std::str::from_utf8(payload) else {
                     continue;
                 };
-                match Event::decode(text) {
+                match Event::decode(text, &inner.keys, unix_ms()) {
                     Some((_, Event::Landed(h))) => {
                         let _ = inner.landed.send(h);
                     }
@@ -240,7 +351,10 @@ impl Fleet {
                     Some((from, event)) if from != inner.member || event == Event::Session => {
                         let _ = inner.events.send(event);
                     }
-                    _ => {}
+                    Some(_) => {}
+                    None => {
+                        Fleet(inner).rejected("event", "the fleet's channel");
+                    }
                 }
             }
         });
@@ -248,10 +362,12 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// Subscribes (until it works), then heartbeats while the process runs.
+    /// Subscribes (until it works), then heartbeats while the process runs,
+    /// and now and then ends client sessions nobody used for their idle time.
     async fn background(self) {
         let beat = (self.0.lease / 2).max(Duration::from_millis(500));
         let mut subscribed = false;
+        let mut beats: u64 = 0;
         loop {
             if !subscribed {
                 let channel = self.0.channel.clone();
@@ -264,35 +380,143 @@ impl Fleet {
                     .is_ok();
             }
             let _ = self.heartbeat().await;
+            if beats % 20 == 0 {
+                let _ = self.sweep_sessions().await;
+            }
+            beats += 1;
             tokio::time::sleep(beat).await;
         }
     }
 
-    /// Records this replica as alive; the live members.
+    /// Records this replica as alive; the live members. Also reads Redis's
+    /// marker (setting it if there is none): a new one means Redis lost
+    /// everything, and this replica's parts are told to put back what they
+    /// hold ([`Event::Emptied`]).
     async fn heartbeat(&self) -> Result<u64, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(HEARTBEAT));
-        let key = self.key("members");
+        let keys = (self.key("members"), self.key("boot"));
         let member = self.0.member.clone();
         let dead_after = (self.0.lease * 3).as_millis() as u64;
-        let live: u64 = self
+        let candidate = random_token(9).map_err(|_| Down)?.expose().to_string();
+        let (live, marker): (u64, String) = self
             .op("heartbeat", |mut c| async move {
                 script
-                    .key(key)
+                    .key(keys.0)
+                    .key(keys.1)
                     .arg(member)
                     .arg(dead_after)
+                    .arg(candidate)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
         self.0.members.store(live, Ordering::Relaxed);
         metrics::gauge!("emgate_fleet_members").set(live as f64);
+        self.saw_marker(marker);
         Ok(live)
     }
 
-    /// Runs one Redis operation: not at all while the breaker is open,
-    /// bounded by the timeout, counted by name and result.
+    /// Takes note of Redis's marker; tells this replica's parts when it
+    /// changed.
+    fn saw_marker(&self, marker: String) {
+        let emptied = {
+            let Ok(mut inc) = self.0.incarnation.lock() else {
+                return;
+            };
+            if inc.known.as_deref() == Some(marker.as_str()) {
+                return;
+            }
+            let emptied = inc.known.is_some();
+            inc.known = Some(marker);
+            inc.since = Instant::now();
+            emptied
+        };
+        if emptied {
+            tracing::warn!("the shared tier lost its data (Redis restarted or flushed); putting back what this replica holds");
+            let _ = self.0.events.send(Event::Emptied);
+        }
+    }
+
+    /// Whether Redis came back empty a short while ago (replicas are
+    /// putting their client sessions back), looking now if need be.
+    pub async fn restoring(&self) -> bool {
+        let key = self.key("boot");
+        if let Ok(marker) = self
+            .op("boot", |mut c| async move {
+                redis::cmd("GET")
+                    .arg(key)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await
+        {
+            match marker {
+                Some(m) => self.saw_marker(m),
+                // Emptied, and nobody has noticed yet: the next heartbeat
+                // sets the marker; until then, it is restoring.
+                None => return true,
+            }
+        }
+        self.0
+            .incarnation
+            .lock()
+            .map(|inc| inc.known.is_some() && inc.since.elapsed() < RESTORING)
+            .unwrap_or(false)
+    }
+
+    /// Counts a value from Redis that failed its MAC or its checks, and
+    /// logs it once per key.
+    pub(crate) fn rejected(&self, kind: &'static str, key: &str) {
+        metrics::counter!("emgate_shared_rejected_total", "kind" => kind).increment(1);
+        let first = self.0.rejected_logged.lock().is_ok_and(|mut seen| {
+            if seen.len() >= 1024 {
+                seen.clear();
+            }
+            seen.insert(key.to_string())
+        });
+        if first {
+            tracing::warn!(
+                kind,
+                key,
+                "a value in the shared tier failed its MAC or checks and was ignored \
+                 (written by something without the fleet's secret, or EMGATE_SHARED_SECRET differs between replicas)"
+            );
+        }
+    }
+
+    /// Runs one Redis operation on the control connection: not at all while
+    /// the breaker is open, bounded by the timeout, counted by name and
+    /// result.
     pub(crate) async fn op<T, F, Fut>(&self, name: &'static str, f: F) -> Result<T, Down>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.op_on(false, self.0.timeout, name, f).await
+    }
+
+    /// [`Fleet::op`] on the connection for large values, with its own bound.
+    pub(crate) async fn bulk_op<T, F, Fut>(
+        &self,
+        name: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, Down>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        self.op_on(true, timeout, name, f).await
+    }
+
+    async fn op_on<T, F, Fut>(
+        &self,
+        bulk: bool,
+        timeout: Duration,
+        name: &'static str,
+        f: F,
+    ) -> Result<T, Down>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -302,7 +526,8 @@ impl Fleet {
             record(name, "skipped");
             return Err(Down);
         }
-        let result = tokio::time::timeout(inner.timeout, f(inner.conn.clone())).await;
+        let conn = if bulk { &inner.bulk } else { &inner.conn };
+        let result = tokio::time::timeout(timeout, f(conn.clone())).await;
         let ok = match result {
             Ok(Ok(v)) => {
                 inner.breaker.success();
@@ -333,7 +558,7 @@ impl Fleet {
     /// Tells the other replicas.
     pub(crate) async fn publish(&self, event: Event) -> Result<(), Down> {
         let channel = self.0.channel.clone();
-        let text = event.encode(&self.0.member);
+        let text = self.message(&event);
         self.op("publish", |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(channel)
@@ -342,6 +567,11 @@ impl Fleet {
                 .await
         })
         .await
+    }
+
+    /// `event` as this replica sends it (signed).
+    pub(crate) fn message(&self, event: &Event) -> String {
+        event.encode(&self.0.member, &self.0.keys, unix_ms())
     }
 
     /// Events of the other replicas (purges, logouts) and landings.
@@ -438,14 +668,15 @@ fn redact(text: &str) -> String {
 }
 
 /// Marks a member alive (server time), drops members silent for ARGV[2]
-/// ms, returns how many are alive.
+/// ms; how many are alive, and Redis's marker (ARGV[3] if it had none).
+/// KEYS: members, boot. No expiry on either: eviction must not take them.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+return {redis.call('ZCARD', KEYS[1]), redis.call('GET', KEYS[2])}
 ";
 
 #[cfg(test)]
@@ -473,8 +704,30 @@ mod tests {
         assert!(b.allow() && b.allow() && b.up(), "closed again");
     }
 
+    fn keys(secret: &str) -> keys::Keys {
+        let env: Vec<(String, String)> = [
+            ("EMGATE_UPSTREAM_URL", "https://em:9398"),
+            ("EMGATE_UPSTREAM_USERNAME", "u"),
+            ("EMGATE_UPSTREAM_PASSWORD", "p"),
+            ("EMGATE_SHARED_URL", "redis://127.0.0.1:6379"),
+            ("EMGATE_SHARED_SECRET", secret),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let s = crate::config::Settings::load(&crate::config::Sources {
+            file: None,
+            env: &lookup,
+        })
+        .unwrap();
+        keys::Keys::new(s.shared.as_ref().unwrap(), &s.upstream)
+    }
+
     #[test]
-    fn events_travel_as_one_line_each() {
+    fn events_travel_as_one_signed_line_each_and_forged_or_old_ones_do_nothing() {
+        let k = keys("a-fleet-secret-0123456789");
+        let now = unix_ms();
         for e in [
             Event::Landed("ab12".into()),
             Event::PurgeAll,
@@ -483,10 +736,31 @@ mod tests {
             Event::Logout("ff00".into()),
             Event::Session,
         ] {
-            let text = e.encode("m1");
-            assert_eq!(Event::decode(&text), Some(("m1".to_string(), e)));
+            let text = e.encode("m1", &k, now);
+            assert_eq!(Event::decode(&text, &k, now), Some(("m1".to_string(), e)));
         }
-        assert_eq!(Event::decode("m1 nonsense x"), None);
+        assert_eq!(Event::decode("m1 nonsense x", &k, now), None);
+        assert_eq!(
+            Event::decode("m1 purge-all -", &k, now),
+            None,
+            "the old unsigned form"
+        );
+        let text = Event::PurgeAll.encode("m1", &k, now);
+        let other = keys("another-secret-0123456789");
+        assert_eq!(
+            Event::decode(&text, &other, now),
+            None,
+            "signed by someone else"
+        );
+        assert_eq!(
+            Event::decode(&text, &k, now + EVENT_MAX_AGE_MS + 1),
+            None,
+            "replayed later"
+        );
+        let altered = Event::PurgePrefix("/api/a".into())
+            .encode("m1", &k, now)
+            .replace("/api/a", "/api");
+        assert_eq!(Event::decode(&altered, &k, now), None, "argument altered");
         assert_eq!(
             redact("connection to redis://user:pw@host:6379 failed"),
             "connection to redis://***@host:6379 failed"

@@ -17,7 +17,7 @@ use crate::gateway::app::App;
 use crate::gateway::clients::{presented, Presented};
 use crate::gateway::error::GatewayError;
 use crate::gateway::limit::Bucket;
-use crate::gateway::logon;
+use crate::gateway::logon::{self, Ended};
 use crate::gateway::response::Body;
 use crate::gateway::target::Target;
 
@@ -186,13 +186,17 @@ pub async fn logon_sessions(
         Method::GET | Method::HEAD if app.sessions.list(owner).await.contains(&id) => {
             logon::one(id, owner, public, xml, case)
         }
-        Method::DELETE if app.sessions.delete(owner, id).await => {
-            tracing::info!(client = %owner, session = %id, "client logged off the gateway");
-            let mut r = Response::new(Body::default());
-            *r.status_mut() = StatusCode::NO_CONTENT;
-            Ok(r)
-        }
-        Method::GET | Method::HEAD | Method::DELETE => Err(not_found()),
+        Method::DELETE => match app.sessions.delete(owner, id).await {
+            Ended::Yes => {
+                tracing::info!(client = %owner, session = %id, "client logged off the gateway");
+                let mut r = Response::new(Body::default());
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                Ok(r)
+            }
+            Ended::Pending => Err(GatewayError::NotEverywhere("the logon session ended")),
+            Ended::NotFound => Err(not_found()),
+        },
+        Method::GET | Method::HEAD => Err(not_found()),
         _ => Err(GatewayError::MethodNotAllowed(
             method.clone(),
             "GET, HEAD, DELETE",

@@ -130,20 +130,25 @@ pub async fn handle(
     match path.strip_prefix("/admin/cache") {
         Some("") | Some("/") => match purge_target_of(parts.uri.query()) {
             Ok(Purge::All) => {
-                purge_all_everywhere(app).await;
+                if let Err(e) = purge_all_everywhere(app).await {
+                    return e.into_response(xml, case);
+                }
                 tracing::info!("cache purged");
             }
             Ok(Purge::Prefix(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by prefix");
-                purge_prefix_everywhere(app, prefix).await;
+                if let Err(e) = purge_prefix_everywhere(app, prefix).await {
+                    return e.into_response(xml, case);
+                }
             }
-            Ok(Purge::Rule(rule)) => {
-                if !purge_rule_everywhere(app, &rule).await {
+            Ok(Purge::Rule(rule)) => match purge_rule_everywhere(app, &rule).await {
+                Ok(true) => tracing::info!(%rule, "cache rule purged"),
+                Ok(false) => {
                     return GatewayError::NotFound(format!("/admin/cache?rule={rule}"))
                         .into_response(xml, case);
                 }
-                tracing::info!(%rule, "cache rule purged");
-            }
+                Err(e) => return e.into_response(xml, case),
+            },
             Err(e) => return e.into_response(xml, case),
         },
         Some(rest) => {
@@ -155,7 +160,9 @@ pub async fn handle(
                 return not_found().into_response(xml, case);
             };
             // Both forms of its vmRestorePoints, and whatever else of it is cached.
-            purge_prefix_everywhere(app, restore_points::key_prefix(id)).await;
+            if let Err(e) = purge_prefix_everywhere(app, restore_points::key_prefix(id)).await {
+                return e.into_response(xml, case);
+            }
             tracing::info!(restore_point = %id, "cache entries purged");
         }
         None => return not_found().into_response(xml, case),

@@ -54,6 +54,10 @@ pub enum GatewayError {
     /// The gateway is shutting down.
     #[error("the gateway is shutting down")]
     Draining,
+    /// A purge or logout reached this replica but not the fleet's shared
+    /// tier yet (it is retried meanwhile): never answered as done.
+    #[error("{0} on this replica, but the fleet's shared tier (Redis) could not be reached yet; it is retried in the background: send the request again to confirm")]
+    NotEverywhere(&'static str),
     /// EM answered something that is not one of its documents.
     #[error("Enterprise Manager answered with a document the gateway cannot read: {0}")]
     BadUpstream(#[from] ConvertError),
@@ -88,6 +92,7 @@ impl GatewayError {
             GatewayError::Session(_)
             | GatewayError::SessionRejected
             | GatewayError::Draining
+            | GatewayError::NotEverywhere(_)
             | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -155,6 +160,9 @@ impl GatewayError {
             GatewayError::WriteNotReplayed
             | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::NotEverywhere(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
             }
             GatewayError::Session(e) => {
                 let wait = e.retry_in().map_or(1, |d| d.as_secs().max(1));

@@ -6,11 +6,21 @@
 //! own, so a client's logout never touches the pooled EM session (which
 //! would cut off every other client) and EM never sees a client's logon.
 //!
-//! Tokens are kept only as SHA-256 hashes; sessions end after 15 minutes
-//! idle (like EM's) and each client holds a bounded number (the oldest goes).
+//! Tokens are kept only as hashes (in fleet mode keyed ones, the names the
+//! fleet gives them); sessions end after 15 minutes idle (like EM's) and
+//! each client holds a bounded number (the oldest goes).
+//!
+//! Fleet mode, the states of a logout: done everywhere (204); or Redis could
+//! not be reached: the session ends on this replica at once, a tombstone
+//! keeps the fleet's record from bringing it back here, and the delete is
+//! retried in the background until it lands (then every replica is told),
+//! while the client gets 503 with `Retry-After`, so a logout is never
+//! reported done before it is. A Redis that comes back empty gets this
+//! replica's live sessions back ([`ClientSessions::put_back`]), and an
+//! unknown token is looked up again for a few seconds meanwhile.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,12 +67,17 @@ pub struct SessionInfo {
     pub owner: String,
 }
 
+/// Names a token: SHA-256 alone, or in fleet mode the fleet's keyed name.
+type Namer = Arc<dyn Fn(&str) -> [u8; 32] + Send + Sync>;
+
 /// The gateway sessions this replica knows (all of them, without a fleet).
 pub struct LocalSessions {
-    /// By SHA-256 of the token, so no token sits in memory in the clear.
+    /// By the token's name, so no token sits in memory in the clear.
     by_token: Mutex<HashMap<[u8; 32], Record>>,
     /// Idle timeout.
     idle: Duration,
+    /// How a token is named.
+    namer: Namer,
 }
 
 impl Default for LocalSessions {
@@ -77,11 +92,12 @@ impl LocalSessions {
         LocalSessions {
             by_token: Mutex::new(HashMap::new()),
             idle,
+            namer: Arc::new(|t: &str| crate::digest::sha256(t.as_bytes())),
         }
     }
 
-    fn key(token: &str) -> [u8; 32] {
-        crate::digest::sha256(token.as_bytes())
+    fn key(&self, token: &str) -> [u8; 32] {
+        (self.namer)(token)
     }
 
     /// A new session for `owner`: its token (shown once) and id.
@@ -113,7 +129,7 @@ impl LocalSessions {
             }
         }
         map.insert(
-            Self::key(token.expose()),
+            self.key(token.expose()),
             Record {
                 id,
                 owner: owner.to_string(),
@@ -127,7 +143,7 @@ impl LocalSessions {
 
     /// The live session a token stands for (its idle timer restarts).
     pub fn lookup(&self, token: &str) -> Option<SessionInfo> {
-        let key = Self::key(token);
+        let key = self.key(token);
         let mut map = self.by_token.lock().ok()?;
         let now = Instant::now();
         let record = map.get_mut(&key)?;
@@ -164,6 +180,26 @@ impl LocalSessions {
         let before = map.len();
         map.retain(|_, r| !(r.owner == owner && r.id == id));
         map.len() < before
+    }
+
+    /// The name of `owner`'s session `id`, if this replica knows it.
+    fn name_of(&self, owner: &str, id: Uuid) -> Option<[u8; 32]> {
+        let map = self.by_token.lock().ok()?;
+        map.iter()
+            .find(|(_, r)| r.owner == owner && r.id == id)
+            .map(|(k, _)| *k)
+    }
+
+    /// The live sessions: name, owner, id (to put them back in the fleet).
+    fn live(&self) -> Vec<([u8; 32], String, Uuid)> {
+        let Ok(map) = self.by_token.lock() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        map.iter()
+            .filter(|(_, r)| now.duration_since(r.last_used) < self.idle)
+            .map(|(k, r)| (*k, r.owner.clone(), r.id))
+            .collect()
     }
 
     /// Keeps what the fleet said a token stands for (a session made on
@@ -227,101 +263,254 @@ impl LocalSessions {
 /// alone (a logout elsewhere reaches it by event at once, or after this).
 const FLEET_RECHECK: Duration = Duration::from_secs(2);
 
+/// How long a logout that could not reach the fleet is retried (after
+/// that the fleet's record has run out of idle time anyway: nobody could
+/// use it while Redis was away, and a use would have been refused here).
+const LOGOUT_RETRY_FOR: Duration = IDLE;
+/// How long a client waits for its logout to reach the fleet before it is
+/// told 503 (the retry goes on).
+const LOGOUT_WAIT: Duration = Duration::from_millis(1500);
+
+/// How a logout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Ended everywhere.
+    Yes,
+    /// There is no such session of the caller's.
+    NotFound,
+    /// Ended here; the fleet's record is being removed (retried).
+    Pending,
+}
+
+/// A logout that has not reached the fleet yet.
+struct Tombstone {
+    owner: String,
+    id: Uuid,
+    /// The record's name, when this replica knew it.
+    name: Option<[u8; 32]>,
+}
+
 /// Gateway sessions: this replica's, and in fleet mode the fleet's (kept in
-/// the shared tier by token hash, so a token from one replica works on
-/// every one, and a logout anywhere ends it everywhere). With the shared
-/// tier unreachable, what this replica knows.
+/// the shared tier under the token's keyed name, so a token from one
+/// replica works on every one, and a logout anywhere ends it everywhere).
+/// With the shared tier unreachable, what this replica knows.
 pub struct ClientSessions {
     /// What this replica knows.
     pub local: LocalSessions,
     /// The fleet, in fleet mode.
     fleet: Option<Fleet>,
+    /// Logouts still on their way to the fleet.
+    tombstones: Arc<Mutex<Vec<Tombstone>>>,
 }
 
 impl ClientSessions {
     /// Sessions of this replica alone, or of the fleet.
     pub fn new(fleet: Option<Fleet>) -> ClientSessions {
-        ClientSessions {
-            local: LocalSessions::default(),
-            fleet,
+        let mut local = LocalSessions::default();
+        if let Some(f) = &fleet {
+            let f = f.clone();
+            local.namer = Arc::new(move |t: &str| {
+                f.token_names(t)
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| crate::digest::sha256(t.as_bytes()))
+            });
         }
-    }
-
-    fn hex(key: &[u8; 32]) -> String {
-        key.iter().map(|b| format!("{b:02x}")).collect()
+        ClientSessions {
+            local,
+            fleet,
+            tombstones: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// A new session for `owner`: its token (shown once) and id.
     pub async fn create(&self, owner: &str) -> Result<(Secret, Uuid), GatewayError> {
         let (token, id) = self.local.create(owner)?;
         if let Some(fleet) = &self.fleet {
-            let key = LocalSessions::key(token.expose());
+            let key = self.local.key(token.expose());
             let _ = fleet
-                .session_create(&Self::hex(&key), owner, &id.to_string(), IDLE, PER_CLIENT)
+                .session_create(&hex(&key), owner, &id.to_string(), IDLE, PER_CLIENT)
                 .await;
         }
         Ok((token, id))
     }
 
+    /// Whether a logout of this session is still on its way to the fleet.
+    fn buried(&self, name: Option<&[u8; 32]>, owner: &str, id: Uuid) -> bool {
+        self.tombstones.lock().is_ok_and(|t| {
+            t.iter().any(|t| {
+                (name.is_some() && t.name.as_ref() == name) || (t.owner == owner && t.id == id)
+            })
+        })
+    }
+
     /// The live session a token stands for (its idle timer restarts).
     pub async fn lookup(&self, token: &str) -> Option<SessionInfo> {
-        let key = LocalSessions::key(token);
-        let known = self.local.known(&key);
         let Some(fleet) = &self.fleet else {
-            return known.map(|(info, _)| info);
+            return self.local.lookup(token);
         };
+        let names = fleet.token_names(token);
+        let key = *names.first()?;
+        let known = self.local.known(&key);
         if let Some((info, checked)) = &known {
             if checked.elapsed() < FLEET_RECHECK {
                 return Some(info.clone());
             }
         }
-        match fleet.session_lookup(&Self::hex(&key), IDLE).await {
-            Ok(Some(s)) => {
-                let id = Uuid::try_parse(&s.id).ok()?;
-                self.local.mirror(key, id, &s.owner);
-                Some(SessionInfo { id, owner: s.owner })
+        // Redis came back empty a moment ago: replicas are putting their
+        // sessions back, so an unknown token is looked up again a few
+        // times before it is refused.
+        let mut restoring_checked = false;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut found = Ok(None);
+            for name in &names {
+                found = fleet.session_lookup(&hex(name), IDLE).await;
+                if !matches!(found, Ok(None)) {
+                    break;
+                }
             }
-            Ok(None) => {
-                self.local.forget(&key);
-                None
+            match found {
+                Ok(Some(s)) => {
+                    let id = Uuid::try_parse(&s.id).ok()?;
+                    if self.buried(Some(&key), &s.owner, id) {
+                        return None;
+                    }
+                    self.local.mirror(key, id, &s.owner);
+                    return Some(SessionInfo { id, owner: s.owner });
+                }
+                Ok(None) => {
+                    if !restoring_checked {
+                        restoring_checked = true;
+                        if !fleet.restoring().await {
+                            break;
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                // The shared tier is down: what this replica knows.
+                Err(_) => return known.map(|(info, _)| info),
             }
-            // The shared tier is down: what this replica knows.
-            Err(_) => known.map(|(info, _)| info),
         }
+        self.local.forget(&key);
+        None
     }
 
     /// The live sessions of `owner`, oldest first.
     pub async fn list(&self, owner: &str) -> Vec<Uuid> {
         if let Some(fleet) = &self.fleet {
             if let Ok(ids) = fleet.session_list(owner).await {
-                return ids.iter().filter_map(|i| Uuid::try_parse(i).ok()).collect();
+                return ids
+                    .iter()
+                    .filter_map(|i| Uuid::try_parse(i).ok())
+                    .filter(|id| !self.buried(None, owner, *id))
+                    .collect();
             }
         }
         self.local.list(owner)
     }
 
-    /// Ends `owner`'s session `id` (everywhere, in fleet mode); false if
-    /// there is no such session of theirs.
-    pub async fn delete(&self, owner: &str, id: Uuid) -> bool {
+    /// Ends `owner`'s session `id` (everywhere, in fleet mode).
+    pub async fn delete(&self, owner: &str, id: Uuid) -> Ended {
+        let name = self.local.name_of(owner, id);
         let here = self.local.delete(owner, id);
-        match &self.fleet {
-            Some(fleet) => match fleet.session_delete(owner, &id.to_string()).await {
-                Ok(Some(_)) => true,
-                _ => here,
-            },
-            None => here,
+        let Some(fleet) = &self.fleet else {
+            return if here { Ended::Yes } else { Ended::NotFound };
+        };
+        let already_pending = self.buried(None, owner, id);
+        match fleet.session_delete(owner, &id.to_string()).await {
+            Ok(Some(_)) => {
+                self.unbury(owner, id);
+                return Ended::Yes;
+            }
+            Ok(None) if already_pending => {
+                self.unbury(owner, id);
+                return Ended::Yes;
+            }
+            Ok(None) => return if here { Ended::Yes } else { Ended::NotFound },
+            Err(_) => {}
+        }
+        if !here && !already_pending {
+            // Not known here, and the fleet cannot be asked: whether it
+            // exists is unknown; the client may send it again.
+            return Ended::Pending;
+        }
+        if !already_pending {
+            if let Ok(mut t) = self.tombstones.lock() {
+                t.push(Tombstone {
+                    owner: owner.to_string(),
+                    id,
+                    name,
+                });
+            }
+            tracing::warn!(session = %id, "the shared tier is down: logout done here, retried for the fleet");
+            self.retry_delete(fleet.clone(), owner.to_string(), id);
+        }
+        // A short wait: a blip of Redis should not cost the client a retry.
+        let until = Instant::now() + LOGOUT_WAIT;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if !self.buried(None, owner, id) {
+                return Ended::Yes;
+            }
+        }
+        Ended::Pending
+    }
+
+    fn unbury(&self, owner: &str, id: Uuid) {
+        if let Ok(mut t) = self.tombstones.lock() {
+            t.retain(|t| !(t.owner == owner && t.id == id));
         }
     }
 
-    /// Forgets a session that ended on another replica (by token hash, hex).
-    pub fn ended_elsewhere(&self, token_hash: &str) {
-        let mut key = [0u8; 32];
-        if token_hash.len() == 64
-            && (0..32).all(|i| {
-                u8::from_str_radix(&token_hash[2 * i..2 * i + 2], 16)
-                    .map(|b| key[i] = b)
-                    .is_ok()
-            })
+    /// Retries a logout for the fleet until it lands (or the record ran
+    /// out of idle time), then lifts the tombstone.
+    fn retry_delete(&self, fleet: Fleet, owner: String, id: Uuid) {
+        let tombstones = self.tombstones.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + LOGOUT_RETRY_FOR;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if fleet.session_delete(&owner, &id.to_string()).await.is_ok() {
+                    tracing::info!(session = %id, "logout reached the fleet");
+                    break;
+                }
+            }
+            if let Ok(mut t) = tombstones.lock() {
+                t.retain(|t| !(t.owner == owner && t.id == id));
+            }
+        });
+    }
+
+    /// Puts this replica's live sessions back in the fleet (Redis came back
+    /// empty).
+    pub async fn put_back(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        let live = self.local.live();
+        let mut restored = 0;
+        for (name, owner, id) in &live {
+            if self.buried(Some(name), owner, *id) {
+                continue;
+            }
+            if fleet
+                .session_create(&hex(name), owner, &id.to_string(), IDLE, PER_CLIENT)
+                .await
+                .is_ok()
+            {
+                restored += 1;
+            }
+        }
+        if !live.is_empty() {
+            tracing::info!(restored, "client sessions put back in the shared tier");
+        }
+    }
+
+    /// Forgets a session that ended on another replica (by its name, hex).
+    pub fn ended_elsewhere(&self, name: &str) {
+        if let Some(key) = crate::digest::from_hex(name).and_then(|k| <[u8; 32]>::try_from(k).ok())
         {
             self.local.forget(&key);
         }
@@ -331,6 +520,10 @@ impl ClientSessions {
     pub fn count(&self) -> usize {
         self.local.count()
     }
+}
+
+fn hex(key: &[u8; 32]) -> String {
+    crate::digest::hex(key)
 }
 
 /// The links EM's own LogonSession carries (logging_on.md), pointed at the gateway.

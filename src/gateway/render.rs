@@ -335,20 +335,25 @@ impl Template {
         }
     }
 
-    fn from_wire(w: wire::Template) -> Template {
+    /// `None` for a template without pieces: one has at least one, and
+    /// rendering relies on it.
+    fn from_wire(w: wire::Template) -> Option<Template> {
+        if w.parts.is_empty() {
+            return None;
+        }
         let parts: Vec<Bytes> = w.parts.into_iter().map(Bytes::from).collect();
         let literal_len = parts.iter().map(Bytes::len).sum();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for p in &parts {
             p.hash(&mut h);
         }
-        Template {
+        Some(Template {
             parts,
             literal_len,
             needle_len: w.needle_len as usize,
             tag: h.finish(),
             first: OnceLock::new(),
-        }
+        })
     }
 
     /// Bytes held, counting the kept rendering (sized as if the public
@@ -432,7 +437,7 @@ impl Prepared {
         } else if !xml_doc {
             Doc::Raw {
                 bytes: Bytes::copy_from_slice(&em.body),
-                content_type: em.headers.get(CONTENT_TYPE).cloned(),
+                content_type: em.headers.get(CONTENT_TYPE).map(raw_content_type),
             }
         } else {
             let mut json = Vec::with_capacity(em.body.len() + em.body.len() / 4);
@@ -552,6 +557,12 @@ impl Prepared {
 
     /// An entry of the shared tier, and when EM gave it; `None` for bytes
     /// of another version or damaged ones (then EM is asked).
+    ///
+    /// The fleet's MAC already vouches for the bytes; what they say is
+    /// still bounded here, so no value can do more than EM's own answer
+    /// could: a fetch time is never in the future (an entry is never
+    /// fresher than new), a template always has a piece, and a type is
+    /// one emgate itself would give.
     pub fn from_shared(bytes: &[u8], case: JsonCase) -> Option<(Prepared, SystemTime)> {
         let wire: wire::Prepared = postcard::from_bytes(bytes).ok()?;
         if wire.version != wire::VERSION {
@@ -567,15 +578,17 @@ impl Prepared {
         }
         let doc = match wire.doc {
             wire::Doc::Converted { json, xml } => Doc::Converted {
-                json: Template::from_wire(json),
-                xml: Template::from_wire(xml),
+                json: Template::from_wire(json)?,
+                xml: Template::from_wire(xml)?,
             },
             wire::Doc::Raw {
                 bytes,
                 content_type,
             } => Doc::Raw {
                 bytes: Bytes::from(bytes),
-                content_type: content_type.and_then(|v| HeaderValue::from_bytes(&v).ok()),
+                content_type: content_type
+                    .and_then(|v| HeaderValue::from_bytes(&v).ok())
+                    .map(|v| raw_content_type(&v)),
             },
             wire::Doc::Empty { xml_doc } => Doc::Empty { xml_doc },
         };
@@ -586,13 +599,40 @@ impl Prepared {
                 doc,
                 case,
             },
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms),
+            (SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms))
+                .min(SystemTime::now()),
         ))
     }
 
     /// EM's headers for a client at `public` (locations pointed at it).
     pub fn headers_for(&self, em_base: &str, public: &str) -> HeaderMap {
         client_headers(&self.headers, em_base, public)
+    }
+}
+
+/// The type a raw (not XML) answer is served with: EM's own when it is one
+/// of the plain types EM sends for files and text, else
+/// `application/octet-stream`, so no stored answer can be served as a page
+/// (HTML, SVG, script) on the gateway's origin.
+pub fn raw_content_type(em: &HeaderValue) -> HeaderValue {
+    const PLAIN: &[&str] = &[
+        "application/octet-stream",
+        "application/json",
+        "application/xml",
+        "text/xml",
+        "text/plain",
+        "text/csv",
+        "application/zip",
+        "application/pdf",
+    ];
+    let essence = em
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match essence {
+        Some(e) if PLAIN.contains(&e.as_str()) => em.clone(),
+        _ => HeaderValue::from_static("application/octet-stream"),
     }
 }
 
@@ -736,6 +776,53 @@ mod tests {
         let mut other_version = bytes.clone();
         other_version[0] = 99;
         assert!(Prepared::from_shared(&other_version, JsonCase::Camel).is_none());
+    }
+
+    #[test]
+    fn a_shared_entry_can_say_no_more_than_an_answer_of_ems() {
+        let wire_of = |doc: wire::Doc, fetched_ms: u64| {
+            postcard::to_stdvec(&wire::Prepared {
+                version: wire::VERSION,
+                fetched_ms,
+                status: 200,
+                headers: vec![],
+                doc,
+            })
+            .unwrap()
+        };
+        // From the future: never fresher than new.
+        let future = wire_of(wire::Doc::Empty { xml_doc: false }, u64::MAX / 2);
+        let (_, at) = Prepared::from_shared(&future, JsonCase::Pascal).unwrap();
+        assert!(at <= SystemTime::now());
+        // A template without pieces would not render: refused, no panic.
+        let empty = wire::Template {
+            parts: vec![],
+            needle_len: 0,
+        };
+        let hollow = wire_of(
+            wire::Doc::Converted {
+                json: empty,
+                xml: wire::Template {
+                    parts: vec![b"<x/>".to_vec()],
+                    needle_len: 0,
+                },
+            },
+            0,
+        );
+        assert!(Prepared::from_shared(&hollow, JsonCase::Pascal).is_none());
+        // A page on the gateway's origin: served as bytes, not HTML.
+        let page = wire_of(
+            wire::Doc::Raw {
+                bytes: b"<script>alert(1)</script>".to_vec(),
+                content_type: Some(b"text/html".to_vec()),
+            },
+            0,
+        );
+        let (p, _) = Prepared::from_shared(&page, JsonCase::Pascal).unwrap();
+        let (_, t, _) = p.representation(false, "http://gw");
+        assert_eq!(t.unwrap(), "application/octet-stream");
+        let csv = HeaderValue::from_static("text/csv; charset=utf-8");
+        assert_eq!(raw_content_type(&csv), csv);
     }
 
     #[test]

@@ -306,8 +306,13 @@ async fn api(
             // What a write changed is no longer what the cache holds: drop
             // the cached reads of the collection it went to.
             if let Some(first) = target.segments().first() {
-                purge_prefix_everywhere(app, format!("/api/{}", first.to_ascii_lowercase()))
-                    .await;
+                // The fleet's part is retried by itself if Redis is away; the
+                // write's answer is EM's either way.
+                let _ = purge_prefix_everywhere(
+                    app,
+                    format!("/api/{}", first.to_ascii_lowercase()),
+                )
+                .await;
             }
         }
         Ok(response)
@@ -342,15 +347,16 @@ pub fn purge_prefix(app: &App, prefix: String) {
 ///
 /// Here twice, around the shared tier: a miss in between could refill this
 /// replica from the shared entry being purged (other replicas purge on the
-/// fleet's notice, sent after the shared entries are gone).
-pub async fn purge_prefix_everywhere(app: &App, prefix: String) {
+/// fleet's notice, sent after the shared entries are gone). With the shared
+/// tier down, the error says so (the fleet's part is retried meanwhile).
+pub async fn purge_prefix_everywhere(app: &App, prefix: String) -> Result<(), GatewayError> {
     purge_prefix(app, prefix.clone());
-    if let Some(fleet) = &app.fleet {
-        if fleet.purge_prefix(&prefix).await.is_err() {
-            tracing::warn!(%prefix, "the shared tier is down: purged on this replica only");
-        }
-        purge_prefix(app, prefix);
-    }
+    let Some(fleet) = &app.fleet else {
+        return Ok(());
+    };
+    let shared = fleet.purge_prefix(&prefix).await;
+    purge_prefix(app, prefix);
+    shared.map_err(|_| GatewayError::NotEverywhere("the cache entries were purged"))
 }
 
 /// Whether a key's (or shared entry's) path is one `template` covers.
@@ -372,40 +378,36 @@ pub fn purge_rule(app: &App, name: &str) -> bool {
 
 /// [`purge_rule`] here and (fleet mode) everywhere; false if no rule has
 /// that name.
-pub async fn purge_rule_everywhere(app: &App, name: &str) -> bool {
+pub async fn purge_rule_everywhere(app: &App, name: &str) -> Result<bool, GatewayError> {
     if !purge_rule(app, name) {
-        return false;
+        return Ok(false);
     }
-    if let (Some(fleet), Some(rule)) = (&app.fleet, app.rules.all().iter().find(|r| r.name == name))
-    {
-        let template = rule.template.clone();
-        let event = crate::fleet::Event::PurgeRule(name.to_string());
-        if fleet
-            .purge_paths(move |path| covered_by(&template, path), event)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                rule = name,
-                "the shared tier is down: purged on this replica only"
-            );
-        }
-        // Again: see purge_prefix_everywhere.
-        purge_rule(app, name);
-    }
-    true
+    let (Some(fleet), Some(rule)) = (&app.fleet, app.rules.all().iter().find(|r| r.name == name))
+    else {
+        return Ok(true);
+    };
+    let template = rule.template.clone();
+    let event = crate::fleet::Event::PurgeRule(name.to_string());
+    let shared = fleet
+        .purge_paths(move |path| covered_by(&template, path), event)
+        .await;
+    // Again: see purge_prefix_everywhere.
+    purge_rule(app, name);
+    shared
+        .map(|()| true)
+        .map_err(|_| GatewayError::NotEverywhere("the rule's cache entries were purged"))
 }
 
 /// Every cached entry, here and (fleet mode) everywhere.
-pub async fn purge_all_everywhere(app: &App) {
+pub async fn purge_all_everywhere(app: &App) -> Result<(), GatewayError> {
     app.cache.purge_all();
-    if let Some(fleet) = &app.fleet {
-        if fleet.purge_all().await.is_err() {
-            tracing::warn!("the shared tier is down: purged on this replica only");
-        }
-        // Again: see purge_prefix_everywhere.
-        app.cache.purge_all();
-    }
+    let Some(fleet) = &app.fleet else {
+        return Ok(());
+    };
+    let shared = fleet.purge_all().await;
+    // Again: see purge_prefix_everywhere.
+    app.cache.purge_all();
+    shared.map_err(|_| GatewayError::NotEverywhere("the cache was purged"))
 }
 
 /// Whether `Origin` names the gateway's public origin (scheme and authority).

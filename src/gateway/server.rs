@@ -134,14 +134,20 @@ impl Gateway {
         // joined later; meanwhile this replica goes on alone.
         let fleet = match &settings.shared {
             Some(shared) => {
-                Some(Fleet::start(shared, &settings.upstream).map_err(StartError::Upstream)?)
+                // Larger answers stay on the replica that fetched them, as
+                // the local cache keeps no answer over an eighth of itself.
+                let max_entry = usize::try_from(settings.cache.max_bytes / 8).unwrap_or(usize::MAX);
+                Some(
+                    Fleet::start(shared, &settings.upstream, max_entry)
+                        .map_err(StartError::Upstream)?,
+                )
             }
             None => None,
         };
         let mut pool = SessionPool::new(upstream, &settings.upstream);
         if let (Some(fleet), Some(shared)) = (&fleet, &settings.shared) {
             if shared.em_session {
-                pool = pool.with_shared(Arc::new(EmSessionStore(fleet.clone())), shared.lease);
+                pool = pool.with_shared(Arc::new(EmSessionStore::new(fleet.clone())), shared.lease);
             }
         }
         let pool = Arc::new(pool);
@@ -480,6 +486,10 @@ async fn fleet_events(app: Arc<App>) {
                 crate::gateway::router::purge_rule(&app, &rule);
             }
             Ok(Event::Logout(token_hash)) => app.sessions.ended_elsewhere(&token_hash),
+            Ok(Event::Emptied) => {
+                let app = app.clone();
+                tokio::spawn(async move { app.sessions.put_back().await });
+            }
             Ok(Event::Landed(_)) | Ok(Event::Session) => {}
             // Only purges, logouts and session changes come here (notices
             // of landed entries have their own channel), so lagging is rare.
