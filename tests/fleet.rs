@@ -643,3 +643,66 @@ async fn a_shared_url_that_speaks_garbage_leaves_each_replica_serving_alone() {
         assert_eq!(sample(&m, "emgate_shared_up"), Some(0.0), "{m}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shared_secret_rotates_without_a_moment_where_replicas_disagree() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    const OLD: &str = "old-secret-0123456789";
+    const NEW: &str = "new-secret-0123456789";
+    let http = Http::default();
+    let shared = |r: &Reply| {
+        r.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("detail=shared")
+    };
+    let rejected = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("emgate_shared_rejected_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let step1 = format!("{OLD}\n{NEW}");
+    let step2 = format!("{NEW}\n{OLD}");
+    // Skipping step 1 shows why it is there: A knows only the old secret,
+    // B is at step 2 (signs with the new one, still accepts the old).
+    let mut gws = vec![
+        replica(&sim, &redis, &[("EMGATE_SHARED_SECRET", OLD)]),
+        replica(&sim, &redis, &[("EMGATE_SHARED_SECRET", &step2)]),
+    ];
+    all_ready(&http, &gws).await;
+    let (token, _) = gateway_logon(&http, &gws[0], "u", "p").await;
+    let with = [("x-restsvcsessionid", token.as_str())];
+    http.get(&gws[0].url(&vm(&sim, 1)), &[]).await;
+    let r = http.get(&gws[1].url(&vm(&sim, 1)), &with).await;
+    assert!(shared(&r), "B accepts what A signed with the old secret");
+    http.get(&gws[1].url(&vm(&sim, 2)), &[]).await;
+    let r = http.get(&gws[0].url(&vm(&sim, 2)), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        !shared(&r),
+        "A took an entry signed with a secret it does not know"
+    );
+    let m = http.get(&gws[0].url("/metrics"), &[]).await.body;
+    assert!(rejected(&m) >= 1.0, "{m}");
+    // Step 1 on A (sign old, accept new): both understand each other.
+    gws[0].terminate();
+    gws[0] = replica(&sim, &redis, &[("EMGATE_SHARED_SECRET", &step1)]);
+    all_ready(&http, &gws).await;
+    http.get(&gws[1].url(&vm(&sim, 3)), &[]).await;
+    assert!(shared(&http.get(&gws[0].url(&vm(&sim, 3)), &[]).await));
+    // Step 3 everywhere: the new secret alone. The session made under the
+    // old one has to be made again (README: after sessions ended).
+    for gw in gws.iter_mut() {
+        gw.terminate();
+    }
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| replica(&sim, &redis, &[("EMGATE_SHARED_SECRET", NEW)]))
+        .collect();
+    all_ready(&http, &gws).await;
+    http.get(&gws[0].url(&vm(&sim, 4)), &[]).await;
+    assert!(shared(&http.get(&gws[1].url(&vm(&sim, 4)), &[]).await));
+}
