@@ -485,6 +485,17 @@ impl Redis {
         })
     }
 
+    /// As [`Redis::try_start`], with extra `redis-server` arguments (e.g.
+    /// `--maxmemory 2mb --maxmemory-policy volatile-ttl`).
+    pub fn try_start_with_args(args: &[&str]) -> Option<Redis> {
+        installed("redis-server", "redis-server").then(|| Redis::start_with_args(args))
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with_args(args: &[&str]) -> Redis {
+        Redis::start_with(free_port(), args)
+    }
+
     /// Starts one (panics with a hint when redis-server is not installed).
     pub fn start() -> Redis {
         Redis::start_on(free_port())
