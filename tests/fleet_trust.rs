@@ -729,30 +729,27 @@ async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
         .await;
         assert!(again, "the logout was refused again after Redis came back");
     }
-    let ended = Instant::now();
-    let mut still = Vec::new();
-    for (name, gw) in [("A", a), ("B", b)] {
-        let url = gw.url("/api/logonSessions");
-        let gone = eventually(Duration::from_secs(10), || {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
-            async move {
-                http.get(&url, &[("x-restsvcsessionid", &token)])
-                    .await
-                    .status
-                    == StatusCode::UNAUTHORIZED
+    // Within 10 s of Redis coming back, the token is refused everywhere.
+    let thawed = Instant::now();
+    let still = loop {
+        let mut still = Vec::new();
+        for (name, gw) in [("A", a), ("B", b)] {
+            let status = status_with(&http, gw, "/api/logonSessions", &token).await;
+            if status != StatusCode::UNAUTHORIZED {
+                still.push(format!("{name}: {status}"));
             }
-        })
-        .await;
-        if !gone {
-            still.push(name);
         }
-    }
+        if still.is_empty() || thawed.elapsed() > Duration::from_secs(10) {
+            break still;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         still.is_empty(),
-        "after a logout answered {} during a Redis stall, the token still works at {still:?} \
-         {:?} after Redis came back",
+        "after a logout answered {} during a Redis stall, the token still works 10 s after \
+         Redis came back ({})",
         bye.status,
-        ended.elapsed()
+        still.join(", ")
     );
 }
 
@@ -871,6 +868,7 @@ async fn redis_restarted_empty_under_load_logs_no_client_out_and_is_used_again_w
     })
     .await;
     let took = restarted.elapsed();
+    eprintln!("shared tier in use again: {shared_again} after {took:?}");
     // A little more load on the refilled Redis.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
@@ -909,7 +907,7 @@ async fn redis_restarted_empty_under_load_logs_no_client_out_and_is_used_again_w
 
 /// Restore points the simulator makes for an answer of 40 MB or more:
 /// `GET /api/query?type=VmRestorePoint&format=Entities` lists all their VMs.
-const BIG_POINTS: usize = 10_000;
+const BIG_POINTS: usize = 6_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_meanwhile() {
@@ -953,7 +951,8 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
     // replicas at once is fetched from EM once.
     let (mut probes, mut during, mut slow, mut doubled) = (0, 0, Vec::new(), Vec::new());
     let mut finished_at: Option<Instant> = None;
-    let limit = Instant::now() + Duration::from_secs(120);
+    let begun = Instant::now();
+    let limit = begun + Duration::from_secs(120);
     while finished_at.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
         assert!(
             Instant::now() < limit,
@@ -967,7 +966,15 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
         gateway_logon(&http, b, name, secret).await;
         let took = started.elapsed();
         if took > Duration::from_secs(1) {
-            slow.push(took);
+            slow.push(format!(
+                "{took:?} at {:?}{}",
+                begun.elapsed(),
+                if finished_at.is_some() {
+                    " (after the fetch)"
+                } else {
+                    ""
+                }
+            ));
         }
         let p = vm(&sim, probes);
         let (url_a, url_b) = (a.url(&p), b.url(&p));
@@ -999,15 +1006,18 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
         during >= 1,
         "the fetch took {took:?}: nothing was probed while it ran"
     );
-    assert!(
-        slow.is_empty(),
-        "logons at B took over 1 s while A fetched 40 MB: {slow:?}"
-    );
-    assert!(
-        doubled.is_empty(),
-        "keys asked at both replicas while A fetched 40 MB were fetched from EM more than \
+    let mut problems = Vec::new();
+    if !slow.is_empty() {
+        problems.push(format!(
+            "logons at B took over 1 s while A fetched 40 MB: {slow:?}"
+        ));
+    }
+    if !doubled.is_empty() {
+        problems.push(format!(
+            "keys asked at both replicas while A fetched 40 MB were fetched from EM more than \
          once (leases did not work): EM fetches per key {doubled:?}"
-    );
+        ));
+    }
     // Not shared: Redis holds nothing of that size, and B asks EM itself.
     let largest = scan(&redis, "{emgate}:e:*")
         .iter()
@@ -1020,22 +1030,24 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
         })
         .max()
         .unwrap_or(0);
-    assert!(
-        largest < 4_000_000,
-        "a {largest}-byte entry is in Redis: the 40 MB answer was shared"
-    );
+    if largest >= 4_000_000 {
+        problems.push(format!(
+            "a {largest}-byte entry is in Redis: the 40 MB answer was shared"
+        ));
+    }
     let before = em_fetches(&sim, "/api/query");
     let rb = http
         .get(&b.url(big), &[("x-restsvcsessionid", &token)])
         .await;
     assert_eq!(rb.status, StatusCode::OK);
     assert_eq!(rb.body.len(), reply.body.len());
-    assert_eq!(
-        em_fetches(&sim, "/api/query") - before,
-        1,
-        "B served the 40 MB answer without asking EM: it came from the shared tier ({:?})",
-        rb.headers.get("cache-status")
-    );
+    if em_fetches(&sim, "/api/query") - before != 1 {
+        problems.push(format!(
+            "B served the 40 MB answer without asking EM: it came from the shared tier ({:?})",
+            rb.headers.get("cache-status")
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 // 12 --------------------------------------------------------------------
