@@ -1216,7 +1216,14 @@ async fn a_full_redis_flooded_with_distinct_queries_keeps_client_sessions_and_le
         .find_map(|l| l.strip_prefix("evicted_keys:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    eprintln!("policy {policy}: {evicted} keys evicted, {k} checks during the flood");
+    let oom = redis
+        .cli(&["INFO", "errorstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("errorstat_OOM:"))
+        .map(str::to_string);
+    eprintln!(
+        "policy {policy}: {evicted} keys evicted, OOM refusals {oom:?}, {k} checks during the flood"
+    );
     assert!(
         evicted > 0,
         "the flood never filled Redis (evicted_keys 0): the test proves nothing"
