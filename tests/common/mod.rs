@@ -251,18 +251,33 @@ impl Http {
         headers: &[(&str, &str)],
         body: &str,
     ) -> Reply {
+        self.send_within(method, url, headers, body, Duration::from_secs(30))
+            .await
+    }
+
+    /// A GET that may take up to `limit` (a very large answer).
+    pub async fn get_within(&self, url: &str, headers: &[(&str, &str)], limit: Duration) -> Reply {
+        self.send_within(Method::GET, url, headers, "", limit).await
+    }
+
+    /// A request with a body, answered within `limit`.
+    pub async fn send_within(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        limit: Duration,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let body = Full::new(Bytes::from(body.to_string()));
-        let resp = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.client.request(req.body(body).unwrap()),
-        )
-        .await
-        .expect("gateway answered within 30 s")
-        .expect("request");
+        let resp = tokio::time::timeout(limit, self.client.request(req.body(body).unwrap()))
+            .await
+            .unwrap_or_else(|_| panic!("the gateway did not answer within {limit:?}"))
+            .expect("request");
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
         Reply {
@@ -483,6 +498,17 @@ impl Redis {
             r.password = Some(password.to_string());
             r
         })
+    }
+
+    /// As [`Redis::try_start`], with extra `redis-server` arguments (e.g.
+    /// `--maxmemory 2mb --maxmemory-policy volatile-ttl`).
+    pub fn try_start_with_args(args: &[&str]) -> Option<Redis> {
+        installed("redis-server", "redis-server").then(|| Redis::start_with_args(args))
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with_args(args: &[&str]) -> Redis {
+        Redis::start_with(free_port(), args)
     }
 
     /// Starts one (panics with a hint when redis-server is not installed).
