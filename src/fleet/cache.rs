@@ -255,6 +255,7 @@ impl Fleet {
             lease.key.clone(),
         );
         let token = lease.token.clone();
+        let entry_prefix = self.key("e:");
         let channel = self.0.channel.clone();
         let message = self.message(&Event::Landed(h.to_string()));
         let member = format!("{h} {path}");
@@ -273,6 +274,7 @@ impl Fleet {
                     .arg(channel)
                     .arg(message)
                     .arg(token)
+                    .arg(entry_prefix)
                     .invoke_async(&mut c)
                     .await
             })
@@ -493,9 +495,11 @@ return 0
 
 /// Stores an entry unless the purge epoch moved since the fetch began or
 /// the lease is no longer the caller's; indexes its path (expiring with it)
-/// (no expiry on the index: a purge must find every entry) and announces it.
+/// (no expiry on the index: a purge must find every entry; each store
+/// drops a few index members whose entry Redis evicted, so the index keeps
+/// to the entries that live) and announces it.
 /// KEYS: entry, epoch, index, lease. ARGV: bytes, ms, epoch, "hash path",
-/// channel, message, lease token.
+/// channel, message, lease token, entry key prefix.
 const STORE: &str = r"
 local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
 if epoch ~= tonumber(ARGV[3]) then return 0 end
@@ -505,6 +509,10 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, 3)) do
+  local h = string.match(m, '^(%S+) ')
+  if h and redis.call('EXISTS', ARGV[8] .. h) == 0 then redis.call('ZREM', KEYS[3], m) end
+end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 ";

@@ -534,6 +534,14 @@ impl Fleet {
                 record(name, "ok");
                 Ok(v)
             }
+            // Out of memory and nothing left to evict: Redis is up and
+            // answering, it only refused this write (the breaker stays
+            // closed, so leases and sessions go on being asked).
+            Ok(Err(e)) if e.code() == Some("OOM") => {
+                inner.breaker.success();
+                record(name, "oom");
+                Err(Down)
+            }
             Ok(Err(e)) => {
                 tracing::debug!(op = name, error = %redact(&e.to_string()), "shared tier error");
                 inner.breaker.failure();
