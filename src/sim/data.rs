@@ -615,22 +615,9 @@ mod tests {
     }
 
     #[test]
-    fn five_thousand_points_generate_quickly() {
-        // The best of three runs, so that a busy machine (tests run in
-        // parallel) does not fail it. Measured in a debug build on 2 cores:
-        // about 15 ms, of which the sessions take 1.5 ms.
-        let best = (0..3)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                let d = Data::generate(1, 5000);
-                let elapsed = t.elapsed();
-                assert_eq!(d.points.len(), 5000);
-                elapsed
-            })
-            .min()
-            .unwrap_or_default();
-        eprintln!("Data::generate(1, 5000): {best:?}");
-        assert!(best < std::time::Duration::from_millis(50), "{best:?}");
+    fn five_thousand_points_have_distinct_vm_names() {
+        // No timing here: a busy machine would fail a timed test (speed
+        // belongs in benches/).
         let d = Data::generate(1, 5000);
         let names: std::collections::HashSet<_> = d
             .jobs
