@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// The request body is larger than allowed.
     #[error("the request body exceeds the {0}-byte limit")]
     TooLarge(u64),
+    /// An anonymous gateway was addressed by a name other than loopback's.
+    #[error("this gateway serves anonymous callers and answers only requests addressed to 127.0.0.1, [::1] or localhost")]
+    Misdirected,
     /// The request's headers are larger than allowed.
     #[error("the request headers exceed {0} bytes")]
     HeadersTooLarge(usize),
@@ -78,6 +81,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::TooLarge(_) | GatewayError::Upstream(UpstreamError::RequestTooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
