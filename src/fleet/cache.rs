@@ -8,6 +8,12 @@
 //! that dies stops renewing, its lease runs out within the lease time, and
 //! one waiter takes it over. Its states are named in [`Waited`].
 //!
+//! A holder whose fetch fails (EM hanging past its timeout, EM down) says
+//! so before it lets the lease go: a marker `f:<hash>` (the status and the
+//! holder's lease token, for the lease time) and a notice. Waiters give
+//! that failure to their clients instead of taking the lease over and
+//! asking EM again: a hanging EM costs the fleet one EM timeout, not two.
+//!
 //! Purges: a fleet-wide epoch is bumped first, and an entry is stored only
 //! if the epoch is still the one its fetch began under, so a purge during
 //! a fetch wins on every replica.
@@ -27,6 +33,9 @@ pub enum Waited {
     HolderGone,
     /// Still fetching after the bound.
     TimedOut,
+    /// The holder's fetch failed a moment ago, with this status: the
+    /// waiter fails too, rather than ask EM again.
+    Failed(u16),
 }
 
 /// The right to fetch a key for the fleet; renewed while held, released
@@ -65,6 +74,41 @@ impl Fleet {
 
     fn lease_key(&self, h: &str) -> String {
         self.key(&format!("l:{h}"))
+    }
+
+    fn failure_key(&self, h: &str) -> String {
+        self.key(&format!("f:{h}"))
+    }
+
+    /// Tells the fleet that the fetch `lease` was taken for failed with
+    /// `status`: the marker lives for the lease time (waiters look at least
+    /// that often), then a notice wakes them. Called before the lease is
+    /// released, so a waiter that sees the lease gone sees the marker.
+    pub async fn fetch_failed(&self, lease: &Lease, status: u16) -> Result<(), Down> {
+        let key = self.failure_key(&lease.hash);
+        let value = format!("{status} {}", lease.token);
+        let ms = self.lease_time().as_millis().max(1) as u64;
+        let _: () = self
+            .op("failed", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.publish(Event::Landed(lease.hash.clone())).await
+    }
+
+    /// The failure marker of `h`, as stored.
+    async fn failure(&self, h: &str) -> Result<Option<String>, Down> {
+        let key = self.failure_key(h);
+        self.op("get", |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
     }
 
     /// The entry's bytes, if the fleet holds it.
@@ -233,6 +277,14 @@ impl Fleet {
         if let Some(bytes) = new(self.entry(h).await?) {
             return Ok(Waited::Landed(bytes));
         }
+        // A failure from before this wait is not the fetch being waited for.
+        let earlier = self.failure(h).await?;
+        let failed = |marker: Option<String>| {
+            marker
+                .filter(|m| Some(m) != earlier.as_ref())
+                .and_then(|m| m.split(' ').next()?.parse::<u16>().ok())
+                .map(Waited::Failed)
+        };
         let deadline = tokio::time::Instant::now() + within;
         // One clock for the lease checks: notices of other keys (a busy
         // fleet has many) must not keep putting the check off.
@@ -247,6 +299,9 @@ impl Fleet {
                     Ok(x) if x == h => {
                         if let Some(bytes) = new(self.entry(h).await?) {
                             return Ok(Waited::Landed(bytes));
+                        }
+                        if let Some(f) = failed(self.failure(h).await?) {
+                            return Ok(f);
                         }
                     }
                     Ok(_) => {}
@@ -272,10 +327,12 @@ impl Fleet {
                         return Ok(Waited::Landed(bytes));
                     }
                     if !held {
-                        return Ok(Waited::HolderGone);
+                        return Ok(failed(self.failure(h).await?).unwrap_or(Waited::HolderGone));
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(Waited::TimedOut),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(failed(self.failure(h).await?).unwrap_or(Waited::TimedOut));
+                }
             }
         }
     }

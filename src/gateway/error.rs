@@ -68,6 +68,10 @@ pub enum GatewayError {
         /// EM's answer, converted.
         prepared: Box<Prepared>,
     },
+    /// Another replica's fetch of this answer, which this request waited
+    /// for, failed a moment ago with this status (EM was not asked again).
+    #[error("Enterprise Manager failed to give this answer a moment ago ({0}); try again shortly")]
+    FailedElsewhere(StatusCode),
     /// A bug: a broken internal invariant (never expected).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -97,7 +101,7 @@ impl GatewayError {
             }
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) | GatewayError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::Em { status, .. } => *status,
+            GatewayError::Em { status, .. } | GatewayError::FailedElsewhere(status) => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,7 +204,8 @@ impl crate::cache::Failure for GatewayError {
             GatewayError::Upstream(_)
             | GatewayError::Session(_)
             | GatewayError::SessionRejected
-            | GatewayError::BadUpstream(_) => true,
+            | GatewayError::BadUpstream(_)
+            | GatewayError::FailedElsewhere(_) => true,
             GatewayError::Em { status, .. } => status.is_server_error(),
             _ => false,
         }
