@@ -437,3 +437,117 @@ async fn https_listener_serves_http2_and_marks_the_cookie_secure() {
     );
     drop(headers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_are_one_owner_whatever_name_their_logon_gives() {
+    let sim = start_sim(sim_config()).await;
+    let admin = "an-admin-token-of-the-operator";
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", admin)]);
+    let http = Http::default();
+    // A sidecar's app logs on as "operator": a name it chose itself.
+    let (token, reply) = gateway_logon(&http, &gw, "operator", "anything").await;
+    assert_eq!(reply.json()["UserName"], "anonymous", "{}", reply.body);
+    let id = reply.json()["SessionId"].as_str().unwrap().to_string();
+    let (other, _) = gateway_logon(&http, &gw, "someone-else", "x").await;
+    let list = |headers: Vec<(&'static str, String)>| {
+        let http = http.clone();
+        let url = gw.url("/api/logonSessions");
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = http.get(&url, &h).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.json()["LogonSessions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    // Both logons are the anonymous owner's, whatever name each gave...
+    assert_eq!(
+        list(vec![("x-restsvcsessionid", token.clone())])
+            .await
+            .len(),
+        2
+    );
+    assert_eq!(list(vec![("x-restsvcsessionid", other)]).await.len(), 2);
+    // ...and none is the operator's: the admin token sees none, ends none.
+    let bearer = format!("Bearer {admin}");
+    assert!(list(vec![("authorization", bearer.clone())])
+        .await
+        .is_empty());
+    let one = gw.url(&format!("/api/logonSessions/{id}"));
+    let r = http
+        .send(Method::DELETE, &one, &[("authorization", &bearer)])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_eq!(
+        http.get(&one, &[("x-restsvcsessionid", &token)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_credentials_on_api_is_slowed_like_guessing_the_admin_token() {
+    let sim = start_sim(sim_config()).await;
+    let (file, dash, _) = clients_file(&scratch("clients-guess"));
+    let admin = "an-admin-token-of-the-operator";
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CLIENTS_FILE", &file),
+            ("EMGATE_ADMIN_TOKEN", admin),
+        ],
+    );
+    let http = Http::default();
+    let good = basic("dashboard", dash);
+    let jobs = gw.url("/api/jobs");
+    assert_eq!(
+        http.get(&jobs, &[("authorization", &good)]).await.status,
+        StatusCode::OK
+    );
+    // Fifty wrong credentials from one address: Basic secrets, bearer
+    // tokens (the admin token among the guesses' targets), session tokens.
+    let mut limited = 0;
+    for i in 0..50 {
+        let (name, value) = match i % 3 {
+            0 => ("authorization", basic("dashboard", &format!("guess-{i}"))),
+            1 => ("authorization", format!("Bearer guess-{i}")),
+            _ => ("x-restsvcsessionid", format!("guess-{i}")),
+        };
+        let r = http.get(&jobs, &[(name, &value)]).await;
+        match r.status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers.contains_key("retry-after"));
+                assert_eq!(r.json()["StatusCode"], 429, "{}", r.body);
+                limited += 1;
+            }
+            other => panic!("guess {i}: {other}: {}", r.body),
+        }
+    }
+    assert!(limited >= 20, "guessing was not slowed: {limited} of 50");
+    // Meanwhile nothing this address presents is compared, the right
+    // secret included, and the admin endpoints share the account.
+    assert_eq!(
+        http.get(&jobs, &[("authorization", &good)]).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let bearer = format!("Bearer {admin}");
+    assert_eq!(
+        http.get(&gw.url("/admin/status.json"), &[("authorization", &bearer)])
+            .await
+            .status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The guessing stops: the account settles within a moment, and a right
+    // credential is never counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..30 {
+        assert_eq!(
+            http.get(&jobs, &[("authorization", &good)]).await.status,
+            StatusCode::OK
+        );
+    }
+}

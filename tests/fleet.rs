@@ -38,6 +38,26 @@ fn vm(sim: &Sim, i: usize) -> String {
     )
 }
 
+/// What EM was asked, in order (for a failed assertion's message).
+fn em_paths(sim: &Sim) -> Vec<String> {
+    sim.requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect()
+}
+
+/// The simulator, a `redis-server` and three ready replicas with `extra`
+/// settings, EM's requests so far forgotten; `None` without `redis-server`.
+async fn ready_fleet(extra: &[(&str, &str)]) -> Option<(Sim, Redis, Vec<Gateway>, Http)> {
+    let sim = start_sim(sim_config()).await;
+    let redis = Redis::try_start()?;
+    let gws = fleet(&sim, &redis, extra);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    sim.clear_requests();
+    Some((sim, redis, gws, http))
+}
+
 fn em_fetches(sim: &Sim, prefix: &str) -> usize {
     sim.requests()
         .iter()
@@ -47,22 +67,15 @@ fn em_fetches(sim: &Sim, prefix: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_requests_for_ten_ids_over_three_replicas_make_ten_em_fetches() {
-    let sim = start_sim(sim_config()).await;
-    let Some(redis) = Redis::try_start() else {
+    let Some((sim, _redis, gws, http)) = ready_fleet(&[
+        ("EMGATE_CACHE_TTL", "2s"),
+        ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
+        ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
+    ])
+    .await
+    else {
         return;
     };
-    let gws = fleet(
-        &sim,
-        &redis,
-        &[
-            ("EMGATE_CACHE_TTL", "2s"),
-            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
-            ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
-        ],
-    );
-    let http = Http::default();
-    all_ready(&http, &gws).await;
-    sim.clear_requests();
     sim.set_path_latency("/api/restorePoints/", Some(Duration::from_millis(300)));
     for round in 0..2 {
         let mut tasks = Vec::new();
@@ -91,10 +104,7 @@ async fn three_hundred_requests_for_ten_ids_over_three_replicas_make_ten_em_fetc
             em_fetches(&sim, "/api/restorePoints/"),
             10 * (round + 1),
             "round {round}: {:?}",
-            sim.requests()
-                .iter()
-                .map(|r| &r.path_and_query)
-                .collect::<Vec<_>>()
+            em_paths(&sim)
         );
         assert!(
             shared > 0,
@@ -299,14 +309,7 @@ async fn when_the_replica_fetching_for_the_fleet_dies_another_takes_over() {
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
     let landed = traffic.await.unwrap();
     assert!(landed > 50, "only {landed} other entries landed meanwhile");
-    assert!(
-        em_fetches(&sim, &p) <= 2,
-        "{:?}",
-        sim.requests()
-            .iter()
-            .map(|r| &r.path_and_query)
-            .collect::<Vec<_>>()
-    );
+    assert!(em_fetches(&sim, &p) <= 2, "{:?}", em_paths(&sim));
     let m = http.get(&gws[1].url("/metrics"), &[]).await.body;
     let m2 = http.get(&gws[2].url("/metrics"), &[]).await.body;
     let takeovers = sample(&m, "emgate_fleet_lease_takeovers_total").unwrap_or(0.0)
@@ -705,4 +708,47 @@ async fn the_shared_secret_rotates_without_a_moment_where_replicas_disagree() {
     all_ready(&http, &gws).await;
     http.get(&gws[0].url(&vm(&sim, 4)), &[]).await;
     assert!(shared(&http.get(&gws[1].url(&vm(&sim, 4)), &[]).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn when_em_hangs_the_fleet_waits_one_em_timeout_not_two() {
+    let Some((sim, _redis, gws, http)) = ready_fleet(&[
+        ("EMGATE_UPSTREAM_TIMEOUT", "2s"),
+        ("EMGATE_SHARED_LEASE", "2s"),
+    ])
+    .await
+    else {
+        return;
+    };
+    sim.set_path_fault("/api/restorePoints/", Some(emgate::sim::Fault::Hang));
+    let p = vm(&sim, 9);
+    // Clients of every replica ask for the same restore point at once: one
+    // replica fetches for the fleet, EM never answers.
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for gw in &gws {
+        for _ in 0..3 {
+            let http = http.clone();
+            let url = gw.url(&p);
+            clients.push(tokio::spawn(async move {
+                let r = http.get(&url, &[]).await;
+                (r, started.elapsed())
+            }));
+        }
+    }
+    for c in clients {
+        let (r, took) = c.await.unwrap();
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+        assert_eq!(r.json()["StatusCode"], 504);
+        // One EM timeout (2 s) and the fleet's bookkeeping; a waiter that
+        // took the lease over and asked EM again would make it 4 s.
+        assert!(
+            took < Duration::from_millis(3500),
+            "answered after {took:?}"
+        );
+    }
+    assert_eq!(em_fetches(&sim, &p), 1, "{:?}", em_paths(&sim));
+    // EM is back: the next request asks it (the failure is not an answer).
+    sim.set_path_fault("/api/restorePoints/", None);
+    assert_eq!(http.get(&gws[1].url(&p), &[]).await.status, StatusCode::OK);
 }

@@ -67,7 +67,7 @@ async fn hostile_targets_get_400_and_never_reach_em_and_em_gets_canonical_ones()
         "/api%2f",
     ];
     for target in hostile {
-        let reply = raw(gw.addr, &get(target, "gw.example"), Duration::from_secs(5)).await;
+        let reply = raw(gw.addr, &get(target, "localhost"), Duration::from_secs(5)).await;
         let status = reply.status.unwrap_or(0);
         assert!(
             (400..500).contains(&status) || (reply.status.is_none() && reply.closed),
@@ -76,7 +76,7 @@ async fn hostile_targets_get_400_and_never_reach_em_and_em_gets_canonical_ones()
         );
     }
     let long = format!("/api/jobs/{}", "a".repeat(3000));
-    let reply = raw(gw.addr, &get(&long, "gw.example"), Duration::from_secs(5)).await;
+    let reply = raw(gw.addr, &get(&long, "localhost"), Duration::from_secs(5)).await;
     assert!(
         reply.status.is_some_and(|s| (400..500).contains(&s)),
         "{}",
@@ -93,7 +93,7 @@ async fn hostile_targets_get_400_and_never_reach_em_and_em_gets_canonical_ones()
 
     // Escapes of plain characters are decoded once; EM is sent the canonical form.
     let sent = format!("/api/restorePoints/{rp}/vm%52estorePoints?%66ormat=%45ntity&v=latest");
-    let reply = raw(gw.addr, &get(&sent, "gw.example"), Duration::from_secs(5)).await;
+    let reply = raw(gw.addr, &get(&sent, "localhost"), Duration::from_secs(5)).await;
     assert_eq!(reply.status, Some(200), "{}", reply.text);
     let seen: Vec<String> = sim
         .requests()
@@ -109,7 +109,7 @@ async fn hostile_targets_get_400_and_never_reach_em_and_em_gets_canonical_ones()
     );
     let reply = raw(
         gw.addr,
-        &get("/api/catalog/vms/web%20server%2301", "gw.example"),
+        &get("/api/catalog/vms/web%20server%2301", "localhost"),
         Duration::from_secs(5),
     )
     .await;
@@ -162,18 +162,19 @@ async fn requests_that_name_no_single_valid_host_get_400_and_never_reach_em() {
     .await;
     assert_eq!(reply.status, Some(200), "{}", reply.text);
     assert!(reply.text.contains(&format!("http://{}/api/", gw.addr)));
-    // An absolute-form target that agrees with Host is fine.
+    // An absolute-form target that agrees with Host is fine (a loopback
+    // name: this gateway is anonymous).
     let reply = raw(
         gw.addr,
         format!(
-            "GET http://gw.example{path} HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n"
+            "GET http://localhost{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
         Duration::from_secs(5),
     )
     .await;
     assert_eq!(reply.status, Some(200), "{}", reply.text);
-    assert!(reply.text.contains("http://gw.example/api/"));
+    assert!(reply.text.contains("http://localhost/api/"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -825,4 +826,181 @@ async fn only_what_em_needs_crosses_and_ems_identity_stays_behind() {
         "{:?}",
         seen[0].headers
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_gateway_answers_only_its_loopback_names_and_writes_only_its_own_pages() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_ALLOW_WRITES", "true")]);
+    let http = Http::default();
+    settled(&sim, &gw, &http).await;
+    let port = gw.addr.port();
+    let job = format!("/api/jobs/{}?action=start", sim.job_id(0));
+    // evil.example's page, its name rebound to 127.0.0.1, reads and writes
+    // "its own" origin: the gateway, through the pooled EM session.
+    let rebound = [
+        format!("GET /api/jobs HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n"),
+        format!(
+            "POST {job} HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n\
+             Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        ),
+        "GET /admin/status HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_string(),
+    ];
+    for request in &rebound {
+        let reply = raw(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(reply.status, Some(421), "{request:?}: {}", reply.text);
+        assert!(reply.text.contains("\"StatusCode\":421"), "{}", reply.text);
+    }
+    // Probes answer whatever name they use.
+    let probe = raw(
+        gw.addr,
+        &get("/healthz", "evil.example"),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(probe.status, Some(200), "{}", probe.text);
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    // Its loopback names, with any port, all work.
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "LocalHost".to_string(),
+        "[::1]:1".to_string(),
+    ] {
+        let reply = raw(gw.addr, &get("/api/jobs", &host), Duration::from_secs(5)).await;
+        assert_eq!(reply.status, Some(200), "{host}: {}", reply.text);
+    }
+    sim.clear_requests();
+    // A page elsewhere posts at the gateway itself (a text/plain body needs
+    // no preflight): refused before EM, as is a logon from there.
+    let cross: [&[(&str, &str)]; 4] = [
+        &[
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ],
+        &[("origin", "null"), ("content-type", "text/plain")],
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("content-type", "text/plain"),
+        ],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ],
+    ];
+    for headers in cross {
+        let r = http
+            .send_body(Method::POST, &gw.url(&job), headers, "{}")
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+        assert_eq!(r.json()["StatusCode"], 403);
+    }
+    let logon = http
+        .send(
+            Method::POST,
+            &gw.url("/api/sessionMngr/?v=latest"),
+            &[
+                ("origin", "http://evil.example"),
+                ("authorization", "Basic dTpw"),
+            ],
+        )
+        .await;
+    assert_eq!(logon.status, StatusCode::FORBIDDEN, "{}", logon.body);
+    assert!(sim.requests().is_empty(), "{:?}", sim.requests());
+    // The gateway's own page, and a script with no browser headers, write.
+    let own = format!("http://127.0.0.1:{port}");
+    for headers in [
+        vec![("origin", own.as_str()), ("sec-fetch-site", "same-origin")],
+        vec![("origin", own.as_str())],
+        vec![],
+    ] {
+        let r = http.send(Method::POST, &gw.url(&job), &headers).await;
+        assert_ne!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.body);
+    }
+    let posts = sim.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts, 3, "{:?}", sim.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_answers_are_private_not_sniffed_and_typed_by_the_gateway() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let direct = Gateway::start(&sim, &[("EMGATE_COLLAPSE", "false")]);
+    let http = Http::default();
+    settled(&sim, &gw, &http).await;
+    assert!(becomes_ready(&http, &direct).await);
+    let ours = |r: &common::Reply, what: &str| {
+        assert_eq!(
+            r.headers["cache-control"], "private",
+            "{what}: {:?}",
+            r.headers
+        );
+        assert_eq!(r.headers["x-content-type-options"], "nosniff", "{what}");
+        if let Some(t) = r.headers.get("content-type") {
+            assert!(
+                [
+                    "application/json; charset=utf-8",
+                    "application/xml; charset=utf-8",
+                    "application/octet-stream",
+                ]
+                .contains(&t.to_str().unwrap()),
+                "{what}: {t:?}"
+            );
+        }
+    };
+    let vm = format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(3)
+    );
+    let miss = http.get(&gw.url(&vm), &[]).await;
+    assert_eq!(miss.headers["x-cache"], "MISS");
+    ours(&miss, "a miss");
+    let hit = http.get(&gw.url(&vm), &[]).await;
+    assert_eq!(hit.headers["x-cache"], "HIT");
+    ours(&hit, "a hit");
+    let xml = http
+        .get(&gw.url(&vm), &[("accept", "application/xml")])
+        .await;
+    ours(&xml, "XML");
+    let etag = hit.headers["etag"].to_str().unwrap().to_string();
+    let not_modified = http.get(&gw.url(&vm), &[("if-none-match", &etag)]).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    ours(&not_modified, "a 304");
+    ours(&http.get(&gw.url("/api/"), &[]).await, "the entry point");
+    ours(
+        &http.get(&gw.url("/api/backupServers"), &[]).await,
+        "a collapsed pass-through",
+    );
+    ours(
+        &http.get(&direct.url("/api/backupServers"), &[]).await,
+        "a pass-through",
+    );
+    let bad = http
+        .get(&gw.url("/api/restorePoints/nope/vmRestorePoints"), &[])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    ours(&bad, "the gateway's error");
+    let unknown = http
+        .get(&gw.url("/api/jobs"), &[("x-restsvcsessionid", "nope")])
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    ours(&unknown, "a 401");
+    let (_, logon) = gateway_logon(&http, &gw, "u", "p").await;
+    ours(&logon, "a logon");
+    sim.set_path_fault("/api/repositories", Some(Fault::Status(500)));
+    let em_error = http.get(&gw.url("/api/repositories"), &[]).await;
+    assert_eq!(em_error.status, StatusCode::INTERNAL_SERVER_ERROR);
+    ours(&em_error, "EM's error");
+    // EM (or whatever answers in its place) sends a page of its own: the
+    // client gets bytes, never a document for its browser to run.
+    sim.set_path_fault("/api/managedServers", Some(Fault::Html));
+    for (g, what) in [(&gw, "collapsed"), (&direct, "passed through")] {
+        let page = http.get(&g.url("/api/managedServers"), &[]).await;
+        assert_eq!(page.status, StatusCode::OK, "{what}");
+        assert_eq!(
+            page.headers["content-type"], "application/octet-stream",
+            "{what}"
+        );
+        ours(&page, what);
+    }
 }

@@ -860,6 +860,48 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_of_a_failed_fetch_get_its_failure_and_fetch_nothing() {
+        let cache: Arc<Cache<String, Counted, Failed>> = Arc::new(Cache::new(
+            Options {
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1 << 20,
+                stale_wait: Duration::from_secs(1),
+                refresh_ahead: false,
+                failed_memory: Duration::from_secs(1),
+            },
+            1,
+        ));
+        let policy = Policy {
+            rule: 0,
+            ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::from_secs(1),
+        };
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut waiters = Vec::new();
+        for _ in 0..20 {
+            let (cache, policy, fetches) = (cache.clone(), policy.clone(), fetches.clone());
+            waiters.push(tokio::spawn(async move {
+                // A source that hangs, then fails (EM's timeout).
+                let fetch = move || async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Err::<Fetched<Counted>, _>(Failed)
+                };
+                cache.get("k".to_string(), &policy, || fetch).await.is_err()
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for w in waiters {
+            assert!(w.await.unwrap(), "a waiter got an answer");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1, "a waiter fetched again");
+        assert!(started.elapsed() < Duration::from_millis(550));
+    }
+
     #[tokio::test]
     async fn an_entry_waiting_for_its_refresh_ahead_is_freed_when_evicted() {
         let cache: Cache<String, Counted, Failed> = Cache::new(

@@ -15,6 +15,12 @@
 //! on the replica that fetched them, and entries travel on the connection
 //! for large values.
 //!
+//! A holder whose fetch fails (EM hanging past its timeout, EM down) says
+//! so before it lets the lease go: a marker `f:<hash>` (the status and the
+//! holder's lease token, for the lease time) and a notice. Waiters give
+//! that failure to their clients instead of taking the lease over and
+//! asking EM again: a hanging EM costs the fleet one EM timeout, not two.
+//!
 //! Purges: a fleet-wide epoch is bumped first, and an entry is stored only
 //! if the epoch is still the one its fetch began under, so a purge during
 //! a fetch wins on every replica.
@@ -38,6 +44,9 @@ pub enum Waited {
     HolderGone,
     /// Still fetching after the bound.
     TimedOut,
+    /// The holder's fetch failed a moment ago, with this status: the
+    /// waiter fails too, rather than ask EM again.
+    Failed(u16),
 }
 
 /// The right to fetch a key for the fleet; renewed while held, released
@@ -76,6 +85,77 @@ impl Fleet {
 
     fn lease_key(&self, h: &str) -> String {
         self.key(&format!("l:{h}"))
+    }
+
+    fn failure_key(&self, h: &str) -> String {
+        self.key(&format!("f:{h}"))
+    }
+
+    /// Tells the fleet that the fetch `lease` was taken for failed with
+    /// `status`: the marker lives for the lease time (waiters look at least
+    /// that often), then a notice wakes them. Called before the lease is
+    /// released, so a waiter that sees the lease gone sees the marker.
+    pub async fn fetch_failed(&self, lease: &Lease, status: u16) -> Result<(), Down> {
+        let key = self.failure_key(&lease.hash);
+        let status = status.to_string();
+        let mac = self
+            .0
+            .keys
+            .sign_hex(&[
+                b"fetch-failed",
+                key.as_bytes(),
+                status.as_bytes(),
+                lease.token.as_bytes(),
+            ])
+            .ok_or(Down)?;
+        let value = format!("{status} {} {mac}", lease.token);
+        let ms = self.lease_time().as_millis().max(1) as u64;
+        let _: () = self
+            .op("failed", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.publish(Event::Landed(lease.hash.clone())).await
+    }
+
+    /// The failure marker of `h`, as stored, if its MAC holds (a planted
+    /// one must not fail anybody's request).
+    async fn failure(&self, h: &str) -> Result<Option<String>, Down> {
+        let key = self.failure_key(h);
+        let k = key.clone();
+        let marker: Option<String> = self
+            .op("get", |mut c| async move {
+                redis::cmd("GET").arg(k).query_async(&mut c).await
+            })
+            .await?;
+        let Some(marker) = marker else {
+            return Ok(None);
+        };
+        let mut parts = marker.splitn(3, ' ');
+        let (status, token, mac) = (parts.next(), parts.next(), parts.next());
+        let valid = match (status, token, mac) {
+            (Some(status), Some(token), Some(mac)) => self.0.keys.verify_hex(
+                &[
+                    b"fetch-failed",
+                    key.as_bytes(),
+                    status.as_bytes(),
+                    token.as_bytes(),
+                ],
+                mac,
+            ),
+            _ => false,
+        };
+        if !valid {
+            self.rejected("fetch_failed", &key);
+            return Ok(None);
+        }
+        Ok(Some(marker))
     }
 
     /// The entry's bytes, if the fleet holds it and its MAC holds (a
@@ -298,6 +378,14 @@ impl Fleet {
         if let Some(bytes) = new(self.entry(h).await?) {
             return Ok(Waited::Landed(bytes));
         }
+        // A failure from before this wait is not the fetch being waited for.
+        let earlier = self.failure(h).await?;
+        let failed = |marker: Option<String>| {
+            marker
+                .filter(|m| Some(m) != earlier.as_ref())
+                .and_then(|m| m.split(' ').next()?.parse::<u16>().ok())
+                .map(Waited::Failed)
+        };
         let deadline = tokio::time::Instant::now() + within;
         // One clock for the lease checks: notices of other keys (a busy
         // fleet has many) must not keep putting the check off.
@@ -312,6 +400,9 @@ impl Fleet {
                     Ok(x) if x == h => {
                         if let Some(bytes) = new(self.entry(h).await?) {
                             return Ok(Waited::Landed(bytes));
+                        }
+                        if let Some(f) = failed(self.failure(h).await?) {
+                            return Ok(f);
                         }
                     }
                     Ok(_) => {}
@@ -332,10 +423,12 @@ impl Fleet {
                         return Ok(Waited::Landed(bytes));
                     }
                     if !held {
-                        return Ok(Waited::HolderGone);
+                        return Ok(failed(self.failure(h).await?).unwrap_or(Waited::HolderGone));
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => return Ok(Waited::TimedOut),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Ok(failed(self.failure(h).await?).unwrap_or(Waited::TimedOut));
+                }
             }
         }
     }

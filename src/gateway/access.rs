@@ -40,9 +40,12 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// Whose gateway sessions this caller sees. Anonymous owners start with
-    /// `~`, which no client name may contain, so a client named "anonymous"
-    /// never shares sessions with anonymous callers.
+    /// Whose gateway sessions this caller sees. Owners the gateway makes
+    /// start with `~`, which no client name may contain, so a client named
+    /// "anonymous" or "operator" never shares sessions with them; and every
+    /// anonymous caller is the one owner `~anonymous`, whatever user name
+    /// its EM-style logon gave (it chooses that name itself, so the name
+    /// must not choose an owner: `operator` would be the operator's).
     pub fn owner(&self) -> &str {
         match self {
             Caller::Client(name) => name,
@@ -67,10 +70,58 @@ const BAD_CREDENTIALS: &str = "unknown client or wrong secret";
 const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idle); log on again";
 
 /// Authenticates a request to `/api`; the error is a 401 in EM's shape.
-pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+///
+/// A credential that is compared with a secret (a session token, a client
+/// secret, the admin token) is an attempt of the caller's address
+/// ([`crate::gateway::limit::Attempts`], the admin endpoints' account):
+/// one that fails is counted, and past the limit the address gets 429
+/// before anything it presents is compared. An anonymous gateway's Basic
+/// credentials are an EM client's own logon data and compared with nothing.
+pub async fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Caller, GatewayError> {
     let access = &app.settings.access;
     let clients = &app.clients;
-    match presented(headers) {
+    let presented = presented(headers);
+    let anonymous = clients.is_empty() && access.allow_anonymous;
+    let compared = match &presented {
+        Presented::Session(_) => true,
+        Presented::Basic(..) => !anonymous,
+        Presented::Bearer(_) => !anonymous || access.admin_token.is_some(),
+        Presented::Nothing | Presented::Malformed => false,
+    };
+    if compared {
+        app.attempts
+            .may_try(peer)
+            .map_err(GatewayError::RateLimited)?;
+    }
+    let caller = identify(app, headers, presented).await;
+    let failed = match &caller {
+        Err(GatewayError::Unauthorized(_)) => true,
+        // A bearer token that was not the admin token, on an anonymous gateway.
+        Ok(Caller::Anonymous) => true,
+        _ => false,
+    };
+    if compared && failed {
+        app.attempts.count(peer);
+    }
+    caller
+}
+
+/// Who the credentials presented stand for.
+async fn identify(
+    app: &App,
+    headers: &HeaderMap,
+    presented: Presented<'_>,
+) -> Result<Caller, GatewayError> {
+    let access = &app.settings.access;
+    let clients = &app.clients;
+    match presented {
+        Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
+            Ok(Caller::Anonymous)
+        }
         Presented::Session(token) => app
             .sessions
             .lookup(token)
@@ -82,7 +133,8 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, Gate
             .ok_or(GatewayError::Unauthorized(BAD_SESSION)),
         // The admin token is an operator's credential on /api too (so a
         // `no-cache` from the operator can reach EM), never a client
-        // secret; asked first, so it works beside a clients file.
+        // secret; asked first, so it works beside a clients file (on an
+        // anonymous gateway, as a bearer token only).
         Presented::Basic(..) | Presented::Bearer(_)
             if crate::gateway::admin::authorized(app, headers) =>
         {
@@ -112,6 +164,7 @@ pub async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Caller, Gate
 pub async fn logon(
     app: &App,
     parts: &Parts,
+    peer: IpAddr,
     target: &Target,
     xml: bool,
     public: &str,
@@ -122,27 +175,16 @@ pub async fn logon(
     if parts.method != Method::POST {
         return Err(GatewayError::MethodNotAllowed(parts.method.clone(), "POST"));
     }
-    let access = &app.settings.access;
-    let owner = match presented(&parts.headers) {
-        // An anonymous gateway takes any EM-style logon and keeps the name
-        // for display, so unchanged EM clients work against a sidecar.
-        Presented::Basic(name, _) if app.clients.is_empty() && access.allow_anonymous => {
-            let shown = if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control)
-            {
-                "anonymous"
-            } else {
-                name.as_str()
-            };
-            format!("~{shown}")
-        }
-        _ => authenticate(app, &parts.headers).await?.owner().to_string(),
-    };
-    let (token, id) = app.sessions.create(&owner).await?;
+    // An anonymous gateway takes any EM-style logon (unchanged EM clients
+    // work against a sidecar), for the one anonymous owner.
+    let caller = authenticate(app, &parts.headers, peer).await?;
+    let owner = caller.owner();
+    let (token, id) = app.sessions.create(owner).await?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
     logon::created(
         &token,
         id,
-        &owner,
+        owner,
         public,
         // TLS here or at a trusted proxy in front: either way the client is on https.
         public.starts_with("https://"),

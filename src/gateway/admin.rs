@@ -6,7 +6,9 @@
 //! open admin pages). Without a configured token they do not exist (404).
 //!
 //! Admin requests are rate-limited per address before the token is even
-//! compared, so guessing it is slow.
+//! compared, so guessing it is slow; credentials that fail on `/api` count
+//! against the same account ([`crate::gateway::limit::Attempts`]), so the
+//! token cannot be guessed there instead.
 //!
 //! A browser sends a Basic password it was given to every request to the
 //! origin, whoever's page asks, so purges also pass a same-origin check
@@ -21,7 +23,7 @@ use http::{Method, Response, StatusCode};
 use crate::digest::{constant_time_eq, sha256};
 use crate::gateway::app::App;
 use crate::gateway::error::{error_response, GatewayError};
-use crate::gateway::limit::Bucket;
+use crate::gateway::render::CrossSite;
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::router::Conn;
@@ -84,7 +86,7 @@ pub async fn handle(
     if app.settings.access.admin_token.is_none() {
         return GatewayError::NotFound(path.chars().take(200).collect()).into_response(xml, case);
     }
-    if let Err(wait) = app.admin_limits.check(&Bucket::Address(conn.peer)) {
+    if let Err(wait) = app.attempts.attempt(conn.peer) {
         return GatewayError::RateLimited(wait).into_response(xml, case);
     }
     if !authorized(app, &parts.headers) {
@@ -188,29 +190,15 @@ fn method_not_allowed(
     r
 }
 
-/// Whether a purge may come from where it says it does. Scripts send
-/// neither header and pass (they hold the token). A browser sends
-/// `Sec-Fetch-Site` (a page cannot forge it): it must say `same-origin` (or
-/// `none`, typed by the user). Browsers too old for it send `Origin` with a
-/// DELETE, which must then be the gateway's public origin. `Sec-Fetch-Site`
-/// comes first because behind a TLS-terminating proxy without
-/// `EMGATE_PUBLIC_URL` the gateway may not know its public origin.
+/// Whether a purge may come from where it says it does
+/// ([`crate::gateway::render::from_own_pages`]).
 fn same_origin(headers: &HeaderMap, public: &str) -> Result<(), &'static str> {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        return match site.as_bytes() {
-            b"same-origin" | b"none" => Ok(()),
-            _ => Err("purges are taken only from the gateway's own pages (Sec-Fetch-Site)"),
-        };
-    }
-    if let Some(origin) = headers.get(http::header::ORIGIN) {
-        if !origin
-            .to_str()
-            .is_ok_and(|o| crate::gateway::render::is_origin_of(o, public))
-        {
-            return Err("purges are taken only from the gateway's own pages (Origin)");
+    crate::gateway::render::from_own_pages(headers, public).map_err(|how| match how {
+        CrossSite::SecFetchSite => {
+            "purges are taken only from the gateway's own pages (Sec-Fetch-Site)"
         }
-    }
-    Ok(())
+        CrossSite::Origin => "purges are taken only from the gateway's own pages (Origin)",
+    })
 }
 
 /// What a `DELETE /admin/cache` purges.

@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::em::session::SessionPool;
 use crate::fleet::Fleet;
 use crate::gateway::clients::Clients;
-use crate::gateway::limit::ClientLimits;
+use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
 
@@ -44,8 +44,9 @@ pub struct App {
     pub fleet: Option<Fleet>,
     /// Per-client rate limits.
     pub limits: ClientLimits,
-    /// Per-address limits of admin requests.
-    pub admin_limits: ClientLimits,
+    /// Per-address attempts at a secret: every admin request, and every
+    /// credential that fails on `/api`.
+    pub attempts: Attempts,
     /// The API versions EM's entry point listed at start (the status page).
     pub em_versions: std::sync::Mutex<Vec<String>>,
     /// The address actually bound (the fallback for links when a request names no host).

@@ -284,6 +284,12 @@ mod tests {
         assert!(err.starts_with("line 3"), "{err}");
         let err = Clients::parse("[[clients]\n").unwrap_err();
         assert!(err.starts_with("line 1"), "{err}");
+        // `~` marks the owners the gateway makes (`~anonymous`, `~operator`).
+        let marked = format!(
+            "[[clients]]\nname = \"~anonymous\"\nsecret_sha256 = \"{}\"\n",
+            sha256_hex(b"s1")
+        );
+        assert!(Clients::parse(&marked).unwrap_err().starts_with("line 2"));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum GatewayError {
     /// The request body is larger than allowed.
     #[error("the request body exceeds the {0}-byte limit")]
     TooLarge(u64),
+    /// An anonymous gateway was addressed by a name other than loopback's.
+    #[error("this gateway serves anonymous callers and answers only requests addressed to 127.0.0.1, [::1] or localhost")]
+    Misdirected,
     /// The request's headers are larger than allowed.
     #[error("the request headers exceed {0} bytes")]
     HeadersTooLarge(usize),
@@ -69,6 +72,10 @@ pub enum GatewayError {
         /// EM's answer, converted.
         prepared: Box<Prepared>,
     },
+    /// Another replica's fetch of this answer, which this request waited
+    /// for, failed a moment ago with this status (EM was not asked again).
+    #[error("Enterprise Manager failed to give this answer a moment ago ({0}); try again shortly")]
+    FailedElsewhere(StatusCode),
     /// A bug: a broken internal invariant (never expected).
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -82,6 +89,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::TooLarge(_) | GatewayError::Upstream(UpstreamError::RequestTooLarge) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -98,7 +106,7 @@ impl GatewayError {
             }
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) | GatewayError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::Em { status, .. } => *status,
+            GatewayError::Em { status, .. } | GatewayError::FailedElsewhere(status) => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -204,7 +212,8 @@ impl crate::cache::Failure for GatewayError {
             GatewayError::Upstream(_)
             | GatewayError::Session(_)
             | GatewayError::SessionRejected
-            | GatewayError::BadUpstream(_) => true,
+            | GatewayError::BadUpstream(_)
+            | GatewayError::FailedElsewhere(_) => true,
             GatewayError::Em { status, .. } => status.is_server_error(),
             _ => false,
         }

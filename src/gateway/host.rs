@@ -58,6 +58,17 @@ impl Authority {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether it names this machine's loopback: `127.0.0.1`, `[::1]` or
+    /// `localhost`, with any port. An anonymous gateway answers only these
+    /// (a page whose DNS name was rebound to 127.0.0.1 still names its own).
+    pub fn is_loopback(&self) -> bool {
+        let host = match self.0.find(']') {
+            Some(end) => &self.0[..=end],
+            None => self.0.split_once(':').map_or(self.0.as_str(), |(h, _)| h),
+        };
+        matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+    }
 }
 
 /// Why a request's host was refused (400).
@@ -140,6 +151,27 @@ mod tests {
             assert!(Authority::parse(bad).is_none(), "{bad}");
         }
         assert_eq!(Authority::parse("GW:1").unwrap().as_str(), "gw:1");
+        for loopback in [
+            "127.0.0.1",
+            "127.0.0.1:9399",
+            "[::1]",
+            "[::1]:1",
+            "LocalHost:80",
+        ] {
+            assert!(
+                Authority::parse(loopback).unwrap().is_loopback(),
+                "{loopback}"
+            );
+        }
+        for other in [
+            "evil.example",
+            "localhost.evil.example",
+            "127.0.0.2",
+            "[::2]:1",
+            "gw",
+        ] {
+            assert!(!Authority::parse(other).unwrap().is_loopback(), "{other}");
+        }
     }
 
     #[test]

@@ -102,6 +102,74 @@ impl ClientLimits {
     }
 }
 
+/// Attempts at a secret per address: the admin token, client secrets,
+/// gateway session tokens. A GCRA per address, which can be asked without
+/// counting: `/api` looks before it compares a credential and counts only
+/// the ones that fail, so a client that presents the right one is never
+/// slowed, and one that guesses is, before its guess is compared.
+pub struct Attempts {
+    /// Time one attempt costs (1 / rate).
+    interval: Duration,
+    /// How far ahead of now an address's account may run (the burst).
+    tolerance: Duration,
+    /// Each address's theoretical arrival time.
+    due: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
+}
+
+impl Attempts {
+    /// `per_second` attempts a second per address, bursts of `burst` (both at least 1).
+    pub fn new(per_second: u32, burst: u32) -> Attempts {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        Attempts {
+            interval,
+            tolerance: interval * burst.max(1).saturating_sub(1),
+            due: std::sync::Mutex::default(),
+        }
+    }
+
+    /// `Ok` if `peer` may try now (nothing counted), or how long to wait.
+    pub fn may_try(&self, peer: IpAddr) -> Result<(), Duration> {
+        let now = std::time::Instant::now();
+        let Ok(due) = self.due.lock() else {
+            return Ok(());
+        };
+        match due.get(&peer) {
+            Some(at) if *at > now + self.tolerance => Err(*at - self.tolerance - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts an attempt of `peer` (a failed one, on `/api`).
+    pub fn count(&self, peer: IpAddr) {
+        let now = std::time::Instant::now();
+        if let Ok(mut due) = self.due.lock() {
+            let at = due.entry(peer).or_insert(now);
+            // An account already over the limit does not run further ahead:
+            // it clears within a second or two of the guessing stopping.
+            if *at <= now + self.tolerance {
+                *at = (*at).max(now) + self.interval;
+            }
+        }
+    }
+
+    /// [`Attempts::may_try`], counting the attempt when it may go ahead.
+    pub fn attempt(&self, peer: IpAddr) -> Result<(), Duration> {
+        self.may_try(peer)?;
+        self.count(peer);
+        Ok(())
+    }
+
+    /// Forgets addresses whose account is settled, so memory stays bounded
+    /// by recent guessers.
+    pub fn shrink(&self) {
+        let now = std::time::Instant::now();
+        if let Ok(mut due) = self.due.lock() {
+            due.retain(|_, at| *at > now);
+            due.shrink_to_fit();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +187,25 @@ mod tests {
         for _ in 0..1000 {
             assert!(off.check(&a).is_ok());
         }
+    }
+
+    #[test]
+    fn attempts_are_looked_at_without_counting_and_a_burst_runs_out() {
+        let attempts = Attempts::new(5, 20);
+        let me: IpAddr = [10, 0, 0, 1].into();
+        for _ in 0..100 {
+            assert!(attempts.may_try(me).is_ok(), "looking counted");
+        }
+        for _ in 0..20 {
+            assert!(attempts.attempt(me).is_ok());
+        }
+        let wait = attempts.may_try(me).unwrap_err();
+        assert!(wait <= Duration::from_millis(200), "{wait:?}");
+        for _ in 0..100 {
+            attempts.count(me);
+        }
+        let wait = attempts.may_try(me).unwrap_err();
+        assert!(wait <= Duration::from_millis(200), "ran ahead: {wait:?}");
+        assert!(attempts.may_try([10, 0, 0, 2].into()).is_ok());
     }
 }

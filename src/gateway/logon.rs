@@ -48,7 +48,8 @@ pub const MAX_SESSIONS: usize = 10_000;
 struct Record {
     /// The session's id (its `SessionId`, and the `{id}` of `/api/logonSessions/{id}`).
     id: Uuid,
-    /// Who logged on: the client's name, or the user name an anonymous caller gave.
+    /// Who logged on: the client's name, or an owner the gateway makes
+    /// (`~anonymous`, `~operator`; see [`crate::gateway::access::Caller::owner`]).
     owner: String,
     /// Last request made with it.
     last_used: Instant,

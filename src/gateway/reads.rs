@@ -360,7 +360,10 @@ pub async fn serve(
                 key,
                 policy,
                 case: app.settings.json_case,
-                wait: app.settings.upstream.timeout,
+                // A moment more than EM's: the holder began first, and
+                // its failure should reach the waiters before they give up
+                // (and ask EM themselves).
+                wait: app.settings.upstream.timeout + std::time::Duration::from_secs(1),
                 skip_lookup: fresh,
                 stale_wait: app.settings.cache.stale_wait,
             });
@@ -457,6 +460,13 @@ impl Tier {
                         self.fleet.took_over();
                     }
                     let result = em.await;
+                    if let Err(e) = &result {
+                        // EM failing: the replicas waiting for this fetch
+                        // get the failure, and none asks EM again.
+                        if crate::cache::Failure::serves_stale(e) {
+                            let _ = self.fleet.fetch_failed(&lease, e.status().as_u16()).await;
+                        }
+                    }
                     if let Ok(f) = &result {
                         let negative = f.value.status == StatusCode::NOT_FOUND;
                         if let Some(bytes) = f.value.to_shared(std::time::SystemTime::now()) {
@@ -497,6 +507,16 @@ impl Tier {
                             break;
                         }
                         Ok(Waited::HolderGone) => holder_gone = true,
+                        // The fetch waited for failed: so does this one
+                        // (with the stale copy, if there is one).
+                        Ok(Waited::Failed(status)) => {
+                            return match stale.take() {
+                                Some(s) => Ok(s),
+                                None => Err(GatewayError::FailedElsewhere(
+                                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                                )),
+                            };
+                        }
                         Ok(Waited::TimedOut) | Err(_) => match stale.take() {
                             Some(s) => return Ok(s),
                             None => break,

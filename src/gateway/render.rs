@@ -28,6 +28,79 @@ pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charse
 /// `Content-Type` of XML answers.
 pub const XML: HeaderValue = HeaderValue::from_static("application/xml; charset=utf-8");
 
+/// `Content-Type` of answers whose body is not one of EM's documents (a
+/// download, or whatever else EM sent): bytes, never for a browser to
+/// render.
+pub const BYTES: HeaderValue = HeaderValue::from_static("application/octet-stream");
+/// `Cache-Control` of `/api` answers: what EM gives through the pooled
+/// session is not for shared caches.
+const PRIVATE: HeaderValue = HeaderValue::from_static("private");
+/// The same, where EM said `no-cache`.
+const PRIVATE_NO_CACHE: HeaderValue = HeaderValue::from_static("private, no-cache");
+/// `X-Content-Type-Options` of `/api` answers.
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+
+/// What every `/api` answer carries, whoever made it (a hit, EM's answer
+/// passed through, an error, a 304, the drop-in logon):
+/// `X-Content-Type-Options: nosniff`; `Cache-Control: private` (EM's own
+/// kept when it already says `private` or `no-store`, `no-cache` kept
+/// beside it); and a `Content-Type` the gateway made, JSON or XML, else
+/// [`BYTES`]. Static values only: a hit allocates nothing here.
+pub fn api_headers(headers: &mut HeaderMap) {
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF);
+    let mut no_cache = false;
+    let mut strict = false;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        for directive in value.to_str().unwrap_or("").split(',') {
+            let d = directive.trim();
+            strict |= d.eq_ignore_ascii_case("private") || d.eq_ignore_ascii_case("no-store");
+            no_cache |= d.eq_ignore_ascii_case("no-cache");
+        }
+    }
+    if !strict {
+        let value = if no_cache { PRIVATE_NO_CACHE } else { PRIVATE };
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    if headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|t| *t != JSON && *t != XML)
+    {
+        headers.insert(CONTENT_TYPE, BYTES);
+    }
+}
+
+/// How a browser's headers showed a request to come from another site's page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossSite {
+    /// `Sec-Fetch-Site` says `cross-site` or `same-site`.
+    SecFetchSite,
+    /// `Origin` is not the gateway's public origin.
+    Origin,
+}
+
+/// Whether a request with side effects may come from where it says it
+/// does. Scripts and EM clients send neither header and pass. A browser
+/// sends `Sec-Fetch-Site` (a page cannot forge it): it must say
+/// `same-origin` (or `none`, typed by the user). Browsers too old for it
+/// send `Origin` with an unsafe method, which must then be the gateway's
+/// public origin (`public`). `Sec-Fetch-Site` comes first because behind a
+/// TLS-terminating proxy without `EMGATE_PUBLIC_URL` the gateway may not
+/// know its public origin.
+pub fn from_own_pages(headers: &HeaderMap, public: &str) -> Result<(), CrossSite> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.as_bytes() {
+            b"same-origin" | b"none" => Ok(()),
+            _ => Err(CrossSite::SecFetchSite),
+        };
+    }
+    match headers.get(header::ORIGIN) {
+        Some(origin) if !origin.to_str().is_ok_and(|o| is_origin_of(o, public)) => {
+            Err(CrossSite::Origin)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The converter's name for the deployment's case.
 pub fn case(case: JsonCase) -> Case {
     match case {
@@ -675,6 +748,35 @@ mod wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_answers_are_private_unsniffed_and_of_a_type_the_gateway_made() {
+        let finished = |pairs: &[(HeaderName, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(k.clone(), HeaderValue::from_static(v));
+            }
+            api_headers(&mut h);
+            h
+        };
+        let h = finished(&[(CONTENT_TYPE, "application/json; charset=utf-8")]);
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[CONTENT_TYPE], JSON);
+        let h = finished(&[
+            (header::CACHE_CONTROL, "public, max-age=600"),
+            (CONTENT_TYPE, "text/html"),
+        ]);
+        assert_eq!(h[header::CACHE_CONTROL], "private");
+        assert_eq!(h[CONTENT_TYPE], BYTES);
+        for kept in ["no-store", "private, max-age=5", "max-age=0, No-Store"] {
+            let h = finished(&[(header::CACHE_CONTROL, kept)]);
+            assert_eq!(h[header::CACHE_CONTROL], kept);
+        }
+        let h = finished(&[(header::CACHE_CONTROL, "no-cache")]);
+        assert_eq!(h[header::CACHE_CONTROL], "private, no-cache");
+        assert!(!finished(&[]).contains_key(CONTENT_TYPE));
+    }
 
     #[test]
     fn templates_fill_every_gap_with_the_clients_base() {

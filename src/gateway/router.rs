@@ -60,7 +60,11 @@ struct RouteLabel(&'static str);
 /// Checks on the request itself come first, whatever the path: the method,
 /// the size of the head, the host. `/healthz`, `/readyz` and `/metrics` are
 /// answered without waiting for a place among the requests being worked on,
-/// so a full queue behind a hanging EM never fails a probe.
+/// so a full queue behind a hanging EM never fails a probe. An anonymous
+/// gateway answers `/api` and `/admin` only to requests that name it by a
+/// loopback name (421 otherwise): a page whose DNS name was rebound to
+/// 127.0.0.1 reaches the port, but names its own host. Every `/api` answer
+/// leaves with [`render::api_headers`].
 pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
@@ -86,11 +90,17 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 "/healthz" => plain(StatusCode::OK, "ok\n"),
                 "/readyz" => readiness(&app),
                 "/metrics" => metrics(&app).await,
-                p if p == "/api" || p.starts_with("/api/") => match app.work.acquire().await {
+                p if (is_api(p) || is_admin(p))
+                    && app.settings.access.allow_anonymous
+                    && host.as_ref().is_some_and(|h| !h.is_loopback()) =>
+                {
+                    GatewayError::Misdirected.into_response(xml, case)
+                }
+                p if is_api(p) => match app.work.acquire().await {
                     Ok(_place) => api(&app, conn, &parts, body, xml, host.as_ref()).await,
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
-                p if p == "/admin" || p.starts_with("/admin/") => match app.work.acquire().await {
+                p if is_admin(p) => match app.work.acquire().await {
                     Ok(_place) => {
                         let public = render::public_base(
                             &app.settings,
@@ -108,6 +118,9 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
             },
         }
     };
+    if is_api(path) {
+        render::api_headers(response.headers_mut());
+    }
     let route = response
         .extensions_mut()
         .remove::<RouteLabel>()
@@ -138,6 +151,14 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         "request"
     );
     response
+}
+
+fn is_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+fn is_admin(path: &str) -> bool {
+    path == "/admin" || path.starts_with("/admin/")
 }
 
 /// An error's message as the client got it, for the status page.
@@ -223,6 +244,19 @@ async fn api(
             // Connections kept alive through the drain still get an answer.
             return Err(GatewayError::Draining);
         }
+        let method = &parts.method;
+        let read = method == Method::GET || method == Method::HEAD;
+        // Whatever the access mode, a request with side effects (a write, a
+        // logon, a logout) from a browser must come from the gateway's own
+        // pages: a page elsewhere can post a form or a text/plain body here.
+        if !read {
+            render::from_own_pages(&parts.headers, &public).map_err(|how| {
+                GatewayError::Forbidden(match how {
+                    render::CrossSite::SecFetchSite => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Sec-Fetch-Site names another site)",
+                    render::CrossSite::Origin => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Origin names another origin)",
+                })
+            })?;
+        }
         let target = Target::parse(parts.uri.path(), parts.uri.query())?;
         if target.is(0, "sessionMngr") {
             label = "/api/sessionMngr";
@@ -231,15 +265,13 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, &target, xml, &public).await;
+            return access::logon(app, parts, conn.peer, &target, xml, &public).await;
         }
-        let method = &parts.method;
-        let read = method == Method::GET || method == Method::HEAD;
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
         } else {
-            access::authenticate(app, &parts.headers).await?
+            access::authenticate(app, &parts.headers, conn.peer).await?
         };
         client = Some(caller.owner().to_string());
         app.limits
@@ -570,7 +602,7 @@ pub fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        p if p == "/api" || p.starts_with("/api/") => "/api/*",
+        p if is_api(p) => "/api/*",
         p if p.starts_with("/admin/") => "/admin/*",
         _ => "other",
     }

@@ -36,7 +36,7 @@ use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::clients::Clients;
 use crate::gateway::conn::{Activity, Expired};
-use crate::gateway::limit::ClientLimits;
+use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
 use crate::gateway::request_id;
@@ -170,7 +170,7 @@ impl Gateway {
             sessions: ClientSessions::new(fleet.clone()),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1).with_fleet(fleet.clone()),
             fleet,
-            admin_limits: ClientLimits::new(ADMIN_RATE.0, ADMIN_RATE.1),
+            attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
             work,
             local_addr,
             em_versions: std::sync::Mutex::new(Vec::new()),
@@ -509,6 +509,6 @@ async fn housekeeping(app: Arc<App>) {
     loop {
         tick.tick().await;
         app.limits.shrink();
-        app.admin_limits.shrink();
+        app.attempts.shrink();
     }
 }

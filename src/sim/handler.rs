@@ -238,6 +238,12 @@ pub(crate) async fn handle<B>(
                 ))
             }
             Fault::Garbage => Ok(garbage(format, &base, head)),
+            Fault::Html => Ok(with_body(
+                StatusCode::OK,
+                b"<html><body><script>alert(document.cookie)</script></body></html>".to_vec(),
+                "text/html; charset=utf-8",
+                head,
+            )),
             Fault::Stall => {
                 let full = answer(
                     &state,

@@ -125,6 +125,9 @@ pub enum Fault {
     /// `Content-Length`), send the first half of the body, then nothing more:
     /// a client holding room for the whole body holds it until it gives up.
     Stall,
+    /// Answer 200 with a small HTML page (`text/html`), as a web server or
+    /// proxy in front of EM may: a body that is none of EM's documents.
+    Html,
 }
 
 /// Which requests a fault applies to.
