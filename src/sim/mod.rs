@@ -6,10 +6,13 @@
 //! tokens in `X-RestSvcSessionId` (header or cookie) with idle expiry, logon session
 //! listing and logout, restore points and their VM restore points in reference and
 //! entity form, jobs and backup job sessions in both forms, starting a job (a
-//! task), the query service for VM restore points, sessions and jobs (paged,
-//! sorted, filtered), the summary reports, EM's `<Error>` documents, and JSON for
-//! `Accept: application/json`. Its data is generated from a seed, and tests can
-//! add latency and faults.
+//! task, `Running` for [`SimConfig::task_duration`] and then `Finished`), the
+//! tasks of the calling logon session (`GET /api/tasks`, `GET`/`DELETE
+//! /api/tasks/{id}`; another session's tasks are unknown to it, and a session's
+//! tasks end with it), the query service for VM restore points, sessions, jobs
+//! and the session's tasks (paged, sorted, filtered), the summary reports, EM's
+//! `<Error>` documents, and JSON for `Accept: application/json`. Its data is
+//! generated from a seed, and tests can add latency and faults.
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
 //! only `crate::sim::…` and external crates. Everything it knows about EM comes from
@@ -18,8 +21,8 @@
 //! Layout, in the order a request meets it:
 //! - `server.rs`: accept loop, TLS handshake, one HTTP/1.1 connection per task;
 //! - `handler.rs`: routing, logon, session checks, faults, content negotiation;
-//! - `state.rs`: shared state: credentials, sessions, faults, counters, request
-//!   log, tasks;
+//! - `state.rs`: shared state: credentials, logon sessions and their tasks,
+//!   faults, counters, request log;
 //! - `data.rs` (with `time.rs`): the generated estate: servers, jobs, restore
 //!   points, backup job sessions;
 //! - `resources.rs` (entry point, logon sessions, restore points, errors),
@@ -73,6 +76,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// How many restore points to generate.
     pub restore_points: usize,
+    /// How long a task (e.g. a job start's) stays `Running` before it is
+    /// `Finished` with its result.
+    pub task_duration: Duration,
     /// Seed of the generated data; the data is a pure function of (seed, index).
     pub seed: u64,
 }
@@ -87,6 +93,7 @@ impl Default for SimConfig {
             session_idle: Duration::from_secs(15 * 60),
             latency: Duration::ZERO,
             restore_points: 5000,
+            task_duration: Duration::from_secs(2),
             seed: 1,
         }
     }
@@ -103,6 +110,7 @@ impl fmt::Debug for SimConfig {
             .field("session_idle", &self.session_idle)
             .field("latency", &self.latency)
             .field("restore_points", &self.restore_points)
+            .field("task_duration", &self.task_duration)
             .field("seed", &self.seed)
             .finish()
     }
@@ -117,7 +125,8 @@ pub enum Fault {
     Status(u16),
     /// Never answer; the connection stays open until the simulator shuts down.
     Hang,
-    /// Close the TCP connection without an answer (with a TCP RST).
+    /// Close the TCP connection without an answer (with a TCP RST); the request
+    /// is not carried out.
     Reset,
     /// Answer 200 with a body that breaks off mid-document (not valid XML or JSON).
     Garbage,
@@ -154,6 +163,8 @@ pub struct SimStats {
     /// Requests refused for a missing, unknown or expired session (401). Answers
     /// replaced by a [`Fault`] count only in `requests`.
     pub unauthorized: u64,
+    /// Job starts carried out (each created a task); see [`Sim::tasks_started`].
+    pub tasks_started: u64,
     /// Sessions alive now (expired ones are not counted).
     pub active_sessions: usize,
 }
@@ -212,16 +223,9 @@ impl Sim {
         } else {
             None
         };
-        let data = data::Data::generate(cfg.seed, cfg.restore_points);
-        let state = Arc::new(State::new(
-            data,
-            cfg.tls,
-            base_url.clone(),
-            cfg.username,
-            cfg.password,
-            cfg.session_idle,
-            cfg.latency,
-        ));
+        let seed = cfg.seed;
+        let data = data::Data::generate(seed, cfg.restore_points);
+        let state = Arc::new(State::new(data, base_url.clone(), cfg));
         let acceptor = identity
             .as_ref()
             .map(|id| tokio_rustls::TlsAcceptor::from(id.config.clone()));
@@ -237,7 +241,7 @@ impl Sim {
             state,
             addr,
             base_url,
-            seed: cfg.seed,
+            seed,
             cert_pem: identity.as_ref().map(|i| i.cert_pem.clone()),
             cert_sha256: identity.map(|i| i.sha256),
             shutdown_tx,
@@ -345,6 +349,13 @@ impl Sim {
 
     pub fn stats(&self) -> SimStats {
         self.state.stats()
+    }
+
+    /// How many job starts the simulator carried out since it started, over all
+    /// logon sessions (each created a task; a start answered by a [`Fault`] in
+    /// place of the work is not one). The same as `stats().tasks_started`.
+    pub fn tasks_started(&self) -> u64 {
+        self.state.stats().tasks_started
     }
 
     /// The last 10 000 requests received, oldest first.
