@@ -143,6 +143,13 @@ impl Route {
         }
     }
 
+    /// Whether `method` on this route is a write ([`FaultTarget::Write`](super::FaultTarget::Write)):
+    /// a change to a resource that needs a session, a logout excepted.
+    fn is_write(&self, method: &Method) -> bool {
+        let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(method);
+        changes && self.fault_class() == FaultClass::Data && !matches!(self, Route::LogonSession(_))
+    }
+
     fn fault_class(&self) -> FaultClass {
         match self {
             Route::Logon => FaultClass::Logon,
@@ -211,7 +218,7 @@ pub(crate) async fn handle<B>(
         )
     };
     let fault = state
-        .fault_for(route.fault_class())
+        .fault_for(route.fault_class(), route.is_write(req.method()))
         .or_else(|| state.path_fault(req.uri().path()));
     let Some(fault) = fault else {
         return Ok(normal());
@@ -249,6 +256,11 @@ pub(crate) async fn handle<B>(
             unreachable!("a pending future never completes")
         }
         Fault::Reset => reset(&conn),
+        Fault::AnswerLost => {
+            // The work is done (and its answer built) before the line drops.
+            drop(normal());
+            reset(&conn)
+        }
         Fault::Garbage => Ok(garbage(format, &base, head)),
         Fault::Stall => {
             let (parts, body) = normal().into_parts();
@@ -894,6 +906,12 @@ mod tests {
         );
         assert_eq!(Route::parse("/api/tasks/"), Route::Tasks);
         assert_eq!(Route::parse("/api/tasks/a/b"), Route::UnknownApi);
+        assert!(Route::Task("t".into()).is_write(&Method::DELETE));
+        assert!(Route::Job("j".into()).is_write(&Method::POST));
+        assert!(!Route::Job("j".into()).is_write(&Method::GET));
+        assert!(!Route::Tasks.is_write(&Method::HEAD));
+        assert!(!Route::Logon.is_write(&Method::POST));
+        assert!(!Route::LogonSession("s".into()).is_write(&Method::DELETE));
         assert_eq!(Route::parse("/"), Route::Outside);
         assert_eq!(Route::parse("/apix"), Route::Outside);
     }

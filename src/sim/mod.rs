@@ -12,7 +12,8 @@
 //! tasks end with it), the query service for VM restore points, sessions, jobs
 //! and the session's tasks (paged, sorted, filtered), the summary reports, EM's
 //! `<Error>` documents, and JSON for `Accept: application/json`. Its data is
-//! generated from a seed, and tests can add latency and faults.
+//! generated from a seed, and tests can add latency and faults (writes apart
+//! from reads with [`FaultTarget::Write`]).
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
 //! only `crate::sim::…` and external crates. Everything it knows about EM comes from
@@ -128,6 +129,10 @@ pub enum Fault {
     /// Close the TCP connection without an answer (with a TCP RST); the request
     /// is not carried out.
     Reset,
+    /// Carry the request out (a job start starts the job and creates its task),
+    /// then close the TCP connection without sending the answer (with a TCP RST):
+    /// EM acted, but the client never hears of it.
+    AnswerLost,
     /// Answer 200 with a body that breaks off mid-document (not valid XML or JSON).
     Garbage,
     /// Answer the real document's status and headers (its full
@@ -144,6 +149,11 @@ pub enum FaultTarget {
     /// Every resource that needs a session (not `GET /api/`, not logon), including
     /// unknown paths below `/api/`.
     Data,
+    /// Every write: a `POST`, `PUT`, `PATCH` or `DELETE` to a resource that needs a
+    /// session (a job start, a task's deletion), except a logout (`DELETE
+    /// /api/logonSessions/{id}`). It wins over a fault set for `Data`, which
+    /// writes get when this one is clear.
+    Write,
     /// Every request. It wins over a fault set for `Logon` or `Data`; clearing it
     /// (`set_fault(FaultTarget::All, None)`) clears every target.
     All,

@@ -87,11 +87,13 @@ struct Session {
     next_task: u64,
 }
 
-/// Faults per target; `all` applies to every request and wins over the others.
+/// Faults per target; `all` applies to every request and wins over the others,
+/// then `write` over `data` for a write.
 #[derive(Default)]
 struct Faults {
     logon: Option<Fault>,
     data: Option<Fault>,
+    write: Option<Fault>,
     all: Option<Fault>,
 }
 
@@ -303,6 +305,7 @@ impl State {
         match (target, fault) {
             (FaultTarget::Logon, f) => faults.logon = f,
             (FaultTarget::Data, f) => faults.data = f,
+            (FaultTarget::Write, f) => faults.write = f,
             // Clearing `All` clears every target: "no faults at all".
             (FaultTarget::All, None) => {
                 *faults = Faults::default();
@@ -312,11 +315,13 @@ impl State {
         }
     }
 
-    /// The fault a request of this class gets, if any.
-    pub fn fault_for(&self, class: FaultClass) -> Option<Fault> {
+    /// The fault a request of this class gets, if any; `write` when it is a
+    /// write (see [`FaultTarget::Write`]).
+    pub fn fault_for(&self, class: FaultClass, write: bool) -> Option<Fault> {
         let faults = lock(&self.faults);
         faults.all.or(match class {
             FaultClass::Logon => faults.logon,
+            FaultClass::Data if write => faults.write.or(faults.data),
             FaultClass::Data => faults.data,
             FaultClass::Other => None,
         })

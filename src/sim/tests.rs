@@ -1994,3 +1994,49 @@ async fn query_of_tasks_answers_the_callers_tasks_only() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn write_faults_hit_writes_only() {
+    let sim = start_with_tasks(Duration::from_secs(60)).await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let start = format!("/api/jobs/{}?action=start", sim.job_id(0));
+    let auth = [("x-restsvcsessionid", token.as_str())];
+
+    // Reset: the write is received, not carried out, and not answered.
+    sim.set_fault(FaultTarget::Write, Some(Fault::Reset));
+    assert_eq!(c.get("/api/jobs", &token).await.status, StatusCode::OK);
+    let err = c.try_send(Method::POST, &start, &auth).await.err();
+    assert!(err.is_some(), "a reset write has no answer");
+    assert_eq!(sim.tasks_started(), 0);
+    let received = |sim: &Sim| {
+        sim.requests()
+            .iter()
+            .filter(|q| q.method == "POST" && q.path_and_query == start)
+            .count()
+    };
+    assert_eq!(received(&sim), 1);
+
+    // AnswerLost: carried out, then the connection drops.
+    sim.set_fault(FaultTarget::Write, Some(Fault::AnswerLost));
+    let mut c = connect(sim.addr()).await;
+    assert!(c.try_send(Method::POST, &start, &auth).await.is_err());
+    assert_eq!(sim.tasks_started(), 1);
+    assert_eq!(received(&sim), 2);
+    let mut c = connect(sim.addr()).await;
+    assert_eq!(listed_tasks(&mut c, &token).await, ["task-1"]);
+    // A task's deletion is a write too.
+    sim.set_fault(FaultTarget::Write, Some(Fault::Status(503)));
+    let r = c.send(Method::DELETE, "/api/tasks/task-1", &auth).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A Data fault covers writes while no Write fault is set.
+    sim.set_fault(FaultTarget::Write, None);
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let r = c.send(Method::POST, &start, &auth).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    sim.set_fault(FaultTarget::Data, None);
+    assert_eq!(start_job(&mut c, &token, &sim.job_id(0)).await, "task-2");
+    assert_eq!(sim.tasks_started(), 2);
+    sim.shutdown().await;
+}
