@@ -412,6 +412,7 @@ pub async fn run(cfg: SimConfig) -> io::Result<()> {
     let username = cfg.username.clone();
     let password = cfg.password.clone();
     let restore_points = cfg.restore_points;
+    let task_duration = cfg.task_duration;
     let sim = Sim::start(cfg).await?;
     let url = sim.base_url();
     println!("Enterprise Manager simulator listening on {url}");
@@ -432,6 +433,10 @@ pub async fn run(cfg: SimConfig) -> io::Result<()> {
         "  {} jobs, {} backup sessions, e.g. {url}/api/query?type=BackupJobSession&pageSize=20",
         sim.job_count(),
         sim.backup_session_count()
+    );
+    println!(
+        "  job starts: POST {url}/api/jobs/{}?action=start; each task runs {task_duration:?}, see {url}/api/tasks",
+        sim.job_id(0)
     );
     println!("Press Ctrl-C to stop.");
     let waited = wait_for_stop().await;
