@@ -30,8 +30,9 @@ pub(crate) struct Task {
     pub number: u64,
     /// Index of the job it started.
     pub job: usize,
-    /// When it turns from `Running` to `Finished`.
-    pub finishes: Instant,
+    /// When it turns from `Running` to `Finished`; `None` for a duration too
+    /// long to count (it never finishes).
+    pub finishes: Option<Instant>,
 }
 
 impl Task {
@@ -42,7 +43,7 @@ impl Task {
 
     /// Still `Running`: its duration has not passed yet.
     pub fn running(&self) -> bool {
-        Instant::now() < self.finishes
+        self.finishes.is_none_or(|f| Instant::now() < f)
     }
 
     /// The number of a task id as sent (`task-7`), if it is one in form.
@@ -336,7 +337,7 @@ impl State {
         let task = Task {
             number: s.next_task,
             job,
-            finishes: Instant::now() + self.task_duration,
+            finishes: Instant::now().checked_add(self.task_duration),
         };
         s.next_task += 1;
         if s.tasks.len() == TASKS_KEPT {
@@ -448,5 +449,27 @@ mod tests {
         assert_eq!(session_token(&id), "OsU6RL7OGkGKrPBGxKxURw==");
         assert!(token_session_id("not base64!").is_none());
         assert!(token_session_id("AAAA").is_none());
+    }
+
+    #[test]
+    fn tasks_are_kept_per_session_and_any_duration_is_safe() {
+        let cfg = SimConfig {
+            task_duration: Duration::MAX,
+            ..SimConfig::default()
+        };
+        let state = State::new(Data::generate(1, 0), "http://sim".into(), cfg);
+        let (a, b) = (state.create_session("a"), state.create_session("b"));
+        let task = state.create_task(&a, 0).unwrap();
+        assert!(task.running());
+        assert_eq!(state.create_task(&b, 1).unwrap().id(), "task-1");
+        assert!(state.task(&b, 1).is_some_and(|t| t.job == 1));
+        assert!(!state.delete_task(&b, 2));
+        assert!(state.delete_task(&a, 1));
+        assert!(state.tasks(&a).is_empty());
+        state.delete_session(&b);
+        assert!(state.create_task(&b, 0).is_none());
+        assert_eq!(state.stats().tasks_started, 2);
+        assert_eq!(Task::number_of("task-12"), Some(12));
+        assert_eq!(Task::number_of("Task-1"), None);
     }
 }
