@@ -991,7 +991,11 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
         let (name, secret) = &creds[1];
         gateway_logon(&http, b, name, secret).await;
         let took = started.elapsed();
-        if took > Duration::from_secs(1) {
+        // Generous: on a busy 2-core machine the simulator building 43 MB
+        // and A converting it take the CPU; what must not happen is a
+        // logon waiting behind the big value for Redis (see the shared
+        // operations that timed out, below).
+        if took > Duration::from_secs(5) {
             slow.push(format!(
                 "{took:?} at {:?}{}",
                 begun.elapsed(),
@@ -1035,8 +1039,20 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
     let mut problems = Vec::new();
     if !slow.is_empty() {
         problems.push(format!(
-            "logons at B took over 1 s while A fetched 40 MB: {slow:?}"
+            "logons at B took over 5 s while A fetched 40 MB: {slow:?}"
         ));
+    }
+    // No operation of B's on Redis (session records, leases) waited past
+    // its bound while A fetched.
+    let m = http.get(&b.url("/metrics"), &[]).await.body;
+    let timed_out: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("emgate_shared_operations_total") && l.contains("result=\"timeout\"")
+        })
+        .collect();
+    if !timed_out.is_empty() {
+        problems.push(format!("B's Redis operations timed out: {timed_out:?}"));
     }
     if !doubled.is_empty() {
         problems.push(format!(

@@ -91,6 +91,9 @@ struct SimArgs {
     /// How many restore points to generate.
     #[arg(long, default_value_t = 5000)]
     restore_points: usize,
+    /// How long a task (a job start's) runs before it is finished.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    task_duration: Duration,
 }
 
 /// Parses the command line and runs it.
@@ -198,6 +201,7 @@ async fn sim(args: SimArgs) -> ExitCode {
         session_idle: args.session_idle,
         latency: args.latency,
         restore_points: args.restore_points,
+        task_duration: args.task_duration,
         ..crate::sim::SimConfig::default()
     };
     match crate::sim::run(cfg).await {

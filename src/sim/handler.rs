@@ -17,11 +17,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use uuid::Uuid;
 
-use super::jobs::{self, TaskView};
+use super::jobs;
 use super::model::Document;
 use super::query::{self, QueryError};
 use super::report::{self, Report};
-use super::state::{session_token, Counters, FaultClass, SessionError, State};
+use super::state::{session_token, Counters, FaultClass, SessionError, State, Task};
 use super::{json, resources, server::ConnCtx, xml, Fault, RecordedRequest};
 
 /// The session header and cookie name (http_authentication.md).
@@ -30,6 +30,8 @@ const SESSION_COOKIE: &str = "X-RestSvcSessionId";
 /// Sent with every 401 of a logon (http_authentication.md).
 const WWW_AUTHENTICATE: &str = "Basic Realm=RestSvc";
 const SERVER: &str = "emgate-sim";
+/// The 401 message for a token whose session is gone (or never was).
+const SESSION_GONE: &str = "The logon session does not exist or has been closed.";
 
 /// The response body: whole, or (the `Stall` fault) a first part and then
 /// nothing more.
@@ -95,7 +97,9 @@ enum Route {
     BackupSession(String),
     /// `/api/query?type=…`.
     Query,
-    /// `/api/tasks/{id}` (ids like `task-7`).
+    /// `/api/tasks`: the calling session's tasks.
+    Tasks,
+    /// `/api/tasks/{id}` (ids like `task-7`): GET and DELETE.
     Task(String),
     /// Below `/api/` but nothing the simulator knows.
     UnknownApi,
@@ -121,6 +125,7 @@ impl Route {
             2 if is(1, "jobs") => Route::Jobs,
             2 if is(1, "backupSessions") => Route::BackupSessions,
             2 if is(1, "query") => Route::Query,
+            2 if is(1, "tasks") => Route::Tasks,
             3 if is(1, "reports") && is(2, "summary") => Route::Reports,
             4 if is(1, "reports") && is(2, "summary") => {
                 Report::from_segment(segs[3]).map_or(Route::UnknownApi, Route::Report)
@@ -138,6 +143,13 @@ impl Route {
         }
     }
 
+    /// Whether `method` on this route is a write ([`FaultTarget::Write`](super::FaultTarget::Write)):
+    /// a change to a resource that needs a session, a logout excepted.
+    fn is_write(&self, method: &Method) -> bool {
+        let changes = [Method::POST, Method::PUT, Method::PATCH, Method::DELETE].contains(method);
+        changes && self.fault_class() == FaultClass::Data && !matches!(self, Route::LogonSession(_))
+    }
+
     fn fault_class(&self) -> FaultClass {
         match self {
             Route::Logon => FaultClass::Logon,
@@ -150,7 +162,7 @@ impl Route {
     fn allowed(&self) -> &'static [Method] {
         match self {
             Route::Logon => &[Method::POST],
-            Route::LogonSession(_) => &[Method::GET, Method::DELETE],
+            Route::LogonSession(_) | Route::Task(_) => &[Method::GET, Method::DELETE],
             Route::Job(_) => &[Method::GET, Method::POST],
             _ => &[Method::GET],
         }
@@ -193,91 +205,90 @@ pub(crate) async fn handle<B>(
     let head = req.method() == Method::HEAD;
     let base = request_base(&state, &req);
 
+    let normal = || {
+        answer(
+            &state,
+            &route,
+            req.method(),
+            req.headers(),
+            req.uri().query(),
+            format,
+            head,
+            &base,
+        )
+    };
     let fault = state
-        .fault_for(route.fault_class())
+        .fault_for(route.fault_class(), route.is_write(req.method()))
         .or_else(|| state.path_fault(req.uri().path()));
-    if let Some(fault) = fault {
-        return match fault {
-            Fault::Status(code) => {
-                let status =
-                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut resp = if status.is_informational()
-                    || status == StatusCode::NO_CONTENT
-                    || status == StatusCode::NOT_MODIFIED
-                {
-                    empty(status)
-                } else {
-                    error(
-                        status,
-                        &format!(
-                            "Simulated failure: the server answered {}.",
-                            status.as_u16()
-                        ),
-                        format,
-                        head,
-                    )
-                };
-                if status == StatusCode::UNAUTHORIZED && route == Route::Logon {
-                    resp.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static(WWW_AUTHENTICATE),
-                    );
-                }
-                Ok(resp)
-            }
-            Fault::Hang => {
-                // Never answer; the connection task is aborted when the sim stops.
-                std::future::pending::<()>().await;
-                unreachable!("a pending future never completes")
-            }
-            Fault::Reset => {
-                conn.reset();
-                Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "simulated connection reset",
-                ))
-            }
-            Fault::Garbage => Ok(garbage(format, &base, head)),
-            Fault::Html => Ok(with_body(
-                StatusCode::OK,
-                b"<html><body><script>alert(document.cookie)</script></body></html>".to_vec(),
-                "text/html; charset=utf-8",
-                head,
-            )),
-            Fault::Stall => {
-                let full = answer(
-                    &state,
-                    &route,
-                    req.method(),
-                    req.headers(),
-                    req.uri().query(),
+    let Some(fault) = fault else {
+        return Ok(normal());
+    };
+    match fault {
+        Fault::Status(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = if status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                empty(status)
+            } else {
+                error(
+                    status,
+                    &format!(
+                        "Simulated failure: the server answered {}.",
+                        status.as_u16()
+                    ),
                     format,
                     head,
-                    &base,
+                )
+            };
+            if status == StatusCode::UNAUTHORIZED && route == Route::Logon {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(WWW_AUTHENTICATE),
                 );
-                let (parts, body) = full.into_parts();
-                let bytes = match body {
-                    Body::Full(f) => http_body_util::BodyExt::collect(f)
-                        .await
-                        .map(|c| c.to_bytes())
-                        .unwrap_or_default(),
-                    Body::Stalled(b) => b.unwrap_or_default(),
-                };
-                let half = bytes.slice(..bytes.len() / 2);
-                Ok(Response::from_parts(parts, Body::Stalled(Some(half))))
             }
-        };
+            Ok(resp)
+        }
+        Fault::Hang => {
+            // Never answer; the connection task is aborted when the sim stops.
+            std::future::pending::<()>().await;
+            unreachable!("a pending future never completes")
+        }
+        Fault::Reset => reset(&conn),
+        Fault::AnswerLost => {
+            // The work is done (and its answer built) before the line drops.
+            drop(normal());
+            reset(&conn)
+        }
+        Fault::Garbage => Ok(garbage(format, &base, head)),
+        Fault::Html => Ok(with_body(
+            StatusCode::OK,
+            b"<html><body><script>alert(document.cookie)</script></body></html>".to_vec(),
+            "text/html; charset=utf-8",
+            head,
+        )),
+        Fault::Stall => {
+            let (parts, body) = normal().into_parts();
+            let bytes = match body {
+                Body::Full(f) => http_body_util::BodyExt::collect(f)
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default(),
+                Body::Stalled(b) => b.unwrap_or_default(),
+            };
+            let half = bytes.slice(..bytes.len() / 2);
+            Ok(Response::from_parts(parts, Body::Stalled(Some(half))))
+        }
     }
+}
 
-    Ok(answer(
-        &state,
-        &route,
-        req.method(),
-        req.headers(),
-        req.uri().query(),
-        format,
-        head,
-        &base,
+/// Drops the connection with a TCP RST and no answer.
+fn reset(conn: &ConnCtx) -> Result<Response<Body>, io::Error> {
+    conn.reset();
+    Err(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "simulated connection reset",
     ))
 }
 
@@ -336,7 +347,7 @@ fn answer(
                 SessionError::Missing => {
                     "Authentication required: send the X-RestSvcSessionId header or cookie of a logon session."
                 }
-                SessionError::Unknown => "The logon session does not exist or has been closed.",
+                SessionError::Unknown => SESSION_GONE,
                 SessionError::Expired => "The logon session has expired. Log on again.",
             };
             return error(StatusCode::UNAUTHORIZED, message, format, head);
@@ -449,7 +460,7 @@ fn answer(
                 );
             };
             if *method == Method::POST {
-                return job_action(state, j, query, format, base);
+                return job_action(state, &session, j, query, format, base);
             }
             let doc = if entity {
                 jobs::job_entity_doc(base, data, j)
@@ -482,33 +493,36 @@ fn answer(
             };
             document(StatusCode::OK, &doc, format, head)
         }
-        Route::Query => match query::answer(base, data, query) {
+        Route::Query => match query::answer(base, data, &state.tasks(&session), query) {
             Ok(doc) => document(StatusCode::OK, &doc, format, head),
             Err(QueryError::Bad(message)) => error(StatusCode::BAD_REQUEST, &message, format, head),
             Err(QueryError::NotSimulated(message)) => {
                 error(StatusCode::NOT_IMPLEMENTED, &message, format, head)
             }
         },
+        Route::Tasks => document(
+            StatusCode::OK,
+            &jobs::task_list(base, data, &state.tasks(&session)),
+            format,
+            head,
+        ),
         Route::Task(raw) => {
-            let task = raw
-                .strip_prefix("task-")
-                .and_then(|n| n.parse::<u64>().ok())
-                .and_then(|n| state.task(n));
-            let Some(task) = task else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    &format!("Task [{raw}] does not exist."),
-                    format,
-                    head,
-                );
-            };
-            let id = task.id();
-            let view = TaskView {
-                id: &id,
-                running: task.running(),
-                job_name: &data.jobs[task.job].name,
-            };
-            document(StatusCode::OK, &jobs::task(base, &view), format, head)
+            // Another session's task is as unknown as one that never was
+            // (tasks_intro.md: tasks belong to the logon session).
+            let number = Task::number_of(raw);
+            if *method == Method::DELETE {
+                // delete_task_id.md: 204 No Content.
+                return match number.filter(|&n| state.delete_task(&session, n)) {
+                    Some(_) => empty(StatusCode::NO_CONTENT),
+                    None => task_not_found(raw, format, head),
+                };
+            }
+            match number.and_then(|n| state.task(&session, n)) {
+                Some(task) => {
+                    document(StatusCode::OK, &jobs::task(base, data, &task), format, head)
+                }
+                None => task_not_found(raw, format, head),
+            }
         }
         Route::EntryPoint | Route::Logon | Route::UnknownApi | Route::Outside => {
             unreachable!("handled above")
@@ -531,6 +545,7 @@ const JOB_ACTIONS: [&str; 6] = [
 /// documented actions answer 501, anything else 400.
 fn job_action(
     state: &State,
+    session: &Uuid,
     job: usize,
     query: Option<&str>,
     format: Format,
@@ -564,16 +579,14 @@ fn job_action(
             );
         }
     }
-    let task = state.create_task(job);
-    let id = task.id();
-    let view = TaskView {
-        id: &id,
-        running: true,
-        job_name: &state.data.jobs[job].name,
+    let Some(task) = state.create_task(session, job) else {
+        // The session ended between its check and now.
+        return error(StatusCode::UNAUTHORIZED, SESSION_GONE, format, false);
     };
+    let id = task.id();
     let mut resp = document(
         StatusCode::ACCEPTED,
-        &jobs::task(base, &view),
+        &jobs::task(base, &state.data, &task),
         format,
         false,
     );
@@ -812,6 +825,16 @@ fn error(status: StatusCode, message: &str, format: Format, head: bool) -> Respo
     )
 }
 
+/// EM's 404 for a task the calling session does not have.
+fn task_not_found(raw: &str, format: Format, head: bool) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("Task [{raw}] does not exist."),
+        format,
+        head,
+    )
+}
+
 fn not_allowed(route: &Route, method: &Method, format: Format, head: bool) -> Response<Body> {
     let mut resp = error(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -887,7 +910,14 @@ mod tests {
             Route::parse("/api/tasks/task-3"),
             Route::Task("task-3".into())
         );
-        assert_eq!(Route::parse("/api/tasks"), Route::UnknownApi);
+        assert_eq!(Route::parse("/api/tasks/"), Route::Tasks);
+        assert_eq!(Route::parse("/api/tasks/a/b"), Route::UnknownApi);
+        assert!(Route::Task("t".into()).is_write(&Method::DELETE));
+        assert!(Route::Job("j".into()).is_write(&Method::POST));
+        assert!(!Route::Job("j".into()).is_write(&Method::GET));
+        assert!(!Route::Tasks.is_write(&Method::HEAD));
+        assert!(!Route::Logon.is_write(&Method::POST));
+        assert!(!Route::LogonSession("s".into()).is_write(&Method::DELETE));
         assert_eq!(Route::parse("/"), Route::Outside);
         assert_eq!(Route::parse("/apix"), Route::Outside);
     }

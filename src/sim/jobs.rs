@@ -7,6 +7,7 @@
 use super::data::{self, Data, Job, Session, SessionResult};
 use super::model::{Document, Element, Link, RootStyle};
 use super::resources;
+use super::state::Task;
 use super::time::Civil;
 
 /// The days of the week in EM's order (`DaysOfWeekEnumeration`, get_jobs_id.md).
@@ -399,37 +400,57 @@ pub(crate) fn session_item(base: &str, data: &Data, s: &Session, entity: bool) -
     }
 }
 
-/// What a task document shows.
-pub(crate) struct TaskView<'a> {
-    /// `task-7`.
-    pub id: &'a str,
-    /// Still running (no `Result` yet) or finished.
-    pub running: bool,
-    /// The name of the job it started.
-    pub job_name: &'a str,
+/// `State` of a task (get_tasks_id.md); the simulator's go from the first to the
+/// last.
+pub(crate) const TASK_STATES: [&str; 3] = ["Running", "OperationFinished", "Finished"];
+
+/// The index of a task's state in [`TASK_STATES`].
+pub(crate) fn task_state(t: &Task) -> usize {
+    if t.running() {
+        0
+    } else {
+        TASK_STATES.len() - 1
+    }
 }
 
 /// A `Task` (post_jobs_id_actionstart.md, get_tasks_id.md): `Running` without a
 /// `Result` right after the start (scenario_starting_a_job.md step 7), then
 /// `Finished` with `<Result Success="true">` and the message of get_tasks_id.md.
-pub(crate) fn task(base: &str, t: &TaskView<'_>) -> Document {
-    let href = task_href(base, t.id);
+pub(crate) fn task_element(base: &str, data: &Data, t: &Task) -> Element {
+    let id = t.id();
+    let href = task_href(base, &id);
+    let state = task_state(t);
     let el = Element::new("Task")
         .attr("Type", "Task")
         .attr("Href", href.clone())
         .links(vec![Link::new("Delete", "Task", href)])
-        .text("TaskId", t.id)
-        .text("State", if t.running { "Running" } else { "Finished" })
+        .text("TaskId", id)
+        .text("State", TASK_STATES[state])
         .text("Operation", "StartJob");
-    let el = if t.running {
+    if state < TASK_STATES.len() - 1 {
         el.absent("Result")
     } else {
         el.child(Element::new("Result").attr_bool("Success", true).text(
             "Message",
-            format!("Job \"{}\" triggered to start.", t.job_name),
+            format!("Job \"{}\" triggered to start.", data.jobs[t.job].name),
         ))
-    };
-    Document::new(el, RootStyle::Plain)
+    }
+}
+
+/// `GET /api/tasks/{id}`, and the body of a job start's 202.
+pub(crate) fn task(base: &str, data: &Data, t: &Task) -> Document {
+    Document::new(task_element(base, data, t), RootStyle::Plain)
+}
+
+/// `GET /api/tasks`: root `Tasks` of `Task` entries (get_tasks.md, tasks.md;
+/// `TaskListType` in RestAPI.xsd), JSON `{"Tasks": [...]}` like the other root
+/// lists.
+pub(crate) fn task_list(base: &str, data: &Data, tasks: &[Task]) -> Document {
+    let items = tasks.iter().map(|t| task_element(base, data, t)).collect();
+    Document::new(
+        Element::new("Tasks").list("Tasks", false, items),
+        RootStyle::Plain,
+    )
 }
 
 /// `{base}/api/tasks/{id}`.

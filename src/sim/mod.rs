@@ -6,10 +6,14 @@
 //! tokens in `X-RestSvcSessionId` (header or cookie) with idle expiry, logon session
 //! listing and logout, restore points and their VM restore points in reference and
 //! entity form, jobs and backup job sessions in both forms, starting a job (a
-//! task), the query service for VM restore points, sessions and jobs (paged,
-//! sorted, filtered), the summary reports, EM's `<Error>` documents, and JSON for
-//! `Accept: application/json`. Its data is generated from a seed, and tests can
-//! add latency and faults.
+//! task, `Running` for [`SimConfig::task_duration`] and then `Finished`), the
+//! tasks of the calling logon session (`GET /api/tasks`, `GET`/`DELETE
+//! /api/tasks/{id}`; another session's tasks are unknown to it, and a session's
+//! tasks end with it), the query service for VM restore points, sessions, jobs
+//! and the session's tasks (paged, sorted, filtered), the summary reports, EM's
+//! `<Error>` documents, and JSON for `Accept: application/json`. Its data is
+//! generated from a seed, and tests can add latency and faults (writes apart
+//! from reads with [`FaultTarget::Write`]).
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
 //! only `crate::sim::…` and external crates. Everything it knows about EM comes from
@@ -18,8 +22,8 @@
 //! Layout, in the order a request meets it:
 //! - `server.rs`: accept loop, TLS handshake, one HTTP/1.1 connection per task;
 //! - `handler.rs`: routing, logon, session checks, faults, content negotiation;
-//! - `state.rs`: shared state: credentials, sessions, faults, counters, request
-//!   log, tasks;
+//! - `state.rs`: shared state: credentials, logon sessions and their tasks,
+//!   faults, counters, request log;
 //! - `data.rs` (with `time.rs`): the generated estate: servers, jobs, restore
 //!   points, backup job sessions;
 //! - `resources.rs` (entry point, logon sessions, restore points, errors),
@@ -73,6 +77,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// How many restore points to generate.
     pub restore_points: usize,
+    /// How long a task (e.g. a job start's) stays `Running` before it is
+    /// `Finished` with its result.
+    pub task_duration: Duration,
     /// Seed of the generated data; the data is a pure function of (seed, index).
     pub seed: u64,
 }
@@ -87,6 +94,7 @@ impl Default for SimConfig {
             session_idle: Duration::from_secs(15 * 60),
             latency: Duration::ZERO,
             restore_points: 5000,
+            task_duration: Duration::from_secs(2),
             seed: 1,
         }
     }
@@ -103,6 +111,7 @@ impl fmt::Debug for SimConfig {
             .field("session_idle", &self.session_idle)
             .field("latency", &self.latency)
             .field("restore_points", &self.restore_points)
+            .field("task_duration", &self.task_duration)
             .field("seed", &self.seed)
             .finish()
     }
@@ -117,8 +126,13 @@ pub enum Fault {
     Status(u16),
     /// Never answer; the connection stays open until the simulator shuts down.
     Hang,
-    /// Close the TCP connection without an answer (with a TCP RST).
+    /// Close the TCP connection without an answer (with a TCP RST); the request
+    /// is not carried out.
     Reset,
+    /// Carry the request out (a job start starts the job and creates its task),
+    /// then close the TCP connection without sending the answer (with a TCP RST):
+    /// EM acted, but the client never hears of it.
+    AnswerLost,
     /// Answer 200 with a body that breaks off mid-document (not valid XML or JSON).
     Garbage,
     /// Answer the real document's status and headers (its full
@@ -138,6 +152,11 @@ pub enum FaultTarget {
     /// Every resource that needs a session (not `GET /api/`, not logon), including
     /// unknown paths below `/api/`.
     Data,
+    /// Every write: a `POST`, `PUT`, `PATCH` or `DELETE` to a resource that needs a
+    /// session (a job start, a task's deletion), except a logout (`DELETE
+    /// /api/logonSessions/{id}`). It wins over a fault set for `Data`, which
+    /// writes get when this one is clear.
+    Write,
     /// Every request. It wins over a fault set for `Logon` or `Data`; clearing it
     /// (`set_fault(FaultTarget::All, None)`) clears every target.
     All,
@@ -157,6 +176,8 @@ pub struct SimStats {
     /// Requests refused for a missing, unknown or expired session (401). Answers
     /// replaced by a [`Fault`] count only in `requests`.
     pub unauthorized: u64,
+    /// Job starts carried out (each created a task); see [`Sim::tasks_started`].
+    pub tasks_started: u64,
     /// Sessions alive now (expired ones are not counted).
     pub active_sessions: usize,
 }
@@ -215,16 +236,9 @@ impl Sim {
         } else {
             None
         };
-        let data = data::Data::generate(cfg.seed, cfg.restore_points);
-        let state = Arc::new(State::new(
-            data,
-            cfg.tls,
-            base_url.clone(),
-            cfg.username,
-            cfg.password,
-            cfg.session_idle,
-            cfg.latency,
-        ));
+        let seed = cfg.seed;
+        let data = data::Data::generate(seed, cfg.restore_points);
+        let state = Arc::new(State::new(data, base_url.clone(), cfg));
         let acceptor = identity
             .as_ref()
             .map(|id| tokio_rustls::TlsAcceptor::from(id.config.clone()));
@@ -240,7 +254,7 @@ impl Sim {
             state,
             addr,
             base_url,
-            seed: cfg.seed,
+            seed,
             cert_pem: identity.as_ref().map(|i| i.cert_pem.clone()),
             cert_sha256: identity.map(|i| i.sha256),
             shutdown_tx,
@@ -350,6 +364,13 @@ impl Sim {
         self.state.stats()
     }
 
+    /// How many job starts the simulator carried out since it started, over all
+    /// logon sessions (each created a task; a start answered by a [`Fault`] in
+    /// place of the work is not one). The same as `stats().tasks_started`.
+    pub fn tasks_started(&self) -> u64 {
+        self.state.stats().tasks_started
+    }
+
     /// The last 10 000 requests received, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests()
@@ -394,6 +415,7 @@ pub async fn run(cfg: SimConfig) -> io::Result<()> {
     let username = cfg.username.clone();
     let password = cfg.password.clone();
     let restore_points = cfg.restore_points;
+    let task_duration = cfg.task_duration;
     let sim = Sim::start(cfg).await?;
     let url = sim.base_url();
     println!("Enterprise Manager simulator listening on {url}");
@@ -414,6 +436,10 @@ pub async fn run(cfg: SimConfig) -> io::Result<()> {
         "  {} jobs, {} backup sessions, e.g. {url}/api/query?type=BackupJobSession&pageSize=20",
         sim.job_count(),
         sim.backup_session_count()
+    );
+    println!(
+        "  job starts: POST {url}/api/jobs/{}?action=start; each task runs {task_duration:?}, see {url}/api/tasks",
+        sim.job_id(0)
     );
     println!("Press Ctrl-C to stop.");
     let waited = wait_for_stop().await;

@@ -2,8 +2,9 @@
 //! optional_query_parameters.md and the pages it links).
 //!
 //! Simulated types: `VmRestorePoint` (get_query_vmrestorepoint.md),
-//! `BackupJobSession` (get_query_backupjobsession.md) and `Job`
-//! (get_query_job.md). Parameters:
+//! `BackupJobSession` (get_query_backupjobsession.md), `Job`
+//! (get_query_job.md) and `Task` (get_query_task.md: only the calling logon
+//! session's tasks, in `Resources`, whatever `format` says). Parameters:
 //! - `format`: `References` (the default, format.md) or `Entities`;
 //! - `pageSize`, `page` (pagesize_and_page.md): all results on one page unless
 //!   `pageSize` (> 0) is given; `PagingInfo` links to the first, previous, next
@@ -29,6 +30,7 @@ use super::handler::percent_decode;
 use super::jobs;
 use super::model::{Document, Element, Link, RootStyle};
 use super::resources;
+use super::state::Task;
 use super::time::Civil;
 
 /// Every member of EM's `Entities` class, in its order and spelling
@@ -84,6 +86,20 @@ const ENTITY_MEMBERS: [&str; 50] = [
     "VAppCdpReplicas",
     "VAppCdpReplicaVms",
     "SystemSessions",
+];
+
+/// Every member of `Resources` in a query result (RestAPI.xsd `ResourcesType`).
+/// JSON sends them all, `null` but for the one filled, as it does `Entities`'
+/// (json-facts.md shows that for `Entities`; `Resources` is taken to be alike).
+const RESOURCE_MEMBERS: [&str; 8] = [
+    "Files",
+    "Directories",
+    "Tasks",
+    "CredentialsList",
+    "sInObjectJob",
+    "AccountRole",
+    "AccountHierarchyScope",
+    "PasswordKeyInfoList",
 ];
 
 /// The query types query_type.md lists; those not simulated answer 501.
@@ -157,6 +173,7 @@ enum Type {
     VmRestorePoint,
     BackupJobSession,
     Job,
+    Task,
 }
 
 /// How a parameter's values compare.
@@ -208,6 +225,7 @@ impl Type {
             ("VmRestorePoint", Type::VmRestorePoint),
             ("BackupJobSession", Type::BackupJobSession),
             ("Job", Type::Job),
+            ("Task", Type::Task),
         ];
         if let Some((_, t)) = simulated.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             return Ok(*t);
@@ -264,6 +282,11 @@ impl Type {
                 ("BackupServerUid", Kind::Uid),
                 ("BackupServerName", Kind::Str),
             ],
+            Type::Task => &[
+                ("TaskId", Kind::Str),
+                ("State", Kind::Enum(&jobs::TASK_STATES)),
+                ("Operation", Kind::Str),
+            ],
         }
     }
 
@@ -281,12 +304,14 @@ impl Type {
         }
     }
 
-    /// Its member of `Entities` and root element name of one entity.
-    fn entities_member(self) -> &'static str {
+    /// Where its results go in a `QueryResult`: a member of `Entities` (with
+    /// `format=Entities`) or of `Resources` (always, for resources such as tasks).
+    fn result_member(self) -> Result<&'static str, &'static str> {
         match self {
-            Type::VmRestorePoint => "VmRestorePoints",
-            Type::BackupJobSession => "BackupJobSessions",
-            Type::Job => "Jobs",
+            Type::VmRestorePoint => Ok("VmRestorePoints"),
+            Type::BackupJobSession => Ok("BackupJobSessions"),
+            Type::Job => Ok("Jobs"),
+            Type::Task => Err("Tasks"),
         }
     }
 }
@@ -346,11 +371,20 @@ enum Item {
     Vm(usize, usize),
     Session(usize),
     Job(usize),
+    /// Index into the calling session's tasks.
+    Task(usize),
+}
+
+/// What a query looks through: the estate, and the calling session's tasks.
+struct Source<'a> {
+    data: &'a Data,
+    tasks: &'a [Task],
 }
 
 /// The value of parameter `field` (canonical spelling) for an item; `None` when
 /// the item has none (a disabled job's `NextRun`).
-fn value(data: &Data, item: Item, field: &str) -> Option<Val> {
+fn value(src: &Source<'_>, item: Item, field: &str) -> Option<Val> {
+    let data = src.data;
     match item {
         Item::Vm(i, k) => {
             let rp = &data.points[i];
@@ -412,6 +446,15 @@ fn value(data: &Data, item: Item, field: &str) -> Option<Val> {
                 _ => return None,
             })
         }
+        Item::Task(i) => {
+            let t = &src.tasks[i];
+            Some(match field {
+                "TaskId" => text(&t.id()),
+                "State" => Val::Index(jobs::task_state(t)),
+                "Operation" => text("StartJob"),
+                _ => return None,
+            })
+        }
     }
 }
 
@@ -438,16 +481,16 @@ enum Expr {
 }
 
 impl Expr {
-    fn matches(&self, data: &Data, item: Item) -> bool {
+    fn matches(&self, src: &Source<'_>, item: Item) -> bool {
         match self {
-            Expr::Or(terms) => terms.iter().any(|t| t.matches(data, item)),
-            Expr::And(terms) => terms.iter().all(|t| t.matches(data, item)),
+            Expr::Or(terms) => terms.iter().any(|t| t.matches(src, item)),
+            Expr::And(terms) => terms.iter().all(|t| t.matches(src, item)),
             Expr::Cmp {
                 field,
                 op,
                 value: want,
             } => {
-                let Some(have) = value(data, item, field) else {
+                let Some(have) = value(src, item, field) else {
                     // Nothing compares to a missing value but "not equal".
                     return *op == Op::Ne;
                 };
@@ -733,9 +776,16 @@ fn with_page(query: &str, n: usize) -> String {
 }
 
 /// `GET /api/query?…`: a `QueryResult` (sample 07, RestAPI.xsd `QueryResultType`).
-pub(crate) fn answer(base: &str, data: &Data, query: Option<&str>) -> Result<Document, QueryError> {
+/// `tasks` are the calling session's, the only ones a `Task` query sees.
+pub(crate) fn answer(
+    base: &str,
+    data: &Data,
+    tasks: &[Task],
+    query: Option<&str>,
+) -> Result<Document, QueryError> {
     let query = query.unwrap_or("");
     let p = parse(query)?;
+    let src = Source { data, tasks };
     let mut items: Vec<Item> = match p.typ {
         Type::VmRestorePoint => data
             .points
@@ -745,13 +795,14 @@ pub(crate) fn answer(base: &str, data: &Data, query: Option<&str>) -> Result<Doc
             .collect(),
         Type::BackupJobSession => (0..data.sessions.len()).map(Item::Session).collect(),
         Type::Job => (0..data.jobs.len()).map(Item::Job).collect(),
+        Type::Task => (0..tasks.len()).map(Item::Task).collect(),
     };
     if let Some(f) = &p.filter {
-        items.retain(|&it| f.matches(data, it));
+        items.retain(|&it| f.matches(&src, it));
     }
     match p.sort {
-        Some((field, false)) => items.sort_by_cached_key(|&it| value(data, it, field)),
-        Some((field, true)) => items.sort_by_cached_key(|&it| Reverse(value(data, it, field))),
+        Some((field, false)) => items.sort_by_cached_key(|&it| value(&src, it, field)),
+        Some((field, true)) => items.sort_by_cached_key(|&it| Reverse(value(&src, it, field))),
         None => {}
     }
 
@@ -770,25 +821,26 @@ pub(crate) fn answer(base: &str, data: &Data, query: Option<&str>) -> Result<Doc
             Item::Vm(i, k) => resources::vm_item(base, data, i, k, p.entities),
             Item::Session(i) => jobs::session_item(base, data, &data.sessions[i], p.entities),
             Item::Job(j) => jobs::job_item(base, data, j, p.entities),
+            Item::Task(i) => jobs::task_element(base, data, &tasks[i]),
         })
         .collect();
 
     let root = Element::new("QueryResult");
-    let root = if p.entities {
-        let filled = p.typ.entities_member();
-        let mut entities = Element::new("Entities");
-        let mut elements = elements;
-        for name in ENTITY_MEMBERS {
-            entities = if name == filled {
-                entities.wrapped_list(name, name, std::mem::take(&mut elements))
-            } else {
-                entities.absent(name)
-            };
-        }
-        root.absent("Refs").child(entities)
-    } else {
-        root.wrapped_list("Refs", "Refs", elements)
+    let root = match p.typ.result_member() {
+        Ok(filled) if p.entities => root
+            .absent("Refs")
+            .child(one_filled("Entities", &ENTITY_MEMBERS, filled, elements))
+            .absent("Resources"),
+        Ok(_) => root
+            .wrapped_list("Refs", "Refs", elements)
             .absent("Entities")
+            .absent("Resources"),
+        Err(filled) => root.absent("Refs").absent("Entities").child(one_filled(
+            "Resources",
+            &RESOURCE_MEMBERS,
+            filled,
+            elements,
+        )),
     };
     let href = |n: usize| format!("{base}/api/query?{}", with_page(query, n));
     let mut links = vec![Link::untyped("First", href(1))];
@@ -806,8 +858,25 @@ pub(crate) fn answer(base: &str, data: &Data, query: Option<&str>) -> Result<Doc
         .attr_int("PageSize", count(page_size))
         .attr_int("PageNum", count(p.page))
         .links(links);
-    let root = root.absent("Resources").absent("Links").child(paging);
+    let root = root.absent("Links").child(paging);
     Ok(Document::new(root, RootStyle::Plain))
+}
+
+/// `Entities` or `Resources` of a query result: every member absent (JSON
+/// `null`) but `filled`, a wrapped list of `items`.
+fn one_filled(
+    name: &'static str,
+    members: &[&'static str],
+    filled: &str,
+    mut items: Vec<Element>,
+) -> Element {
+    members.iter().fold(Element::new(name), |el, &member| {
+        if member == filled {
+            el.wrapped_list(member, member, std::mem::take(&mut items))
+        } else {
+            el.absent(member)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -853,17 +922,21 @@ mod tests {
     #[test]
     fn filters_like_the_docs() {
         let d = data();
+        let src = Source {
+            data: &d,
+            tasks: &[],
+        };
         let count = |q: &str| {
             let p = parse(q).unwrap();
             let f = p.filter.unwrap();
             match p.typ {
                 Type::Job => (0..d.jobs.len())
-                    .filter(|&j| f.matches(&d, Item::Job(j)))
+                    .filter(|&j| f.matches(&src, Item::Job(j)))
                     .count(),
                 Type::BackupJobSession => (0..d.sessions.len())
-                    .filter(|&i| f.matches(&d, Item::Session(i)))
+                    .filter(|&i| f.matches(&src, Item::Session(i)))
                     .count(),
-                Type::VmRestorePoint => unreachable!(),
+                Type::VmRestorePoint | Type::Task => unreachable!(),
             }
         };
         assert_eq!(count("type=job&filter=name==\"Backup Job 3\""), 1);

@@ -14,23 +14,25 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::data::Data;
-use super::{Fault, FaultTarget, RecordedRequest, SimStats};
+use super::{Fault, FaultTarget, RecordedRequest, SimConfig, SimStats};
 
 /// How many requests the log keeps.
 pub(crate) const REQUEST_LOG: usize = 10_000;
-/// How many tasks the table keeps; the oldest are forgotten (and answer 404).
+/// How many tasks one logon session keeps; its oldest are forgotten (and answer 404).
 pub(crate) const TASKS_KEPT: usize = 1000;
-/// How long a started job's task is `Running` before it is `Finished`.
-pub(crate) const TASK_RUNNING: Duration = Duration::from_millis(100);
 
-/// A task EM created for a request (tasks_id.md), here always a job start.
+/// A task EM created for a request of one logon session (tasks_intro.md: tasks
+/// exist "within the currently existing logon session"), here always a job start.
 #[derive(Clone, Debug)]
 pub(crate) struct Task {
-    /// `task-{number}`; numbers count from 1 and are never reused.
+    /// `task-{number}`; numbers count from 1 in each logon session and are never
+    /// reused within it.
     pub number: u64,
     /// Index of the job it started.
     pub job: usize,
-    pub created: Instant,
+    /// When it turns from `Running` to `Finished`; `None` for a duration too
+    /// long to count (it never finishes).
+    pub finishes: Option<Instant>,
 }
 
 impl Task {
@@ -39,9 +41,14 @@ impl Task {
         format!("task-{}", self.number)
     }
 
-    /// Still `Running`: younger than [`TASK_RUNNING`].
+    /// Still `Running`: its duration has not passed yet.
     pub fn running(&self) -> bool {
-        self.created.elapsed() < TASK_RUNNING
+        self.finishes.is_none_or(|f| Instant::now() < f)
+    }
+
+    /// The number of a task id as sent (`task-7`), if it is one in form.
+    pub fn number_of(id: &str) -> Option<u64> {
+        id.strip_prefix("task-")?.parse().ok()
     }
 }
 
@@ -74,13 +81,20 @@ struct Session {
     seq: u64,
     /// Last successful use; the idle timeout runs from here.
     last_used: Instant,
+    /// The tasks its requests created, oldest first (at most [`TASKS_KEPT`]).
+    /// They live and die with the session: a new session sees none of them.
+    tasks: VecDeque<Task>,
+    /// The number of its next task.
+    next_task: u64,
 }
 
-/// Faults per target; `all` applies to every request and wins over the others.
+/// Faults per target; `all` applies to every request and wins over the others,
+/// then `write` over `data` for a write.
 #[derive(Default)]
 struct Faults {
     logon: Option<Fault>,
     data: Option<Fault>,
+    write: Option<Fault>,
     all: Option<Fault>,
 }
 
@@ -92,6 +106,7 @@ pub(crate) struct Counters {
     pub logouts: AtomicU64,
     pub requests: AtomicU64,
     pub unauthorized: AtomicU64,
+    pub tasks_started: AtomicU64,
 }
 
 impl Counters {
@@ -116,6 +131,8 @@ pub(crate) struct State {
     session_idle: Duration,
     /// Delay added before answering each request, in nanoseconds.
     latency_ns: AtomicU64,
+    /// How long a task is `Running` before it is `Finished`.
+    task_duration: Duration,
     faults: Mutex<Faults>,
     /// Faults by path prefix (lowercase).
     path_faults: Mutex<Vec<(String, Fault)>>,
@@ -124,13 +141,6 @@ pub(crate) struct State {
     sessions: Mutex<HashMap<Uuid, Session>>,
     next_seq: AtomicU64,
     pub counters: Counters,
-    /// The last [`TASKS_KEPT`] tasks, oldest first. Tasks are global, not per
-    /// logon session: the docs list a session's tasks at `/tasks` but give no
-    /// scope for `/tasks/{ID}`, and a global table keeps a task readable after
-    /// the client logs on again.
-    tasks: Mutex<VecDeque<Task>>,
-    /// The number of the next task.
-    next_task: AtomicU64,
     /// The last [`REQUEST_LOG`] requests, oldest first.
     log: Mutex<VecDeque<RecordedRequest>>,
 }
@@ -142,31 +152,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    pub fn new(
-        data: Data,
-        tls: bool,
-        base_url: String,
-        username: String,
-        password: String,
-        session_idle: Duration,
-        latency: Duration,
-    ) -> State {
+    /// The state of a simulator configured by `cfg` (its address and data
+    /// settings are used elsewhere), serving `data` at `base_url`.
+    pub fn new(data: Data, base_url: String, cfg: SimConfig) -> State {
         State {
             data,
-            tls,
+            tls: cfg.tls,
             base_url,
-            username,
-            password: Mutex::new(password),
-            session_idle,
-            latency_ns: AtomicU64::new(duration_ns(latency)),
+            username: cfg.username,
+            password: Mutex::new(cfg.password),
+            session_idle: cfg.session_idle,
+            latency_ns: AtomicU64::new(duration_ns(cfg.latency)),
+            task_duration: cfg.task_duration,
             faults: Mutex::new(Faults::default()),
             path_faults: Mutex::new(Vec::new()),
             path_latency: Mutex::new(Vec::new()),
             sessions: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(0),
             counters: Counters::default(),
-            tasks: Mutex::new(VecDeque::new()),
-            next_task: AtomicU64::new(1),
             log: Mutex::new(VecDeque::with_capacity(1024)),
         }
     }
@@ -234,6 +237,8 @@ impl State {
                 user: user.to_owned(),
                 seq,
                 last_used: Instant::now(),
+                tasks: VecDeque::new(),
+                next_task: 1,
             },
         );
         id
@@ -301,6 +306,7 @@ impl State {
         match (target, fault) {
             (FaultTarget::Logon, f) => faults.logon = f,
             (FaultTarget::Data, f) => faults.data = f,
+            (FaultTarget::Write, f) => faults.write = f,
             // Clearing `All` clears every target: "no faults at all".
             (FaultTarget::All, None) => {
                 *faults = Faults::default();
@@ -310,40 +316,67 @@ impl State {
         }
     }
 
-    /// The fault a request of this class gets, if any.
-    pub fn fault_for(&self, class: FaultClass) -> Option<Fault> {
+    /// The fault a request of this class gets, if any; `write` when it is a
+    /// write (see [`FaultTarget::Write`]).
+    pub fn fault_for(&self, class: FaultClass, write: bool) -> Option<Fault> {
         let faults = lock(&self.faults);
         faults.all.or(match class {
             FaultClass::Logon => faults.logon,
+            FaultClass::Data if write => faults.write.or(faults.data),
             FaultClass::Data => faults.data,
             FaultClass::Other => None,
         })
     }
 
-    /// Records a new task starting job `job`, forgetting the oldest beyond
-    /// [`TASKS_KEPT`].
-    pub fn create_task(&self, job: usize) -> Task {
+    /// Records a new task of live session `session` starting job `job`,
+    /// forgetting the session's oldest beyond [`TASKS_KEPT`]; `None` when the
+    /// session has ended meanwhile.
+    pub fn create_task(&self, session: &Uuid, job: usize) -> Option<Task> {
+        let mut sessions = lock(&self.sessions);
+        let s = sessions.get_mut(session)?;
         let task = Task {
-            number: self.next_task.fetch_add(1, Ordering::Relaxed),
+            number: s.next_task,
             job,
-            created: Instant::now(),
+            finishes: Instant::now().checked_add(self.task_duration),
         };
-        let mut tasks = lock(&self.tasks);
-        if tasks.len() == TASKS_KEPT {
-            tasks.pop_front();
+        s.next_task += 1;
+        if s.tasks.len() == TASKS_KEPT {
+            s.tasks.pop_front();
         }
-        tasks.push_back(task.clone());
-        task
+        s.tasks.push_back(task.clone());
+        Counters::bump(&self.counters.tasks_started);
+        Some(task)
     }
 
-    /// The task `task-{number}`, if still kept.
-    pub fn task(&self, number: u64) -> Option<Task> {
+    /// The tasks of live session `session`, oldest first.
+    pub fn tasks(&self, session: &Uuid) -> Vec<Task> {
+        lock(&self.sessions)
+            .get(session)
+            .map(|s| s.tasks.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Task `task-{number}` of session `session`, if it has one.
+    pub fn task(&self, session: &Uuid, number: u64) -> Option<Task> {
+        let sessions = lock(&self.sessions);
+        let tasks = &sessions.get(session)?.tasks;
         // Numbers only grow, so the table is sorted by them.
-        let tasks = lock(&self.tasks);
         tasks
             .binary_search_by_key(&number, |t| t.number)
             .ok()
             .and_then(|i| tasks.get(i).cloned())
+    }
+
+    /// Removes task `task-{number}` of session `session`; false when it has none.
+    pub fn delete_task(&self, session: &Uuid, number: u64) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let Some(s) = sessions.get_mut(session) else {
+            return false;
+        };
+        match s.tasks.binary_search_by_key(&number, |t| t.number) {
+            Ok(i) => s.tasks.remove(i).is_some(),
+            Err(_) => false,
+        }
     }
 
     pub fn record(&self, request: RecordedRequest) {
@@ -376,6 +409,7 @@ impl State {
             logouts: c.logouts.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             unauthorized: c.unauthorized.load(Ordering::Relaxed),
+            tasks_started: c.tasks_started.load(Ordering::Relaxed),
             active_sessions,
         }
     }
@@ -415,5 +449,27 @@ mod tests {
         assert_eq!(session_token(&id), "OsU6RL7OGkGKrPBGxKxURw==");
         assert!(token_session_id("not base64!").is_none());
         assert!(token_session_id("AAAA").is_none());
+    }
+
+    #[test]
+    fn tasks_are_kept_per_session_and_any_duration_is_safe() {
+        let cfg = SimConfig {
+            task_duration: Duration::MAX,
+            ..SimConfig::default()
+        };
+        let state = State::new(Data::generate(1, 0), "http://sim".into(), cfg);
+        let (a, b) = (state.create_session("a"), state.create_session("b"));
+        let task = state.create_task(&a, 0).unwrap();
+        assert!(task.running());
+        assert_eq!(state.create_task(&b, 1).unwrap().id(), "task-1");
+        assert!(state.task(&b, 1).is_some_and(|t| t.job == 1));
+        assert!(!state.delete_task(&b, 2));
+        assert!(state.delete_task(&a, 1));
+        assert!(state.tasks(&a).is_empty());
+        state.delete_session(&b);
+        assert!(state.create_task(&b, 0).is_none());
+        assert_eq!(state.stats().tasks_started, 2);
+        assert_eq!(Task::number_of("task-12"), Some(12));
+        assert_eq!(Task::number_of("Task-1"), None);
     }
 }

@@ -20,6 +20,7 @@ fn config(idle: Duration) -> SimConfig {
         tls: false,
         session_idle: idle,
         restore_points: 50,
+        task_duration: Duration::from_millis(100),
         ..SimConfig::default()
     }
 }
@@ -1706,5 +1707,336 @@ async fn latency_and_faults_per_new_route() {
         )
         .await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    sim.shutdown().await;
+}
+
+// ---------------------------------------------------------------- tasks per logon session
+
+/// A simulator whose tasks run for `task_duration`.
+async fn start_with_tasks(task_duration: Duration) -> Sim {
+    Sim::start(SimConfig {
+        task_duration,
+        ..config(Duration::from_secs(900))
+    })
+    .await
+    .unwrap()
+}
+
+/// A simulator whose tasks run for `task_duration`, a connection to it, and two
+/// logon sessions' tokens.
+async fn two_sessions(task_duration: Duration) -> (Sim, Client, String, String) {
+    let sim = start_with_tasks(task_duration).await;
+    let mut c = connect(sim.addr()).await;
+    let a = c.logon().await;
+    let b = c.logon().await;
+    (sim, c, a, b)
+}
+
+/// `POST /api/jobs/{job}?action=start` as the session of `token`; asserts the 202
+/// and returns the task's id.
+async fn start_job(c: &mut Client, token: &str, job: &str) -> String {
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{job}?action=start"),
+            &[("x-restsvcsessionid", token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    r.xml().child("TaskId").text.clone()
+}
+
+/// The `TaskId`s of a `GET /api/tasks` answer, in order.
+async fn listed_tasks(c: &mut Client, token: &str) -> Vec<String> {
+    let r = c.get("/api/tasks", token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let doc = r.xml();
+    assert_eq!(doc.name, "Tasks");
+    doc.children
+        .iter()
+        .map(|t| {
+            assert_eq!(t.name, "Task");
+            t.child("TaskId").text.clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tasks_are_listed_and_read_only_by_the_session_that_made_them() {
+    let (sim, mut c, a, b) = two_sessions(Duration::from_secs(60)).await;
+    assert!(listed_tasks(&mut c, &a).await.is_empty());
+    let empty = get_json(&mut c, "/api/tasks", &a).await;
+    assert_eq!(empty.json(), serde_json::json!({ "Tasks": null }));
+
+    // Task numbers count per logon session: each session's first is task-1.
+    assert_eq!(start_job(&mut c, &a, &sim.job_id(0)).await, "task-1");
+    assert_eq!(start_job(&mut c, &a, &sim.job_id(1)).await, "task-2");
+    assert_eq!(start_job(&mut c, &b, &sim.job_id(2)).await, "task-1");
+    assert_eq!(sim.tasks_started(), 3);
+    assert_eq!(sim.stats().tasks_started, 3);
+
+    assert_eq!(listed_tasks(&mut c, &a).await, ["task-1", "task-2"]);
+    assert_eq!(listed_tasks(&mut c, &b).await, ["task-1"]);
+    let list = c.get("/api/tasks", &a).await.xml();
+    let base = sim.base_url();
+    let first = &list.children[0];
+    assert_eq!(first.attr("Href"), format!("{base}/api/tasks/task-1"));
+    assert_eq!(first.child("State").text, "Running");
+    let delete = first.child("Links").child("Link");
+    assert_eq!(delete.attr("Rel"), "Delete");
+    assert_eq!(delete.attr("Href"), format!("{base}/api/tasks/task-1"));
+    let j = get_json(&mut c, "/api/tasks", &a).await.json();
+    let tasks = j["Tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[1]["TaskId"], "task-2");
+    assert_eq!(tasks[1]["Operation"], "StartJob");
+
+    // Each session reads its own task-1; a's task-2 is unknown to b.
+    let own = c.get("/api/tasks/task-1", &b).await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(own.xml().child("TaskId").text, "task-1");
+    let other = c.get("/api/tasks/task-2", &b).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    let err = other.xml();
+    assert_eq!(err.name, "Error");
+    assert_eq!(err.attr("StatusCode"), "404");
+    assert_eq!(err.attr("Message"), "Task [task-2] does not exist.");
+    let other = get_json(&mut c, "/api/tasks/task-2", &b).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert_eq!(other.json()["StatusCode"], 404);
+    assert_eq!(c.get("/api/tasks/task-2", &a).await.status, StatusCode::OK);
+
+    // Without a session: 401, as for every resource.
+    let r = c.send(Method::GET, "/api/tasks", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = c
+        .send(Method::POST, "/api/tasks", &[("x-restsvcsessionid", &a)])
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_task_removes_it_for_its_session_only() {
+    let (sim, mut c, a, b) = two_sessions(Duration::from_secs(60)).await;
+    start_job(&mut c, &a, &sim.job_id(0)).await;
+    start_job(&mut c, &a, &sim.job_id(1)).await;
+    let as_a = [("x-restsvcsessionid", a.as_str())];
+    let as_b = [("x-restsvcsessionid", b.as_str())];
+
+    // b has no task-2: 404 in EM's shape, and a's task stays.
+    let r = c.send(Method::DELETE, "/api/tasks/task-2", &as_b).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.xml().attr("StatusCode"), "404");
+    assert_eq!(listed_tasks(&mut c, &a).await, ["task-1", "task-2"]);
+
+    // delete_task_id.md: 204 No Content, no body.
+    let r = c.send(Method::DELETE, "/api/tasks/task-2", &as_a).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.body.is_empty());
+    assert_eq!(listed_tasks(&mut c, &a).await, ["task-1"]);
+    assert_eq!(
+        c.get("/api/tasks/task-2", &a).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for gone in ["/api/tasks/task-2", "/api/tasks/nothing"] {
+        let r = c.send(Method::DELETE, gone, &as_a).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{gone}");
+    }
+    // Numbers are not reused after a deletion.
+    assert_eq!(start_job(&mut c, &a, &sim.job_id(2)).await, "task-3");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_task_runs_for_its_duration_then_finishes_with_its_result() {
+    let sim = start_with_tasks(Duration::from_millis(300)).await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let r = c
+        .send(
+            Method::POST,
+            &format!("/api/jobs/{}?action=start", sim.job_id(4)),
+            &[("x-restsvcsessionid", &token)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let started = r.xml();
+    assert_eq!(started.child("State").text, "Running");
+    assert!(started.children.iter().all(|c| c.name != "Result"));
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let done = c.get("/api/tasks/task-1", &token).await.xml();
+    assert_eq!(done.child("State").text, "Finished");
+    let result = done.child("Result");
+    assert_eq!(result.attr("Success"), "true");
+    assert_eq!(
+        result.child("Message").text,
+        "Job \"Backup Job 5\" triggered to start."
+    );
+    let j = get_json(&mut c, "/api/tasks", &token).await.json();
+    assert_eq!(j["Tasks"][0]["State"], "Finished");
+    assert_eq!(j["Tasks"][0]["Result"]["Success"], true);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sessions_tasks_end_with_it() {
+    let sim = Sim::start(SimConfig {
+        task_duration: Duration::from_secs(60),
+        ..config(Duration::from_millis(400))
+    })
+    .await
+    .unwrap();
+    let mut c = connect(sim.addr()).await;
+
+    // Idle expiry.
+    let a = c.logon().await;
+    start_job(&mut c, &a, &sim.job_id(0)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        c.get("/api/tasks", &a).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let b = c.logon().await;
+    assert!(listed_tasks(&mut c, &b).await.is_empty());
+    assert_eq!(
+        c.get("/api/tasks/task-1", &b).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // expire_all_sessions().
+    start_job(&mut c, &b, &sim.job_id(1)).await;
+    sim.expire_all_sessions();
+    let d = c.logon().await;
+    assert!(listed_tasks(&mut c, &d).await.is_empty());
+
+    // Logout.
+    start_job(&mut c, &d, &sim.job_id(2)).await;
+    let sessions = c.get("/api/logonSessions", &d).await.xml();
+    let href = sessions.all("LogonSession")[0].attr("Href").to_owned();
+    let path = href.strip_prefix(&sim.base_url()).unwrap();
+    let r = c
+        .send(Method::DELETE, path, &[("x-restsvcsessionid", &d)])
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let e = c.logon().await;
+    assert!(listed_tasks(&mut c, &e).await.is_empty());
+    // The count of job starts is the simulator's, not a session's.
+    assert_eq!(sim.tasks_started(), 3);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_of_tasks_answers_the_callers_tasks_only() {
+    let (sim, mut c, a, b) = two_sessions(Duration::from_millis(300)).await;
+    start_job(&mut c, &a, &sim.job_id(0)).await;
+    start_job(&mut c, &a, &sim.job_id(1)).await;
+    start_job(&mut c, &b, &sim.job_id(2)).await;
+
+    let ids = |doc: &Node| -> Vec<String> {
+        doc.child("Resources")
+            .child("Tasks")
+            .children
+            .iter()
+            .map(|t| t.child("TaskId").text.clone())
+            .collect()
+    };
+    let r = c.get("/api/query?type=Task", &a).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let doc = r.xml();
+    assert_eq!(doc.name, "QueryResult");
+    assert_eq!(ids(&doc), ["task-1", "task-2"]);
+    assert_eq!(doc.child("PagingInfo").attr("PagesCount"), "1");
+    assert_eq!(
+        ids(&c.get("/api/query?type=task", &b).await.xml()),
+        ["task-1"]
+    );
+    let running = c
+        .get("/api/query?type=Task&filter=State==Running", &a)
+        .await
+        .xml();
+    assert_eq!(ids(&running).len(), 2);
+    let sorted = c
+        .get("/api/query?type=Task&sortDesc=TaskId&pageSize=1", &a)
+        .await
+        .xml();
+    assert_eq!(ids(&sorted), ["task-2"]);
+    assert_eq!(sorted.child("PagingInfo").attr("PagesCount"), "2");
+
+    let j = get_json(&mut c, "/api/query?type=Task", &b).await.json();
+    assert_eq!(j["Refs"], serde_json::Value::Null);
+    assert_eq!(j["Entities"], serde_json::Value::Null);
+    assert_eq!(j["Resources"]["Files"], serde_json::Value::Null);
+    let tasks = j["Resources"]["Tasks"]["Tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["TaskId"], "task-1");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let finished = c
+        .get(
+            "/api/query?type=Task&filter=State==Finished;TaskId==task-2",
+            &a,
+        )
+        .await
+        .xml();
+    assert_eq!(ids(&finished), ["task-2"]);
+    let r = c.get("/api/query?type=Task&filter=State==Done", &a).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // A new session's query finds nothing.
+    let fresh = c.logon().await;
+    let empty = get_json(&mut c, "/api/query?type=Task", &fresh)
+        .await
+        .json();
+    assert_eq!(
+        empty["Resources"]["Tasks"],
+        serde_json::json!({ "Tasks": null })
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn write_faults_hit_writes_only() {
+    let sim = start_with_tasks(Duration::from_secs(60)).await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let start = format!("/api/jobs/{}?action=start", sim.job_id(0));
+    let auth = [("x-restsvcsessionid", token.as_str())];
+
+    // Reset: the write is received, not carried out, and not answered.
+    sim.set_fault(FaultTarget::Write, Some(Fault::Reset));
+    assert_eq!(c.get("/api/jobs", &token).await.status, StatusCode::OK);
+    let err = c.try_send(Method::POST, &start, &auth).await.err();
+    assert!(err.is_some(), "a reset write has no answer");
+    assert_eq!(sim.tasks_started(), 0);
+    let received = |sim: &Sim| {
+        sim.requests()
+            .iter()
+            .filter(|q| q.method == "POST" && q.path_and_query == start)
+            .count()
+    };
+    assert_eq!(received(&sim), 1);
+
+    // AnswerLost: carried out, then the connection drops.
+    sim.set_fault(FaultTarget::Write, Some(Fault::AnswerLost));
+    let mut c = connect(sim.addr()).await;
+    assert!(c.try_send(Method::POST, &start, &auth).await.is_err());
+    assert_eq!(sim.tasks_started(), 1);
+    assert_eq!(received(&sim), 2);
+    let mut c = connect(sim.addr()).await;
+    assert_eq!(listed_tasks(&mut c, &token).await, ["task-1"]);
+    // A task's deletion is a write too.
+    sim.set_fault(FaultTarget::Write, Some(Fault::Status(503)));
+    let r = c.send(Method::DELETE, "/api/tasks/task-1", &auth).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A Data fault covers writes while no Write fault is set.
+    sim.set_fault(FaultTarget::Write, None);
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let r = c.send(Method::POST, &start, &auth).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    sim.set_fault(FaultTarget::Data, None);
+    assert_eq!(start_job(&mut c, &token, &sim.job_id(0)).await, "task-2");
+    assert_eq!(sim.tasks_started(), 2);
     sim.shutdown().await;
 }

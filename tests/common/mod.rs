@@ -71,6 +71,17 @@ impl Gateway {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v.to_string()));
         }
+        // Fleet stories run beside other tests on a busy 2-core machine,
+        // where a loopback Redis can take longer than the 250 ms default to
+        // answer; the stories are about what the fleet does, not about
+        // that bound (those that are set both settings themselves).
+        let named = |n: &str| env.iter().any(|(k, _)| k == n);
+        if named("EMGATE_SHARED_URL")
+            && !named("EMGATE_SHARED_TIMEOUT")
+            && !named("EMGATE_SHARED_LEASE")
+        {
+            env.push(("EMGATE_SHARED_TIMEOUT".into(), "1s".into()));
+        }
         let file = toml.map(|text| {
             static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
