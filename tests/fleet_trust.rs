@@ -135,32 +135,6 @@ async fn metric_sum(http: &Http, gw: &Gateway, name: &str) -> f64 {
         + 0.0
 }
 
-/// A clients file with `n` clients; its path and their names and secrets.
-fn clients_file(tag: &str, n: usize) -> (String, Vec<(String, String)>) {
-    let dir = std::env::temp_dir().join(format!("emgate-trust-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let creds: Vec<(String, String)> = (0..n)
-        .map(|i| {
-            (
-                format!("client{i}"),
-                format!("client-{i}-secret-0123456789"),
-            )
-        })
-        .collect();
-    let text: String = creds
-        .iter()
-        .map(|(name, secret)| {
-            format!(
-                "[[clients]]\nname = \"{name}\"\nsecret_sha256 = \"{}\"\n\n",
-                emgate::digest::sha256_hex(secret.as_bytes())
-            )
-        })
-        .collect();
-    let path = dir.join("clients.toml");
-    std::fs::write(&path, text).unwrap();
-    (path.to_str().unwrap().to_string(), creds)
-}
-
 /// The Redis key a gateway session has today, `{emgate}:cs:<sha256 of its
 /// token>`: what anyone who can write to Redis can compute for a token of
 /// their choosing.

@@ -121,6 +121,7 @@ pub const SETTINGS: &[Spec] = &[
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
     spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
     spec("access", "allow_writes", "EMGATE_ALLOW_WRITES", Some("false"), false),
+    spec("access", "task_retention", "EMGATE_TASK_RETENTION", Some("24h"), false),
     spec("access", "rate_limit", "EMGATE_RATE_LIMIT", Some("0"), false),
     spec("access", "rate_burst", "EMGATE_RATE_BURST", Some("0"), false),
     spec("access", "max_request_body", "EMGATE_MAX_REQUEST_BODY", Some("1MiB"), false),
@@ -268,6 +269,8 @@ pub struct AccessSettings {
     pub allow_anonymous: bool,
     /// Forward POST/PUT/DELETE/PATCH.
     pub allow_writes: bool,
+    /// How long the final state of a client's EM task is kept for it.
+    pub task_retention: Duration,
     /// Bearer token for `/admin/*`.
     pub admin_token: Option<Secret>,
 }
@@ -496,6 +499,7 @@ impl Settings {
             max_request_body: v.parse("EMGATE_MAX_REQUEST_BODY", parse_size)?,
             allow_anonymous,
             allow_writes: v.parse("EMGATE_ALLOW_WRITES", parse_bool)?,
+            task_retention: v.parse("EMGATE_TASK_RETENTION", parse_positive_duration)?,
             admin_token,
         };
         let tls = match (

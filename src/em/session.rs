@@ -24,17 +24,19 @@
 //!   `X-RestSvcSessionId` header of a request to EM (marked sensitive).
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::config::UpstreamSettings;
-use crate::em::client::{Lane, Upstream, UpstreamBody, UpstreamError, UpstreamResponse};
+use crate::em::client::{Lane, Upstream, UpstreamError, UpstreamResponse};
 use crate::secret::Secret;
 
 /// EM's session header.
@@ -68,6 +70,25 @@ pub struct EmSession {
     generation: u64,
     /// Whether this is the fleet's session (kept in the shared store).
     shared: bool,
+    /// Tasks still followed with this session: while any is, a replaced
+    /// session is not logged out (EM would drop the tasks with it).
+    pins: AtomicUsize,
+}
+
+/// Keeps a session from being logged out while held (see [`EmSession::pin`]).
+pub struct Pin(Arc<EmSession>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pin {
+    /// The pinned session.
+    pub fn session(&self) -> &Arc<EmSession> {
+        &self.0
+    }
 }
 
 /// Marks the generations of a replica's own sessions (fleet mode with the
@@ -75,6 +96,18 @@ pub struct EmSession {
 pub const LOCAL_GENERATION: u64 = 1 << 62;
 
 impl EmSession {
+    /// Keeps this session from being logged out when the pool replaces it,
+    /// until the guard is dropped.
+    pub fn pin(self: &Arc<Self>) -> Pin {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+        Pin(self.clone())
+    }
+
+    /// Whether a task still needs this session.
+    fn pinned(&self) -> bool {
+        self.pins.load(Ordering::Acquire) > 0
+    }
+
     /// The generation of this session.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -247,6 +280,9 @@ pub struct SessionStats {
     pub checks: AtomicU64,
     /// Of those, the session was alive: the 401 was the resource's own.
     pub checks_alive: AtomicU64,
+    /// Writes sent a second time because EM's session was gone (EM refused
+    /// them before doing anything).
+    pub writes_resent: AtomicU64,
 }
 
 /// What `/readyz` and the status page say about the session.
@@ -534,32 +570,79 @@ impl SessionPool {
         Err(EmError::SessionRejected)
     }
 
-    /// Sends a write with the pooled session, once: never replayed, not even
-    /// after EM's 401 (if the session was gone, the next request gets a new
-    /// one, and this one fails with [`EmError::WriteNotReplayed`]).
+    /// Sends a write with the pooled session; the answer and the session
+    /// it was made with (EM keeps what a write creates, such as a task, per
+    /// session). Sent once, with one exception: when EM answers 401 and the
+    /// session is really gone (EM refused before doing anything), it is
+    /// sent once more after the one shared re-logon. Never again after a
+    /// reset, a timeout or a 5xx: EM may have done it (README, "Writes").
     pub async fn write(
         self: &Arc<Self>,
         method: Method,
         path_and_query: &str,
-        mut headers: HeaderMap,
-        body: UpstreamBody,
-    ) -> Result<UpstreamResponse, EmError> {
-        let session = self.acquire().await?;
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(UpstreamResponse, Arc<EmSession>), EmError> {
+        let mut session = self.acquire().await?;
+        for attempt in 0..2 {
+            let mut headers = headers.clone();
+            if let Some(token) = session.header() {
+                headers.insert(SESSION_HEADER, token);
+            }
+            let full = http_body_util::Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            let response = self
+                .upstream
+                .send_with_body(Lane::Client, method.clone(), path_and_query, headers, full)
+                .await?;
+            if response.status == StatusCode::UNAUTHORIZED {
+                match self.after_401(&session).await? {
+                    After401::Alive => return Ok((response, session)),
+                    After401::Replaced(new) if attempt == 0 => {
+                        self.stats.writes_resent.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("EM's session was gone before a write; sending it once more with the new one");
+                        session = new;
+                        continue;
+                    }
+                    After401::Replaced(_) => return Err(EmError::SessionRejected),
+                }
+            }
+            self.mark_used();
+            return Ok((response, session));
+        }
+        Err(EmError::SessionRejected)
+    }
+
+    /// A request with a given session (not necessarily the current one):
+    /// following a task with the session that made it. No logon, no replay.
+    pub async fn send_with(
+        &self,
+        session: &EmSession,
+        method: Method,
+        path_and_query: &str,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut headers = HeaderMap::new();
         if let Some(token) = session.header() {
             headers.insert(SESSION_HEADER, token);
         }
-        let response = self
-            .upstream
-            .send_with_body(Lane::Client, method, path_and_query, headers, body)
-            .await?;
-        if response.status == StatusCode::UNAUTHORIZED {
-            return match self.after_401(&session).await? {
-                After401::Alive => Ok(response),
-                After401::Replaced(_) => Err(EmError::WriteNotReplayed),
-            };
+        self.upstream
+            .send(Lane::Client, method, path_and_query, headers)
+            .await
+    }
+
+    /// Whether `session` is still the pool's current one.
+    pub fn is_current(&self, session: &EmSession) -> bool {
+        self.peek()
+            .is_some_and(|c| c.generation == session.generation)
+    }
+
+    /// Logs a session out of EM that is no longer the pool's (a replaced
+    /// session kept for a pending task, once the task is over).
+    pub async fn retire(&self, session: &EmSession) {
+        if !self.is_current(session) {
+            self.end(session).await;
         }
-        self.mark_used();
-        Ok(response)
     }
 
     /// EM answered 401 to a request made with `stale`: is the session gone
@@ -729,9 +812,13 @@ impl SessionPool {
                 );
                 if let Some(old) = replaced {
                     self.stats.relogons.fetch_add(1, Ordering::Relaxed);
-                    // Best effort: if EM still held it, it should not linger.
-                    let this = self.clone();
-                    tokio::spawn(async move { this.end(&old).await });
+                    // Best effort: if EM still held it, it should not linger
+                    // (unless a pending task still needs it: then whoever
+                    // follows the task retires it when the task is over).
+                    if !old.pinned() {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.end(&old).await });
+                    }
                 }
                 Ok(session)
             }
@@ -797,6 +884,7 @@ impl SessionPool {
             id: s.id,
             generation: s.generation,
             shared: true,
+            pins: AtomicUsize::new(0),
         });
         self.mark_used();
         self.set(Some(session.clone()));
@@ -934,6 +1022,7 @@ impl SessionPool {
             id: session_id(&response.body),
             generation: LOCAL_GENERATION | (self.generations.fetch_add(1, Ordering::Relaxed) + 1),
             shared: false,
+            pins: AtomicUsize::new(0),
         })
     }
 
@@ -1022,6 +1111,7 @@ impl SessionPool {
                                 id: own.id.clone(),
                                 generation: s.generation,
                                 shared: true,
+                                pins: AtomicUsize::new(0),
                             })));
                         }
                     }
@@ -1032,6 +1122,7 @@ impl SessionPool {
                         id: own.id.clone(),
                         generation,
                         shared: true,
+                        pins: AtomicUsize::new(0),
                     });
                     self.set(Some(session));
                     if own.shared {
@@ -1130,12 +1221,18 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 
 /// The `<SessionId>` of a LogonSession document.
 fn session_id(body: &[u8]) -> Option<String> {
+    element_text(body, b"SessionId")
+}
+
+/// The text of the first element named `name` in one of EM's documents
+/// (`SessionId` of a logon session, `TaskId` and `State` of a task).
+pub fn element_text(body: &[u8], name: &[u8]) -> Option<String> {
     let mut reader = quick_xml::Reader::from_reader(body);
     let mut inside = false;
     let mut buf = Vec::new();
     loop {
         match reader.read_event_into(&mut buf).ok()? {
-            quick_xml::events::Event::Start(e) => inside = e.local_name().as_ref() == b"SessionId",
+            quick_xml::events::Event::Start(e) => inside = e.local_name().as_ref() == name,
             quick_xml::events::Event::Text(t) if inside => {
                 let text = t.unescape().ok()?.trim().to_string();
                 return (!text.is_empty()).then_some(text);

@@ -40,6 +40,8 @@ pub struct App {
     pub work: Arc<Semaphore>,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
+    /// EM's tasks, by client.
+    pub tasks: Arc<crate::gateway::tasks::Tasks>,
     /// Fleet mode's shared tier.
     pub fleet: Option<Fleet>,
     /// Per-client rate limits.

@@ -11,6 +11,8 @@
 //! - [`reads`]: GET/HEAD through the cache rules, or collapsed when no rule
 //!   caches them; [`restore_points`]: restore point IDs checked at the edge;
 //! - [`proxy`]: the pass-through to EM with the pooled session, and writes;
+//!   [`tasks`]: the EM tasks writes create, kept per client and followed to
+//!   their end;
 //! - [`admin`]: cache purges behind the admin token; [`status`]: the
 //!   operators' page and its JSON;
 //! - [`render`], [`response`]: EM's answer rendered for one client (JSON or
@@ -38,3 +40,4 @@ pub mod router;
 pub mod server;
 pub mod status;
 pub mod target;
+pub mod tasks;

@@ -22,8 +22,8 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::JsonCase;
-use crate::em::client::UpstreamError;
-use crate::em::session::{EmError, SessionPool};
+use crate::em::client::{UpstreamError, UpstreamResponse};
+use crate::em::session::{EmError, EmSession, SessionPool};
 use crate::gateway::error::GatewayError;
 use crate::gateway::render;
 use crate::gateway::response::Body;
@@ -92,21 +92,18 @@ pub fn is_write(method: &Method) -> bool {
     [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(method)
 }
 
-/// Forwards a write (restore, job start...) when writes are allowed: the
-/// body is streamed to EM within `max_body`, the request is never retried
-/// (not even after EM's 401) and its answer is never cached.
-#[allow(clippy::too_many_arguments)]
-pub async fn forward_write(
+/// Sends a write (restore, job start...) to EM when writes are allowed:
+/// the body is read within `max_body` (a write may be sent twice, see
+/// [`SessionPool::write`]), and its answer is never cached. EM's answer and
+/// the EM session it was made with (EM keeps a task per session).
+pub async fn send_write(
     pool: &Arc<SessionPool>,
     method: &Method,
     target: &Target,
     headers: &HeaderMap,
     body: Incoming,
     max_body: u64,
-    xml: bool,
-    public: &str,
-    case: JsonCase,
-) -> Result<Response<Body>, GatewayError> {
+) -> Result<(UpstreamResponse, Arc<EmSession>), GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -115,19 +112,40 @@ pub async fn forward_write(
         return Err(GatewayError::TooLarge(max_body));
     }
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit).boxed();
-    let em = pool
-        .write(
-            method.clone(),
-            &target.canonical(),
-            to_em(headers, true),
-            body,
-        )
+    let body = Limited::new(body, limit)
+        .collect()
         .await
-        .map_err(|e| match e {
-            EmError::Upstream(UpstreamError::RequestTooLarge) => GatewayError::TooLarge(max_body),
-            other => other.into(),
-        })?;
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                GatewayError::TooLarge(max_body)
+            } else {
+                GatewayError::BadRequest("the request body could not be read".into())
+            }
+        })?
+        .to_bytes();
+    pool.write(
+        method.clone(),
+        &target.canonical(),
+        to_em(headers, true),
+        body,
+    )
+    .await
+    .map_err(|e| match e {
+        EmError::Upstream(UpstreamError::RequestTooLarge) => GatewayError::TooLarge(max_body),
+        other => other.into(),
+    })
+}
+
+/// EM's answer to a write, rendered for the client.
+pub async fn render_write(
+    pool: &Arc<SessionPool>,
+    em: UpstreamResponse,
+    xml: bool,
+    public: &str,
+    case: JsonCase,
+) -> Result<Response<Body>, GatewayError> {
     let _room = pool
         .upstream()
         .reserve(render::conversion_room(&em, xml))

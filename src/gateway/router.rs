@@ -27,6 +27,7 @@ use crate::gateway::render;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::target::Target;
+use crate::gateway::tasks;
 
 /// Largest request head accepted (hyper answers 431 beyond it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -290,6 +291,12 @@ async fn api(
                 ));
             }
         }
+        // EM keeps tasks per session, the gateway per client: answered
+        // here, never cached, never reaching EM for another's task.
+        if target.is(0, "tasks") || is_task_query(&target) {
+            label = "/api/tasks";
+            return tasks_route(app, &caller, method, &target, xml, &public).await;
+        }
         if read {
             let rule = app.rules.find(&target);
             if let Some(r) = rule {
@@ -322,18 +329,20 @@ async fn api(
             ));
         }
         let limit = app.settings.access.max_request_body;
-        let response = proxy::forward_write(
-            &app.pool,
-            method,
-            &target,
-            &parts.headers,
-            body,
-            limit,
-            xml,
-            &public,
-            case,
-        )
-        .await?;
+        let (mut em, session) =
+            proxy::send_write(&app.pool, method, &target, &parts.headers, body, limit).await?;
+        if em.status.is_success() {
+            // A task is the caller's: the client gets it by the gateway's id.
+            if let Some(doc) = app
+                .tasks
+                .record(&app.pool, caller.owner(), &em.body, session)
+            {
+                em.body = doc;
+                em.headers.remove(http::header::LOCATION);
+                em.headers.remove(http::header::CONTENT_LOCATION);
+            }
+        }
+        let response = proxy::render_write(&app.pool, em, xml, &public, case).await?;
         if response.status().is_success() {
             // What a write changed is no longer what the cache holds: drop
             // the cached reads of the collection it went to.
@@ -440,6 +449,78 @@ pub async fn purge_all_everywhere(app: &App) -> Result<(), GatewayError> {
     // Again: see purge_prefix_everywhere.
     app.cache.purge_all();
     shared.map_err(|_| GatewayError::NotEverywhere("the cache was purged"))
+}
+
+/// `GET /api/query?type=Task`: EM answers it per session, the gateway
+/// per client.
+fn is_task_query(target: &Target) -> bool {
+    target.segments().len() == 1
+        && target.is(0, "query")
+        && target.query().iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("type")
+                && v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("task"))
+        })
+}
+
+/// `/api/tasks`, `/api/tasks/{ID}` and `/api/query?type=Task`: the
+/// caller's tasks only (see [`crate::gateway::tasks`]).
+async fn tasks_route(
+    app: &Arc<App>,
+    caller: &access::Caller,
+    method: &Method,
+    target: &Target,
+    xml: bool,
+    public: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let owner = caller.owner();
+    let base = app.pool.upstream().base_url();
+    let case = app.settings.json_case;
+    let not_found = |id: &str| {
+        GatewayError::NotFound(format!("task {}", id.chars().take(64).collect::<String>()))
+    };
+    let doc = match (method, target.segments()) {
+        (&Method::GET | &Method::HEAD, [_]) if target.is(0, "query") => {
+            tasks::query_document(&app.tasks.list(owner), base)
+        }
+        (&Method::GET | &Method::HEAD, [_]) => tasks::list_document(&app.tasks.list(owner)),
+        (&Method::GET | &Method::HEAD, [_, id]) => {
+            app.tasks.get(owner, id).ok_or_else(|| not_found(id))?
+        }
+        (&Method::DELETE, [_, id]) if app.settings.access.allow_writes => {
+            if !app.tasks.delete(&app.pool, owner, id).await {
+                return Err(not_found(id));
+            }
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            return Ok(r);
+        }
+        (_, [_, _]) => {
+            return Err(GatewayError::MethodNotAllowed(
+                method.clone(),
+                if app.settings.access.allow_writes {
+                    "GET, HEAD, DELETE"
+                } else {
+                    "GET, HEAD"
+                },
+            ))
+        }
+        (_, [_]) => return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
+        _ => return Err(not_found(&target.shown())),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::CONTENT_TYPE, render::XML);
+    let em = crate::em::client::UpstreamResponse {
+        status: StatusCode::OK,
+        headers,
+        body: doc,
+        elapsed: std::time::Duration::ZERO,
+        held: Default::default(),
+    };
+    let mut r = render::render(em, base, public, xml, case)?;
+    if method == Method::HEAD {
+        *r.body_mut() = Body::default();
+    }
+    Ok(r)
 }
 
 /// Whether `Origin` names the gateway's public origin (scheme and authority).

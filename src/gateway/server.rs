@@ -158,7 +158,11 @@ impl Gateway {
         let settings_rate = (settings.access.rate_limit, settings.access.rate_burst);
         let work = Arc::new(Semaphore::new(settings.listen.max_concurrency));
         let local_addr = listener.local_addr().unwrap_or(addr);
+        let tasks = Arc::new(crate::gateway::tasks::Tasks::new(
+            settings.access.task_retention,
+        ));
         let app = Arc::new(App {
+            tasks,
             cache: ReadCache::new(cache_options(&settings.cache), settings.cache.rules.len()),
             rules: Rules::new(&settings.cache),
             collapse_stats: CollapseStats::default(),

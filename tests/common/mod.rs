@@ -641,3 +641,29 @@ impl Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// A clients file with `n` clients; its path and their names and secrets.
+pub fn clients_file(tag: &str, n: usize) -> (String, Vec<(String, String)>) {
+    let dir = std::env::temp_dir().join(format!("emgate-clients-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            (
+                format!("client{i}"),
+                format!("client-{i}-secret-0123456789"),
+            )
+        })
+        .collect();
+    let text: String = creds
+        .iter()
+        .map(|(name, secret)| {
+            format!(
+                "[[clients]]\nname = \"{name}\"\nsecret_sha256 = \"{}\"\n\n",
+                emgate::digest::sha256_hex(secret.as_bytes())
+            )
+        })
+        .collect();
+    let path = dir.join("clients.toml");
+    std::fs::write(&path, text).unwrap();
+    (path.to_str().unwrap().to_string(), creds)
+}

@@ -1,0 +1,394 @@
+//! EM's tasks, per client (README, "Writes and EM's tasks").
+//!
+//! EM keeps the tasks a write creates (a job start, a restore: `202` with a
+//! `Task`) per logon session: only that session sees them, and a new
+//! session sees none. Behind one pooled session the gateway keeps, per
+//! client, what EM keeps per session:
+//!
+//! - A write whose answer is a `Task` records it as the caller's, under an
+//!   id of the gateway's own (`task-` and 96 random bits): EM numbers tasks
+//!   per session (`task-1` again after every re-logon) and an id must name
+//!   one task for as long as its owner may ask, so nobody can guess
+//!   another client's.
+//! - `GET /api/tasks[/{ID}]`, `DELETE /api/tasks/{ID}` and
+//!   `GET /api/query?type=Task` are answered here, from what the gateway
+//!   knows of the caller's tasks: another client's task is EM's 404 and
+//!   never reaches EM; nothing of it is cached or collapsed.
+//! - Each pending task is followed to its end with the session that made
+//!   it, one EM request per second at most (inside the EM concurrency
+//!   limit). That also keeps the session alive, and a session replaced in
+//!   the pool meanwhile is not logged out while a task needs it (a pin).
+//!   Its final state is kept for its owner for `EMGATE_TASK_RETENTION`.
+//!
+//! The states of a task here:
+//!
+//! | state | a `GET` answers | leaves it when |
+//! | --- | --- | --- |
+//! | pending | EM's last answer (at most a second old) | EM says `Finished` → finished; EM has no such task or its session is gone → lost |
+//! | finished | EM's final answer | the retention ran out → gone |
+//! | lost | a `Finished` task with `Success="false"` and why (the session that made it ended before it finished: EM restarted, or logged out) | the retention ran out → gone |
+//! | gone | 404 | — |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use crate::em::session::{element_text, EmSession, SessionPool};
+
+/// How often a pending task is asked about, at most.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// Tasks one client may keep at most; beyond it the oldest finished go.
+pub const PER_CLIENT: usize = 1000;
+/// EM's namespace.
+const NS: &str = "http://www.veeam.com/ent/v1.0";
+
+/// One task of one client.
+struct Task {
+    /// The client it belongs to.
+    owner: String,
+    /// EM's id of it, in the session that made it.
+    em_id: String,
+    /// The session that made it.
+    session: Arc<EmSession>,
+    /// When it was made.
+    created: Instant,
+    /// EM's last answer about it (ids already the gateway's), and when it
+    /// ended.
+    state: Mutex<(Bytes, Option<Instant>)>,
+}
+
+/// What the gateway knows of its clients' tasks.
+pub struct Tasks {
+    by_id: Mutex<HashMap<String, Arc<Task>>>,
+    retention: Duration,
+}
+
+/// A client's pending tasks, for the status page and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The client.
+    pub owner: String,
+    /// How many of its tasks are pending.
+    pub count: usize,
+    /// How long the oldest has been pending.
+    pub oldest: Duration,
+}
+
+impl Tasks {
+    /// No tasks yet; final states kept for `retention`.
+    pub fn new(retention: Duration) -> Tasks {
+        Tasks {
+            by_id: Mutex::new(HashMap::new()),
+            retention,
+        }
+    }
+
+    /// EM's answer to `owner`'s write: if it is a `Task`, it becomes
+    /// `owner`'s (followed to its end when pending), and the answer the
+    /// client gets names it by the gateway's id.
+    pub fn record(
+        self: &Arc<Self>,
+        pool: &Arc<SessionPool>,
+        owner: &str,
+        em_body: &Bytes,
+        session: Arc<EmSession>,
+    ) -> Option<Bytes> {
+        if !is_task(em_body) {
+            return None;
+        }
+        let em_id = element_text(em_body, b"TaskId")?;
+        let id = format!("task-{}", crate::digest::random_token(12).ok()?.expose());
+        let doc = rename(em_body, &em_id, &id);
+        let finished = is_finished(&doc);
+        let task = Arc::new(Task {
+            owner: owner.to_string(),
+            em_id,
+            session: session.clone(),
+            created: Instant::now(),
+            state: Mutex::new((doc.clone(), finished.then(Instant::now))),
+        });
+        {
+            let mut map = self.by_id.lock().ok()?;
+            self.trim(&mut map, owner);
+            map.insert(id.clone(), task.clone());
+        }
+        tracing::info!(client = %owner, task = %id, "EM task started");
+        if !finished {
+            let (tasks, pool) = (self.clone(), pool.clone());
+            let pin = session.pin();
+            tokio::spawn(async move {
+                tasks.follow(&pool, &id, &task).await;
+                drop(pin);
+                pool.retire(&task.session).await;
+            });
+        }
+        Some(doc)
+    }
+
+    /// Asks EM about a pending task every second until it ends.
+    async fn follow(&self, pool: &Arc<SessionPool>, id: &str, task: &Task) {
+        let path = format!("/api/tasks/{}", task.em_id);
+        let until = task.created + self.retention;
+        while Instant::now() < until {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+            if !self.known(id) {
+                return;
+            }
+            let answer = pool.send_with(&task.session, Method::GET, &path).await;
+            let doc = match answer {
+                Ok(r) if r.status == StatusCode::OK && is_task(&r.body) => {
+                    rename(&r.body, &task.em_id, id)
+                }
+                // EM no longer knows the task, or the session that made it
+                // (EM restarted, or the session was logged out): its end
+                // will never be known.
+                Ok(r)
+                    if r.status == StatusCode::NOT_FOUND
+                        || r.status == StatusCode::UNAUTHORIZED =>
+                {
+                    tracing::warn!(task = %id, status = r.status.as_u16(), "an EM task was lost with its session");
+                    lost(pool.upstream().base_url(), id, &operation(task))
+                }
+                // EM failing for a while: ask again.
+                _ => continue,
+            };
+            let finished = is_finished(&doc);
+            if let Ok(mut state) = task.state.lock() {
+                *state = (doc, finished.then(Instant::now));
+            }
+            if finished {
+                tracing::info!(task = %id, "EM task finished");
+                return;
+            }
+        }
+    }
+
+    fn known(&self, id: &str) -> bool {
+        self.by_id.lock().is_ok_and(|m| m.contains_key(id))
+    }
+
+    /// Drops what ran out; keeps `owner` below its bound.
+    fn trim(&self, map: &mut HashMap<String, Arc<Task>>, owner: &str) {
+        let retention = self.retention;
+        map.retain(|_, t| {
+            t.state
+                .lock()
+                .map_or(true, |s| s.1.is_none_or(|at| at.elapsed() < retention))
+        });
+        let mut own: Vec<(String, Instant, bool)> = map
+            .iter()
+            .filter(|(_, t)| t.owner == owner)
+            .map(|(id, t)| {
+                let ended = t.state.lock().is_ok_and(|s| s.1.is_some());
+                (id.clone(), t.created, ended)
+            })
+            .collect();
+        if own.len() >= PER_CLIENT {
+            own.sort_by_key(|(_, created, ended)| (!*ended, *created));
+            for (id, _, _) in own.iter().take(own.len() + 1 - PER_CLIENT) {
+                map.remove(id);
+            }
+        }
+    }
+
+    /// The caller's task `id` as EM last described it; `None` for a task
+    /// that is not the caller's (or no longer kept).
+    pub fn get(&self, owner: &str, id: &str) -> Option<Bytes> {
+        let map = self.by_id.lock().ok()?;
+        let task = map.get(id).filter(|t| t.owner == owner)?;
+        let state = task.state.lock().ok()?;
+        if state.1.is_some_and(|at| at.elapsed() >= self.retention) {
+            return None;
+        }
+        Some(state.0.clone())
+    }
+
+    /// The caller's tasks, oldest first.
+    pub fn list(&self, owner: &str) -> Vec<Bytes> {
+        let Ok(map) = self.by_id.lock() else {
+            return Vec::new();
+        };
+        let mut own: Vec<&Arc<Task>> = map.values().filter(|t| t.owner == owner).collect();
+        own.sort_by_key(|t| t.created);
+        own.iter()
+            .filter_map(|t| {
+                let s = t.state.lock().ok()?;
+                s.1.is_none_or(|at| at.elapsed() < self.retention)
+                    .then(|| s.0.clone())
+            })
+            .collect()
+    }
+
+    /// Deletes the caller's task `id`: at EM too while it is pending (EM
+    /// stops it). False if it is not the caller's.
+    pub async fn delete(&self, pool: &Arc<SessionPool>, owner: &str, id: &str) -> bool {
+        let task = {
+            let Ok(mut map) = self.by_id.lock() else {
+                return false;
+            };
+            match map.get(id) {
+                Some(t) if t.owner == owner => map.remove(id),
+                _ => None,
+            }
+        };
+        let Some(task) = task else {
+            return false;
+        };
+        let pending = task.state.lock().is_ok_and(|s| s.1.is_none());
+        if pending {
+            let path = format!("/api/tasks/{}", task.em_id);
+            if let Err(e) = pool.send_with(&task.session, Method::DELETE, &path).await {
+                tracing::warn!(task = %id, error = %e, "EM task delete failed");
+            }
+        }
+        tracing::info!(client = %owner, task = %id, "EM task deleted");
+        true
+    }
+
+    /// Pending tasks by client, busiest first.
+    pub fn pending(&self) -> Vec<Pending> {
+        let Ok(map) = self.by_id.lock() else {
+            return Vec::new();
+        };
+        let mut by: HashMap<&str, Pending> = HashMap::new();
+        for t in map.values() {
+            if t.state.lock().is_ok_and(|s| s.1.is_none()) {
+                let p = by.entry(&t.owner).or_insert_with(|| Pending {
+                    owner: t.owner.clone(),
+                    count: 0,
+                    oldest: Duration::ZERO,
+                });
+                p.count += 1;
+                p.oldest = p.oldest.max(t.created.elapsed());
+            }
+        }
+        let mut all: Vec<Pending> = by.into_values().collect();
+        all.sort_by(|a, b| b.count.cmp(&a.count).then(a.owner.cmp(&b.owner)));
+        all
+    }
+}
+
+/// Whether an EM document is a `Task`.
+fn is_task(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    text.trim_start_matches('\u{feff}')
+        .split('<')
+        .find(|s| !s.starts_with('?') && !s.starts_with('!') && !s.trim().is_empty())
+        .is_some_and(|root| root.starts_with("Task ") || root.starts_with("Task>"))
+}
+
+fn is_finished(doc: &[u8]) -> bool {
+    element_text(doc, b"State").as_deref() == Some("Finished")
+}
+
+fn operation(task: &Task) -> String {
+    task.state
+        .lock()
+        .ok()
+        .and_then(|s| element_text(&s.0, b"Operation"))
+        .unwrap_or_default()
+}
+
+/// EM's task document with EM's id of it replaced by the gateway's.
+fn rename(doc: &[u8], em_id: &str, id: &str) -> Bytes {
+    let text = String::from_utf8_lossy(doc);
+    Bytes::from(
+        text.replace(
+            &format!("/api/tasks/{em_id}\""),
+            &format!("/api/tasks/{id}\""),
+        )
+        .replace(
+            &format!("<TaskId>{em_id}</TaskId>"),
+            &format!("<TaskId>{id}</TaskId>"),
+        ),
+    )
+}
+
+/// The end of a task whose session ended before it did.
+fn lost(em_base: &str, id: &str, operation: &str) -> Bytes {
+    let href = format!("{em_base}/api/tasks/{id}");
+    Bytes::from(format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+         <Task xmlns=\"{NS}\" Type=\"Task\" Href=\"{href}\">\
+         <Links><Link Rel=\"Delete\" Type=\"Task\" Href=\"{href}\"/></Links>\
+         <TaskId>{id}</TaskId><State>Finished</State><Operation>{}</Operation>\
+         <Result Success=\"false\"><Message>The Enterprise Manager session that ran this task \
+         ended before the task finished (Enterprise Manager restarted, or the session was \
+         logged out): its outcome is unknown. Check the job or restore in Enterprise \
+         Manager.</Message></Result></Task>",
+        escape(operation)
+    ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// EM's `Tasks` list of the given task documents.
+pub fn list_document(docs: &[Bytes]) -> Bytes {
+    let mut out = format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><Tasks xmlns=\"{NS}\">");
+    for d in docs {
+        out.push_str(strip_prolog(d));
+    }
+    out.push_str("</Tasks>");
+    Bytes::from(out)
+}
+
+/// EM's `QueryResult` for `type=Task`, the tasks under `Resources`.
+pub fn query_document(docs: &[Bytes], em_base: &str) -> Bytes {
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><QueryResult xmlns=\"{NS}\">\
+         <Links><Link Rel=\"Alternate\" Type=\"QueryResult\" Href=\"{em_base}/api/query?type=Task\"/></Links>\
+         <Resources><Tasks>"
+    );
+    for d in docs {
+        out.push_str(strip_prolog(d));
+    }
+    out.push_str(&format!(
+        "</Tasks></Resources><PagingInfo PageNum=\"1\" PageSize=\"{n}\" PagesCount=\"1\"/></QueryResult>",
+        n = docs.len().max(1)
+    ));
+    Bytes::from(out)
+}
+
+fn strip_prolog(d: &[u8]) -> &str {
+    let text = std::str::from_utf8(d).unwrap_or("");
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    match text.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map_or(text, |(_, r)| r.trim_start()),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &[u8] = b"<?xml version=\"1.0\"?><Task xmlns=\"http://www.veeam.com/ent/v1.0\" Type=\"Task\" Href=\"https://em:9398/api/tasks/task-1\"><Links><Link Rel=\"Delete\" Href=\"https://em:9398/api/tasks/task-1\"/></Links><TaskId>task-1</TaskId><State>Running</State><Operation>StartJob</Operation></Task>";
+
+    #[test]
+    fn a_task_is_renamed_everywhere_its_id_stands_and_nowhere_else() {
+        assert!(is_task(DOC));
+        assert!(!is_task(b"<Tasks xmlns=\"x\"/>"));
+        assert!(!is_task(b"<Error Message=\"x\"/>"));
+        let renamed = rename(DOC, "task-1", "task-abc");
+        let text = std::str::from_utf8(&renamed).unwrap();
+        assert!(!text.contains("task-1"), "{text}");
+        assert_eq!(text.matches("task-abc").count(), 3, "{text}");
+        // task-1 must not rename task-10.
+        let ten = String::from_utf8_lossy(DOC).replace("task-1", "task-10");
+        let text = String::from_utf8_lossy(&rename(ten.as_bytes(), "task-1", "task-x")).to_string();
+        assert!(!text.contains("task-x"), "{text}");
+        assert!(!is_finished(DOC));
+        let lost = lost("https://em:9398", "task-x", "StartJob");
+        assert!(is_task(&lost) && is_finished(&lost));
+        assert_eq!(element_text(&lost, b"TaskId").as_deref(), Some("task-x"));
+        let list = list_document(&[renamed.clone(), lost.clone()]);
+        assert_eq!(String::from_utf8_lossy(&list).matches("<?xml").count(), 1);
+    }
+}
