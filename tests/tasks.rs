@@ -10,6 +10,8 @@ use common::*;
 use emgate::sim::{Fault, FaultTarget, Sim, SimConfig};
 use http::{Method, StatusCode};
 
+const ADMIN: &str = "tasks-admin-token-0123456789";
+
 fn config() -> SimConfig {
     SimConfig {
         task_duration: Duration::from_millis(1500),
@@ -23,6 +25,7 @@ async fn portal(sim: &Sim, extra: &[(&str, &str)]) -> (Gateway, Http, [(String, 
     let mut env = vec![
         ("EMGATE_CLIENTS_FILE", file.as_str()),
         ("EMGATE_ALLOW_WRITES", "true"),
+        ("EMGATE_ADMIN_TOKEN", ADMIN),
     ];
     env.extend_from_slice(extra);
     let gw = Gateway::start(sim, &env);
@@ -79,6 +82,19 @@ async fn a_task_belongs_to_the_client_that_started_it() {
     assert_ne!(path, "/api/tasks/task-1", "an id nobody can guess");
     assert_eq!(started.json()["State"], "Running");
     assert_eq!(sim.tasks_started(), 1);
+    // The operator sees it pending, by client.
+    let m = http.get(&gw.url("/metrics"), &[]).await.body;
+    assert_eq!(sample(&m, "emgate_tasks_pending"), Some(1.0), "{m}");
+    let bearer = format!("Bearer {ADMIN}");
+    let status = http
+        .get(&gw.url("/admin/status.json"), &[("authorization", &bearer)])
+        .await
+        .json();
+    assert_eq!(
+        status["clients"]["pending_tasks"][0]["count"], 1,
+        "{status}"
+    );
+    assert_eq!(status["clients"]["pending_tasks"][0]["name"], "client0");
 
     // Bob, 40 times at once while Alice reads hers: never Alice's task.
     let mut reads = Vec::new();
@@ -247,4 +263,71 @@ async fn with_writes_off_a_job_start_is_refused_and_em_sees_nothing() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.body);
     assert!(sim.requests().is_empty(), "{:?}", sim.requests());
     assert_eq!(sim.tasks_started(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_replica_died() {
+    let sim = start_sim(SimConfig {
+        task_duration: Duration::from_secs(3),
+        ..sim_config()
+    })
+    .await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let url = redis.url();
+    let (file, creds) = clients_file(&format!("tasks-fleet-{}", sim.addr().port()), 2);
+    let env = [
+        ("EMGATE_CLIENTS_FILE", file.as_str()),
+        ("EMGATE_ALLOW_WRITES", "true"),
+        ("EMGATE_SHARED_URL", url.as_str()),
+        ("EMGATE_SHARED_TIMEOUT", "1s"),
+        ("EMGATE_SHARED_LEASE", "4s"),
+    ];
+    let mut a = Gateway::start(&sim, &env);
+    let b = Gateway::start(&sim, &env);
+    let http = Http::default();
+    assert!(becomes_ready(&http, &a).await && becomes_ready(&http, &b).await);
+    let basic = |(name, secret): &(String, String)| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"))
+        )
+    };
+    let (alice, bob) = (basic(&creds[0]), basic(&creds[1]));
+    let started = start_job(&http, &a, &sim, &alice).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    let path = task_path(&started);
+    // B knows it (from the shared tier), for Alice only.
+    let at_b = http.get(&b.url(&path), &[("authorization", &alice)]).await;
+    assert_eq!(at_b.status, StatusCode::OK, "{}", at_b.body);
+    assert_eq!(at_b.json()["State"], "Running");
+    let bob_at_b = http.get(&b.url(&path), &[("authorization", &bob)]).await;
+    assert_eq!(bob_at_b.status, StatusCode::NOT_FOUND);
+    // The replica that started and followed it dies.
+    a.kill();
+    let done = wait_finished(&http, &b, &path, &alice).await;
+    assert_eq!(done["Result"]["Success"], true, "{done}");
+    let list = http
+        .get(&b.url("/api/tasks"), &[("authorization", &alice)])
+        .await;
+    assert!(list.body.contains(&path[11..]), "{}", list.body);
+
+    // A record altered in Redis is refused, never served.
+    let key = format!("{{emgate}}:t:{}", &path[11..]);
+    let value = redis.cli(&["GET", &key]);
+    let altered = value.trim().replacen("Finished", "Finishee", 1);
+    assert_ne!(altered, value.trim());
+    redis.cli(&["SET", &key, &altered]);
+    let c = Gateway::start(&sim, &env);
+    assert!(becomes_ready(&http, &c).await);
+    let r = http.get(&c.url(&path), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let m = http.get(&c.url("/metrics"), &[]).await.body;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("emgate_shared_rejected_total{kind=\"task\"}")),
+        "{m}"
+    );
 }

@@ -21,7 +21,9 @@
 //!   the logon itself: a wrong or rotated password) the gateway pauses
 //!   logons for [`REFUSED_PAUSE`], so it never locks the EM account.
 //! - The EM session token never leaves this module except as the
-//!   `X-RestSvcSessionId` header of a request to EM (marked sensitive).
+//!   `X-RestSvcSessionId` header of a request to EM (marked sensitive), or
+//!   as a [`SharedEmSession`] handed to the fleet, which keeps it only
+//!   sealed.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -101,6 +103,27 @@ impl EmSession {
     pub fn pin(self: &Arc<Self>) -> Pin {
         self.pins.fetch_add(1, Ordering::AcqRel);
         Pin(self.clone())
+    }
+
+    /// The session as the fleet keeps it (sealed): a task made with it can
+    /// be followed by another replica.
+    pub fn to_shared(&self) -> SharedEmSession {
+        SharedEmSession {
+            token: self.token.clone(),
+            id: self.id.clone(),
+            generation: self.generation,
+        }
+    }
+
+    /// A session handed back by the fleet (a task another replica started).
+    pub fn from_shared(s: SharedEmSession) -> Arc<EmSession> {
+        Arc::new(EmSession {
+            token: s.token,
+            id: s.id,
+            generation: s.generation,
+            shared: true,
+            pins: AtomicUsize::new(0),
+        })
     }
 
     /// Whether a task still needs this session.
@@ -201,10 +224,6 @@ pub enum EmError {
     /// EM refused even a freshly made session.
     #[error("Enterprise Manager rejected the gateway's new session")]
     SessionRejected,
-    /// The session had expired when a write reached EM; writes are never
-    /// replayed, so the client must send it again.
-    #[error("the Enterprise Manager session had expired; the request was not executed and is not retried automatically: send it again")]
-    WriteNotReplayed,
 }
 
 /// A future a shared session store answers with.
@@ -217,6 +236,7 @@ pub type StoreFuture<'a, T> =
 pub struct StoreDown;
 
 /// The fleet's EM session, as the shared store hands it (unsealed).
+#[derive(Clone)]
 pub struct SharedEmSession {
     /// The `X-RestSvcSessionId` token.
     pub token: Secret,

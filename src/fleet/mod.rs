@@ -29,6 +29,7 @@ pub mod cache;
 pub mod clients;
 mod keys;
 pub mod session;
+pub mod tasks;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

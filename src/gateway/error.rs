@@ -36,9 +36,6 @@ pub enum GatewayError {
     /// The client is over its rate.
     #[error("too many requests; retry in {} s", .0.as_secs().max(1))]
     RateLimited(std::time::Duration),
-    /// EM's session expired during a write, which is never replayed.
-    #[error("the Enterprise Manager session had expired; the request was not executed and is not retried automatically: send it again")]
-    WriteNotReplayed,
     /// Nothing lives at this path.
     #[error("the resource {0} does not exist on this gateway")]
     NotFound(String),
@@ -95,7 +92,6 @@ impl GatewayError {
             }
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            GatewayError::WriteNotReplayed => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::Session(_)
             | GatewayError::SessionRejected
@@ -165,8 +161,7 @@ impl GatewayError {
             GatewayError::RateLimited(wait) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
             }
-            GatewayError::WriteNotReplayed
-            | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
+            GatewayError::Upstream(UpstreamError::Saturated(_)) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::NotEverywhere(_) => {
@@ -188,7 +183,6 @@ impl From<EmError> for GatewayError {
             EmError::Session(e) => GatewayError::Session(e),
             EmError::Upstream(e) => GatewayError::Upstream(e),
             EmError::SessionRejected => GatewayError::SessionRejected,
-            EmError::WriteNotReplayed => GatewayError::WriteNotReplayed,
         }
     }
 }

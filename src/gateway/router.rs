@@ -336,10 +336,25 @@ async fn api(
             if let Some(doc) = app
                 .tasks
                 .record(&app.pool, caller.owner(), &em.body, session)
+                .await
             {
-                em.body = doc;
-                em.headers.remove(http::header::LOCATION);
+                // EM's own Location names EM's id of it: point it at the
+                // gateway's (rewritten to the client's base like any link).
+                if em.headers.contains_key(http::header::LOCATION) {
+                    let href = crate::em::session::element_text(&doc, b"TaskId")
+                        .map(|id| format!("{}/api/tasks/{id}", app.pool.upstream().base_url()))
+                        .and_then(|h| HeaderValue::from_str(&h).ok());
+                    match href {
+                        Some(h) => {
+                            em.headers.insert(http::header::LOCATION, h);
+                        }
+                        None => {
+                            em.headers.remove(http::header::LOCATION);
+                        }
+                    }
+                }
                 em.headers.remove(http::header::CONTENT_LOCATION);
+                em.body = doc;
             }
         }
         let response = proxy::render_write(&app.pool, em, xml, &public, case).await?;
@@ -480,12 +495,16 @@ async fn tasks_route(
     };
     let doc = match (method, target.segments()) {
         (&Method::GET | &Method::HEAD, [_]) if target.is(0, "query") => {
-            tasks::query_document(&app.tasks.list(owner), base)
+            tasks::query_document(&app.tasks.list(&app.pool, owner).await, base)
         }
-        (&Method::GET | &Method::HEAD, [_]) => tasks::list_document(&app.tasks.list(owner)),
-        (&Method::GET | &Method::HEAD, [_, id]) => {
-            app.tasks.get(owner, id).ok_or_else(|| not_found(id))?
+        (&Method::GET | &Method::HEAD, [_]) => {
+            tasks::list_document(&app.tasks.list(&app.pool, owner).await)
         }
+        (&Method::GET | &Method::HEAD, [_, id]) => app
+            .tasks
+            .get(&app.pool, owner, id)
+            .await
+            .ok_or_else(|| not_found(id))?,
         (&Method::DELETE, [_, id]) if app.settings.access.allow_writes => {
             if !app.tasks.delete(&app.pool, owner, id).await {
                 return Err(not_found(id));
@@ -611,6 +630,8 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
             paused: matches!(app.pool.state(), SessionState::Failing { paused: true, .. }),
         },
         client_sessions: app.sessions.count() as u64,
+        tasks_pending: app.tasks.pending().iter().map(|p| p.count as u64).sum(),
+        writes_resent: p.writes_resent.load(Ordering::Relaxed),
         upstream_memory: app.pool.upstream().memory_held() as u64,
     }
 }

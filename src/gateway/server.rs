@@ -160,6 +160,7 @@ impl Gateway {
         let local_addr = listener.local_addr().unwrap_or(addr);
         let tasks = Arc::new(crate::gateway::tasks::Tasks::new(
             settings.access.task_retention,
+            fleet.clone(),
         ));
         let app = Arc::new(App {
             tasks,

@@ -196,6 +196,19 @@ pub struct Clients {
     pub busiest: Vec<ClientFacts>,
     /// Requests refused for their rate (the busiest clients').
     pub rate_limited: u64,
+    /// EM tasks this replica follows that have not ended, by client.
+    pub pending_tasks: Vec<PendingTasks>,
+}
+
+/// One client's pending EM tasks.
+#[derive(Debug, Serialize)]
+pub struct PendingTasks {
+    /// The client.
+    pub name: String,
+    /// How many.
+    pub count: usize,
+    /// Seconds the oldest has been pending.
+    pub oldest_s: u64,
 }
 
 /// One client.
@@ -391,6 +404,16 @@ pub async fn facts(app: &App) -> Status {
         sessions: snapshot.client_sessions,
         rate_limited: busiest.iter().map(|c| c.rate_limited).sum(),
         busiest,
+        pending_tasks: app
+            .tasks
+            .pending()
+            .into_iter()
+            .map(|p| PendingTasks {
+                name: p.owner,
+                count: p.count,
+                oldest_s: p.oldest.as_secs(),
+            })
+            .collect(),
     };
     let errors = h
         .errors()
@@ -881,6 +904,19 @@ fn page(s: &Status) -> String {
             cl.requests,
             cl.errors,
             cl.rate_limited
+        );
+    }
+    p.push_str("</table><h2>Pending EM tasks</h2><table><tr><th>client</th><th class=\"n\">tasks</th><th class=\"n\">oldest</th></tr>");
+    if s.clients.pending_tasks.is_empty() {
+        p.push_str(r#"<tr><td colspan="3" class="muted">none</td></tr>"#);
+    }
+    for t in &s.clients.pending_tasks {
+        let _ = write!(
+            p,
+            r#"<tr><td>{}</td><td class="n">{}</td><td class="n">{} s</td></tr>"#,
+            esc(&t.name),
+            t.count,
+            t.oldest_s
         );
     }
     p.push_str("</table></section>");

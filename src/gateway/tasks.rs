@@ -20,6 +20,12 @@
 //!   the pool meanwhile is not logged out while a task needs it (a pin).
 //!   Its final state is kept for its owner for `EMGATE_TASK_RETENTION`.
 //!
+//! - Fleet mode: every task is also in the shared tier (sealed session,
+//!   MAC: [`crate::fleet::tasks`]), so its owner reads it on any replica;
+//!   the replica following it holds a lease, and when that replica dies,
+//!   the next replica asked about the task takes the lease and follows it
+//!   with the same EM session.
+//!
 //! The states of a task here:
 //!
 //! | state | a `GET` answers | leaves it when |
@@ -37,6 +43,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use crate::em::session::{element_text, EmSession, SessionPool};
+use crate::fleet::tasks::SharedTask;
+use crate::fleet::Fleet;
 
 /// How often a pending task is asked about, at most.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -60,10 +68,12 @@ struct Task {
     state: Mutex<(Bytes, Option<Instant>)>,
 }
 
-/// What the gateway knows of its clients' tasks.
+/// What the gateway knows of its clients' tasks: the ones this replica
+/// follows (or followed), and in fleet mode the fleet's.
 pub struct Tasks {
     by_id: Mutex<HashMap<String, Arc<Task>>>,
     retention: Duration,
+    fleet: Option<Fleet>,
 }
 
 /// A client's pending tasks, for the status page and metrics.
@@ -79,17 +89,51 @@ pub struct Pending {
 
 impl Tasks {
     /// No tasks yet; final states kept for `retention`.
-    pub fn new(retention: Duration) -> Tasks {
+    pub fn new(retention: Duration, fleet: Option<Fleet>) -> Tasks {
         Tasks {
             by_id: Mutex::new(HashMap::new()),
             retention,
+            fleet,
         }
+    }
+
+    /// Puts this replica's view of task `id` in the shared tier.
+    async fn share(&self, id: &str, task: &Task) {
+        let Some(fleet) = &self.fleet else { return };
+        let Ok((doc, ended)) = task.state.lock().map(|s| s.clone()) else {
+            return;
+        };
+        let shared = SharedTask {
+            owner: task.owner.clone(),
+            em_id: task.em_id.clone(),
+            doc: String::from_utf8_lossy(&doc).into_owned(),
+            finished: ended.is_some(),
+            session: task.session.to_shared(),
+        };
+        if fleet.task_put(id, &shared, self.retention).await.is_err() {
+            tracing::warn!(task = %id, "the shared tier is down: this task is followed on this replica only for now");
+        }
+    }
+
+    /// Follows task `id` here (spawned), holding the fleet's lease on it.
+    fn spawn_follower(self: &Arc<Self>, pool: &Arc<SessionPool>, id: String, task: Arc<Task>) {
+        let (tasks, pool) = (self.clone(), pool.clone());
+        let pin = task.session.pin();
+        tokio::spawn(async move {
+            let _lease = match &tasks.fleet {
+                Some(f) => f.try_lease(&format!("task-{id}")).await.ok().flatten(),
+                None => None,
+            };
+            tasks.follow(&pool, &id, &task).await;
+            drop(pin);
+            pool.retire(&task.session).await;
+        });
     }
 
     /// EM's answer to `owner`'s write: if it is a `Task`, it becomes
     /// `owner`'s (followed to its end when pending), and the answer the
     /// client gets names it by the gateway's id.
-    pub fn record(
+    pub async fn record(
         self: &Arc<Self>,
         pool: &Arc<SessionPool>,
         owner: &str,
@@ -106,7 +150,7 @@ impl Tasks {
         let task = Arc::new(Task {
             owner: owner.to_string(),
             em_id,
-            session: session.clone(),
+            session,
             created: Instant::now(),
             state: Mutex::new((doc.clone(), finished.then(Instant::now))),
         });
@@ -116,14 +160,9 @@ impl Tasks {
             map.insert(id.clone(), task.clone());
         }
         tracing::info!(client = %owner, task = %id, "EM task started");
+        self.share(&id, &task).await;
         if !finished {
-            let (tasks, pool) = (self.clone(), pool.clone());
-            let pin = session.pin();
-            tokio::spawn(async move {
-                tasks.follow(&pool, &id, &task).await;
-                drop(pin);
-                pool.retire(&task.session).await;
-            });
+            self.spawn_follower(pool, id, task);
         }
         Some(doc)
     }
@@ -156,8 +195,13 @@ impl Tasks {
                 _ => continue,
             };
             let finished = is_finished(&doc);
-            if let Ok(mut state) = task.state.lock() {
+            let changed = task.state.lock().is_ok_and(|mut state| {
+                let changed = state.0 != doc;
                 *state = (doc, finished.then(Instant::now));
+                changed
+            });
+            if changed {
+                self.share(id, task).await;
             }
             if finished {
                 tracing::info!(task = %id, "EM task finished");
@@ -195,8 +239,48 @@ impl Tasks {
     }
 
     /// The caller's task `id` as EM last described it; `None` for a task
-    /// that is not the caller's (or no longer kept).
-    pub fn get(&self, owner: &str, id: &str) -> Option<Bytes> {
+    /// that is not the caller's (or no longer kept). In fleet mode a task
+    /// this replica does not follow comes from the shared tier, and one
+    /// nobody follows any more (its replica died) is taken over here.
+    pub async fn get(
+        self: &Arc<Self>,
+        pool: &Arc<SessionPool>,
+        owner: &str,
+        id: &str,
+    ) -> Option<Bytes> {
+        if let Some(doc) = self.local(owner, id) {
+            return Some(doc);
+        }
+        let fleet = self.fleet.as_ref()?;
+        let shared = fleet.task_get(id).await.ok()??;
+        if shared.owner != owner {
+            return None;
+        }
+        let doc = Bytes::from(shared.doc.clone());
+        if !shared.finished
+            && !fleet
+                .lease_held(&format!("task-{id}"))
+                .await
+                .unwrap_or(true)
+        {
+            tracing::info!(task = %id, "following an EM task whose replica stopped following it");
+            let task = Arc::new(Task {
+                owner: shared.owner,
+                em_id: shared.em_id,
+                session: EmSession::from_shared(shared.session),
+                created: Instant::now(),
+                state: Mutex::new((doc.clone(), None)),
+            });
+            if let Ok(mut map) = self.by_id.lock() {
+                map.insert(id.to_string(), task.clone());
+            }
+            self.spawn_follower(pool, id.to_string(), task);
+        }
+        Some(doc)
+    }
+
+    /// The caller's task `id`, if this replica follows (or followed) it.
+    fn local(&self, owner: &str, id: &str) -> Option<Bytes> {
         let map = self.by_id.lock().ok()?;
         let task = map.get(id).filter(|t| t.owner == owner)?;
         let state = task.state.lock().ok()?;
@@ -206,26 +290,42 @@ impl Tasks {
         Some(state.0.clone())
     }
 
-    /// The caller's tasks, oldest first.
-    pub fn list(&self, owner: &str) -> Vec<Bytes> {
-        let Ok(map) = self.by_id.lock() else {
-            return Vec::new();
+    /// The caller's tasks, oldest first (in fleet mode, then those other
+    /// replicas follow).
+    pub async fn list(self: &Arc<Self>, pool: &Arc<SessionPool>, owner: &str) -> Vec<Bytes> {
+        let (mut docs, known): (Vec<Bytes>, Vec<String>) = {
+            let Ok(map) = self.by_id.lock() else {
+                return Vec::new();
+            };
+            let mut own: Vec<(&String, &Arc<Task>)> =
+                map.iter().filter(|(_, t)| t.owner == owner).collect();
+            own.sort_by_key(|(_, t)| t.created);
+            let docs = own
+                .iter()
+                .filter_map(|(_, t)| {
+                    let s = t.state.lock().ok()?;
+                    s.1.is_none_or(|at| at.elapsed() < self.retention)
+                        .then(|| s.0.clone())
+                })
+                .collect();
+            (docs, own.iter().map(|(id, _)| (*id).clone()).collect())
         };
-        let mut own: Vec<&Arc<Task>> = map.values().filter(|t| t.owner == owner).collect();
-        own.sort_by_key(|t| t.created);
-        own.iter()
-            .filter_map(|t| {
-                let s = t.state.lock().ok()?;
-                s.1.is_none_or(|at| at.elapsed() < self.retention)
-                    .then(|| s.0.clone())
-            })
-            .collect()
+        if let Some(fleet) = &self.fleet {
+            for id in fleet.task_ids(owner).await.unwrap_or_default() {
+                if !known.contains(&id) {
+                    if let Some(doc) = self.get(pool, owner, &id).await {
+                        docs.push(doc);
+                    }
+                }
+            }
+        }
+        docs
     }
 
     /// Deletes the caller's task `id`: at EM too while it is pending (EM
     /// stops it). False if it is not the caller's.
     pub async fn delete(&self, pool: &Arc<SessionPool>, owner: &str, id: &str) -> bool {
-        let task = {
+        let local = {
             let Ok(mut map) = self.by_id.lock() else {
                 return false;
             };
@@ -234,15 +334,35 @@ impl Tasks {
                 _ => None,
             }
         };
-        let Some(task) = task else {
-            return false;
+        let shared = match (&local, &self.fleet) {
+            (None, Some(f)) => f
+                .task_get(id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|t| t.owner == owner),
+            _ => None,
         };
-        let pending = task.state.lock().is_ok_and(|s| s.1.is_none());
-        if pending {
-            let path = format!("/api/tasks/{}", task.em_id);
-            if let Err(e) = pool.send_with(&task.session, Method::DELETE, &path).await {
+        let pending = match (&local, &shared) {
+            (Some(t), _) => t
+                .state
+                .lock()
+                .is_ok_and(|s| s.1.is_none())
+                .then(|| (t.em_id.clone(), t.session.clone())),
+            (None, Some(t)) if !t.finished => {
+                Some((t.em_id.clone(), EmSession::from_shared(t.session.clone())))
+            }
+            (None, Some(_)) => None,
+            (None, None) => return false,
+        };
+        if let Some((em_id, session)) = pending {
+            let path = format!("/api/tasks/{em_id}");
+            if let Err(e) = pool.send_with(&session, Method::DELETE, &path).await {
                 tracing::warn!(task = %id, error = %e, "EM task delete failed");
             }
+        }
+        if let Some(f) = &self.fleet {
+            let _ = f.task_delete(owner, id).await;
         }
         tracing::info!(client = %owner, task = %id, "EM task deleted");
         true

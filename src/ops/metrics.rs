@@ -106,6 +106,14 @@ fn describe() {
         "emgate_client_sessions",
         "Gateway sessions of clients (drop-in logons)."
     );
+    describe_gauge!(
+        "emgate_tasks_pending",
+        "EM tasks of clients (job starts, restores) this replica follows that have not ended."
+    );
+    describe_counter!(
+        "emgate_upstream_writes_resent_total",
+        "Writes sent to EM a second time because EM's session was gone (EM refused them before doing anything)."
+    );
     describe_gauge!("emgate_connections", "Open client connections.");
     describe_gauge!(
         "emgate_upstream_memory_bytes",
@@ -257,6 +265,10 @@ pub struct Snapshot {
     pub session: SessionSnapshot,
     /// Client sessions.
     pub client_sessions: u64,
+    /// EM tasks followed here that have not ended.
+    pub tasks_pending: u64,
+    /// Writes sent again after EM's 401 for a session that was gone.
+    pub writes_resent: u64,
     /// Bytes of EM answers and conversions held now.
     pub upstream_memory: u64,
 }
@@ -305,6 +317,8 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     gauge!("emgate_upstream_logons_paused").set(if e.paused { 1.0 } else { 0.0 });
     gauge!("emgate_upstream_session_valid").set(if e.valid { 1.0 } else { 0.0 });
     gauge!("emgate_client_sessions").set(s.client_sessions as f64);
+    gauge!("emgate_tasks_pending").set(s.tasks_pending as f64);
+    counter!("emgate_upstream_writes_resent_total").absolute(s.writes_resent);
     gauge!("emgate_upstream_memory_bytes").set(s.upstream_memory as f64);
     handle.render()
 }
