@@ -12,6 +12,10 @@
 //!   pass-through, admin endpoints, rendering for a client, and the one
 //!   place errors become HTTP ([`gateway::error`]). Shared state is
 //!   [`gateway::app::App`].
+//! - [`fleet`]: fleet mode's shared tier in Redis/Valkey: shared cache
+//!   entries and fetch leases, the fleet's one EM session (sealed), client
+//!   sessions and EM tasks for every replica, purges and membership;
+//!   everything read back carries a MAC. The only module that knows Redis.
 //! - [`em`]: Enterprise Manager as a service: the HTTP client
 //!   ([`em::client`]), TLS trust ([`em::tls`]) and the pooled EM session
 //!   ([`em::session`]). It knows nothing of clients.

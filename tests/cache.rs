@@ -358,3 +358,56 @@ async fn a_purge_during_a_fetch_is_not_undone_by_that_fetch() {
     );
     assert_eq!(em_saw(&sim, &p), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_words_in_any_case_are_one_entry_and_one_purge_as_on_em() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_ADMIN_TOKEN", "case-blind-purge-token")]);
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    sim.clear_requests();
+    let id = sim.restore_point_id(3);
+    let first = http.get(&gw.url(&path(&sim, 3)), &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // EM's URI templates ignore case: so does the gateway, IDs keep theirs.
+    let shouted = format!("/API/RestorePoints/{id}/VmRestorePoints");
+    let second = http.get(&gw.url(&shouted), &[]).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert_eq!(
+        second.headers["x-cache"], "HIT",
+        "one entry for both spellings"
+    );
+    assert_eq!(second.body, first.body);
+    let fetches = sim
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.contains("/vmRestorePoints"))
+        .count();
+    assert_eq!(fetches, 1);
+    // A purge by prefix in another case purges it.
+    let auth = [("authorization", "Bearer case-blind-purge-token")];
+    let purge = http
+        .send(
+            Method::DELETE,
+            &gw.url(&format!("/admin/cache?prefix=/API/RestorePoints/{id}")),
+            &auth,
+        )
+        .await;
+    assert_eq!(purge.status, StatusCode::NO_CONTENT, "{}", purge.body);
+    assert_eq!(
+        http.get(&gw.url(&shouted), &[]).await.headers["x-cache"],
+        "MISS"
+    );
+    let purge = http
+        .send(
+            Method::DELETE,
+            &gw.url(&format!("/admin/cache/RESTOREPOINTS/{id}")),
+            &auth,
+        )
+        .await;
+    assert_eq!(purge.status, StatusCode::NO_CONTENT, "{}", purge.body);
+    assert_eq!(
+        http.get(&gw.url(&path(&sim, 3)), &[]).await.headers["x-cache"],
+        "MISS"
+    );
+}

@@ -141,6 +141,9 @@ async fn requests_that_name_no_single_valid_host_get_400_and_never_reach_em() {
         format!("GET {path} HTTP/1.1\r\nHost: gw:99999\r\n\r\n"),
         format!("GET {path} HTTP/1.1\r\nHost: \r\n\r\n"),
         format!("GET http://evil.example{path} HTTP/1.1\r\nHost: gw\r\n\r\n"),
+        // HTTP/1.1 needs Host even when the target names one (RFC 9112 3.2).
+        format!("GET http://evil.example{path} HTTP/1.1\r\n\r\n"),
+        format!("GET http://localhost{path} HTTP/1.1\r\nConnection: close\r\n\r\n"),
     ];
     for request in &cases {
         let reply = raw(gw.addr, request.as_bytes(), Duration::from_secs(5)).await;

@@ -349,3 +349,28 @@ fn the_check_sees_what_it_must() {
         "{code}"
     );
 }
+
+#[test]
+fn the_map_in_lib_rs_names_every_top_level_module() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs"))
+        .expect("src/lib.rs");
+    let modules: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .map(|m| m.trim_end_matches(';'))
+        .collect();
+    assert!(modules.len() > 5, "{modules:?}");
+    let map: String = lib
+        .lines()
+        .filter(|l| l.starts_with("//!"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let missing: Vec<&&str> = modules
+        .iter()
+        .filter(|m| !map.contains(&format!("[`{m}`]")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "src/lib.rs's map leaves out {missing:?}"
+    );
+}

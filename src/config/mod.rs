@@ -1039,7 +1039,9 @@ fn secret_or_file(
 }
 
 fn spec_of(env: &str) -> &'static Spec {
-    // Every caller names a setting from SETTINGS; the fallback only guards typos.
+    // Every name used in this file is declared in SETTINGS (the test
+    // `every_setting_named_in_the_code_is_declared` fails otherwise), so the
+    // fallback is never taken.
     SETTINGS
         .iter()
         .find(|s| s.env == env)
@@ -1265,6 +1267,26 @@ fn readable_file(s: &str) -> Result<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_setting_named_in_the_code_is_declared() {
+        // A misspelt name would read another setting (or none): every
+        // `"EMGATE_..."` literal in this file names a declared setting.
+        let source = include_str!("mod.rs");
+        let mut unknown = Vec::new();
+        for (i, _) in source.match_indices("\"EMGATE_") {
+            let name: String = source[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            // A whole name (not the prefix alone, as in `starts_with`).
+            let whole = source[i + 1 + name.len()..].starts_with('"') && name.len() > 7;
+            if whole && !SETTINGS.iter().any(|s| s.env == name) {
+                unknown.push(name);
+            }
+        }
+        assert!(unknown.is_empty(), "not declared in SETTINGS: {unknown:?}");
+    }
+
     use super::*;
     use std::collections::HashMap;
 

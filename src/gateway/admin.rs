@@ -154,8 +154,11 @@ pub async fn handle(
             Err(e) => return e.into_response(xml, case),
         },
         Some(rest) => {
+            const POINTS: &str = "/restorePoints/";
             let Some(id) = rest
-                .strip_prefix("/restorePoints/")
+                .get(..POINTS.len())
+                .filter(|p| p.eq_ignore_ascii_case(POINTS))
+                .map(|_| &rest[POINTS.len()..])
                 .map(|s| s.trim_end_matches('/'))
                 .and_then(RestorePointId::parse)
             else {

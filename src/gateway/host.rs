@@ -113,8 +113,10 @@ pub fn of_request(parts: &Parts) -> Result<Option<Authority>, BadHost> {
     match (header, target) {
         (Some(h), Some(t)) if h != t => Err(BadHost::Mismatch),
         (Some(h), _) => Ok(Some(h)),
+        // HTTP/1.1 requires `Host` even with an absolute-form target (RFC
+        // 9112 section 3.2); HTTP/2 names the host in `:authority`.
+        (None, _) if parts.version == Version::HTTP_11 => Err(BadHost::Missing),
         (None, Some(t)) => Ok(Some(t)),
-        (None, None) if parts.version == Version::HTTP_11 => Err(BadHost::Missing),
         (None, None) => Ok(None),
     }
 }
@@ -186,6 +188,11 @@ mod tests {
             Err(BadHost::Duplicated)
         );
         assert_eq!(of_request(&parts(v11, "/api/", &[])), Err(BadHost::Missing));
+        assert_eq!(
+            of_request(&parts(v11, "http://evil.example/api/", &[])),
+            Err(BadHost::Missing),
+            "HTTP/1.1 needs Host even with an absolute-form target"
+        );
         assert_eq!(of_request(&parts(Version::HTTP_10, "/api/", &[])), Ok(None));
         assert_eq!(
             of_request(&parts(v11, "/api/", &["a@evil"])),

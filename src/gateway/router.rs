@@ -154,8 +154,12 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     response
 }
 
+/// `/api` or under it, in any case (EM matches its URI templates without
+/// regard to case, `/API/...` included).
 fn is_api(path: &str) -> bool {
-    path == "/api" || path.starts_with("/api/")
+    path.get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("/api"))
+        && matches!(path.as_bytes().get(4), None | Some(b'/'))
 }
 
 fn is_admin(path: &str) -> bool {

@@ -46,7 +46,12 @@ impl Target {
         if path.len() + query.map_or(0, |q| q.len() + 1) > MAX_TARGET_LEN {
             return Err(BadTarget("too long"));
         }
-        let (rest, trailing_slash) = match path.strip_prefix("/api") {
+        // `/api` in any case, as EM takes it.
+        let api = path
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("/api"))
+            .map(|_| &path[4..]);
+        let (rest, trailing_slash) = match api {
             Some("") => ("", false),
             Some("/") => ("", true),
             Some(r) if r.starts_with('/') => match r[1..].strip_suffix('/') {
