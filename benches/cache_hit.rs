@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
     };
     let settings = Settings::load(&Sources {
         file: None,
+        demo: &[],
         env: &env,
     })
     .unwrap();

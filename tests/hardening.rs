@@ -505,6 +505,7 @@ async fn a_head_reads_ems_body_without_holding_it() {
     };
     let settings = Settings::load(&Sources {
         file: None,
+        demo: &[],
         env: &env,
     })
     .unwrap();

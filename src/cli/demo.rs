@@ -57,8 +57,13 @@ pub async fn run() -> ExitCode {
             _ => std::env::var(name).ok(),
         })
     };
+    let mut set_by_demo: Vec<&str> = overrides.keys().copied().collect();
+    if std::env::var("EMGATE_LISTEN").is_err() {
+        set_by_demo.push("EMGATE_LISTEN");
+    }
     let settings = match Settings::load(&Sources {
         file: None,
+        demo: &set_by_demo,
         env: &env,
     }) {
         Ok(s) => s,

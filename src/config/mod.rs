@@ -357,6 +357,9 @@ pub struct Sources<'a> {
     pub file: Option<&'a Path>,
     /// Looks up an environment variable.
     pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Settings `emgate demo` sets itself (shown as "set by demo", not as
+    /// coming from the environment).
+    pub demo: &'a [&'a str],
 }
 
 impl Sources<'_> {
@@ -365,6 +368,7 @@ impl Sources<'_> {
         Sources {
             file,
             env: &|name| std::env::var(name).ok(),
+            demo: &[],
         }
     }
 }
@@ -379,13 +383,12 @@ impl Settings {
         }
         for s in SETTINGS {
             if let Some(v) = (sources.env)(s.env) {
-                raw.insert(
-                    s.env,
-                    Origin {
-                        value: v,
-                        source: "environment",
-                    },
-                );
+                let source = if sources.demo.contains(&s.env) {
+                    "set by demo"
+                } else {
+                    "environment"
+                };
+                raw.insert(s.env, Origin { value: v, source });
             }
         }
         let values = Values {
@@ -559,8 +562,8 @@ impl Settings {
         SETTINGS.iter().map(|s| {
             let shown = match self.raw.get(s.env) {
                 Some(o) if s.secret => Some(("\"***\"".to_string(), o.source)),
-                Some(o) => Some((toml_value(&o.value), o.source)),
-                None => s.default.map(|d| (toml_value(d), "default")),
+                Some(o) => Some((toml_value(s, &o.value), o.source)),
+                None => s.default.map(|d| (toml_value(s, d), "default")),
             };
             (s, shown)
         })
@@ -1166,8 +1169,11 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn toml_value(v: &str) -> String {
-    if v == "true" || v == "false" {
+/// A value as TOML: booleans and the numbers of numeric settings (those
+/// whose default is a number) bare, everything else a string.
+fn toml_value(spec: &Spec, v: &str) -> String {
+    let numeric = spec.default.is_some_and(|d| d.parse::<u64>().is_ok());
+    if v == "true" || v == "false" || (numeric && v.parse::<u64>().is_ok()) {
         v.to_string()
     } else {
         format!("{v:?}")
@@ -1268,6 +1274,42 @@ fn readable_file(s: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_effective_settings_show_numbers_bare_and_what_the_demo_set_as_the_demos() {
+        let env = |k: &str| {
+            MINIMAL
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| (k == "EMGATE_MAX_CONNECTIONS").then(|| "2048".to_string()))
+        };
+        let s = Settings::load(&Sources {
+            file: None,
+            env: &env,
+            demo: &["EMGATE_UPSTREAM_URL"],
+        })
+        .unwrap();
+        let text = s.render_effective();
+        assert!(
+            text.contains("max_connections = 2048  # EMGATE_MAX_CONNECTIONS, environment"),
+            "{text}"
+        );
+        assert!(
+            text.contains("concurrency = 32  # EMGATE_UPSTREAM_CONCURRENCY, default"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# EMGATE_UPSTREAM_URL, set by demo"),
+            "{text}"
+        );
+        assert!(
+            text.contains("timeout = \"120s\""),
+            "durations stay strings: {text}"
+        );
+        // What check-config prints is TOML the settings file takes back.
+        assert!(toml::from_str::<toml::Table>(&text).is_ok(), "{text}");
+    }
+
+    #[test]
     fn every_setting_named_in_the_code_is_declared() {
         // A misspelt name would read another setting (or none): every
         // `"EMGATE_..."` literal in this file names a declared setting.
@@ -1296,7 +1338,11 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let lookup = move |k: &str| map.get(k).cloned();
-        Settings::load(&Sources { file, env: &lookup })
+        Settings::load(&Sources {
+            file,
+            env: &lookup,
+            demo: &[],
+        })
     }
 
     const MINIMAL: &[(&str, &str)] = &[

@@ -226,6 +226,7 @@ mod tests {
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         Settings::load(&Sources {
             file: None,
+            demo: &[],
             env: &lookup,
         })
         .unwrap()

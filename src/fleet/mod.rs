@@ -727,6 +727,7 @@ mod tests {
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let s = crate::config::Settings::load(&crate::config::Sources {
             file: None,
+            demo: &[],
             env: &lookup,
         })
         .unwrap();

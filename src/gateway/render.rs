@@ -810,6 +810,7 @@ mod tests {
         };
         let settings = Settings::load(&crate::config::Sources {
             file: None,
+            demo: &[],
             env: &env,
         })
         .unwrap();
