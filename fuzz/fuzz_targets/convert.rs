@@ -5,7 +5,7 @@
 //! produces is still well-formed.
 //!
 //! Run (from the crate root, nightly): `cargo +nightly fuzz run convert
-//! fuzz/corpus/convert ../shared/em-reference/samples -- -dict=fuzz/xml.dict`
+//! fuzz/corpus/convert tests/data/em/samples -- -dict=fuzz/xml.dict`
 #![no_main]
 
 use emgate::convert::{rewrite_xml, root_name, to_json, Case, Rewrite};

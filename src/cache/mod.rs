@@ -1,6 +1,6 @@
 //! The cache: one fetch per key however many callers ask, entries bounded in
 //! bytes, served stale while the source is slow or failing, refreshed ahead
-//! of expiry when they are read (CONTRACT §9).
+//! of expiry when they are read (see README, "Cache rules").
 //!
 //! It is generic over its key `K`, the value `V` it stores and the error `E`
 //! a fetch may end in: it knows no HTTP client, no EM, no rendering and no

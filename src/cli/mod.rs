@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §1): `serve` (the default), `sim`, `demo`,
+//! The command line (see README, "Commands"): `serve` (the default), `sim`, `demo`,
 //! `check-config`, `client add`. Exit codes: 0 clean stop, 1 bad
 //! configuration, 2 other fatal error.
 

@@ -1,5 +1,5 @@
 //! Settings: the TOML file, overridden by `EMGATE_*` environment variables,
-//! validated once into typed values (CONTRACT §2).
+//! validated once into typed values (see README, "Configuration").
 //!
 //! Every setting is declared once in [`SETTINGS`] (TOML key, environment
 //! variable, default, whether it is secret); loading merges the two sources
@@ -144,10 +144,10 @@ pub const SETTINGS: &[Spec] = &[
     spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
 ];
 
-/// Shortest admin token accepted, in characters after trimming (CONTRACT §2).
+/// Shortest admin token accepted, in characters after trimming (see README, "Configuration").
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
-/// JSON member naming (CONTRACT §4.5).
+/// JSON member naming (see README, "JSON, and which EM version you have").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JsonCase {
     /// EM 12 and earlier: names as in the XML.
@@ -293,7 +293,7 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-/// Fleet mode (CONTRACT §10): the Redis or Valkey replicas share.
+/// Fleet mode (see README, "Fleet mode"): the Redis or Valkey replicas share.
 #[derive(Debug, Clone)]
 pub struct SharedSettings {
     /// `redis://` or `rediss://` URL, its password (if any) taken out.

@@ -1,4 +1,4 @@
-//! Cache rules (CONTRACT §9): which EM read paths the gateway caches and for
+//! Cache rules (see README, "Cache rules"): which EM read paths the gateway caches and for
 //! how long. A rule names an EM path template; the first rule whose template
 //! matches a request's path decides its lifetimes.
 //!

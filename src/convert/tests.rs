@@ -1,8 +1,8 @@
 //! Converter tests: EM's samples, the contract's rules one by one, bad input,
 //! and a randomized no-panic run.
 //!
-//! Samples are read from `../shared/em-reference/samples` (or
-//! `$EMGATE_SHARED_DIR/em-reference/samples`), as the schema table is.
+//! Samples are read from `tests/data/em/samples`, as the schema table's
+//! sources are (see that folder's README).
 
 use serde_json::{json, Map, Value};
 
@@ -10,17 +10,15 @@ use super::case::camel;
 use super::schema::{self, Ty, NULLABLE, REPEATED};
 use super::{rewrite_xml, root_name, to_json, Case, ConvertError, Rewrite};
 
-fn shared_file(rel: &str) -> Vec<u8> {
-    let dir = match std::env::var("EMGATE_SHARED_DIR") {
-        Ok(d) => std::path::PathBuf::from(d),
-        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
-    };
-    let p = dir.join("em-reference").join(rel);
+fn data_file(rel: &str) -> Vec<u8> {
+    let p = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/em")
+        .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn sample(name: &str) -> Vec<u8> {
-    shared_file(&format!("samples/{name}"))
+    data_file(&format!("samples/{name}"))
 }
 
 const S01: &str = "01_GET_api_EnterpriseManager_v13docs.xml";
@@ -1029,7 +1027,7 @@ fn schema_table_invariants() {
 /// table cells hold the complete examples (the page indents with no-break
 /// spaces, which are neither XML nor JSON whitespace).
 fn docs_pair(page: &str, root: &str) -> (Value, Value) {
-    let page = String::from_utf8(shared_file(&format!("docs/{page}")))
+    let page = String::from_utf8(data_file(&format!("docs/{page}")))
         .unwrap()
         .replace('\u{a0}', " ");
     let cells: Vec<&str> = page

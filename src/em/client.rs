@@ -1,6 +1,6 @@
 //! The HTTP client to EM: pooled keep-alive connections over rustls, a
 //! timeout on every request (body included), a cap on response size, and the
-//! two bounds that protect EM and the gateway's memory (CONTRACT §2):
+//! two bounds that protect EM and the gateway's memory (see README, "Configuration"):
 //!
 //! - at most `EMGATE_UPSTREAM_CONCURRENCY` requests of the [`Lane::Client`]
 //!   lane in flight; more wait up to `EMGATE_UPSTREAM_QUEUE_WAIT`, then fail

@@ -1,4 +1,4 @@
-//! The pooled EM session (CONTRACT §6): one EM logon serves every client.
+//! The pooled EM session (see README, "One EM session for everybody" in its opening list): one EM logon serves every client.
 //!
 //! Invariants this module keeps:
 //! - At most one logon is in flight; requests that find the session missing
@@ -250,7 +250,7 @@ pub struct SharedEmSession {
 /// lets others try.
 pub type LogonLease = Box<dyn Send + Sync>;
 
-/// Where the fleet keeps its one EM session (CONTRACT §10): implemented by
+/// Where the fleet keeps its one EM session (see README, "Fleet mode"): implemented by
 /// the shared tier, so this module knows no Redis. Every call is bounded; a
 /// [`StoreDown`] means "go on alone".
 pub trait SessionStore: Send + Sync {

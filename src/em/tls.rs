@@ -1,5 +1,5 @@
 //! TLS to EM: the rustls client configuration for each trust option of
-//! CONTRACT §2 (system roots, a CA file, a SHA-256 pin, or insecure).
+//! see README, "Configuration" (system roots, a CA file, a SHA-256 pin, or insecure).
 //!
 //! EM ships a self-signed certificate, so many shops will pin it: a pin
 //! accepts exactly that certificate whatever its chain, name or dates, and

@@ -1,4 +1,4 @@
-//! Fleet mode's shared tier (CONTRACT §10): the replicas that share a Redis
+//! Fleet mode's shared tier (see README, "Fleet mode"): the replicas that share a Redis
 //! (or Valkey) and a prefix act as one gateway.
 //!
 //! This module is the only one that knows Redis. It offers small interfaces

@@ -1,5 +1,5 @@
 //! Who is calling, and what they may do before anything reaches EM
-//! (CONTRACT §5): authentication of each `/api` request, the per-client
+//! (see README, "Client access"): authentication of each `/api` request, the per-client
 //! rate limit, and the drop-in EM logon and `logonSessions` answered by the
 //! gateway itself.
 //!

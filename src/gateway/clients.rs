@@ -1,4 +1,4 @@
-//! Client access: who may use the gateway (CONTRACT §5).
+//! Client access: who may use the gateway (see README, "Client access").
 //!
 //! A client proves itself with `Authorization: Basic name:secret`,
 //! `Authorization: Bearer secret`, or a gateway session token (from the
@@ -186,7 +186,7 @@ pub enum Presented<'a> {
 
 /// Whether the request is authenticated by the session cookie alone: the
 /// one credential a browser sends by itself, so an unsafe method carrying
-/// only it could be a cross-site request (CONTRACT §5).
+/// only it could be a cross-site request (see README, "Client access").
 pub fn cookie_only(headers: &HeaderMap) -> bool {
     session_cookie(headers).is_some()
         && !headers.contains_key(&SESSION_HEADER)

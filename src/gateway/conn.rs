@@ -1,6 +1,6 @@
 //! One client connection from accept to close: TLS, protocol detection,
 //! HTTP/1.1 or HTTP/2, and the deadlines that keep quiet sockets from
-//! holding file descriptors (CONTRACT §5, "Connections").
+//! holding file descriptors (see README, "Client access""Connections").
 //!
 //! A connection is closed when
 //! - its first request head has not arrived within the header timeout

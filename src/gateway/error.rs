@@ -1,5 +1,5 @@
 //! Errors the gateway makes itself, and the one place they become HTTP
-//! responses in EM's error shape (CONTRACT §4.10).
+//! responses in EM's error shape (see README, "HTTP surface").
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};

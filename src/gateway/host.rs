@@ -1,5 +1,5 @@
 //! The host a request names, checked once at the edge (RFC 9112 §3.2,
-//! CONTRACT §3): links the gateway builds for a client come only from a
+//! see README, "HTTP surface"): links the gateway builds for a client come only from a
 //! value that passed these checks.
 //!
 //! - HTTP/1.1 needs exactly one `Host`; none, or two, is a 400.

@@ -1,4 +1,4 @@
-//! The drop-in EM logon: gateway sessions for clients (CONTRACT §3, §5).
+//! The drop-in EM logon: gateway sessions for clients (see README, "HTTP surface"; README, "Client access").
 //!
 //! Existing EM clients log on with `POST /api/sessionMngr/`, send
 //! `X-RestSvcSessionId`, list `/api/logonSessions` and delete "their" session

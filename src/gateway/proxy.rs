@@ -3,8 +3,8 @@
 //!
 //! Invariants:
 //! - EM is sent the canonical encoding of the parsed target (never the
-//!   client's bytes) and, by allow-list, only the headers it needs (CONTRACT
-//!   §5): the request id, and for a write `Accept-Language`, `Content-Type`
+//!   client's bytes) and, by allow-list, only the headers it needs (see
+//!   README, "Client access"): the request id, and for a write `Accept-Language`, `Content-Type`
 //!   and `Content-Length`. A client's `Authorization`,
 //!   `X-RestSvcSessionId`, `Cookie`, `Forwarded`, `X-Forwarded-*`,
 //!   `X-HTTP-Method-Override`, `Range`, `If-*` and `Expect` never reach EM.

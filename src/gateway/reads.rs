@@ -1,5 +1,5 @@
 //! Reads of EM's API: every GET and HEAD under `/api` that the gateway does
-//! not answer itself comes here (CONTRACT §3, §9).
+//! not answer itself comes here (see README, "HTTP surface"; README, "Cache rules").
 //!
 //! - A path some cache rule covers is served from the cache: one EM fetch per
 //!   key and rule lifetime, stale copies while EM is slow or failing,
@@ -78,7 +78,7 @@ pub struct ReadRule {
     /// The route label of requests it answers (its template; rules are few).
     pub label: &'static str,
     /// The built-in vmRestorePoints rule: other query parameters than
-    /// `format` and `v` bypass it (CONTRACT §3).
+    /// `format` and `v` bypass it (see README, "HTTP surface").
     vm: bool,
 }
 

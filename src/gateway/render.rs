@@ -1,6 +1,6 @@
 //! What a client gets from EM's XML answer: JSON in the deployment's case,
 //! or XML for clients that prefer it, with every EM URL pointed at the
-//! gateway (CONTRACT §3, §4).
+//! gateway (see README, "HTTP surface"; README, "JSON, and which EM version you have").
 //!
 //! Two ways to get there:
 //! - [`render`], for pass-through requests: convert once, for this client.
@@ -163,7 +163,7 @@ pub fn is_origin_of(origin: &str, public: &str) -> bool {
     }
 }
 
-/// EM headers a client may get (allow-list, CONTRACT §5): what describes
+/// EM headers a client may get (allow-list, see README, "Client access"): what describes
 /// the answer, and where EM points the client, rewritten to the gateway.
 /// Never EM's session token, cookies, authentication challenge, server
 /// identity or its own `ETag` (the client gets another representation).
@@ -225,7 +225,7 @@ fn rewrite_url(value: &HeaderValue, em_base: &str, public: &str) -> Option<Heade
     }
 }
 
-/// Bytes a conversion of `em` needs on top of the body (CONTRACT §2,
+/// Bytes a conversion of `em` needs on top of the body (see README, "Configuration",
 /// `EMGATE_UPSTREAM_MEMORY`): JSON about twice the body (the converter's
 /// index and its output), XML a rewritten copy.
 pub fn conversion_room(em: &UpstreamResponse, xml: bool) -> usize {

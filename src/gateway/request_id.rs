@@ -1,5 +1,5 @@
 //! `X-Request-Id`: a client's own id is kept when it is well-formed (at most
-//! [`MAX_LEN`] characters of `A-Za-z0-9._:-`, CONTRACT §3); anything else is
+//! [`MAX_LEN`] characters of `A-Za-z0-9._:-`, see README, "HTTP surface"); anything else is
 //! dropped before the request is logged or forwarded, and a new one made.
 //!
 //! A UUID v4 per request costs a `getrandom` system call; an id only has to

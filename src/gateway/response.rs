@@ -10,7 +10,7 @@ pub type Body = http_body_util::Full<Bytes>;
 
 /// Whether the client's `Accept` prefers `application/xml` over JSON.
 ///
-/// JSON is the default (CONTRACT §3); XML wins when it is listed with a
+/// JSON is the default (see README, "HTTP surface"); XML wins when it is listed with a
 /// higher quality than `application/json`, or when it is listed and JSON is
 /// only reachable through a wildcard.
 pub fn prefers_xml(headers: &HeaderMap) -> bool {

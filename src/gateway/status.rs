@@ -1,4 +1,4 @@
-//! The status page (CONTRACT §11): `GET /admin/status` for a person,
+//! The status page (see README, "Status page"): `GET /admin/status` for a person,
 //! `GET /admin/status.json` for scripts, the same facts in both.
 //!
 //! One page, no asset from anywhere, no build step: the HTML, its style and

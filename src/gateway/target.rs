@@ -1,4 +1,4 @@
-//! What a client asks EM for, parsed once at the edge (CONTRACT §5): the
+//! What a client asks EM for, parsed once at the edge (see README, "Client access"): the
 //! request target becomes decoded path segments and decoded query pairs,
 //! routing looks only at those, and EM is sent a canonical re-encoding of
 //! them, never the client's bytes.

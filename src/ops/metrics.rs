@@ -1,4 +1,4 @@
-//! Prometheus metrics (CONTRACT §7), through the `metrics` facade and its
+//! Prometheus metrics (see README, "Operations"), through the `metrics` facade and its
 //! Prometheus exporter.
 //!
 //! Label values are bounded: a route is a template (`/api/restorePoints/{id}/vmRestorePoints`),

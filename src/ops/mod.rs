@@ -1,6 +1,6 @@
 //! Operations: what an operator sees and how the process starts and stops.
 //!
-//! - [`metrics`]: the Prometheus recorder and the metric names of CONTRACT §7;
+//! - [`metrics`]: the Prometheus recorder and the metric names of see README, "Operations";
 //! - [`history`]: the last hour in memory, for the status page;
 //! - [`logging`]: the log subscriber (text or JSON lines on stderr);
 //! - [`shutdown`]: the shutdown signal (SIGTERM or SIGINT).

@@ -1,7 +1,6 @@
 //! EM's representations of jobs, backup job sessions and tasks as [`Document`]s.
 //!
-//! Each builder cites the docs page it follows (in
-//! /work/shared/em-reference/docs). `base` is the scheme and authority every
+//! Each builder cites the docs page it follows (in tests/data/em/docs). `base` is the scheme and authority every
 //! `Href` starts with, e.g. `https://127.0.0.1:9398`.
 
 use super::data::{self, Data, Job, Session, SessionResult};

@@ -1,6 +1,7 @@
 //! Writes a [`Document`] as EM's JSON (EM 12 style, PascalCase).
 //!
-//! Rules, from /work/shared/README.md and the JSON samples: the root element is
+//! Rules, from what real EM servers send (tests/data/em/json-facts.md) and the
+//! JSON samples in tests/data/em/samples: the root element is
 //! dropped (the document is an object of its members); attributes and text become
 //! plain members, numbers as JSON numbers, booleans as `true`/`false`; a child
 //! element with members is an object, a repeated text-only element an array of

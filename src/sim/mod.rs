@@ -1,7 +1,7 @@
 //! A simulator of Veeam Backup Enterprise Manager's REST API, for tests, benchmarks
 //! and `emgate sim`/`emgate demo`.
 //!
-//! It behaves like EM for everything the gateway uses (CONTRACT.md section 8): the
+//! It behaves like EM for everything the gateway uses (README, "Commands": `sim`): the
 //! entry point `GET /api/`, logon with Basic auth (`POST /api/sessionMngr/`), session
 //! tokens in `X-RestSvcSessionId` (header or cookie) with idle expiry, logon session
 //! listing and logout, restore points and their VM restore points in reference and
@@ -17,7 +17,7 @@
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
 //! only `crate::sim::…` and external crates. Everything it knows about EM comes from
-//! the reference material in `/work/shared/em-reference` and is cited where used.
+//! EM's reference pages and samples in `tests/data/em/` and is cited where used.
 //!
 //! Layout, in the order a request meets it:
 //! - `server.rs`: accept loop, TLS handshake, one HTTP/1.1 connection per task;

@@ -19,7 +19,8 @@ pub(crate) enum Scalar {
 }
 
 /// One `<Link Rel=… Type=… Href=… Name=…/>`; JSON `{"Rel","Href","Name","Type"}`
-/// with `null` for an absent `Name` or `Type` (/work/shared/README.md).
+/// with `null` for an absent `Name` or `Type`, as EM's own JSON has it
+/// (tests/data/em/json-facts.md).
 #[derive(Clone, Debug)]
 pub(crate) struct Link {
     pub rel: &'static str,
@@ -219,7 +220,7 @@ impl Element {
 }
 
 /// How EM writes a root element. Taken from the samples in
-/// /work/shared/em-reference/samples: entities, the entry point and errors come from
+/// tests/data/em/samples: entities, the entry point and errors come from
 /// .NET's XmlSerializer (XML declaration, `xmlns:xsd`/`xmlns:xsi`, samples 01, 04, 06,
 /// 08); references, logon sessions and entity collections are written bare with only
 /// the default namespace (samples 02, 03 and representation_collections.md).

@@ -1,7 +1,7 @@
 //! Builds EM's representations of the simulated resources as [`Document`]s.
 //!
-//! Each builder follows a sample in /work/shared/em-reference/samples or a page in
-//! /work/shared/em-reference/docs (cited at the builder). `base` is the scheme and
+//! Each builder follows a sample in tests/data/em/samples or a page in
+//! tests/data/em/docs (cited at the builder). `base` is the scheme and
 //! authority every `Href` starts with, e.g. `https://127.0.0.1:9398`.
 
 use uuid::Uuid;
