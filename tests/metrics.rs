@@ -1,4 +1,4 @@
-//! `/metrics` after real traffic: each contract metric with the values the
+//! `/metrics` after real traffic: each core metric with the values the
 //! traffic implies.
 
 mod common;

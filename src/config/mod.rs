@@ -1358,7 +1358,7 @@ mod tests {
     }
 
     #[test]
-    fn minimal_settings_get_the_contract_defaults() {
+    fn minimal_settings_get_the_documented_defaults() {
         let s = load(MINIMAL, None).unwrap();
         assert_eq!(s.listen.address.to_string(), "127.0.0.1:9399");
         assert_eq!(s.upstream.url.to_string(), "https://em.corp:9398/");

@@ -1,7 +1,7 @@
 //! EM XML → JSON, as EM itself would have answered a JSON client.
 //!
 //! The gateway always asks Enterprise Manager for XML and converts here. The
-//! rules are the contract's section 4; in short:
+//! rules are the README's "JSON, and which EM version you have"; in short:
 //!
 //! - the root element is dropped: the document is an object of its
 //!   attributes and children;

@@ -1,4 +1,4 @@
-//! Converter tests: EM's samples, the contract's rules one by one, bad input,
+//! Converter tests: EM's samples, the conversion rules (README, "JSON, and which EM version you have") one by one, bad input,
 //! and a randomized no-panic run.
 //!
 //! Samples are read from `tests/data/em/samples`, as the schema table's
