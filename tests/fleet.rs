@@ -757,3 +757,25 @@ async fn when_em_hangs_the_fleet_waits_one_em_timeout_not_two() {
     sim.set_path_fault("/api/restorePoints/", None);
     assert_eq!(http.get(&gws[1].url(&p), &[]).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_of_the_wrong_shape_in_redis_do_not_make_the_fleet_go_alone() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    // A stranger writes nonsense where counters and lists live.
+    redis.cli(&["SET", "{emgate}:epoch", "not-a-number"]);
+    redis.cli(&["SET", "{emgate}:em:gen", "not-a-number"]);
+    redis.cli(&["DEL", "{emgate}:idx"]);
+    redis.cli(&["SET", "{emgate}:idx", "a string, not a sorted set"]);
+    assert!(spread_load(&http, &gws, &sim, 0, 12).await.is_empty());
+    for gw in &gws {
+        let ready = http.get(&gw.url("/readyz"), &[]).await;
+        assert_eq!(ready.status, StatusCode::OK);
+        assert_eq!(ready.json()["shared"], "up", "{}", ready.body);
+    }
+}

@@ -126,8 +126,13 @@ impl EmSession {
         })
     }
 
+    /// Whether this is the same EM session as `other` (same token).
+    pub fn same_as(&self, other: &EmSession) -> bool {
+        self.token.expose() == other.token.expose()
+    }
+
     /// Whether a task still needs this session.
-    fn pinned(&self) -> bool {
+    pub fn pinned(&self) -> bool {
         self.pins.load(Ordering::Acquire) > 0
     }
 
@@ -651,18 +656,30 @@ impl SessionPool {
             .await
     }
 
-    /// Whether `session` is still the pool's current one.
+    /// Whether `session` is still the pool's current one (the same EM
+    /// session: the fleet may hand the same token back under a new
+    /// generation).
     pub fn is_current(&self, session: &EmSession) -> bool {
-        self.peek()
-            .is_some_and(|c| c.generation == session.generation)
+        self.peek().is_some_and(|c| c.same_as(session))
     }
 
-    /// Logs a session out of EM that is no longer the pool's (a replaced
-    /// session kept for a pending task, once the task is over).
+    /// Logs a session out of EM that is no longer in use (a replaced session
+    /// kept for pending tasks, once the last of them is over): not while a
+    /// task still holds it, not while it is this replica's or the fleet's
+    /// current session.
     pub async fn retire(&self, session: &EmSession) {
-        if !self.is_current(session) {
-            self.end(session).await;
+        if session.pinned() || self.is_current(session) {
+            return;
         }
+        if let Some(store) = &self.shared {
+            match store.load().await {
+                Ok(Some(s)) if s.token.expose() == session.token.expose() => return,
+                Ok(_) => {}
+                // Cannot tell: leave it to EM's idle timeout.
+                Err(StoreDown) => return,
+            }
+        }
+        self.end(session).await;
     }
 
     /// EM answered 401 to a request made with `stale`: is the session gone
@@ -1116,8 +1133,17 @@ impl SessionPool {
             Ok(Some(_)) if own.shared => {}
             Ok(Some(s)) => {
                 self.adopt(s);
-                tracing::info!("rejoined the fleet's EM session; logging out this replica's own");
-                self.end(own).await;
+                // Not while a task started with it is still followed: EM
+                // would drop the task with the session (its follower
+                // retires the session when the task is over).
+                if own.pinned() {
+                    tracing::info!("rejoined the fleet's EM session; this replica's own is kept for its pending tasks");
+                } else {
+                    tracing::info!(
+                        "rejoined the fleet's EM session; logging out this replica's own"
+                    );
+                    self.end(own).await;
+                }
             }
             Ok(None) => {
                 let published = store.publish(&own.token, own.id.as_deref(), 0).await;
@@ -1216,6 +1242,11 @@ impl SessionPool {
         let Some(session) = self.peek() else { return };
         self.set(None);
         match (session.shared, last) {
+            // Its pending tasks are in the shared tier: another replica can
+            // go on following them with it only if it stays open.
+            (false, _) if session.pinned() && self.shared.is_some() => {
+                tracing::info!("this replica's EM session is kept for pending tasks other replicas may follow (EM ends it when idle)")
+            }
             (false, _) | (true, Ok(true)) => {
                 self.end(&session).await;
                 if let (Some(store), true) = (&self.shared, session.shared) {

@@ -200,12 +200,15 @@ impl Fleet {
     /// The purge epoch a fetch begins under.
     pub async fn epoch(&self) -> Result<u64, Down> {
         let key = self.key("epoch");
-        let v: Option<u64> = self
+        let v: Option<String> = self
             .op("epoch", |mut c| async move {
                 redis::cmd("GET").arg(key).query_async(&mut c).await
             })
             .await?;
-        Ok(v.unwrap_or(0))
+        // Read as text: a stranger's non-number is a bad value, not a
+        // Redis that is down (the store script then refuses to store,
+        // as after a purge, until a purge writes a number again).
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
     /// Takes the fetch lease of `h`, if nobody holds it.

@@ -543,6 +543,22 @@ impl Fleet {
                 record(name, "oom");
                 Err(Down)
             }
+            // Redis answered, but with something this operation cannot use
+            // (a value of another type or shape, written by a stranger, a
+            // script refusing it): a bad value, not a Redis that is down, so
+            // it must not make every replica go on alone.
+            Ok(Err(e))
+                if matches!(e.kind(), redis::ErrorKind::UnexpectedReturnType)
+                    || e.code()
+                        .is_some_and(|c| matches!(c, "WRONGTYPE" | "ERR" | "NOSCRIPT")) =>
+            {
+                inner.breaker.success();
+                record(name, "bad_value");
+                metrics::counter!("emgate_shared_rejected_total", "kind" => "bad_value")
+                    .increment(1);
+                tracing::debug!(op = name, error = %redact(&e.to_string()), "the shared tier answered something unusable");
+                Err(Down)
+            }
             Ok(Err(e)) => {
                 tracing::debug!(op = name, error = %redact(&e.to_string()), "shared tier error");
                 inner.breaker.failure();
@@ -650,7 +666,8 @@ fn client(settings: &SharedSettings) -> Result<redis::Client, String> {
             )
             .map_err(|e| format!("EMGATE_SHARED_CA_FILE: {}", redact(&e.to_string())))
         }
-        None => redis::Client::open(info).map_err(|e| format!("EMGATE_SHARED_URL: {e}")),
+        None => redis::Client::open(info)
+            .map_err(|e| format!("EMGATE_SHARED_URL: {}", redact(&e.to_string()))),
     }
 }
 

@@ -81,7 +81,7 @@ impl EmSessionStore {
     async fn read(&self) -> Result<Found, Down> {
         let f = &self.fleet;
         let (s, g) = (f.key("em:session"), f.key("em:gen"));
-        let (raw, counter): (Option<String>, Option<u64>) = f
+        let (raw, counter): (Option<String>, Option<String>) = f
             .op("em_load", |mut c| async move {
                 redis::cmd("MGET").arg(s).arg(g).query_async(&mut c).await
             })
@@ -89,7 +89,8 @@ impl EmSessionStore {
         let valid = raw.as_deref().and_then(|r| self.open(r));
         Ok(Found {
             raw,
-            counter: counter.unwrap_or(0),
+            // Not a number: a stranger's, counted as none.
+            counter: counter.and_then(|c| c.parse().ok()).unwrap_or(0),
             valid,
         })
     }
@@ -177,12 +178,15 @@ impl SessionStore for EmSessionStore {
                 .and_then(|r| r.split_once('.'))
                 .and_then(|(g, _)| g.parse::<u64>().ok())
                 .unwrap_or(0);
-            let generation = found
-                .counter
-                .max(raw_generation)
-                .max(replacing)
-                .max(self.seen.load(Ordering::Acquire))
-                + 1;
+            // A generation Lua compares exactly (below 2^52): a counter
+            // beyond that was written by a stranger and is not followed.
+            const SANE: u64 = 1 << 52;
+            let sane = |g: u64| if g < SANE { g } else { 0 };
+            let generation = sane(found.counter)
+                .max(sane(raw_generation))
+                .max(sane(replacing))
+                .max(sane(self.seen.load(Ordering::Acquire)))
+                .saturating_add(1);
             let sealed = plain
                 .ok()
                 .and_then(|p| f.0.keys.seal(&p, &Self::context(generation)))
@@ -379,11 +383,13 @@ impl SessionStore for EmSessionStore {
 
 /// The fleet's new session, if `em:session` still holds exactly what the
 /// caller read (ARGV[1], empty for none) and no higher generation was
-/// stored since. KEYS: session, gen. ARGV: expected, value, generation,
-/// channel, message.
+/// stored since (a counter at 2^52 or more, or not a number, is a
+/// stranger's and ignored). KEYS: session, gen. ARGV: expected, value,
+/// generation, channel, message.
 const PUBLISH: &str = r"
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -1 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then return -1 end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if cur < 4503599627370496 and cur >= tonumber(ARGV[3]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5])

@@ -60,8 +60,16 @@ impl Fleet {
         self.key(&format!("to:{}", &h[..32]))
     }
 
-    /// Stores task `id` for `keep`, and lists it under its owner.
-    pub async fn task_put(&self, id: &str, t: &SharedTask, keep: Duration) -> Result<(), Down> {
+    /// Stores task `id` for `keep`, and lists it under its owner. An
+    /// update (`create` false) only replaces a record that is still there:
+    /// a task its owner deleted on another replica does not come back.
+    pub async fn task_put(
+        &self,
+        id: &str,
+        t: &SharedTask,
+        keep: Duration,
+        create: bool,
+    ) -> Result<(), Down> {
         let key = self.task_key(id);
         let session = serde_json::to_vec(&Session {
             token: t.session.token.expose().to_string(),
@@ -92,23 +100,22 @@ impl Fleet {
         let ms = keep.as_millis().max(1) as u64;
         let id = id.to_string();
         self.op("task_put", |mut c| async move {
-            redis::pipe()
-                .cmd("SET")
-                .arg(&key)
-                .arg(value)
-                .arg("PX")
-                .arg(ms)
-                .ignore()
-                .cmd("SADD")
-                .arg(&owner_key)
-                .arg(id)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&owner_key)
-                .arg(ms)
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET").arg(&key).arg(value).arg("PX").arg(ms);
+            if create {
+                pipe.ignore()
+                    .cmd("SADD")
+                    .arg(&owner_key)
+                    .arg(id)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&owner_key)
+                    .arg(ms)
+                    .ignore();
+            } else {
+                pipe.arg("XX").ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
         })
         .await
     }

@@ -302,6 +302,9 @@ pub struct ClientSessions {
     fleet: Option<Fleet>,
     /// Logouts still on their way to the fleet.
     tombstones: Arc<Mutex<Vec<Tombstone>>>,
+    /// Sessions made here while Redis could not be reached: put in the
+    /// fleet when it answers, never refused for being unknown to it.
+    unshared: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl ClientSessions {
@@ -321,6 +324,7 @@ impl ClientSessions {
             local,
             fleet,
             tombstones: Arc::new(Mutex::new(Vec::new())),
+            unshared: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -329,9 +333,16 @@ impl ClientSessions {
         let (token, id) = self.local.create(owner)?;
         if let Some(fleet) = &self.fleet {
             let key = self.local.key(token.expose());
-            let _ = fleet
+            let shared = fleet
                 .session_create(&hex(&key), owner, &id.to_string(), IDLE, PER_CLIENT)
                 .await;
+            if shared.is_err() {
+                if let Ok(mut u) = self.unshared.lock() {
+                    if u.len() < MAX_SESSIONS {
+                        u.insert(key);
+                    }
+                }
+            }
         }
         Ok((token, id))
     }
@@ -381,6 +392,26 @@ impl ClientSessions {
                     return Some(SessionInfo { id, owner: s.owner });
                 }
                 Ok(None) => {
+                    // Made here while Redis was away: the fleet learns of it
+                    // now, and the client keeps its session.
+                    let made_here = self.unshared.lock().is_ok_and(|u| u.contains(&key));
+                    if let (true, Some((info, _))) = (made_here, &known) {
+                        let stored = fleet
+                            .session_create(
+                                &hex(&key),
+                                &info.owner,
+                                &info.id.to_string(),
+                                IDLE,
+                                PER_CLIENT,
+                            )
+                            .await;
+                        if stored.is_ok() {
+                            if let Ok(mut u) = self.unshared.lock() {
+                                u.remove(&key);
+                            }
+                        }
+                        return Some(info.clone());
+                    }
                     if !restoring_checked {
                         restoring_checked = true;
                         if !fleet.restoring().await {

@@ -97,8 +97,9 @@ impl Tasks {
         }
     }
 
-    /// Puts this replica's view of task `id` in the shared tier.
-    async fn share(&self, id: &str, task: &Task) {
+    /// Puts this replica's view of task `id` in the shared tier (`create`:
+    /// a new task; else only while the record is there).
+    async fn share(&self, id: &str, task: &Task, create: bool) {
         let Some(fleet) = &self.fleet else { return };
         let Ok((doc, ended)) = task.state.lock().map(|s| s.clone()) else {
             return;
@@ -110,24 +111,45 @@ impl Tasks {
             finished: ended.is_some(),
             session: task.session.to_shared(),
         };
-        if fleet.task_put(id, &shared, self.retention).await.is_err() {
+        if fleet
+            .task_put(id, &shared, self.retention, create)
+            .await
+            .is_err()
+        {
             tracing::warn!(task = %id, "the shared tier is down: this task is followed on this replica only for now");
         }
     }
 
-    /// Follows task `id` here (spawned), holding the fleet's lease on it.
+    /// Follows task `id` here (spawned), holding the fleet's lease on it:
+    /// one follower per task in the fleet (with Redis away, each replica
+    /// that has it follows it).
     fn spawn_follower(self: &Arc<Self>, pool: &Arc<SessionPool>, id: String, task: Arc<Task>) {
         let (tasks, pool) = (self.clone(), pool.clone());
         let pin = task.session.pin();
         tokio::spawn(async move {
             let _lease = match &tasks.fleet {
-                Some(f) => f.try_lease(&format!("task-{id}")).await.ok().flatten(),
+                Some(f) => match f.try_lease(&format!("task-{id}")).await {
+                    Ok(Some(lease)) => Some(lease),
+                    Ok(None) => return,
+                    Err(_) => None,
+                },
                 None => None,
             };
             tasks.follow(&pool, &id, &task).await;
             drop(pin);
-            pool.retire(&task.session).await;
+            // The session may still serve other tasks of this replica.
+            if !tasks.session_needed(&task.session) {
+                pool.retire(&task.session).await;
+            }
         });
+    }
+
+    /// Whether a pending task here still uses `session`.
+    fn session_needed(&self, session: &EmSession) -> bool {
+        self.by_id.lock().is_ok_and(|m| {
+            m.values()
+                .any(|t| t.session.same_as(session) && t.state.lock().is_ok_and(|s| s.1.is_none()))
+        })
     }
 
     /// EM's answer to `owner`'s write: if it is a `Task`, it becomes
@@ -160,10 +182,12 @@ impl Tasks {
             map.insert(id.clone(), task.clone());
         }
         tracing::info!(client = %owner, task = %id, "EM task started");
-        self.share(&id, &task).await;
+        // Followed before anything else is awaited: a client that goes away
+        // now must not leave the task unfollowed.
         if !finished {
-            self.spawn_follower(pool, id, task);
+            self.spawn_follower(pool, id.clone(), task.clone());
         }
+        self.share(&id, &task, true).await;
         Some(doc)
     }
 
@@ -171,6 +195,11 @@ impl Tasks {
     async fn follow(&self, pool: &Arc<SessionPool>, id: &str, task: &Task) {
         let path = format!("/api/tasks/{}", task.em_id);
         let until = task.created + self.retention;
+        // Never pending forever: past the retention its end is unknown.
+        let _end = EndUnknown {
+            task,
+            doc: lost(pool.upstream().base_url(), id, &operation(task)),
+        };
         while Instant::now() < until {
             tokio::time::sleep(FOLLOW_EVERY).await;
             if !self.known(id) {
@@ -201,7 +230,7 @@ impl Tasks {
                 changed
             });
             if changed {
-                self.share(id, task).await;
+                self.share(id, task, false).await;
             }
             if finished {
                 tracing::info!(task = %id, "EM task finished");
@@ -388,6 +417,23 @@ impl Tasks {
         let mut all: Vec<Pending> = by.into_values().collect();
         all.sort_by(|a, b| b.count.cmp(&a.count).then(a.owner.cmp(&b.owner)));
         all
+    }
+}
+
+/// Marks a task whose following ended without its end (retention over,
+/// the follower stopped) as lost, so it is never pending forever.
+struct EndUnknown<'a> {
+    task: &'a Task,
+    doc: Bytes,
+}
+
+impl Drop for EndUnknown<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.task.state.lock() {
+            if state.1.is_none() {
+                *state = (self.doc.clone(), Some(Instant::now()));
+            }
+        }
     }
 }
 
