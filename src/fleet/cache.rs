@@ -128,13 +128,7 @@ impl Fleet {
     /// one must not fail anybody's request).
     async fn failure(&self, h: &str) -> Result<Option<String>, Down> {
         let key = self.failure_key(h);
-        let k = key.clone();
-        let marker: Option<String> = self
-            .op("get", |mut c| async move {
-                redis::cmd("GET").arg(k).query_async(&mut c).await
-            })
-            .await?;
-        let Some(marker) = marker else {
+        let Some(marker) = self.get_text("get", &key).await? else {
             return Ok(None);
         };
         let mut parts = marker.splitn(3, ' ');

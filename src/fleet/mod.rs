@@ -575,6 +575,19 @@ impl Fleet {
         ok
     }
 
+    /// The text at `key` (a value to check before it is used), by one GET.
+    pub(crate) async fn get_text(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<Option<String>, Down> {
+        let key = key.to_string();
+        self.op(op, |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
+    }
+
     /// `{prefix}:name`.
     pub(crate) fn key(&self, name: &str) -> String {
         format!("{}:{name}", self.0.tag)

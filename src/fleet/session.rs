@@ -247,13 +247,7 @@ impl SessionStore for EmSessionStore {
         Box::pin(async move {
             let f = &self.fleet;
             let key = f.key("em:pause");
-            let k = key.clone();
-            let value: Option<String> = f
-                .op("em_pause", |mut c| async move {
-                    redis::cmd("GET").arg(k).query_async(&mut c).await
-                })
-                .await?;
-            let Some(value) = value else {
+            let Some(value) = f.get_text("em_pause", &key).await? else {
                 return Ok(None);
             };
             let until = value.split_once('.').and_then(|(until, mac)| {

@@ -123,13 +123,7 @@ impl Fleet {
     /// Task `id`, if the fleet holds it and its MAC holds.
     pub async fn task_get(&self, id: &str) -> Result<Option<SharedTask>, Down> {
         let key = self.task_key(id);
-        let k = key.clone();
-        let value: Option<String> = self
-            .op("task_get", |mut c| async move {
-                redis::cmd("GET").arg(k).query_async(&mut c).await
-            })
-            .await?;
-        let Some(value) = value else {
+        let Some(value) = self.get_text("task_get", &key).await? else {
             return Ok(None);
         };
         let opened = value.split_once(' ').and_then(|(mac, json)| {
