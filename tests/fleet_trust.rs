@@ -218,13 +218,18 @@ async fn a_replica_stopped_and_started_again_is_ready_within_5_s_after_one_em_lo
     );
     let r = http.get(&again.url(&vm(&sim, 1)), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    // Nothing more is going on behind the readiness.
+    one_logon_since(&sim, &stopped, "the restart").await;
+}
+
+/// Nothing more is going on behind the readiness: one EM logon since
+/// `stopped`, for `what`.
+async fn one_logon_since(sim: &Sim, stopped: &emgate::sim::SimStats, what: &str) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let s = sim.stats();
     assert_eq!(
         s.logons_ok - stopped.logons_ok,
         1,
-        "EM logons for the restart (and {} logouts)",
+        "EM logons for {what} (and {} logouts)",
         s.logouts - stopped.logouts
     );
 }
@@ -265,14 +270,7 @@ async fn a_whole_fleet_stopped_and_started_again_is_ready_after_one_em_logon() {
         let r = http.get(&gw.url(&uncached(&sim, 2)), &[]).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let s = sim.stats();
-    assert_eq!(
-        s.logons_ok - stopped.logons_ok,
-        1,
-        "EM logons for the fleet's restart, all replicas together (and {} logouts)",
-        s.logouts - stopped.logouts
-    );
+    one_logon_since(&sim, &stopped, "the fleet's restart, all replicas together").await;
 }
 
 // 3 ---------------------------------------------------------------------

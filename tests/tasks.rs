@@ -31,12 +31,15 @@ async fn portal(sim: &Sim, extra: &[(&str, &str)]) -> (Gateway, Http, [(String, 
     let gw = Gateway::start(sim, &env);
     let http = Http::default();
     assert!(becomes_ready(&http, &gw).await);
-    let basic = |(name, secret): &(String, String)| {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"));
-        (name.clone(), format!("Basic {b64}"))
-    };
-    (gw, http, [basic(&creds[0]), basic(&creds[1])])
+    let named = |c: &(String, String)| (c.0.clone(), basic(c));
+    (gw, http, [named(&creds[0]), named(&creds[1])])
+}
+
+/// `Authorization: Basic` for a client's name and secret.
+fn basic((name, secret): &(String, String)) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"));
+    format!("Basic {b64}")
 }
 
 async fn start_job(http: &Http, gw: &Gateway, sim: &Sim, auth: &str) -> Reply {
@@ -288,13 +291,6 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
     let b = Gateway::start(&sim, &env);
     let http = Http::default();
     assert!(becomes_ready(&http, &a).await && becomes_ready(&http, &b).await);
-    let basic = |(name, secret): &(String, String)| {
-        use base64::Engine as _;
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{name}:{secret}"))
-        )
-    };
     let (alice, bob) = (basic(&creds[0]), basic(&creds[1]));
     let started = start_job(&http, &a, &sim, &alice).await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
