@@ -41,4 +41,4 @@ pub mod fleet;
 pub mod gateway;
 pub mod ops;
 pub mod secret;
-pub mod sim;
+pub use emgate_sim as sim;

@@ -45,7 +45,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("config", &["secret", "digest"]),
     // XML to JSON, pure.
     ("convert", &[]),
-    // The EM simulator stands in for EM: it shares nothing with the gateway.
+    // The EM simulator stands in for EM: its own crate (crates/sim),
+    // re-exported as `sim`; cargo keeps it from using the gateway.
     ("sim", &[]),
     // Helpers at the bottom.
     ("secret", &[]),

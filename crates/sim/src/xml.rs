@@ -186,7 +186,7 @@ pub(crate) fn escape_into(out: &mut String, s: &str, attribute: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::model::{Element, Link};
+    use crate::model::{Element, Link};
 
     #[test]
     fn escapes_attributes_and_text() {

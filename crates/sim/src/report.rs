@@ -293,8 +293,8 @@ fn repository(data: &Data) -> Element {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::data::VMS_PER_JOB as VMS;
-    use crate::sim::model::{Scalar, Value};
+    use crate::data::VMS_PER_JOB as VMS;
+    use crate::model::{Scalar, Value};
 
     fn int(el: &Element, name: &str) -> i64 {
         el.members

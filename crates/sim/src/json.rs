@@ -157,7 +157,7 @@ pub(crate) fn write_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::model::{Document, Element, Link, RootStyle};
+    use crate::model::{Document, Element, Link, RootStyle};
 
     #[test]
     fn renders_members_lists_and_nulls() {

@@ -16,7 +16,7 @@
 //! from reads with [`FaultTarget::Write`]).
 //!
 //! The simulator stands in for EM, so it shares nothing with the gateway: it uses
-//! only `crate::sim::…` and external crates. Everything it knows about EM comes from
+//! only `crate::…` and external crates. Everything it knows about EM comes from
 //! EM's reference pages and samples in `tests/data/em/` and is cited where used.
 //!
 //! Layout, in the order a request meets it:

@@ -967,7 +967,7 @@ mod tests {
             count(&format!(
                 "type=BackupJobSession&filter=JobUid==urn:veeam:Job:{job}"
             )),
-            crate::sim::data::SESSIONS_PER_JOB
+            crate::data::SESSIONS_PER_JOB
         );
         let after = count("type=BackupJobSession&filter=CreationTime>=\"2025-07-01T00:00:00Z\"");
         let before = count("type=BackupJobSession&filter=CreationTime<2025-07-01T00:00:00Z");
