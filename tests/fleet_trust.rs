@@ -119,22 +119,6 @@ fn scan(redis: &Redis, pattern: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The sum of every sample of `name` (any labels) in the gateway's `/metrics`.
-async fn metric_sum(http: &Http, gw: &Gateway, name: &str) -> f64 {
-    let text = http.get(&gw.url("/metrics"), &[]).await.body;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            let series = parts.next()?;
-            (series == name || series.starts_with(&format!("{name}{{")))
-                .then(|| parts.next()?.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum::<f64>()
-        + 0.0
-}
-
 /// The Redis key a gateway session has today, `{emgate}:cs:<sha256 of its
 /// token>`: what anyone who can write to Redis can compute for a token of
 /// their choosing.

@@ -550,6 +550,45 @@ async fn head_answers_like_get_without_a_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_log_pipe_never_stalls_requests_and_dropped_lines_are_counted() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    assert_eq!(
+        http.get(&gw.url("/healthz"), &[]).await.status,
+        StatusCode::OK
+    );
+    // The log shipper stops: stderr's pipe fills after a few hundred lines,
+    // and every request writes one.
+    gw.stop_reading_logs();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, url) = (http.clone(), gw.url("/healthz"));
+            tokio::spawn(async move {
+                for _ in 0..400 {
+                    assert_eq!(http.get(&url, &[]).await.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    // 12,800 requests, far more lines than the pipe and the writer's queue
+    // hold: answered all the same, and the lines that could not wait counted.
+    let all = async {
+        for c in clients {
+            c.await.expect("client");
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .is_ok(),
+        "requests stalled behind the log"
+    );
+    let dropped = metric_sum(&http, &gw, "emgate_log_lines_dropped_total").await;
+    assert!(dropped > 0.0, "no dropped line counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_is_one_json_object_with_the_request_fields() {
     let sim = start_sim(sim_config()).await;
     let gw = Gateway::start(&sim, &[]);

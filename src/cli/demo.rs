@@ -72,7 +72,7 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    crate::ops::logging::init(&settings.log.filter, settings.log.format);
+    let _log = crate::ops::logging::init(&settings.log.filter, settings.log.format);
     let gateway = match Gateway::bind(settings).await {
         Ok(g) => g,
         Err(e) => {

@@ -154,7 +154,7 @@ async fn serve(config: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    crate::ops::logging::init(&settings.log.filter, settings.log.format);
+    let _log = crate::ops::logging::init(&settings.log.filter, settings.log.format);
     serve_settings(settings, crate::ops::shutdown::signal()).await
 }
 
@@ -192,7 +192,7 @@ pub async fn serve_settings(
 }
 
 async fn sim(args: SimArgs) -> ExitCode {
-    crate::ops::logging::init("info", crate::config::LogFormat::Text);
+    let _log = crate::ops::logging::init("info", crate::config::LogFormat::Text);
     let cfg = crate::sim::SimConfig {
         listen: args.listen,
         tls: args.tls,

@@ -67,6 +67,10 @@ fn describe() {
         "emgate_cache_not_stored_total",
         "Answers served but not stored because they are larger than the per-entry bound, by rule."
     );
+    describe_counter!(
+        "emgate_log_lines_dropped_total",
+        "Log lines dropped because stderr could not take them as fast as they came (the gateway never waits for its log)."
+    );
     describe_gauge!("emgate_cache_entries", "Cache entries, by rule.");
     describe_gauge!(
         "emgate_cache_bytes",
@@ -320,5 +324,6 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     gauge!("emgate_tasks_pending").set(s.tasks_pending as f64);
     counter!("emgate_upstream_writes_resent_total").absolute(s.writes_resent);
     gauge!("emgate_upstream_memory_bytes").set(s.upstream_memory as f64);
+    counter!("emgate_log_lines_dropped_total").absolute(crate::ops::logging::dropped_lines());
     handle.render()
 }

@@ -42,6 +42,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// Every line it wrote to stderr (JSON log lines).
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Cleared to stop reading stderr, as a stuck log pipeline would.
+    reading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Gateway {
@@ -120,9 +122,14 @@ impl Gateway {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
+        let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let still_reading = reading.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                while !still_reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 if let Some(addr) = listening_addr(&line) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
@@ -139,7 +146,19 @@ impl Gateway {
                 panic!("emgate did not start: {:?}", &logs[..logs.len().min(8)]);
             }
         };
-        Gateway { child, addr, logs }
+        Gateway {
+            child,
+            addr,
+            logs,
+            reading,
+        }
+    }
+
+    /// Stops reading the gateway's stderr: once the pipe is full, every
+    /// write to it blocks, like a log shipper that has stopped.
+    pub fn stop_reading_logs(&self) {
+        self.reading
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// `http://ADDR`
@@ -666,4 +685,20 @@ pub fn clients_file(tag: &str, n: usize) -> (String, Vec<(String, String)>) {
     let path = dir.join("clients.toml");
     std::fs::write(&path, text).unwrap();
     (path.to_str().unwrap().to_string(), creds)
+}
+
+/// The sum of every sample of `name` (any labels) in the gateway's `/metrics`.
+pub async fn metric_sum(http: &Http, gw: &Gateway, name: &str) -> f64 {
+    let text = http.get(&gw.url("/metrics"), &[]).await.body;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let series = parts.next()?;
+            (series == name || series.starts_with(&format!("{name}{{")))
+                .then(|| parts.next()?.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum::<f64>()
+        + 0.0
 }
