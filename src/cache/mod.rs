@@ -46,7 +46,9 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 use tokio::sync::watch;
 
-pub use stats::{RuleStats, StatsSnapshot};
+pub use stats::RuleStats;
+
+use crate::ops::metrics::{Refresh, RuleCounters};
 
 /// What the cache needs to know of a stored value.
 pub trait Stored: Send + Sync + 'static {
@@ -288,17 +290,6 @@ impl<V> Served<V> {
     }
 }
 
-/// Why a fetch ran, for the refresh counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    /// Nothing usable was stored.
-    Miss,
-    /// Stale-while-revalidate, or a stale-if-error wait.
-    Revalidate,
-    /// Refresh-ahead of an entry read during its TTL.
-    Ahead,
-}
-
 /// When a flight that is about to fetch finds it need not.
 #[derive(Debug, Clone, Copy)]
 enum Unless {
@@ -456,7 +447,7 @@ where
                 e.hits.fetch_add(1, Ordering::Relaxed);
                 if !self.failed.contains_key(&key) {
                     let unless = Unless::NewerThan(e.fetched_at);
-                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch());
+                    self.flight(key, policy, true, Refresh::Revalidate, unless, fetch());
                 }
                 stats.stale();
                 Ok(Served::stored(e, Outcome::Stale))
@@ -468,7 +459,7 @@ where
                 }
                 let unless = Unless::NewerThan(e.fetched_at);
                 let (rx, started) =
-                    self.flight(key, policy, true, Reason::Revalidate, unless, fetch());
+                    self.flight(key, policy, true, Refresh::Revalidate, unless, fetch());
                 // A refresh that has already run longer than the stale wait
                 // (EM hanging) gets no more waiting from later callers.
                 let waited = rx
@@ -492,7 +483,7 @@ where
             }
             _ => {
                 let (rx, started) =
-                    self.flight(key, policy, true, Reason::Miss, Unless::Fresh, fetch());
+                    self.flight(key, policy, true, Refresh::Miss, Unless::Fresh, fetch());
                 match wait(rx).await {
                     Landed::Value(entry) => Ok(self.served(entry, started, stats)),
                     Landed::Failed(error) => Err(error),
@@ -515,7 +506,7 @@ where
     {
         let stats = self.stats_of(policy.rule);
         let unless = Unless::NewerThan(Instant::now());
-        let (rx, started) = self.flight(key, policy, true, Reason::Miss, unless, fetch);
+        let (rx, started) = self.flight(key, policy, true, Refresh::Miss, unless, fetch);
         match wait(rx).await {
             Landed::Value(entry) => Ok(self.served(entry, started, stats)),
             Landed::Failed(error) => Err(error),
@@ -536,7 +527,7 @@ where
             stale_if_error: Duration::ZERO,
             negative_ttl: Duration::ZERO,
         };
-        let (rx, started) = self.flight(key, &policy, false, Reason::Miss, Unless::Fresh, fetch);
+        let (rx, started) = self.flight(key, &policy, false, Refresh::Miss, Unless::Fresh, fetch);
         match wait(rx).await {
             Landed::Value(entry) => Ok(Served {
                 from_shared: entry.source != Source::Origin,
@@ -609,7 +600,7 @@ where
                     _ => return,
                 }
                 let unless = Unless::NewerThan(fetched_at);
-                this.flight(key, &policy, true, Reason::Ahead, unless, fetch);
+                this.flight(key, &policy, true, Refresh::Ahead, unless, fetch);
             })
             .await;
         });
@@ -634,7 +625,7 @@ where
         key: K,
         policy: &Policy,
         store: bool,
-        reason: Reason,
+        reason: Refresh,
         unless: Unless,
         fetch: F,
     ) -> (Option<Joined<V, E>>, bool)
@@ -653,16 +644,11 @@ where
         flights.insert(key.clone(), (rx.clone(), began));
         drop(flights);
         if let Some(s) = self.stats.get(policy.rule) {
-            s.fetch(match reason {
-                Reason::Miss => stats::Refresh::Miss,
-                Reason::Revalidate => stats::Refresh::Revalidate,
-                Reason::Ahead => stats::Refresh::Ahead,
-            });
+            s.fetch(reason);
         }
         let job = fetch();
         let this = self.handle();
         let policy = policy.clone();
-        let rule = policy.rule;
         let epoch = self.purges.load(Ordering::SeqCst);
         let guard = FlightGuard {
             flights: self.flights.clone(),
@@ -694,7 +680,7 @@ where
                     if !store {
                     } else if weight > this.options.max_entry_bytes {
                         if let Some(s) = stats {
-                            s.oversize();
+                            s.not_stored();
                         }
                     } else if this.purges.load(Ordering::SeqCst) == epoch {
                         // A purge while the source was answering wins: the
@@ -707,9 +693,6 @@ where
                     Landed::Value(entry)
                 }
                 Err(e) => {
-                    if let Some(s) = this.stats.get(rule) {
-                        s.error();
-                    }
                     if e.serves_stale() {
                         this.failed.insert(key, ());
                     }
@@ -761,7 +744,7 @@ where
     }
 
     /// Counters of one rule.
-    pub fn rule_stats(&self, rule: usize) -> StatsSnapshot {
+    pub fn rule_stats(&self, rule: usize) -> RuleCounters {
         self.stats_of(rule).snapshot()
     }
 

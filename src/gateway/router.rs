@@ -591,23 +591,9 @@ async fn metrics(app: &App) -> Response<Body> {
 /// What the modules count, copied for `/metrics` (and the status page).
 pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
     use crate::ops::metrics::{RuleSnapshot, SessionSnapshot, Snapshot};
-    let rule = |i: usize, name: &str| {
-        let s = app.cache.rule_stats(i);
-        RuleSnapshot {
-            name: name.to_string(),
-            hits: s.hits,
-            misses: s.misses,
-            stale: s.stale,
-            collapsed: s.collapsed,
-            shared_hits: s.shared_hits,
-            coalesced: s.coalesced,
-            fetch_miss: s.fetch_miss,
-            fetch_revalidate: s.fetch_revalidate,
-            fetch_ahead: s.fetch_ahead,
-            oversize: s.oversize,
-            entries: s.entries,
-            bytes: s.bytes,
-        }
+    let rule = |i: usize, name: &str| RuleSnapshot {
+        name: name.to_string(),
+        counters: app.cache.rule_stats(i),
     };
     let p = &app.pool.stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

@@ -27,6 +27,7 @@ use crate::em::session::SessionState;
 use crate::gateway::app::App;
 use crate::gateway::response::Body;
 use crate::ops::history::{self, quantile_ms, Slot, SLOTS, SLOT_SECONDS};
+use crate::ops::metrics::RuleCounters;
 
 /// Keys shown per rule.
 const BUSIEST_KEYS: usize = 8;
@@ -133,32 +134,11 @@ pub struct RuleFacts {
     pub stale_while_revalidate_s: u64,
     /// Stale-if-error, seconds.
     pub stale_if_error_s: u64,
-    /// Entries.
-    pub entries: u64,
-    /// Bytes.
-    pub bytes: u64,
-    /// Fresh hits.
-    pub hits: u64,
-    /// EM fetches for a request.
-    pub misses: u64,
-    /// Stale answers.
-    pub stale: u64,
-    /// Requests that shared another's fetch.
-    pub collapsed: u64,
-    /// Local misses answered by the fleet's shared tier.
-    pub shared_hits: u64,
-    /// Requests answered by another replica's fetch.
-    pub coalesced: u64,
+    /// Its counters (flattened: `hits`, `misses`, `refreshes_miss`, ...).
+    #[serde(flatten)]
+    pub counters: RuleCounters,
     /// Share of answers that did not wait for EM.
     pub hit_ratio: Option<f64>,
-    /// Fetches: nothing usable stored.
-    pub refreshes_miss: u64,
-    /// Fetches refreshing a stale entry.
-    pub refreshes_revalidate: u64,
-    /// Fetches ahead of expiry.
-    pub refreshes_ahead: u64,
-    /// Answers too large to store.
-    pub not_stored: u64,
     /// The busiest keys.
     pub busiest: Vec<KeyFacts>,
 }
@@ -348,26 +328,14 @@ pub async fn facts(app: &App) -> Status {
         .zip(per_rule)
         .map(|((rule, r), mut keys)| {
             keys.sort_by(|a, b| b.hits.cmp(&a.hits).then(a.key.cmp(&b.key)));
-            let answered = r.hits + r.misses + r.stale + r.shared_hits + r.coalesced;
             RuleFacts {
                 name: rule.name.clone(),
                 path: rule.template.to_string(),
                 ttl_s: rule.policy.ttl.as_secs(),
                 stale_while_revalidate_s: rule.policy.stale_while_revalidate.as_secs(),
                 stale_if_error_s: rule.policy.stale_if_error.as_secs(),
-                entries: r.entries,
-                bytes: r.bytes,
-                hits: r.hits,
-                misses: r.misses,
-                stale: r.stale,
-                collapsed: r.collapsed,
-                shared_hits: r.shared_hits,
-                coalesced: r.coalesced,
-                hit_ratio: (answered > 0).then(|| (answered - r.misses) as f64 / answered as f64),
-                refreshes_miss: r.fetch_miss,
-                refreshes_revalidate: r.fetch_revalidate,
-                refreshes_ahead: r.fetch_ahead,
-                not_stored: r.oversize,
+                counters: r.counters,
+                hit_ratio: r.counters.hit_ratio(),
                 busiest: keys,
             }
         })
@@ -834,18 +802,18 @@ fn page(s: &Status) -> String {
             esc(&r.name),
             esc(&r.path),
             ago(r.ttl_s),
-            r.entries,
-            bytes(r.bytes),
+            r.counters.entries,
+            bytes(r.counters.bytes),
             percent(r.hit_ratio),
-            r.hits,
-            r.misses,
-            r.stale,
-            r.collapsed,
-            r.shared_hits,
-            r.coalesced,
-            r.refreshes_miss,
-            r.refreshes_revalidate,
-            r.refreshes_ahead,
+            r.counters.hits,
+            r.counters.misses,
+            r.counters.stale,
+            r.counters.collapsed,
+            r.counters.shared_hits,
+            r.counters.coalesced,
+            r.counters.refreshes_miss,
+            r.counters.refreshes_revalidate,
+            r.counters.refreshes_ahead,
             esc(&purge_url(&format!("rule={}", encode_query(&r.name)))),
             esc(&r.name),
         );

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
 
 /// Seconds: from a cache hit (sub-millisecond) to EM's slowest queries.
 const DURATION_BUCKETS: &[f64] = &[
@@ -206,35 +207,85 @@ pub fn connection_closed(reason: &'static str) {
     metrics::counter!("emgate_connections_closed_total", "reason" => reason).increment(1);
 }
 
+/// Why the cache asked EM (the `reason` label of `emgate_cache_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Nothing usable was stored.
+    Miss,
+    /// A stale entry was being served (stale-while-revalidate, or a
+    /// stale-if-error wait).
+    Revalidate,
+    /// Ahead of the expiry of an entry read during its TTL.
+    Ahead,
+}
+
+impl Refresh {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refresh::Miss => "miss",
+            Refresh::Revalidate => "revalidate",
+            Refresh::Ahead => "ahead",
+        }
+    }
+}
+
+/// The counters of one cache rule at one moment: what the cache counts
+/// (`cache::RuleStats` keeps them as atomics), `/metrics` exports and the
+/// status page shows (`/admin/status?format=json` under these very names),
+/// so a new counter is a field here and the line that exports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuleCounters {
+    /// Requests answered from a fresh entry.
+    pub hits: u64,
+    /// Requests answered by a fetch.
+    pub misses: u64,
+    /// Requests answered from a stale entry.
+    pub stale: u64,
+    /// Requests that shared a fetch another request started.
+    pub collapsed: u64,
+    /// Requests a local miss answered from the fleet's shared tier.
+    pub shared_hits: u64,
+    /// Requests answered after waiting for another replica's fetch.
+    pub coalesced: u64,
+    /// EM fetches because nothing usable was stored ([`Refresh::Miss`]).
+    pub refreshes_miss: u64,
+    /// EM fetches refreshing a stale entry ([`Refresh::Revalidate`]).
+    pub refreshes_revalidate: u64,
+    /// EM fetches ahead of expiry ([`Refresh::Ahead`]).
+    pub refreshes_ahead: u64,
+    /// Answers served but not stored: larger than the per-entry bound.
+    pub not_stored: u64,
+    /// Entries stored now.
+    pub entries: u64,
+    /// Bytes stored now.
+    pub bytes: u64,
+}
+
+impl RuleCounters {
+    /// The EM fetches for one reason.
+    pub fn refreshes(&self, why: Refresh) -> u64 {
+        match why {
+            Refresh::Miss => self.refreshes_miss,
+            Refresh::Revalidate => self.refreshes_revalidate,
+            Refresh::Ahead => self.refreshes_ahead,
+        }
+    }
+
+    /// Answers that did not wait for EM, of all answers (`None` before any).
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let answered = self.hits + self.misses + self.stale + self.shared_hits + self.coalesced;
+        (answered > 0).then(|| (answered - self.misses) as f64 / answered as f64)
+    }
+}
+
 /// One cache rule's counters, read at scrape time.
 #[derive(Debug, Clone, Default)]
 pub struct RuleSnapshot {
     /// The rule's name (a label: rule names are few, from the settings).
     pub name: String,
-    /// Fresh hits.
-    pub hits: u64,
-    /// Answers fetched from EM.
-    pub misses: u64,
-    /// Stale answers.
-    pub stale: u64,
-    /// Requests that shared another's fetch.
-    pub collapsed: u64,
-    /// Local misses answered from the fleet's shared tier.
-    pub shared_hits: u64,
-    /// Requests answered after waiting for another replica's fetch.
-    pub coalesced: u64,
-    /// Fetches because nothing usable was stored.
-    pub fetch_miss: u64,
-    /// Fetches refreshing a stale entry.
-    pub fetch_revalidate: u64,
-    /// Fetches ahead of expiry.
-    pub fetch_ahead: u64,
-    /// Answers too large to store.
-    pub oversize: u64,
-    /// Entries held.
-    pub entries: u64,
-    /// Bytes held.
-    pub bytes: u64,
+    /// Its counters.
+    pub counters: RuleCounters,
 }
 
 /// The pooled EM session's counters, read at scrape time.
@@ -282,28 +333,25 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     use metrics::{counter, gauge};
     for r in &s.rules {
         let rule = r.name.clone();
+        let c = &r.counters;
         for (result, value) in [
-            ("hit", r.hits),
-            ("miss", r.misses),
-            ("stale", r.stale),
-            ("shared_hit", r.shared_hits),
-            ("coalesced", r.coalesced),
+            ("hit", c.hits),
+            ("miss", c.misses),
+            ("stale", c.stale),
+            ("shared_hit", c.shared_hits),
+            ("coalesced", c.coalesced),
         ] {
             counter!("emgate_cache_requests_total", "rule" => rule.clone(), "result" => result)
                 .absolute(value);
         }
-        counter!("emgate_cache_collapsed_total", "rule" => rule.clone()).absolute(r.collapsed);
-        for (reason, value) in [
-            ("miss", r.fetch_miss),
-            ("revalidate", r.fetch_revalidate),
-            ("ahead", r.fetch_ahead),
-        ] {
-            counter!("emgate_cache_refreshes_total", "rule" => rule.clone(), "reason" => reason)
-                .absolute(value);
+        counter!("emgate_cache_collapsed_total", "rule" => rule.clone()).absolute(c.collapsed);
+        for why in [Refresh::Miss, Refresh::Revalidate, Refresh::Ahead] {
+            counter!("emgate_cache_refreshes_total", "rule" => rule.clone(), "reason" => why.label())
+                .absolute(c.refreshes(why));
         }
-        counter!("emgate_cache_not_stored_total", "rule" => rule.clone()).absolute(r.oversize);
-        gauge!("emgate_cache_entries", "rule" => rule.clone()).set(r.entries as f64);
-        gauge!("emgate_cache_bytes", "rule" => rule).set(r.bytes as f64);
+        counter!("emgate_cache_not_stored_total", "rule" => rule.clone()).absolute(c.not_stored);
+        gauge!("emgate_cache_entries", "rule" => rule.clone()).set(c.entries as f64);
+        gauge!("emgate_cache_bytes", "rule" => rule).set(c.bytes as f64);
     }
     counter!("emgate_cache_collapsed_total", "rule" => "uncached").absolute(s.collapsed_uncached);
     let e = &s.session;
