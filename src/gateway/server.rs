@@ -410,7 +410,10 @@ fn stack(
         // So every log line and every response carries an id.
         .layer(SetRequestIdLayer::x_request_id(request_ids))
         // A span per request, so every log line made while serving it
-        // carries the request id.
+        // carries the request id. Only the id: the access line has the
+        // method and path, and the span's fields are formatted for every
+        // request, logged inside it or not (8% of a hit's CPU with method
+        // and path too).
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<Incoming>| {
@@ -419,12 +422,7 @@ fn stack(
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                        request_id = %id
-                    )
+                    tracing::info_span!("request", request_id = %id)
                 })
                 // The one line per request is written by `route`, which
                 // knows the route template and the cache result.
