@@ -83,13 +83,52 @@ pub struct ReadRule {
 }
 
 /// The rules, in the order they are tried.
-pub struct Rules(Vec<ReadRule>);
+pub struct Rules {
+    rules: Vec<ReadRule>,
+    /// Tells this set of rules from any other in the process, so a
+    /// [`Resolved`] worked out under other rules is never used.
+    id: u64,
+}
+
+/// A target with what a read needs of it, worked out once per distinct
+/// target (see [`Rules::resolve`]): the parsed target, the rule covering it
+/// and its cache key.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The path and query exactly as the client sent them.
+    raw: Box<str>,
+    /// The [`Rules::id`] it was worked out under.
+    rules: u64,
+    /// The parsed target.
+    pub target: Target,
+    /// The index of the first rule covering it.
+    rule: Option<usize>,
+    /// Its key for a GET (a HEAD of an uncached route has its own).
+    key: CacheKey,
+}
+
+/// Distinct targets remembered per worker thread. Direct-mapped: a slot
+/// holds the last target that hashed to it, so the memory is bounded
+/// whatever clients send, and a flood of distinct targets costs each one
+/// the parse it would have cost anyway.
+const RESOLVED_SLOTS: usize = 256;
+
+/// Longest target remembered: the targets worth remembering are the few
+/// that dashboards repeat, and they are short.
+const RESOLVED_MAX_LEN: usize = 256;
+
+thread_local! {
+    static RESOLVED: std::cell::RefCell<(std::hash::RandomState, Vec<Option<Arc<Resolved>>>)> =
+        std::cell::RefCell::new((std::hash::RandomState::new(), vec![None; RESOLVED_SLOTS]));
+}
 
 impl Rules {
     /// The rules of the settings.
     pub fn new(settings: &CacheSettings) -> Rules {
-        Rules(
-            settings
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        Rules {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            rules: settings
                 .rules
                 .iter()
                 .enumerate()
@@ -108,19 +147,88 @@ impl Rules {
                     vm: r.name == VM_RESTORE_POINTS,
                 })
                 .collect(),
-        )
+        }
     }
 
     /// The first rule covering `target`, if any.
     pub fn find(&self, target: &Target) -> Option<&ReadRule> {
-        self.0
+        self.rules
             .iter()
             .find(|r| r.template.matches(target.segments()) && (!r.vm || vm_query_ok(target)))
     }
 
     /// All rules, in order.
     pub fn all(&self) -> &[ReadRule] {
-        &self.0
+        &self.rules
+    }
+
+    /// The target of a request (`path` and `query` of its URI) parsed,
+    /// matched to its rule and keyed, remembered per worker thread by the
+    /// exact bytes the client sent: a dashboard repeating a request pays
+    /// for a hash and a comparison instead of decoding, matching and
+    /// re-encoding. Only targets that parse are remembered (a client
+    /// sending garbage gets its 400 the slow way and leaves nothing
+    /// behind), and only what the target alone decides is in a
+    /// [`Resolved`]: every check that depends on the caller still runs.
+    pub fn resolve(&self, path: &str, query: Option<&str>) -> Result<Arc<Resolved>, GatewayError> {
+        use std::hash::BuildHasher;
+        let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
+        let same = |r: &Resolved| {
+            r.rules == self.id
+                && r.raw.len() == raw_len
+                && r.raw.starts_with(path)
+                && match query {
+                    None => r.raw.len() == path.len(),
+                    Some(q) => r.raw[path.len()..].strip_prefix('?') == Some(q),
+                }
+        };
+        let slot = (raw_len <= RESOLVED_MAX_LEN).then(|| {
+            RESOLVED.with_borrow(|(hasher, slots)| {
+                let slot = hasher.hash_one((path, query)) as usize % RESOLVED_SLOTS;
+                (slot, slots[slot].as_ref().filter(|r| same(r)).cloned())
+            })
+        });
+        if let Some((_, Some(known))) = slot {
+            return Ok(known);
+        }
+        let target = Target::parse(path, query)?;
+        let rule_index = self
+            .rules
+            .iter()
+            .position(|r| r.template.matches(target.segments()) && (!r.vm || vm_query_ok(&target)));
+        let key = cache_key(&target, rule_index.and_then(|i| self.rules.get(i)), false);
+        let mut raw = String::with_capacity(raw_len);
+        raw.push_str(path);
+        if let Some(q) = query {
+            raw.push('?');
+            raw.push_str(q);
+        }
+        let resolved = Arc::new(Resolved {
+            raw: raw.into(),
+            rules: self.id,
+            target,
+            rule: rule_index,
+            key,
+        });
+        if let Some((slot, _)) = slot {
+            RESOLVED.with_borrow_mut(|(_, slots)| slots[slot] = Some(resolved.clone()));
+        }
+        Ok(resolved)
+    }
+}
+
+impl Resolved {
+    /// The rule covering the target, among `rules` (those it was resolved under).
+    pub fn rule<'r>(&self, rules: &'r Rules) -> Option<&'r ReadRule> {
+        self.rule.and_then(|i| rules.rules.get(i))
+    }
+
+    /// The cache key of a GET (`head: false`) or HEAD of the target.
+    pub fn key(&self, rules: &Rules, head: bool) -> CacheKey {
+        match (head, self.rule(rules)) {
+            (true, None) => cache_key(&self.target, None, true),
+            _ => self.key.clone(),
+        }
     }
 }
 
@@ -279,18 +387,18 @@ fn wants_fresh(headers: &HeaderMap) -> bool {
 }
 
 /// Answers a GET or HEAD of `/api` that goes to EM.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     app: &Arc<App>,
     method: &Method,
     headers: &HeaderMap,
-    target: &Target,
-    rule: Option<&ReadRule>,
+    resolved: &Resolved,
     xml: bool,
     public: &str,
     operator: bool,
 ) -> Result<Response<Body>, GatewayError> {
     let head = method == Method::HEAD;
+    let target = &resolved.target;
+    let rule = resolved.rule(&app.rules);
     // One fetch serves every client: only the request id of the client
     // that caused it goes along, nothing that could shape the answer.
     let request_id = headers.get(X_REQUEST_ID);
@@ -312,7 +420,7 @@ pub async fn serve(
             )
             .await;
         }
-        let key = cache_key(target, None, head);
+        let key = resolved.key(&app.rules, head);
         let em = fetch(false);
         let served = match app.cache.collapse(key, move || em).await {
             Ok(s) => s,
@@ -339,7 +447,7 @@ pub async fn serve(
             .insert(CACHE_STATUS, HeaderValue::from_static(status));
         return Ok(r);
     };
-    let key = cache_key(target, Some(rule), head);
+    let key = resolved.key(&app.rules, head);
     let fresh = operator && wants_fresh(headers);
     // Fleet mode: a local miss looks in the shared tier before EM, and one
     // replica fetches for the fleet. Made only when the cache needs it (a
@@ -701,7 +809,56 @@ mod tests {
                 origin: RuleOrigin::File,
             }],
         };
-        Rules::new(&settings).0.remove(0)
+        Rules::new(&settings).rules.remove(0)
+    }
+
+    #[test]
+    fn a_target_seen_before_is_not_worked_out_again_and_others_are() {
+        let settings = crate::config::Settings::load(&crate::config::Sources {
+            file: None,
+            demo: &[],
+            env: &|k: &str| match k {
+                "EMGATE_UPSTREAM_URL" => Some("https://em.example:9398".into()),
+                "EMGATE_UPSTREAM_USERNAME" => Some("u".into()),
+                "EMGATE_UPSTREAM_PASSWORD" => Some("p".into()),
+                _ => None,
+            },
+        })
+        .unwrap();
+        let rules = Rules::new(&settings.cache);
+        let path = "/api/restorePoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmRestorePoints";
+        let first = rules.resolve(path, Some("format=Entity")).unwrap();
+        let again = rules.resolve(path, Some("format=Entity")).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "worked out twice");
+        assert_eq!(first.rule(&rules).unwrap().name, VM_RESTORE_POINTS);
+        assert_eq!(
+            first.key(&rules, false).as_str(),
+            "/api/restorepoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmrestorepoints?format=entity"
+        );
+        // Another query, no query, a query that is the path's tail: others.
+        for (p, q) in [
+            (path, None),
+            (path, Some("format=entity")),
+            (path, Some("")),
+        ] {
+            let other = rules.resolve(p, q).unwrap();
+            assert!(!Arc::ptr_eq(&first, &other), "{p} {q:?}");
+        }
+        // Rules of another configuration never see this one's work.
+        let others = Rules::new(&settings.cache);
+        assert!(!Arc::ptr_eq(
+            &first,
+            &others.resolve(path, Some("format=Entity")).unwrap()
+        ));
+        // A HEAD of an uncached route has a key of its own; a GET's otherwise.
+        let jobs = rules.resolve("/api/backupServers", None).unwrap();
+        assert!(jobs.rule(&rules).is_none());
+        assert_eq!(jobs.key(&rules, true).as_str(), "/api/backupServers HEAD");
+        assert_eq!(first.key(&rules, true), first.key(&rules, false));
+        // What does not parse is refused every time, and is not remembered.
+        for _ in 0..2 {
+            assert!(rules.resolve("/api/a%2Fb/../c", None).is_err());
+        }
     }
 
     #[test]

@@ -262,7 +262,8 @@ async fn api(
                 })
             })?;
         }
-        let target = Target::parse(parts.uri.path(), parts.uri.query())?;
+        let resolved = app.rules.resolve(parts.uri.path(), parts.uri.query())?;
+        let target = &resolved.target;
         if target.is(0, "sessionMngr") {
             label = "/api/sessionMngr";
             // Logons are limited by address: each makes a session to keep.
@@ -270,7 +271,7 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, conn.peer, &target, xml, &public).await;
+            return access::logon(app, parts, conn.peer, target, xml, &public).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
@@ -285,10 +286,10 @@ async fn api(
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
-            return access::logon_sessions(app, &caller, method, &target, xml, &public).await;
+            return access::logon_sessions(app, &caller, method, target, xml, &public).await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
-        if let Some(segment) = restore_points::restore_point_segment(&target) {
+        if let Some(segment) = restore_points::restore_point_segment(target) {
             if RestorePointId::parse(segment).is_none() {
                 return Err(GatewayError::BadRequest(
                     "the restore point ID must be a UUID".into(),
@@ -297,28 +298,18 @@ async fn api(
         }
         // EM keeps tasks per session, the gateway per client: answered
         // here, never cached, never reaching EM for another's task.
-        if target.is(0, "tasks") || is_task_query(&target) {
+        if target.is(0, "tasks") || is_task_query(target) {
             label = "/api/tasks";
-            return tasks_route(app, &caller, method, &target, xml, &public).await;
+            return tasks_route(app, &caller, method, target, xml, &public).await;
         }
         if read {
-            let rule = app.rules.find(&target);
-            if let Some(r) = rule {
+            if let Some(r) = resolved.rule(&app.rules) {
                 label = r.label;
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            return reads::serve(
-                app,
-                method,
-                &parts.headers,
-                &target,
-                rule,
-                xml,
-                &public,
-                operator,
-            )
-            .await;
+            return reads::serve(app, method, &parts.headers, &resolved, xml, &public, operator)
+                .await;
         }
         let case = app.settings.json_case;
         if !proxy::is_write(method) || !app.settings.access.allow_writes {
@@ -334,7 +325,7 @@ async fn api(
         }
         let limit = app.settings.access.max_request_body;
         let (mut em, session) =
-            proxy::send_write(&app.pool, method, &target, &parts.headers, body, limit).await?;
+            proxy::send_write(&app.pool, method, target, &parts.headers, body, limit).await?;
         if em.status.is_success() {
             // A task is the caller's: the client gets it by the gateway's id.
             if let Some(doc) = app
