@@ -178,12 +178,51 @@ pub fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
+/// Handles of the per-request series this thread has used: (route,
+/// status label, count, duration). Routes are templates and statuses
+/// labels, so the list is short and bounded; a request finds its handles
+/// by comparing two pointers, instead of hashing its labels and looking
+/// them up in the recorder's registry.
+type RequestSeries = Vec<(
+    &'static str,
+    &'static str,
+    metrics::Counter,
+    metrics::Histogram,
+)>;
+
+thread_local! {
+    static REQUEST_SERIES: std::cell::RefCell<RequestSeries> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Records one answered request.
 pub fn request(route: &'static str, status: StatusCode, elapsed: Duration) {
-    metrics::counter!("emgate_requests_total", "route" => route, "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!("emgate_request_duration_seconds", "route" => route)
-        .record(elapsed.as_secs_f64());
+    let status = status_label(status);
+    let seconds = elapsed.as_secs_f64();
+    // Before the recorder is installed, handles would stay no-ops for good.
+    if !matches!(HANDLE.get(), Some(Some(_))) {
+        metrics::counter!("emgate_requests_total", "route" => route, "status" => status)
+            .increment(1);
+        metrics::histogram!("emgate_request_duration_seconds", "route" => route).record(seconds);
+        return;
+    }
+    REQUEST_SERIES.with_borrow_mut(|known| {
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        let found = known
+            .iter()
+            .position(|(r, s, ..)| same(r, route) && same(s, status));
+        let i = found.unwrap_or_else(|| {
+            known.push((
+                route,
+                status,
+                metrics::counter!("emgate_requests_total", "route" => route, "status" => status),
+                metrics::histogram!("emgate_request_duration_seconds", "route" => route),
+            ));
+            known.len() - 1
+        });
+        let (.., count, duration) = &known[i];
+        count.increment(1);
+        duration.record(seconds);
+    });
 }
 
 /// Records one request to EM: its status, or `error`/`timeout`.
