@@ -122,9 +122,9 @@ async fn identify(
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
             Ok(Caller::Anonymous)
         }
-        Presented::Session(token) => app
-            .sessions
-            .lookup(token)
+        // Boxed: the lookup's future is large, and the future of every
+        // request (moved on each layer of the stack) would carry its size.
+        Presented::Session(token) => Box::pin(app.sessions.lookup(token))
             .await
             .map(|s| Caller::Session {
                 id: s.id,

@@ -415,14 +415,16 @@ pub async fn serve(
     let Some(rule) = rule else {
         if !app.settings.cache.collapse {
             let case = app.settings.json_case;
-            return crate::gateway::proxy::forward(
+            return Box::pin(crate::gateway::proxy::forward(
                 &app.pool, method, target, headers, xml, public, case,
-            )
+            ))
             .await;
         }
         let key = resolved.key(&app.rules, head);
         let em = fetch(false);
-        let served = match app.cache.collapse(key, move || em).await {
+        // Boxed here and below, where EM is asked anyway: a hit's future
+        // (moved on every layer of the stack) keeps only the lookup's size.
+        let served = match Box::pin(app.cache.collapse(key, move || em)).await {
             Ok(s) => s,
             Err(error) => {
                 let mut r = error.to_response(xml, app.settings.json_case, public);
@@ -484,7 +486,7 @@ pub async fn serve(
         }
     };
     let result = if fresh {
-        app.cache.refetch(key.clone(), &rule.policy, tiered()).await
+        Box::pin(app.cache.refetch(key.clone(), &rule.policy, tiered())).await
     } else {
         app.cache.get(key.clone(), &rule.policy, tiered).await
     };

@@ -90,7 +90,7 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
             Ok(host) => match path {
                 "/healthz" => plain(StatusCode::OK, "ok\n"),
                 "/readyz" => readiness(&app),
-                "/metrics" => metrics(&app).await,
+                "/metrics" => Box::pin(metrics(&app)).await,
                 p if (is_api(p) || is_admin(p))
                     && app.settings.access.allow_anonymous
                     && host.as_ref().is_some_and(|h| !h.is_loopback()) =>
@@ -110,7 +110,10 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                             conn.tls,
                             app.local_addr,
                         );
-                        crate::gateway::admin::handle(&app, conn, &parts, xml, &public).await
+                        Box::pin(crate::gateway::admin::handle(
+                            &app, conn, &parts, xml, &public,
+                        ))
+                        .await
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
@@ -271,7 +274,7 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return access::logon(app, parts, conn.peer, target, xml, &public).await;
+            return Box::pin(access::logon(app, parts, conn.peer, target, xml, &public)).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
@@ -286,7 +289,10 @@ async fn api(
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
-            return access::logon_sessions(app, &caller, method, target, xml, &public).await;
+            return Box::pin(access::logon_sessions(
+                app, &caller, method, target, xml, &public,
+            ))
+            .await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
         if let Some(segment) = restore_points::restore_point_segment(target) {
@@ -300,7 +306,7 @@ async fn api(
         // here, never cached, never reaching EM for another's task.
         if target.is(0, "tasks") || is_task_query(target) {
             label = "/api/tasks";
-            return tasks_route(app, &caller, method, target, xml, &public).await;
+            return Box::pin(tasks_route(app, &caller, method, target, xml, &public)).await;
         }
         if read {
             if let Some(r) = resolved.rule(&app.rules) {
@@ -311,62 +317,9 @@ async fn api(
             return reads::serve(app, method, &parts.headers, &resolved, xml, &public, operator)
                 .await;
         }
-        let case = app.settings.json_case;
-        if !proxy::is_write(method) || !app.settings.access.allow_writes {
-            return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
-        }
-        // A browser sends the cookie by itself, also on a cross-site form
-        // post; a write carried by nothing else must come from the
-        // gateway's own origin.
-        if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, &public) {
-            return Err(GatewayError::Forbidden(
-                "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
-            ));
-        }
-        let limit = app.settings.access.max_request_body;
-        let (mut em, session) =
-            proxy::send_write(&app.pool, method, target, &parts.headers, body, limit).await?;
-        if em.status.is_success() {
-            // A task is the caller's: the client gets it by the gateway's id.
-            if let Some(doc) = app
-                .tasks
-                .record(&app.pool, caller.owner(), &em.body, session)
-                .await
-            {
-                // EM's own Location names EM's id of it: point it at the
-                // gateway's (rewritten to the client's base like any link).
-                if em.headers.contains_key(http::header::LOCATION) {
-                    let href = crate::em::session::element_text(&doc, b"TaskId")
-                        .map(|id| format!("{}/api/tasks/{id}", app.pool.upstream().base_url()))
-                        .and_then(|h| HeaderValue::from_str(&h).ok());
-                    match href {
-                        Some(h) => {
-                            em.headers.insert(http::header::LOCATION, h);
-                        }
-                        None => {
-                            em.headers.remove(http::header::LOCATION);
-                        }
-                    }
-                }
-                em.headers.remove(http::header::CONTENT_LOCATION);
-                em.body = doc;
-            }
-        }
-        let response = proxy::render_write(&app.pool, em, xml, &public, case).await?;
-        if response.status().is_success() {
-            // What a write changed is no longer what the cache holds: drop
-            // the cached reads of the collection it went to.
-            if let Some(first) = target.segments().first() {
-                // The fleet's part is retried by itself if Redis is away; the
-                // write's answer is EM's either way.
-                let _ = purge_prefix_everywhere(
-                    app,
-                    format!("/api/{}", first.to_ascii_lowercase()),
-                )
-                .await;
-            }
-        }
-        Ok(response)
+        // Writes are few and their future is large: boxed, so a read's
+        // future (moved on every layer of the stack) stays small.
+        Box::pin(write(app, &caller, parts, body, target, xml, &public)).await
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
@@ -380,6 +333,74 @@ async fn api(
     }
     response.extensions_mut().insert(RouteLabel(label));
     response
+}
+
+/// A write (POST, PUT, DELETE, PATCH) that may go to EM: refused unless
+/// writes are allowed, sent once, its task recorded as the caller's, and
+/// the cached reads of the collection it went to dropped.
+async fn write(
+    app: &Arc<App>,
+    caller: &access::Caller,
+    parts: &Parts,
+    body: Incoming,
+    target: &Target,
+    xml: bool,
+    public: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let method = &parts.method;
+    let case = app.settings.json_case;
+    if !proxy::is_write(method) || !app.settings.access.allow_writes {
+        return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
+    }
+    // A browser sends the cookie by itself, also on a cross-site form
+    // post; a write carried by nothing else must come from the
+    // gateway's own origin.
+    if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, public) {
+        return Err(GatewayError::Forbidden(
+            "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
+        ));
+    }
+    let limit = app.settings.access.max_request_body;
+    let (mut em, session) =
+        proxy::send_write(&app.pool, method, target, &parts.headers, body, limit).await?;
+    if em.status.is_success() {
+        // A task is the caller's: the client gets it by the gateway's id.
+        if let Some(doc) = app
+            .tasks
+            .record(&app.pool, caller.owner(), &em.body, session)
+            .await
+        {
+            // EM's own Location names EM's id of it: point it at the
+            // gateway's (rewritten to the client's base like any link).
+            if em.headers.contains_key(http::header::LOCATION) {
+                let href = crate::em::session::element_text(&doc, b"TaskId")
+                    .map(|id| format!("{}/api/tasks/{id}", app.pool.upstream().base_url()))
+                    .and_then(|h| HeaderValue::from_str(&h).ok());
+                match href {
+                    Some(h) => {
+                        em.headers.insert(http::header::LOCATION, h);
+                    }
+                    None => {
+                        em.headers.remove(http::header::LOCATION);
+                    }
+                }
+            }
+            em.headers.remove(http::header::CONTENT_LOCATION);
+            em.body = doc;
+        }
+    }
+    let response = proxy::render_write(&app.pool, em, xml, public, case).await?;
+    if response.status().is_success() {
+        // What a write changed is no longer what the cache holds: drop
+        // the cached reads of the collection it went to.
+        if let Some(first) = target.segments().first() {
+            // The fleet's part is retried by itself if Redis is away; the
+            // write's answer is EM's either way.
+            let _ =
+                purge_prefix_everywhere(app, format!("/api/{}", first.to_ascii_lowercase())).await;
+        }
+    }
+    Ok(response)
 }
 
 /// Drops every cached entry whose path is `prefix` or under it (compared
