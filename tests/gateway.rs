@@ -241,6 +241,18 @@ async fn sigterm_drains_logs_out_of_em_and_exits_zero() {
     assert!(status.0.success(), "exit status {:?}", status.0);
     assert_eq!(sim.stats().logouts, 1, "the EM session was not logged out");
     assert_eq!(sim.stats().active_sessions, 0);
+    // The log's last line, written just before the exit, is not lost (the
+    // reader thread may still be reading the closed pipe's last bytes).
+    let gw = status.1;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let stopped = gw.log_text().contains("\"stopped\"");
+            async move { stopped }
+        })
+        .await,
+        "the last log line was lost at exit: {}",
+        gw.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
