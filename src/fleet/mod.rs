@@ -529,25 +529,44 @@ impl Fleet {
         }
         let conn = if bulk { &inner.bulk } else { &inner.conn };
         let result = tokio::time::timeout(timeout, f(conn.clone())).await;
-        let ok = match result {
+        match result {
             Ok(Ok(v)) => {
+                self.settle(name, None);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                self.settle(name, Some(Some(&e)));
+                Err(Down)
+            }
+            Err(_) => {
+                self.settle(name, Some(None));
+                Err(Down)
+            }
+        }
+    }
+
+    /// The breaker, the counters and the log after an operation: `None` for
+    /// success, `Some(Some(e))` for Redis's error, `Some(None)` for a
+    /// timeout. Not generic, so the many operations share one copy of it.
+    fn settle(&self, name: &'static str, failure: Option<Option<&redis::RedisError>>) {
+        let inner = &self.0;
+        match failure {
+            None => {
                 inner.breaker.success();
                 record(name, "ok");
-                Ok(v)
             }
             // Out of memory and nothing left to evict: Redis is up and
             // answering, it only refused this write (the breaker stays
             // closed, so leases and sessions go on being asked).
-            Ok(Err(e)) if e.code() == Some("OOM") => {
+            Some(Some(e)) if e.code() == Some("OOM") => {
                 inner.breaker.success();
                 record(name, "oom");
-                Err(Down)
             }
             // Redis answered, but with something this operation cannot use
             // (a value of another type or shape, written by a stranger, a
             // script refusing it): a bad value, not a Redis that is down, so
             // it must not make every replica go on alone.
-            Ok(Err(e))
+            Some(Some(e))
                 if matches!(e.kind(), redis::ErrorKind::UnexpectedReturnType)
                     || e.code()
                         .is_some_and(|c| matches!(c, "WRONGTYPE" | "ERR" | "NOSCRIPT")) =>
@@ -557,22 +576,18 @@ impl Fleet {
                 metrics::counter!("emgate_shared_rejected_total", "kind" => "bad_value")
                     .increment(1);
                 tracing::debug!(op = name, error = %redact(&e.to_string()), "the shared tier answered something unusable");
-                Err(Down)
             }
-            Ok(Err(e)) => {
+            Some(Some(e)) => {
                 tracing::debug!(op = name, error = %redact(&e.to_string()), "shared tier error");
                 inner.breaker.failure();
                 record(name, "error");
-                Err(Down)
             }
-            Err(_) => {
+            Some(None) => {
                 inner.breaker.failure();
                 record(name, "timeout");
-                Err(Down)
             }
-        };
+        }
         metrics::gauge!("emgate_shared_up").set(if inner.breaker.up() { 1.0 } else { 0.0 });
-        ok
     }
 
     /// The text at `key` (a value to check before it is used), by one GET.
