@@ -587,7 +587,6 @@ impl Fleet {
                 record(name, "timeout");
             }
         }
-        metrics::gauge!("emgate_shared_up").set(if inner.breaker.up() { 1.0 } else { 0.0 });
     }
 
     /// The text at `key` (a value to check before it is used), by one GET.

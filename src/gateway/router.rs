@@ -635,6 +635,9 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
         tasks_pending: app.tasks.pending().iter().map(|p| p.count as u64).sum(),
         writes_resent: p.writes_resent.load(Ordering::Relaxed),
         upstream_memory: app.pool.upstream().memory_held() as u64,
+        // Read from the breaker at scrape time, as `/readyz` reads it: the
+        // two never disagree.
+        shared_up: app.fleet.as_ref().map(|f| f.is_up()),
     }
 }
 

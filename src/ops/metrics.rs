@@ -365,6 +365,8 @@ pub struct Snapshot {
     pub writes_resent: u64,
     /// Bytes of EM answers and conversions held now.
     pub upstream_memory: u64,
+    /// Fleet mode: whether the shared tier answers (`None` outside fleet mode).
+    pub shared_up: Option<bool>,
 }
 
 /// The exposition text, after copying in `snapshot`.
@@ -412,5 +414,8 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     counter!("emgate_upstream_writes_resent_total").absolute(s.writes_resent);
     gauge!("emgate_upstream_memory_bytes").set(s.upstream_memory as f64);
     counter!("emgate_log_lines_dropped_total").absolute(crate::ops::logging::dropped_lines());
+    if let Some(up) = s.shared_up {
+        gauge!("emgate_shared_up").set(if up { 1.0 } else { 0.0 });
+    }
     handle.render()
 }
