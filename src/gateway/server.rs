@@ -152,9 +152,7 @@ impl Gateway {
         }
         let pool = Arc::new(pool);
         let addr = settings.listen.address;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let settings_rate = (settings.access.rate_limit, settings.access.rate_burst);
         let work = Arc::new(Semaphore::new(settings.listen.max_concurrency));
         let local_addr = listener.local_addr().unwrap_or(addr);
@@ -381,6 +379,24 @@ fn raise_open_files_limit() {
         Ok(limit) => tracing::debug!(open_files = limit, "open-files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
     }
+}
+
+/// Connections the kernel queues for the accept loop. tokio's default
+/// (1,024) drops a burst's SYNs past it, and each dropped one waits a
+/// second for its retry; the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The listening socket, with the address reusable at once after a restart
+/// (as `TcpListener::bind` has it) and a backlog for bursts.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The tower stack around [`route`]; each layer says why it sits where it does.
