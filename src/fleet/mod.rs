@@ -236,6 +236,11 @@ struct Inner {
     landed: broadcast::Sender<String>,
     /// Live members at the last heartbeat.
     members: AtomicU64,
+    /// Whether this replica is still a member: cleared by its leave. Held
+    /// across a heartbeat and across the leave, so no heartbeat can add
+    /// the replica back after it left (the fleet's last replica would then
+    /// count it as alive and not log the fleet's session out).
+    membership: tokio::sync::Mutex<bool>,
     /// Leases taken over from a replica that stopped renewing them.
     takeovers: AtomicU64,
     /// Seals, signs and names.
@@ -321,6 +326,7 @@ impl Fleet {
             events,
             landed,
             members: AtomicU64::new(0),
+            membership: tokio::sync::Mutex::new(true),
             takeovers: AtomicU64::new(0),
             keys: keys::Keys::new(settings, upstream),
             rejected_logged: Mutex::new(HashSet::new()),
@@ -400,6 +406,10 @@ impl Fleet {
         let member = self.0.member.clone();
         let dead_after = (self.0.lease * 3).as_millis() as u64;
         let candidate = random_token(9).map_err(|_| Down)?.expose().to_string();
+        let member_still = self.0.membership.lock().await;
+        if !*member_still {
+            return Err(Down);
+        }
         let (live, marker): (u64, String) = self
             .op("heartbeat", |mut c| async move {
                 script
@@ -412,6 +422,7 @@ impl Fleet {
                     .await
             })
             .await?;
+        drop(member_still);
         self.0.members.store(live, Ordering::Relaxed);
         metrics::gauge!("emgate_fleet_members").set(live as f64);
         self.saw_marker(marker);

@@ -340,6 +340,9 @@ impl SessionStore for EmSessionStore {
             let key = f.key("members");
             let member = f.0.member.clone();
             let dead_after = (f.lease_time() * 3).as_millis() as u64;
+            // From here on no heartbeat adds this replica back.
+            let mut member_still = f.0.membership.lock().await;
+            *member_still = false;
             let others: u64 = f
                 .op("leave", |mut c| async move {
                     script
