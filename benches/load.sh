@@ -1,31 +1,44 @@
 #!/usr/bin/env bash
-# Load benchmark: emgate's cache hits against nginx (proxy_cache +
-# proxy_cache_lock) serving the same bytes, on one machine, side by side,
-# plus the gateway's promises measured end to end.
+# Load benchmark: emgate's cache hits side by side, in one run, with what a
+# hit is measured against, plus the gateway's promises measured end to end.
 #
-#   bash benches/load.sh            # about 3 minutes on 2 cores
+#   bash benches/load.sh            # about 6 minutes on 2 cores
 #
-# Knobs (environment): ROUNDS (3 alternations), DURATION (10s per wrk run),
-# CONNECTIONS (32), RESTORE_POINTS (10000), WARM (100 IDs in the hot set).
+# Servers, all on loopback, each pinned to core 0 with one worker (the load
+# generator on core 1), all serving the very same bytes:
+#   - emgate: the gateway, default settings (log at info, one line per
+#     request, to a file), one tokio worker thread, a warm cache;
+#   - floor: a bare hyper server answering the bytes from memory with the
+#     same headers (benches/floor.rs): the floor of emgate's stack;
+#   - nginx static: the bodies as files (nginx's fastest path);
+#   - nginx proxy_cache: nginx caching emgate's answers (a generic cache
+#     in front of the gateway);
+# and the same over TLS 1.3 (emgate's HTTPS listener vs nginx HTTPS static)
+# and HTTP/2 (h2load; cleartext with prior knowledge, as both take it).
 #
-# It installs wrk and nginx from the distribution's packages if missing,
-# builds emgate in release mode, and starts (on loopback only):
-#   - the EM simulator (HTTPS, self-signed, pinned by the gateway);
-#   - emgate, one tokio worker thread, pinned to core 0, logs at warn;
-#   - nginx, one worker, pinned to core 0, access log off, caching emgate's
-#     answers (so both serve the very same bytes);
-#   - wrk pinned to core 1.
+# Scenarios: one key; KEYS keys rotated (one wrk Lua script for all); TLS
+# one key; HTTP/2 one key. Each is ROUNDS alternations of DURATION per
+# server; the table has medians: req/s, p50/p99 latency, the server's CPU
+# per request (user+system time over requests: steadier than req/s on a
+# noisy machine) and ratios to nginx static and to the floor. RSS of each
+# server follows the table.
+#
+# Knobs (environment): ROUNDS (3), DURATION (5, seconds), CONNECTIONS (32),
+# STREAMS (10 per HTTP/2 connection), KEYS (1000), RESTORE_POINTS (10000),
+# LOG (info: emgate's default).
+#
+# It installs wrk, nginx, h2load and openssl from the distribution's
+# packages if missing and builds emgate and the floor in release mode.
 # Everything it starts is stopped on exit.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-32}
+STREAMS=${STREAMS:-10}
+KEYS=${KEYS:-1000}
 RESTORE_POINTS=${RESTORE_POINTS:-10000}
-WARM=${WARM:-100}
-SIM_PORT=${SIM_PORT:-19498}
-GW_PORT=${GW_PORT:-19499}
-NGINX_PORT=${NGINX_PORT:-19500}
+LOG=${LOG:-info}
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$(mktemp -d /tmp/emgate-load.XXXXXX)"
@@ -38,10 +51,14 @@ cleanup() {
 trap cleanup EXIT
 
 say() { printf '\n== %s\n' "$*"; }
+# A free loopback port.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 if [[ ${#need[@]} -gt 0 ]]; then
     say "installing ${need[*]}"
@@ -50,8 +67,7 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-cores=$(nproc)
-if [[ $cores -ge 2 ]]; then
+if [[ $(nproc) -ge 2 ]]; then
     server_cpu=(taskset -c 0)
     client_cpu=(taskset -c 1)
 else
@@ -59,10 +75,18 @@ else
     client_cpu=()
 fi
 
-say "building emgate (release)"
+say "building emgate and the floor (release)"
 (cd "$root" && cargo build --release --quiet)
 EMGATE="$root/target/release/emgate"
+FLOOR=$(cd "$root" && cargo bench --bench floor --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "floor":
+        print(m["executable"])')
+[[ -x "$FLOOR" ]] || { echo "the floor server did not build"; exit 1; }
 
+SIM_PORT=$(port)
 say "starting the EM simulator ($RESTORE_POINTS restore points)"
 "$EMGATE" sim --listen "127.0.0.1:$SIM_PORT" --tls --username load --password load-pass \
     --restore-points "$RESTORE_POINTS" >"$work/sim.out" 2>"$work/sim.err" &
@@ -71,18 +95,35 @@ for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; 
 pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
 [[ -n "$pin" ]] || { cat "$work/sim.out" "$work/sim.err"; echo "no fingerprint"; exit 1; }
 
-say "starting emgate (1 worker thread, core 0)"
+# The listener's certificate for emgate's and nginx's HTTPS (ECDSA P-256).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+    -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+
+start_emgate() { # port [extra env...]: the gateway's pid
+    local p=$1
+    shift
+    env TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$p" \
+        EMGATE_UPSTREAM_URL="https://127.0.0.1:$SIM_PORT" EMGATE_UPSTREAM_USERNAME=load \
+        EMGATE_UPSTREAM_PASSWORD=load-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
+        EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h "$@" \
+        "${server_cpu[@]}" "$EMGATE" serve >/dev/null 2>>"$work/emgate-$p.log" &
+    echo $!
+}
+
+say "starting emgate over HTTP and over HTTPS (1 worker thread each, core 0)"
+GW_PORT=$(port)
+GW_TLS_PORT=$(port)
 start_ns=$(date +%s%N)
-TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$GW_PORT" \
-    EMGATE_UPSTREAM_URL="https://127.0.0.1:$SIM_PORT" EMGATE_UPSTREAM_USERNAME=load \
-    EMGATE_UPSTREAM_PASSWORD=load-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
-    EMGATE_LOG=warn EMGATE_CACHE_TTL=1h \
-    "${server_cpu[@]}" "$EMGATE" serve 2>"$work/emgate.err" &
-gw_pid=$!
-pids+=($gw_pid)
+gw_pid=$(start_emgate "$GW_PORT")
+pids+=("$gw_pid")
 until curl -sf "http://127.0.0.1:$GW_PORT/readyz" >/dev/null 2>&1; do sleep 0.005; done
 ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+gw_tls_pid=$(start_emgate "$GW_TLS_PORT" EMGATE_TLS_CERT_FILE="$work/tls.crt" EMGATE_TLS_KEY_FILE="$work/tls.key")
+pids+=("$gw_tls_pid")
+until curl -sfk "https://127.0.0.1:$GW_TLS_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
 gw="http://127.0.0.1:$GW_PORT"
+gws="https://127.0.0.1:$GW_TLS_PORT"
 
 # A sample by its full name (with labels), or a metric's sum over its labels.
 metric() { curl -s "$gw/metrics" | awk -v m="$1" '
@@ -104,20 +145,41 @@ after=$(metric 'emgate_upstream_requests_total{status="200"}')
 cold_fetches=$(python3 -c "print(int(float('$after')) - int(float('${before:-0}')))")
 echo "EM fetches: $cold_fetches"
 
-say "warming $WARM restore points"
-head -n "$WARM" "$work/ids" | while read -r id; do
-    printf '%s %s\n' "$(curl -s "$gw/api/restorePoints/$id/vmRestorePoints" | wc -c)" "$id"
-done | sort -n >"$work/sizes"
-# One body, the same for both servers: the largest of the warm set (8 VMs).
-hot_id=$(tail -1 "$work/sizes" | cut -d' ' -f2)
-hot_path="/api/restorePoints/$hot_id/vmRestorePoints"
-body_bytes=$(curl -s "$gw$hot_path" | wc -c)
-echo "hot body: $body_bytes bytes"
+say "warming $KEYS restore points; their bodies become nginx's and the floor's files"
+head -n "$KEYS" "$work/ids" >"$work/keys"
+# One curl for all keys (one connection), each body into its file.
+sed "s|.*|url = \"$gw/api/restorePoints/&/vmRestorePoints\"\noutput = \"$work/static/api/restorePoints/&/vmRestorePoints\"|" \
+    "$work/keys" >"$work/warm.curl"
+curl -s --create-dirs -K "$work/warm.curl"
+# The hot key: the largest body of the warm set.
+hot_path=$(cd "$work/static" && find api -type f -printf '%s /%p\n' | sort -n | tail -1 | cut -d' ' -f2)
+curl -s "$gw$hot_path" >"$work/hot.json"
+body_bytes=$(wc -c <"$work/hot.json")
+echo "$(find "$work/static" -type f | wc -l) files; hot body: $body_bytes bytes"
+# The HTTPS gateway's links name its own base, so its bytes are its own.
+mkdir -p "$(dirname "$work/static-tls$hot_path")"
+curl -sk "$gws$hot_path" >/dev/null
+curl -sk "$gws$hot_path" >"$work/static-tls$hot_path"
+# What a hit of emgate sends besides the body, for the floor.
+curl -s -D - -o /dev/null "$gw$hot_path" | tail -n +2 | tr -d '\r' |
+    grep -viE '^(content-length|date|connection):|^$' >"$work/hit-headers"
 
-say "starting nginx (1 worker, core 0) caching emgate's answers"
+say "starting the floor (bare hyper, 1 worker thread, core 0)"
+FLOOR_PORT=$(port)
+"${server_cpu[@]}" "$FLOOR" --listen "127.0.0.1:$FLOOR_PORT" --root "$work/static" \
+    --headers "$work/hit-headers" >"$work/floor.out" 2>&1 &
+floor_pid=$!
+pids+=("$floor_pid")
+until curl -sf -o /dev/null "http://127.0.0.1:$FLOOR_PORT$hot_path"; do sleep 0.05; done
+
+say "starting nginx (1 worker, core 0): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
+NG_STATIC=$(port)
+NG_TLS=$(port)
+NG_H2=$(port)
+NG_CACHE=$(port)
 mkdir -p "$work/nginx/cache" "$work/nginx/tmp"
 # As root, nginx's workers would run as an unprivileged user that cannot
-# write into this private scratch folder.
+# read this private scratch folder.
 nginx_user=""
 [[ $EUID -eq 0 ]] && nginx_user="user root;"
 cat >"$work/nginx.conf" <<EOF
@@ -128,6 +190,8 @@ error_log $work/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    default_type application/json;
+    keepalive_requests 1000000;
     client_body_temp_path $work/nginx/tmp;
     proxy_temp_path $work/nginx/tmp;
     fastcgi_temp_path $work/nginx/tmp;
@@ -136,7 +200,22 @@ http {
     proxy_cache_path $work/nginx/cache levels=1:2 keys_zone=em:10m max_size=256m inactive=1h;
     upstream emgate { server 127.0.0.1:$GW_PORT; keepalive 32; }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NG_STATIC;
+        root $work/static;
+    }
+    server {
+        listen 127.0.0.1:$NG_H2 http2;
+        root $work/static;
+    }
+    server {
+        listen 127.0.0.1:$NG_TLS ssl;
+        ssl_certificate $work/tls.crt;
+        ssl_certificate_key $work/tls.key;
+        ssl_protocols TLSv1.3;
+        root $work/static-tls;
+    }
+    server {
+        listen 127.0.0.1:$NG_CACHE;
         location / {
             proxy_pass http://emgate;
             proxy_http_version 1.1;
@@ -153,70 +232,147 @@ http {
 }
 EOF
 "${server_cpu[@]}" "$NGINX" -c "$work/nginx.conf"
-ng="http://127.0.0.1:$NGINX_PORT"
-curl -s -o /dev/null "$ng$hot_path"
-status=$(curl -s -o /dev/null -D - "$ng$hot_path" | awk 'tolower($1)=="x-nginx-cache:" {print $2}' | tr -d '\r')
-echo "nginx cache status on the second request: $status"
-cmp <(curl -s "$gw$hot_path") <(curl -s "$ng$hot_path") && echo "same bytes from both"
+for _ in $(seq 100); do [[ -s "$work/nginx.pid" ]] && break; sleep 0.05; done
+nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+curl -s -o /dev/null "http://127.0.0.1:$NG_CACHE$hot_path"
+status=$(curl -s -o /dev/null -D - "http://127.0.0.1:$NG_CACHE$hot_path" | awk 'tolower($1)=="x-nginx-cache:" {print $2}' | tr -d '\r')
+echo "nginx proxy_cache status on the second request: $status"
+same() { cmp -s <(curl -sk "$1") <(curl -sk "$2") && echo "same bytes: $3" || { echo "DIFFERENT bytes: $3"; exit 1; }; }
+same "$gw$hot_path" "http://127.0.0.1:$NG_STATIC$hot_path" "emgate, nginx static"
+same "$gw$hot_path" "http://127.0.0.1:$NG_CACHE$hot_path" "emgate, nginx proxy_cache"
+same "$gw$hot_path" "http://127.0.0.1:$FLOOR_PORT$hot_path" "emgate, floor"
+same "$gws$hot_path" "https://127.0.0.1:$NG_TLS$hot_path" "emgate HTTPS, nginx HTTPS"
 
-run_wrk() { # url -> "rps p50_ms p99_ms"
-    "${client_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$1" 2>&1 | awk '
-        function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-        /Requests\/sec/ { rps = $2 }
-        $1 == "50%" { p50 = ms($2) }
-        $1 == "99%" { p99 = ms($2) }
-        /Non-2xx/ { bad = $NF }
-        END { printf "%d %.3f %.3f %s\n", rps, p50, p99, (bad == "" ? 0 : bad) }'
-}
-
-say "cache hits: emgate vs nginx, $ROUNDS alternations of $DURATION, $CONNECTIONS connections"
-printf '%-7s %-7s %10s %9s %9s %8s\n' round server req/s p50_ms p99_ms non2xx
-results=()
-for r in $(seq "$ROUNDS"); do
-    read -r e_rps e_p50 e_p99 e_bad < <(run_wrk "$gw$hot_path")
-    printf '%-7s %-7s %10s %9s %9s %8s\n' "$r" emgate "$e_rps" "$e_p50" "$e_p99" "$e_bad"
-    read -r n_rps n_p50 n_p99 n_bad < <(run_wrk "$ng$hot_path")
-    printf '%-7s %-7s %10s %9s %9s %8s\n' "$r" nginx "$n_rps" "$n_p50" "$n_p99" "$n_bad"
-    results+=("$e_rps $e_p50 $e_p99 $n_rps $n_p50 $n_p99")
-done
-printf '%s\n' "${results[@]}" | python3 -c '
-import sys, statistics as st
-rows = [list(map(float, l.split())) for l in sys.stdin if l.strip()]
-med = lambda i: st.median(r[i] for r in rows)
-e_rps, e_p50, e_p99, n_rps, n_p50, n_p99 = (med(i) for i in range(6))
-print(f"median  emgate {e_rps:.0f} req/s p50 {e_p50:.3f} ms p99 {e_p99:.3f} ms")
-print(f"median  nginx  {n_rps:.0f} req/s p50 {n_p50:.3f} ms p99 {n_p99:.3f} ms")
-print(f"ratio emgate/nginx: throughput {e_rps/n_rps:.2f}x, p99 latency {e_p99/n_p99:.2f}x (lower is better)")
-ratios = [r[0]/r[3] for r in rows]
-print("per-round throughput ratios: " + ", ".join(f"{x:.2f}" for x in ratios))'
-
-# A wrk script that asks for the vmRestorePoints of each ID in FILE in turn.
-rotating_script() { # FILE QUERY
-    cat <<EOF
+# The wrk script that asks for each key in turn.
+cat >"$work/rotate.lua" <<EOF
 local ids = {}
-for line in io.lines("$1") do ids[#ids + 1] = line end
+for line in io.lines("$work/keys") do ids[#ids + 1] = line end
 local i = 0
 request = function()
     i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints$2")
+    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints")
 end
 EOF
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# tool url pid -> "req/s p50_ms p99_ms cpu_us_per_request non2xx"
+measure() {
+    local tool=$1 url=$2 pid=$3 c0 c1 out
+    c0=$(cpu_ticks "$pid")
+    case $tool in
+        wrk | wrk-rotate)
+            local script=()
+            [[ $tool == wrk-rotate ]] && script=(-s "$work/rotate.lua")
+            out=$("${client_cpu[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${script[@]}" "$url" 2>&1)
+            c1=$(cpu_ticks "$pid")
+            awk -v ticks=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" '
+                function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+                /requests in/ { n = $1 }
+                /Requests\/sec/ { rps = $2 }
+                $1 == "50%" { p50 = ms($2) }
+                $1 == "99%" { p99 = ms($2) }
+                /Non-2xx/ { bad = $NF }
+                END { printf "%d %.3f %.3f %.1f %d\n", rps, p50, p99, (n ? ticks / hz * 1e6 / n : 0), bad }' <<<"$out"
+            ;;
+        h2load)
+            rm -f "$work/h2.log"
+            out=$("${client_cpu[@]}" h2load -t1 -c"$CONNECTIONS" -m"$STREAMS" -D"$DURATION" \
+                --log-file="$work/h2.log" "$url" 2>&1)
+            c1=$(cpu_ticks "$pid")
+            python3 - "$work/h2.log" $((c1 - c0)) "$(getconf CLK_TCK)" "$DURATION" <<'PY'
+import sys
+rows = [line.split("\t") for line in open(sys.argv[1]) if line.strip()]
+ticks, hz, secs = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+lat = sorted(int(r[2]) / 1000 for r in rows)
+bad = sum(1 for r in rows if not r[1].startswith("2"))
+n = len(lat)
+q = lambda p: lat[min(n - 1, int(p * n))] if n else 0
+print(f"{n / secs:.0f} {q(0.5):.3f} {q(0.99):.3f} {ticks / hz * 1e6 / n if n else 0:.1f} {bad}")
+PY
+            ;;
+    esac
 }
+
+# Scenario rows: name|tool|server|url|pid
+rows=(
+    "one key|wrk|emgate|$gw$hot_path|$gw_pid"
+    "one key|wrk|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
+    "one key|wrk|nginx static|http://127.0.0.1:$NG_STATIC$hot_path|$nginx_worker"
+    "one key|wrk|nginx proxy_cache|http://127.0.0.1:$NG_CACHE$hot_path|$nginx_worker"
+    "$KEYS keys|wrk-rotate|emgate|$gw|$gw_pid"
+    "$KEYS keys|wrk-rotate|floor|http://127.0.0.1:$FLOOR_PORT|$floor_pid"
+    "$KEYS keys|wrk-rotate|nginx static|http://127.0.0.1:$NG_STATIC|$nginx_worker"
+    "TLS 1.3|wrk|emgate|$gws$hot_path|$gw_tls_pid"
+    "TLS 1.3|wrk|nginx static|https://127.0.0.1:$NG_TLS$hot_path|$nginx_worker"
+    "HTTP/2|h2load|emgate|$gw$hot_path|$gw_pid"
+    "HTTP/2|h2load|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
+    "HTTP/2|h2load|nginx static|http://127.0.0.1:$NG_H2$hot_path|$nginx_worker"
+)
+
+say "cache hits side by side: $ROUNDS rounds of ${DURATION}s per server, $CONNECTIONS connections ($STREAMS streams each for HTTP/2)"
+: >"$work/results"
+for r in $(seq "$ROUNDS"); do
+    # Rounds alternate the order of the servers: the machine warms and cools.
+    order=("${rows[@]}")
+    if (( r % 2 == 0 )); then
+        order=()
+        for ((i = ${#rows[@]} - 1; i >= 0; i--)); do order+=("${rows[i]}"); done
+    fi
+    for row in "${order[@]}"; do
+        IFS='|' read -r scenario tool server url pid <<<"$row"
+        result=$(measure "$tool" "$url" "$pid")
+        printf 'round %s  %-10s %-18s %s\n' "$r" "$scenario" "$server" "$result"
+        printf '%s|%s|%s\n' "$scenario" "$server" "$result" >>"$work/results"
+    done
+done
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+printf 'rss|emgate|%s\nrss|emgate HTTPS|%s\nrss|floor|%s\nrss|nginx worker|%s\n' \
+    "$(rss "$gw_pid")" "$(rss "$gw_tls_pid")" "$(rss "$floor_pid")" "$(rss "$nginx_worker")" >>"$work/results"
+
+python3 - "$work/results" "$body_bytes" "$LOG" <<'PY'
+import sys, statistics as st
+from collections import OrderedDict
+runs, rss = OrderedDict(), {}
+for line in open(sys.argv[1]):
+    scenario, server, rest = line.rstrip("\n").split("|")
+    if scenario == "rss":
+        rss[server] = int(rest)
+        continue
+    runs.setdefault(scenario, OrderedDict()).setdefault(server, []).append(list(map(float, rest.split())))
+print(f"\nbody {sys.argv[2]} bytes; emgate logs at {sys.argv[3]}; medians of the rounds")
+print(f"| scenario | server | req/s | p50 ms | p99 ms | CPU us/req | vs nginx static | vs floor |")
+print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+for scenario, servers in runs.items():
+    med = {s: [st.median(r[i] for r in rs) for i in range(5)] for s, rs in servers.items()}
+    for server, (rps, p50, p99, cpu, bad) in med.items():
+        ratio = lambda anchor: f"{rps / med[anchor][0]:.2f}x" if anchor in med and anchor != server else ""
+        flag = f" ({bad:.0f} non-2xx)" if bad else ""
+        print(f"| {scenario} | {server}{flag} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} | "
+              f"{ratio('nginx static')} | {ratio('floor')} |")
+print("\nRSS after the runs: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()))
+PY
 
 say "EM logons for at least 10,000 requests from 200 clients"
 logons_before=$(metric 'emgate_upstream_logons_total{result="ok"}')
-head -n "$WARM" "$work/ids" >"$work/warm-ids"
-rotating_script "$work/warm-ids" "" >"$work/rotate.lua"
 requests=$("${client_cpu[@]}" wrk -t1 -c200 -d3s -s "$work/rotate.lua" "$gw" 2>&1 | awk '/requests in/ {print $1}')
 logons_after=$(metric 'emgate_upstream_logons_total{result="ok"}')
 echo "requests: $requests; EM logons during them: $(python3 -c "print(int(float('$logons_after')) - int(float('${logons_before:-0}')))"); EM logons since start: $logons_after"
 
 say "RSS after filling the cache with $RESTORE_POINTS collections"
-rotating_script "$work/ids" "?format=Entity" >"$work/fill.lua"
+cat >"$work/fill.lua" <<EOF
+local ids = {}
+for line in io.lines("$work/ids") do ids[#ids + 1] = line end
+local i = 0
+request = function()
+    i = i + 1
+    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints?format=Entity")
+end
+EOF
 "${client_cpu[@]}" wrk -t1 -c16 -d15s -s "$work/fill.lua" "$gw" >/dev/null 2>&1
 entries=$(metric emgate_cache_entries)
 bytes=$(metric emgate_cache_bytes)
-rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$gw_pid/status")
+rss_kb=$(rss "$gw_pid")
 python3 - "$entries" "$bytes" "$rss_kb" <<'EOF'
 import sys
 entries, cache_bytes, rss_kb = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
