@@ -53,6 +53,78 @@ const RULES: &[(&str, &[&str])] = &[
     ("digest", &["secret"]),
 ];
 
+/// Inside `src/gateway/`: each module and the modules of the folder it may
+/// use, from the top (what accepts connections) to the bottom. The
+/// composition root (server, router, app) and the operator's pages (admin,
+/// status, which report on everything) see the whole state, [`App`]; every
+/// phase of a request below them gets only the part it uses (reads their
+/// `ReadState`, client access its `AccessState`), so none of them may use
+/// `app`, and none may use a module above it.
+///
+/// Back edges cut to get here (they made access, admin, app, reads, router
+/// and status one circle): access used admin's token check (now in access);
+/// admin and reads used the router's `Conn` and `ErrorMessage` (now in conn
+/// and error); admin used the router's purges and status its metrics
+/// snapshot (now in reads and status); reads and access used `App` (now
+/// their own states).
+///
+/// [`App`]: emgate::gateway::app::App
+#[rustfmt::skip]
+const GATEWAY: &[(&str, &[&str])] = &[
+    ("server", &["router", "admin", "status", "app", "access", "reads", "proxy", "logon",
+                 "clients", "limit", "tasks", "conn", "listen_tls", "request_id"]),
+    ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
+                 "tasks", "logon", "clients", "limit", "conn", "host", "target", "render",
+                 "response", "error"]),
+    ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
+                "render", "response", "error"]),
+    ("status", &["app", "reads", "target", "render", "response"]),
+    ("app", &["access", "reads", "tasks", "limit"]),
+    // The phases of a request, on their own states.
+    ("access", &["logon", "clients", "limit", "target", "response", "error"]),
+    ("reads", &["proxy", "target", "render", "response", "error"]),
+    ("restore_points", &["target"]),
+    ("proxy", &["target", "render", "response", "error"]),
+    ("logon", &["render", "response", "error"]),
+    ("tasks", &[]),
+    ("clients", &[]),
+    ("limit", &[]),
+    // The connection and its request id.
+    ("conn", &[]),
+    ("listen_tls", &[]),
+    ("request_id", &[]),
+    // Rendering and errors, at the bottom.
+    ("error", &["host", "target", "render", "response"]),
+    ("render", &["host", "response"]),
+    ("host", &[]),
+    ("target", &[]),
+    ("response", &[]),
+];
+
+/// Inside the EM simulator (`crates/sim/src/`), the same. Back edges cut:
+/// the query service used the request handler's percent-decoding (now the
+/// query service's, which the handler uses); the handler used the
+/// listener's per-connection context (now in `conn`, below both).
+#[rustfmt::skip]
+const SIM: &[(&str, &[&str])] = &[
+    ("server", &["handler", "conn", "state", "tls"]),
+    ("handler", &["query", "jobs", "report", "resources", "state", "data", "xml", "json",
+                  "model", "time", "conn"]),
+    ("query", &["jobs", "resources", "state", "data", "model", "time"]),
+    ("jobs", &["resources", "state", "data", "model", "time"]),
+    ("report", &["data", "model", "time"]),
+    ("resources", &["data", "model", "time"]),
+    ("state", &["data"]),
+    ("data", &["time"]),
+    ("xml", &["model"]),
+    ("json", &["model"]),
+    ("model", &[]),
+    ("time", &[]),
+    ("conn", &[]),
+    ("tls", &[]),
+    ("tests", &[]),
+];
+
 fn rules() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     RULES
         .iter()
@@ -290,6 +362,137 @@ fn violations(src: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The modules of one folder (the `.rs` files directly in `dir`) that each
+/// file uses, by `{prefix}name` (`crate::gateway::` inside the gateway,
+/// `crate::` inside the simulator's crate), `{prefix}{a, b}` or `super::name`,
+/// against `table`; `mod.rs` and `lib.rs` (the folder's map) declare all.
+fn folder_violations(
+    dir: &Path,
+    shown: &str,
+    prefix: &str,
+    table: &[(&str, &[&str])],
+) -> Vec<String> {
+    let rules: BTreeMap<&str, BTreeSet<&str>> = table
+        .iter()
+        .map(|(m, allowed)| (*m, allowed.iter().copied().collect()))
+        .collect();
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    for file in files {
+        let module = file.file_stem().unwrap().to_string_lossy().into_owned();
+        if module == "mod" || module == "lib" {
+            continue;
+        }
+        let shown_file = format!("{shown}/{module}.rs");
+        let Some(allowed) = rules.get(module.as_str()) else {
+            out.push(format!(
+                "{shown_file}: module `{module}` has no layering rule; add it in tests/layering.rs"
+            ));
+            continue;
+        };
+        let code = code_only(&std::fs::read_to_string(&file).unwrap());
+        let line_of = |pos: usize| code[..pos].matches('\n').count() + 1;
+        let mut used = Vec::new();
+        for needle in [prefix, "super::"] {
+            for (pos, _) in code.match_indices(needle) {
+                let before = code[..pos].chars().next_back();
+                if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                let after = &code[pos + needle.len()..];
+                if after.starts_with('{') {
+                    used.extend(brace_names(after).into_iter().map(|n| (line_of(pos), n)));
+                } else {
+                    used.push((line_of(pos), ident_at(after)));
+                }
+            }
+        }
+        for (line, name) in used {
+            if name == module || !rules.contains_key(name) {
+                continue;
+            }
+            if !allowed.contains(name) {
+                out.push(format!(
+                    "{shown_file}:{line}: `{module}` may not use `{name}` (it may use: {})",
+                    allowed.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn acyclic(table: &[(&str, &[&str])]) -> Result<(), Vec<String>> {
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = table
+        .iter()
+        .map(|(m, allowed)| (*m, allowed.iter().copied().collect()))
+        .collect();
+    while !remaining.is_empty() {
+        let next = remaining
+            .iter()
+            .find(|(_, deps)| deps.iter().all(|d| !remaining.contains_key(d)))
+            .map(|(m, _)| *m);
+        match next {
+            Some(m) => {
+                remaining.remove(m);
+            }
+            None => return Err(remaining.keys().map(|k| k.to_string()).collect()),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_gateways_modules_use_only_those_below_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/gateway");
+    let found = folder_violations(&dir, "src/gateway", "crate::gateway::", GATEWAY);
+    assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
+    assert_eq!(
+        acyclic(GATEWAY),
+        Ok(()),
+        "the gateway's rules form a circle"
+    );
+}
+
+#[test]
+fn the_simulators_modules_use_only_those_below_them() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/sim/src");
+    let found = folder_violations(&dir, "crates/sim/src", "crate::", SIM);
+    assert!(found.is_empty(), "layering broken:\n{}", found.join("\n"));
+    assert_eq!(acyclic(SIM), Ok(()), "the simulator's rules form a circle");
+}
+
+#[test]
+fn the_folder_check_sees_a_back_edge_in_each_form() {
+    let dir = std::env::temp_dir().join(format!("emgate-layering-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let table: &[(&str, &[&str])] = &[("top", &["low"]), ("low", &[])];
+    std::fs::write(dir.join("top.rs"), "use super::low::x;\n").unwrap();
+    for (code, line) in [
+        (
+            "// crate::gateway::top in a comment\nuse crate::gateway::top::y;\n",
+            2,
+        ),
+        ("use crate::gateway::{top, other};\n", 1),
+        ("fn f() { super::top::z(); }\n", 1),
+    ] {
+        std::fs::write(dir.join("low.rs"), code).unwrap();
+        let found = folder_violations(&dir, "x", "crate::gateway::", table);
+        assert_eq!(found.len(), 1, "{code}: {found:?}");
+        assert!(
+            found[0].starts_with(&format!("x/low.rs:{line}: `low` may not use `top`")),
+            "{found:?}"
+        );
+    }
+    assert!(acyclic(&[("a", &["b"]), ("b", &["a"])]).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -8,18 +8,72 @@
 //! strips them); anonymous callers exist only where the settings allow them.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use base64::Engine as _;
+
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use uuid::Uuid;
 
-use crate::gateway::app::App;
-use crate::gateway::clients::{presented, Presented};
+use crate::config::{AccessSettings, Settings};
+use crate::digest::{constant_time_eq, sha256};
+use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
-use crate::gateway::limit::Bucket;
-use crate::gateway::logon::{self, Ended};
+use crate::gateway::limit::{Attempts, Bucket};
+use crate::gateway::logon::{self, ClientSessions, Ended};
 use crate::gateway::response::Body;
 use crate::gateway::target::Target;
+use crate::secret::Secret;
+
+/// What client access uses of the gateway's state, and nothing more: the
+/// settings, the clients file's clients, gateway sessions and the
+/// per-address count of attempts at a secret.
+pub struct AccessState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// The clients file's clients (empty without one).
+    pub clients: Clients,
+    /// Gateway sessions of clients (drop-in logon).
+    pub sessions: ClientSessions,
+    /// Per-address attempts at a secret: every admin request, and every
+    /// credential that fails on `/api`.
+    pub attempts: Attempts,
+}
+
+/// The token a request presents: a bearer token, or a Basic password.
+fn admin_token_presented(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(Secret::new(rest.trim()));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (_, password) = decoded.split_once(':')?;
+        return Some(Secret::new(password));
+    }
+    None
+}
+
+/// Whether the request carries the admin token (compared in constant time).
+pub fn authorized(settings: &AccessSettings, headers: &HeaderMap) -> bool {
+    let Some(token) = &settings.admin_token else {
+        return false;
+    };
+    let Some(given) = admin_token_presented(headers) else {
+        return false;
+    };
+    // Hashed first: equal lengths, and the token's length does not show.
+    constant_time_eq(
+        &sha256(given.expose().trim().as_bytes()),
+        &sha256(token.expose().as_bytes()),
+    )
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -78,12 +132,12 @@ const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idl
 /// before anything it presents is compared. An anonymous gateway's Basic
 /// credentials are an EM client's own logon data and compared with nothing.
 pub async fn authenticate(
-    app: &App,
+    state: &AccessState,
     headers: &HeaderMap,
     peer: IpAddr,
 ) -> Result<Caller, GatewayError> {
-    let access = &app.settings.access;
-    let clients = &app.clients;
+    let access = &state.settings.access;
+    let clients = &state.clients;
     let presented = presented(headers);
     let anonymous = clients.is_empty() && access.allow_anonymous;
     let compared = match &presented {
@@ -93,11 +147,12 @@ pub async fn authenticate(
         Presented::Nothing | Presented::Malformed => false,
     };
     if compared {
-        app.attempts
+        state
+            .attempts
             .may_try(peer)
             .map_err(GatewayError::RateLimited)?;
     }
-    let caller = identify(app, headers, presented).await;
+    let caller = identify(state, headers, presented).await;
     let failed = match &caller {
         Err(GatewayError::Unauthorized(_)) => true,
         // A bearer token that was not the admin token, on an anonymous gateway.
@@ -105,26 +160,26 @@ pub async fn authenticate(
         _ => false,
     };
     if compared && failed {
-        app.attempts.count(peer);
+        state.attempts.count(peer);
     }
     caller
 }
 
 /// Who the credentials presented stand for.
 async fn identify(
-    app: &App,
+    state: &AccessState,
     headers: &HeaderMap,
     presented: Presented<'_>,
 ) -> Result<Caller, GatewayError> {
-    let access = &app.settings.access;
-    let clients = &app.clients;
+    let access = &state.settings.access;
+    let clients = &state.clients;
     match presented {
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
             Ok(Caller::Anonymous)
         }
         // Boxed: the lookup's future is large, and the future of every
         // request (moved on each layer of the stack) would carry its size.
-        Presented::Session(token) => Box::pin(app.sessions.lookup(token))
+        Presented::Session(token) => Box::pin(state.sessions.lookup(token))
             .await
             .map(|s| Caller::Session {
                 id: s.id,
@@ -136,7 +191,7 @@ async fn identify(
         // secret; asked first, so it works beside a clients file (on an
         // anonymous gateway, as a bearer token only).
         Presented::Basic(..) | Presented::Bearer(_)
-            if crate::gateway::admin::authorized(app, headers) =>
+            if authorized(&state.settings.access, headers) =>
         {
             Ok(Caller::Operator)
         }
@@ -162,7 +217,7 @@ async fn identify(
 /// Everything under `sessionMngr` is answered here: nothing under it may
 /// reach EM.
 pub async fn logon(
-    app: &App,
+    state: &AccessState,
     parts: &Parts,
     peer: IpAddr,
     target: &Target,
@@ -177,9 +232,9 @@ pub async fn logon(
     }
     // An anonymous gateway takes any EM-style logon (unchanged EM clients
     // work against a sidecar), for the one anonymous owner.
-    let caller = authenticate(app, &parts.headers, peer).await?;
+    let caller = authenticate(state, &parts.headers, peer).await?;
     let owner = caller.owner();
-    let (token, id) = app.sessions.create(owner).await?;
+    let (token, id) = state.sessions.create(owner).await?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
     logon::created(
         &token,
@@ -189,20 +244,20 @@ pub async fn logon(
         // TLS here or at a trusted proxy in front: either way the client is on https.
         public.starts_with("https://"),
         xml,
-        app.settings.json_case,
+        state.settings.json_case,
     )
 }
 
 /// `/api/logonSessions[/{id}]`: the caller's own gateway sessions.
 pub async fn logon_sessions(
-    app: &App,
+    state: &AccessState,
     caller: &Caller,
     method: &Method,
     target: &Target,
     xml: bool,
     public: &str,
 ) -> Result<Response<Body>, GatewayError> {
-    let case = app.settings.json_case;
+    let case = state.settings.json_case;
     let owner = caller.owner();
     let rest = match target.segments() {
         [_] => "",
@@ -212,7 +267,7 @@ pub async fn logon_sessions(
     if rest.is_empty() {
         return match *method {
             Method::GET | Method::HEAD => {
-                logon::list(&app.sessions.list(owner).await, owner, public, xml, case)
+                logon::list(&state.sessions.list(owner).await, owner, public, xml, case)
             }
             _ => Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
         };
@@ -225,10 +280,10 @@ pub async fn logon_sessions(
     };
     let id = Uuid::try_parse(rest).map_err(|_| not_found())?;
     match *method {
-        Method::GET | Method::HEAD if app.sessions.list(owner).await.contains(&id) => {
+        Method::GET | Method::HEAD if state.sessions.list(owner).await.contains(&id) => {
             logon::one(id, owner, public, xml, case)
         }
-        Method::DELETE => match app.sessions.delete(owner, id).await {
+        Method::DELETE => match state.sessions.delete(owner, id).await {
             Ended::Yes => {
                 tracing::info!(client = %owner, session = %id, "client logged off the gateway");
                 let mut r = Response::new(Body::default());

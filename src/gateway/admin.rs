@@ -15,60 +15,23 @@
 //! ([`same_origin`]): a page elsewhere cannot make an operator's browser
 //! empty the cache.
 
-use base64::Engine as _;
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use http::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
-use crate::digest::{constant_time_eq, sha256};
+use crate::gateway::access;
 use crate::gateway::app::App;
+use crate::gateway::conn::Conn;
 use crate::gateway::error::{error_response, GatewayError};
+use crate::gateway::reads::{purge_all_everywhere, purge_prefix_everywhere, purge_rule_everywhere};
 use crate::gateway::render::CrossSite;
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{self, RestorePointId};
-use crate::gateway::router::Conn;
-use crate::gateway::router::{
-    purge_all_everywhere, purge_prefix_everywhere, purge_rule_everywhere,
-};
 use crate::gateway::status;
 use crate::gateway::target::Target;
-use crate::secret::Secret;
 
 /// Admin requests per second per address, and their burst.
 pub const ADMIN_RATE: (u32, u32) = (5, 20);
-
-/// The token a request presents: a bearer token, or a Basic password.
-fn presented(headers: &HeaderMap) -> Option<Secret> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, rest) = value.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(Secret::new(rest.trim()));
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (_, password) = decoded.split_once(':')?;
-        return Some(Secret::new(password));
-    }
-    None
-}
-
-/// Whether the request carries the admin token (compared in constant time).
-pub fn authorized(app: &App, headers: &HeaderMap) -> bool {
-    let Some(token) = &app.settings.access.admin_token else {
-        return false;
-    };
-    let Some(given) = presented(headers) else {
-        return false;
-    };
-    // Hashed first: equal lengths, and the token's length does not show.
-    constant_time_eq(
-        &sha256(given.expose().trim().as_bytes()),
-        &sha256(token.expose().as_bytes()),
-    )
-}
 
 /// Answers a request under `/admin/`.
 ///
@@ -86,10 +49,10 @@ pub async fn handle(
     if app.settings.access.admin_token.is_none() {
         return GatewayError::NotFound(path.chars().take(200).collect()).into_response(xml, case);
     }
-    if let Err(wait) = app.attempts.attempt(conn.peer) {
+    if let Err(wait) = app.access.attempts.attempt(conn.peer) {
         return GatewayError::RateLimited(wait).into_response(xml, case);
     }
-    if !authorized(app, &parts.headers) {
+    if !access::authorized(&app.settings.access, &parts.headers) {
         let mut r = error_response(
             StatusCode::UNAUTHORIZED,
             "the admin token is required (Authorization: Bearer <token>, or as the Basic password)",
@@ -132,18 +95,18 @@ pub async fn handle(
     match path.strip_prefix("/admin/cache") {
         Some("") | Some("/") => match purge_target_of(parts.uri.query()) {
             Ok(Purge::All) => {
-                if let Err(e) = purge_all_everywhere(app).await {
+                if let Err(e) = purge_all_everywhere(&app.reads).await {
                     return e.into_response(xml, case);
                 }
                 tracing::info!("cache purged");
             }
             Ok(Purge::Prefix(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by prefix");
-                if let Err(e) = purge_prefix_everywhere(app, prefix).await {
+                if let Err(e) = purge_prefix_everywhere(&app.reads, prefix).await {
                     return e.into_response(xml, case);
                 }
             }
-            Ok(Purge::Rule(rule)) => match purge_rule_everywhere(app, &rule).await {
+            Ok(Purge::Rule(rule)) => match purge_rule_everywhere(&app.reads, &rule).await {
                 Ok(true) => tracing::info!(%rule, "cache rule purged"),
                 Ok(false) => {
                     return GatewayError::NotFound(format!("/admin/cache?rule={rule}"))
@@ -165,7 +128,9 @@ pub async fn handle(
                 return not_found().into_response(xml, case);
             };
             // Both forms of its vmRestorePoints, and whatever else of it is cached.
-            if let Err(e) = purge_prefix_everywhere(app, restore_points::key_prefix(id)).await {
+            if let Err(e) =
+                purge_prefix_everywhere(&app.reads, restore_points::key_prefix(id)).await
+            {
                 return e.into_response(xml, case);
             }
             tracing::info!(restore_point = %id, "cache entries purged");

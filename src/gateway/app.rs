@@ -11,44 +11,36 @@ use tokio::sync::Semaphore;
 use crate::config::Settings;
 use crate::em::session::SessionPool;
 use crate::fleet::Fleet;
-use crate::gateway::clients::Clients;
-use crate::gateway::limit::{Attempts, ClientLimits};
-use crate::gateway::logon::ClientSessions;
-use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
+use crate::gateway::access::AccessState;
+use crate::gateway::limit::ClientLimits;
+use crate::gateway::reads::ReadState;
 
-/// Shared state of a running gateway.
+/// Shared state of a running gateway: the composition root's, which only
+/// the server, the router and the operator's pages (admin, status) see.
+/// Each phase of a request gets the part it uses ([`ReadState`],
+/// [`AccessState`]); `tests/layering.rs` keeps it that way.
 pub struct App {
     /// Validated settings.
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     /// The pooled EM session and client.
     pub pool: Arc<SessionPool>,
-    /// The cache of reads (every rule's entries, and the collapsing of
-    /// uncached reads).
-    pub cache: ReadCache,
-    /// The cache rules, in the order they are tried.
-    pub rules: Rules,
-    /// Uncached reads that shared another's EM fetch.
-    pub collapse_stats: CollapseStats,
+    /// What reads use: the cache, its rules, the fleet's tier.
+    pub reads: Arc<ReadState>,
+    /// What client access uses: clients, gateway sessions, attempts.
+    pub access: AccessState,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
     /// Renders `/metrics` (`None` if another metrics recorder owns the process).
     pub metrics: Option<PrometheusHandle>,
-    /// The clients file's clients (empty without one).
-    pub clients: Clients,
     /// Places for requests being worked on (`EMGATE_MAX_CONCURRENCY`);
     /// probes never take one.
     pub work: Arc<Semaphore>,
-    /// Gateway sessions of clients (drop-in logon).
-    pub sessions: ClientSessions,
     /// EM's tasks, by client.
     pub tasks: Arc<crate::gateway::tasks::Tasks>,
     /// Fleet mode's shared tier.
     pub fleet: Option<Fleet>,
     /// Per-client rate limits.
     pub limits: ClientLimits,
-    /// Per-address attempts at a secret: every admin request, and every
-    /// credential that fails on `/api`.
-    pub attempts: Attempts,
     /// The API versions EM's entry point listed at start (the status page).
     pub em_versions: std::sync::Mutex<Vec<String>>,
     /// The address actually bound (the fallback for links when a request names no host).

@@ -1,6 +1,6 @@
 //! One client connection from accept to close: TLS, protocol detection,
 //! HTTP/1.1 or HTTP/2, and the deadlines that keep quiet sockets from
-//! holding file descriptors (see README, "Client access""Connections").
+//! holding file descriptors (see README, "Client access").
 //!
 //! A connection is closed when
 //! - its first request head has not arrived within the header timeout
@@ -17,6 +17,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// The connection a request came on, as the request path sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The client's address (rate limits of anonymous callers and logons).
+    pub peer: std::net::IpAddr,
+    /// Whether the connection is TLS (links are https).
+    pub tls: bool,
+}
 
 /// What a connection has been doing, for its deadlines.
 pub struct Activity {

@@ -270,6 +270,10 @@ pub fn error_response(
     response
 }
 
+/// An error's message as the client got it, for the status page.
+#[derive(Clone)]
+pub struct ErrorMessage(pub String);
+
 #[cfg(test)]
 mod tests {
     use super::*;

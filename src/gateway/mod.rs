@@ -1,15 +1,17 @@
 //! The HTTP surface: what clients see, in the order a request meets it.
 //!
 //! - [`server`]: start-up checks, the listener, the tower stack, the drain;
-//! - [`conn`]: one connection's deadlines (first request head, idle);
+//! - [`conn`]: one connection's deadlines (first request head, idle) and
+//!   what a request knows of its connection;
 //! - [`request_id`]: `X-Request-Id`: the client's if well-formed, else a new one;
 //! - [`router`]: which handler answers; one log line and metrics per request;
 //! - [`host`], [`target`]: the host and the `/api` target a request names,
 //!   parsed and checked before anything reaches EM;
 //! - [`access`], [`clients`], [`limit`], [`logon`]: who is calling (clients
-//!   file, Basic/Bearer, gateway sessions), rate limits, the drop-in logon;
+//!   file, Basic/Bearer, gateway sessions, the admin token), rate limits,
+//!   the drop-in logon, on their own state ([`access::AccessState`]);
 //! - [`reads`]: GET/HEAD through the cache rules, or collapsed when no rule
-//!   caches them; [`restore_points`]: restore point IDs checked at the edge;
+//!   caches them, and purges, on their own state ([`reads::ReadState`]); [`restore_points`]: restore point IDs checked at the edge;
 //! - [`proxy`]: the pass-through to EM with the pooled session, and writes;
 //!   [`tasks`]: the EM tasks writes create, kept per client and followed to
 //!   their end;
@@ -18,7 +20,10 @@
 //! - [`render`], [`response`]: EM's answer rendered for one client (JSON or
 //!   XML, links to the gateway);
 //! - [`error`]: every error, and the one place it becomes an HTTP answer;
-//! - [`app`]: the state all of them share; [`listen_tls`]: HTTPS.
+//! - [`app`]: the whole state, which only the composition root (server,
+//!   router) and the operator's pages see; [`listen_tls`]: HTTPS.
+//!
+//! Each module uses only those below it in `tests/layering.rs`'s table.
 
 pub mod access;
 pub mod admin;

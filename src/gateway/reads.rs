@@ -29,11 +29,11 @@ use http::{Method, Response, StatusCode};
 
 use crate::cache::{Cache, Fetched, Outcome, Policy, Served, Source};
 use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
-use crate::config::CacheSettings;
+use crate::config::{CacheSettings, Settings};
 use crate::em::session::EmError;
+use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
-use crate::gateway::app::App;
-use crate::gateway::error::GatewayError;
+use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared};
 use crate::gateway::response::Body;
@@ -43,6 +43,26 @@ use crate::gateway::target::{canonical_pairs, encode_segment, Target};
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// RFC 9211 `Cache-Status`.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// What reads use of the gateway's state, and nothing more: the settings,
+/// the pooled EM session, the cache and its rules, the fleet's tier. A
+/// handler of reads cannot reach client sessions or the admin token (see
+/// the README's code map: each phase gets only the state it uses).
+pub struct ReadState {
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+    /// The pooled EM session and client.
+    pub pool: Arc<SessionPool>,
+    /// The cache of reads (every rule's entries, and the collapsing of
+    /// uncached reads).
+    pub cache: ReadCache,
+    /// The cache rules, in the order they are tried.
+    pub rules: Rules,
+    /// Uncached reads that shared another's EM fetch.
+    pub collapse_stats: CollapseStats,
+    /// Fleet mode's shared tier.
+    pub fleet: Option<Fleet>,
+}
 
 /// The cache of reads.
 pub type ReadCache = Cache<CacheKey, Prepared, GatewayError>;
@@ -319,13 +339,13 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
 
 /// EM's answer for `path` (an [`em_target`]), prepared for every client.
 async fn em_fetch(
-    app: Arc<App>,
+    state: Arc<ReadState>,
     path: String,
     request_id: Option<HeaderValue>,
     head: bool,
     cacheable: bool,
 ) -> Result<Fetched<Prepared>, GatewayError> {
-    let pool = &app.pool;
+    let pool = &state.pool;
     let mut em_headers = HeaderMap::new();
     if let Some(id) = request_id {
         em_headers.insert(X_REQUEST_ID, id);
@@ -340,7 +360,7 @@ async fn em_fetch(
         .reserve(render::conversion_room(&em, false))
         .await
         .map_err(EmError::Upstream)?;
-    let prepared = Prepared::from_em(&em, base, app.settings.json_case)?;
+    let prepared = Prepared::from_em(&em, base, state.settings.json_case)?;
     match em.status {
         // Only EM's considered answers are stored: the resource, or that it
         // does not exist.
@@ -411,7 +431,7 @@ fn wants_fresh(headers: &HeaderMap) -> bool {
 
 /// Answers a GET or HEAD of `/api` that goes to EM.
 pub async fn serve(
-    app: &Arc<App>,
+    state: &Arc<ReadState>,
     method: &Method,
     headers: &HeaderMap,
     resolved: &Resolved,
@@ -421,38 +441,44 @@ pub async fn serve(
 ) -> Result<Response<Body>, GatewayError> {
     let head = method == Method::HEAD;
     let target = &resolved.target;
-    let rule = resolved.rule(&app.rules);
+    let rule = resolved.rule(&state.rules);
     // One fetch serves every client: only the request id of the client
     // that caused it goes along, nothing that could shape the answer.
     let request_id = headers.get(X_REQUEST_ID);
     let fetch = |cacheable: bool| {
         em_fetch(
-            app.clone(),
+            state.clone(),
             em_target(target),
             request_id.cloned(),
             head,
             cacheable,
         )
     };
-    let em_base = app.pool.upstream().base_url();
+    let em_base = state.pool.upstream().base_url();
     let Some(rule) = rule else {
-        if !app.settings.cache.collapse {
-            let case = app.settings.json_case;
+        if !state.settings.cache.collapse {
+            let case = state.settings.json_case;
             return Box::pin(crate::gateway::proxy::forward(
-                &app.pool, method, target, headers, xml, public, case,
+                &state.pool,
+                method,
+                target,
+                headers,
+                xml,
+                public,
+                case,
             ))
             .await;
         }
-        let key = resolved.key(&app.rules, head);
+        let key = resolved.key(&state.rules, head);
         let em = fetch(false);
         // Boxed here and below, where EM is asked anyway: a hit's future
         // (moved on every layer of the stack) keeps only the lookup's size.
-        let served = match Box::pin(app.cache.collapse(key, move || em)).await {
+        let served = match Box::pin(state.cache.collapse(key, move || em)).await {
             Ok(s) => s,
             Err(error) => {
-                let mut r = error.to_response(xml, app.settings.json_case, public);
+                let mut r = error.to_response(xml, state.settings.json_case, public);
                 r.extensions_mut()
-                    .insert(crate::gateway::router::ErrorMessage(error.client_message()));
+                    .insert(ErrorMessage(error.client_message()));
                 if head {
                     *r.body_mut() = Body::default();
                 }
@@ -460,7 +486,10 @@ pub async fn serve(
             }
         };
         if served.collapsed {
-            app.collapse_stats.collapsed.fetch_add(1, Ordering::Relaxed);
+            state
+                .collapse_stats
+                .collapsed
+                .fetch_add(1, Ordering::Relaxed);
         }
         let status = if served.collapsed {
             "emgate; fwd=bypass; collapsed"
@@ -472,7 +501,7 @@ pub async fn serve(
             .insert(CACHE_STATUS, HeaderValue::from_static(status));
         return Ok(r);
     };
-    let key = resolved.key(&app.rules, head);
+    let key = resolved.key(&state.rules, head);
     let fresh = operator && wants_fresh(headers);
     // Fleet mode: a local miss looks in the shared tier before EM, and one
     // replica fetches for the fleet. Made only when the cache needs it (a
@@ -480,25 +509,25 @@ pub async fn serve(
     // path), since the cache may keep it for a refresh ahead of expiry: the
     // fetch itself is only made when it runs.
     let tiered = || {
-        let app = app.clone();
+        let state = state.clone();
         let key = key.clone();
         let policy = rule.policy.clone();
         let request_id = request_id.cloned();
         // As the client wrote it (EM ignores case, but its logs need not).
         let path = em_target(target);
         move || {
-            let em = em_fetch(app.clone(), path, request_id, head, true);
-            let shared = app.fleet.clone().map(|fleet| Tier {
+            let em = em_fetch(state.clone(), path, request_id, head, true);
+            let shared = state.fleet.clone().map(|fleet| Tier {
                 fleet,
                 key,
                 policy,
-                case: app.settings.json_case,
+                case: state.settings.json_case,
                 // A moment more than EM's: the holder began first, and
                 // its failure should reach the waiters before they give up
                 // (and ask EM themselves).
-                wait: app.settings.upstream.timeout + std::time::Duration::from_secs(1),
+                wait: state.settings.upstream.timeout + std::time::Duration::from_secs(1),
                 skip_lookup: fresh,
-                stale_wait: app.settings.cache.stale_wait,
+                stale_wait: state.settings.cache.stale_wait,
             });
             async move {
                 match shared {
@@ -509,9 +538,9 @@ pub async fn serve(
         }
     };
     let result = if fresh {
-        Box::pin(app.cache.refetch(key.clone(), &rule.policy, tiered())).await
+        Box::pin(state.cache.refetch(key.clone(), &rule.policy, tiered())).await
     } else {
-        app.cache.get(key.clone(), &rule.policy, tiered).await
+        state.cache.get(key.clone(), &rule.policy, tiered).await
     };
     let served = match result {
         Ok(s) => s,
@@ -519,9 +548,9 @@ pub async fn serve(
             if error.status().is_server_error() {
                 tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed");
             }
-            let mut r = error.to_response(xml, app.settings.json_case, public);
+            let mut r = error.to_response(xml, state.settings.json_case, public);
             r.extensions_mut()
-                .insert(crate::gateway::router::ErrorMessage(error.client_message()));
+                .insert(ErrorMessage(error.client_message()));
             r.headers_mut()
                 .insert(X_CACHE, HeaderValue::from_static(Outcome::Miss.as_str()));
             r.headers_mut()
@@ -798,6 +827,91 @@ fn with_body(
         r.headers_mut().insert(CONTENT_TYPE, t);
     }
     r
+}
+
+/// Drops every cached entry whose path is `prefix` or under it (compared
+/// ignoring case, at a segment boundary).
+pub fn purge_prefix(state: &ReadState, prefix: String) {
+    let prefix = prefix.trim_end_matches('/').to_ascii_lowercase();
+    state.cache.purge_where(move |key: &CacheKey| {
+        let path = key.path().to_ascii_lowercase();
+        path.strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+}
+
+/// [`purge_prefix`] here, and in fleet mode in the shared tier and on
+/// every replica (a purge during a fetch anywhere still wins).
+///
+/// Here twice, around the shared tier: a miss in between could refill this
+/// replica from the shared entry being purged (other replicas purge on the
+/// fleet's notice, sent after the shared entries are gone). With the shared
+/// tier down, the error says so (the fleet's part is retried meanwhile).
+pub async fn purge_prefix_everywhere(
+    state: &ReadState,
+    prefix: String,
+) -> Result<(), GatewayError> {
+    purge_prefix(state, prefix.clone());
+    let Some(fleet) = &state.fleet else {
+        return Ok(());
+    };
+    let shared = fleet.purge_prefix(&prefix).await;
+    purge_prefix(state, prefix);
+    shared.map_err(|_| GatewayError::NotEverywhere("the cache entries were purged"))
+}
+
+/// Whether a key's (or shared entry's) path is one `template` covers.
+fn covered_by(template: &crate::config::rules::PathTemplate, path: &str) -> bool {
+    Target::parse(path, None).is_ok_and(|t| template.matches(t.segments()))
+}
+
+/// Drops every cached entry of the rule named `name` here; false if no
+/// rule has that name.
+pub fn purge_rule(state: &ReadState, name: &str) -> bool {
+    let Some(rule) = state.rules.all().iter().find(|r| r.name == name) else {
+        return false;
+    };
+    let template = rule.template.clone();
+    state
+        .cache
+        .purge_where(move |key: &CacheKey| covered_by(&template, key.path()));
+    true
+}
+
+/// [`purge_rule`] here and (fleet mode) everywhere; false if no rule has
+/// that name.
+pub async fn purge_rule_everywhere(state: &ReadState, name: &str) -> Result<bool, GatewayError> {
+    if !purge_rule(state, name) {
+        return Ok(false);
+    }
+    let (Some(fleet), Some(rule)) = (
+        &state.fleet,
+        state.rules.all().iter().find(|r| r.name == name),
+    ) else {
+        return Ok(true);
+    };
+    let template = rule.template.clone();
+    let event = crate::fleet::Event::PurgeRule(name.to_string());
+    let shared = fleet
+        .purge_paths(move |path| covered_by(&template, path), event)
+        .await;
+    // Again: see purge_prefix_everywhere.
+    purge_rule(state, name);
+    shared
+        .map(|()| true)
+        .map_err(|_| GatewayError::NotEverywhere("the rule's cache entries were purged"))
+}
+
+/// Every cached entry, here and (fleet mode) everywhere.
+pub async fn purge_all_everywhere(state: &ReadState) -> Result<(), GatewayError> {
+    state.cache.purge_all();
+    let Some(fleet) = &state.fleet else {
+        return Ok(());
+    };
+    let shared = fleet.purge_all().await;
+    // Again: see purge_prefix_everywhere.
+    state.cache.purge_all();
+    shared.map_err(|_| GatewayError::NotEverywhere("the cache was purged"))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,11 +17,12 @@ use crate::em::session::SessionState;
 use crate::gateway::access;
 use crate::gateway::app::App;
 use crate::gateway::clients;
-use crate::gateway::error::GatewayError;
+use crate::gateway::conn::Conn;
+use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
 use crate::gateway::proxy;
-use crate::gateway::reads::{self, CacheKey};
+use crate::gateway::reads;
 use crate::gateway::render;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::restore_points::{self, RestorePointId};
@@ -42,15 +42,6 @@ const SERVED: [Method; 6] = [
     Method::DELETE,
     Method::PATCH,
 ];
-
-/// The connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Conn {
-    /// The client's address (rate limits of anonymous callers and logons).
-    pub peer: IpAddr,
-    /// Whether the connection is TLS (links are https).
-    pub tls: bool,
-}
 
 /// The route template a request was answered on (a metrics label).
 #[derive(Clone, Copy)]
@@ -169,10 +160,6 @@ fn is_admin(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
-/// An error's message as the client got it, for the status page.
-#[derive(Clone)]
-pub struct ErrorMessage(pub String);
-
 /// The request in the status page's history: its cache result and client,
 /// and (for errors worth an operator's look) its message and request id.
 fn record_history(parts: &Parts, route: &'static str, response: &Response<Body>) {
@@ -265,7 +252,7 @@ async fn api(
                 })
             })?;
         }
-        let resolved = app.rules.resolve(parts.uri.path(), parts.uri.query())?;
+        let resolved = app.reads.rules.resolve(parts.uri.path(), parts.uri.query())?;
         let target = &resolved.target;
         if target.is(0, "sessionMngr") {
             label = "/api/sessionMngr";
@@ -274,13 +261,13 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return Box::pin(access::logon(app, parts, conn.peer, target, xml, &public)).await;
+            return Box::pin(access::logon(&app.access, parts, conn.peer, target, xml, &public)).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
         } else {
-            access::authenticate(app, &parts.headers, conn.peer).await?
+            access::authenticate(&app.access, &parts.headers, conn.peer).await?
         };
         client = Some(caller.owner().to_string());
         app.limits
@@ -290,7 +277,7 @@ async fn api(
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
             return Box::pin(access::logon_sessions(
-                app, &caller, method, target, xml, &public,
+                &app.access, &caller, method, target, xml, &public,
             ))
             .await;
         }
@@ -309,12 +296,12 @@ async fn api(
             return Box::pin(tasks_route(app, &caller, method, target, xml, &public)).await;
         }
         if read {
-            if let Some(r) = resolved.rule(&app.rules) {
+            if let Some(r) = resolved.rule(&app.reads.rules) {
                 label = r.label;
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            return reads::serve(app, method, &parts.headers, &resolved, xml, &public, operator)
+            return reads::serve(&app.reads, method, &parts.headers, &resolved, xml, &public, operator)
                 .await;
         }
         // Writes are few and their future is large: boxed, so a read's
@@ -396,90 +383,14 @@ async fn write(
         if let Some(first) = target.segments().first() {
             // The fleet's part is retried by itself if Redis is away; the
             // write's answer is EM's either way.
-            let _ =
-                purge_prefix_everywhere(app, format!("/api/{}", first.to_ascii_lowercase())).await;
+            let _ = reads::purge_prefix_everywhere(
+                &app.reads,
+                format!("/api/{}", first.to_ascii_lowercase()),
+            )
+            .await;
         }
     }
     Ok(response)
-}
-
-/// Drops every cached entry whose path is `prefix` or under it (compared
-/// ignoring case, at a segment boundary).
-pub fn purge_prefix(app: &App, prefix: String) {
-    let prefix = prefix.trim_end_matches('/').to_ascii_lowercase();
-    app.cache.purge_where(move |key: &CacheKey| {
-        let path = key.path().to_ascii_lowercase();
-        path.strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    });
-}
-
-/// [`purge_prefix`] here, and in fleet mode in the shared tier and on
-/// every replica (a purge during a fetch anywhere still wins).
-///
-/// Here twice, around the shared tier: a miss in between could refill this
-/// replica from the shared entry being purged (other replicas purge on the
-/// fleet's notice, sent after the shared entries are gone). With the shared
-/// tier down, the error says so (the fleet's part is retried meanwhile).
-pub async fn purge_prefix_everywhere(app: &App, prefix: String) -> Result<(), GatewayError> {
-    purge_prefix(app, prefix.clone());
-    let Some(fleet) = &app.fleet else {
-        return Ok(());
-    };
-    let shared = fleet.purge_prefix(&prefix).await;
-    purge_prefix(app, prefix);
-    shared.map_err(|_| GatewayError::NotEverywhere("the cache entries were purged"))
-}
-
-/// Whether a key's (or shared entry's) path is one `template` covers.
-fn covered_by(template: &crate::config::rules::PathTemplate, path: &str) -> bool {
-    Target::parse(path, None).is_ok_and(|t| template.matches(t.segments()))
-}
-
-/// Drops every cached entry of the rule named `name` here; false if no
-/// rule has that name.
-pub fn purge_rule(app: &App, name: &str) -> bool {
-    let Some(rule) = app.rules.all().iter().find(|r| r.name == name) else {
-        return false;
-    };
-    let template = rule.template.clone();
-    app.cache
-        .purge_where(move |key: &CacheKey| covered_by(&template, key.path()));
-    true
-}
-
-/// [`purge_rule`] here and (fleet mode) everywhere; false if no rule has
-/// that name.
-pub async fn purge_rule_everywhere(app: &App, name: &str) -> Result<bool, GatewayError> {
-    if !purge_rule(app, name) {
-        return Ok(false);
-    }
-    let (Some(fleet), Some(rule)) = (&app.fleet, app.rules.all().iter().find(|r| r.name == name))
-    else {
-        return Ok(true);
-    };
-    let template = rule.template.clone();
-    let event = crate::fleet::Event::PurgeRule(name.to_string());
-    let shared = fleet
-        .purge_paths(move |path| covered_by(&template, path), event)
-        .await;
-    // Again: see purge_prefix_everywhere.
-    purge_rule(app, name);
-    shared
-        .map(|()| true)
-        .map_err(|_| GatewayError::NotEverywhere("the rule's cache entries were purged"))
-}
-
-/// Every cached entry, here and (fleet mode) everywhere.
-pub async fn purge_all_everywhere(app: &App) -> Result<(), GatewayError> {
-    app.cache.purge_all();
-    let Some(fleet) = &app.fleet else {
-        return Ok(());
-    };
-    let shared = fleet.purge_all().await;
-    // Again: see purge_prefix_everywhere.
-    app.cache.purge_all();
-    shared.map_err(|_| GatewayError::NotEverywhere("the cache was purged"))
 }
 
 /// `GET /api/query?type=Task`: EM answers it per session, the gateway
@@ -588,8 +499,8 @@ async fn metrics(app: &App) -> Response<Body> {
         );
     };
     // moka's counts trail its inserts until its housekeeping runs.
-    app.cache.settle().await;
-    let snapshot = metrics_snapshot(app);
+    app.reads.cache.settle().await;
+    let snapshot = crate::gateway::status::metrics_snapshot(app);
     let mut r = Response::new(Body::new(Bytes::from(crate::ops::metrics::render(
         handle, &snapshot,
     ))));
@@ -598,47 +509,6 @@ async fn metrics(app: &App) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     r
-}
-
-/// What the modules count, copied for `/metrics` (and the status page).
-pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
-    use crate::ops::metrics::{RuleSnapshot, SessionSnapshot, Snapshot};
-    let rule = |i: usize, name: &str| RuleSnapshot {
-        name: name.to_string(),
-        counters: app.cache.rule_stats(i),
-    };
-    let p = &app.pool.stats;
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let refused = get(&p.logons_refused);
-    let checks = get(&p.checks);
-    let alive = get(&p.checks_alive);
-    Snapshot {
-        rules: app
-            .rules
-            .all()
-            .iter()
-            .enumerate()
-            .map(|(i, r)| rule(i, &r.name))
-            .collect(),
-        collapsed_uncached: app.collapse_stats.collapsed.load(Ordering::Relaxed),
-        session: SessionSnapshot {
-            logons_ok: get(&p.logons_ok),
-            logons_failed: get(&p.logons_failed).saturating_sub(refused),
-            logons_refused: refused,
-            relogons: get(&p.relogons),
-            checks_alive: alive,
-            checks_gone: checks.saturating_sub(alive),
-            valid: app.pool.is_valid(),
-            paused: matches!(app.pool.state(), SessionState::Failing { paused: true, .. }),
-        },
-        client_sessions: app.sessions.count() as u64,
-        tasks_pending: app.tasks.pending().iter().map(|p| p.count as u64).sum(),
-        writes_resent: p.writes_resent.load(Ordering::Relaxed),
-        upstream_memory: app.pool.upstream().memory_held() as u64,
-        // Read from the breaker at scrape time, as `/readyz` reads it: the
-        // two never disagree.
-        shared_up: app.fleet.as_ref().map(|f| f.is_up()),
-    }
 }
 
 fn log_error(e: &GatewayError) {

@@ -32,16 +32,18 @@ use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
 use crate::fleet::session::EmSessionStore;
 use crate::fleet::{Event, Fleet};
+use crate::gateway::access::AccessState;
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::clients::Clients;
+use crate::gateway::conn::Conn;
 use crate::gateway::conn::{Activity, Expired};
 use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
-use crate::gateway::reads::{CollapseStats, ReadCache, Rules};
+use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
 use crate::gateway::request_id;
 use crate::gateway::request_id::ProcessUniqueId;
-use crate::gateway::router::{route, Conn, MAX_HEAD_BYTES};
+use crate::gateway::router::{route, MAX_HEAD_BYTES};
 
 /// HTTP/2: a ping after this much silence...
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -160,20 +162,29 @@ impl Gateway {
             settings.access.task_retention,
             fleet.clone(),
         ));
+        let settings = Arc::new(settings);
         let app = Arc::new(App {
             tasks,
-            cache: ReadCache::new(cache_options(&settings.cache), settings.cache.rules.len()),
-            rules: Rules::new(&settings.cache),
-            collapse_stats: CollapseStats::default(),
-            clients,
+            reads: Arc::new(ReadState {
+                settings: settings.clone(),
+                pool: pool.clone(),
+                cache: ReadCache::new(cache_options(&settings.cache), settings.cache.rules.len()),
+                rules: Rules::new(&settings.cache),
+                collapse_stats: CollapseStats::default(),
+                fleet: fleet.clone(),
+            }),
+            access: AccessState {
+                settings: settings.clone(),
+                clients,
+                sessions: ClientSessions::new(fleet.clone()),
+                attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
+            },
             settings,
             pool,
             draining: AtomicBool::new(false),
             metrics: crate::ops::metrics::install(),
-            sessions: ClientSessions::new(fleet.clone()),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1).with_fleet(fleet.clone()),
             fleet,
-            attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
             work,
             local_addr,
             em_versions: std::sync::Mutex::new(Vec::new()),
@@ -486,21 +497,21 @@ async fn fleet_events(app: Arc<App>) {
     loop {
         match events.recv().await {
             Ok(Event::PurgeAll) => {
-                app.cache.purge_all();
+                app.reads.cache.purge_all();
                 tracing::info!("cache purged by another replica");
             }
             Ok(Event::PurgePrefix(prefix)) => {
                 tracing::info!(%prefix, "cache entries purged by another replica");
-                crate::gateway::router::purge_prefix(&app, prefix);
+                crate::gateway::reads::purge_prefix(&app.reads, prefix);
             }
             Ok(Event::PurgeRule(rule)) => {
                 tracing::info!(%rule, "cache rule purged by another replica");
-                crate::gateway::router::purge_rule(&app, &rule);
+                crate::gateway::reads::purge_rule(&app.reads, &rule);
             }
-            Ok(Event::Logout(token_hash)) => app.sessions.ended_elsewhere(&token_hash),
+            Ok(Event::Logout(token_hash)) => app.access.sessions.ended_elsewhere(&token_hash),
             Ok(Event::Emptied) => {
                 let app = app.clone();
-                tokio::spawn(async move { app.sessions.put_back().await });
+                tokio::spawn(async move { app.access.sessions.put_back().await });
             }
             Ok(Event::Landed(_)) | Ok(Event::Session) => {}
             // Only purges, logouts and session changes come here (notices
@@ -508,7 +519,7 @@ async fn fleet_events(app: Arc<App>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 // Missed purges: drop everything rather than serve what was purged.
                 tracing::warn!(missed = n, "fleet events missed; purging the local cache");
-                app.cache.purge_all();
+                app.reads.cache.purge_all();
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -521,7 +532,7 @@ async fn housekeeping(app: Arc<App>) {
     loop {
         tick.tick().await;
         app.limits.shrink();
-        app.attempts.shrink();
+        app.access.attempts.shrink();
     }
 }
 

@@ -247,9 +247,9 @@ fn rfc3339(t: SystemTime) -> String {
 /// Gathers the facts.
 pub async fn facts(app: &App) -> Status {
     // moka's counts trail its inserts until its housekeeping runs.
-    app.cache.settle().await;
+    app.reads.cache.settle().await;
     let h = history::global();
-    let snapshot = crate::gateway::router::metrics_snapshot(app);
+    let snapshot = metrics_snapshot(app);
     let slots = h.slots();
     let recent: Vec<&Slot> = slots
         .iter()
@@ -307,8 +307,9 @@ pub async fn facts(app: &App) -> Status {
     };
     // The busiest keys of each rule, from one pass over the entries.
     let per_rule: Vec<Vec<KeyFacts>> = app
+        .reads
         .cache
-        .busiest(app.rules.all().len(), BUSIEST_KEYS)
+        .busiest(app.reads.rules.all().len(), BUSIEST_KEYS)
         .into_iter()
         .map(|kept| {
             kept.into_iter()
@@ -321,6 +322,7 @@ pub async fn facts(app: &App) -> Status {
         })
         .collect();
     let rules = app
+        .reads
         .rules
         .all()
         .iter()
@@ -341,8 +343,8 @@ pub async fn facts(app: &App) -> Status {
         })
         .collect();
     let cache = CacheFacts {
-        entries: app.cache.entry_count(),
-        bytes: app.cache.weighted_size(),
+        entries: app.reads.cache.entry_count(),
+        bytes: app.reads.cache.weighted_size(),
         max_bytes: app.settings.cache.max_bytes,
         rules,
         collapsed_uncached: snapshot.collapsed_uncached,
@@ -915,4 +917,50 @@ fn page(s: &Status) -> String {
     );
     let _ = write!(p, "</main><script>{SCRIPT}</script></body></html>");
     p
+}
+
+/// What the modules count, copied for `/metrics` (and the status page).
+pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
+    use crate::ops::metrics::{RuleSnapshot, SessionSnapshot, Snapshot};
+    let rule = |i: usize, name: &str| RuleSnapshot {
+        name: name.to_string(),
+        counters: app.reads.cache.rule_stats(i),
+    };
+    let p = &app.pool.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let refused = get(&p.logons_refused);
+    let checks = get(&p.checks);
+    let alive = get(&p.checks_alive);
+    Snapshot {
+        rules: app
+            .reads
+            .rules
+            .all()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, &r.name))
+            .collect(),
+        collapsed_uncached: app
+            .reads
+            .collapse_stats
+            .collapsed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        session: SessionSnapshot {
+            logons_ok: get(&p.logons_ok),
+            logons_failed: get(&p.logons_failed).saturating_sub(refused),
+            logons_refused: refused,
+            relogons: get(&p.relogons),
+            checks_alive: alive,
+            checks_gone: checks.saturating_sub(alive),
+            valid: app.pool.is_valid(),
+            paused: matches!(app.pool.state(), SessionState::Failing { paused: true, .. }),
+        },
+        client_sessions: app.access.sessions.count() as u64,
+        tasks_pending: app.tasks.pending().iter().map(|p| p.count as u64).sum(),
+        writes_resent: p.writes_resent.load(std::sync::atomic::Ordering::Relaxed),
+        upstream_memory: app.pool.upstream().memory_held() as u64,
+        // Read from the breaker at scrape time, as `/readyz` reads it: the
+        // two never disagree.
+        shared_up: app.fleet.as_ref().map(|f| f.is_up()),
+    }
 }

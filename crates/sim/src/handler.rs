@@ -17,12 +17,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use uuid::Uuid;
 
+use super::conn::ConnCtx;
 use super::jobs;
 use super::model::Document;
-use super::query::{self, QueryError};
+use super::query::{self, percent_decode, QueryError};
 use super::report::{self, Report};
 use super::state::{session_token, Counters, FaultClass, SessionError, State, Task};
-use super::{json, resources, server::ConnCtx, xml, Fault, RecordedRequest};
+use super::{json, resources, xml, Fault, RecordedRequest};
 
 /// The session header and cookie name (http_authentication.md).
 const SESSION_HEADER: &str = "x-restsvcsessionid";
@@ -749,27 +750,6 @@ fn request_base<B>(state: &State, req: &Request<B>) -> String {
 
 fn parse_id(raw: &str) -> Option<Uuid> {
     Uuid::parse_str(raw).ok()
-}
-
-/// Decodes `%XX` escapes in a path segment or query parameter (invalid escapes
-/// are kept as written).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| char::from(b).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn render(doc: &Document, format: Format) -> (String, &'static str) {

@@ -21,6 +21,7 @@
 //!
 //! Layout, in the order a request meets it:
 //! - `server.rs`: accept loop, TLS handshake, one HTTP/1.1 connection per task;
+//!   `conn.rs`: what the handler knows of its connection;
 //! - `handler.rs`: routing, logon, session checks, faults, content negotiation;
 //! - `state.rs`: shared state: credentials, logon sessions and their tasks,
 //!   faults, counters, request log;
@@ -32,6 +33,7 @@
 //! - `xml.rs`, `json.rs`: the two renderings of one document;
 //! - `tls.rs`: the self-signed certificate.
 
+mod conn;
 mod data;
 mod handler;
 mod jobs;

@@ -26,7 +26,6 @@ use std::cmp::{Ordering, Reverse};
 use uuid::Uuid;
 
 use super::data::{Data, SessionResult};
-use super::handler::percent_decode;
 use super::jobs;
 use super::model::{Document, Element, Link, RootStyle};
 use super::resources;
@@ -877,6 +876,27 @@ fn one_filled(
             el.absent(member)
         }
     })
+}
+
+/// Decodes `%XX` escapes in a path segment or query parameter (invalid escapes
+/// are kept as written).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| char::from(b).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 //! is dropped; it then aborts every connection task, which closes their sockets,
 //! including connections whose request is held by the `Hang` fault.
 
-use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -17,45 +16,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::conn::{with_reset_handle, ConnCtx};
 use super::handler;
 use super::state::State;
 
 /// Longest a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Per-connection context the handler needs.
-pub(crate) struct ConnCtx {
-    /// A second descriptor of the connection's socket (a `dup`), kept only so the
-    /// `Reset` fault can set `SO_LINGER` to zero: when hyper then drops the
-    /// connection, the kernel answers with a TCP RST instead of a FIN. `None` once
-    /// used, or when duplicating failed (the fault then closes with a FIN).
-    reset_handle: Mutex<Option<std::net::TcpStream>>,
-}
-
-impl ConnCtx {
-    /// Arms an abortive close; the caller then makes hyper drop the connection.
-    pub fn reset(&self) {
-        let handle = self
-            .reset_handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(std_stream) = handle {
-            let socket = tokio::net::TcpSocket::from_std_stream(std_stream);
-            if let Err(e) = socket.set_zero_linger() {
-                tracing::debug!(error = %e, "sim: cannot arm connection reset");
-            }
-            // Dropping `socket` closes only the duplicate descriptor.
-        }
-    }
-}
-
-/// Duplicates the socket's descriptor for [`ConnCtx::reset`].
-fn with_reset_handle(stream: TcpStream) -> io::Result<(TcpStream, Option<std::net::TcpStream>)> {
-    let std_stream = stream.into_std()?;
-    let dup = std_stream.try_clone().ok();
-    Ok((TcpStream::from_std(std_stream)?, dup))
-}
 
 /// Accepts connections until `shutdown` changes or its sender is dropped.
 pub(crate) async fn accept_loop(
@@ -97,9 +63,7 @@ async fn serve(stream: TcpStream, state: Arc<State>, tls: Option<TlsAcceptor>) {
             return;
         }
     };
-    let ctx = Arc::new(ConnCtx {
-        reset_handle: Mutex::new(reset_handle),
-    });
+    let ctx = Arc::new(ConnCtx::new(reset_handle));
     let service = service_fn(move |req| handler::handle(state.clone(), ctx.clone(), req));
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true);
