@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use emgate::em::session::{LogonLease, SessionStore, SharedEmSession, StoreFuture};
+use emgate::secret::Secret;
 use emgate::sim::Sim;
 use http::{Method, StatusCode};
 
@@ -155,7 +157,24 @@ async fn the_fleet_logs_on_once_and_once_more_after_em_ends_the_session() {
         let r = t.await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    assert_eq!(sim.stats().logons_ok, 2, "one more logon for the fleet");
+    let logs: Vec<String> = gws
+        .iter()
+        .map(|g| {
+            g.log_text()
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN") || l.contains("EM session") || l.contains("logged on")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert_eq!(
+        sim.stats().logons_ok,
+        2,
+        "one more logon for the fleet; replicas said:\n{}",
+        logs.join("\n--\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -778,4 +797,104 @@ async fn values_of_the_wrong_shape_in_redis_do_not_make_the_fleet_go_alone() {
         assert_eq!(ready.status, StatusCode::OK);
         assert_eq!(ready.json()["shared"], "up", "{}", ready.body);
     }
+}
+
+/// A fleet's session store that plays one moment exactly: this replica
+/// finds no session and the logon lease held; by the time it waits, the
+/// holder has published generation 1 and let the lease go, so the wait sees
+/// the lease free. A real Redis makes that moment rare (a 1-in-10 failure of
+/// the story above on a busy machine); here it is certain.
+struct PublishedAsTheLeaseWentStore {
+    loads: std::sync::atomic::AtomicU32,
+    publishes: std::sync::atomic::AtomicU32,
+}
+
+impl SessionStore for PublishedAsTheLeaseWentStore {
+    fn load(&self) -> StoreFuture<'_, Option<SharedEmSession>> {
+        let first = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        Box::pin(async move {
+            Ok((!first).then(|| SharedEmSession {
+                token: Secret::new("the-fleets-token"),
+                id: None,
+                generation: 1,
+            }))
+        })
+    }
+    fn lease(&self) -> StoreFuture<'_, Option<LogonLease>> {
+        // Held on the first look; free afterwards (the holder let go).
+        let free = self.loads.load(std::sync::atomic::Ordering::SeqCst) > 1;
+        Box::pin(async move { Ok(free.then(|| Box::new(()) as LogonLease)) })
+    }
+    fn publish(
+        &self,
+        _token: &Secret,
+        _id: Option<&str>,
+        _replacing: u64,
+    ) -> StoreFuture<'_, Option<u64>> {
+        self.publishes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(Some(2)) })
+    }
+    fn wait_newer(
+        &self,
+        _after: u64,
+        _within: Duration,
+    ) -> StoreFuture<'_, Option<SharedEmSession>> {
+        // Looked before the publish, checked the lease after the let-go.
+        Box::pin(async { Ok(None) })
+    }
+    fn pause(&self) -> StoreFuture<'_, Option<(u32, Duration)>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn record(&self, _refused: bool, _pause: Duration) -> StoreFuture<'_, u32> {
+        Box::pin(async { Ok(0) })
+    }
+    fn keepalive_due(&self, _keepalive: Duration) -> StoreFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
+    fn used(&self, _keepalive: Duration) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn leave(&self) -> StoreFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
+    fn clear(&self, _generation: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_waited_for_the_logon_takes_the_session_published_as_the_lease_went() {
+    let sim = start_sim(sim_config()).await;
+    let pin = sim.cert_sha256().unwrap_or_default();
+    let env = |k: &str| match k {
+        "EMGATE_UPSTREAM_URL" => Some(sim.base_url()),
+        "EMGATE_UPSTREAM_USERNAME" => Some(USERNAME.into()),
+        "EMGATE_UPSTREAM_PASSWORD" => Some(PASSWORD.into()),
+        "EMGATE_UPSTREAM_CERT_SHA256" => Some(pin.clone()),
+        _ => None,
+    };
+    let settings = emgate::config::Settings::load(&emgate::config::Sources {
+        file: None,
+        env: &env,
+        demo: &[],
+    })
+    .unwrap();
+    let upstream = emgate::em::client::Upstream::new(&settings.upstream).unwrap();
+    let store = Arc::new(PublishedAsTheLeaseWentStore {
+        loads: Default::default(),
+        publishes: Default::default(),
+    });
+    let pool = Arc::new(
+        emgate::em::session::SessionPool::new(upstream, &settings.upstream)
+            .with_shared(store.clone(), Duration::from_secs(5)),
+    );
+    let session = pool.acquire().await.unwrap();
+    assert_eq!(session.generation(), 1, "the fleet's session, taken");
+    assert_eq!(sim.stats().logons_ok, 0, "a second logon for the fleet");
+    assert_eq!(
+        store.publishes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the fleet's session replaced"
+    );
 }

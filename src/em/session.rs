@@ -942,7 +942,7 @@ impl SessionPool {
     async fn fleet_logon(
         self: &Arc<Self>,
         store: Arc<dyn SessionStore>,
-        mut fleet_generation: u64,
+        fleet_generation: u64,
         state: &mut LogonState,
     ) -> Result<FleetLogon, SessionError> {
         if let Ok(Some((refusals, retry_in))) = store.pause().await {
@@ -1003,11 +1003,17 @@ impl SessionPool {
                 }
                 Ok(None) => match store.wait_newer(fleet_generation, self.fleet_wait).await {
                     Ok(Some(s)) => return Ok(FleetLogon::Adopted(self.adopt(s))),
-                    // The replica logging on gave no session in time (it
-                    // died, or failed): try the lease ourselves.
+                    // The lease is free and nothing new was seen. Either
+                    // the replica logging on published and let go between
+                    // our look and our check of the lease (its session is
+                    // there now: take it, or we would log on a second time
+                    // and replace it), or it gave no session (it died, or
+                    // failed): try the lease ourselves.
                     Ok(None) => {
                         if let Ok(Some(s)) = store.load().await {
-                            fleet_generation = s.generation;
+                            if s.generation != fleet_generation {
+                                return Ok(FleetLogon::Adopted(self.adopt(s)));
+                            }
                         }
                         continue;
                     }
