@@ -122,6 +122,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cache_hit_json", |b| b.to_async(&rt).iter(|| hit(false)));
     group.bench_function("cache_hit_json_seen_target", |b| b.to_async(&rt).iter(seen));
     group.bench_function("cache_hit_xml", |b| b.to_async(&rt).iter(|| hit(true)));
+    let to = render::Representation {
+        xml: false,
+        case: JsonCase::Pascal,
+        public: "http://127.0.0.1:9399".into(),
+    };
     group.bench_function("no_cache_convert_json", |b| {
         b.iter(|| {
             let em = UpstreamResponse {
@@ -131,9 +136,7 @@ fn bench(c: &mut Criterion) {
                 elapsed: Duration::ZERO,
                 held: Default::default(),
             };
-            black_box(
-                render::render(em, EM, "http://127.0.0.1:9399", false, JsonCase::Pascal).unwrap(),
-            )
+            black_box(render::render(em, EM, &to).unwrap())
         })
     });
     group.finish();

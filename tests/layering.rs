@@ -81,7 +81,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("status", &["app", "reads", "target", "render", "response"]),
     ("app", &["access", "reads", "tasks", "limit"]),
     // The phases of a request, on their own states.
-    ("access", &["logon", "clients", "limit", "target", "response", "error"]),
+    ("access", &["logon", "clients", "limit", "target", "render", "response", "error"]),
     ("reads", &["proxy", "target", "render", "response", "error"]),
     ("restore_points", &["target"]),
     ("proxy", &["target", "render", "response", "error"]),

@@ -23,6 +23,7 @@ use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
 use crate::gateway::limit::{Attempts, Bucket};
 use crate::gateway::logon::{self, ClientSessions, Ended};
+use crate::gateway::render::Representation;
 use crate::gateway::response::Body;
 use crate::gateway::target::Target;
 use crate::secret::Secret;
@@ -221,8 +222,7 @@ pub async fn logon(
     parts: &Parts,
     peer: IpAddr,
     target: &Target,
-    xml: bool,
-    public: &str,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     if target.segments().len() != 1 {
         return Err(GatewayError::NotFound(target.shown()));
@@ -236,16 +236,7 @@ pub async fn logon(
     let owner = caller.owner();
     let (token, id) = state.sessions.create(owner).await?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");
-    logon::created(
-        &token,
-        id,
-        owner,
-        public,
-        // TLS here or at a trusted proxy in front: either way the client is on https.
-        public.starts_with("https://"),
-        xml,
-        state.settings.json_case,
-    )
+    logon::created(&token, id, owner, to)
 }
 
 /// `/api/logonSessions[/{id}]`: the caller's own gateway sessions.
@@ -254,10 +245,8 @@ pub async fn logon_sessions(
     caller: &Caller,
     method: &Method,
     target: &Target,
-    xml: bool,
-    public: &str,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
-    let case = state.settings.json_case;
     let owner = caller.owner();
     let rest = match target.segments() {
         [_] => "",
@@ -266,9 +255,7 @@ pub async fn logon_sessions(
     };
     if rest.is_empty() {
         return match *method {
-            Method::GET | Method::HEAD => {
-                logon::list(&state.sessions.list(owner).await, owner, public, xml, case)
-            }
+            Method::GET | Method::HEAD => logon::list(&state.sessions.list(owner).await, owner, to),
             _ => Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
         };
     }
@@ -281,7 +268,7 @@ pub async fn logon_sessions(
     let id = Uuid::try_parse(rest).map_err(|_| not_found())?;
     match *method {
         Method::GET | Method::HEAD if state.sessions.list(owner).await.contains(&id) => {
-            logon::one(id, owner, public, xml, case)
+            logon::one(id, owner, to)
         }
         Method::DELETE => match state.sessions.delete(owner, id).await {
             Ended::Yes => {

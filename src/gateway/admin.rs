@@ -24,7 +24,7 @@ use crate::gateway::app::App;
 use crate::gateway::conn::Conn;
 use crate::gateway::error::{error_response, GatewayError};
 use crate::gateway::reads::{purge_all_everywhere, purge_prefix_everywhere, purge_rule_everywhere};
-use crate::gateway::render::CrossSite;
+use crate::gateway::render::{CrossSite, Representation};
 use crate::gateway::response::Body;
 use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::status;
@@ -33,18 +33,10 @@ use crate::gateway::target::Target;
 /// Admin requests per second per address, and their burst.
 pub const ADMIN_RATE: (u32, u32) = (5, 20);
 
-/// Answers a request under `/admin/`.
-///
-/// `public` is the gateway's public base URL for this request (the origin
-/// purges must come from).
-pub async fn handle(
-    app: &App,
-    conn: Conn,
-    parts: &Parts,
-    xml: bool,
-    public: &str,
-) -> Response<Body> {
-    let case = app.settings.json_case;
+/// Answers a request under `/admin/`, errors in the request's
+/// representation (whose public base is the origin purges must come from).
+pub async fn handle(app: &App, conn: Conn, parts: &Parts, to: &Representation) -> Response<Body> {
+    let (xml, case) = (to.xml, to.case);
     let path = parts.uri.path();
     if app.settings.access.admin_token.is_none() {
         return GatewayError::NotFound(path.chars().take(200).collect()).into_response(xml, case);
@@ -87,7 +79,7 @@ pub async fn handle(
         }
         _ => {}
     }
-    if let Err(why) = same_origin(&parts.headers, public) {
+    if let Err(why) = same_origin(&parts.headers, &to.public) {
         tracing::warn!(why, "cross-site purge refused");
         return error_response(StatusCode::FORBIDDEN, why, xml, case);
     }

@@ -9,7 +9,7 @@ use crate::config::JsonCase;
 use crate::convert::ConvertError;
 use crate::em::client::UpstreamError;
 use crate::em::session::{EmError, SessionError};
-use crate::gateway::render::Prepared;
+use crate::gateway::render::{Prepared, Representation};
 use crate::gateway::response::Body;
 
 /// Everything that can go wrong while serving a request.
@@ -129,13 +129,20 @@ impl GatewayError {
     }
 
     /// The error as a response in EM's shape, XML or JSON as the client prefers.
+    /// For errors found before the request's [`Representation`] is known
+    /// (its host unchecked, so no links).
     pub fn into_response(self, xml: bool, case: JsonCase) -> Response<Body> {
-        self.to_response(xml, case, "")
+        self.answer(xml, case, "")
     }
 
-    /// As [`GatewayError::into_response`], for shared errors; `public` is the
-    /// client's base URL for links in EM's own error documents.
-    pub fn to_response(&self, xml: bool, case: JsonCase, public: &str) -> Response<Body> {
+    /// As [`GatewayError::into_response`], for shared errors, in the
+    /// request's representation (its public base for links in EM's own
+    /// error documents).
+    pub fn to_response(&self, to: &Representation) -> Response<Body> {
+        self.answer(to.xml, to.case, &to.public)
+    }
+
+    fn answer(&self, xml: bool, case: JsonCase, public: &str) -> Response<Body> {
         if let GatewayError::Em { status, prepared } = self {
             let (body, content_type) = prepared.body_for(xml, public);
             let mut response = Response::new(Body::new(body));

@@ -28,11 +28,10 @@ use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Response, StatusCode};
 use uuid::Uuid;
 
-use crate::config::JsonCase;
 use crate::em::session::SESSION_HEADER;
 use crate::fleet::Fleet;
 use crate::gateway::error::GatewayError;
-use crate::gateway::render;
+use crate::gateway::render::{self, Representation};
 use crate::gateway::response::Body;
 use crate::secret::Secret;
 
@@ -629,14 +628,13 @@ fn logon_session_xml(out: &mut String, public: &str, id: Uuid, owner: &str, root
 fn document(
     status: StatusCode,
     xml_doc: String,
-    xml: bool,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
-    let (body, content_type) = if xml {
+    let (body, content_type) = if to.xml {
         (Bytes::from(xml_doc), render::XML)
     } else {
         let mut out = Vec::with_capacity(xml_doc.len());
-        crate::convert::to_json(xml_doc.as_bytes(), render::case(case), None, &mut out)?;
+        crate::convert::to_json(xml_doc.as_bytes(), render::case(to.case), None, &mut out)?;
         (Bytes::from(out), render::JSON)
     };
     let mut r = Response::new(Body::new(body));
@@ -650,18 +648,20 @@ pub fn created(
     token: &Secret,
     id: Uuid,
     owner: &str,
-    public: &str,
-    tls: bool,
-    xml: bool,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let mut doc = String::with_capacity(4096);
-    logon_session_xml(&mut doc, public, id, owner, true);
-    let mut r = document(StatusCode::CREATED, doc, xml, case)?;
+    logon_session_xml(&mut doc, &to.public, id, owner, true);
+    let mut r = document(StatusCode::CREATED, doc, to)?;
     let mut value =
         HeaderValue::from_str(token.expose()).map_err(|_| GatewayError::Internal("token"))?;
     value.set_sensitive(true);
-    let secure = if tls { "; Secure" } else { "" };
+    // TLS here or at a trusted proxy in front: either way the client is on https.
+    let secure = if to.public.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     let mut cookie = HeaderValue::from_str(&format!(
         "X-RestSvcSessionId={}; Path=/api; HttpOnly; SameSite=Strict{secure}",
         token.expose()
@@ -677,29 +677,21 @@ pub fn created(
 pub fn list(
     ids: &[Uuid],
     owner: &str,
-    public: &str,
-    xml: bool,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let mut doc = String::from("<LogonSessions xmlns=\"http://www.veeam.com/ent/v1.0\">");
     for id in ids {
-        logon_session_xml(&mut doc, public, *id, owner, false);
+        logon_session_xml(&mut doc, &to.public, *id, owner, false);
     }
     doc.push_str("</LogonSessions>");
-    document(StatusCode::OK, doc, xml, case)
+    document(StatusCode::OK, doc, to)
 }
 
 /// `GET /api/logonSessions/{id}`: one of the caller's sessions.
-pub fn one(
-    id: Uuid,
-    owner: &str,
-    public: &str,
-    xml: bool,
-    case: JsonCase,
-) -> Result<Response<Body>, GatewayError> {
+pub fn one(id: Uuid, owner: &str, to: &Representation) -> Result<Response<Body>, GatewayError> {
     let mut doc = String::with_capacity(4096);
-    logon_session_xml(&mut doc, public, id, owner, true);
-    document(StatusCode::OK, doc, xml, case)
+    logon_session_xml(&mut doc, &to.public, id, owner, true);
+    document(StatusCode::OK, doc, to)
 }
 
 #[cfg(test)]
@@ -736,7 +728,12 @@ mod tests {
     #[test]
     fn a_logon_session_document_converts_like_ems() {
         let id = Uuid::nil();
-        let r = one(id, "r&d", "http://gw", false, JsonCase::Pascal).unwrap();
+        let to = Representation {
+            xml: false,
+            case: crate::config::JsonCase::Pascal,
+            public: "http://gw".into(),
+        };
+        let r = one(id, "r&d", &to).unwrap();
         assert_eq!(r.headers()[CONTENT_TYPE], render::JSON);
     }
 }

@@ -21,11 +21,10 @@ use http::{Method, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::config::JsonCase;
 use crate::em::client::{UpstreamError, UpstreamResponse};
 use crate::em::session::{EmError, EmSession, SessionPool};
 use crate::gateway::error::GatewayError;
-use crate::gateway::render;
+use crate::gateway::render::{self, Representation};
 use crate::gateway::response::Body;
 use crate::gateway::target::Target;
 
@@ -57,15 +56,13 @@ pub fn to_em(client: &HeaderMap, write: bool) -> HeaderMap {
 }
 
 /// Forwards a GET or HEAD under `/api` to EM and returns EM's answer,
-/// converted for the client (JSON, or XML if preferred) with links to `public`.
+/// converted for the client (JSON, or XML if preferred) with links to its public base.
 pub async fn forward(
     pool: &Arc<SessionPool>,
     method: &Method,
     target: &Target,
     headers: &HeaderMap,
-    xml: bool,
-    public: &str,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
@@ -76,15 +73,15 @@ pub async fn forward(
         .await?;
     let base = pool.upstream().base_url();
     if head {
-        return Ok(render::head(em, base, public, xml));
+        return Ok(render::head(em, base, to));
     }
     // The conversion's room in the memory budget, held while it runs.
     let _room = pool
         .upstream()
-        .reserve(render::conversion_room(&em, xml))
+        .reserve(render::conversion_room(&em, to.xml))
         .await
         .map_err(EmError::Upstream)?;
-    Ok(render::render(em, base, public, xml, case)?)
+    Ok(render::render(em, base, to)?)
 }
 
 /// Methods that change things on EM, forwarded only when writes are allowed.
@@ -142,22 +139,14 @@ pub async fn send_write(
 pub async fn render_write(
     pool: &Arc<SessionPool>,
     em: UpstreamResponse,
-    xml: bool,
-    public: &str,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let _room = pool
         .upstream()
-        .reserve(render::conversion_room(&em, xml))
+        .reserve(render::conversion_room(&em, to.xml))
         .await
         .map_err(EmError::Upstream)?;
-    Ok(render::render(
-        em,
-        pool.upstream().base_url(),
-        public,
-        xml,
-        case,
-    )?)
+    Ok(render::render(em, pool.upstream().base_url(), to)?)
 }
 
 #[cfg(test)]

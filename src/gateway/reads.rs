@@ -35,7 +35,7 @@ use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
-use crate::gateway::render::{self, Prepared};
+use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::Body;
 use crate::gateway::target::{canonical_pairs, encode_segment, Target};
 
@@ -435,8 +435,7 @@ pub async fn serve(
     method: &Method,
     headers: &HeaderMap,
     resolved: &Resolved,
-    xml: bool,
-    public: &str,
+    to: &Representation,
     operator: bool,
 ) -> Result<Response<Body>, GatewayError> {
     let head = method == Method::HEAD;
@@ -457,15 +456,12 @@ pub async fn serve(
     let em_base = state.pool.upstream().base_url();
     let Some(rule) = rule else {
         if !state.settings.cache.collapse {
-            let case = state.settings.json_case;
             return Box::pin(crate::gateway::proxy::forward(
                 &state.pool,
                 method,
                 target,
                 headers,
-                xml,
-                public,
-                case,
+                to,
             ))
             .await;
         }
@@ -476,7 +472,7 @@ pub async fn serve(
         let served = match Box::pin(state.cache.collapse(key, move || em)).await {
             Ok(s) => s,
             Err(error) => {
-                let mut r = error.to_response(xml, state.settings.json_case, public);
+                let mut r = error.to_response(to);
                 r.extensions_mut()
                     .insert(ErrorMessage(error.client_message()));
                 if head {
@@ -496,7 +492,7 @@ pub async fn serve(
         } else {
             "emgate; fwd=bypass"
         };
-        let mut r = respond(&served.entry.value, xml, public, em_base, head);
+        let mut r = respond(&served.entry.value, to, em_base, head);
         r.headers_mut()
             .insert(CACHE_STATUS, HeaderValue::from_static(status));
         return Ok(r);
@@ -548,7 +544,7 @@ pub async fn serve(
             if error.status().is_server_error() {
                 tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed");
             }
-            let mut r = error.to_response(xml, state.settings.json_case, public);
+            let mut r = error.to_response(to);
             r.extensions_mut()
                 .insert(ErrorMessage(error.client_message()));
             r.headers_mut()
@@ -561,9 +557,7 @@ pub async fn serve(
             return Ok(r);
         }
     };
-    Ok(cached_response(
-        &served, headers, xml, public, em_base, head,
-    ))
+    Ok(cached_response(&served, headers, to, em_base, head))
 }
 
 /// A rule's fetch in fleet mode: the fleet's shared tier before EM.
@@ -715,14 +709,14 @@ impl Tier {
 fn cached_response(
     served: &Served<Prepared>,
     request: &HeaderMap,
-    xml: bool,
-    public: &str,
+    to: &Representation,
     em_base: &str,
     head: bool,
 ) -> Response<Body> {
     let entry = &served.entry;
     let prepared = &entry.value;
-    let (body, content_type, etag) = prepared.representation(xml, public);
+    let public = to.public.as_str();
+    let (body, content_type, etag) = prepared.representation(to.xml, public);
     let ok = prepared.status == StatusCode::OK;
     let not_modified = ok && matches_etag(request, &etag);
     let mut r = if not_modified {
@@ -796,15 +790,9 @@ fn matches_etag(request: &HeaderMap, etag: &HeaderValue) -> bool {
 }
 
 /// A response for a collapsed (uncached) read.
-fn respond(
-    prepared: &Prepared,
-    xml: bool,
-    public: &str,
-    em_base: &str,
-    head: bool,
-) -> Response<Body> {
-    let (body, content_type) = prepared.body_for(xml, public);
-    with_body(prepared, body, content_type, public, em_base, head)
+fn respond(prepared: &Prepared, to: &Representation, em_base: &str, head: bool) -> Response<Body> {
+    let (body, content_type) = prepared.body_for(to.xml, &to.public);
+    with_body(prepared, body, content_type, &to.public, em_base, head)
 }
 
 /// EM's status and allowed headers with `body` (none for a HEAD).

@@ -101,6 +101,20 @@ pub fn from_own_pages(headers: &HeaderMap, public: &str) -> Result<(), CrossSite
     }
 }
 
+/// How one request's answers are written: XML or JSON (in the deployment's
+/// case), with every EM URL pointed at `public`, the gateway's base as this
+/// client reached it ([`public_base`]). Worked out once per request at the
+/// edge; every phase that answers takes it rather than loose flags.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    /// XML (the client's `Accept` prefers it) rather than JSON.
+    pub xml: bool,
+    /// JSON's member names: EM 12's PascalCase or EM 13's camelCase.
+    pub case: JsonCase,
+    /// The gateway's base URL for this request, without a trailing `/`.
+    pub public: String,
+}
+
 /// The converter's name for the deployment's case.
 pub fn case(case: JsonCase) -> Case {
     match case {
@@ -238,10 +252,11 @@ pub fn conversion_room(em: &UpstreamResponse, xml: bool) -> usize {
 
 /// A HEAD's answer: EM's status and the headers a GET would carry, no body
 /// (none was kept).
-pub fn head(em: UpstreamResponse, em_base: &str, public: &str, xml: bool) -> Response<Body> {
+pub fn head(em: UpstreamResponse, em_base: &str, to: &Representation) -> Response<Body> {
+    let xml = to.xml;
     let mut response = Response::new(Body::default());
     *response.status_mut() = em.status;
-    let mut headers = client_headers(&em.headers, em_base, public);
+    let mut headers = client_headers(&em.headers, em_base, &to.public);
     if looks_like_xml(&em.headers) {
         headers.insert(CONTENT_TYPE, if xml { XML } else { JSON });
     } else if let Some(t) = em.headers.get(CONTENT_TYPE) {
@@ -256,10 +271,9 @@ pub fn head(em: UpstreamResponse, em_base: &str, public: &str, xml: bool) -> Res
 pub fn render(
     em: UpstreamResponse,
     em_base: &str,
-    public: &str,
-    xml: bool,
-    case: JsonCase,
+    to: &Representation,
 ) -> Result<Response<Body>, ConvertError> {
+    let (xml, case, public) = (to.xml, to.case, to.public.as_str());
     let mut headers = client_headers(&em.headers, em_base, public);
     if em.body.is_empty() || !looks_like_xml(&em.headers) {
         if let Some(t) = em.headers.get(CONTENT_TYPE) {

@@ -23,7 +23,7 @@ use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
 use crate::gateway::proxy;
 use crate::gateway::reads;
-use crate::gateway::render;
+use crate::gateway::render::{self, Representation};
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::target::Target;
@@ -94,17 +94,18 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 },
                 p if is_admin(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let public = render::public_base(
-                            &app.settings,
-                            host.as_ref(),
-                            &parts.headers,
-                            conn.tls,
-                            app.local_addr,
-                        );
-                        Box::pin(crate::gateway::admin::handle(
-                            &app, conn, &parts, xml, &public,
-                        ))
-                        .await
+                        let to = Representation {
+                            xml,
+                            case,
+                            public: render::public_base(
+                                &app.settings,
+                                host.as_ref(),
+                                &parts.headers,
+                                conn.tls,
+                                app.local_addr,
+                            ),
+                        };
+                        Box::pin(crate::gateway::admin::handle(&app, conn, &parts, &to)).await
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
@@ -225,13 +226,18 @@ async fn api(
     xml: bool,
     host: Option<&Authority>,
 ) -> Response<Body> {
-    let public = render::public_base(
-        &app.settings,
-        host,
-        &parts.headers,
-        conn.tls,
-        app.local_addr,
-    );
+    // The one representation every phase of this request answers in.
+    let to = Representation {
+        xml,
+        case: app.settings.json_case,
+        public: render::public_base(
+            &app.settings,
+            host,
+            &parts.headers,
+            conn.tls,
+            app.local_addr,
+        ),
+    };
     let mut client = None;
     let mut label = "/api/*";
     let result = async {
@@ -245,7 +251,7 @@ async fn api(
         // logon, a logout) from a browser must come from the gateway's own
         // pages: a page elsewhere can post a form or a text/plain body here.
         if !read {
-            render::from_own_pages(&parts.headers, &public).map_err(|how| {
+            render::from_own_pages(&parts.headers, &to.public).map_err(|how| {
                 GatewayError::Forbidden(match how {
                     render::CrossSite::SecFetchSite => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Sec-Fetch-Site names another site)",
                     render::CrossSite::Origin => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Origin names another origin)",
@@ -261,7 +267,7 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return Box::pin(access::logon(&app.access, parts, conn.peer, target, xml, &public)).await;
+            return Box::pin(access::logon(&app.access, parts, conn.peer, target, &to)).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
@@ -277,7 +283,7 @@ async fn api(
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
             return Box::pin(access::logon_sessions(
-                &app.access, &caller, method, target, xml, &public,
+                &app.access, &caller, method, target, &to,
             ))
             .await;
         }
@@ -293,7 +299,7 @@ async fn api(
         // here, never cached, never reaching EM for another's task.
         if target.is(0, "tasks") || is_task_query(target) {
             label = "/api/tasks";
-            return Box::pin(tasks_route(app, &caller, method, target, xml, &public)).await;
+            return Box::pin(tasks_route(app, &caller, method, target, &to)).await;
         }
         if read {
             if let Some(r) = resolved.rule(&app.reads.rules) {
@@ -301,17 +307,17 @@ async fn api(
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            return reads::serve(&app.reads, method, &parts.headers, &resolved, xml, &public, operator)
+            return reads::serve(&app.reads, method, &parts.headers, &resolved, &to, operator)
                 .await;
         }
         // Writes are few and their future is large: boxed, so a read's
         // future (moved on every layer of the stack) stays small.
-        Box::pin(write(app, &caller, parts, body, target, xml, &public)).await
+        Box::pin(write(app, &caller, parts, body, target, &to)).await
     }
     .await;
     let mut response = result.unwrap_or_else(|e| {
         log_error(&e);
-        let mut r = e.to_response(xml, app.settings.json_case, &public);
+        let mut r = e.to_response(&to);
         r.extensions_mut().insert(ErrorMessage(e.client_message()));
         r
     });
@@ -331,18 +337,16 @@ async fn write(
     parts: &Parts,
     body: Incoming,
     target: &Target,
-    xml: bool,
-    public: &str,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let method = &parts.method;
-    let case = app.settings.json_case;
     if !proxy::is_write(method) || !app.settings.access.allow_writes {
         return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
     }
     // A browser sends the cookie by itself, also on a cross-site form
     // post; a write carried by nothing else must come from the
     // gateway's own origin.
-    if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, public) {
+    if clients::cookie_only(&parts.headers) && !same_origin(&parts.headers, &to.public) {
         return Err(GatewayError::Forbidden(
             "a write authenticated by the session cookie alone needs an Origin header naming this gateway",
         ));
@@ -376,7 +380,7 @@ async fn write(
             em.body = doc;
         }
     }
-    let response = proxy::render_write(&app.pool, em, xml, public, case).await?;
+    let response = proxy::render_write(&app.pool, em, to).await?;
     if response.status().is_success() {
         // What a write changed is no longer what the cache holds: drop
         // the cached reads of the collection it went to.
@@ -411,12 +415,10 @@ async fn tasks_route(
     caller: &access::Caller,
     method: &Method,
     target: &Target,
-    xml: bool,
-    public: &str,
+    to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let owner = caller.owner();
     let base = app.pool.upstream().base_url();
-    let case = app.settings.json_case;
     let not_found = |id: &str| {
         GatewayError::NotFound(format!("task {}", id.chars().take(64).collect::<String>()))
     };
@@ -462,7 +464,7 @@ async fn tasks_route(
         elapsed: std::time::Duration::ZERO,
         held: Default::default(),
     };
-    let mut r = render::render(em, base, public, xml, case)?;
+    let mut r = render::render(em, base, to)?;
     if method == Method::HEAD {
         *r.body_mut() = Body::default();
     }
