@@ -15,7 +15,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The connection a request came on, as the request path sees it.
@@ -28,13 +27,19 @@ pub struct Conn {
 }
 
 /// What a connection has been doing, for its deadlines.
+///
+/// Requests only write it; nothing is woken when they do. The watcher
+/// ([`Activity::expired`]) sleeps until the earliest moment the connection
+/// could expire and looks then: a request in flight moves the look on by
+/// the idle timeout, one that ended moves the deadline to its end plus the
+/// idle timeout. (Waking the watcher on every request's start and end cost
+/// each request two more polls of its connection's task and a timer
+/// re-armed twice.)
 pub struct Activity {
     /// When the connection was accepted.
     accepted: Instant,
     /// Requests seen, requests in flight, and when the last one ended.
     state: Mutex<State>,
-    /// Woken whenever `state` changes.
-    changed: Notify,
 }
 
 #[derive(Clone, Copy)]
@@ -67,7 +72,6 @@ impl Activity {
                 in_flight: 0,
                 last: now,
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -75,7 +79,6 @@ impl Activity {
         if let Ok(mut s) = self.state.lock() {
             f(&mut s);
         }
-        self.changed.notify_waiters();
     }
 
     fn snapshot(&self) -> Option<State> {
@@ -92,33 +95,28 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Resolves when the connection should be closed.
+    /// Resolves when the connection should be closed: no request head
+    /// within `header_timeout` of accept, or none in flight for `idle`.
     pub async fn expired(self: Arc<Self>, header_timeout: Duration, idle: Duration) -> Expired {
+        let mut look_at = self.accepted + header_timeout;
         loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            tokio::time::sleep_until(look_at).await;
             let Some(s) = self.snapshot() else {
                 return Expired::Idle;
             };
-            let (deadline, why) = if !s.seen {
-                (self.accepted + header_timeout, Expired::NoRequest)
-            } else if s.in_flight == 0 {
-                (s.last + idle, Expired::Idle)
-            } else {
-                notified.await;
-                continue;
-            };
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Only if nothing happened meanwhile.
-                    let now = self.snapshot();
-                    if now.is_some_and(|n| n.seen == s.seen && n.in_flight == 0 && n.last == s.last) {
-                        return why;
-                    }
-                }
-                _ = &mut notified => {}
+            if !s.seen {
+                return Expired::NoRequest;
             }
+            if s.in_flight > 0 {
+                // Whenever it ends, the connection has `idle` from then.
+                look_at = Instant::now() + idle;
+                continue;
+            }
+            let deadline = s.last + idle;
+            if Instant::now() >= deadline {
+                return Expired::Idle;
+            }
+            look_at = deadline;
         }
     }
 }
