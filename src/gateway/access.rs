@@ -110,6 +110,16 @@ impl Caller {
         }
     }
 
+    /// [`Caller::owner`], kept beyond the caller (the request's log line
+    /// and history): the callers the gateway names cost no allocation.
+    pub fn owner_label(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Caller::Anonymous => "~anonymous".into(),
+            Caller::Operator => "~operator".into(),
+            other => other.owner().to_string().into(),
+        }
+    }
+
     /// The rate-limit bucket of this caller: anonymous callers by address
     /// (a name they chose themselves must not buy them a fresh bucket).
     pub fn bucket(&self, peer: IpAddr) -> Bucket {

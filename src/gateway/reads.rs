@@ -741,7 +741,7 @@ fn cached_response(
         ),
     );
     if served.outcome != Outcome::Miss {
-        h.insert(AGE, HeaderValue::from(entry.age_secs()));
+        h.insert(AGE, age_value(entry.age_secs()));
     }
     if ok {
         h.insert(ETAG, etag);
@@ -750,6 +750,24 @@ fn cached_response(
         }
     }
     r
+}
+
+/// `Age: secs`, remembered per thread for the last value asked: hits of
+/// one entry within a second share it instead of formatting (and
+/// allocating) it again.
+fn age_value(secs: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((s, v)) if *s == secs => v.clone(),
+        _ => {
+            let v = HeaderValue::from(secs);
+            *last = Some((secs, v.clone()));
+            v
+        }
+    })
 }
 
 /// `t` as an HTTP date, remembered per thread for the last second asked:

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request};
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// Longest client request id kept.
 pub const MAX_LEN: usize = 128;
@@ -65,13 +64,28 @@ impl Default for ProcessUniqueId {
     }
 }
 
-impl MakeRequestId for ProcessUniqueId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+impl ProcessUniqueId {
+    /// A new id.
+    pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         hex(self.prefix, &mut buf[..16]);
         hex(n, &mut buf[16..]);
-        HeaderValue::from_bytes(&buf).ok().map(RequestId::new)
+        // Hex digits: always a valid header value.
+        HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))
+    }
+
+    /// The request with exactly one valid id: the client's if it sent one
+    /// ([`keep_only_valid`]), else a new one. Only the header: tower-http's
+    /// request-id layers also put the id in the request's and the
+    /// response's extensions, which cost a hit five allocations; the router
+    /// copies the id onto the response.
+    pub fn ensure<B>(&self, req: Request<B>) -> Request<B> {
+        let mut req = keep_only_valid(req);
+        if !req.headers().contains_key(HEADER) {
+            req.headers_mut().insert(HEADER, self.next());
+        }
+        req
     }
 }
 
@@ -109,18 +123,33 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_32_hex_digits_and_distinct() {
-        let mut make = ProcessUniqueId::new();
-        let req = Request::new(());
-        let a = make.make_request_id(&req).unwrap();
-        let b = make.make_request_id(&req).unwrap();
-        let (a, b) = (
-            a.header_value().to_str().unwrap(),
-            b.header_value().to_str().unwrap(),
-        );
+    fn ids_are_32_hex_digits_and_distinct_and_a_request_gets_one_only_if_it_has_none() {
+        let ids = ProcessUniqueId::new();
+        let (a, b) = (ids.next(), ids.next());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
         assert_eq!(a[..16], b[..16]);
+        let given = ids.ensure(
+            Request::builder()
+                .header("x-request-id", "mine")
+                .body(())
+                .unwrap(),
+        );
+        assert_eq!(given.headers()["x-request-id"], "mine");
+        let refused = ids.ensure(
+            Request::builder()
+                .header("x-request-id", "a b")
+                .body(())
+                .unwrap(),
+        );
+        let made = refused
+            .headers()
+            .get_all("x-request-id")
+            .iter()
+            .collect::<Vec<_>>();
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].len(), 32);
     }
 }

@@ -3,6 +3,7 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,10 +44,6 @@ const SERVED: [Method; 6] = [
     Method::PATCH,
 ];
 
-/// The route template a request was answered on (a metrics label).
-#[derive(Clone, Copy)]
-struct RouteLabel(&'static str);
-
 /// Sends a request to its handler.
 ///
 /// Checks on the request itself come first, whatever the path: the method,
@@ -63,6 +60,9 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     let xml = prefers_xml(&parts.headers);
     let case = app.settings.json_case;
     let path = parts.uri.path();
+    // What an `/api` request's handler learnt on the way, for the metrics,
+    // the history and the log line: its route template and its caller.
+    let mut labels: (Option<&'static str>, Option<Cow<'static, str>>) = (None, None);
     let mut response = if !SERVED.contains(&parts.method) {
         closing(
             GatewayError::MethodNotAllowed(
@@ -89,7 +89,12 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                     GatewayError::Misdirected.into_response(xml, case)
                 }
                 p if is_api(p) => match app.work.acquire().await {
-                    Ok(_place) => api(&app, conn, &parts, body, xml, host.as_ref()).await,
+                    Ok(_place) => {
+                        let (response, route, client) =
+                            api(&app, conn, &parts, body, xml, host.as_ref()).await;
+                        labels = (Some(route), client);
+                        response
+                    }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
                 p if is_admin(p) => match app.work.acquire().await {
@@ -117,23 +122,25 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     if is_api(path) {
         render::api_headers(response.headers_mut());
     }
-    let route = response
-        .extensions_mut()
-        .remove::<RouteLabel>()
-        .map_or_else(|| route_label(path), |l| l.0);
+    // Every answer carries the request's id (made or kept at the edge).
+    if let Some(id) = parts.headers.get(proxy::X_REQUEST_ID) {
+        response
+            .headers_mut()
+            .insert(proxy::X_REQUEST_ID, id.clone());
+    }
+    let (route, client) = labels;
+    let route = route.unwrap_or_else(|| route_label(path));
+    let client = client.as_deref();
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
-    record_history(&parts, route, &response);
+    record_history(&parts, route, client, &response);
     tracing::info!(
         method = %parts.method,
         path,
         route,
         status = response.status().as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,
-        client = response
-            .extensions()
-            .get::<ClientLabel>()
-            .map_or("-", |c| c.0.as_str()),
+        client = client.unwrap_or("-"),
         cache = response
             .headers()
             .get(&reads::X_CACHE)
@@ -163,17 +170,18 @@ fn is_admin(path: &str) -> bool {
 
 /// The request in the status page's history: its cache result and client,
 /// and (for errors worth an operator's look) its message and request id.
-fn record_history(parts: &Parts, route: &'static str, response: &Response<Body>) {
+fn record_history(
+    parts: &Parts,
+    route: &'static str,
+    client: Option<&str>,
+    response: &Response<Body>,
+) {
     let history = crate::ops::history::global();
     let status = response.status().as_u16();
     let cache = response
         .headers()
         .get(&reads::X_CACHE)
         .and_then(|v| v.to_str().ok());
-    let client = response
-        .extensions()
-        .get::<ClientLabel>()
-        .map(|c| c.0.as_str());
     history.request(cache, status, client);
     // Not 401/404: scanners and unauthenticated probes would drown the rest.
     if status >= 400 && status != 401 && status != 404 {
@@ -215,7 +223,8 @@ fn closing(mut response: Response<Body>, parts: &Parts) -> Response<Body> {
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
-/// route or the pass-through, each after the checks that apply to it.
+/// route or the pass-through, each after the checks that apply to it; with
+/// the answer, its route template and its caller's name.
 /// Routing looks only at the parsed [`Target`], and EM is sent its
 /// canonical encoding.
 async fn api(
@@ -225,7 +234,7 @@ async fn api(
     body: Incoming,
     xml: bool,
     host: Option<&Authority>,
-) -> Response<Body> {
+) -> (Response<Body>, &'static str, Option<Cow<'static, str>>) {
     // The one representation every phase of this request answers in.
     let to = Representation {
         xml,
@@ -275,7 +284,7 @@ async fn api(
         } else {
             access::authenticate(&app.access, &parts.headers, conn.peer).await?
         };
-        client = Some(caller.owner().to_string());
+        client = Some(caller.owner_label());
         app.limits
             .check_shared(&caller.bucket(conn.peer))
             .await
@@ -315,17 +324,13 @@ async fn api(
         Box::pin(write(app, &caller, parts, body, target, &to)).await
     }
     .await;
-    let mut response = result.unwrap_or_else(|e| {
+    let response = result.unwrap_or_else(|e| {
         log_error(&e);
         let mut r = e.to_response(&to);
         r.extensions_mut().insert(ErrorMessage(e.client_message()));
         r
     });
-    if let Some(name) = client {
-        response.extensions_mut().insert(ClientLabel(name));
-    }
-    response.extensions_mut().insert(RouteLabel(label));
-    response
+    (response, label, client)
 }
 
 /// A write (POST, PUT, DELETE, PATCH) that may go to EM: refused unless
@@ -478,10 +483,6 @@ fn same_origin(headers: &HeaderMap, public: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|origin| render::is_origin_of(origin, public))
 }
-
-/// Who made a request, for its log line.
-#[derive(Clone)]
-struct ClientLabel(String);
 
 /// Bytes of a request's head: target and headers.
 fn head_size(parts: &Parts) -> usize {

@@ -23,7 +23,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::cache::Options;
@@ -41,7 +40,6 @@ use crate::gateway::conn::{Activity, Expired};
 use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
-use crate::gateway::request_id;
 use crate::gateway::request_id::ProcessUniqueId;
 use crate::gateway::router::{route, MAX_HEAD_BYTES};
 
@@ -425,10 +423,10 @@ fn stack(
     ServiceBuilder::new()
         // First: a client's request id that is too long or holds anything
         // but `A-Za-z0-9._:-` is dropped here, so it is never echoed,
-        // logged or sent to EM; the next layer makes a new one.
-        .map_request(request_id::keep_only_valid)
-        // So every log line and every response carries an id.
-        .layer(SetRequestIdLayer::x_request_id(request_ids))
+        // logged or sent to EM, and a new one is made: every log line and
+        // every response carries an id (the router copies it onto the
+        // response).
+        .map_request(move |req| request_ids.ensure(req))
         // A span per request, so every log line made while serving it
         // carries the request id. Only the id: the access line has the
         // method and path, and the span's fields are formatted for every
@@ -452,8 +450,6 @@ fn stack(
                 .on_eos(())
                 .on_failure(()),
         )
-        // Copies the id onto the response.
-        .layer(PropagateRequestIdLayer::x_request_id())
         .service_fn(move |req| {
             // The connection is busy from here until the answer is made,
             // so its idle deadline waits.
