@@ -123,10 +123,13 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         render::api_headers(response.headers_mut());
     }
     // Every answer carries the request's id (made or kept at the edge).
+    // Marked never to be indexed: HTTP/2's header compression would put
+    // each new id in the connection's table, evicting the values that do
+    // repeat.
     if let Some(id) = parts.headers.get(proxy::X_REQUEST_ID) {
-        response
-            .headers_mut()
-            .insert(proxy::X_REQUEST_ID, id.clone());
+        let mut id = id.clone();
+        id.set_sensitive(true);
+        response.headers_mut().insert(proxy::X_REQUEST_ID, id);
     }
     let (route, client) = labels;
     let route = route.unwrap_or_else(|| route_label(path));
