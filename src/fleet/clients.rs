@@ -9,7 +9,7 @@
 //! hand is refused. An index per owner (`co:<hash of owner>`) serves
 //! listing, deleting and the cap; `cs-exp` orders sessions by their end for
 //! the sweep. None of these has a Redis expiry: an eviction policy never
-//! ends a session, and [`Fleet::sweep_sessions`] removes the ones that ran
+//! ends a session, and `Fleet::sweep_sessions` removes the ones that ran
 //! out. Rate limits are GCRA in a script, as Kong's Redis policy does: one
 //! key per bucket holding its theoretical arrival time.
 

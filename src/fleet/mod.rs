@@ -15,7 +15,7 @@
 //!   keys live in one Redis Cluster slot and its scripts work there too.
 //! - Nothing secret is kept in clear: the EM session token is sealed
 //!   (ChaCha20-Poly1305), client session tokens are kept as keyed hashes.
-//! - Nothing read from Redis is acted on without a MAC ([`keys`]): a value
+//! - Nothing read from Redis is acted on without a MAC (`keys.rs`): a value
 //!   that fails is a miss, counted in `emgate_shared_rejected_total{kind}`
 //!   and logged once per key, never served.
 //! - Under Redis memory pressure only cache entries may go: they are the

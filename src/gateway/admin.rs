@@ -12,7 +12,7 @@
 //!
 //! A browser sends a Basic password it was given to every request to the
 //! origin, whoever's page asks, so purges also pass a same-origin check
-//! ([`same_origin`]): a page elsewhere cannot make an operator's browser
+//! (`same_origin`): a page elsewhere cannot make an operator's browser
 //! empty the cache.
 
 use http::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};

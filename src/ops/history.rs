@@ -256,8 +256,8 @@ impl History {
         all
     }
 
-    /// The last errors, newest first: the last [`ERRORS`] 5xx and the last
-    /// [`ERRORS`] 4xx, merged by time.
+    /// The last errors, newest first: the last `ERRORS` 5xx and the last
+    /// `ERRORS` 4xx, merged by time.
     pub fn errors(&self) -> Vec<ErrorNote> {
         let inner = self.lock();
         let mut all: Vec<ErrorNote> = inner

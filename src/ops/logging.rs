@@ -3,13 +3,13 @@
 //!
 //! Lines are formatted on the thread that logs and appended to one shared
 //! buffer; a writer thread writes the buffer out when it holds
-//! [`WRITE_AT`] bytes or [`FLUSH_EVERY`] after its first line, whichever
+//! `WRITE_AT` bytes or `FLUSH_EVERY` after its first line, whichever
 //! comes first (nginx's `access_log ... buffer= flush=`). A request never
 //! waits for stderr, and the log costs a copy per line, not a `write` and a
 //! thread wake-up (a queue per line, as tracing-appender has, costs a
 //! wake-up of its thread per line: a quarter of a hit's CPU at `info` on a
 //! busy core). If stderr stops taking lines (a stuck log shipper), the
-//! buffer stops at [`HELD_AT_MOST`] and further lines are dropped and
+//! buffer stops at `HELD_AT_MOST` and further lines are dropped and
 //! counted in `emgate_log_lines_dropped_total` rather than stalling requests.
 //!
 //! States of the buffer: *empty* → (a line) *filling* → (WRITE_AT bytes, or
