@@ -715,7 +715,7 @@ fn cached_response(
 ) -> Response<Body> {
     let entry = &served.entry;
     let prepared = &entry.value;
-    let public = to.public.as_str();
+    let public: &str = &to.public;
     let (body, content_type, etag) = prepared.representation(to.xml, public);
     let ok = prepared.status == StatusCode::OK;
     let not_modified = ok && matches_etag(request, &etag);

@@ -9,7 +9,7 @@
 //!   requesting client's public URL (never another host's) and never converts.
 
 use std::hash::{Hash, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
@@ -112,7 +112,7 @@ pub struct Representation {
     /// JSON's member names: EM 12's PascalCase or EM 13's camelCase.
     pub case: JsonCase,
     /// The gateway's base URL for this request, without a trailing `/`.
-    pub public: String,
+    pub public: Arc<str>,
 }
 
 /// The converter's name for the deployment's case.
@@ -136,9 +136,9 @@ pub fn public_base(
     headers: &HeaderMap,
     tls: bool,
     bound: SocketAddr,
-) -> String {
+) -> Arc<str> {
     if let Some(url) = &settings.listen.public_url {
-        return url.to_string().trim_end_matches('/').to_string();
+        return url.to_string().trim_end_matches('/').into();
     }
     let forwarded = |name: &str| {
         settings
@@ -158,9 +158,28 @@ pub fn public_base(
     };
     let forwarded_host = forwarded("x-forwarded-host").and_then(Authority::parse);
     match forwarded_host.as_ref().or(host) {
-        Some(h) => format!("{scheme}://{}", h.as_str()),
-        None => format!("{scheme}://{bound}"),
+        Some(h) => remembered_base(scheme, h.as_str()),
+        None => format!("{scheme}://{bound}").into(),
     }
+}
+
+/// `scheme://authority`, remembered per thread for the last one made:
+/// clients of one gateway name it the same way request after request, and
+/// each would otherwise build (and allocate) the same string.
+fn remembered_base(scheme: &'static str, authority: &str) -> Arc<str> {
+    /// The scheme and authority last asked for, and the base made of them.
+    type Last = Option<(&'static str, Box<str>, Arc<str>)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((s, a, base)) if *s == scheme && **a == *authority => base.clone(),
+        _ => {
+            let base: Arc<str> = format!("{scheme}://{authority}").into();
+            *last = Some((scheme, authority.into(), base.clone()));
+            base
+        }
+    })
 }
 
 /// Whether `origin` (an `Origin` header's value) is the origin of the
@@ -276,7 +295,7 @@ pub fn render(
     em_base: &str,
     to: &Representation,
 ) -> Result<Response<Body>, ConvertError> {
-    let (xml, case, public) = (to.xml, to.case, to.public.as_str());
+    let (xml, case, public) = (to.xml, to.case, &*to.public);
     let mut headers = client_headers(&em.headers, em_base, public);
     if em.body.is_empty() || !looks_like_xml(&em.headers) {
         if let Some(t) = em.headers.get(CONTENT_TYPE) {
@@ -835,28 +854,43 @@ mod tests {
         let host = Authority::parse("gw.example:8080");
         let mut headers = HeaderMap::new();
         assert_eq!(
-            public_base(&settings, host.as_ref(), &headers, false, bound),
+            &*public_base(&settings, host.as_ref(), &headers, false, bound),
             "http://gw.example:8080"
         );
         assert_eq!(
-            public_base(&settings, None, &headers, true, bound),
+            &*public_base(&settings, None, &headers, true, bound),
             "https://127.0.0.1:4242"
         );
         // Forwarded headers count only when trusted.
         headers.insert("x-forwarded-host", "other.example".parse().unwrap());
         assert_eq!(
-            public_base(&settings, host.as_ref(), &headers, false, bound),
+            &*public_base(&settings, host.as_ref(), &headers, false, bound),
             "http://gw.example:8080"
         );
         let mut trusting = settings.clone();
         trusting.listen.trust_forwarded = true;
         assert_eq!(
-            public_base(&trusting, host.as_ref(), &headers, false, bound),
+            &*public_base(&trusting, host.as_ref(), &headers, false, bound),
             "http://other.example"
+        );
+        // The same base again is the one made before; another host its own.
+        let (a, b) = (
+            public_base(&settings, host.as_ref(), &HeaderMap::new(), false, bound),
+            public_base(&settings, host.as_ref(), &HeaderMap::new(), false, bound),
+        );
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = Authority::parse("gw2.example:8080");
+        assert_eq!(
+            &*public_base(&settings, other.as_ref(), &HeaderMap::new(), false, bound),
+            "http://gw2.example:8080"
+        );
+        assert_eq!(
+            &*public_base(&settings, host.as_ref(), &HeaderMap::new(), true, bound),
+            "https://gw.example:8080"
         );
         headers.insert("x-forwarded-host", "evil\"/><x".parse().unwrap());
         assert_eq!(
-            public_base(&trusting, host.as_ref(), &headers, false, bound),
+            &*public_base(&trusting, host.as_ref(), &headers, false, bound),
             "http://gw.example:8080"
         );
     }
