@@ -243,16 +243,19 @@ same "$gw$hot_path" "http://127.0.0.1:$NG_CACHE$hot_path" "emgate, nginx proxy_c
 same "$gw$hot_path" "http://127.0.0.1:$FLOOR_PORT$hot_path" "emgate, floor"
 same "$gws$hot_path" "https://127.0.0.1:$NG_TLS$hot_path" "emgate HTTPS, nginx HTTPS"
 
-# The wrk script that asks for each key in turn.
-cat >"$work/rotate.lua" <<EOF
+# A wrk script that asks for the vmRestorePoints of each ID in FILE in turn.
+rotating_script() { # FILE QUERY
+    cat <<EOF
 local ids = {}
-for line in io.lines("$work/keys") do ids[#ids + 1] = line end
+for line in io.lines("$1") do ids[#ids + 1] = line end
 local i = 0
 request = function()
     i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints")
+    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints$2")
 end
 EOF
+}
+rotating_script "$work/keys" "" >"$work/rotate.lua"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # tool url pid -> "req/s p50_ms p99_ms cpu_us_per_request non2xx"
@@ -360,15 +363,7 @@ logons_after=$(metric 'emgate_upstream_logons_total{result="ok"}')
 echo "requests: $requests; EM logons during them: $(python3 -c "print(int(float('$logons_after')) - int(float('${logons_before:-0}')))"); EM logons since start: $logons_after"
 
 say "RSS after filling the cache with $RESTORE_POINTS collections"
-cat >"$work/fill.lua" <<EOF
-local ids = {}
-for line in io.lines("$work/ids") do ids[#ids + 1] = line end
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints?format=Entity")
-end
-EOF
+rotating_script "$work/ids" "?format=Entity" >"$work/fill.lua"
 "${client_cpu[@]}" wrk -t1 -c16 -d15s -s "$work/fill.lua" "$gw" >/dev/null 2>&1
 entries=$(metric emgate_cache_entries)
 bytes=$(metric emgate_cache_bytes)
