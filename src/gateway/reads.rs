@@ -612,6 +612,16 @@ impl Tier {
             };
             match self.fleet.try_lease(&h).await {
                 Ok(Some(lease)) => {
+                    // The replica that fetched before us may have stored its
+                    // answer and let the lease go between our look and our
+                    // lease: look again, or the key is fetched from EM twice.
+                    if !self.skip_lookup {
+                        if let Ok(Some(bytes)) = self.fleet.entry(&h).await {
+                            if let Some((f, true)) = self.decode(&bytes, Source::Shared) {
+                                return Ok(f);
+                            }
+                        }
+                    }
                     if holder_gone {
                         self.fleet.took_over();
                     }
