@@ -18,6 +18,7 @@
 //! - A client's `Cache-Control: no-cache` reaches EM only when it presents
 //!   the admin token: EM is what the gateway protects.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,7 +37,7 @@ use crate::fleet::{Fleet, Waited};
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
-use crate::gateway::response::Body;
+use crate::gateway::response::{remembered, Body};
 use crate::gateway::target::{canonical_pairs, encode_segment, Target};
 
 /// `X-Cache: HIT|MISS|STALE`.
@@ -767,41 +768,32 @@ fn cached_response(
 /// allocating) it again.
 fn age_value(secs: u64) -> HeaderValue {
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
     }
-    LAST.with_borrow_mut(|last| match last {
-        Some((s, v)) if *s == secs => v.clone(),
-        _ => {
-            let v = HeaderValue::from(secs);
-            *last = Some((secs, v.clone()));
-            v
-        }
-    })
+    let make = || HeaderValue::from(secs);
+    remembered(&LAST, |s| *s == secs, || Some((secs, make()))).unwrap_or_else(make)
 }
 
 /// `t` as an HTTP date, remembered per thread for the last second asked:
 /// hits of one entry ask for the same date over and over.
 fn http_date(t: std::time::SystemTime) -> Option<HeaderValue> {
     thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
-            const { std::cell::RefCell::new(None) };
+        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
     }
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())?;
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match &*last {
-            Some((s, v)) if *s == secs => Some(v.clone()),
-            _ => {
-                let v = HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()?;
-                *last = Some((secs, v.clone()));
-                Some(v)
-            }
-        }
-    })
+    remembered(
+        &LAST,
+        |s| *s == secs,
+        || {
+            Some((
+                secs,
+                HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()?,
+            ))
+        },
+    )
 }
 
 /// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 §13.1.2

@@ -21,7 +21,7 @@ use crate::config::{JsonCase, Settings};
 use crate::convert::{self, Case, ConvertError, Rewrite};
 use crate::em::client::UpstreamResponse;
 use crate::gateway::host::Authority;
-use crate::gateway::response::Body;
+use crate::gateway::response::{remembered, Body};
 
 /// `Content-Type` of JSON answers.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
@@ -168,18 +168,17 @@ pub fn public_base(
 /// each would otherwise build (and allocate) the same string.
 fn remembered_base(scheme: &'static str, authority: &str) -> Arc<str> {
     /// The scheme and authority last asked for, and the base made of them.
-    type Last = Option<(&'static str, Box<str>, Arc<str>)>;
+    type Last = Option<((&'static str, Box<str>), Arc<str>)>;
     thread_local! {
         static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
     }
-    LAST.with_borrow_mut(|last| match last {
-        Some((s, a, base)) if *s == scheme && **a == *authority => base.clone(),
-        _ => {
-            let base: Arc<str> = format!("{scheme}://{authority}").into();
-            *last = Some((scheme, authority.into(), base.clone()));
-            base
-        }
-    })
+    let make = || -> Arc<str> { format!("{scheme}://{authority}").into() };
+    remembered(
+        &LAST,
+        |(s, a)| *s == scheme && **a == *authority,
+        || Some(((scheme, authority.into()), make())),
+    )
+    .unwrap_or_else(make)
 }
 
 /// Whether `origin` (an `Origin` header's value) is the origin of the

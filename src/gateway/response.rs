@@ -1,12 +1,36 @@
 //! Response plumbing shared by the handlers: the body type and content
 //! negotiation (which of XML or JSON a client prefers).
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, ACCEPT};
 
 /// Every response body: whole, since EM's answers are read (and, later,
 /// converted or cached) before they are sent.
 pub type Body = http_body_util::Full<Bytes>;
+
+/// A value remembered per thread for the last key it was made for, in
+/// `last`: a busy gateway's answers repeat a few values (an entry's age and
+/// date, the public base) that would otherwise be formatted, and allocated,
+/// on every request. `same` says whether the remembered key is the one
+/// wanted; `make` makes key and value when it is not (`None`: nothing to
+/// remember, nothing returned).
+pub fn remembered<K: 'static, V: Clone + 'static>(
+    last: &'static LocalKey<RefCell<Option<(K, V)>>>,
+    same: impl FnOnce(&K) -> bool,
+    make: impl FnOnce() -> Option<(K, V)>,
+) -> Option<V> {
+    last.with_borrow_mut(|last| match last {
+        Some((k, v)) if same(k) => Some(v.clone()),
+        _ => {
+            let (k, v) = make()?;
+            *last = Some((k, v.clone()));
+            Some(v)
+        }
+    })
+}
 
 /// Whether the client's `Accept` prefers `application/xml` over JSON.
 ///
