@@ -661,6 +661,127 @@ async fn every_log_line_is_one_json_object_with_the_request_fields() {
     );
 }
 
+/// Every line of the log, parsed (the test gateway logs JSON).
+fn json_lines(gw: &Gateway) -> Vec<serde_json::Value> {
+    gw.logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_about_a_request_carry_its_id_and_a_hit_writes_only_its_access_line() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let cached = vm_points_path(&sim, 1);
+    assert_eq!(http.get(&gw.url(&cached), &[]).await.status, StatusCode::OK);
+
+    sim.set_fault(FaultTarget::Data, Some(Fault::Status(500)));
+    let failed = http
+        .get(
+            &gw.url(&vm_points_path(&sim, 2)),
+            &[("x-request-id", "fail-me-3")],
+        )
+        .await;
+    let hit = http
+        .get(&gw.url(&cached), &[("x-request-id", "hit-me-5")])
+        .await;
+
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(hit.headers["x-cache"], "HIT");
+    let logged = |id: &'static str| {
+        let gw = &gw;
+        move || {
+            let n = json_lines(gw)
+                .iter()
+                .filter(|l| l["message"] == "request" && l["request_id"] == id)
+                .count();
+            async move { n == 1 }
+        }
+    };
+    assert!(eventually(Duration::from_secs(5), logged("fail-me-3")).await);
+    assert!(eventually(Duration::from_secs(5), logged("hit-me-5")).await);
+    let lines = json_lines(&gw);
+    let about = |id: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == id || l["request_id"] == id)
+            .collect()
+    };
+    // The fetch that failed is logged in the request's span, with its id.
+    assert!(
+        about("fail-me-3")
+            .iter()
+            .any(|l| l["message"] == "EM fetch failed" && l["span"]["request_id"] == "fail-me-3"),
+        "{:?}",
+        about("fail-me-3")
+    );
+    // A hit does nothing worth a line but the access line.
+    let hit_lines = about("hit-me-5");
+    assert_eq!(hit_lines.len(), 1, "{hit_lines:?}");
+    assert_eq!(hit_lines[0]["cache"], "HIT");
+    assert_eq!(hit_lines[0]["status"], 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_lines_read_like_every_other_line_and_can_be_turned_off() {
+    let sim = start_sim(sim_config()).await;
+    let text = Gateway::start(&sim, &[("EMGATE_LOG_FORMAT", "text")]);
+    let quiet = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_LOG_FORMAT", "text"),
+            ("EMGATE_LOG", "info,emgate::access=off"),
+        ],
+    );
+    let http = Http::default();
+    let p = vm_points_path(&sim, 4);
+    for gw in [&text, &quiet] {
+        let reply = http.get(&gw.url(&p), &[("x-request-id", "text-1")]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
+    let line = |gw: &Gateway| {
+        gw.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("request_id=\"text-1\""))
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let found = line(&text).is_some();
+            async move { found }
+        })
+        .await
+    );
+    let line = line(&text).unwrap();
+    // `2026-12-04T05:48:36.156932Z  INFO request{request_id=text-1}: request method=GET ...`
+    let (time, rest) = line.split_once("  INFO ").expect(&line);
+    assert_eq!(time.len(), 27, "{line}");
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{line}");
+    let expected = format!(
+        "request{{request_id=text-1}}: request method=GET path=\"{p}\" \
+         route=\"/api/restorePoints/{{id}}/vmRestorePoints\" status=200 latency_ms="
+    );
+    assert!(rest.starts_with(&expected), "{line}");
+    assert!(
+        rest.ends_with(" client=\"~anonymous\" cache=\"MISS\" request_id=\"text-1\""),
+        "{line}"
+    );
+    // The other gateway keeps its other lines and writes no access line.
+    assert!(quiet.log_text().contains("listening"));
+    assert!(
+        !quiet.log_text().contains("request method="),
+        "{}",
+        quiet.log_text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_session_is_kept_alive_across_ems_idle_timeout() {
     let mut cfg = sim_config();

@@ -4,6 +4,8 @@
 //! - [`conn`]: one connection's deadlines (first request head, idle) and
 //!   what a request knows of its connection;
 //! - [`request_id`]: `X-Request-Id`: the client's if well-formed, else a new one;
+//! - [`context`]: what every phase of one request answers by, and its span,
+//!   made only when the request does more than read memory;
 //! - [`router`]: which handler answers; one log line and metrics per request;
 //! - [`host`], [`target`]: the host and the `/api` target a request names,
 //!   parsed and checked before anything reaches EM;
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod app;
 pub mod clients;
 pub mod conn;
+pub mod context;
 pub mod error;
 pub mod host;
 pub mod limit;

@@ -34,11 +34,13 @@ use crate::config::{CacheSettings, Settings};
 use crate::em::session::EmError;
 use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
+use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::{remembered, Body};
 use crate::gateway::target::{canonical_pairs, encode_segment, Target};
+use tracing::Instrument;
 
 /// `X-Cache: HIT|MISS|STALE`.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -431,40 +433,38 @@ fn wants_fresh(headers: &HeaderMap) -> bool {
 }
 
 /// Answers a GET or HEAD of `/api` that goes to EM.
+///
+/// What goes to EM runs in the request's span (a refresh ahead of expiry
+/// in the span of the request that caused it); a hit makes none.
 pub async fn serve(
     state: &Arc<ReadState>,
+    ctx: &Ctx,
     method: &Method,
     headers: &HeaderMap,
     resolved: &Resolved,
-    to: &Representation,
     operator: bool,
 ) -> Result<Response<Body>, GatewayError> {
+    let to = &ctx.to;
     let head = method == Method::HEAD;
     let target = &resolved.target;
     let rule = resolved.rule(&state.rules);
     // One fetch serves every client: only the request id of the client
     // that caused it goes along, nothing that could shape the answer.
-    let request_id = headers.get(X_REQUEST_ID);
+    let request_id = ctx.request_id();
     let fetch = |cacheable: bool| {
-        em_fetch(
+        ctx.traced(em_fetch(
             state.clone(),
             em_target(target),
             request_id.cloned(),
             head,
             cacheable,
-        )
+        ))
     };
     let em_base = state.pool.upstream().base_url();
     let Some(rule) = rule else {
         if !state.settings.cache.collapse {
-            return Box::pin(crate::gateway::proxy::forward(
-                &state.pool,
-                method,
-                target,
-                headers,
-                to,
-            ))
-            .await;
+            let forward = crate::gateway::proxy::forward(&state.pool, method, target, headers, to);
+            return Box::pin(ctx.traced(forward)).await;
         }
         let key = resolved.key(&state.rules, head);
         let em = fetch(false);
@@ -510,6 +510,7 @@ pub async fn serve(
         let key = key.clone();
         let policy = rule.policy.clone();
         let request_id = request_id.cloned();
+        let span = ctx.span().clone();
         // As the client wrote it (EM ignores case, but its logs need not).
         let path = em_target(target);
         move || {
@@ -532,6 +533,7 @@ pub async fn serve(
                     None => em.await,
                 }
             }
+            .instrument(span.clone())
         }
     };
     let result = if fresh {
@@ -543,7 +545,9 @@ pub async fn serve(
         Ok(s) => s,
         Err(error) => {
             if error.status().is_server_error() {
-                tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed");
+                ctx.span().in_scope(
+                    || tracing::warn!(rule = %rule.name, error = %error, "EM fetch failed"),
+                );
             }
             let mut r = error.to_response(to);
             r.extensions_mut()

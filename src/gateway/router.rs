@@ -19,6 +19,7 @@ use crate::gateway::access;
 use crate::gateway::app::App;
 use crate::gateway::clients;
 use crate::gateway::conn::Conn;
+use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
@@ -90,8 +91,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 }
                 p if is_api(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let (response, route, client) =
-                            api(&app, conn, &parts, body, xml, host.as_ref()).await;
+                        let ctx = context(&app, conn, &parts, xml, host.as_ref());
+                        let (response, route, client) = api(&app, &ctx, &parts, body).await;
                         labels = (Some(route), client);
                         response
                     }
@@ -99,18 +100,9 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 },
                 p if is_admin(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let to = Representation {
-                            xml,
-                            case,
-                            public: render::public_base(
-                                &app.settings,
-                                host.as_ref(),
-                                &parts.headers,
-                                conn.tls,
-                                app.local_addr,
-                            ),
-                        };
-                        Box::pin(crate::gateway::admin::handle(&app, conn, &parts, &to)).await
+                        let ctx = context(&app, conn, &parts, xml, host.as_ref());
+                        let admin = crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
+                        Box::pin(ctx.traced(admin)).await
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
@@ -137,25 +129,24 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
     record_history(&parts, route, client, &response);
-    tracing::info!(
-        method = %parts.method,
+    crate::ops::logging::access(&crate::ops::logging::AccessLine {
+        method: parts.method.as_str(),
         path,
         route,
-        status = response.status().as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        client = client.unwrap_or("-"),
-        cache = response
+        status: response.status().as_u16(),
+        latency: elapsed,
+        client: client.unwrap_or("-"),
+        cache: response
             .headers()
             .get(&reads::X_CACHE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
-        request_id = parts
+        request_id: parts
             .headers
-            .get("x-request-id")
+            .get(proxy::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
-        "request"
-    );
+    });
     response
 }
 
@@ -225,20 +216,8 @@ fn closing(mut response: Response<Body>, parts: &Parts) -> Response<Body> {
     response
 }
 
-/// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
-/// route or the pass-through, each after the checks that apply to it; with
-/// the answer, its route template and its caller's name.
-/// Routing looks only at the parsed [`Target`], and EM is sent its
-/// canonical encoding.
-async fn api(
-    app: &Arc<App>,
-    conn: Conn,
-    parts: &Parts,
-    body: Incoming,
-    xml: bool,
-    host: Option<&Authority>,
-) -> (Response<Body>, &'static str, Option<Cow<'static, str>>) {
-    // The one representation every phase of this request answers in.
+/// The context of an `/api` or `/admin` request that passed the edge's checks.
+fn context(app: &App, conn: Conn, parts: &Parts, xml: bool, host: Option<&Authority>) -> Ctx {
     let to = Representation {
         xml,
         case: app.settings.json_case,
@@ -250,6 +229,21 @@ async fn api(
             app.local_addr,
         ),
     };
+    Ctx::new(conn, to, parts.headers.get(proxy::X_REQUEST_ID))
+}
+
+/// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
+/// route or the pass-through, each after the checks that apply to it; with
+/// the answer, its route template and its caller's name.
+/// Routing looks only at the parsed [`Target`], and EM is sent its
+/// canonical encoding.
+async fn api(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    parts: &Parts,
+    body: Incoming,
+) -> (Response<Body>, &'static str, Option<Cow<'static, str>>) {
+    let (to, conn) = (&ctx.to, ctx.conn);
     let mut client = None;
     let mut label = "/api/*";
     let result = async {
@@ -279,7 +273,8 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            return Box::pin(access::logon(&app.access, parts, conn.peer, target, &to)).await;
+            let logon = access::logon(&app.access, parts, conn.peer, target, to);
+            return Box::pin(ctx.traced(logon)).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
@@ -294,10 +289,8 @@ async fn api(
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
             label = "/api/logonSessions";
-            return Box::pin(access::logon_sessions(
-                &app.access, &caller, method, target, &to,
-            ))
-            .await;
+            let sessions = access::logon_sessions(&app.access, &caller, method, target, to);
+            return Box::pin(ctx.traced(sessions)).await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
         if let Some(segment) = restore_points::restore_point_segment(target) {
@@ -311,7 +304,7 @@ async fn api(
         // here, never cached, never reaching EM for another's task.
         if target.is(0, "tasks") || is_task_query(target) {
             label = "/api/tasks";
-            return Box::pin(tasks_route(app, &caller, method, target, &to)).await;
+            return Box::pin(ctx.traced(tasks_route(app, &caller, method, target, to))).await;
         }
         if read {
             if let Some(r) = resolved.rule(&app.reads.rules) {
@@ -319,17 +312,17 @@ async fn api(
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            return reads::serve(&app.reads, method, &parts.headers, &resolved, &to, operator)
+            return reads::serve(&app.reads, ctx, method, &parts.headers, &resolved, operator)
                 .await;
         }
         // Writes are few and their future is large: boxed, so a read's
         // future (moved on every layer of the stack) stays small.
-        Box::pin(write(app, &caller, parts, body, target, &to)).await
+        Box::pin(ctx.traced(write(app, &caller, parts, body, target, to))).await
     }
     .await;
     let response = result.unwrap_or_else(|e| {
-        log_error(&e);
-        let mut r = e.to_response(&to);
+        ctx.span().in_scope(|| log_error(&e));
+        let mut r = e.to_response(to);
         r.extensions_mut().insert(ErrorMessage(e.client_message()));
         r
     });

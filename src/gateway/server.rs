@@ -24,7 +24,6 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tower::ServiceBuilder;
-use tower_http::trace::TraceLayer;
 
 use crate::cache::Options;
 use crate::config::{CacheSettings, ConfigError, Settings, UpstreamTrust};
@@ -428,30 +427,7 @@ fn stack(
         // every response carries an id (the router copies it onto the
         // response).
         .map_request(move |req| request_ids.ensure(req))
-        // A span per request, so every log line made while serving it
-        // carries the request id. Only the id: the access line has the
-        // method and path, and the span's fields are formatted for every
-        // request, logged inside it or not (8% of a hit's CPU with method
-        // and path too).
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request<Incoming>| {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!("request", request_id = %id)
-                })
-                // The one line per request is written by `route`, which
-                // knows the route template and the cache result.
-                .on_request(())
-                .on_response(())
-                .on_body_chunk(())
-                .on_eos(())
-                .on_failure(()),
-        )
-        .service_fn(move |req| {
+        .service_fn(move |req: Request<Incoming>| {
             // The connection is busy from here until the answer is made,
             // so its idle deadline waits.
             let busy = activity.begin();

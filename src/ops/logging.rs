@@ -12,6 +12,13 @@
 //! buffer stops at `HELD_AT_MOST` and further lines are dropped and
 //! counted in `emgate_log_lines_dropped_total` rather than stalling requests.
 //!
+//! The access line (one per request) is written straight into that buffer
+//! in the same shape the formatter gives every other line, without going
+//! through tracing's formatter: its visitor and `core::fmt` machinery cost
+//! about a quarter of a cache hit's CPU at `info` (see BENCHMARKS.md). It
+//! obeys the same filter, under its own target `emgate::access`
+//! (`EMGATE_LOG=info,emgate::access=off` keeps the other lines only).
+//!
 //! States of the buffer: *empty* → (a line) *filling* → (WRITE_AT bytes, or
 //! FLUSH_EVERY since the first line, or the guard dropped) *written* →
 //! *empty*. While stderr is blocked the buffer stays *filling* up to
@@ -115,7 +122,10 @@ fn write_out(shared: Arc<Shared>) {
     }
 }
 
-static DROPPED: OnceLock<Arc<Shared>> = OnceLock::new();
+/// The buffer and format of the installed subscriber, for the access line
+/// (and the count of dropped lines); unset when another subscriber was
+/// installed first.
+static INSTALLED: OnceLock<(Arc<Shared>, LogFormat)> = OnceLock::new();
 
 /// Keeps the writer thread alive; dropping it writes what is buffered (so
 /// `serve` holds it until it returns, and the last lines are not lost).
@@ -169,7 +179,7 @@ pub fn init(filter: &str, format: LogFormat) -> Guard {
         // Another subscriber was first: this writer is never used.
         return Guard { writer: None };
     }
-    let _ = DROPPED.set(shared.clone());
+    let _ = INSTALLED.set((shared.clone(), format));
     let writer = shared.clone();
     match std::thread::Builder::new()
         .name("emgate-log".into())
@@ -187,7 +197,174 @@ pub fn init(filter: &str, format: LogFormat) -> Guard {
 
 /// Log lines dropped because stderr did not take them.
 pub fn dropped_lines() -> u64 {
-    DROPPED
+    INSTALLED
         .get()
-        .map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+        .map_or(0, |(s, _)| s.dropped.load(Ordering::Relaxed))
+}
+
+/// What the one line per request says.
+pub struct AccessLine<'a> {
+    /// The request's method.
+    pub method: &'a str,
+    /// Its path (without the query).
+    pub path: &'a str,
+    /// The route template that answered it.
+    pub route: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// From the request's head to its answer's head.
+    pub latency: Duration,
+    /// The client's name, `-` for none.
+    pub client: &'a str,
+    /// The cache result (`X-Cache`), `-` for none.
+    pub cache: &'a str,
+    /// The request id (kept or made at the edge).
+    pub request_id: &'a str,
+}
+
+/// Logs the access line, if the filter lets `emgate::access` at `info` through.
+pub fn access(line: &AccessLine<'_>) {
+    if !tracing::enabled!(target: "emgate::access", tracing::Level::INFO) {
+        return;
+    }
+    let Some((shared, format)) = INSTALLED.get() else {
+        // Another subscriber (a test's, an embedding program's): it formats.
+        tracing::info!(
+            target: "emgate::access",
+            method = line.method,
+            path = line.path,
+            route = line.route,
+            status = line.status,
+            latency_ms = line.latency.as_secs_f64() * 1000.0,
+            client = line.client,
+            cache = line.cache,
+            request_id = line.request_id,
+            "request"
+        );
+        return;
+    };
+    LINE.with_borrow_mut(|out| {
+        out.clear();
+        match format {
+            LogFormat::Text => text_line(out, line),
+            LogFormat::Json => json_line(out, line),
+        }
+        // The same rule as every other line: whole, or counted as dropped.
+        let _ = Lines(shared.clone()).write(out);
+        if out.capacity() > LINE_KEPT {
+            *out = Vec::new();
+        }
+    });
+}
+
+/// Capacity a thread keeps for its next access line (a 64 KiB path makes
+/// a line that long once, not for the thread's life).
+const LINE_KEPT: usize = 4096;
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The last second formatted, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-12-04T05:48:36.156932Z`, as tracing-subscriber writes its time:
+/// the date is formatted once per second per thread.
+fn timestamp(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (second, mut date) = SECOND.get();
+    if second != since.as_secs() {
+        let full = humantime::format_rfc3339_seconds(now).to_string();
+        date.copy_from_slice(&full.as_bytes()[..19]);
+        SECOND.set((since.as_secs(), date));
+    }
+    out.extend_from_slice(&date);
+    out.push(b'.');
+    let mut micros = itoa::Buffer::new();
+    let micros = micros.format(since.subsec_micros());
+    out.extend_from_slice(&b"000000"[micros.len()..]);
+    out.extend_from_slice(micros.as_bytes());
+    out.push(b'Z');
+}
+
+/// Milliseconds to the microsecond (`0.011`, `12.305`): nanoseconds would be
+/// noise in a log.
+fn millis(out: &mut Vec<u8>, latency: Duration) {
+    let micros = latency.as_micros();
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(n.format(micros / 1000).as_bytes());
+    out.push(b'.');
+    let frac = n.format(micros % 1000);
+    out.extend_from_slice(&b"000"[frac.len()..]);
+    out.extend_from_slice(frac.as_bytes());
+}
+
+/// A string as the text format quotes it (Rust's `Debug`, as tracing's
+/// formatter writes a `&str` field); plain bytes copied as they are.
+fn quoted(out: &mut Vec<u8>, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' || b == b' ')
+    {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// The text line, as tracing-subscriber's full format writes an event with
+/// these fields inside the request's span.
+fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
+    timestamp(out);
+    out.extend_from_slice(b"  INFO request{request_id=");
+    out.extend_from_slice(l.request_id.as_bytes());
+    out.extend_from_slice(b"}: request method=");
+    out.extend_from_slice(l.method.as_bytes());
+    out.extend_from_slice(b" path=");
+    quoted(out, l.path);
+    out.extend_from_slice(b" route=");
+    quoted(out, l.route);
+    out.extend_from_slice(b" status=");
+    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
+    out.extend_from_slice(b" latency_ms=");
+    millis(out, l.latency);
+    out.extend_from_slice(b" client=");
+    quoted(out, l.client);
+    out.extend_from_slice(b" cache=");
+    quoted(out, l.cache);
+    out.extend_from_slice(b" request_id=");
+    quoted(out, l.request_id);
+    out.push(b'\n');
+}
+
+/// The JSON line, as tracing-subscriber's JSON format writes it (flattened
+/// fields and the current span); strings escaped by serde_json.
+fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
+    let string = |out: &mut Vec<u8>, s: &str| {
+        let _ = serde_json::to_writer(&mut *out, s);
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+    string(out, l.method);
+    out.extend_from_slice(b",\"path\":");
+    string(out, l.path);
+    out.extend_from_slice(b",\"route\":");
+    string(out, l.route);
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
+    out.extend_from_slice(b",\"latency_ms\":");
+    millis(out, l.latency);
+    out.extend_from_slice(b",\"client\":");
+    string(out, l.client);
+    out.extend_from_slice(b",\"cache\":");
+    string(out, l.cache);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, l.request_id);
+    out.extend_from_slice(b",\"span\":{\"request_id\":");
+    string(out, l.request_id);
+    out.extend_from_slice(b",\"name\":\"request\"}}\n");
 }

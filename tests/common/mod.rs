@@ -204,7 +204,12 @@ impl Drop for Gateway {
     }
 }
 
+/// The address in the `listening` line, JSON (the tests' default) or text
+/// (`... INFO listening addr=127.0.0.1:PORT scheme=...`).
 fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if let Some((_, rest)) = line.split_once(" INFO listening addr=") {
+        return rest.split(' ').next()?.parse().ok();
+    }
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     if v["message"] != "listening" {
         return None;

@@ -1,0 +1,70 @@
+//! The request context: what every phase of a request answers by, made
+//! once at the edge (after the method, head size and `Host` checks) and
+//! passed down by reference, as Pingora's per-request `CTX`.
+//!
+//! It also owns the request's tracing span, made the first time the
+//! request does anything but read memory: a cache hit never makes one.
+//! Every line *about this request* (its EM fetch and what EM answered, its
+//! failure, a logon, a write, an admin action) is logged inside the span
+//! and carries the request id; a line about a dependency's state (Redis
+//! down or back, EM's session renewed) is the dependency's and may be
+//! logged from a request without it. The access line carries the id
+//! itself. A span per request costs a hit about a seventh of its CPU at
+//! `info` (see BENCHMARKS.md), for lines a hit never writes.
+
+use std::future::Future;
+use std::sync::OnceLock;
+
+use http::HeaderValue;
+use tracing::instrument::Instrumented;
+use tracing::{Instrument, Span};
+
+use crate::gateway::conn::Conn;
+use crate::gateway::render::Representation;
+
+/// One request's context (see the module's docs).
+pub struct Ctx {
+    /// The connection it came on.
+    pub conn: Conn,
+    /// What it is answered in: XML or JSON, the JSON case, the public base.
+    pub to: Representation,
+    /// Its id, kept or made at the edge (every request has one).
+    request_id: Option<HeaderValue>,
+    /// Made on first use; `OnceLock` so the context can be shared by
+    /// reference across the request's awaits.
+    span: OnceLock<Span>,
+}
+
+impl Ctx {
+    /// The context of a request with `request_id` (its `X-Request-Id`).
+    pub fn new(conn: Conn, to: Representation, request_id: Option<&HeaderValue>) -> Ctx {
+        Ctx {
+            conn,
+            to,
+            request_id: request_id.cloned(),
+            span: OnceLock::new(),
+        }
+    }
+
+    /// The request id as a header value, for EM's request.
+    pub fn request_id(&self) -> Option<&HeaderValue> {
+        self.request_id.as_ref()
+    }
+
+    /// The request's span, made now if it was not yet.
+    pub fn span(&self) -> &Span {
+        self.span.get_or_init(|| {
+            let id = self
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", request_id = %id)
+        })
+    }
+
+    /// `work` run inside the request's span.
+    pub fn traced<F: Future>(&self, work: F) -> Instrumented<F> {
+        work.instrument(self.span().clone())
+    }
+}
