@@ -25,7 +25,9 @@
 #
 # Knobs (environment): ROUNDS (3), DURATION (5, seconds), CONNECTIONS (32),
 # STREAMS (10 per HTTP/2 connection), KEYS (1000), RESTORE_POINTS (10000),
-# LOG (info: emgate's default).
+# LOG (info: emgate's default), BASELINE (another emgate binary, say the
+# last commit's, measured beside this one in every scenario as "emgate
+# (baseline)": this commit against the last, in one run).
 #
 # It installs wrk, nginx, h2load and openssl from the distribution's
 # packages if missing and builds emgate and the floor in release mode.
@@ -39,6 +41,7 @@ STREAMS=${STREAMS:-10}
 KEYS=${KEYS:-1000}
 RESTORE_POINTS=${RESTORE_POINTS:-10000}
 LOG=${LOG:-info}
+BASELINE=${BASELINE:-}
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="$(mktemp -d /tmp/emgate-load.XXXXXX)"
@@ -107,7 +110,7 @@ start_emgate() { # port [extra env...]: the gateway's pid
         EMGATE_UPSTREAM_URL="https://127.0.0.1:$SIM_PORT" EMGATE_UPSTREAM_USERNAME=load \
         EMGATE_UPSTREAM_PASSWORD=load-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
         EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h "$@" \
-        "${server_cpu[@]}" "$EMGATE" serve >/dev/null 2>>"$work/emgate-$p.log" &
+        "${server_cpu[@]}" "${BIN:-$EMGATE}" serve >/dev/null 2>>"$work/emgate-$p.log" &
     echo $!
 }
 
@@ -124,6 +127,18 @@ pids+=("$gw_tls_pid")
 until curl -sfk "https://127.0.0.1:$GW_TLS_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
 gw="http://127.0.0.1:$GW_PORT"
 gws="https://127.0.0.1:$GW_TLS_PORT"
+if [[ -n "$BASELINE" ]]; then
+    say "starting the baseline emgate ($BASELINE) over HTTP and HTTPS"
+    BASE_PORT=$(port)
+    BASE_TLS_PORT=$(port)
+    base_pid=$(BIN="$BASELINE" start_emgate "$BASE_PORT")
+    base_tls_pid=$(BIN="$BASELINE" start_emgate "$BASE_TLS_PORT" EMGATE_TLS_CERT_FILE="$work/tls.crt" EMGATE_TLS_KEY_FILE="$work/tls.key")
+    pids+=("$base_pid" "$base_tls_pid")
+    until curl -sf "http://127.0.0.1:$BASE_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
+    until curl -sfk "https://127.0.0.1:$BASE_TLS_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
+    base="http://127.0.0.1:$BASE_PORT"
+    bases="https://127.0.0.1:$BASE_TLS_PORT"
+fi
 
 # A sample by its full name (with labels), or a metric's sum over its labels.
 metric() { curl -s "$gw/metrics" | awk -v m="$1" '
@@ -151,6 +166,10 @@ head -n "$KEYS" "$work/ids" >"$work/keys"
 sed "s|.*|url = \"$gw/api/restorePoints/&/vmRestorePoints\"\noutput = \"$work/static/api/restorePoints/&/vmRestorePoints\"|" \
     "$work/keys" >"$work/warm.curl"
 curl -s --create-dirs -K "$work/warm.curl"
+if [[ -n "$BASELINE" ]]; then
+    sed "s|$gw|$base|; s|^output = .*|output = \"/dev/null\"|" "$work/warm.curl" >"$work/warm-base.curl"
+    curl -s -K "$work/warm-base.curl"
+fi
 # The hot key: the largest body of the warm set.
 hot_path=$(cd "$work/static" && find api -type f -printf '%s /%p\n' | sort -n | tail -1 | cut -d' ' -f2)
 curl -s "$gw$hot_path" >"$work/hot.json"
@@ -160,6 +179,11 @@ echo "$(find "$work/static" -type f | wc -l) files; hot body: $body_bytes bytes"
 mkdir -p "$(dirname "$work/static-tls$hot_path")"
 curl -sk "$gws$hot_path" >/dev/null
 curl -sk "$gws$hot_path" >"$work/static-tls$hot_path"
+if [[ -n "$BASELINE" ]]; then
+    curl -sk -o /dev/null "$bases$hot_path"
+    # Its links name its own port: the same length, other digits.
+    [[ $(curl -s "$base$hot_path" | wc -c) == "$body_bytes" ]] || { echo "the baseline answers other bytes"; exit 1; }
+fi
 # What a hit of emgate sends besides the body, for the floor.
 curl -s -D - -o /dev/null "$gw$hot_path" | tail -n +2 | tr -d '\r' |
     grep -viE '^(content-length|date|connection):|^$' >"$work/hit-headers"
@@ -311,6 +335,14 @@ rows=(
     "HTTP/2|h2load|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
     "HTTP/2|h2load|nginx static|http://127.0.0.1:$NG_H2$hot_path|$nginx_worker"
 )
+if [[ -n "$BASELINE" ]]; then
+    rows+=(
+        "one key|wrk|emgate (baseline)|$base$hot_path|$base_pid"
+        "$KEYS keys|wrk-rotate|emgate (baseline)|$base|$base_pid"
+        "TLS 1.3|wrk|emgate (baseline)|$bases$hot_path|$base_tls_pid"
+        "HTTP/2|h2load|emgate (baseline)|$base$hot_path|$base_pid"
+    )
+fi
 
 say "cache hits side by side: $ROUNDS rounds of ${DURATION}s per server, $CONNECTIONS connections ($STREAMS streams each for HTTP/2)"
 : >"$work/results"
@@ -332,6 +364,8 @@ done
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 printf 'rss|emgate|%s\nrss|emgate HTTPS|%s\nrss|floor|%s\nrss|nginx worker|%s\n' \
     "$(rss "$gw_pid")" "$(rss "$gw_tls_pid")" "$(rss "$floor_pid")" "$(rss "$nginx_worker")" >>"$work/results"
+[[ -n "$BASELINE" ]] && printf 'rss|emgate (baseline)|%s\nrss|emgate HTTPS (baseline)|%s\n' \
+    "$(rss "$base_pid")" "$(rss "$base_tls_pid")" >>"$work/results"
 
 python3 - "$work/results" "$body_bytes" "$LOG" <<'PY'
 import sys, statistics as st
@@ -344,15 +378,18 @@ for line in open(sys.argv[1]):
         continue
     runs.setdefault(scenario, OrderedDict()).setdefault(server, []).append(list(map(float, rest.split())))
 print(f"\nbody {sys.argv[2]} bytes; emgate logs at {sys.argv[3]}; medians of the rounds")
-print(f"| scenario | server | req/s | p50 ms | p99 ms | CPU us/req | vs nginx static | vs floor |")
-print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+base = any("emgate (baseline)" in servers for servers in runs.values())
+print(f"| scenario | server | req/s | p50 ms | p99 ms | CPU us/req | vs nginx static | vs floor |"
+      + (" vs baseline |" if base else ""))
+print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if base else ""))
 for scenario, servers in runs.items():
     med = {s: [st.median(r[i] for r in rs) for i in range(5)] for s, rs in servers.items()}
     for server, (rps, p50, p99, cpu, bad) in med.items():
         ratio = lambda anchor: f"{rps / med[anchor][0]:.2f}x" if anchor in med and anchor != server else ""
         flag = f" ({bad:.0f} non-2xx)" if bad else ""
         print(f"| {scenario} | {server}{flag} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} | "
-              f"{ratio('nginx static')} | {ratio('floor')} |")
+              f"{ratio('nginx static')} | {ratio('floor')} |"
+              + (f" {ratio('emgate (baseline)') if server == 'emgate' else ''} |" if base else ""))
 print("\nRSS after the runs: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()))
 PY
 
