@@ -135,7 +135,9 @@ async fn metrics_count_hits_misses_requests_and_one_logon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_stays_within_its_byte_bound_when_filled() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::start(&sim, &[("EMGATE_CACHE_MAX_BYTES", "64KiB")]);
+    // An entry may take an eighth of the cache: 12 KiB holds any of the
+    // simulator's entities with both representations and their kept heads.
+    let gw = Gateway::start(&sim, &[("EMGATE_CACHE_MAX_BYTES", "96KiB")]);
     let http = Http::default();
     for i in 0..150 {
         let p = format!(
@@ -150,11 +152,11 @@ async fn the_cache_stays_within_its_byte_bound_when_filled() {
         let m = http.get(&gw.url("/metrics"), &[]).await.body;
         bytes = sample(&m, "emgate_cache_bytes{rule=\"vm_restore_points\"}").unwrap();
         let entries = sample(&m, "emgate_cache_entries{rule=\"vm_restore_points\"}").unwrap();
-        if bytes <= 64.0 * 1024.0 && entries > 0.0 {
+        if bytes <= 96.0 * 1024.0 && entries > 0.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(bytes <= 64.0 * 1024.0, "cache holds {bytes} bytes");
+    assert!(bytes <= 96.0 * 1024.0, "cache holds {bytes} bytes");
     assert!(bytes > 16.0 * 1024.0, "cache unexpectedly empty: {bytes}");
 }

@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
-    LAST_MODIFIED, PRAGMA,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, ETAG, IF_NONE_MATCH, LAST_MODIFIED,
+    PRAGMA,
 };
 use http::{Method, Response, StatusCode};
 
@@ -726,20 +726,21 @@ fn cached_response(
     request: &HeaderMap,
     to: &Representation,
     em_base: &str,
-    head: bool,
+    head_only: bool,
 ) -> Response<Body> {
     let entry = &served.entry;
     let prepared = &entry.value;
-    let public: &str = &to.public;
-    let (body, content_type, etag) = prepared.representation(to.xml, public);
+    let (body, head) = prepared.answer(to.xml, &to.public, em_base);
     let ok = prepared.status == StatusCode::OK;
-    let not_modified = ok && matches_etag(request, &etag);
-    let mut r = if not_modified {
-        let mut r = Response::new(Body::default());
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r
-    } else {
-        with_body(prepared, body, content_type, public, em_base, head)
+    let etag = head.get(ETAG).filter(|_| ok);
+    let mut r = match etag {
+        Some(etag) if matches_etag(request, etag) => {
+            let mut r = Response::new(Body::default());
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            r.headers_mut().insert(ETAG, etag.clone());
+            r
+        }
+        _ => with_body(prepared.status, body, head, head_only),
     };
     let h = r.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(served.outcome.as_str()));
@@ -759,7 +760,6 @@ fn cached_response(
         h.insert(AGE, age_value(entry.age_secs()));
     }
     if ok {
-        h.insert(ETAG, etag);
         if let Some(v) = http_date(entry.fetched_wall) {
             h.insert(LAST_MODIFIED, v);
         }
@@ -814,30 +814,30 @@ fn matches_etag(request: &HeaderMap, etag: &HeaderValue) -> bool {
 }
 
 /// A response for a collapsed (uncached) read.
-fn respond(prepared: &Prepared, to: &Representation, em_base: &str, head: bool) -> Response<Body> {
-    let (body, content_type) = prepared.body_for(to.xml, &to.public);
-    with_body(prepared, body, content_type, &to.public, em_base, head)
+fn respond(
+    prepared: &Prepared,
+    to: &Representation,
+    em_base: &str,
+    head_only: bool,
+) -> Response<Body> {
+    let (body, head) = prepared.answer(to.xml, &to.public, em_base);
+    with_body(prepared.status, body, head, head_only)
 }
 
-/// EM's status and allowed headers with `body` (none for a HEAD).
+/// `status`, `head` and `body` (none for a HEAD).
 fn with_body(
-    prepared: &Prepared,
+    status: StatusCode,
     body: bytes::Bytes,
-    content_type: Option<HeaderValue>,
-    public: &str,
-    em_base: &str,
-    head: bool,
+    head: HeaderMap,
+    head_only: bool,
 ) -> Response<Body> {
-    let mut r = Response::new(if head {
+    let mut r = Response::new(if head_only {
         Body::default()
     } else {
         Body::new(body)
     });
-    *r.status_mut() = prepared.status;
-    *r.headers_mut() = prepared.headers_for(em_base, public);
-    if let Some(t) = content_type {
-        r.headers_mut().insert(CONTENT_TYPE, t);
-    }
+    *r.status_mut() = status;
+    *r.headers_mut() = head;
     r
 }
 

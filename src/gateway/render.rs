@@ -228,7 +228,7 @@ pub fn client_headers(em: &HeaderMap, em_base: &str, public: &str) -> HeaderMap 
     // Room for what the gateway adds to every answer (type, cache status,
     // age, tags, nosniff, cache control, request id): one allocation, not
     // a map grown three times on every hit.
-    let mut out = HeaderMap::with_capacity(16);
+    let mut out = HeaderMap::with_capacity(HEAD_ROOM);
     for name in &FROM_EM {
         for value in em.get_all(name) {
             let value = if name == header::LOCATION || name == header::CONTENT_LOCATION {
@@ -518,7 +518,27 @@ pub struct Prepared {
     pub doc: Doc,
     /// The deployment's JSON case (part of the JSON `ETag`).
     case: JsonCase,
+    /// The head a client gets, per representation (JSON, XML), for the
+    /// first public base served (see [`Prepared::answer`]).
+    heads: [OnceLock<KeptHead>; 2],
 }
+
+/// A head kept for one representation: the public base it was made for,
+/// and its headers in order.
+type KeptHead = (Box<str>, Box<[(HeaderName, HeaderValue)]>);
+
+/// Room a kept head takes in an entry's weight, beside EM's allowed
+/// headers (whose bytes the entry counts already): a slot for each of them
+/// and for the four the gateway adds (type, tag, nosniff, cache control),
+/// and the tag's bytes.
+fn kept_head_weight(em_headers: usize) -> usize {
+    std::mem::size_of::<(HeaderName, HeaderValue)>() * (em_headers + 4) + 48
+}
+
+/// Headers a client's answer has room for from the start: EM's, the type,
+/// the tag, nosniff, cache control, and what each request adds (cache
+/// status, age, last modified, request id).
+pub const HEAD_ROOM: usize = 16;
 
 impl crate::cache::Stored for Prepared {
     fn weight(&self) -> usize {
@@ -566,6 +586,7 @@ impl Prepared {
             headers,
             doc,
             case,
+            heads: Default::default(),
         })
     }
 
@@ -577,11 +598,57 @@ impl Prepared {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         headers
+            + 2 * kept_head_weight(self.headers.len())
             + match &self.doc {
                 Doc::Converted { json, xml } => json.weight() + xml.weight(),
                 Doc::Raw { bytes, .. } => bytes.len(),
                 Doc::Empty { .. } => 0,
             }
+    }
+
+    /// The body and the head a client at `public` gets (the status is
+    /// [`Prepared::status`]): EM's allowed headers with links pointed at
+    /// `public`, `Content-Type`, a 200's `ETag`, and what every `/api`
+    /// answer carries ([`api_headers`]). The head is made once per
+    /// representation for the first base served, as the body is (a
+    /// gateway is nearly always reached by one name), and cloned for every
+    /// hit, which then adds only what changes per request (cache status,
+    /// age, request id).
+    pub fn answer(&self, xml: bool, public: &str, em_base: &str) -> (Bytes, HeaderMap) {
+        let (body, content_type, etag) = self.representation(xml, public);
+        let make = || {
+            let mut head = client_headers(&self.headers, em_base, public);
+            if let Some(t) = &content_type {
+                head.insert(CONTENT_TYPE, t.clone());
+            }
+            if self.status == StatusCode::OK {
+                head.insert(header::ETAG, etag.clone());
+            }
+            api_headers(&mut head);
+            head
+        };
+        // The same bound as a kept body: a long `Host` makes its head anew.
+        if public.len() > em_base.len() + KEPT_BASE_SLACK {
+            return (body, make());
+        }
+        let (base, kept) = self.heads[usize::from(xml)].get_or_init(|| {
+            (
+                public.into(),
+                // Every value, repeated names too (`iter` names each).
+                make().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            )
+        });
+        if **base != *public {
+            return (body, make());
+        }
+        // A map with room for what the hit adds (cache status, age, request
+        // id): filled from the kept list, it never grows on the hit path (a
+        // clone of a kept map has no room and reallocates twice).
+        let mut head = HeaderMap::with_capacity(HEAD_ROOM);
+        for (name, value) in kept.iter() {
+            head.append(name.clone(), value.clone());
+        }
+        (body, head)
     }
 
     /// The body and `Content-Type` for a client.
@@ -706,15 +773,11 @@ impl Prepared {
                 headers,
                 doc,
                 case,
+                heads: Default::default(),
             },
             (SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms))
                 .min(SystemTime::now()),
         ))
-    }
-
-    /// EM's headers for a client at `public` (locations pointed at it).
-    pub fn headers_for(&self, em_base: &str, public: &str) -> HeaderMap {
-        client_headers(&self.headers, em_base, public)
     }
 }
 
@@ -894,22 +957,61 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_shared_entry_comes_back_as_it_went_and_serves_without_converting() {
-        let em = UpstreamResponse {
+    /// EM's answer with one reference, a `Location` on EM, and `extra` headers.
+    fn em_references(extra: &[(HeaderName, &'static str)]) -> UpstreamResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://em:9398/api/x"),
+        );
+        for (name, value) in extra {
+            headers.append(name.clone(), HeaderValue::from_static(value));
+        }
+        UpstreamResponse {
             status: StatusCode::OK,
-            headers: {
-                let mut h = HeaderMap::new();
-                h.insert(CONTENT_TYPE, "application/xml".parse().unwrap());
-                h.insert(header::LOCATION, "https://em:9398/api/x".parse().unwrap());
-                h
-            },
+            headers,
             body: Bytes::from_static(
                 b"<EntityReferences xmlns=\"http://www.veeam.com/ent/v1.0\"><Ref Href=\"https://em:9398/api/a\" Name=\"n\"/></EntityReferences>",
             ),
             elapsed: std::time::Duration::ZERO,
             held: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_kept_head_is_the_head_of_its_own_representation_and_base_only() {
+        let em = em_references(&[(header::ALLOW, "GET"), (header::ALLOW, "DELETE")]);
+        let p = Prepared::from_em(&em, "https://em:9398", JsonCase::Pascal).unwrap();
+        let em_base = "https://em:9398";
+        for _ in 0..2 {
+            // Made, then kept: the same answers both times.
+            let (json, head) = p.answer(false, "http://gw", em_base);
+            assert_eq!(head[CONTENT_TYPE], JSON);
+            assert_eq!(head[header::LOCATION], "http://gw/api/x");
+            assert_eq!(head.get_all(header::ALLOW).iter().count(), 2);
+            assert_eq!(head[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert_eq!(head[header::CACHE_CONTROL], "private");
+            assert_eq!(head[header::ETAG], p.representation(false, "http://gw").2);
+            assert!(std::str::from_utf8(&json)
+                .unwrap()
+                .contains("http://gw/api/a"));
+            let (_, xml_head) = p.answer(true, "http://gw", em_base);
+            assert_eq!(xml_head[CONTENT_TYPE], XML);
+            assert_ne!(xml_head[header::ETAG], head[header::ETAG]);
+            // Another name of the gateway gets its own links and tag.
+            let (other, other_head) = p.answer(false, "https://gw.example", em_base);
+            assert_eq!(other_head[header::LOCATION], "https://gw.example/api/x");
+            assert_ne!(other_head[header::ETAG], head[header::ETAG]);
+            assert!(std::str::from_utf8(&other)
+                .unwrap()
+                .contains("https://gw.example/api/a"));
+        }
+    }
+
+    #[test]
+    fn a_shared_entry_comes_back_as_it_went_and_serves_without_converting() {
+        let em = em_references(&[]);
         let p = Prepared::from_em(&em, "https://em:9398", JsonCase::Camel).unwrap();
         let when = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let bytes = p.to_shared(when).unwrap();
@@ -922,7 +1024,7 @@ mod tests {
             assert_eq!((a, ta, ea), (b, tb, eb));
         }
         assert_eq!(
-            back.headers_for("https://em:9398", "http://gw")[header::LOCATION],
+            back.answer(false, "http://gw", "https://em:9398").1[header::LOCATION],
             "http://gw/api/x"
         );
         assert!(Prepared::from_shared(b"garbage", JsonCase::Camel).is_none());
