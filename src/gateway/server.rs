@@ -190,6 +190,27 @@ impl Gateway {
         Ok(Gateway { app, listener, tls })
     }
 
+    /// Serves one HTTP/1.1 connection on `io` through the request path a
+    /// listener's connection gets (its deadlines and protocol detection
+    /// aside) until the client closes it. `benches/request_path.rs` drives
+    /// it over an in-memory stream: the whole path, from a request's bytes
+    /// to its answer's, without the kernel.
+    pub async fn serve_http1<I>(&self, io: I, peer: std::net::IpAddr) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Conn { peer, tls: false };
+        let service = TowerToHyperService::new(stack(
+            self.app.clone(),
+            conn,
+            Activity::new(),
+            ProcessUniqueId::new(),
+        ));
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
