@@ -1,6 +1,8 @@
 //! The request context: what every phase of a request answers by, made
 //! once at the edge (after the method, head size and `Host` checks) and
-//! passed down by reference, as Pingora's per-request `CTX`.
+//! passed down by reference, as Pingora's per-request `CTX`; the phases
+//! write into it what they learn that the access line, the metrics and
+//! the history report (the route template, the caller).
 //!
 //! It also owns the request's tracing span, made the first time the
 //! request does anything but read memory: a cache hit never makes one.
@@ -12,6 +14,7 @@
 //! itself. A span per request costs a hit about a seventh of its CPU at
 //! `info` (see BENCHMARKS.md), for lines a hit never writes.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -33,6 +36,10 @@ pub struct Ctx {
     /// Made on first use; `OnceLock` so the context can be shared by
     /// reference across the request's awaits.
     span: OnceLock<Span>,
+    /// The route template that answers it, once a phase knows it.
+    route: OnceLock<&'static str>,
+    /// Its caller's name, once client access knows it.
+    client: OnceLock<Cow<'static, str>>,
 }
 
 impl Ctx {
@@ -43,7 +50,30 @@ impl Ctx {
             to,
             request_id: request_id.cloned(),
             span: OnceLock::new(),
+            route: OnceLock::new(),
+            client: OnceLock::new(),
         }
+    }
+
+    /// The route template that answers the request (the first said wins:
+    /// the phase that takes the request says it).
+    pub fn answered_by(&self, route: &'static str) {
+        let _ = self.route.set(route);
+    }
+
+    /// Who is calling, as the metrics, the history and the access line name it.
+    pub fn called_by(&self, client: Cow<'static, str>) {
+        let _ = self.client.set(client);
+    }
+
+    /// The route template, if a phase said it.
+    pub fn route(&self) -> Option<&'static str> {
+        self.route.get().copied()
+    }
+
+    /// The caller's name, if client access knew it.
+    pub fn client(&self) -> Option<&str> {
+        self.client.get().map(|c| c.as_ref())
     }
 
     /// The request id as a header value, for EM's request.

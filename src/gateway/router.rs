@@ -3,7 +3,6 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
-use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,9 +60,10 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     let xml = prefers_xml(&parts.headers);
     let case = app.settings.json_case;
     let path = parts.uri.path();
-    // What an `/api` request's handler learnt on the way, for the metrics,
-    // the history and the log line: its route template and its caller.
-    let mut labels: (Option<&'static str>, Option<Cow<'static, str>>) = (None, None);
+    // The context of a request that passed the edge's checks: what its
+    // phases learnt (route template, caller) goes into the access line,
+    // the metrics and the history.
+    let mut ctx: Option<Ctx> = None;
     let mut response = if !SERVED.contains(&parts.method) {
         closing(
             GatewayError::MethodNotAllowed(
@@ -91,16 +91,14 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 }
                 p if is_api(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let ctx = context(&app, conn, &parts, xml, host.as_ref());
-                        let (response, route, client) = api(&app, &ctx, &parts, body).await;
-                        labels = (Some(route), client);
-                        response
+                        let ctx = ctx.insert(context(&app, conn, &parts, xml, host.as_ref()));
+                        api(&app, ctx, &parts, body).await
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
                 p if is_admin(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let ctx = context(&app, conn, &parts, xml, host.as_ref());
+                        let ctx = ctx.insert(context(&app, conn, &parts, xml, host.as_ref()));
                         let admin = crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
                         Box::pin(ctx.traced(admin)).await
                     }
@@ -123,9 +121,11 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         id.set_sensitive(true);
         response.headers_mut().insert(proxy::X_REQUEST_ID, id);
     }
-    let (route, client) = labels;
-    let route = route.unwrap_or_else(|| route_label(path));
-    let client = client.as_deref();
+    let route = ctx
+        .as_ref()
+        .and_then(Ctx::route)
+        .unwrap_or_else(|| route_label(path));
+    let client = ctx.as_ref().and_then(Ctx::client);
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
     record_history(&parts, route, client, &response);
@@ -233,19 +233,12 @@ fn context(app: &App, conn: Conn, parts: &Parts, xml: bool, host: Option<&Author
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
-/// route or the pass-through, each after the checks that apply to it; with
-/// the answer, its route template and its caller's name.
+/// route or the pass-through, each after the checks that apply to it; its
+/// route template and its caller's name told to `ctx`.
 /// Routing looks only at the parsed [`Target`], and EM is sent its
 /// canonical encoding.
-async fn api(
-    app: &Arc<App>,
-    ctx: &Ctx,
-    parts: &Parts,
-    body: Incoming,
-) -> (Response<Body>, &'static str, Option<Cow<'static, str>>) {
+async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Response<Body> {
     let (to, conn) = (&ctx.to, ctx.conn);
-    let mut client = None;
-    let mut label = "/api/*";
     let result = async {
         if app.draining.load(Ordering::Relaxed) {
             // Connections kept alive through the drain still get an answer.
@@ -267,7 +260,7 @@ async fn api(
         let resolved = app.reads.rules.resolve(parts.uri.path(), parts.uri.query())?;
         let target = &resolved.target;
         if target.is(0, "sessionMngr") {
-            label = "/api/sessionMngr";
+            ctx.answered_by("/api/sessionMngr");
             // Logons are limited by address: each makes a session to keep.
             app.limits
                 .check_shared(&Bucket::Address(conn.peer))
@@ -282,13 +275,13 @@ async fn api(
         } else {
             access::authenticate(&app.access, &parts.headers, conn.peer).await?
         };
-        client = Some(caller.owner_label());
+        ctx.called_by(caller.owner_label());
         app.limits
             .check_shared(&caller.bucket(conn.peer))
             .await
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
-            label = "/api/logonSessions";
+            ctx.answered_by("/api/logonSessions");
             let sessions = access::logon_sessions(&app.access, &caller, method, target, to);
             return Box::pin(ctx.traced(sessions)).await;
         }
@@ -303,12 +296,12 @@ async fn api(
         // EM keeps tasks per session, the gateway per client: answered
         // here, never cached, never reaching EM for another's task.
         if target.is(0, "tasks") || is_task_query(target) {
-            label = "/api/tasks";
+            ctx.answered_by("/api/tasks");
             return Box::pin(ctx.traced(tasks_route(app, &caller, method, target, to))).await;
         }
         if read {
             if let Some(r) = resolved.rule(&app.reads.rules) {
-                label = r.label;
+                ctx.answered_by(r.label);
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
@@ -320,13 +313,12 @@ async fn api(
         Box::pin(ctx.traced(write(app, &caller, parts, body, target, to))).await
     }
     .await;
-    let response = result.unwrap_or_else(|e| {
+    result.unwrap_or_else(|e| {
         ctx.span().in_scope(|| log_error(&e));
         let mut r = e.to_response(to);
         r.extensions_mut().insert(ErrorMessage(e.client_message()));
         r
-    });
-    (response, label, client)
+    })
 }
 
 /// A write (POST, PUT, DELETE, PATCH) that may go to EM: refused unless
