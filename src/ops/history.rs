@@ -4,7 +4,11 @@
 //! No storage: a restart starts afresh, and `/metrics` is the long-term view.
 //!
 //! One per process (like the metrics recorder): the request path records
-//! into it, the status page reads it.
+//! into it, the status page reads it. It is kept in shards, one per thread
+//! that records (up to [`SHARDS`], then shared round-robin): a request
+//! locks only its own thread's shard, which no other request thread takes,
+//! and the status page merges the shards when it reads. One lock for the
+//! whole process was taken by every request on every core.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
@@ -22,6 +26,8 @@ pub const LATENCY_BOUNDS_MS: [u64; 14] = [
 const CLIENTS: usize = 512;
 /// Errors kept, of each kind (5xx, 4xx).
 const ERRORS: usize = 50;
+/// Shards: enough for one per worker thread of a large machine.
+pub const SHARDS: usize = 16;
 
 /// One 10-second slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,9 +104,37 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            slots: VecDeque::with_capacity(SLOTS),
+            clients: HashMap::new(),
+            server_errors: VecDeque::with_capacity(ERRORS),
+            client_errors: VecDeque::with_capacity(ERRORS),
+        }
+    }
+}
+
+impl Slot {
+    /// `other`'s counts added to this slot's (the same 10 seconds in
+    /// another shard).
+    fn add(&mut self, other: &Slot) {
+        self.hit += other.hit;
+        self.miss += other.miss;
+        self.stale += other.stale;
+        self.other += other.other;
+        self.errors += other.errors;
+        self.em += other.em;
+        self.em_errors += other.em_errors;
+        for (mine, theirs) in self.em_latency.iter_mut().zip(other.em_latency) {
+            *mine += theirs;
+        }
+    }
+}
+
 /// The process's history.
 pub struct History {
-    inner: Mutex<Inner>,
+    shards: Box<[Mutex<Inner>]>,
     start: Instant,
     started_at: SystemTime,
 }
@@ -108,25 +142,34 @@ pub struct History {
 /// The history of this process.
 pub fn global() -> &'static History {
     static H: OnceLock<History> = OnceLock::new();
-    H.get_or_init(|| History {
-        inner: Mutex::new(Inner {
-            slots: VecDeque::with_capacity(SLOTS),
-            clients: HashMap::new(),
-            server_errors: VecDeque::with_capacity(ERRORS),
-            client_errors: VecDeque::with_capacity(ERRORS),
-        }),
-        start: Instant::now(),
-        started_at: SystemTime::now(),
-    })
+    H.get_or_init(History::new)
+}
+
+/// Locks a shard, even after a panic elsewhere poisoned it: counts are
+/// plain numbers, never left half-written in a way that matters.
+fn lock(shard: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    shard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl History {
-    /// The state, even after a panic elsewhere poisoned the lock: counts
-    /// are plain numbers, never left half-written in a way that matters.
+    fn new() -> History {
+        History {
+            shards: (0..SHARDS).map(|_| Mutex::new(Inner::new())).collect(),
+            start: Instant::now(),
+            started_at: SystemTime::now(),
+        }
+    }
+
+    /// This thread's shard, locked.
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize =
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
+        }
+        lock(&self.shards[SHARD.with(|s| *s)])
     }
 
     /// The current slot's index (taken under the lock, so slots stay in
@@ -223,21 +266,23 @@ impl History {
     /// The last hour, oldest first, one slot per 10 s (empty ones included),
     /// the current (partial) slot last.
     pub fn slots(&self) -> Vec<Slot> {
-        let inner = self.lock();
         let now = self.index();
         let first = now.saturating_sub(SLOTS as u64 - 1);
-        let mut out = Vec::with_capacity(SLOTS);
-        let mut kept = inner.slots.iter().peekable();
-        for index in first..=now {
-            while kept.peek().is_some_and(|s| s.index < index) {
-                kept.next();
-            }
-            match kept.peek() {
-                Some(s) if s.index == index => out.push((*s).clone()),
-                _ => out.push(Slot {
-                    index,
-                    ..Slot::default()
-                }),
+        let mut out: Vec<Slot> = (first..=now)
+            .map(|index| Slot {
+                index,
+                ..Slot::default()
+            })
+            .collect();
+        for shard in self.shards.iter() {
+            for s in lock(shard).slots.iter() {
+                if let Some(slot) = s
+                    .index
+                    .checked_sub(first)
+                    .and_then(|i| out.get_mut(i as usize))
+                {
+                    slot.add(s);
+                }
             }
         }
         out
@@ -245,12 +290,16 @@ impl History {
 
     /// The busiest clients, by requests.
     pub fn clients(&self, top: usize) -> Vec<(String, ClientCounts)> {
-        let inner = self.lock();
-        let mut all: Vec<_> = inner
-            .clients
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let mut merged: HashMap<String, ClientCounts> = HashMap::new();
+        for shard in self.shards.iter() {
+            for (name, c) in lock(shard).clients.iter() {
+                let m = merged.entry(name.clone()).or_default();
+                m.requests += c.requests;
+                m.errors += c.errors;
+                m.limited += c.limited;
+            }
+        }
+        let mut all: Vec<_> = merged.into_iter().collect();
         all.sort_by(|a, b| b.1.requests.cmp(&a.1.requests).then(a.0.cmp(&b.0)));
         all.truncate(top);
         all
@@ -259,15 +308,21 @@ impl History {
     /// The last errors, newest first: the last `ERRORS` 5xx and the last
     /// `ERRORS` 4xx, merged by time.
     pub fn errors(&self) -> Vec<ErrorNote> {
-        let inner = self.lock();
-        let mut all: Vec<ErrorNote> = inner
-            .server_errors
-            .iter()
-            .rev()
-            .chain(inner.client_errors.iter().rev())
-            .cloned()
-            .collect();
-        // Stable: notes of the same instant stay newest first.
+        let (mut server, mut client) = (Vec::new(), Vec::new());
+        for shard in self.shards.iter() {
+            let inner = lock(shard);
+            server.extend(inner.server_errors.iter().cloned());
+            client.extend(inner.client_errors.iter().cloned());
+        }
+        let newest = |mut notes: Vec<ErrorNote>| {
+            // Stable: notes of the same instant stay in the order recorded.
+            notes.reverse();
+            notes.sort_by_key(|e| std::cmp::Reverse(e.at));
+            notes.truncate(ERRORS);
+            notes
+        };
+        let mut all = newest(server);
+        all.extend(newest(client));
         all.sort_by_key(|e| std::cmp::Reverse(e.at));
         all
     }
@@ -295,16 +350,7 @@ mod tests {
     use super::*;
 
     fn history() -> History {
-        History {
-            inner: Mutex::new(Inner {
-                slots: VecDeque::new(),
-                clients: HashMap::new(),
-                server_errors: VecDeque::new(),
-                client_errors: VecDeque::new(),
-            }),
-            start: Instant::now(),
-            started_at: SystemTime::now(),
-        }
+        History::new()
     }
 
     fn note(status: u16, id: &str) -> ErrorNote {
@@ -328,6 +374,53 @@ mod tests {
         assert_eq!(errors.len(), ERRORS + 1);
         assert!(errors.iter().any(|e| e.request_id == "em-failed"));
         assert_eq!(errors[0].request_id, "bad-999", "newest first");
+    }
+
+    #[test]
+    fn requests_recorded_on_many_threads_are_all_counted_once() {
+        let h = std::sync::Arc::new(history());
+        let threads: Vec<_> = (0..SHARDS + 3)
+            .map(|t| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let cache = if i % 4 == 0 { "MISS" } else { "HIT" };
+                        h.request(Some(cache), 200, Some("dash"));
+                        h.request(None, 502, Some(if t % 2 == 0 { "even" } else { "odd" }));
+                    }
+                    h.error(note(502, &format!("t{t}")));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = (SHARDS + 3) as u64;
+        let slots = h.slots();
+        let total = slots.iter().fold(Slot::default(), |mut sum, s| {
+            sum.add(s);
+            sum
+        });
+        assert_eq!(
+            (total.hit, total.miss, total.other),
+            (75 * n, 25 * n, 100 * n)
+        );
+        assert_eq!(total.errors, 100 * n);
+        let clients = h.clients(10);
+        assert_eq!(
+            clients[0],
+            (
+                "dash".to_string(),
+                ClientCounts {
+                    requests: 100 * n,
+                    errors: 0,
+                    limited: 0
+                }
+            )
+        );
+        let even = clients.iter().find(|(k, _)| k == "even").unwrap();
+        assert_eq!(even.1.errors, 100 * n.div_ceil(2));
+        assert_eq!(h.errors().len(), SHARDS + 3);
     }
 
     #[test]
