@@ -7,7 +7,8 @@
 #   cargo build --release
 #   bash benches/ab.sh ../before/target/release/emgate target/release/emgate
 #
-# Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32). Needs wrk and curl
+# Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), LOG (warn; `info` is
+# the default of a deployment). Needs wrk and curl
 # (benches/load.sh installs wrk).
 set -euo pipefail
 A=$1
@@ -15,6 +16,7 @@ B=$2
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
+LOG=${LOG:-warn}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -29,7 +31,7 @@ start() { # binary port
     TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" \
         EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" EMGATE_UPSTREAM_USERNAME=ab \
         EMGATE_UPSTREAM_PASSWORD=ab-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
-        EMGATE_LOG=warn EMGATE_CACHE_TTL=1h taskset -c 0 "$1" serve >/dev/null 2>&1 &
+        EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h taskset -c 0 "$1" serve >/dev/null 2>&1 &
     pids+=($!)
 }
 pa=$(port); pb=$(port)

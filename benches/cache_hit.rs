@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench cache_hit`.
 
+mod support;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use emgate::cache::{Fetched, Options};
 use emgate::config::JsonCase;
-use emgate::config::{Settings, Sources};
 use emgate::em::client::UpstreamResponse;
 use emgate::gateway::error::GatewayError;
 use emgate::gateway::reads::{cache_key, ReadCache, Rules};
@@ -53,19 +54,12 @@ fn bench(c: &mut Criterion) {
         refresh_ahead: true,
         failed_memory: Duration::from_secs(5),
     };
-    let env = |k: &str| match k {
-        "EMGATE_UPSTREAM_URL" => Some(EM.to_string()),
-        "EMGATE_UPSTREAM_USERNAME" => Some("u".to_string()),
-        "EMGATE_UPSTREAM_PASSWORD" => Some("p".to_string()),
-        "EMGATE_CACHE_TTL" => Some("1h".to_string()),
-        _ => None,
-    };
-    let settings = Settings::load(&Sources {
-        file: None,
-        demo: &[],
-        env: &env,
-    })
-    .unwrap();
+    let settings = support::settings(&[
+        ("EMGATE_UPSTREAM_URL", EM),
+        ("EMGATE_UPSTREAM_USERNAME", "u"),
+        ("EMGATE_UPSTREAM_PASSWORD", "p"),
+        ("EMGATE_CACHE_TTL", "1h"),
+    ]);
     let rules = Rules::new(&settings.cache);
     let cache = ReadCache::new(options, rules.all().len());
     let em = UpstreamResponse {

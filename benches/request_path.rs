@@ -23,7 +23,6 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use emgate::config::{Settings, Sources};
 use emgate::gateway::server::Gateway;
 use emgate::sim::{Sim, SimConfig};
 use http::{HeaderMap, Response};
@@ -95,21 +94,14 @@ fn bench(c: &mut Criterion) {
         .expect("simulator")
     });
     let (url, pin) = (sim.base_url(), sim.cert_sha256().unwrap_or_default());
-    let env = move |k: &str| match k {
-        "EMGATE_LISTEN" => Some("127.0.0.1:0".to_string()),
-        "EMGATE_UPSTREAM_URL" => Some(url.clone()),
-        "EMGATE_UPSTREAM_USERNAME" => Some("bench".to_string()),
-        "EMGATE_UPSTREAM_PASSWORD" => Some("bench-password".to_string()),
-        "EMGATE_UPSTREAM_CERT_SHA256" => Some(pin.clone()),
-        "EMGATE_CACHE_TTL" => Some("1h".to_string()),
-        _ => None,
-    };
-    let settings = Settings::load(&Sources {
-        file: None,
-        demo: &[],
-        env: &env,
-    })
-    .expect("settings");
+    let settings = support::settings(&[
+        ("EMGATE_LISTEN", "127.0.0.1:0"),
+        ("EMGATE_UPSTREAM_URL", &url),
+        ("EMGATE_UPSTREAM_USERNAME", "bench"),
+        ("EMGATE_UPSTREAM_PASSWORD", "bench-password"),
+        ("EMGATE_UPSTREAM_CERT_SHA256", &pin),
+        ("EMGATE_CACHE_TTL", "1h"),
+    ]);
     let paths: Vec<Vec<u8>> = (0..KEYS)
         .map(|i| {
             request(&format!(

@@ -21,6 +21,27 @@ pub fn http() -> Http {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// Settings from these `EMGATE_*` values alone (no file, not the process
+/// environment), validated as `emgate serve` validates them.
+pub fn settings(values: &[(&str, &str)]) -> emgate::config::Settings {
+    let values: Vec<(String, String)> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = move |k: &str| {
+        values
+            .iter()
+            .find(|(name, _)| name == k)
+            .map(|(_, v)| v.clone())
+    };
+    emgate::config::Settings::load(&emgate::config::Sources {
+        file: None,
+        demo: &[],
+        env: &env,
+    })
+    .expect("settings")
+}
+
 /// A child process, killed when dropped.
 pub struct Proc(pub Child);
 

@@ -147,7 +147,7 @@ pub fn global() -> &'static History {
 
 /// Locks a shard, even after a panic elsewhere poisoned it: counts are
 /// plain numbers, never left half-written in a way that matters.
-fn lock(shard: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+fn locked(shard: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
     shard
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -169,7 +169,7 @@ impl History {
             static SHARD: usize =
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
         }
-        lock(&self.shards[SHARD.with(|s| *s)])
+        locked(&self.shards[SHARD.with(|s| *s)])
     }
 
     /// The current slot's index (taken under the lock, so slots stay in
@@ -275,7 +275,7 @@ impl History {
             })
             .collect();
         for shard in self.shards.iter() {
-            for s in lock(shard).slots.iter() {
+            for s in locked(shard).slots.iter() {
                 if let Some(slot) = s
                     .index
                     .checked_sub(first)
@@ -292,7 +292,7 @@ impl History {
     pub fn clients(&self, top: usize) -> Vec<(String, ClientCounts)> {
         let mut merged: HashMap<String, ClientCounts> = HashMap::new();
         for shard in self.shards.iter() {
-            for (name, c) in lock(shard).clients.iter() {
+            for (name, c) in locked(shard).clients.iter() {
                 let m = merged.entry(name.clone()).or_default();
                 m.requests += c.requests;
                 m.errors += c.errors;
@@ -310,7 +310,7 @@ impl History {
     pub fn errors(&self) -> Vec<ErrorNote> {
         let (mut server, mut client) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
-            let inner = lock(shard);
+            let inner = locked(shard);
             server.extend(inner.server_errors.iter().cloned());
             client.extend(inner.client_errors.iter().cloned());
         }

@@ -63,6 +63,19 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Appends one whole line, or counts it as dropped past [`HELD_AT_MOST`].
+    fn append(&self, line: &[u8]) {
+        let mut buffer = self.buffer();
+        if buffer.len() + line.len() > HELD_AT_MOST {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            buffer.extend_from_slice(line);
+            if buffer.len() >= WRITE_AT {
+                self.full.notify_one();
+            }
+        }
+    }
 }
 
 /// What the formatter writes each line to (one `write` per line).
@@ -71,15 +84,7 @@ struct Lines(Arc<Shared>);
 
 impl Write for Lines {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self.0.buffer();
-        if buffer.len() + line.len() > HELD_AT_MOST {
-            self.0.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            buffer.extend_from_slice(line);
-            if buffer.len() >= WRITE_AT {
-                self.0.full.notify_one();
-            }
-        }
+        self.0.append(line);
         Ok(line.len())
     }
 
@@ -250,7 +255,7 @@ pub fn access(line: &AccessLine<'_>) {
             LogFormat::Json => json_line(out, line),
         }
         // The same rule as every other line: whole, or counted as dropped.
-        let _ = Lines(shared.clone()).write(out);
+        shared.append(out);
         if out.capacity() > LINE_KEPT {
             *out = Vec::new();
         }
@@ -315,28 +320,58 @@ fn quoted(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// A field's value, as each format writes it.
+enum Value<'a> {
+    /// Written as it is in text (tracing's `%` fields), a string in JSON.
+    Plain(&'a str),
+    /// Quoted in text (tracing's `&str` fields), a string in JSON.
+    Text(&'a str),
+    /// A number in both.
+    Number(u16),
+    /// Milliseconds to the microsecond, a number in both.
+    Millis(Duration),
+}
+
+/// The access line's fields, in the order both formats write them.
+fn fields<'a>(l: &AccessLine<'a>) -> [(&'static str, Value<'a>); 8] {
+    [
+        ("method", Value::Plain(l.method)),
+        ("path", Value::Text(l.path)),
+        ("route", Value::Text(l.route)),
+        ("status", Value::Number(l.status)),
+        ("latency_ms", Value::Millis(l.latency)),
+        ("client", Value::Text(l.client)),
+        ("cache", Value::Text(l.cache)),
+        ("request_id", Value::Text(l.request_id)),
+    ]
+}
+
+/// A number or milliseconds, the same in both formats.
+fn number(out: &mut Vec<u8>, value: &Value<'_>) {
+    match value {
+        Value::Number(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
+        Value::Millis(d) => millis(out, *d),
+        Value::Plain(_) | Value::Text(_) => {}
+    }
+}
+
 /// The text line, as tracing-subscriber's full format writes an event with
 /// these fields inside the request's span.
 fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     timestamp(out);
     out.extend_from_slice(b"  INFO request{request_id=");
     out.extend_from_slice(l.request_id.as_bytes());
-    out.extend_from_slice(b"}: request method=");
-    out.extend_from_slice(l.method.as_bytes());
-    out.extend_from_slice(b" path=");
-    quoted(out, l.path);
-    out.extend_from_slice(b" route=");
-    quoted(out, l.route);
-    out.extend_from_slice(b" status=");
-    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
-    out.extend_from_slice(b" latency_ms=");
-    millis(out, l.latency);
-    out.extend_from_slice(b" client=");
-    quoted(out, l.client);
-    out.extend_from_slice(b" cache=");
-    quoted(out, l.cache);
-    out.extend_from_slice(b" request_id=");
-    quoted(out, l.request_id);
+    out.extend_from_slice(b"}: request");
+    for (name, value) in fields(l) {
+        out.push(b' ');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        match value {
+            Value::Plain(s) => out.extend_from_slice(s.as_bytes()),
+            Value::Text(s) => quoted(out, s),
+            other => number(out, &other),
+        }
+    }
     out.push(b'\n');
 }
 
@@ -348,22 +383,16 @@ fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     };
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-    string(out, l.method);
-    out.extend_from_slice(b",\"path\":");
-    string(out, l.path);
-    out.extend_from_slice(b",\"route\":");
-    string(out, l.route);
-    out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
-    out.extend_from_slice(b",\"latency_ms\":");
-    millis(out, l.latency);
-    out.extend_from_slice(b",\"client\":");
-    string(out, l.client);
-    out.extend_from_slice(b",\"cache\":");
-    string(out, l.cache);
-    out.extend_from_slice(b",\"request_id\":");
-    string(out, l.request_id);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+    for (name, value) in fields(l) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        match value {
+            Value::Plain(s) | Value::Text(s) => string(out, s),
+            other => number(out, &other),
+        }
+    }
     out.extend_from_slice(b",\"span\":{\"request_id\":");
     string(out, l.request_id);
     out.extend_from_slice(b",\"name\":\"request\"}}\n");
