@@ -94,6 +94,10 @@ struct SimArgs {
     /// How long a task (a job start's) runs before it is finished.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     task_duration: Duration,
+    /// Every this long a backup job finishes and a new restore point
+    /// appears (0: the data stays as generated).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    new_point_every: Duration,
 }
 
 /// Parses the command line and runs it.
@@ -202,6 +206,7 @@ async fn sim(args: SimArgs) -> ExitCode {
         latency: args.latency,
         restore_points: args.restore_points,
         task_duration: args.task_duration,
+        new_point_every: Some(args.new_point_every),
         ..crate::sim::SimConfig::default()
     };
     match crate::sim::run(cfg).await {

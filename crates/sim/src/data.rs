@@ -288,36 +288,10 @@ impl Data {
         let mut vm_by_id = HashMap::with_capacity(count * (VMS_PER_JOB + 1) / 2);
         for i in 0..count {
             let h = hash(seed, tag::DETAILS, i as u64, 0);
-            let h2 = splitmix64(h);
             let backup_ms = YEAR_2025_MS + (h % YEAR_MS) as i64;
-            let n = vm_count(seed, i);
-            let mut at = backup_ms;
-            let vms = (0..n)
-                .map(|k| {
-                    // Each VM finishes 20 s to 4 min after the one before it.
-                    at += 20_000
-                        + (hash(seed, tag::VM_POINT, i as u64, 100 + k as u64) % 220_000) as i64;
-                    VmPoint {
-                        id: uuid(seed, tag::VM_POINT, i as u64, k as u64),
-                        slot: k,
-                        created_ms: at,
-                    }
-                })
-                .collect::<Vec<_>>();
-            let id = restore_point_uuid(seed, i);
-            rp_by_id.insert(id, i);
-            for (k, vm) in vms.iter().enumerate() {
-                vm_by_id.insert(vm.id, (i, k));
-            }
-            points.push(RestorePoint {
-                id,
-                job: (h2 % JOBS as u64) as usize,
-                backup_ms,
-                full: (h2 >> 20) % 7 == 0,
-                file_id: uuid(seed, tag::BACKUP_FILE, i as u64, 0),
-                file_tag: (h2 >> 40) as u16,
-                vms,
-            });
+            let rp = point(seed, i, (splitmix64(h) % JOBS as u64) as usize, backup_ms);
+            index_point(&mut rp_by_id, &mut vm_by_id, i, &rp);
+            points.push(rp);
         }
         let sessions = generate_sessions(seed, &points);
         let job_by_id = jobs
@@ -341,6 +315,27 @@ impl Data {
             job_by_id,
             session_by_id,
         }
+    }
+
+    /// Job `job` finished a backup just now (`now_ms`): a new restore point,
+    /// numbered after the others (its id is [`restore_point_uuid`] of its
+    /// index), its VMs done one after another up to `now_ms`. EM shows a
+    /// point once its job has finished, so its `CreationTime` (when the
+    /// backup began) is already minutes in the past when it appears.
+    pub fn add_point(&mut self, job: usize, now_ms: i64) -> Uuid {
+        let i = self.points.len();
+        let job = job % self.jobs.len().max(1);
+        let mut rp = point(self.seed, i, job, now_ms);
+        // Shift it back so that its last VM finished now.
+        let took = rp.vms.last().map_or(0, |v| v.created_ms - now_ms);
+        rp.backup_ms -= took;
+        for vm in &mut rp.vms {
+            vm.created_ms -= took;
+        }
+        index_point(&mut self.rp_by_id, &mut self.vm_by_id, i, &rp);
+        let id = rp.id;
+        self.points.push(rp);
+        id
     }
 
     /// The job with this id, by index.
@@ -457,6 +452,48 @@ impl Data {
             self.server(rp).vcenter,
             self.vm(rp, vm).moref
         )
+    }
+}
+
+/// Restore point `i` of job `job`, its backup begun at `backup_ms`: a pure
+/// function of (seed, index) but for the job and the time, which a point
+/// made while the simulator runs chooses.
+fn point(seed: u64, i: usize, job: usize, backup_ms: i64) -> RestorePoint {
+    let h2 = splitmix64(hash(seed, tag::DETAILS, i as u64, 0));
+    let n = vm_count(seed, i);
+    let mut at = backup_ms;
+    let vms = (0..n)
+        .map(|k| {
+            // Each VM finishes 20 s to 4 min after the one before it.
+            at += 20_000 + (hash(seed, tag::VM_POINT, i as u64, 100 + k as u64) % 220_000) as i64;
+            VmPoint {
+                id: uuid(seed, tag::VM_POINT, i as u64, k as u64),
+                slot: k,
+                created_ms: at,
+            }
+        })
+        .collect::<Vec<_>>();
+    RestorePoint {
+        id: restore_point_uuid(seed, i),
+        job,
+        backup_ms,
+        full: (h2 >> 20) % 7 == 0,
+        file_id: uuid(seed, tag::BACKUP_FILE, i as u64, 0),
+        file_tag: (h2 >> 40) as u16,
+        vms,
+    }
+}
+
+/// Adds point `i` to the id indexes.
+fn index_point(
+    rp_by_id: &mut HashMap<Uuid, usize>,
+    vm_by_id: &mut HashMap<Uuid, (usize, usize)>,
+    i: usize,
+    rp: &RestorePoint,
+) {
+    rp_by_id.insert(rp.id, i);
+    for (k, vm) in rp.vms.iter().enumerate() {
+        vm_by_id.insert(vm.id, (i, k));
     }
 }
 

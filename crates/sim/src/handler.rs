@@ -368,7 +368,8 @@ fn answer(
         return not_allowed(route, method, format, head);
     }
     let entity = wants_entity(query);
-    let data = &state.data;
+    let data = state.data();
+    let data = &*data;
     match route {
         Route::LogonSessions => document(
             StatusCode::OK,
@@ -587,7 +588,7 @@ fn job_action(
     let id = task.id();
     let mut resp = document(
         StatusCode::ACCEPTED,
-        &jobs::task(base, &state.data, &task),
+        &jobs::task(base, &state.data(), &task),
         format,
         false,
     );

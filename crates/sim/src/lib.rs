@@ -84,6 +84,11 @@ pub struct SimConfig {
     pub task_duration: Duration,
     /// Seed of the generated data; the data is a pure function of (seed, index).
     pub seed: u64,
+    /// Backup jobs run while the simulator does: every this long, the next
+    /// job in turn finishes and a new restore point appears (what
+    /// `GET /api/query?type=RestorePoint` and new backups show EM's clients).
+    /// `None`: the estate stays as generated.
+    pub new_point_every: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -98,6 +103,7 @@ impl Default for SimConfig {
             restore_points: 5000,
             task_duration: Duration::from_secs(2),
             seed: 1,
+            new_point_every: None,
         }
     }
 }
@@ -115,6 +121,7 @@ impl fmt::Debug for SimConfig {
             .field("restore_points", &self.restore_points)
             .field("task_duration", &self.task_duration)
             .field("seed", &self.seed)
+            .field("new_point_every", &self.new_point_every)
             .finish()
     }
 }
@@ -240,6 +247,7 @@ impl Sim {
         };
         let seed = cfg.seed;
         let data = data::Data::generate(seed, cfg.restore_points);
+        let every = cfg.new_point_every.filter(|d| !d.is_zero());
         let state = Arc::new(State::new(data, base_url.clone(), cfg));
         let acceptor = identity
             .as_ref()
@@ -251,6 +259,9 @@ impl Sim {
             acceptor,
             shutdown_rx,
         ));
+        if let Some(every) = every {
+            tokio::spawn(run_jobs(state.clone(), every, shutdown_tx.subscribe()));
+        }
         tracing::info!(url = %base_url, "EM simulator listening");
         Ok(Sim {
             state,
@@ -293,6 +304,18 @@ impl Sim {
         data::restore_point_uuid(self.seed, index).to_string()
     }
 
+    /// A backup job finished just now: a new restore point (the next job in
+    /// turn made it); its lowercase UUID.
+    pub fn add_restore_point(&self) -> String {
+        let job = self.restore_point_count();
+        self.state.add_point(job).to_string()
+    }
+
+    /// How many restore points there are now (generated and added).
+    pub fn restore_point_count(&self) -> usize {
+        self.state.data().points.len()
+    }
+
     /// How many VMs (1 to 8) restore point `index` holds.
     pub fn vm_count(&self, index: usize) -> usize {
         data::vm_count(self.seed, index)
@@ -301,7 +324,7 @@ impl Sim {
     /// How many VM restore points there are in all (what
     /// `GET /api/query?type=VmRestorePoint` counts).
     pub fn vm_restore_point_count(&self) -> usize {
-        self.state.data.points.iter().map(|rp| rp.vms.len()).sum()
+        self.state.data().points.iter().map(|rp| rp.vms.len()).sum()
     }
 
     /// The lowercase UUID of job `index` (`Backup Job {index + 1}`). Defined for
@@ -312,7 +335,7 @@ impl Sim {
 
     /// How many jobs there are (24).
     pub fn job_count(&self) -> usize {
-        self.state.data.jobs.len()
+        self.state.data().jobs.len()
     }
 
     /// The lowercase UUID of backup job session `index`: sessions are numbered
@@ -325,7 +348,7 @@ impl Sim {
 
     /// How many backup job sessions there are (10 per job).
     pub fn backup_session_count(&self) -> usize {
-        self.state.data.sessions.len()
+        self.state.data().sessions.len()
     }
 
     /// Changes the password; existing sessions stay valid.
@@ -393,6 +416,23 @@ impl Sim {
             if e.is_panic() {
                 tracing::error!("EM simulator task panicked");
             }
+        }
+    }
+}
+
+/// The jobs' schedule: every `every`, the next job in turn makes a restore
+/// point, until the simulator shuts down.
+async fn run_jobs(state: Arc<State>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut job = 0usize;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let id = state.add_point(job);
+                tracing::debug!(%id, job, "sim: a job made a restore point");
+                job = job.wrapping_add(1);
+            }
+            _ = shutdown.changed() => return,
         }
     }
 }

@@ -169,6 +169,7 @@ fn bad<T>(message: String) -> Result<T, QueryError> {
 /// A simulated query type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Type {
+    RestorePoint,
     VmRestorePoint,
     BackupJobSession,
     Job,
@@ -221,6 +222,7 @@ const PLATFORMS: &[&str] = &["VMware", "Hyperv", "vCloud"];
 impl Type {
     fn parse(name: &str) -> Result<Type, QueryError> {
         let simulated = [
+            ("RestorePoint", Type::RestorePoint),
             ("VmRestorePoint", Type::VmRestorePoint),
             ("BackupJobSession", Type::BackupJobSession),
             ("Job", Type::Job),
@@ -243,6 +245,15 @@ impl Type {
     /// The parameters the type's docs page lists for filtering and sorting.
     fn fields(self) -> &'static [(&'static str, Kind)] {
         match self {
+            Type::RestorePoint => &[
+                ("UID", Kind::Uid),
+                ("Name", Kind::Str),
+                ("CreationTime", Kind::Time),
+                ("BackupUid", Kind::Uid),
+                ("BackupName", Kind::Str),
+                ("BackupServerUid", Kind::Uid),
+                ("BackupServerName", Kind::Str),
+            ],
             Type::VmRestorePoint => &[
                 ("UID", Kind::Uid),
                 ("Name", Kind::Str),
@@ -307,6 +318,7 @@ impl Type {
     /// `format=Entities`) or of `Resources` (always, for resources such as tasks).
     fn result_member(self) -> Result<&'static str, &'static str> {
         match self {
+            Type::RestorePoint => Ok("RestorePoints"),
             Type::VmRestorePoint => Ok("VmRestorePoints"),
             Type::BackupJobSession => Ok("BackupJobSessions"),
             Type::Job => Ok("Jobs"),
@@ -366,6 +378,8 @@ fn text(s: &str) -> Val {
 /// One result of a query.
 #[derive(Clone, Copy, Debug)]
 enum Item {
+    /// A restore point.
+    Point(usize),
     /// (restore point, VM in it)
     Vm(usize, usize),
     Session(usize),
@@ -385,6 +399,22 @@ struct Source<'a> {
 fn value(src: &Source<'_>, item: Item, field: &str) -> Option<Val> {
     let data = src.data;
     match item {
+        Item::Point(i) => {
+            let rp = &data.points[i];
+            let server = data.server(rp);
+            let job = data.job(rp);
+            Some(match field {
+                "UID" => uid(&rp.id),
+                "Name" => text(&data.rp_name(rp)),
+                "CreationTime" => Val::Time(rp.backup_ms),
+                // A job's backup has the job's id in the simulator.
+                "BackupUid" => uid(&job.id),
+                "BackupName" => text(&job.name),
+                "BackupServerUid" => uid(&server.id),
+                "BackupServerName" => text(&server.name),
+                _ => return None,
+            })
+        }
         Item::Vm(i, k) => {
             let rp = &data.points[i];
             let vm = &rp.vms[k];
@@ -786,6 +816,7 @@ pub(crate) fn answer(
     let p = parse(query)?;
     let src = Source { data, tasks };
     let mut items: Vec<Item> = match p.typ {
+        Type::RestorePoint => (0..data.points.len()).map(Item::Point).collect(),
         Type::VmRestorePoint => data
             .points
             .iter()
@@ -817,6 +848,7 @@ pub(crate) fn answer(
         .skip(skip)
         .take(page_size)
         .map(|it| match it {
+            Item::Point(i) => resources::point_item(base, data, i, p.entities),
             Item::Vm(i, k) => resources::vm_item(base, data, i, k, p.entities),
             Item::Session(i) => jobs::session_item(base, data, &data.sessions[i], p.entities),
             Item::Job(j) => jobs::job_item(base, data, j, p.entities),
@@ -956,7 +988,7 @@ mod tests {
                 Type::BackupJobSession => (0..d.sessions.len())
                     .filter(|&i| f.matches(&src, Item::Session(i)))
                     .count(),
-                Type::VmRestorePoint | Type::Task => unreachable!(),
+                Type::RestorePoint | Type::VmRestorePoint | Type::Task => unreachable!(),
             }
         };
         assert_eq!(count("type=job&filter=name==\"Backup Job 3\""), 1);

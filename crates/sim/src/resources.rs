@@ -391,6 +391,16 @@ pub(crate) fn restore_point_refs(base: &str, data: &Data) -> Document {
     )
 }
 
+/// Restore point `i` as a query result: a `Ref`, or its entity.
+pub(crate) fn point_item(base: &str, data: &Data, i: usize, entity: bool) -> Element {
+    let rp = &data.points[i];
+    if entity {
+        restore_point_entity(base, data, rp).root
+    } else {
+        rp_ref("Ref", base, data, rp)
+    }
+}
+
 /// `GET /api/restorePoints/{id}`: the reference form, root `EntityRef` (RestAPI.xsd
 /// root element `EntityRef`).
 pub(crate) fn restore_point_ref(base: &str, data: &Data, rp: &RestorePoint) -> Document {

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -116,8 +116,9 @@ impl Counters {
 }
 
 pub(crate) struct State {
-    /// The generated estate; immutable after start.
-    pub data: Data,
+    /// The generated estate; it grows only by new restore points
+    /// ([`State::add_point`]), as jobs run.
+    data: RwLock<Data>,
     /// Whether connections are TLS (`https` in Hrefs).
     pub tls: bool,
     /// `scheme://host:port` for Hrefs when a request carries no usable `Host`.
@@ -152,11 +153,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// The estate as it is now; held for one answer (no await while held).
+    pub fn data(&self) -> RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Job `job` made a new restore point just now; its id.
+    pub fn add_point(&self, job: usize) -> uuid::Uuid {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+        data.add_point(job, now_ms)
+    }
+
     /// The state of a simulator configured by `cfg` (its address and data
     /// settings are used elsewhere), serving `data` at `base_url`.
     pub fn new(data: Data, base_url: String, cfg: SimConfig) -> State {
         State {
-            data,
+            data: RwLock::new(data),
             tls: cfg.tls,
             base_url,
             username: cfg.username,

@@ -1528,6 +1528,72 @@ async fn query_sorts_and_filters_sessions_and_jobs() {
 }
 
 #[tokio::test]
+async fn a_job_that_runs_makes_a_restore_point_the_query_service_finds_by_creation_time() {
+    let sim = start().await;
+    let mut c = connect(sim.addr()).await;
+    let token = c.logon().await;
+    let before = sim.restore_point_count();
+    // The generated points are of 2025; nothing was created this year.
+    let since = "/api/query?type=RestorePoint&filter=CreationTime%3E=%222026-01-01T00:00:00Z%22";
+    assert!(c.get(since, &token).await.xml().all("Ref").is_empty());
+
+    let id = sim.add_restore_point();
+    assert_eq!(sim.restore_point_count(), before + 1);
+    assert_eq!(id, sim.restore_point_id(before));
+    let found = c.get(since, &token).await.xml();
+    let refs = found.all("Ref");
+    assert_eq!(refs.len(), 1, "{}", found.attr("Href"));
+    assert_eq!(refs[0].attr("Type"), "RestorePointReference");
+    assert!(refs[0]
+        .attr("Href")
+        .ends_with(&format!("/api/restorePoints/{id}")));
+    // Its VMs are there, as for any point; sorted newest first with the others.
+    let vms = c
+        .get(&format!("/api/restorePoints/{id}/vmRestorePoints"), &token)
+        .await;
+    assert_eq!(vms.status, StatusCode::OK);
+    assert_eq!(vms.xml().all("Ref").len(), sim.vm_count(before));
+    let newest = c
+        .get(
+            "/api/query?type=RestorePoint&sortDesc=CreationTime&pageSize=1",
+            &token,
+        )
+        .await
+        .xml();
+    assert!(newest.all("Ref")[0].attr("Href").ends_with(&id));
+    // The entity form; filters combine with `;`.
+    let name = c
+        .get(
+            &format!("{since};BackupServerName!=%22nowhere%22&format=Entities"),
+            &token,
+        )
+        .await
+        .xml();
+    assert_eq!(name.all("RestorePoint").len(), 1);
+    let entities = c
+        .get(&format!("{since}&format=Entities"), &token)
+        .await
+        .xml();
+    assert_eq!(entities.all("RestorePoint").len(), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_on_a_schedule_make_restore_points_while_the_simulator_runs() {
+    let sim = Sim::start(SimConfig {
+        new_point_every: Some(Duration::from_millis(50)),
+        ..config(Duration::from_secs(900))
+    })
+    .await
+    .unwrap();
+    let before = sim.restore_point_count();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let made = sim.restore_point_count() - before;
+    assert!((3..=9).contains(&made), "{made} points in 400 ms");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn query_rejects_what_it_cannot_read() {
     let sim = start().await;
     let mut c = connect(sim.addr()).await;
