@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         let p = prepared.clone();
         cache
-            .get(key.clone(), &policy, move || {
+            .get(key.clone(), &policy, move |_| {
                 move || async move { Ok::<_, GatewayError>(Fetched::fresh(p)) }
             })
             .await
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
         let cache = &cache;
         let policy = &rule.policy;
         async move {
-            let entry = cache.get(key, policy, || never).await.unwrap().entry;
+            let entry = cache.get(key, policy, |_| never).await.unwrap().entry;
             black_box(entry.value.representation(xml, "http://127.0.0.1:9399"))
         }
     };
@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
         async move {
             let rule = resolved.rule(rules).unwrap();
             let key = resolved.key(rules, false);
-            let entry = cache.get(key, &rule.policy, || never).await.unwrap().entry;
+            let entry = cache.get(key, &rule.policy, |_| never).await.unwrap().entry;
             black_box(entry.value.representation(false, "http://127.0.0.1:9399"))
         }
     };

@@ -72,7 +72,7 @@ const RULES: &[(&str, &[&str])] = &[
 #[rustfmt::skip]
 const GATEWAY: &[(&str, &[&str])] = &[
     ("server", &["router", "admin", "status", "app", "access", "reads", "proxy", "logon",
-                 "clients", "limit", "tasks", "conn", "listen_tls", "request_id"]),
+                 "clients", "limit", "tasks", "warm", "conn", "listen_tls", "request_id"]),
     ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
                  "tasks", "logon", "clients", "limit", "conn", "context", "host", "target",
                  "render", "response", "error"]),
@@ -82,6 +82,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("app", &["access", "reads", "tasks", "limit"]),
     // The phases of a request, on their own states.
     ("access", &["logon", "clients", "limit", "target", "render", "response", "error"]),
+    ("warm", &["reads"]),
     ("reads", &["proxy", "context", "target", "render", "response", "error"]),
     ("restore_points", &["target"]),
     ("proxy", &["target", "render", "response", "error"]),

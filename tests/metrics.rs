@@ -9,7 +9,9 @@ use http::StatusCode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_hits_misses_requests_and_one_logon() {
     let sim = start_sim(sim_config()).await;
-    let gw = Gateway::start(&sim, &[]);
+    // Every EM request below is a client's (prefetch's own are counted
+    // in tests/warm.rs).
+    let gw = Gateway::start(&sim, &[("EMGATE_PREFETCH", "false")]);
     let http = Http::default();
     let p = format!(
         "/api/restorePoints/{}/vmRestorePoints",

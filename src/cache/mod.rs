@@ -46,9 +46,9 @@ use moka::notification::RemovalCause;
 use moka::Expiry;
 use tokio::sync::watch;
 
-pub use stats::RuleStats;
+pub use stats::{RuleStats, WaitStats};
 
-use crate::ops::metrics::{Refresh, RuleCounters};
+use crate::ops::metrics::{Refresh, RuleCounters, Wait, Waits};
 
 /// What the cache needs to know of a stored value.
 pub trait Stored: Send + Sync + 'static {
@@ -361,7 +361,15 @@ pub struct Cache<K, V, E> {
     options: Options,
     /// Counters per rule.
     stats: Arc<Vec<RuleStats>>,
+    /// Keys stored within [`STORED_MEMORY`]: a miss of one waited because
+    /// its entry expired (or was evicted), not because it was never fetched.
+    stored: moka::sync::Cache<K, ()>,
+    /// Client requests that waited for the source.
+    waits: Arc<WaitStats>,
 }
+
+/// How long a stored key is remembered after it was stored.
+const STORED_MEMORY: Duration = Duration::from_secs(3600);
 
 impl<K, V, E> Cache<K, V, E>
 where
@@ -374,6 +382,10 @@ where
         let stats: Arc<Vec<RuleStats>> =
             Arc::new((0..rules.max(1)).map(|_| RuleStats::default()).collect());
         let on_removal = stats.clone();
+        let stored = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(STORED_MEMORY)
+            .build();
         let entries = MokaCache::builder()
             .max_capacity(options.max_bytes)
             .weigher(|_: &K, e: &Arc<Entry<V>>| {
@@ -401,6 +413,8 @@ where
             purges: Arc::default(),
             options,
             stats,
+            stored,
+            waits: Arc::default(),
         }
     }
 
@@ -424,7 +438,7 @@ where
         fetch: M,
     ) -> Result<Served<V>, Arc<E>>
     where
-        M: FnOnce() -> F,
+        M: FnOnce(Refresh) -> F,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
@@ -439,7 +453,7 @@ where
                     && !e.is_negative()
                     && !e.scheduled.swap(true, Ordering::Relaxed)
                 {
-                    self.schedule_ahead(key, &e, fetch());
+                    self.schedule_ahead(key, &e, fetch(Refresh::Ahead));
                 }
                 Ok(Served::stored(e, Outcome::Hit))
             }
@@ -447,7 +461,8 @@ where
                 e.hits.fetch_add(1, Ordering::Relaxed);
                 if !self.failed.contains_key(&key) {
                     let unless = Unless::NewerThan(e.fetched_at);
-                    self.flight(key, policy, true, Refresh::Revalidate, unless, fetch());
+                    let job = fetch(Refresh::Revalidate);
+                    self.flight(key, policy, true, Refresh::Revalidate, unless, job);
                 }
                 stats.stale();
                 Ok(Served::stored(e, Outcome::Stale))
@@ -457,9 +472,11 @@ where
                     stats.stale();
                     return Ok(Served::stored(e, Outcome::Stale));
                 }
+                self.waits.waited(Wait::StaleMiss);
                 let unless = Unless::NewerThan(e.fetched_at);
+                let job = fetch(Refresh::Revalidate);
                 let (rx, started) =
-                    self.flight(key, policy, true, Refresh::Revalidate, unless, fetch());
+                    self.flight(key, policy, true, Refresh::Revalidate, unless, job);
                 // A refresh that has already run longer than the stale wait
                 // (EM hanging) gets no more waiting from later callers.
                 let waited = rx
@@ -481,10 +498,21 @@ where
                     }
                 }
             }
-            _ => {
+            (_, existing) => {
+                let why = if existing.is_some() || self.stored.contains_key(&key) {
+                    Wait::Expired
+                } else {
+                    Wait::Cold
+                };
+                let job = fetch(Refresh::Miss);
                 let (rx, started) =
-                    self.flight(key, policy, true, Refresh::Miss, Unless::Fresh, fetch());
-                match wait(rx).await {
+                    self.flight(key, policy, true, Refresh::Miss, Unless::Fresh, job);
+                let landed = wait(rx).await;
+                // A copy another replica had stored is no wait for EM.
+                if !matches!(&landed, Landed::Value(e) if e.source == Source::Shared) {
+                    self.waits.waited(why);
+                }
+                match landed {
                     Landed::Value(entry) => Ok(self.served(entry, started, stats)),
                     Landed::Failed(error) => Err(error),
                 }
@@ -511,6 +539,32 @@ where
             Landed::Value(entry) => Ok(self.served(entry, started, stats)),
             Landed::Failed(error) => Err(error),
         }
+    }
+
+    /// Fetches `key` unless a fresh entry is stored, as work done before
+    /// anyone asks (prefetch, rewarm): no client request is counted, and the
+    /// entry's first client hit is its first hit. Whether it fetched.
+    pub async fn warm<F, Fut>(&self, key: K, policy: &Policy, fetch: F) -> Result<bool, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+    {
+        if let Some(e) = self.entries.get(&key).await {
+            if e.freshness() == Freshness::Fresh {
+                return Ok(false);
+            }
+        }
+        let (rx, started) = self.flight(key, policy, true, Refresh::Warm, Unless::Fresh, fetch);
+        match wait(rx).await {
+            Landed::Value(_) => Ok(started),
+            Landed::Failed(error) => Err(error),
+        }
+    }
+
+    /// Whether any stored key `matches` (one pass over the entries: for
+    /// background work, never a request).
+    pub fn any_key(&self, matches: impl Fn(&K) -> bool) -> bool {
+        self.entries.iter().any(|(k, _)| matches(&k))
     }
 
     /// One fetch for every concurrent caller of `key`, nothing stored: the
@@ -616,6 +670,8 @@ where
             purges: self.purges.clone(),
             options: self.options.clone(),
             stats: self.stats.clone(),
+            stored: self.stored.clone(),
+            waits: self.waits.clone(),
         }
     }
 
@@ -688,6 +744,7 @@ where
                         if let Some(s) = stats {
                             s.stored(weight);
                         }
+                        this.stored.insert(key.clone(), ());
                         this.entries.insert(key, entry.clone()).await;
                     }
                     Landed::Value(entry)
@@ -743,9 +800,36 @@ where
         self.entries.weighted_size()
     }
 
+    /// Client requests that waited for the source.
+    pub fn waits(&self) -> Waits {
+        self.waits.snapshot()
+    }
+
+    /// Counts a client request that waited for the source outside the
+    /// cache's own lookups (an uncached route, an operator's `no-cache`).
+    pub fn waited(&self, why: Wait) {
+        self.waits.waited(why);
+    }
+
     /// Counters of one rule.
     pub fn rule_stats(&self, rule: usize) -> RuleCounters {
         self.stats_of(rule).snapshot()
+    }
+
+    /// The hot keys: those whose stored entry (not a remembered "not
+    /// found") answered at least `min_hits` requests, hottest first, at
+    /// most `limit` of them, with their hits. One pass over the entries,
+    /// for background work.
+    pub fn hot(&self, min_hits: u64, limit: usize) -> Vec<(Arc<K>, u64)> {
+        let mut hot: Vec<(Arc<K>, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.is_negative() && e.hits() >= min_hits)
+            .map(|(k, e)| (k, e.hits()))
+            .collect();
+        hot.sort_unstable_by_key(|&(_, hits)| std::cmp::Reverse(hits));
+        hot.truncate(limit);
+        hot
     }
 
     /// The `top` most-hit entries of each of the first `rules` rules,
@@ -874,7 +958,10 @@ mod tests {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     Err::<Fetched<Counted>, _>(Failed)
                 };
-                cache.get("k".to_string(), &policy, || fetch).await.is_err()
+                cache
+                    .get("k".to_string(), &policy, |_| fetch)
+                    .await
+                    .is_err()
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -913,11 +1000,11 @@ mod tests {
             }
         };
         let key = "k".to_string();
-        let first = cache.get(key.clone(), &policy, || fetch(&alive)).await;
+        let first = cache.get(key.clone(), &policy, |_| fetch(&alive)).await;
         assert!(matches!(first, Ok(ref s) if s.outcome == Outcome::Miss));
         drop(first);
         // The first hit schedules the refresh ahead of expiry (in ~45 min).
-        let hit = cache.get(key.clone(), &policy, || fetch(&alive)).await;
+        let hit = cache.get(key.clone(), &policy, |_| fetch(&alive)).await;
         assert!(matches!(hit, Ok(ref s) if s.outcome == Outcome::Hit));
         drop(hit);
         assert_eq!(alive.load(Ordering::SeqCst), 1);

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::ops::metrics::{Refresh, RuleCounters};
+use crate::ops::metrics::{Refresh, RuleCounters, Wait, Waits};
 
 /// Counters of one rule.
 #[derive(Debug, Default)]
@@ -18,6 +18,7 @@ pub struct RuleStats {
     refreshes_miss: AtomicU64,
     refreshes_revalidate: AtomicU64,
     refreshes_ahead: AtomicU64,
+    refreshes_warm: AtomicU64,
     not_stored: AtomicU64,
     entries: AtomicI64,
     bytes: AtomicI64,
@@ -54,6 +55,7 @@ impl RuleStats {
             Refresh::Miss => &self.refreshes_miss,
             Refresh::Revalidate => &self.refreshes_revalidate,
             Refresh::Ahead => &self.refreshes_ahead,
+            Refresh::Warm => &self.refreshes_warm,
         });
     }
     pub(crate) fn stored(&self, weight: usize) {
@@ -78,9 +80,43 @@ impl RuleStats {
             refreshes_miss: get(&self.refreshes_miss),
             refreshes_revalidate: get(&self.refreshes_revalidate),
             refreshes_ahead: get(&self.refreshes_ahead),
+            refreshes_warm: get(&self.refreshes_warm),
             not_stored: get(&self.not_stored),
             entries: self.entries.load(Ordering::Relaxed).max(0) as u64,
             bytes: self.bytes.load(Ordering::Relaxed).max(0) as u64,
+        }
+    }
+}
+
+/// Client requests that waited for EM, by why (one set for the cache).
+#[derive(Debug, Default)]
+pub struct WaitStats {
+    cold: AtomicU64,
+    expired: AtomicU64,
+    stale_miss: AtomicU64,
+    bypass: AtomicU64,
+}
+
+impl WaitStats {
+    /// Counts one request that waited.
+    pub fn waited(&self, why: Wait) {
+        crate::ops::history::global().waited(why == Wait::Bypass);
+        bump(match why {
+            Wait::Cold => &self.cold,
+            Wait::Expired => &self.expired,
+            Wait::StaleMiss => &self.stale_miss,
+            Wait::Bypass => &self.bypass,
+        });
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Waits {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Waits {
+            cold: get(&self.cold),
+            expired: get(&self.expired),
+            stale_miss: get(&self.stale_miss),
+            bypass: get(&self.bypass),
         }
     }
 }

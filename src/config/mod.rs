@@ -108,6 +108,8 @@ pub const SETTINGS: &[Spec] = &[
     spec("upstream", "concurrency", "EMGATE_UPSTREAM_CONCURRENCY", Some("32"), false),
     spec("upstream", "queue_wait", "EMGATE_UPSTREAM_QUEUE_WAIT", Some("5s"), false),
     spec("upstream", "memory", "EMGATE_UPSTREAM_MEMORY", Some("256MiB"), false),
+    spec("upstream", "background_concurrency", "EMGATE_BACKGROUND_CONCURRENCY", Some("4"), false),
+    spec("upstream", "background_rate", "EMGATE_BACKGROUND_RATE", Some("10"), false),
     spec("cache", "ttl", "EMGATE_CACHE_TTL", Some("5m"), false),
     spec("cache", "stale_if_error", "EMGATE_CACHE_STALE_IF_ERROR", Some("1h"), false),
     spec("cache", "negative_ttl", "EMGATE_CACHE_NEGATIVE_TTL", Some("30s"), false),
@@ -117,6 +119,11 @@ pub const SETTINGS: &[Spec] = &[
     spec("cache", "refresh_ahead", "EMGATE_CACHE_REFRESH_AHEAD", Some("true"), false),
     spec("cache", "collapse", "EMGATE_COLLAPSE", Some("true"), false),
     spec("cache", "default_rules", "EMGATE_CACHE_DEFAULT_RULES", Some("true"), false),
+    spec("warm", "prefetch", "EMGATE_PREFETCH", Some("true"), false),
+    spec("warm", "prefetch_interval", "EMGATE_PREFETCH_INTERVAL", Some("1m"), false),
+    spec("warm", "prefetch_window", "EMGATE_PREFETCH_WINDOW", Some("24h"), false),
+    spec("warm", "state_dir", "EMGATE_STATE_DIR", None, false),
+    spec("warm", "keys", "EMGATE_WARM_KEYS", Some("10000"), false),
     spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
     spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
@@ -225,6 +232,25 @@ pub struct UpstreamSettings {
     pub queue_wait: Duration,
     /// Bytes of EM answers and their conversion held at once.
     pub memory: u64,
+    /// Background EM requests (refresh-ahead, prefetch, rewarm) in flight at most.
+    pub background_concurrency: usize,
+    /// Background EM requests per second at most (0: no rate limit).
+    pub background_rate: u32,
+}
+
+/// Work done before clients ask (see README, "Warm").
+#[derive(Debug, Clone)]
+pub struct WarmSettings {
+    /// Fetch the `vmRestorePoints` of new restore points before anyone asks.
+    pub prefetch: bool,
+    /// How often EM's query service is asked for new restore points.
+    pub prefetch_interval: Duration,
+    /// How far back the first look goes.
+    pub prefetch_window: Duration,
+    /// Where a single replica keeps its hot keys across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// Hot keys remembered at most.
+    pub keys: usize,
 }
 
 /// The vmRestorePoints cache.
@@ -330,6 +356,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// `[cache]`
     pub cache: CacheSettings,
+    /// `[warm]`
+    pub warm: WarmSettings,
     /// `[json] case`
     pub json_case: JsonCase,
     /// `[access]`
@@ -440,6 +468,13 @@ impl Settings {
             rules: Vec::new(),
         };
         cache.rules = effective_rules(v.rules, &cache)?;
+        let warm = WarmSettings {
+            prefetch: v.parse("EMGATE_PREFETCH", parse_bool)?,
+            prefetch_interval: v.parse("EMGATE_PREFETCH_INTERVAL", parse_positive_duration)?,
+            prefetch_window: v.parse("EMGATE_PREFETCH_WINDOW", parse_positive_duration)?,
+            state_dir: v.opt("EMGATE_STATE_DIR", writable_dir)?,
+            keys: v.parse("EMGATE_WARM_KEYS", parse_positive)?,
+        };
         let json_case = v.parse("EMGATE_JSON_CASE", |s| match s {
             "pascal" => Ok(JsonCase::Pascal),
             "camel" => Ok(JsonCase::Camel),
@@ -545,6 +580,7 @@ impl Settings {
             listen,
             upstream,
             cache,
+            warm,
             json_case,
             access,
             tls,
@@ -728,6 +764,11 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
         concurrency: v.parse("EMGATE_UPSTREAM_CONCURRENCY", parse_positive)?,
         queue_wait: v.parse("EMGATE_UPSTREAM_QUEUE_WAIT", parse_duration)?,
         memory,
+        background_concurrency: v.parse("EMGATE_BACKGROUND_CONCURRENCY", parse_positive)?,
+        background_rate: v.parse("EMGATE_BACKGROUND_RATE", |s| {
+            s.parse::<u32>()
+                .map_err(|_| format!("expected requests per second (0: no limit), got {s:?}"))
+        })?,
     })
 }
 
@@ -1264,6 +1305,19 @@ fn parse_fingerprint(s: &str) -> Result<[u8; 32], String> {
             .map_err(|_| bad())?;
     }
     Ok(out)
+}
+
+/// A directory the gateway can write its state files into.
+fn writable_dir(s: &str) -> Result<PathBuf, String> {
+    let dir = PathBuf::from(s);
+    if !dir.is_dir() {
+        return Err(format!("{s:?} is not a directory"));
+    }
+    let probe = dir.join(format!(".emgate-write-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write in {s:?}: {e}"))?;
+    Ok(dir)
 }
 
 fn readable_file(s: &str) -> Result<PathBuf, String> {

@@ -29,7 +29,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::background::Background;
 use crate::config::UpstreamSettings;
+use crate::ops::metrics::Work;
 
 /// Why a request to EM produced no usable answer.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,9 @@ pub enum Lane {
     /// The pooled session's own logon, keep-alive and logout: few by
     /// construction (single flight), never queued behind clients.
     Session,
+    /// Work emgate starts on its own (refresh-ahead, prefetch, rewarm): the
+    /// background lane ([`super::background`]), which steps aside for clients.
+    Background(Work),
 }
 
 /// Bytes held in the memory budget; released when dropped.
@@ -122,6 +127,8 @@ pub struct Upstream {
     memory: Arc<Semaphore>,
     /// Its size.
     memory_total: usize,
+    /// The background lane.
+    background: Arc<Background>,
 }
 
 impl Upstream {
@@ -155,6 +162,12 @@ impl Upstream {
             queue_wait: settings.queue_wait,
             memory: Arc::new(Semaphore::new(memory)),
             memory_total: memory,
+            background: Arc::new(Background::new(
+                settings.background_concurrency,
+                settings.background_rate,
+                // No background request outlives the EM timeout.
+                settings.timeout + Duration::from_secs(5),
+            )),
         })
     }
 
@@ -236,6 +249,11 @@ impl Upstream {
             .await
     }
 
+    /// The background lane (its counters).
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
     /// Bytes of the memory budget held now (EM answers and conversions).
     pub fn memory_held(&self) -> usize {
         self.memory_total
@@ -288,18 +306,29 @@ impl Upstream {
             .body(body)
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
         *request.headers_mut() = headers;
-        // A place among the client requests to EM, waiting at most the queue wait.
-        let _place = match lane {
-            Lane::Session => None,
+        // A place among the client requests to EM, waiting at most the queue
+        // wait; background work takes one only when it is free.
+        let (_place, _admitted) = match lane {
+            Lane::Session => (None, None),
             Lane::Client => {
                 match tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
                     .await
                 {
-                    Ok(Ok(place)) => Some(place),
+                    Ok(Ok(place)) => (Some(place), None),
                     _ => {
                         crate::ops::metrics::upstream_saturated();
                         return Err(UpstreamError::Saturated(self.concurrency));
                     }
+                }
+            }
+            Lane::Background(work) => {
+                match self
+                    .background
+                    .admit(work, &self.lanes, self.queue_wait)
+                    .await
+                {
+                    Some(admitted) => (None, Some(admitted)),
+                    None => return Err(UpstreamError::Saturated(self.concurrency)),
                 }
             }
         };
@@ -323,6 +352,9 @@ impl Upstream {
         crate::ops::metrics::upstream(label, started.elapsed());
         let ok = matches!(&result, Ok(r) if !r.status.is_server_error());
         crate::ops::history::global().upstream(started.elapsed(), ok);
+        if let Lane::Background(work) = lane {
+            self.background.ended(work, ok);
+        }
         result
     }
 

@@ -559,12 +559,14 @@ impl SessionPool {
     /// GETs `path_and_query` from EM with the pooled session. After EM's
     /// 401 the session is checked; if it was gone, the GET is replayed once
     /// with the new session; if it is alive, EM's 401 is the answer.
-    /// `discard_body`: a client's HEAD, whose body is never held.
+    /// `discard_body`: a client's HEAD, whose body is never held. `lane`:
+    /// a client's, or work emgate does on its own.
     pub async fn get(
         self: &Arc<Self>,
         path_and_query: &str,
         headers: HeaderMap,
         discard_body: bool,
+        lane: Lane,
     ) -> Result<UpstreamResponse, EmError> {
         let mut session = self.acquire().await?;
         for attempt in 0..2 {
@@ -578,7 +580,7 @@ impl SessionPool {
                     .await?
             } else {
                 self.upstream
-                    .send(Lane::Client, Method::GET, path_and_query, request_headers)
+                    .send(lane, Method::GET, path_and_query, request_headers)
                     .await?
             };
             if response.status != StatusCode::UNAUTHORIZED {

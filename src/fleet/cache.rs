@@ -60,6 +60,14 @@ pub struct Lease {
     watchdog: Option<JoinHandle<()>>,
 }
 
+impl Lease {
+    /// Whether it is still ours: renewals go on (they stop when Redis
+    /// says another holds it, or it is gone, as after a flush).
+    pub fn is_held(&self) -> bool {
+        self.watchdog.as_ref().is_some_and(|w| !w.is_finished())
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(w) = self.watchdog.take() {

@@ -25,6 +25,7 @@
 //! - Large values travel on a connection of their own, so a big entry never
 //!   holds up a lease renewal or a session lookup behind it.
 
+mod budget;
 pub mod cache;
 pub mod clients;
 mod keys;

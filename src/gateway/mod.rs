@@ -14,6 +14,8 @@
 //!   the drop-in logon, on their own state ([`access::AccessState`]);
 //! - [`reads`]: GET/HEAD through the cache rules, or collapsed when no rule
 //!   caches them, and purges, on their own state ([`reads::ReadState`]); [`restore_points`]: restore point IDs checked at the edge;
+//! - [`warm`]: work before anyone asks: the `vmRestorePoints` of new
+//!   restore points prefetched, in the background lane;
 //! - [`proxy`]: the pass-through to EM with the pooled session, and writes;
 //!   [`tasks`]: the EM tasks writes create, kept per client and followed to
 //!   their end;
@@ -49,3 +51,4 @@ pub mod server;
 pub mod status;
 pub mod target;
 pub mod tasks;
+pub mod warm;

@@ -21,7 +21,7 @@ use http::{Method, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::em::client::{UpstreamError, UpstreamResponse};
+use crate::em::client::{Lane, UpstreamError, UpstreamResponse};
 use crate::em::session::{EmError, EmSession, SessionPool};
 use crate::gateway::error::GatewayError;
 use crate::gateway::render::{self, Representation};
@@ -69,7 +69,12 @@ pub async fn forward(
     }
     let head = method == Method::HEAD;
     let em = pool
-        .get(&target.canonical(), to_em(headers, false), head)
+        .get(
+            &target.canonical(),
+            to_em(headers, false),
+            head,
+            Lane::Client,
+        )
         .await?;
     let base = pool.upstream().base_url();
     if head {

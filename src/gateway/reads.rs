@@ -19,6 +19,8 @@
 //!   the admin token: EM is what the gateway protects.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ use http::{Method, Response, StatusCode};
 use crate::cache::{Cache, Fetched, Outcome, Policy, Served, Source};
 use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
 use crate::config::{CacheSettings, Settings};
+use crate::em::client::Lane;
 use crate::em::session::EmError;
 use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
@@ -40,6 +43,7 @@ use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::{remembered, Body};
 use crate::gateway::target::{canonical_pairs, encode_segment, Target};
+use crate::ops::metrics::{Refresh, Wait, Work};
 use tracing::Instrument;
 
 /// `X-Cache: HIT|MISS|STALE`.
@@ -347,6 +351,7 @@ async fn em_fetch(
     request_id: Option<HeaderValue>,
     head: bool,
     cacheable: bool,
+    lane: Lane,
 ) -> Result<Fetched<Prepared>, GatewayError> {
     let pool = &state.pool;
     let mut em_headers = HeaderMap::new();
@@ -355,7 +360,7 @@ async fn em_fetch(
     }
     // A collapsed HEAD keeps no body; a cached entry must (GETs use it).
     let discard = head && !cacheable;
-    let em = pool.get(&path, em_headers, discard).await?;
+    let em = pool.get(&path, em_headers, discard, lane).await?;
     let base = pool.upstream().base_url();
     // JSON and XML both: twice the body's room for the conversion.
     let _room = pool
@@ -458,10 +463,12 @@ pub async fn serve(
             request_id.cloned(),
             head,
             cacheable,
+            Lane::Client,
         ))
     };
     let em_base = state.pool.upstream().base_url();
     let Some(rule) = rule else {
+        state.cache.waited(Wait::Bypass);
         if !state.settings.cache.collapse {
             let forward = crate::gateway::proxy::forward(&state.pool, method, target, headers, to);
             return Box::pin(ctx.traced(forward)).await;
@@ -500,44 +507,30 @@ pub async fn serve(
     };
     let key = resolved.key(&state.rules, head);
     let fresh = operator && wants_fresh(headers);
-    // Fleet mode: a local miss looks in the shared tier before EM, and one
-    // replica fetches for the fleet. Made only when the cache needs it (a
-    // hit makes nothing), owned and small (reference counts and the EM
-    // path), since the cache may keep it for a refresh ahead of expiry: the
-    // fetch itself is only made when it runs.
-    let tiered = || {
-        let state = state.clone();
-        let key = key.clone();
-        let policy = rule.policy.clone();
-        let request_id = request_id.cloned();
-        let span = ctx.span().clone();
-        // As the client wrote it (EM ignores case, but its logs need not).
-        let path = em_target(target);
-        move || {
-            let em = em_fetch(state.clone(), path, request_id, head, true);
-            let shared = state.fleet.clone().map(|fleet| Tier {
-                fleet,
-                key,
-                policy,
-                case: state.settings.json_case,
-                // A moment more than EM's: the holder began first, and
-                // its failure should reach the waiters before they give up
-                // (and ask EM themselves).
-                wait: state.settings.upstream.timeout + std::time::Duration::from_secs(1),
-                skip_lookup: fresh,
-                stale_wait: state.settings.cache.stale_wait,
-            });
-            async move {
-                match shared {
-                    Some(tier) => tier.fetch(em).await,
-                    None => em.await,
-                }
-            }
-            .instrument(span.clone())
+    // Made only when the cache needs it (a hit makes nothing), owned and
+    // small, since the cache may keep it for a refresh ahead of expiry.
+    let tiered = |why: Refresh| {
+        RuleFetch {
+            state: state.clone(),
+            key: key.clone(),
+            policy: rule.policy.clone(),
+            // As the client wrote it (EM ignores case, but its logs need not).
+            path: em_target(target),
+            request_id: request_id.cloned(),
+            head,
+            fresh,
+            span: ctx.span().clone(),
         }
+        .job(why)
     };
     let result = if fresh {
-        Box::pin(state.cache.refetch(key.clone(), &rule.policy, tiered())).await
+        state.cache.waited(Wait::Bypass);
+        Box::pin(
+            state
+                .cache
+                .refetch(key.clone(), &rule.policy, tiered(Refresh::Miss)),
+        )
+        .await
     } else {
         state.cache.get(key.clone(), &rule.policy, tiered).await
     };
@@ -563,6 +556,112 @@ pub async fn serve(
         }
     };
     Ok(cached_response(&served, headers, to, em_base, head))
+}
+
+/// Makes sure the cache holds `path` (and `query`) fresh, as work emgate
+/// does on its own (`work`: prefetch, rewarm): fetched in the background
+/// lane unless a fresh entry is stored, through the fleet's shared tier in
+/// fleet mode, and counted as no client's request. Whether EM (or the
+/// shared tier) was asked; an error when no rule caches the path.
+pub async fn warm(
+    state: &Arc<ReadState>,
+    path: &str,
+    query: Option<&str>,
+    work: Work,
+) -> Result<bool, Arc<GatewayError>> {
+    let resolved = state.rules.resolve(path, query).map_err(Arc::new)?;
+    let Some(rule) = resolved.rule(&state.rules) else {
+        return Err(Arc::new(GatewayError::Internal("no rule caches the path")));
+    };
+    let fetch = RuleFetch {
+        state: state.clone(),
+        key: resolved.key.clone(),
+        policy: rule.policy.clone(),
+        path: em_target(&resolved.target),
+        request_id: None,
+        head: false,
+        fresh: false,
+        span: tracing::Span::current(),
+    }
+    .in_lane(Lane::Background(work));
+    state
+        .cache
+        .warm(resolved.key.clone(), &rule.policy, fetch)
+        .await
+}
+
+/// A rule's fetch, running.
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Fetched<Prepared>, GatewayError>> + Send>>;
+
+/// What a rule's fetch needs: owned and small (reference counts and the
+/// EM path), since the cache may keep it until a refresh ahead of expiry;
+/// the fetch itself is made only when it runs.
+struct RuleFetch {
+    state: Arc<ReadState>,
+    key: CacheKey,
+    policy: Policy,
+    /// EM's path and query.
+    path: String,
+    request_id: Option<HeaderValue>,
+    head: bool,
+    /// An operator's `no-cache`: not the fleet's copy either.
+    fresh: bool,
+    /// Where its lines go (the span of the request that caused it).
+    span: tracing::Span,
+}
+
+impl RuleFetch {
+    /// The fetch for a cache's `why`: a refresh ahead of expiry goes in the
+    /// background lane, anything a client waits for in the client lane. In
+    /// fleet mode a local miss looks in the shared tier before EM, and one
+    /// replica fetches for the fleet.
+    fn job(self, why: Refresh) -> impl FnOnce() -> FetchFuture + Send + 'static {
+        let lane = match why {
+            Refresh::Ahead => Lane::Background(Work::RefreshAhead),
+            // Not asked of `get`: warm work names its own lane.
+            Refresh::Warm => Lane::Background(Work::Prefetch),
+            Refresh::Miss | Refresh::Revalidate => Lane::Client,
+        };
+        self.in_lane(lane)
+    }
+
+    /// The fetch, its EM request in `lane`.
+    fn in_lane(self, lane: Lane) -> impl FnOnce() -> FetchFuture + Send + 'static {
+        move || {
+            let RuleFetch {
+                state,
+                key,
+                policy,
+                path,
+                request_id,
+                head,
+                fresh,
+                span,
+            } = self;
+            let em = em_fetch(state.clone(), path, request_id, head, true, lane);
+            let shared = state.fleet.clone().map(|fleet| Tier {
+                fleet,
+                key,
+                policy,
+                case: state.settings.json_case,
+                // A moment more than EM's: the holder began first, and
+                // its failure should reach the waiters before they give up
+                // (and ask EM themselves).
+                wait: state.settings.upstream.timeout + std::time::Duration::from_secs(1),
+                skip_lookup: fresh,
+                stale_wait: state.settings.cache.stale_wait,
+            });
+            Box::pin(
+                async move {
+                    match shared {
+                        Some(tier) => tier.fetch(em).await,
+                        None => em.await,
+                    }
+                }
+                .instrument(span),
+            )
+        }
+    }
 }
 
 /// A rule's fetch in fleet mode: the fleet's shared tier before EM.

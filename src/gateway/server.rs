@@ -144,6 +144,10 @@ impl Gateway {
             }
             None => None,
         };
+        if let Some(fleet) = &fleet {
+            // Background work is bounded for the fleet, not per replica.
+            upstream.background().share_with(Arc::new(fleet.clone()));
+        }
         let mut pool = SessionPool::new(upstream, &settings.upstream);
         if let (Some(fleet), Some(shared)) = (&fleet, &settings.shared) {
             if shared.em_session {
@@ -233,6 +237,21 @@ impl Gateway {
         let discovery = tokio::spawn(log_em_version(app.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         let fleet_events = tokio::spawn(fleet_events(app.clone()));
+        // Work before anyone asks (README, "Warm"), ended at shutdown.
+        let mut warm = Vec::new();
+        if app.settings.warm.prefetch {
+            warm.push(tokio::spawn(crate::gateway::warm::prefetch(
+                app.reads.clone(),
+            )));
+        }
+        let state_dir = app.settings.warm.state_dir.clone();
+        if let Some(dir) = &state_dir {
+            let (reads, dir) = (app.reads.clone(), dir.clone());
+            warm.push(tokio::spawn(async move {
+                crate::gateway::warm::rewarm(reads.clone(), dir.clone()).await;
+                crate::gateway::warm::keep_hot_keys(reads, dir).await;
+            }));
+        }
         let listen = &app.settings.listen;
         let (header_timeout, idle_timeout) = (listen.header_timeout, listen.idle_timeout);
         // Past this many open connections, new ones wait in the listen backlog.
@@ -328,6 +347,19 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
         maintenance.abort();
+        for task in &warm {
+            task.abort();
+        }
+        if let Some(dir) = &state_dir {
+            match crate::gateway::warm::write_hot_keys(&app.reads, dir).await {
+                Ok(n) => {
+                    tracing::info!(keys = n, dir = %dir.display(), "hot keys kept for the next start")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot write the hot keys")
+                }
+            }
+        }
         housekeeping.abort();
         fleet_events.abort();
         discovery.abort();

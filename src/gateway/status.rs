@@ -49,6 +49,8 @@ pub struct Status {
     pub em: Em,
     /// The cache.
     pub cache: CacheFacts,
+    /// Work before anyone asks, and what it spared.
+    pub warm: WarmFacts,
     /// Fleet mode, when on.
     pub fleet: Option<FleetFacts>,
     /// Clients.
@@ -119,6 +121,30 @@ pub struct CacheFacts {
     pub rules: Vec<RuleFacts>,
     /// Reads of uncached routes that shared another's EM request.
     pub collapsed_uncached: u64,
+}
+
+/// Work before anyone asks (README, "Warm"), and what it spared.
+#[derive(Debug, Serialize)]
+pub struct WarmFacts {
+    /// Client requests that waited for EM, by why, since start.
+    pub client_waits: crate::ops::metrics::Waits,
+    /// Reads in the last hour (answered by the cache, by EM for it, or
+    /// by EM for a route no rule caches).
+    pub reads_last_hour: u64,
+    /// Of those, how many waited for EM.
+    pub waited_last_hour: u64,
+    /// Their share.
+    pub waited_share: Option<f64>,
+    /// The background lane (by kind: refresh_ahead, prefetch, rewarm).
+    pub lane: crate::ops::metrics::LaneCounters,
+    /// Its bounds (the fleet's, in fleet mode).
+    pub lane_concurrency: usize,
+    /// Requests per second (0: none).
+    pub lane_rate: u32,
+    /// Whether new restore points are prefetched.
+    pub prefetch: bool,
+    /// Whether hot keys survive a restart.
+    pub warm_start: bool,
 }
 
 /// One rule.
@@ -349,6 +375,23 @@ pub async fn facts(app: &App) -> Status {
         rules,
         collapsed_uncached: snapshot.collapsed_uncached,
     };
+    let (reads, waited) = crate::ops::history::global()
+        .slots()
+        .iter()
+        .fold((0, 0), |(r, w), s| {
+            (r + s.hit + s.miss + s.stale + s.bypassed, w + s.waited)
+        });
+    let warm = WarmFacts {
+        client_waits: snapshot.waits,
+        reads_last_hour: reads,
+        waited_last_hour: waited,
+        waited_share: (reads > 0).then(|| waited as f64 / reads as f64),
+        lane: snapshot.background,
+        lane_concurrency: app.settings.upstream.background_concurrency,
+        lane_rate: app.settings.upstream.background_rate,
+        prefetch: app.settings.warm.prefetch,
+        warm_start: app.settings.warm.state_dir.is_some(),
+    };
     let fleet = app.fleet.as_ref().map(|f| FleetFacts {
         shared: if f.is_up() { "up" } else { "down" },
         members: f.members(),
@@ -425,6 +468,7 @@ pub async fn facts(app: &App) -> Status {
         uptime_s: h.uptime().as_secs(),
         em,
         cache,
+        warm,
         fleet,
         clients,
         errors,
@@ -790,7 +834,7 @@ fn page(s: &Status) -> String {
     let _ = write!(
         p,
         r#"<section id="cache"><h2>Cache</h2><p>{} entries, {} of {} · {} requests of uncached routes shared another's EM request</p>
-<table><tr><th>rule</th><th>path</th><th class="n">TTL</th><th class="n">entries</th><th class="n">bytes</th><th class="n">hit ratio</th><th class="n">hits</th><th class="n">misses</th><th class="n">stale</th><th class="n">collapsed</th><th class="n">from fleet</th><th class="n">refreshes (miss / stale / ahead)</th><th></th></tr>"#,
+<table><tr><th>rule</th><th>path</th><th class="n">TTL</th><th class="n">entries</th><th class="n">bytes</th><th class="n">hit ratio</th><th class="n">hits</th><th class="n">misses</th><th class="n">stale</th><th class="n">collapsed</th><th class="n">from fleet</th><th class="n">refreshes (miss / stale / ahead / warm)</th><th></th></tr>"#,
         c.entries,
         bytes(c.bytes),
         bytes(c.max_bytes),
@@ -799,7 +843,7 @@ fn page(s: &Status) -> String {
     for r in &c.rules {
         let _ = write!(
             p,
-            r#"<tr data-rule="{}"><td>{}</td><td class="key">{}</td><td class="n">{}</td><td class="n rule-entries">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n rule-hits">{}</td><td class="n rule-misses">{}</td><td class="n rule-stale">{}</td><td class="n">{}</td><td class="n">{} / {}</td><td class="n">{} / {} / {}</td><td><button type="button" data-purge="{}" data-what="every entry of rule {}">purge rule</button></td></tr>"#,
+            r#"<tr data-rule="{}"><td>{}</td><td class="key">{}</td><td class="n">{}</td><td class="n rule-entries">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n rule-hits">{}</td><td class="n rule-misses">{}</td><td class="n rule-stale">{}</td><td class="n">{}</td><td class="n">{} / {}</td><td class="n">{} / {} / {} / {}</td><td><button type="button" data-purge="{}" data-what="every entry of rule {}">purge rule</button></td></tr>"#,
             esc(&r.name),
             esc(&r.name),
             esc(&r.path),
@@ -816,6 +860,7 @@ fn page(s: &Status) -> String {
             r.counters.refreshes_miss,
             r.counters.refreshes_revalidate,
             r.counters.refreshes_ahead,
+            r.counters.refreshes_warm,
             esc(&purge_url(&format!("rule={}", encode_query(&r.name)))),
             esc(&r.name),
         );
@@ -841,6 +886,47 @@ fn page(s: &Status) -> String {
     }
     if !any {
         p.push_str(r#"<tr><td colspan="5" class="muted">nothing cached yet</td></tr>"#);
+    }
+    p.push_str("</table></section>");
+    // Warm
+    let w = &s.warm;
+    let on = |b: bool| if b { "on" } else { "off" };
+    let _ = write!(
+        p,
+        r#"<section id="warm"><h2>Warm</h2><p><span id="waited-share">{}</span> of the last hour's {} reads waited for EM ({}) · prefetch {} · warm start {}</p>
+<table><tr><th>waited because</th><th class="n">since start</th></tr>"#,
+        percent(w.waited_share),
+        w.reads_last_hour,
+        w.waited_last_hour,
+        on(w.prefetch),
+        on(w.warm_start),
+    );
+    for (reason, n) in w.client_waits.by_reason() {
+        let _ = write!(p, r#"<tr><td>{reason}</td><td class="n">{n}</td></tr>"#);
+    }
+    let _ = write!(
+        p,
+        r#"</table><h2>Background lane</h2><p>{} running, {} queued, at most {} at once (peak {}){}</p><table><tr><th>kind</th><th class="n">done</th><th class="n">failed</th><th class="n">dropped</th></tr>"#,
+        w.lane.running,
+        w.lane.queued,
+        w.lane_concurrency,
+        w.lane.peak,
+        if w.lane_rate > 0 {
+            format!(" and {} a second", w.lane_rate)
+        } else {
+            String::new()
+        },
+    );
+    for work in crate::ops::metrics::Work::ALL {
+        let i = work as usize;
+        let _ = write!(
+            p,
+            r#"<tr><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td></tr>"#,
+            work.label(),
+            w.lane.ok[i],
+            w.lane.failed[i],
+            w.lane.dropped[i],
+        );
     }
     p.push_str("</table></section>");
     // Fleet
@@ -962,5 +1048,7 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
         // Read from the breaker at scrape time, as `/readyz` reads it: the
         // two never disagree.
         shared_up: app.fleet.as_ref().map(|f| f.is_up()),
+        waits: app.reads.cache.waits(),
+        background: app.pool.upstream().background().counters(),
     }
 }

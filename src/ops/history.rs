@@ -44,6 +44,10 @@ pub struct Slot {
     pub other: u64,
     /// Answers with a 5xx status.
     pub errors: u64,
+    /// Client requests whose answer waited for EM (every reason).
+    pub waited: u64,
+    /// Of those, reads no rule caches (or an operator's `no-cache`).
+    pub bypassed: u64,
     /// Requests to EM.
     pub em: u64,
     /// Of those, failed (no answer, 5xx).
@@ -124,6 +128,8 @@ impl Slot {
         self.stale += other.stale;
         self.other += other.other;
         self.errors += other.errors;
+        self.waited += other.waited;
+        self.bypassed += other.bypassed;
         self.em += other.em;
         self.em_errors += other.em_errors;
         for (mine, theirs) in self.em_latency.iter_mut().zip(other.em_latency) {
@@ -229,6 +235,19 @@ impl History {
             }
         }
         counts(inner.clients.entry(client.to_string()).or_default());
+    }
+
+    /// One client request whose answer waited for EM; `bypass`: a read no
+    /// rule caches.
+    pub fn waited(&self, bypass: bool) {
+        let mut inner = self.lock();
+        let index = self.index();
+        if let Some(s) = inner.slot(index) {
+            s.waited += 1;
+            if bypass {
+                s.bypassed += 1;
+            }
+        }
     }
 
     /// One request to EM.

@@ -62,7 +62,7 @@ fn describe() {
     );
     describe_counter!(
         "emgate_cache_refreshes_total",
-        "EM fetches of the cache, by rule and reason (miss, revalidate, ahead)."
+        "EM fetches of the cache, by rule and reason (miss, revalidate, ahead, warm: before anyone asked)."
     );
     describe_counter!(
         "emgate_cache_not_stored_total",
@@ -71,6 +71,22 @@ fn describe() {
     describe_counter!(
         "emgate_log_lines_dropped_total",
         "Log lines dropped because stderr could not take them as fast as they came (the gateway never waits for its log)."
+    );
+    describe_counter!(
+        "emgate_client_waits_total",
+        "Client requests whose answer waited for EM, by reason (cold: no entry in the last hour; expired: its entry had expired or was evicted; stale_miss: past stale-while-revalidate, the client waited for the refresh; bypass: no rule caches the route, or an operator's no-cache). Compare with emgate_requests_total."
+    );
+    describe_counter!(
+        "emgate_background_requests_total",
+        "EM requests emgate started on its own account, by kind (refresh_ahead, prefetch, rewarm) and result (ok, error, dropped: the background lane had no room)."
+    );
+    describe_gauge!(
+        "emgate_background_in_flight",
+        "Background EM requests running now (at most EMGATE_BACKGROUND_CONCURRENCY)."
+    );
+    describe_gauge!(
+        "emgate_background_queued",
+        "Background EM requests waiting for the background lane now."
     );
     describe_gauge!("emgate_cache_entries", "Cache entries, by rule.");
     describe_gauge!(
@@ -256,6 +272,8 @@ pub enum Refresh {
     Revalidate,
     /// Ahead of the expiry of an entry read during its TTL.
     Ahead,
+    /// Before anyone asked (prefetch, rewarm).
+    Warm,
 }
 
 impl Refresh {
@@ -265,6 +283,7 @@ impl Refresh {
             Refresh::Miss => "miss",
             Refresh::Revalidate => "revalidate",
             Refresh::Ahead => "ahead",
+            Refresh::Warm => "warm",
         }
     }
 }
@@ -293,6 +312,8 @@ pub struct RuleCounters {
     pub refreshes_revalidate: u64,
     /// EM fetches ahead of expiry ([`Refresh::Ahead`]).
     pub refreshes_ahead: u64,
+    /// EM fetches before anyone asked (prefetch, rewarm).
+    pub refreshes_warm: u64,
     /// Answers served but not stored: larger than the per-entry bound.
     pub not_stored: u64,
     /// Entries stored now.
@@ -308,6 +329,7 @@ impl RuleCounters {
             Refresh::Miss => self.refreshes_miss,
             Refresh::Revalidate => self.refreshes_revalidate,
             Refresh::Ahead => self.refreshes_ahead,
+            Refresh::Warm => self.refreshes_warm,
         }
     }
 
@@ -319,6 +341,91 @@ impl RuleCounters {
 }
 
 /// One cache rule's counters, read at scrape time.
+/// Work emgate starts on its own account, in the background lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A refresh of an entry read during its TTL, before it expires.
+    RefreshAhead = 0,
+    /// The `vmRestorePoints` of a new restore point, before anyone asks.
+    Prefetch = 1,
+    /// A hot key of before a restart (or a Redis that came back empty).
+    Rewarm = 2,
+}
+
+impl Work {
+    /// How many kinds there are.
+    pub const COUNT: usize = 3;
+    /// Every kind, in label order.
+    pub const ALL: [Work; Work::COUNT] = [Work::RefreshAhead, Work::Prefetch, Work::Rewarm];
+
+    /// The `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Work::RefreshAhead => "refresh_ahead",
+            Work::Prefetch => "prefetch",
+            Work::Rewarm => "rewarm",
+        }
+    }
+}
+
+/// The background lane's counters, by [`Work`] where they count work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LaneCounters {
+    /// Ended with EM's answer.
+    pub ok: [u64; Work::COUNT],
+    /// Ended in an error (EM's 5xx, a timeout, no connection).
+    pub failed: [u64; Work::COUNT],
+    /// Never sent: the lane's queue was full, or no client place came free.
+    pub dropped: [u64; Work::COUNT],
+    /// Waiting for a place now.
+    pub queued: u64,
+    /// Running now.
+    pub running: u64,
+    /// The most that ever ran at once.
+    pub peak: u64,
+}
+
+/// Why a client's request waited for EM (`emgate_client_waits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The key had no entry in the last hour.
+    Cold,
+    /// Its entry, stored within the last hour, had outlived every window
+    /// (or was evicted for room).
+    Expired,
+    /// Its entry was past stale-while-revalidate: the client waited for the
+    /// refresh (at most the stale wait).
+    StaleMiss,
+    /// No rule caches the route, or an operator asked for a fresh answer.
+    Bypass,
+}
+
+/// Client requests that waited for EM, by [`Wait`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Waits {
+    pub cold: u64,
+    pub expired: u64,
+    pub stale_miss: u64,
+    pub bypass: u64,
+}
+
+impl Waits {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.cold + self.expired + self.stale_miss + self.bypass
+    }
+
+    /// Each reason and its count, in label order.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("cold", self.cold),
+            ("expired", self.expired),
+            ("stale_miss", self.stale_miss),
+            ("bypass", self.bypass),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RuleSnapshot {
     /// The rule's name (a label: rule names are few, from the settings).
@@ -367,6 +474,10 @@ pub struct Snapshot {
     pub upstream_memory: u64,
     /// Fleet mode: whether the shared tier answers (`None` outside fleet mode).
     pub shared_up: Option<bool>,
+    /// Client requests that waited for EM.
+    pub waits: Waits,
+    /// The background lane.
+    pub background: LaneCounters,
 }
 
 /// The exposition text, after copying in `snapshot`.
@@ -386,7 +497,12 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
                 .absolute(value);
         }
         counter!("emgate_cache_collapsed_total", "rule" => rule.clone()).absolute(c.collapsed);
-        for why in [Refresh::Miss, Refresh::Revalidate, Refresh::Ahead] {
+        for why in [
+            Refresh::Miss,
+            Refresh::Revalidate,
+            Refresh::Ahead,
+            Refresh::Warm,
+        ] {
             counter!("emgate_cache_refreshes_total", "rule" => rule.clone(), "reason" => why.label())
                 .absolute(c.refreshes(why));
         }
@@ -395,6 +511,23 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
         gauge!("emgate_cache_bytes", "rule" => rule).set(c.bytes as f64);
     }
     counter!("emgate_cache_collapsed_total", "rule" => "uncached").absolute(s.collapsed_uncached);
+    for (reason, n) in s.waits.by_reason() {
+        counter!("emgate_client_waits_total", "reason" => reason).absolute(n);
+    }
+    let lane = &s.background;
+    for work in Work::ALL {
+        let i = work as usize;
+        for (result, n) in [
+            ("ok", lane.ok[i]),
+            ("error", lane.failed[i]),
+            ("dropped", lane.dropped[i]),
+        ] {
+            counter!("emgate_background_requests_total", "kind" => work.label(), "result" => result)
+                .absolute(n);
+        }
+    }
+    gauge!("emgate_background_in_flight").set(lane.running as f64);
+    gauge!("emgate_background_queued").set(lane.queued as f64);
     let e = &s.session;
     for (result, value) in [
         ("ok", e.logons_ok),

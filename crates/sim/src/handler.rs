@@ -196,6 +196,8 @@ pub(crate) async fn handle<B>(
     });
     tracing::debug!(method = %req.method(), uri = %req.uri(), "sim request");
 
+    // Counted while it is worked on, latency included (as EM is busy).
+    let _working = state.working(req.uri().path());
     let latency = state.latency(req.uri().path());
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

@@ -311,6 +311,18 @@ impl Sim {
         self.state.add_point(job).to_string()
     }
 
+    /// From now on, counts the requests whose path starts with `prefix`
+    /// (any case) that are worked on at once (latency included), for
+    /// [`Sim::peak_in_flight`]; the peak starts again at zero.
+    pub fn watch_in_flight(&self, prefix: &str) {
+        self.state.watch(prefix);
+    }
+
+    /// The most watched requests ever worked on at once.
+    pub fn peak_in_flight(&self) -> u64 {
+        self.state.peak()
+    }
+
     /// How many restore points there are now (generated and added).
     pub fn restore_point_count(&self) -> usize {
         self.state.data().points.len()

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -144,6 +144,22 @@ pub(crate) struct State {
     pub counters: Counters,
     /// The last [`REQUEST_LOG`] requests, oldest first.
     log: Mutex<VecDeque<RecordedRequest>>,
+    /// Requests under this path prefix (lowercase) worked on at once: now,
+    /// and the most ever.
+    watched: Mutex<String>,
+    in_flight: Arc<AtomicU64>,
+    peak: AtomicU64,
+}
+
+/// A watched request being worked on; counted down when dropped.
+pub(crate) struct Working(Option<Arc<AtomicU64>>);
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        if let Some(n) = &self.0 {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: every
@@ -153,6 +169,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    /// Counts requests under `prefix` (any case) worked on at once from now
+    /// on; the peak starts again at zero.
+    pub fn watch(&self, prefix: &str) {
+        *lock(&self.watched) = prefix.to_ascii_lowercase();
+        self.peak.store(0, Ordering::Relaxed);
+    }
+
+    /// The most watched requests ever worked on at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// A request for `path` begins: counted while the guard lives, if watched.
+    pub fn working(&self, path: &str) -> Working {
+        let watched = lock(&self.watched);
+        if watched.is_empty()
+            || !path
+                .get(..watched.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(&watched))
+        {
+            return Working(None);
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        Working(Some(self.in_flight.clone()))
+    }
+
     /// The estate as it is now; held for one answer (no await while held).
     pub fn data(&self) -> RwLockReadGuard<'_, Data> {
         self.data.read().unwrap_or_else(|e| e.into_inner())
@@ -186,6 +229,9 @@ impl State {
             next_seq: AtomicU64::new(0),
             counters: Counters::default(),
             log: Mutex::new(VecDeque::with_capacity(1024)),
+            watched: Mutex::new(String::new()),
+            in_flight: Arc::default(),
+            peak: AtomicU64::new(0),
         }
     }
 

@@ -1,0 +1,243 @@
+//! The background lane: EM requests emgate starts on its own account
+//! (refresh-ahead, prefetch, rewarm), bounded apart from clients' (see
+//! README, "Warm").
+//!
+//! A background request, in order:
+//!
+//! | step | waits for | gives up |
+//! | --- | --- | --- |
+//! | queue | a place in the lane (`EMGATE_BACKGROUND_CONCURRENCY`) | when [`MAX_QUEUED`] already wait: *dropped* |
+//! | pace | the lane's rate (`EMGATE_BACKGROUND_RATE` per second) | never (the place is held) |
+//! | fleet | in fleet mode, a place in the fleet's lane and a slot of its rate (in Redis), taken only when free | after a place's longest hold (the fleet's lane is busy, not stuck): *dropped*; Redis down: skipped |
+//! | step aside | a free place among clients' EM requests, taken only when one is free | after the queue wait: *dropped* |
+//! | run | EM | as any EM request |
+//!
+//! Invariants:
+//! - A client's EM request never waits behind background work: background
+//!   requests take a client place only when one is free at that moment
+//!   (clients queue on the semaphore, background requests never do), and
+//!   the lane holds at most its concurrency of them.
+//! - In fleet mode the lane's bounds are the fleet's: however many
+//!   replicas, no more than `EMGATE_BACKGROUND_CONCURRENCY` background
+//!   requests run at once and `EMGATE_BACKGROUND_RATE` start per second
+//!   (while Redis answers; while it does not, each replica keeps its own).
+//!   A replica that dies holding a fleet place frees it when the place's
+//!   hold (the EM timeout and a margin) runs out.
+//! - Work dropped is work not done: the entry it would have refreshed is
+//!   refreshed by the next client miss instead. Nothing waits forever.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::ops::metrics::{LaneCounters, Work};
+
+/// Background requests waiting for a place at most; more are dropped.
+pub const MAX_QUEUED: u64 = 1024;
+
+/// How often a background request looks again for a client place that was
+/// full.
+const STEP_ASIDE_POLL: Duration = Duration::from_millis(10);
+
+/// A fleet operation's future.
+pub type BudgetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The fleet's share of the lane (implemented by the shared tier, so this
+/// module knows no Redis). `Err` means the shared tier is down: each
+/// replica goes on with its own bounds.
+pub trait FleetBudget: Send + Sync {
+    /// Takes one of the fleet's `places` and a slot of its `rate` per
+    /// second (0: none), both only if free now, held at most `hold`;
+    /// `Some(token)` to give it back with.
+    fn take(
+        &self,
+        places: usize,
+        rate: u32,
+        hold: Duration,
+    ) -> BudgetFuture<'_, Result<Option<String>, ()>>;
+    /// Gives a place back.
+    fn give_back(&self, token: String) -> BudgetFuture<'static, ()>;
+}
+
+/// How often a background request looks again for a fleet place.
+const FLEET_POLL: Duration = Duration::from_millis(25);
+
+/// The lane's bounds and counters.
+pub struct Background {
+    /// Its bounds, for the fleet's share.
+    concurrency: usize,
+    rate_per_second: u32,
+    /// Longest a fleet place is held (a dead replica's runs out).
+    hold: Duration,
+    /// The fleet's share, in fleet mode.
+    fleet: OnceLock<Arc<dyn FleetBudget>>,
+    /// Places: background requests in flight at once.
+    places: Arc<Semaphore>,
+    /// Requests per second, when limited.
+    rate: Option<DefaultDirectRateLimiter>,
+    /// Waiting for a place now.
+    queued: AtomicU64,
+    /// Running now.
+    running: AtomicU64,
+    /// The most ever running at once.
+    peak: AtomicU64,
+    /// By [`Work`]: ended with EM's answer, failed, dropped.
+    ok: [AtomicU64; Work::COUNT],
+    failed: [AtomicU64; Work::COUNT],
+    dropped: [AtomicU64; Work::COUNT],
+}
+
+/// A background request's place, held while it runs.
+pub struct Admitted {
+    _lane: OwnedSemaphorePermit,
+    /// The fleet place held, given back when done.
+    fleet: Option<(Arc<dyn FleetBudget>, String)>,
+    /// The client place it stepped into.
+    _place: OwnedSemaphorePermit,
+    lane: Arc<Background>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.lane.running.fetch_sub(1, Ordering::Relaxed);
+        if let Some((fleet, token)) = self.fleet.take() {
+            tokio::spawn(fleet.give_back(token));
+        }
+    }
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Background {
+    /// A lane of `concurrency` places and `rate` requests per second (0: no
+    /// rate limit); a request holds a fleet place `hold` at most.
+    pub fn new(concurrency: usize, rate: u32, hold: Duration) -> Background {
+        Background {
+            concurrency: concurrency.max(1),
+            rate_per_second: rate,
+            hold,
+            fleet: OnceLock::new(),
+            places: Arc::new(Semaphore::new(concurrency.max(1))),
+            rate: std::num::NonZeroU32::new(rate)
+                .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(r))),
+            queued: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            ok: Default::default(),
+            failed: Default::default(),
+            dropped: Default::default(),
+        }
+    }
+
+    /// Makes the lane's bounds the fleet's (fleet mode).
+    pub fn share_with(&self, fleet: Arc<dyn FleetBudget>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Waits for the lane by the table in the module docs; `None` when the
+    /// work is dropped. `clients` are the client places it steps into.
+    pub(crate) async fn admit(
+        self: &Arc<Self>,
+        work: Work,
+        clients: &Arc<Semaphore>,
+        patience: Duration,
+    ) -> Option<Admitted> {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.dropped(work);
+            return None;
+        }
+        let lane = self.places.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let Ok(lane) = lane else {
+            self.dropped(work);
+            return None;
+        };
+        if let Some(rate) = &self.rate {
+            rate.until_ready().await;
+        }
+        let mut fleet = None;
+        if let Some(budget) = self.fleet.get() {
+            // Other replicas' work ends within its hold: wait that long.
+            let deadline = tokio::time::Instant::now() + self.hold;
+            loop {
+                match budget
+                    .take(self.concurrency, self.rate_per_second, self.hold)
+                    .await
+                {
+                    Ok(Some(token)) => {
+                        fleet = Some((budget.clone(), token));
+                        break;
+                    }
+                    Ok(None) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(FLEET_POLL).await;
+                    }
+                    Ok(None) => {
+                        self.dropped(work);
+                        return None;
+                    }
+                    // Redis down: this replica's own bounds.
+                    Err(()) => break,
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        let place = loop {
+            match clients.clone().try_acquire_owned() {
+                Ok(place) => break place,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(STEP_ASIDE_POLL).await;
+                }
+                Err(_) => {
+                    self.dropped(work);
+                    if let Some((budget, token)) = fleet {
+                        tokio::spawn(budget.give_back(token));
+                    }
+                    return None;
+                }
+            }
+        };
+        let running = self.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(running, Ordering::Relaxed);
+        Some(Admitted {
+            _lane: lane,
+            fleet,
+            _place: place,
+            lane: self.clone(),
+        })
+    }
+
+    /// Counts how a background request ended.
+    pub(crate) fn ended(&self, work: Work, ok: bool) {
+        let by = if ok { &self.ok } else { &self.failed };
+        by[work as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, work: Work) {
+        self.dropped[work as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lane's counters now.
+    pub fn counters(&self) -> LaneCounters {
+        let all = |a: &[AtomicU64; Work::COUNT]| a.each_ref().map(|c| c.load(Ordering::Relaxed));
+        LaneCounters {
+            ok: all(&self.ok),
+            failed: all(&self.failed),
+            dropped: all(&self.dropped),
+            queued: self.queued.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            peak: self.peak.load(Ordering::Relaxed),
+        }
+    }
+}

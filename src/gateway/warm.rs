@@ -1,0 +1,463 @@
+//! Work done before anyone asks (see README, "Warm"): the `vmRestorePoints`
+//! of new restore points prefetched, and the hot keys of before a restart
+//! refetched.
+//!
+//! ## Prefetch
+//!
+//! Every backup run makes restore points, and restore portals ask for the
+//! newest first; EM's query service lists them by creation time. Every
+//! `EMGATE_PREFETCH_INTERVAL` one look asks
+//! `GET /api/query?type=RestorePoint&filter=CreationTime>="…"&sortDesc=CreationTime`,
+//! page by page, and each restore point it has not seen before has its
+//! `vmRestorePoints` fetched into the cache (and its `?format=Entity` form
+//! when clients ask for that form), in the background lane.
+//!
+//! A look's state, and what moves it:
+//!
+//! | state | look asks since | after a look that worked | after a failed look |
+//! | --- | --- | --- | --- |
+//! | first | now − `EMGATE_PREFETCH_WINDOW` | following | first, next look after a doubled wait (at most 8 intervals) |
+//! | following | the last look's start − [`LATE_ARRIVAL`] | following | following, doubled wait |
+//!
+//! - EM shows a restore point once its job has finished, with the time the
+//!   backup began as its `CreationTime`: a point can appear well after the
+//!   moment it claims. Looks overlap by [`LATE_ARRIVAL`] for it, and the
+//!   points already fetched in that overlap are remembered (by id) so each
+//!   is fetched once.
+//! - A point whose fetch failed is not remembered: the next look tries again.
+//! - Fleet mode: one replica looks, the one holding the `prefetch` lease in
+//!   Redis (renewed while it lives; another takes over within the lease
+//!   time when it dies). Each fetch goes through the shared tier, so one
+//!   EM fetch per restore point serves the fleet. While Redis is down every
+//!   replica looks for itself, as it does everything else.
+//! - Nothing here delays a client: every EM request of a look is in the
+//!   background lane, which steps aside for clients.
+//!
+//! ## Warm start
+//!
+//! With `EMGATE_STATE_DIR`, a replica writes its hot keys (those whose
+//! entry answered at least [`HOT_HITS`] requests, hottest first, at most
+//! `EMGATE_WARM_KEYS`) to [`STATE_FILE`] every [`STATE_EVERY`] and at
+//! shutdown, and refetches them (in the background lane, hottest first)
+//! when it starts. The file holds cache keys and hit counts: no body, no
+//! token, no credential. It is replaced atomically (written beside, synced,
+//! renamed), so a crash mid-write leaves the previous one; a file that does
+//! not parse, is of another format version or was written for another EM
+//! is ignored with a warning.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use http::{HeaderMap, StatusCode};
+use tokio::task::JoinSet;
+
+use crate::em::client::Lane;
+use crate::gateway::reads::{self, ReadState};
+use crate::ops::metrics::Work;
+
+/// How long after its `CreationTime` a restore point may first appear in
+/// EM (a long backup job, EM's collection from its backup servers).
+pub const LATE_ARRIVAL: Duration = Duration::from_secs(3600);
+
+/// Restore points per page asked of the query service.
+const PAGE_SIZE: usize = 100;
+
+/// Pages read per look at most (a first look over a busy day).
+const MAX_PAGES: usize = 50;
+
+/// After failed looks the wait doubles, this many times at most (8 intervals).
+const MAX_DOUBLINGS: u32 = 3;
+
+/// The lease name of the replica that looks, in fleet mode.
+const LEASE: &str = "prefetch";
+
+/// The poller's memory between looks.
+struct Looker {
+    state: Arc<ReadState>,
+    /// The start of the last look that worked (`None`: the first is to come).
+    last: Option<SystemTime>,
+    /// Restore points fetched, by id, with when they were first seen.
+    seen: HashMap<String, Instant>,
+}
+
+/// Runs the looks until the task is aborted (at shutdown).
+pub async fn prefetch(state: Arc<ReadState>) {
+    let interval = state.settings.warm.prefetch_interval;
+    let mut looker = Looker {
+        state,
+        last: None,
+        seen: HashMap::new(),
+    };
+    let mut lease = None;
+    let mut failures = 0u32;
+    loop {
+        if looker.may_look(&mut lease).await {
+            match looker.look().await {
+                Ok(fetched) => {
+                    failures = 0;
+                    if fetched > 0 {
+                        tracing::info!(fetched, "prefetched new restore points");
+                    }
+                }
+                Err(why) => {
+                    failures = (failures + 1).min(MAX_DOUBLINGS);
+                    tracing::warn!(error = %why, "prefetch: EM's query service failed; trying again later");
+                }
+            }
+        }
+        let wait = interval * 2u32.pow(failures);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+impl Looker {
+    /// Whether this replica looks now: always alone or while Redis is down;
+    /// in a fleet, while it holds the lease.
+    async fn may_look(&mut self, lease: &mut Option<crate::fleet::Lease>) -> bool {
+        let Some(fleet) = &self.state.fleet else {
+            return true;
+        };
+        if lease.as_ref().is_some_and(|l| l.is_held()) {
+            return true;
+        }
+        match fleet.try_lease(LEASE).await {
+            Ok(Some(won)) => {
+                if lease.is_none() {
+                    tracing::info!("prefetch: this replica looks for new restore points");
+                }
+                *lease = Some(won);
+                true
+            }
+            Ok(None) => {
+                // Another replica looks; if this one becomes the looker
+                // later, it starts with a first look.
+                *lease = None;
+                self.last = None;
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// One look: the new restore points' ids from EM, then their fetches;
+    /// how many were fetched.
+    async fn look(&mut self) -> Result<usize, String> {
+        let started = SystemTime::now();
+        let since = match self.last {
+            None => started - self.state.settings.warm.prefetch_window,
+            Some(last) => last - LATE_ARRIVAL,
+        };
+        let since_text = humantime::format_rfc3339_seconds(since).to_string();
+        let mut new = Vec::new();
+        let mut page = 1;
+        loop {
+            let path = format!(
+                "/api/query?type=RestorePoint&filter=CreationTime%3E%3D%22{since_text}%22\
+                 &sortDesc=CreationTime&pageSize={PAGE_SIZE}&page={page}"
+            );
+            let em = self
+                .state
+                .pool
+                .get(
+                    &path,
+                    HeaderMap::new(),
+                    false,
+                    Lane::Background(Work::Prefetch),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            if em.status != StatusCode::OK {
+                return Err(format!("EM answered {}", em.status));
+            }
+            let (ids, pages) = restore_points(&em.body);
+            new.extend(ids.into_iter().filter(|id| !self.seen.contains_key(id)));
+            if page >= pages || page >= MAX_PAGES {
+                break;
+            }
+            page += 1;
+        }
+        new.dedup();
+        let entity = self.state.cache.any_key(|k| {
+            let k = k.as_str();
+            k.starts_with("/api/restorepoints/") && k.ends_with("/vmrestorepoints?format=entity")
+        });
+        // Newest first (EM's order), a few more at once than the lane runs,
+        // so it stays busy without a queue that would drop work.
+        let state = self.state.clone();
+        let results = in_turn(
+            new,
+            self.state.settings.upstream.background_concurrency,
+            move |id| {
+                let state = state.clone();
+                async move {
+                    let path = format!("/api/restorePoints/{id}/vmRestorePoints");
+                    let mut ok = reads::warm(&state, &path, None, Work::Prefetch).await;
+                    if entity && ok.is_ok() {
+                        ok =
+                            reads::warm(&state, &path, Some("format=Entity"), Work::Prefetch).await;
+                    }
+                    (id, ok)
+                }
+            },
+        )
+        .await;
+        let mut fetched = 0;
+        for (id, result) in results {
+            match result {
+                Ok(asked) => {
+                    fetched += usize::from(asked);
+                    self.seen.insert(id, Instant::now());
+                }
+                Err(e) => tracing::debug!(%id, error = %e, "prefetch of a restore point failed"),
+            }
+        }
+        // What the next look's overlap can no longer return.
+        let horizon = self.state.settings.warm.prefetch_interval + LATE_ARRIVAL;
+        self.seen.retain(|_, at| at.elapsed() < horizon);
+        self.last = Some(started);
+        Ok(fetched)
+    }
+}
+
+/// Hits that make a key hot: read at least twice during its entry's life.
+pub const HOT_HITS: u64 = 2;
+
+/// The hot keys' file in `EMGATE_STATE_DIR`.
+pub const STATE_FILE: &str = "hot-keys.json";
+
+/// How often the hot keys are written.
+pub const STATE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the state file says it is.
+const STATE_FORMAT: &str = "emgate-hot-keys";
+
+/// The state file's format version.
+const STATE_VERSION: u32 = 1;
+
+/// The state file: hot cache keys, for the EM they were read from.
+#[derive(Debug, Serialize, Deserialize)]
+struct HotKeys {
+    format: String,
+    version: u32,
+    /// A digest of EM's URL: keys of another EM are not this one's.
+    upstream: String,
+    /// Cache keys (`/api/...?...`), hottest first, with their hits.
+    keys: Vec<(String, u64)>,
+}
+
+/// The digest naming the EM a state file is for.
+fn upstream_tag(state: &ReadState) -> String {
+    crate::digest::sha256_hex(state.pool.upstream().base_url().as_bytes())[..16].to_string()
+}
+
+/// Writes the hot keys to `dir`, replacing the file atomically.
+pub async fn write_hot_keys(state: &Arc<ReadState>, dir: &Path) -> std::io::Result<usize> {
+    let keys: Vec<(String, u64)> = state
+        .cache
+        .hot(HOT_HITS, state.settings.warm.keys)
+        .into_iter()
+        .map(|(k, hits)| (k.as_str().to_string(), hits))
+        .collect();
+    let n = keys.len();
+    let file = HotKeys {
+        format: STATE_FORMAT.into(),
+        version: STATE_VERSION,
+        upstream: upstream_tag(state),
+        keys,
+    };
+    let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
+    let (dir, target) = (dir.to_path_buf(), dir.join(STATE_FILE));
+    tokio::task::spawn_blocking(move || replace_file(&dir, &target, &bytes))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(n)
+}
+
+/// Writes `bytes` to `target` so that a reader sees the old file or the
+/// new one, never a part: a temporary file beside it, synced, renamed over
+/// it, and the folder synced.
+fn replace_file(dir: &Path, target: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&temp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&temp, target)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The hot keys in `dir`'s state file, hottest first; none (with a
+/// warning) when there is no usable file.
+fn read_hot_keys(state: &ReadState, dir: &Path) -> Vec<String> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "warm start: cannot read the hot keys; starting cold");
+            return Vec::new();
+        }
+    };
+    let file: HotKeys = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "warm start: the hot keys file is not one of emgate's; starting cold");
+            return Vec::new();
+        }
+    };
+    if file.format != STATE_FORMAT || file.version != STATE_VERSION {
+        tracing::warn!(file = %path.display(), format = %file.format, version = file.version, "warm start: the hot keys file is of another format; starting cold");
+        return Vec::new();
+    }
+    if file.upstream != upstream_tag(state) {
+        tracing::warn!(file = %path.display(), "warm start: the hot keys were read from another EM; starting cold");
+        return Vec::new();
+    }
+    let mut keys: Vec<String> = file.keys.into_iter().map(|(k, _)| k).collect();
+    keys.truncate(state.settings.warm.keys);
+    keys
+}
+
+/// Refetches the hot keys of `dir`'s state file, hottest first, in the
+/// background lane; how many were fetched. Keys no rule caches (or that do
+/// not parse) are skipped.
+pub async fn rewarm(state: Arc<ReadState>, dir: PathBuf) -> usize {
+    let keys = read_hot_keys(&state, &dir);
+    if keys.is_empty() {
+        return 0;
+    }
+    let started = Instant::now();
+    let total = keys.len();
+    let lane = state.settings.upstream.background_concurrency;
+    let fetched = in_turn(keys, lane, move |key| {
+        let state = state.clone();
+        async move {
+            let (path, query) = match key.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (key.as_str(), None),
+            };
+            path.starts_with("/api/")
+                && reads::warm(&state, path, query, Work::Rewarm)
+                    .await
+                    .unwrap_or(false)
+        }
+    })
+    .await
+    .into_iter()
+    .filter(|asked| *asked)
+    .count();
+    tracing::info!(
+        fetched,
+        of = total,
+        ms = started.elapsed().as_millis() as u64,
+        "warm start: the hot keys of before the restart are cached again"
+    );
+    fetched
+}
+
+/// Writes the hot keys every [`STATE_EVERY`] until aborted.
+pub async fn keep_hot_keys(state: Arc<ReadState>, dir: PathBuf) {
+    loop {
+        tokio::time::sleep(STATE_EVERY).await;
+        if let Err(e) = write_hot_keys(&state, &dir).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the hot keys");
+        }
+    }
+}
+
+/// Runs `work` on each item, in their order, twice as many at once as the
+/// background lane runs (so it stays busy, and its queue never fills and
+/// drops work); every result, in the order they ended.
+async fn in_turn<T, R, F, Fut>(items: Vec<T>, lane: usize, work: F) -> Vec<R>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+{
+    let at_once = lane.saturating_mul(2).max(1);
+    let mut running = JoinSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        while running.len() >= at_once {
+            if let Some(Ok(r)) = running.join_next().await {
+                out.push(r);
+            }
+        }
+        running.spawn(work(item));
+    }
+    while let Some(done) = running.join_next().await {
+        if let Ok(r) = done {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The restore point ids of a query's `Refs` (from their `UID`s) and its
+/// page count (`PagingInfo`'s `PagesCount`, 1 when absent).
+fn restore_points(xml: &[u8]) -> (Vec<String>, usize) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut ids = Vec::new();
+    let mut pages = 1;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
+                let attr = |name: &[u8]| {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.local_name().as_ref() == name)
+                        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+                };
+                match e.local_name().as_ref() {
+                    b"Ref" => {
+                        let id = attr(b"UID").and_then(|uid| {
+                            uid.strip_prefix("urn:veeam:RestorePoint:")
+                                .map(str::to_ascii_lowercase)
+                        });
+                        // Only well-formed ids go into a path.
+                        if let Some(id) = id.filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
+                            ids.push(id);
+                        }
+                    }
+                    b"PagingInfo" => {
+                        pages = attr(b"PagesCount")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(1);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    (ids, pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_result_gives_its_restore_points_and_pages_and_nothing_malformed() {
+        let xml = br#"<QueryResult xmlns="http://www.veeam.com/ent/v1.0"><Refs>
+<Ref Type="RestorePointReference" Href="https://em:9398/api/restorePoints/1" UID="urn:veeam:RestorePoint:D0A6E5F4-1C2B-4E3A-9F8E-7D6C5B4A3921" Name="a"/>
+<Ref Type="RestorePointReference" UID="urn:veeam:RestorePoint:../../admin" Name="b"/>
+<Ref Type="JobReference" UID="urn:veeam:Job:d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"/>
+</Refs><PagingInfo PagesCount="3" PageSize="100" PageNum="1"/></QueryResult>"#;
+        let (ids, pages) = restore_points(xml);
+        assert_eq!(ids, vec!["d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"]);
+        assert_eq!(pages, 3);
+        assert_eq!(restore_points(b"<html>nope"), (vec![], 1));
+    }
+}

@@ -1,0 +1,434 @@
+//! No client waits for EM: the restore points a backup run makes are
+//! cached before anyone asks, work emgate starts on its own stays in its
+//! background lane, and `/metrics` says how many client requests waited.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use emgate::sim::Sim;
+use http::StatusCode;
+
+fn vm_path(id: &str) -> String {
+    format!("/api/restorePoints/{id}/vmRestorePoints")
+}
+
+/// How many requests whose path and query start with `prefix` (ignoring
+/// case) reached EM.
+fn em_saw(sim: &Sim, prefix: &str) -> usize {
+    let prefix = prefix.to_ascii_lowercase();
+    sim.requests()
+        .iter()
+        .filter(|r| r.path_and_query.to_ascii_lowercase().starts_with(&prefix))
+        .count()
+}
+
+/// The value of one series of the gateway's `/metrics` (0 when absent).
+async fn metric(http: &Http, gw: &Gateway, series: &str) -> f64 {
+    sample(&http.get(&gw.url("/metrics"), &[]).await.body, series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_point_a_backup_just_made_is_a_hit_on_its_first_request() {
+    let sim = start_sim(sim_config()).await;
+    let admin = "an-admin-token-for-the-warm-test";
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+            ("EMGATE_ADMIN_TOKEN", admin),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    // A portal once asked for the entity form, so new points get it too.
+    let old = vm_path(&sim.restore_point_id(3));
+    let r = http
+        .get(&gw.url(&format!("{old}?format=Entity")), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let id = sim.add_restore_point();
+    let path = vm_path(&id);
+    let fetched = eventually(Duration::from_secs(10), || async {
+        em_saw(&sim, &path) >= 2
+    })
+    .await;
+    assert!(
+        fetched,
+        "the new restore point was not prefetched: {:?}",
+        gw.log_text()
+    );
+
+    for form in ["", "?format=Entity"] {
+        let r = http.get(&gw.url(&format!("{path}{form}")), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.header("x-cache"), "HIT", "{path}{form}");
+    }
+    // One fetch per form; the generated points of last year were never
+    // new (the first look goes back a day), so none was fetched.
+    assert_eq!(em_saw(&sim, &format!("{path}?")), 1);
+    assert_eq!(em_saw(&sim, &path), 2);
+    assert_eq!(em_saw(&sim, &vm_path(&sim.restore_point_id(4))), 0);
+    // A following look asks again and fetches nothing again.
+    let looks = em_saw(&sim, "/api/query?type=RestorePoint");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            em_saw(&sim, "/api/query?type=RestorePoint") > looks
+        })
+        .await
+    );
+    assert_eq!(em_saw(&sim, &path), 2);
+    let look = sim
+        .requests()
+        .into_iter()
+        .find(|r| r.path_and_query.starts_with("/api/query?type=RestorePoint"))
+        .unwrap();
+    assert!(
+        look.path_and_query.contains("filter=CreationTime%3E%3D%22")
+            && look.path_and_query.contains("sortDesc=CreationTime"),
+        "{}",
+        look.path_and_query
+    );
+
+    let ok = "emgate_background_requests_total{kind=\"prefetch\",result=\"ok\"}";
+    assert!(metric(&http, &gw, ok).await >= 3.0);
+    // The old point's request waited; the new point's did not.
+    assert_eq!(
+        metric(&http, &gw, "emgate_client_waits_total{reason=\"cold\"}").await,
+        1.0
+    );
+    // The status page says so, and shows the lane.
+    let bearer = format!("Bearer {admin}");
+    let status = http
+        .get(&gw.url("/admin/status.json"), &[("authorization", &bearer)])
+        .await
+        .json();
+    let warm = &status["warm"];
+    assert_eq!(warm["reads_last_hour"], 3, "{warm}");
+    assert_eq!(warm["waited_last_hour"], 1, "{warm}");
+    assert_eq!(warm["client_waits"]["cold"], 1, "{warm}");
+    assert!(warm["lane"]["ok"][1].as_u64().unwrap() >= 3, "{warm}");
+    assert_eq!(warm["prefetch"], true);
+    let page = http
+        .get(&gw.url("/admin/status"), &[("authorization", &bearer)])
+        .await
+        .body;
+    assert!(
+        page.contains("<span id=\"waited-share\">33.3 %</span>"),
+        "{page}"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_off_fetches_nothing_before_it_is_asked() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH", "false"),
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let id = sim.add_restore_point();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(em_saw(&sim, "/api/query"), 0);
+    let r = http.get(&gw.url(&vm_path(&id)), &[]).await;
+    assert_eq!(r.header("x-cache"), "MISS");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_that_waited_for_em_are_counted_by_why() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH", "false"),
+            ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
+            ("EMGATE_CACHE_TTL", "1s"),
+            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "0s"),
+            ("EMGATE_CACHE_STALE_IF_ERROR", "1s"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let path = vm_path(&sim.restore_point_id(1));
+    let waits = |reason: &'static str| {
+        let (http, gw) = (&http, &gw);
+        async move {
+            metric(
+                http,
+                gw,
+                &format!("emgate_client_waits_total{{reason=\"{reason}\"}}"),
+            )
+            .await
+        }
+    };
+
+    assert_eq!(
+        http.get(&gw.url(&path), &[]).await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(http.get(&gw.url(&path), &[]).await.header("x-cache"), "HIT");
+    assert_eq!(waits("cold").await, 1.0);
+    // Past the TTL, within stale-if-error: the client waits for the refresh.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    http.get(&gw.url(&path), &[]).await;
+    assert_eq!(waits("stale_miss").await, 1.0);
+    // Past every window: the entry expired.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        http.get(&gw.url(&path), &[]).await.header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(waits("expired").await, 1.0);
+    // No rule caches a restore point itself.
+    let point = format!("/api/restorePoints/{}", sim.restore_point_id(1));
+    assert_eq!(http.get(&gw.url(&point), &[]).await.status, StatusCode::OK);
+    assert_eq!(waits("bypass").await, 1.0);
+    assert_eq!(waits("cold").await, 1.0);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_miss_is_not_held_up_by_a_full_background_lane() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+            ("EMGATE_BACKGROUND_CONCURRENCY", "2"),
+            ("EMGATE_UPSTREAM_CONCURRENCY", "3"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    // A backup run makes eight points, and EM is slow to list their VMs.
+    for _ in 0..8 {
+        let id = sim.add_restore_point();
+        sim.set_path_latency(
+            &format!("/api/restorepoints/{id}"),
+            Some(Duration::from_secs(3)),
+        );
+    }
+    let full = eventually(Duration::from_secs(10), || async {
+        metric(&http, &gw, "emgate_background_in_flight").await == 2.0
+            && metric(&http, &gw, "emgate_background_queued").await > 0.0
+    })
+    .await;
+    assert!(full, "the background lane never filled");
+
+    let path = vm_path(&sim.restore_point_id(9));
+    let r = http
+        .get_within(&gw.url(&path), &[], Duration::from_secs(2))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-cache"), "MISS");
+    // The lane never ran more than its bound.
+    assert!(metric(&http, &gw, "emgate_background_in_flight").await <= 2.0);
+    sim.shutdown().await;
+}
+
+/// An empty folder of its own for a state file.
+fn state_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("emgate-warm-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_serves_the_keys_clients_read_before_it_as_hits() {
+    let sim = start_sim(sim_config()).await;
+    let dir = state_dir("restart");
+    let env = [
+        ("EMGATE_PREFETCH", "false"),
+        ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+        ("EMGATE_ADMIN_TOKEN", "an-admin-token-for-the-warm-test"),
+    ];
+    let http = Http::default();
+    let hot = [
+        vm_path(&sim.restore_point_id(1)),
+        format!("{}?format=Entity", vm_path(&sim.restore_point_id(2))),
+    ];
+    let once = vm_path(&sim.restore_point_id(3));
+    {
+        let mut gw = Gateway::start(&sim, &env);
+        assert!(becomes_ready(&http, &gw).await);
+        for p in &hot {
+            for _ in 0..3 {
+                assert_eq!(http.get(&gw.url(p), &[]).await.status, StatusCode::OK);
+            }
+        }
+        http.get(&gw.url(&once), &[]).await;
+        assert!(gw.terminate().success());
+    }
+    // Keys and hits only: nothing a client or EM would call a secret.
+    let text = std::fs::read_to_string(dir.join("hot-keys.json")).unwrap();
+    assert!(text.contains(&sim.restore_point_id(1)), "{text}");
+    assert!(
+        !text.contains(&sim.restore_point_id(3)),
+        "read once is not hot: {text}"
+    );
+    for secret in [
+        PASSWORD,
+        "an-admin-token-for-the-warm-test",
+        "X-RestSvcSessionId",
+    ] {
+        assert!(!text.contains(secret));
+    }
+
+    sim.clear_requests();
+    let gw = Gateway::start(&sim, &env);
+    assert!(becomes_ready(&http, &gw).await);
+    let warmed = eventually(Duration::from_secs(10), || async {
+        hot.iter().all(|p| em_saw(&sim, p) >= 1)
+    })
+    .await;
+    assert!(
+        warmed,
+        "the hot keys were not fetched again: {}",
+        gw.log_text()
+    );
+    for p in &hot {
+        let r = http.get(&gw.url(p), &[]).await;
+        assert_eq!(r.header("x-cache"), "HIT", "{p}");
+    }
+    assert_eq!(
+        http.get(&gw.url(&once), &[]).await.header("x-cache"),
+        "MISS"
+    );
+    let rewarmed = "emgate_background_requests_total{kind=\"rewarm\",result=\"ok\"}";
+    assert_eq!(metric(&http, &gw, rewarmed).await, 2.0);
+    assert_eq!(
+        metric(&http, &gw, "emgate_client_waits_total{reason=\"cold\"}").await,
+        1.0
+    );
+
+    // Killed without a shutdown, a replica leaves the last whole file.
+    drop(gw);
+    let before = std::fs::read_to_string(dir.join("hot-keys.json")).unwrap();
+    assert_eq!(before, text);
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_or_foreign_state_file_is_ignored_with_a_warning() {
+    let sim = start_sim(sim_config()).await;
+    let http = Http::default();
+    let key = vm_path(&sim.restore_point_id(1)).to_ascii_lowercase();
+    for (tag, content, warning) in [
+        ("garbage", "{\"format\": \"emgate-hot-k".to_string(), "not one of emgate's"),
+        (
+            "foreign",
+            format!("{{\"format\":\"emgate-hot-keys\",\"version\":1,\"upstream\":\"0123456789abcdef\",\"keys\":[[\"{key}\",9]]}}"),
+            "another EM",
+        ),
+        (
+            "version",
+            format!("{{\"format\":\"emgate-hot-keys\",\"version\":99,\"upstream\":\"x\",\"keys\":[[\"{key}\",9]]}}"),
+            "another format",
+        ),
+    ] {
+        let dir = state_dir(tag);
+        std::fs::write(dir.join("hot-keys.json"), content).unwrap();
+        sim.clear_requests();
+        let gw = Gateway::start(
+            &sim,
+            &[("EMGATE_PREFETCH", "false"), ("EMGATE_STATE_DIR", dir.to_str().unwrap())],
+        );
+        assert!(becomes_ready(&http, &gw).await);
+        let warned = eventually(Duration::from_secs(5), || async {
+            gw.log_text().contains(warning)
+        })
+        .await;
+        assert!(warned, "{tag}: {}", gw.log_text());
+        assert_eq!(em_saw(&sim, &key), 0, "{tag}");
+        assert_eq!(http.get(&gw.url(&key), &[]).await.status, StatusCode::OK);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    sim.shutdown().await;
+}
+
+/// A state folder holding `keys` as hot keys for the EM at `em`.
+fn state_with(tag: &str, em: &str, keys: &[String]) -> std::path::PathBuf {
+    let dir = state_dir(tag);
+    let file = serde_json::json!({
+        "format": "emgate-hot-keys",
+        "version": 1,
+        "upstream": &emgate::digest::sha256_hex(em.as_bytes())[..16],
+        "keys": keys.iter().map(|k| (k.as_str(), 5)).collect::<Vec<_>>(),
+    });
+    std::fs::write(dir.join("hot-keys.json"), file.to_string()).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replicas_share_one_background_budget_and_one_looks_for_new_points() {
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let sim = start_sim(sim_config()).await;
+    // EM is slow to list a restore point's VMs, so background work piles up.
+    sim.set_path_latency("/api/restorepoints/", Some(Duration::from_millis(300)));
+    let http = Http::default();
+    let url = redis.url();
+    // Each replica restarts with ten hot keys of its own: forty to rewarm.
+    let mut dirs = Vec::new();
+    let mut keys = Vec::new();
+    for r in 0..4 {
+        let mine: Vec<String> = (0..10)
+            .map(|i| vm_path(&sim.restore_point_id(20 + r * 10 + i)).to_ascii_lowercase())
+            .collect();
+        dirs.push(state_with(&format!("fleet-{r}"), &sim.base_url(), &mine));
+        keys.extend(mine);
+    }
+    sim.watch_in_flight("/api/restorepoints/");
+    let gws: Vec<Gateway> = dirs
+        .iter()
+        .map(|dir| {
+            Gateway::start(
+                &sim,
+                &[
+                    ("EMGATE_SHARED_URL", url.as_str()),
+                    ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+                    ("EMGATE_BACKGROUND_CONCURRENCY", "2"),
+                    ("EMGATE_BACKGROUND_RATE", "0"),
+                    ("EMGATE_PREFETCH_INTERVAL", "1s"),
+                ],
+            )
+        })
+        .collect();
+    for gw in &gws {
+        assert!(becomes_ready(&http, gw).await);
+    }
+    let id = sim.add_restore_point();
+    let done = eventually(Duration::from_secs(30), || async {
+        keys.iter().all(|k| em_saw(&sim, k) >= 1) && em_saw(&sim, &vm_path(&id)) >= 1
+    })
+    .await;
+    assert!(done, "not every hot key was fetched again");
+    // Four replicas, each allowed two at once, together never ran more
+    // than two: the budget is the fleet's.
+    assert_eq!(sim.peak_in_flight(), 2, "peak of background requests at EM");
+    assert_eq!(
+        em_saw(&sim, &vm_path(&id)),
+        1,
+        "one fetch of the new point for the fleet"
+    );
+    // One replica looks for new restore points, about once a second.
+    let before = em_saw(&sim, "/api/query?type=RestorePoint");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let looks = em_saw(&sim, "/api/query?type=RestorePoint") - before;
+    assert!((1..=5).contains(&looks), "{looks} looks in 3 s");
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    sim.shutdown().await;
+}
