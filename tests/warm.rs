@@ -432,3 +432,100 @@ async fn four_replicas_share_one_background_budget_and_one_looks_for_new_points(
     }
     sim.shutdown().await;
 }
+
+/// The gateway's `/metrics` value of `series` (0 when absent).
+async fn cache_result(http: &Http, gw: &Gateway, result: &str) -> f64 {
+    metric(
+        http,
+        gw,
+        &format!("emgate_cache_requests_total{{rule=\"vm_restore_points\",result=\"{result}\"}}"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_restarted_whole_holds_what_its_clients_read_before_they_ask() {
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let sim = start_sim(sim_config()).await;
+    let http = Http::default();
+    let url = redis.url();
+    let env = [
+        ("EMGATE_SHARED_URL", url.as_str()),
+        ("EMGATE_PREFETCH", "false"),
+    ];
+    let hot: Vec<String> = (0..3)
+        .map(|i| vm_path(&sim.restore_point_id(40 + i)))
+        .collect();
+    {
+        let mut a = Gateway::start(&sim, &env);
+        let mut b = Gateway::start(&sim, &env);
+        assert!(becomes_ready(&http, &a).await && becomes_ready(&http, &b).await);
+        for p in &hot {
+            for gw in [&a, &a, &a, &b, &b, &b] {
+                assert_eq!(http.get(&gw.url(p), &[]).await.status, StatusCode::OK);
+            }
+        }
+        assert!(a.terminate().success() && b.terminate().success());
+    }
+    sim.clear_requests();
+    let c = Gateway::start(&sim, &env);
+    assert!(becomes_ready(&http, &c).await);
+    let warmed = eventually(Duration::from_secs(10), || async {
+        metric(
+            &http,
+            &c,
+            "emgate_cache_refreshes_total{rule=\"vm_restore_points\",reason=\"warm\"}",
+        )
+        .await
+            >= 3.0
+    })
+    .await;
+    assert!(warmed, "{}", c.log_text());
+    for p in &hot {
+        assert_eq!(http.get(&c.url(p), &[]).await.header("x-cache"), "HIT");
+    }
+    // Answered from this replica's memory, filled from the shared tier
+    // before anyone asked: no client request went to Redis or EM.
+    assert_eq!(cache_result(&http, &c, "hit").await, 3.0);
+    assert_eq!(cache_result(&http, &c, "shared_hit").await, 0.0);
+    assert!(hot.iter().all(|p| em_saw(&sim, p) == 0));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_comes_back_empty_a_replica_puts_its_hot_entries_back_for_the_fleet() {
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let sim = start_sim(sim_config()).await;
+    let http = Http::default();
+    let url = redis.url();
+    let env = [
+        ("EMGATE_SHARED_URL", url.as_str()),
+        ("EMGATE_PREFETCH", "false"),
+    ];
+    let a = Gateway::start(&sim, &env);
+    assert!(becomes_ready(&http, &a).await);
+    let p = vm_path(&sim.restore_point_id(60));
+    for _ in 0..3 {
+        assert_eq!(http.get(&a.url(&p), &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(em_saw(&sim, &p), 1);
+    assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK");
+    let put_back = eventually(Duration::from_secs(15), || async {
+        a.log_text()
+            .contains("hot entries put back in the shared tier")
+    })
+    .await;
+    assert!(put_back, "{}", a.log_text());
+    // A replica that never saw the key finds it in the shared tier.
+    let b = Gateway::start(&sim, &env);
+    assert!(becomes_ready(&http, &b).await);
+    let r = http.get(&b.url(&p), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(em_saw(&sim, &p), 1, "EM was asked again");
+    assert_eq!(cache_result(&http, &b, "miss").await, 0.0);
+    sim.shutdown().await;
+}

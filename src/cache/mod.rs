@@ -818,16 +818,15 @@ where
 
     /// The hot keys: those whose stored entry (not a remembered "not
     /// found") answered at least `min_hits` requests, hottest first, at
-    /// most `limit` of them, with their hits. One pass over the entries,
-    /// for background work.
-    pub fn hot(&self, min_hits: u64, limit: usize) -> Vec<(Arc<K>, u64)> {
-        let mut hot: Vec<(Arc<K>, u64)> = self
+    /// most `limit` of them. One pass over the entries, for background
+    /// work.
+    pub fn hot(&self, min_hits: u64, limit: usize) -> Vec<Kept<K, V>> {
+        let mut hot: Vec<Kept<K, V>> = self
             .entries
             .iter()
             .filter(|(_, e)| !e.is_negative() && e.hits() >= min_hits)
-            .map(|(k, e)| (k, e.hits()))
             .collect();
-        hot.sort_unstable_by_key(|&(_, hits)| std::cmp::Reverse(hits));
+        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.hits()));
         hot.truncate(limit);
         hot
     }

@@ -18,8 +18,9 @@
 //! - Nothing read from Redis is acted on without a MAC (`keys.rs`): a value
 //!   that fails is a miss, counted in `emgate_shared_rejected_total{kind}`
 //!   and logged once per key, never served.
-//! - Under Redis memory pressure only cache entries may go: they are the
-//!   only values with a Redis TTL besides small counters, so a
+//! - Under Redis memory pressure only cache entries (and the hot-key list,
+//!   a hint) may go: they are the only values with a Redis TTL besides
+//!   small counters, so a
 //!   `volatile-*` eviction policy never takes a lease, a client session, the
 //!   EM session or the fleet's bookkeeping (their expiry is in the value).
 //! - Large values travel on a connection of their own, so a big entry never
@@ -28,6 +29,7 @@
 mod budget;
 pub mod cache;
 pub mod clients;
+mod hot;
 mod keys;
 pub mod session;
 pub mod tasks;

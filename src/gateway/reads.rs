@@ -593,6 +593,56 @@ pub async fn warm(
 /// A rule's fetch, running.
 type FetchFuture = Pin<Box<dyn Future<Output = Result<Fetched<Prepared>, GatewayError>> + Send>>;
 
+/// Fleet mode, after Redis came back empty: puts this replica's hot
+/// entries (at most `limit`, hottest first) back in the shared tier as
+/// they are, so the fleet's next misses of them find them there instead
+/// of asking EM; an entry another replica is fetching (its lease is held)
+/// is left to it. How many were put back.
+pub async fn put_back_hot(state: &Arc<ReadState>, min_hits: u64, limit: usize) -> usize {
+    let Some(fleet) = &state.fleet else {
+        return 0;
+    };
+    let mut put = 0;
+    for (key, entry) in state.cache.hot(min_hits, limit) {
+        let Some(rule) = state.rules.all().get(entry.rule()) else {
+            continue;
+        };
+        let lifetime = rule
+            .policy
+            .lifetime(entry.is_negative())
+            .saturating_sub(entry.age());
+        let Some(bytes) = entry.value.to_shared(entry.fetched_wall) else {
+            continue;
+        };
+        if lifetime.is_zero() {
+            continue;
+        }
+        let h = shared_hash(state.settings.json_case, &key);
+        let Ok(epoch) = fleet.epoch().await else {
+            break;
+        };
+        if let Ok(Some(lease)) = fleet.try_lease(&h).await {
+            if let Ok(true) = fleet
+                .store(&lease, key.path(), bytes, lifetime, epoch)
+                .await
+            {
+                put += 1;
+            }
+        }
+    }
+    put
+}
+
+/// The name of a key's entry in the fleet's shared tier (with the JSON
+/// case: replicas of another case keep their own).
+fn shared_hash(case: crate::config::JsonCase, key: &CacheKey) -> String {
+    let case = match case {
+        crate::config::JsonCase::Pascal => "pascal",
+        crate::config::JsonCase::Camel => "camel",
+    };
+    Fleet::key_hash(&format!("{case} {}", key.as_str()))
+}
+
 /// What a rule's fetch needs: owned and small (reference counts and the
 /// EM path), since the cache may keep it until a refresh ahead of expiry;
 /// the fetch itself is made only when it runs.
@@ -690,11 +740,7 @@ impl Tier {
     where
         F: std::future::Future<Output = Result<Fetched<Prepared>, GatewayError>>,
     {
-        let case = match self.case {
-            crate::config::JsonCase::Pascal => "pascal",
-            crate::config::JsonCase::Camel => "camel",
-        };
-        let h = Fleet::key_hash(&format!("{case} {}", self.key.as_str()));
+        let h = shared_hash(self.case, &self.key);
         let mut stale = None;
         let mut known: Option<Vec<u8>> = None;
         if !self.skip_lookup {

@@ -244,9 +244,12 @@ impl Gateway {
                 app.reads.clone(),
             )));
         }
+        // Hot keys survive a restart in the state folder, and in a fleet
+        // in Redis.
         let state_dir = app.settings.warm.state_dir.clone();
-        if let Some(dir) = &state_dir {
-            let (reads, dir) = (app.reads.clone(), dir.clone());
+        let keeps_hot = state_dir.is_some() || app.fleet.is_some();
+        if keeps_hot {
+            let (reads, dir) = (app.reads.clone(), state_dir.clone());
             warm.push(tokio::spawn(async move {
                 crate::gateway::warm::rewarm(reads.clone(), dir.clone()).await;
                 crate::gateway::warm::keep_hot_keys(reads, dir).await;
@@ -350,15 +353,9 @@ impl Gateway {
         for task in &warm {
             task.abort();
         }
-        if let Some(dir) = &state_dir {
-            match crate::gateway::warm::write_hot_keys(&app.reads, dir).await {
-                Ok(n) => {
-                    tracing::info!(keys = n, dir = %dir.display(), "hot keys kept for the next start")
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot write the hot keys")
-                }
-            }
+        if keeps_hot {
+            let n = crate::gateway::warm::save(&app.reads, state_dir.as_deref()).await;
+            tracing::info!(keys = n, "hot keys kept for the next start");
         }
         housekeeping.abort();
         fleet_events.abort();
@@ -537,7 +534,10 @@ async fn fleet_events(app: Arc<App>) {
             Ok(Event::Logout(token_hash)) => app.access.sessions.ended_elsewhere(&token_hash),
             Ok(Event::Emptied) => {
                 let app = app.clone();
-                tokio::spawn(async move { app.access.sessions.put_back().await });
+                tokio::spawn(async move {
+                    app.access.sessions.put_back().await;
+                    crate::gateway::warm::put_back(app.reads.clone()).await;
+                });
             }
             Ok(Event::Landed(_)) | Ok(Event::Session) => {}
             // Only purges, logouts and session changes come here (notices

@@ -254,14 +254,12 @@ fn upstream_tag(state: &ReadState) -> String {
     crate::digest::sha256_hex(state.pool.upstream().base_url().as_bytes())[..16].to_string()
 }
 
-/// Writes the hot keys to `dir`, replacing the file atomically.
-pub async fn write_hot_keys(state: &Arc<ReadState>, dir: &Path) -> std::io::Result<usize> {
-    let keys: Vec<(String, u64)> = state
-        .cache
-        .hot(HOT_HITS, state.settings.warm.keys)
-        .into_iter()
-        .map(|(k, hits)| (k.as_str().to_string(), hits))
-        .collect();
+/// Writes `keys` to `dir`'s state file, replacing it atomically.
+async fn write_hot_keys(
+    state: &Arc<ReadState>,
+    dir: &Path,
+    keys: Vec<(String, u64)>,
+) -> std::io::Result<usize> {
     let n = keys.len();
     let file = HotKeys {
         format: STATE_FORMAT.into(),
@@ -326,11 +324,56 @@ fn read_hot_keys(state: &ReadState, dir: &Path) -> Vec<String> {
     keys
 }
 
-/// Refetches the hot keys of `dir`'s state file, hottest first, in the
-/// background lane; how many were fetched. Keys no rule caches (or that do
-/// not parse) are skipped.
-pub async fn rewarm(state: Arc<ReadState>, dir: PathBuf) -> usize {
-    let keys = read_hot_keys(&state, &dir);
+/// The hot keys now, hottest first, with their hits.
+fn hot_now(state: &ReadState) -> Vec<(String, u64)> {
+    state
+        .cache
+        .hot(HOT_HITS, state.settings.warm.keys)
+        .into_iter()
+        .map(|(k, e)| (k.as_str().to_string(), e.hits()))
+        .collect()
+}
+
+/// Keeps the hot keys for the next start: in `dir`'s state file, and in
+/// fleet mode in the fleet's list too. Problems are logged (the next save
+/// tries again); how many keys were kept.
+pub async fn save(state: &Arc<ReadState>, dir: Option<&Path>) -> usize {
+    let keys = hot_now(state);
+    let n = keys.len();
+    if let Some(fleet) = &state.fleet {
+        if fleet
+            .add_hot_keys(&keys, state.settings.warm.keys)
+            .await
+            .is_err()
+        {
+            tracing::debug!("the fleet's hot keys could not be updated; trying again later");
+        }
+    }
+    if let Some(dir) = dir {
+        if let Err(e) = write_hot_keys(state, dir, keys).await {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the hot keys");
+        }
+    }
+    n
+}
+
+/// Refetches the hot keys of before the start, hottest first, in the
+/// background lane: those of `dir`'s state file, then (fleet mode) the
+/// fleet's; how many were fetched. In a fleet most are found in the shared
+/// tier, and EM is asked once for the fleet for the others. Keys no rule
+/// caches (or that do not parse) are skipped.
+pub async fn rewarm(state: Arc<ReadState>, dir: Option<PathBuf>) -> usize {
+    let mut keys = dir
+        .as_deref()
+        .map(|dir| read_hot_keys(&state, dir))
+        .unwrap_or_default();
+    if let Some(fleet) = &state.fleet {
+        if let Ok(theirs) = fleet.hot_keys(state.settings.warm.keys).await {
+            let mine: std::collections::HashSet<String> = keys.iter().cloned().collect();
+            keys.extend(theirs.into_iter().filter(|k| !mine.contains(k)));
+            keys.truncate(state.settings.warm.keys);
+        }
+    }
     if keys.is_empty() {
         return 0;
     }
@@ -364,13 +407,20 @@ pub async fn rewarm(state: Arc<ReadState>, dir: PathBuf) -> usize {
 }
 
 /// Writes the hot keys every [`STATE_EVERY`] until aborted.
-pub async fn keep_hot_keys(state: Arc<ReadState>, dir: PathBuf) {
+pub async fn keep_hot_keys(state: Arc<ReadState>, dir: Option<PathBuf>) {
     loop {
         tokio::time::sleep(STATE_EVERY).await;
-        if let Err(e) = write_hot_keys(&state, &dir).await {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the hot keys");
-        }
+        save(&state, dir.as_deref()).await;
     }
+}
+
+/// Fleet mode, after Redis came back empty: this replica's hot entries go
+/// back to the shared tier as they are (no EM request), and its hot keys
+/// to the fleet's list.
+pub async fn put_back(state: Arc<ReadState>) {
+    let put = reads::put_back_hot(&state, HOT_HITS, state.settings.warm.keys).await;
+    save(&state, None).await;
+    tracing::info!(entries = put, "hot entries put back in the shared tier");
 }
 
 /// Runs `work` on each item, in their order, twice as many at once as the

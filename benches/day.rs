@@ -1,0 +1,326 @@
+//! A compressed day in front of a slow EM, with prefetch and warm start on
+//! and off in the same run (the machine is noisy: compare the two rows):
+//!
+//! - EM answers everything in `DAY_EM_LATENCY_MS` (2,000);
+//! - backup jobs (20, in turn) make a restore point every
+//!   `DAY_POINT_MS` (1,000) of benchmark time;
+//! - 50 clients ask, one request after another with a short pause, 70%
+//!   for the vmRestorePoints of a restore point made in the last "hour"
+//!   (the 30 newest) and 30% for one of 200 older ones a portal keeps
+//!   coming back to;
+//! - the cache's TTL is compressed too (`EMGATE_CACHE_TTL=20s`), and the
+//!   gateway is restarted (SIGTERM, then started again) half way through.
+//!
+//! Printed per mode: the share of client requests that waited for EM
+//! (`X-Cache` MISS or none; the goal with everything on is under 1%), the
+//! client p50 and p99, EM requests per minute by who asked (client or
+//! background, from the gateway's own counters), and the background peak
+//! against its budget.
+//!
+//! Run: `cargo bench --bench day` (`DAY_SECONDS=60` per mode).
+
+mod support;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use emgate::sim::{Sim, SimConfig};
+use http_body_util::BodyExt;
+use support::{env_or, free_port, Http, Proc};
+
+const CLIENTS: usize = 50;
+const RECENT: usize = 30;
+const OLDER: usize = 200;
+const ADMIN: &str = "the-day-benchmark-admin-token";
+
+/// What one mode measured.
+#[derive(Default)]
+struct Day {
+    requests: u64,
+    waited: u64,
+    failed: u64,
+    latencies: Vec<Duration>,
+    em_client: f64,
+    em_background: f64,
+    peak: u64,
+    budget: u64,
+    seconds: f64,
+}
+
+fn gateway(sim: &Sim, port: u16, extra: &[(&str, String)]) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_emgate"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("EMGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EMGATE_UPSTREAM_URL", sim.base_url())
+        .env("EMGATE_UPSTREAM_USERNAME", "bench")
+        .env("EMGATE_UPSTREAM_PASSWORD", "bench-password")
+        .env(
+            "EMGATE_UPSTREAM_CERT_SHA256",
+            sim.cert_sha256().unwrap_or_default(),
+        )
+        .env("EMGATE_ADMIN_TOKEN", ADMIN)
+        .env("EMGATE_CACHE_TTL", "20s")
+        .env("EMGATE_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("emgate"))
+}
+
+/// One GET: its status (0: none), `X-Cache`, time.
+async fn get(http: &Http, url: &str) -> (u16, Option<String>, Duration) {
+    let t = Instant::now();
+    match http.get(url.parse().expect("url")).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let cache = r
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let _ = r.into_body().collect().await;
+            (status, cache, t.elapsed())
+        }
+        Err(_) => (0, None, t.elapsed()),
+    }
+}
+
+/// The gateway's EM requests so far: (all, background), and the
+/// background lane's peak.
+async fn em_counts(http: &Http, base: &str) -> (f64, f64, u64) {
+    let metrics = String::from_utf8(
+        http.get(format!("{base}/metrics").parse().expect("url"))
+            .await
+            .map(|r| r.into_body())
+            .expect("metrics")
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let sum = |name: &str, filter: &dyn Fn(&str) -> bool| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && filter(l))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let all = sum("emgate_upstream_requests_total", &|_| true);
+    let background = sum("emgate_background_requests_total", &|l| {
+        !l.contains("dropped")
+    });
+    let req = hyper::Request::get(format!("{base}/admin/status.json"))
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let peak = match http.request(req).await {
+        Ok(r) => {
+            let body = r
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["warm"]["lane"]["peak"].as_u64())
+                .unwrap_or(0)
+        }
+        Err(_) => 0,
+    };
+    (all, background, peak)
+}
+
+async fn ready(http: &Http, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(http, &format!("{base}/readyz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "{base} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One compressed day with warm work `on` or off.
+async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> Day {
+    let dir = std::env::temp_dir().join(format!("emgate-day-{}-{on}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("state dir");
+    let mut extra: Vec<(&str, String)> = vec![("EMGATE_BACKGROUND_CONCURRENCY", "4".into())];
+    if on {
+        extra.push(("EMGATE_PREFETCH_INTERVAL", "2s".into()));
+        extra.push(("EMGATE_STATE_DIR", dir.display().to_string()));
+    } else {
+        extra.push(("EMGATE_PREFETCH", "false".into()));
+    }
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = support::http();
+    let mut gw = gateway(sim, port, &extra);
+    ready(&http, &base).await;
+
+    // Backup jobs run all day.
+    let recent: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let running = Arc::new(AtomicBool::new(true));
+    let jobs = {
+        let (recent, running, sim) = (recent.clone(), running.clone(), sim.clone());
+        tokio::spawn(async move {
+            while running.load(Ordering::Relaxed) {
+                let id = sim.add_restore_point();
+                {
+                    let mut r = recent.lock().expect("recent");
+                    r.push_front(id);
+                    r.truncate(RECENT);
+                }
+                tokio::time::sleep(point_every).await;
+            }
+        })
+    };
+    // The day's first points exist before clients ask.
+    tokio::time::sleep(point_every * 3).await;
+
+    let results: Arc<Mutex<Day>> = Arc::default();
+    let paused = Arc::new(AtomicBool::new(false));
+    let older: Vec<String> = (0..OLDER).map(|i| sim.restore_point_id(i * 7)).collect();
+    let started = Instant::now();
+    let end = started + Duration::from_secs(seconds);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, base, recent, results, paused) = (
+            support::http(),
+            base.clone(),
+            recent.clone(),
+            results.clone(),
+            paused.clone(),
+        );
+        let older = older.clone();
+        clients.push(tokio::spawn(async move {
+            let mut n = c as u64;
+            while Instant::now() < end {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if paused.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                let id = if (n >> 33) % 10 < 7 {
+                    let r = recent.lock().expect("recent");
+                    r.get(((n >> 40) as usize) % r.len().max(1)).cloned()
+                } else {
+                    older.get(((n >> 40) as usize) % OLDER).cloned()
+                };
+                let Some(id) = id else { continue };
+                let url = format!("{base}/api/restorePoints/{id}/vmRestorePoints");
+                let (status, cache, took) = get(&http, &url).await;
+                {
+                    let mut d = results.lock().expect("results");
+                    d.requests += 1;
+                    if status != 200 {
+                        d.failed += 1;
+                    }
+                    if !matches!(cache.as_deref(), Some("HIT") | Some("STALE")) {
+                        d.waited += 1;
+                    }
+                    d.latencies.push(took);
+                }
+                tokio::time::sleep(Duration::from_millis(50 + (n >> 50) % 100)).await;
+            }
+        }));
+    }
+
+    // The restart, half way.
+    tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
+    paused.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (em1, bg1, peak1) = em_counts(&http, &base).await;
+    let pid = gw.0.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let _ = gw.0.wait();
+    gw = gateway(sim, port, &extra);
+    ready(&http, &base).await;
+    paused.store(false, Ordering::Relaxed);
+
+    for c in clients {
+        let _ = c.await;
+    }
+    let (em2, bg2, peak2) = em_counts(&http, &base).await;
+    running.store(false, Ordering::Relaxed);
+    let _ = jobs.await;
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut d = std::mem::take(&mut *results.lock().expect("results"));
+    d.seconds = started.elapsed().as_secs_f64();
+    d.em_background = bg1 + bg2;
+    d.em_client = (em1 + em2) - d.em_background;
+    d.peak = peak1.max(peak2);
+    d.budget = 4;
+    d
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seconds = env_or("DAY_SECONDS", 60);
+        let point_every = Duration::from_millis(env_or("DAY_POINT_MS", 1000));
+        let latency = Duration::from_millis(env_or("DAY_EM_LATENCY_MS", 2000));
+        println!(
+            "a compressed day: {seconds} s per mode, EM latency {latency:?}, a restore point every {point_every:?}, {CLIENTS} clients (70% the {RECENT} newest points, 30% {OLDER} older ones), TTL 20 s, a restart half way"
+        );
+        println!(
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>16} {:>20} {:>14}",
+            "mode", "requests", "waited", "p50", "p99", "EM/min client", "EM/min background", "bg peak/budget"
+        );
+        for on in [true, false] {
+            let sim = Sim::start(SimConfig {
+                listen: ([127, 0, 0, 1], 0).into(),
+                tls: true,
+                username: "bench".into(),
+                password: "bench-password".into(),
+                restore_points: 2000,
+                latency,
+                ..SimConfig::default()
+            })
+            .await
+            .expect("simulator");
+            let sim = Arc::new(sim);
+            let mut d = day(&sim, on, seconds, point_every).await;
+            d.latencies.sort_unstable();
+            let per_min = |n: f64| n * 60.0 / d.seconds;
+            println!(
+                "{:<22} {:>9} {:>8.2}% {:>7.1}ms {:>7.1}ms {:>16.1} {:>20.1} {:>11}/{}{}",
+                if on { "prefetch + warm on" } else { "prefetch + warm off" },
+                d.requests,
+                100.0 * d.waited as f64 / d.requests.max(1) as f64,
+                quantile(&d.latencies, 0.5).as_secs_f64() * 1e3,
+                quantile(&d.latencies, 0.99).as_secs_f64() * 1e3,
+                per_min(d.em_client),
+                per_min(d.em_background),
+                d.peak,
+                d.budget,
+                if d.failed > 0 { format!("  ({} failed)", d.failed) } else { String::new() },
+            );
+            if let Ok(sim) = Arc::try_unwrap(sim) {
+                sim.shutdown().await;
+            }
+        }
+    });
+}
