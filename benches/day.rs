@@ -6,16 +6,27 @@
 //!   `DAY_POINT_MS` (1,000) of benchmark time;
 //! - 50 clients ask, one request after another with a short pause, 70%
 //!   for the vmRestorePoints of a restore point made in the last "hour"
-//!   (the 30 newest) and 30% for one of 200 older ones a portal keeps
-//!   coming back to;
-//! - the cache's TTL is compressed too (`EMGATE_CACHE_TTL=20s`), and the
-//!   gateway is restarted (SIGTERM, then started again) half way through.
+//!   (the `DAY_HOUR_POINTS` newest, 120: two minutes of benchmark time)
+//!   and 30% for one of 200 older ones a portal keeps coming back to. A
+//!   client learns of a new point from a listing (EM's, through emgate's
+//!   `query` rule, 30 s old at most in real time), so it asks for it
+//!   `DAY_DISCOVERY_MS` (3,000) after the point appeared at the soonest;
+//! - the cache's TTL is the default (`DAY_TTL`, 5m): compressed like the
+//!   day, it would make the background lane refresh every hot key every
+//!   few seconds, at EM's real 2 s each, far beyond its budget; with warm
+//!   work on, `EMGATE_PREFETCH_INTERVAL=1s` (`DAY_PREFETCH_INTERVAL_MS`);
+//! - the first `DAY_SECONDS` / 2 are the morning (clients run, nothing is
+//!   counted);
+//!   the gateway is restarted (SIGTERM, then started again) half way
+//!   through the rest.
 //!
-//! Printed per mode: the share of client requests that waited for EM
+//! Modes: prefetch and warm start on, the restarted gateway ready once its
+//! hot keys are fetched again (`EMGATE_WARM_BEFORE_READY`) or at once;
+//! both off. Printed per mode: the share of client requests that waited for EM
 //! (`X-Cache` MISS or none; the goal with everything on is under 1%), the
 //! client p50 and p99, EM requests per minute by who asked (client or
 //! background, from the gateway's own counters), and the background peak
-//! against its budget.
+//! against its budget, and how long the restart took to ready.
 //!
 //! Run: `cargo bench --bench day` (`DAY_SECONDS=60` per mode).
 
@@ -31,7 +42,6 @@ use http_body_util::BodyExt;
 use support::{env_or, free_port, Http, Proc};
 
 const CLIENTS: usize = 50;
-const RECENT: usize = 30;
 const OLDER: usize = 200;
 const ADMIN: &str = "the-day-benchmark-admin-token";
 
@@ -47,6 +57,8 @@ struct Day {
     peak: u64,
     budget: u64,
     seconds: f64,
+    /// From the restart to ready again.
+    to_ready: Duration,
 }
 
 fn gateway(sim: &Sim, port: u16, extra: &[(&str, String)]) -> Proc {
@@ -62,7 +74,10 @@ fn gateway(sim: &Sim, port: u16, extra: &[(&str, String)]) -> Proc {
             sim.cert_sha256().unwrap_or_default(),
         )
         .env("EMGATE_ADMIN_TOKEN", ADMIN)
-        .env("EMGATE_CACHE_TTL", "20s")
+        .env(
+            "EMGATE_CACHE_TTL",
+            std::env::var("DAY_TTL").unwrap_or_else(|_| "5m".into()),
+        )
         .env("EMGATE_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -112,6 +127,16 @@ async fn em_counts(http: &Http, base: &str) -> (f64, f64, u64) {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
+    if std::env::var("DAY_DEBUG").is_ok() {
+        for l in metrics.lines().filter(|l| {
+            l.starts_with("emgate_client_waits_total")
+                || l.starts_with("emgate_cache_requests_total{rule=\"vm_restore_points\"")
+                || l.starts_with("emgate_background_requests_total")
+                || l.starts_with("emgate_cache_refreshes_total{rule=\"vm_restore_points\"")
+        }) {
+            eprintln!("  {l}");
+        }
+    }
     let all = sum("emgate_upstream_requests_total", &|_| true);
     let background = sum("emgate_background_requests_total", &|l| {
         !l.contains("dropped")
@@ -139,7 +164,7 @@ async fn em_counts(http: &Http, base: &str) -> (f64, f64, u64) {
 }
 
 async fn ready(http: &Http, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(600);
     while get(http, &format!("{base}/readyz")).await.0 != 200 {
         assert!(Instant::now() < deadline, "{base} never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -147,14 +172,29 @@ async fn ready(http: &Http, base: &str) {
 }
 
 /// One compressed day with warm work `on` or off.
-async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> Day {
-    let dir = std::env::temp_dir().join(format!("emgate-day-{}-{on}", std::process::id()));
+async fn day(
+    sim: &Arc<Sim>,
+    (on, before_ready): (bool, bool),
+    seconds: u64,
+    point_every: Duration,
+    hour: usize,
+) -> Day {
+    let dir = std::env::temp_dir().join(format!(
+        "emgate-day-{}-{on}-{before_ready}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("state dir");
     let mut extra: Vec<(&str, String)> = vec![("EMGATE_BACKGROUND_CONCURRENCY", "4".into())];
     if on {
-        extra.push(("EMGATE_PREFETCH_INTERVAL", "2s".into()));
+        extra.push((
+            "EMGATE_PREFETCH_INTERVAL",
+            format!("{}ms", env_or("DAY_PREFETCH_INTERVAL_MS", 1000)),
+        ));
         extra.push(("EMGATE_STATE_DIR", dir.display().to_string()));
+        if before_ready {
+            extra.push(("EMGATE_WARM_BEFORE_READY", "true".into()));
+        }
     } else {
         extra.push(("EMGATE_PREFETCH", "false".into()));
     }
@@ -165,7 +205,7 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
     ready(&http, &base).await;
 
     // Backup jobs run all day.
-    let recent: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let recent: Arc<Mutex<VecDeque<(String, Instant)>>> = Arc::default();
     let running = Arc::new(AtomicBool::new(true));
     let jobs = {
         let (recent, running, sim) = (recent.clone(), running.clone(), sim.clone());
@@ -174,8 +214,8 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
                 let id = sim.add_restore_point();
                 {
                     let mut r = recent.lock().expect("recent");
-                    r.push_front(id);
-                    r.truncate(RECENT);
+                    r.push_front((id, Instant::now()));
+                    r.truncate(hour);
                 }
                 tokio::time::sleep(point_every).await;
             }
@@ -187,16 +227,20 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
     let results: Arc<Mutex<Day>> = Arc::default();
     let paused = Arc::new(AtomicBool::new(false));
     let older: Vec<String> = (0..OLDER).map(|i| sim.restore_point_id(i * 7)).collect();
-    let started = Instant::now();
+    let morning = Duration::from_secs(seconds / 2);
+    let discovery = Duration::from_millis(env_or("DAY_DISCOVERY_MS", 3000));
+    let counting = Arc::new(AtomicBool::new(false));
+    let started = Instant::now() + morning;
     let end = started + Duration::from_secs(seconds);
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
-        let (http, base, recent, results, paused) = (
+        let (http, base, recent, results, paused, counting) = (
             support::http(),
             base.clone(),
             recent.clone(),
             results.clone(),
             paused.clone(),
+            counting.clone(),
         );
         let older = older.clone();
         clients.push(tokio::spawn(async move {
@@ -211,14 +255,20 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
                 }
                 let id = if (n >> 33) % 10 < 7 {
                     let r = recent.lock().expect("recent");
-                    r.get(((n >> 40) as usize) % r.len().max(1)).cloned()
+                    // The points clients know of by now.
+                    let known = r.iter().skip_while(|(_, at)| at.elapsed() < discovery);
+                    let count = known.clone().count();
+                    known
+                        .clone()
+                        .nth(((n >> 40) as usize) % count.max(1))
+                        .map(|(id, _)| id.clone())
                 } else {
                     older.get(((n >> 40) as usize) % OLDER).cloned()
                 };
                 let Some(id) = id else { continue };
                 let url = format!("{base}/api/restorePoints/{id}/vmRestorePoints");
                 let (status, cache, took) = get(&http, &url).await;
-                {
+                if counting.load(Ordering::Relaxed) {
                     let mut d = results.lock().expect("results");
                     d.requests += 1;
                     if status != 200 {
@@ -234,6 +284,9 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
         }));
     }
 
+    tokio::time::sleep(morning).await;
+    let (em0, bg0, _) = em_counts(&http, &base).await;
+    counting.store(true, Ordering::Relaxed);
     // The restart, half way.
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
     paused.store(true, Ordering::Relaxed);
@@ -244,8 +297,10 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
         .args(["-TERM", &pid])
         .status();
     let _ = gw.0.wait();
+    let restarted = Instant::now();
     gw = gateway(sim, port, &extra);
     ready(&http, &base).await;
+    let to_ready = restarted.elapsed();
     paused.store(false, Ordering::Relaxed);
 
     for c in clients {
@@ -258,10 +313,11 @@ async fn day(sim: &Arc<Sim>, on: bool, seconds: u64, point_every: Duration) -> D
     let _ = std::fs::remove_dir_all(&dir);
     let mut d = std::mem::take(&mut *results.lock().expect("results"));
     d.seconds = started.elapsed().as_secs_f64();
-    d.em_background = bg1 + bg2;
-    d.em_client = (em1 + em2) - d.em_background;
+    d.em_background = bg1 - bg0 + bg2;
+    d.em_client = (em1 - em0 + em2) - d.em_background;
     d.peak = peak1.max(peak2);
     d.budget = 4;
+    d.to_ready = to_ready;
     d
 }
 
@@ -282,14 +338,21 @@ fn main() {
         let seconds = env_or("DAY_SECONDS", 60);
         let point_every = Duration::from_millis(env_or("DAY_POINT_MS", 1000));
         let latency = Duration::from_millis(env_or("DAY_EM_LATENCY_MS", 2000));
+        let hour = env_or("DAY_HOUR_POINTS", 120) as usize;
         println!(
-            "a compressed day: {seconds} s per mode, EM latency {latency:?}, a restore point every {point_every:?}, {CLIENTS} clients (70% the {RECENT} newest points, 30% {OLDER} older ones), TTL 20 s, a restart half way"
+            "a compressed day: {seconds} s counted per mode after a morning of {} s, EM latency {latency:?}, a restore point every {point_every:?}, {CLIENTS} clients (70% the {hour} newest points they know of, 30% {OLDER} older ones), a restart half way",
+            seconds / 2
         );
         println!(
-            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>16} {:>20} {:>14}",
-            "mode", "requests", "waited", "p50", "p99", "EM/min client", "EM/min background", "bg peak/budget"
+            "{:<26} {:>9} {:>9} {:>9} {:>9} {:>16} {:>20} {:>14} {:>12}",
+            "mode", "requests", "waited", "p50", "p99", "EM/min client", "EM/min background", "bg peak/budget", "restart"
         );
-        for on in [true, false] {
+        let modes = [
+            ("warm on, ready when warm", (true, true)),
+            ("warm on, ready at once", (true, false)),
+            ("warm off", (false, false)),
+        ];
+        for (name, mode) in modes {
             let sim = Sim::start(SimConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
                 tls: true,
@@ -302,12 +365,12 @@ fn main() {
             .await
             .expect("simulator");
             let sim = Arc::new(sim);
-            let mut d = day(&sim, on, seconds, point_every).await;
+            let mut d = day(&sim, mode, seconds, point_every, hour).await;
             d.latencies.sort_unstable();
             let per_min = |n: f64| n * 60.0 / d.seconds;
             println!(
-                "{:<22} {:>9} {:>8.2}% {:>7.1}ms {:>7.1}ms {:>16.1} {:>20.1} {:>11}/{}{}",
-                if on { "prefetch + warm on" } else { "prefetch + warm off" },
+                "{:<26} {:>9} {:>8.2}% {:>7.1}ms {:>7.1}ms {:>16.1} {:>20.1} {:>12}/{} {:>10.1}s{}",
+                name,
                 d.requests,
                 100.0 * d.waited as f64 / d.requests.max(1) as f64,
                 quantile(&d.latencies, 0.5).as_secs_f64() * 1e3,
@@ -316,6 +379,7 @@ fn main() {
                 per_min(d.em_background),
                 d.peak,
                 d.budget,
+                d.to_ready.as_secs_f64(),
                 if d.failed > 0 { format!("  ({} failed)", d.failed) } else { String::new() },
             );
             if let Ok(sim) = Arc::try_unwrap(sim) {

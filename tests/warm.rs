@@ -529,3 +529,82 @@ async fn after_redis_comes_back_empty_a_replica_puts_its_hot_entries_back_for_th
     assert_eq!(cache_result(&http, &b, "miss").await, 0.0);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_for_what_waits_in_the_background_lane_does_not_wait_for_the_lane() {
+    let sim = start_sim(sim_config()).await;
+    let keys: Vec<String> = (0..3)
+        .map(|i| vm_path(&sim.restore_point_id(70 + i)).to_ascii_lowercase())
+        .collect();
+    // The hottest key is slow at EM: its rewarm holds the lane's one place.
+    sim.set_path_latency(
+        &format!("/api/restorepoints/{}", sim.restore_point_id(70)),
+        Some(Duration::from_secs(10)),
+    );
+    let dir = state_with("urgent", &sim.base_url(), &keys);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH", "false"),
+            ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+            ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let queued = eventually(Duration::from_secs(5), || async {
+        metric(&http, &gw, "emgate_background_queued").await >= 1.0
+    })
+    .await;
+    assert!(queued, "the second key's rewarm never waited in the lane");
+    // The other keys' rewarms wait behind the first (one of them in the
+    // lane); clients asking for them get them at once.
+    let (u1, u2) = (gw.url(&keys[1]), gw.url(&keys[2]));
+    let (r1, r2) = tokio::join!(
+        http.get_within(&u1, &[], Duration::from_secs(2)),
+        http.get_within(&u2, &[], Duration::from_secs(2)),
+    );
+    assert_eq!((r1.status, r2.status), (StatusCode::OK, StatusCode::OK));
+    for key in &keys[1..] {
+        assert_eq!(em_saw(&sim, key), 1, "one EM request for {key}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_told_to_warm_before_ready_is_ready_once_its_hot_keys_are_cached() {
+    let sim = start_sim(sim_config()).await;
+    let keys: Vec<String> = (0..2)
+        .map(|i| vm_path(&sim.restore_point_id(80 + i)).to_ascii_lowercase())
+        .collect();
+    sim.set_path_latency(
+        &format!("/api/restorepoints/{}", sim.restore_point_id(80)),
+        Some(Duration::from_secs(3)),
+    );
+    let dir = state_with("before-ready", &sim.base_url(), &keys);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH", "false"),
+            ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+            ("EMGATE_WARM_BEFORE_READY", "true"),
+        ],
+    );
+    let http = Http::default();
+    // Logged on, but still fetching its hot keys: not ready, and it says why.
+    let warming = eventually(Duration::from_secs(5), || async {
+        let r = http.get(&gw.url("/readyz"), &[]).await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE
+            && r.json()["em_session"] == "valid"
+            && r.json()["warming"] == true
+    })
+    .await;
+    assert!(warming, "{}", http.get(&gw.url("/readyz"), &[]).await.body);
+    assert!(becomes_ready(&http, &gw).await);
+    for key in &keys {
+        assert_eq!(http.get(&gw.url(key), &[]).await.header("x-cache"), "HIT");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}

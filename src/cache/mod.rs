@@ -49,6 +49,7 @@ use tokio::sync::watch;
 pub use stats::{RuleStats, WaitStats};
 
 use crate::ops::metrics::{Refresh, RuleCounters, Wait, Waits};
+use crate::ops::urgency::Urgency;
 
 /// What the cache needs to know of a stored value.
 pub trait Stored: Send + Sync + 'static {
@@ -163,6 +164,8 @@ pub struct Entry<V> {
     ahead: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// Requests it answered from the cache (the status page's busiest keys).
     hits: AtomicU64,
+    /// Requests the entry it replaced answered (a refresh keeps a key hot).
+    replaced_hits: u64,
 }
 
 /// Where an entry stands, by its age.
@@ -192,12 +195,19 @@ impl<V: Stored> Entry<V> {
             scheduled: AtomicBool::new(false),
             ahead: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
+            replaced_hits: 0,
         }
     }
 
     /// Requests it answered from the cache.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Requests it and the entry it replaced answered: how hot its key is
+    /// over about the last two lifetimes.
+    pub fn heat(&self) -> u64 {
+        self.hits() + self.replaced_hits
     }
 
     /// Whether the value is a remembered "not found".
@@ -320,7 +330,10 @@ impl<V, E> Clone for Landed<V, E> {
 type Landing<V, E> = watch::Receiver<Option<Landed<V, E>>>;
 
 /// A flight's landing and when it began.
-type Joined<V, E> = (Landing<V, E>, Instant);
+/// A flight's landing, when it began, and whether a client waits for it
+/// (raised by [`wait`], seen by a background fetch, which then stops
+/// queueing behind other background work).
+type Joined<V, E> = (Landing<V, E>, Instant, Urgency);
 
 /// Fetches in flight, one per key.
 type Flights<K, V, E> = Arc<Mutex<HashMap<K, Joined<V, E>>>>;
@@ -481,7 +494,7 @@ where
                 // (EM hanging) gets no more waiting from later callers.
                 let waited = rx
                     .as_ref()
-                    .map_or(Duration::ZERO, |(_, began)| began.elapsed());
+                    .map_or(Duration::ZERO, |(_, began, _)| began.elapsed());
                 let patience = self.options.stale_wait.saturating_sub(waited);
                 match tokio::time::timeout(patience, wait(rx)).await {
                     Ok(Landed::Value(entry)) => Ok(self.served(entry, started, stats)),
@@ -555,7 +568,7 @@ where
             }
         }
         let (rx, started) = self.flight(key, policy, true, Refresh::Warm, Unless::Fresh, fetch);
-        match wait(rx).await {
+        match wait_quietly(rx).await {
             Landed::Value(_) => Ok(started),
             Landed::Failed(error) => Err(error),
         }
@@ -692,17 +705,18 @@ where
         let Ok(mut flights) = self.flights.lock() else {
             return (None, false);
         };
-        if let Some((rx, began)) = flights.get(&key) {
-            return (Some((rx.clone(), *began)), false);
+        if let Some((rx, began, urgency)) = flights.get(&key) {
+            return (Some((rx.clone(), *began, urgency.clone())), false);
         }
         let (tx, rx) = watch::channel(None);
         let began = Instant::now();
-        flights.insert(key.clone(), (rx.clone(), began));
+        let urgency = Urgency::default();
+        flights.insert(key.clone(), (rx.clone(), began, urgency.clone()));
         drop(flights);
         if let Some(s) = self.stats.get(policy.rule) {
             s.fetch(reason);
         }
-        let job = fetch();
+        let job = urgency.clone().scope(fetch());
         let this = self.handle();
         let policy = policy.clone();
         let epoch = self.purges.load(Ordering::SeqCst);
@@ -712,10 +726,14 @@ where
         };
         // Own task: a caller that goes away does not cancel the fetch others wait for.
         tokio::spawn(async move {
+            // Hits of the entry this flight replaces: a key read before its
+            // refresh stays hot after it.
+            let mut replaced_hits = 0;
             if store {
                 // A flight that ended just before this one began may have
                 // stored what we were about to fetch: use it.
                 if let Some(e) = this.entries.get(&key).await {
+                    replaced_hits = e.hits();
                     let enough = match unless {
                         Unless::Fresh => e.freshness() == Freshness::Fresh,
                         Unless::NewerThan(t) => e.fetched_at > t,
@@ -730,7 +748,9 @@ where
             let landed = match job.await {
                 Ok(fetched) => {
                     this.failed.invalidate(&key);
-                    let entry = Arc::new(Entry::new(fetched, policy));
+                    let mut entry = Entry::new(fetched, policy);
+                    entry.replaced_hits = replaced_hits;
+                    let entry = Arc::new(entry);
                     let weight = entry.value.weight() + OVERHEAD;
                     let stats = this.stats.get(entry.policy.rule);
                     if !store {
@@ -760,7 +780,7 @@ where
             drop(guard);
             let _ = tx.send(Some(landed));
         });
-        (Some((rx, began)), true)
+        (Some((rx, began, urgency)), true)
     }
 
     /// Drops every entry (and what fetches in flight would store).
@@ -817,16 +837,17 @@ where
     }
 
     /// The hot keys: those whose stored entry (not a remembered "not
-    /// found") answered at least `min_hits` requests, hottest first, at
+    /// found") and the one it replaced answered at least `min_hits`
+    /// requests ([`Entry::heat`]), hottest first, at
     /// most `limit` of them. One pass over the entries, for background
     /// work.
     pub fn hot(&self, min_hits: u64, limit: usize) -> Vec<Kept<K, V>> {
         let mut hot: Vec<Kept<K, V>> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.is_negative() && e.hits() >= min_hits)
+            .filter(|(_, e)| !e.is_negative() && e.heat() >= min_hits)
             .collect();
-        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.hits()));
+        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.heat()));
         hot.truncate(limit);
         hot
     }
@@ -863,10 +884,19 @@ where
 /// A stored entry and its key.
 pub type Kept<K, V> = (Arc<K>, Arc<Entry<V>>);
 
-/// Waits for a flight to land; a flight whose task died lands as an internal error.
+/// A client waits for a flight to land: the flight is urgent from now on.
 async fn wait<V, E: Failure>(rx: Option<Joined<V, E>>) -> Landed<V, E> {
+    if let Some((_, _, urgency)) = &rx {
+        urgency.raise();
+    }
+    wait_quietly(rx).await
+}
+
+/// Waits for a flight to land, as work nobody waits for; a flight whose
+/// task died lands as an internal error.
+async fn wait_quietly<V, E: Failure>(rx: Option<Joined<V, E>>) -> Landed<V, E> {
     let landed = match rx {
-        Some((mut rx, _)) => match rx.wait_for(Option::is_some).await {
+        Some((mut rx, ..)) => match rx.wait_for(Option::is_some).await {
             Ok(l) => l.clone(),
             Err(_) => None,
         },

@@ -124,6 +124,7 @@ pub const SETTINGS: &[Spec] = &[
     spec("warm", "prefetch_window", "EMGATE_PREFETCH_WINDOW", Some("24h"), false),
     spec("warm", "state_dir", "EMGATE_STATE_DIR", None, false),
     spec("warm", "keys", "EMGATE_WARM_KEYS", Some("10000"), false),
+    spec("warm", "before_ready", "EMGATE_WARM_BEFORE_READY", Some("false"), false),
     spec("json", "case", "EMGATE_JSON_CASE", Some("pascal"), false),
     spec("access", "clients_file", "EMGATE_CLIENTS_FILE", None, false),
     spec("access", "allow_anonymous", "EMGATE_ALLOW_ANONYMOUS", None, false),
@@ -251,6 +252,8 @@ pub struct WarmSettings {
     pub state_dir: Option<PathBuf>,
     /// Hot keys remembered at most.
     pub keys: usize,
+    /// `/readyz` waits for the hot keys to be fetched again at start.
+    pub before_ready: bool,
 }
 
 /// The vmRestorePoints cache.
@@ -474,6 +477,7 @@ impl Settings {
             prefetch_window: v.parse("EMGATE_PREFETCH_WINDOW", parse_positive_duration)?,
             state_dir: v.opt("EMGATE_STATE_DIR", writable_dir)?,
             keys: v.parse("EMGATE_WARM_KEYS", parse_positive)?,
+            before_ready: v.parse("EMGATE_WARM_BEFORE_READY", parse_bool)?,
         };
         let json_case = v.parse("EMGATE_JSON_CASE", |s| match s {
             "pascal" => Ok(JsonCase::Pascal),

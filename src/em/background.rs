@@ -23,6 +23,9 @@
 //!   (while Redis answers; while it does not, each replica keeps its own).
 //!   A replica that dies holding a fleet place frees it when the place's
 //!   hold (the EM timeout and a margin) runs out.
+//! - A client that comes to wait for background work (its miss joins a
+//!   refresh, prefetch or rewarm still waiting here) never waits for this
+//!   lane: the work stops waiting and runs as the client's request.
 //! - Work dropped is work not done: the entry it would have refreshed is
 //!   refreshed by the next client miss instead. Nothing waits forever.
 
@@ -36,6 +39,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ops::metrics::{LaneCounters, Work};
+use crate::ops::urgency::Urgency;
 
 /// Background requests waiting for a place at most; more are dropped.
 pub const MAX_QUEUED: u64 = 1024;
@@ -96,7 +100,7 @@ pub struct Background {
 pub struct Admitted {
     _lane: OwnedSemaphorePermit,
     /// The fleet place held, given back when done.
-    fleet: Option<(Arc<dyn FleetBudget>, String)>,
+    _fleet: Option<FleetPlace>,
     /// The client place it stepped into.
     _place: OwnedSemaphorePermit,
     lane: Arc<Background>,
@@ -105,9 +109,44 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.lane.running.fetch_sub(1, Ordering::Relaxed);
-        if let Some((fleet, token)) = self.fleet.take() {
-            tokio::spawn(fleet.give_back(token));
-        }
+    }
+}
+
+/// How a background request's wait ended.
+pub(crate) enum Admission {
+    /// Room was made: it runs as background work.
+    Admitted(Admitted),
+    /// A client waits for it: it runs as a client's request.
+    Urgent,
+    /// No room: it is not sent.
+    Dropped,
+}
+
+/// A place in the fleet's lane, given back when dropped.
+struct FleetPlace {
+    budget: Arc<dyn FleetBudget>,
+    token: String,
+}
+
+impl Drop for FleetPlace {
+    fn drop(&mut self) {
+        tokio::spawn(self.budget.give_back(std::mem::take(&mut self.token)));
+    }
+}
+
+/// Counts a request waiting for a place while it waits.
+struct Queued<'a>(&'a AtomicU64);
+
+impl<'a> Queued<'a> {
+    fn enter(queued: &'a AtomicU64) -> Queued<'a> {
+        queued.fetch_add(1, Ordering::Relaxed);
+        Queued(queued)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -145,24 +184,48 @@ impl Background {
         let _ = self.fleet.set(fleet);
     }
 
-    /// Waits for the lane by the table in the module docs; `None` when the
-    /// work is dropped. `clients` are the client places it steps into.
+    /// Waits for the lane by the table in the module docs. `clients` are
+    /// the client places it steps into. While it waits, a client may come
+    /// to wait for the same work (its [`Urgency`] is raised): then it stops
+    /// waiting here and is [`Admission::Urgent`], a client's request.
     pub(crate) async fn admit(
         self: &Arc<Self>,
         work: Work,
         clients: &Arc<Semaphore>,
         patience: Duration,
-    ) -> Option<Admitted> {
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.dropped(work);
-            return None;
+    ) -> Admission {
+        let room = self.room(work, clients, patience);
+        match Urgency::current() {
+            Some(urgency) => tokio::select! {
+                biased;
+                () = urgency.raised() => Admission::Urgent,
+                admission = room => admission,
+            },
+            None => room.await,
         }
-        let lane = self.places.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        let Ok(lane) = lane else {
-            self.dropped(work);
-            return None;
+    }
+
+    /// The waits of [`Background::admit`]; dropped at any point, it gives
+    /// back whatever it holds.
+    async fn room(
+        self: &Arc<Self>,
+        work: Work,
+        clients: &Arc<Semaphore>,
+        patience: Duration,
+    ) -> Admission {
+        let lane = {
+            let _queued = Queued::enter(&self.queued);
+            if self.queued.load(Ordering::Relaxed) > MAX_QUEUED {
+                self.dropped(work);
+                return Admission::Dropped;
+            }
+            match self.places.clone().acquire_owned().await {
+                Ok(lane) => lane,
+                Err(_) => {
+                    self.dropped(work);
+                    return Admission::Dropped;
+                }
+            }
         };
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
@@ -177,7 +240,10 @@ impl Background {
                     .await
                 {
                     Ok(Some(token)) => {
-                        fleet = Some((budget.clone(), token));
+                        fleet = Some(FleetPlace {
+                            budget: budget.clone(),
+                            token,
+                        });
                         break;
                     }
                     Ok(None) if tokio::time::Instant::now() < deadline => {
@@ -185,7 +251,7 @@ impl Background {
                     }
                     Ok(None) => {
                         self.dropped(work);
-                        return None;
+                        return Admission::Dropped;
                     }
                     // Redis down: this replica's own bounds.
                     Err(()) => break,
@@ -201,18 +267,15 @@ impl Background {
                 }
                 Err(_) => {
                     self.dropped(work);
-                    if let Some((budget, token)) = fleet {
-                        tokio::spawn(budget.give_back(token));
-                    }
-                    return None;
+                    return Admission::Dropped;
                 }
             }
         };
         let running = self.running.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak.fetch_max(running, Ordering::Relaxed);
-        Some(Admitted {
+        Admission::Admitted(Admitted {
             _lane: lane,
-            fleet,
+            _fleet: fleet,
             _place: place,
             lane: self.clone(),
         })

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::background::Background;
+use super::background::{Admission, Background};
 use crate::config::UpstreamSettings;
 use crate::ops::metrics::Work;
 
@@ -308,27 +308,32 @@ impl Upstream {
         *request.headers_mut() = headers;
         // A place among the client requests to EM, waiting at most the queue
         // wait; background work takes one only when it is free.
-        let (_place, _admitted) = match lane {
-            Lane::Session => (None, None),
-            Lane::Client => {
-                match tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
-                    .await
-                {
-                    Ok(Ok(place)) => (Some(place), None),
-                    _ => {
-                        crate::ops::metrics::upstream_saturated();
-                        return Err(UpstreamError::Saturated(self.concurrency));
-                    }
-                }
-            }
+        let admitted = match lane {
             Lane::Background(work) => {
                 match self
                     .background
                     .admit(work, &self.lanes, self.queue_wait)
                     .await
                 {
-                    Some(admitted) => (None, Some(admitted)),
-                    None => return Err(UpstreamError::Saturated(self.concurrency)),
+                    Admission::Admitted(admitted) => Some(admitted),
+                    // A client waits for it: a client's place, as a client.
+                    Admission::Urgent => None,
+                    Admission::Dropped => return Err(UpstreamError::Saturated(self.concurrency)),
+                }
+            }
+            _ => None,
+        };
+        let _place = match (lane, &admitted) {
+            (Lane::Session, _) | (_, Some(_)) => None,
+            _ => {
+                match tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(place)) => Some(place),
+                    _ => {
+                        crate::ops::metrics::upstream_saturated();
+                        return Err(UpstreamError::Saturated(self.concurrency));
+                    }
                 }
             }
         };
@@ -352,7 +357,7 @@ impl Upstream {
         crate::ops::metrics::upstream(label, started.elapsed());
         let ok = matches!(&result, Ok(r) if !r.status.is_server_error());
         crate::ops::history::global().upstream(started.elapsed(), ok);
-        if let Lane::Background(work) = lane {
+        if let (Lane::Background(work), Some(_)) = (lane, &admitted) {
             self.background.ended(work, ok);
         }
         result

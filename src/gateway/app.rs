@@ -30,6 +30,9 @@ pub struct App {
     pub access: AccessState,
     /// Set on SIGTERM: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// Set while the hot keys of before the start are fetched again, with
+    /// `EMGATE_WARM_BEFORE_READY`: `/readyz` answers 503 meanwhile.
+    pub warming: AtomicBool,
     /// Renders `/metrics` (`None` if another metrics recorder owns the process).
     pub metrics: Option<PrometheusHandle>,
     /// Places for requests being worked on (`EMGATE_MAX_CONCURRENCY`);

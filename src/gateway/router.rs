@@ -509,13 +509,16 @@ fn log_error(e: &GatewayError) {
     }
 }
 
-/// `/readyz`: 200 while the gateway holds an EM session, 503 otherwise and
-/// while draining; the body says why, for people and probes alike.
+/// `/readyz`: 200 while the gateway holds an EM session, 503 otherwise,
+/// while draining and (with `EMGATE_WARM_BEFORE_READY`) while the hot keys
+/// are fetched again at start; the body says why, for people and probes
+/// alike.
 fn readiness(app: &App) -> Response<Body> {
     let draining = app.draining.load(Ordering::Relaxed);
+    let warming = app.warming.load(Ordering::Relaxed);
     let mut body = serde_json::Map::new();
     let (state, ready) = match app.pool.state() {
-        SessionState::Valid { .. } => ("valid", !draining),
+        SessionState::Valid { .. } => ("valid", !draining && !warming),
         SessionState::LoggingOn => ("logging_on", false),
         SessionState::Failing {
             reason,
@@ -542,6 +545,9 @@ fn readiness(app: &App) -> Response<Body> {
         body.insert("em_session_shared".into(), app.pool.is_shared().into());
     }
     body.insert("draining".into(), draining.into());
+    if warming {
+        body.insert("warming".into(), true.into());
+    }
     let mut r = Response::new(Body::new(Bytes::from(
         serde_json::Value::Object(body).to_string(),
     )));

@@ -184,6 +184,7 @@ impl Gateway {
             settings,
             pool,
             draining: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
             metrics: crate::ops::metrics::install(),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1).with_fleet(fleet.clone()),
             fleet,
@@ -249,9 +250,13 @@ impl Gateway {
         let state_dir = app.settings.warm.state_dir.clone();
         let keeps_hot = state_dir.is_some() || app.fleet.is_some();
         if keeps_hot {
-            let (reads, dir) = (app.reads.clone(), state_dir.clone());
+            let (app2, dir) = (app.clone(), state_dir.clone());
+            let before_ready = app.settings.warm.before_ready;
+            app.warming.store(before_ready, Ordering::SeqCst);
             warm.push(tokio::spawn(async move {
+                let reads = app2.reads.clone();
                 crate::gateway::warm::rewarm(reads.clone(), dir.clone()).await;
+                app2.warming.store(false, Ordering::SeqCst);
                 crate::gateway::warm::keep_hot_keys(reads, dir).await;
             }));
         }

@@ -36,7 +36,8 @@
 //! ## Warm start
 //!
 //! With `EMGATE_STATE_DIR`, a replica writes its hot keys (those whose
-//! entry answered at least [`HOT_HITS`] requests, hottest first, at most
+//! entry, with the one it replaced, answered at least [`HOT_HITS`]
+//! requests, hottest first, at most
 //! `EMGATE_WARM_KEYS`) to [`STATE_FILE`] every [`STATE_EVERY`] and at
 //! shutdown, and refetches them (in the background lane, hottest first)
 //! when it starts. The file holds cache keys and hit counts: no body, no
@@ -47,7 +48,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -80,8 +81,13 @@ struct Looker {
     state: Arc<ReadState>,
     /// The start of the last look that worked (`None`: the first is to come).
     last: Option<SystemTime>,
-    /// Restore points fetched, by id, with when they were first seen.
-    seen: HashMap<String, Instant>,
+    /// Restore points fetched or being fetched, by id, with when they were
+    /// first seen (a failed fetch takes its point out again).
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The last look's fetches, still running: the next look asks EM
+    /// meanwhile, and hands its fetches over when these are done (one
+    /// batch at a time, so the lane's queue never fills).
+    fetching: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the looks until the task is aborted (at shutdown).
@@ -90,19 +96,15 @@ pub async fn prefetch(state: Arc<ReadState>) {
     let mut looker = Looker {
         state,
         last: None,
-        seen: HashMap::new(),
+        seen: Arc::default(),
+        fetching: None,
     };
     let mut lease = None;
     let mut failures = 0u32;
     loop {
         if looker.may_look(&mut lease).await {
             match looker.look().await {
-                Ok(fetched) => {
-                    failures = 0;
-                    if fetched > 0 {
-                        tracing::info!(fetched, "prefetched new restore points");
-                    }
-                }
+                Ok(_) => failures = 0,
                 Err(why) => {
                     failures = (failures + 1).min(MAX_DOUBLINGS);
                     tracing::warn!(error = %why, "prefetch: EM's query service failed; trying again later");
@@ -143,8 +145,8 @@ impl Looker {
         }
     }
 
-    /// One look: the new restore points' ids from EM, then their fetches;
-    /// how many were fetched.
+    /// One look: the new restore points' ids from EM, their fetches handed
+    /// to a task of their own (after the last look's); how many.
     async fn look(&mut self) -> Result<usize, String> {
         let started = SystemTime::now();
         let since = match self.last {
@@ -152,7 +154,7 @@ impl Looker {
             Some(last) => last - LATE_ARRIVAL,
         };
         let since_text = humantime::format_rfc3339_seconds(since).to_string();
-        let mut new = Vec::new();
+        let mut new: Vec<String> = Vec::new();
         let mut page = 1;
         loop {
             let path = format!(
@@ -174,56 +176,98 @@ impl Looker {
                 return Err(format!("EM answered {}", em.status));
             }
             let (ids, pages) = restore_points(&em.body);
-            new.extend(ids.into_iter().filter(|id| !self.seen.contains_key(id)));
+            {
+                let seen = lock(&self.seen);
+                new.extend(ids.into_iter().filter(|id| !seen.contains_key(id)));
+            }
             if page >= pages || page >= MAX_PAGES {
                 break;
             }
             page += 1;
         }
         new.dedup();
+        tracing::debug!(since = %since_text, new = new.len(), "prefetch: looked for new restore points");
         let entity = self.state.cache.any_key(|k| {
             let k = k.as_str();
             k.starts_with("/api/restorepoints/") && k.ends_with("/vmrestorepoints?format=entity")
         });
-        // Newest first (EM's order), a few more at once than the lane runs,
-        // so it stays busy without a queue that would drop work.
-        let state = self.state.clone();
-        let results = in_turn(
-            new,
-            self.state.settings.upstream.background_concurrency,
-            move |id| {
-                let state = state.clone();
-                async move {
-                    let path = format!("/api/restorePoints/{id}/vmRestorePoints");
-                    let mut ok = reads::warm(&state, &path, None, Work::Prefetch).await;
-                    if entity && ok.is_ok() {
-                        ok =
-                            reads::warm(&state, &path, Some("format=Entity"), Work::Prefetch).await;
-                    }
-                    (id, ok)
-                }
-            },
-        )
-        .await;
-        let mut fetched = 0;
-        for (id, result) in results {
-            match result {
-                Ok(asked) => {
-                    fetched += usize::from(asked);
-                    self.seen.insert(id, Instant::now());
-                }
-                Err(e) => tracing::debug!(%id, error = %e, "prefetch of a restore point failed"),
+        {
+            let mut seen = lock(&self.seen);
+            // What the next look's overlap can no longer return.
+            let horizon = self.state.settings.warm.prefetch_interval + LATE_ARRIVAL;
+            seen.retain(|_, at| at.elapsed() < horizon);
+            for id in &new {
+                seen.insert(id.clone(), Instant::now());
             }
         }
-        // What the next look's overlap can no longer return.
-        let horizon = self.state.settings.warm.prefetch_interval + LATE_ARRIVAL;
-        self.seen.retain(|_, at| at.elapsed() < horizon);
+        let count = new.len();
+        let (state, seen, before) = (self.state.clone(), self.seen.clone(), self.fetching.take());
+        self.fetching = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            let fetched = fetch_points(state, seen, new, entity).await;
+            if fetched > 0 {
+                tracing::info!(fetched, "prefetched new restore points");
+            }
+        }));
         self.last = Some(started);
-        Ok(fetched)
+        Ok(count)
     }
 }
 
-/// Hits that make a key hot: read at least twice during its entry's life.
+impl Drop for Looker {
+    fn drop(&mut self) {
+        if let Some(fetching) = self.fetching.take() {
+            fetching.abort();
+        }
+    }
+}
+
+/// Locks the seen points (a panic elsewhere leaves them consistent).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Fetches the `vmRestorePoints` of restore points `ids` (newest first, as
+/// EM listed them), a few more at once than the lane runs, so it stays busy
+/// without a queue that would drop work; a point whose fetch failed is
+/// taken out of `seen` so the next look tries it again. How many EM (or
+/// the shared tier) was asked for.
+async fn fetch_points(
+    state: Arc<ReadState>,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    ids: Vec<String>,
+    entity: bool,
+) -> usize {
+    let lane = state.settings.upstream.background_concurrency;
+    let results = in_turn(ids, lane, move |id| {
+        let state = state.clone();
+        async move {
+            let path = format!("/api/restorePoints/{id}/vmRestorePoints");
+            let mut ok = reads::warm(&state, &path, None, Work::Prefetch).await;
+            if entity && ok.is_ok() {
+                ok = reads::warm(&state, &path, Some("format=Entity"), Work::Prefetch).await;
+            }
+            (id, ok)
+        }
+    })
+    .await;
+    let mut fetched = 0;
+    for (id, result) in results {
+        match result {
+            Ok(asked) => fetched += usize::from(asked),
+            Err(e) => {
+                tracing::debug!(%id, error = %e, "prefetch of a restore point failed");
+                lock(&seen).remove(&id);
+            }
+        }
+    }
+    fetched
+}
+
+/// Hits that make a key hot: read at least twice during its entry's life
+/// and the one before (a refresh does not cool a key down).
 pub const HOT_HITS: u64 = 2;
 
 /// The hot keys' file in `EMGATE_STATE_DIR`.
@@ -330,7 +374,7 @@ fn hot_now(state: &ReadState) -> Vec<(String, u64)> {
         .cache
         .hot(HOT_HITS, state.settings.warm.keys)
         .into_iter()
-        .map(|(k, e)| (k.as_str().to_string(), e.hits()))
+        .map(|(k, e)| (k.as_str().to_string(), e.heat()))
         .collect()
 }
 
