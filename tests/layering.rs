@@ -82,8 +82,8 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("app", &["access", "reads", "tasks", "limit"]),
     // The phases of a request, on their own states.
     ("access", &["logon", "clients", "limit", "target", "render", "response", "error"]),
-    ("warm", &["reads"]),
-    ("reads", &["proxy", "context", "target", "render", "response", "error"]),
+    ("warm", &["reads", "restore_points"]),
+    ("reads", &["restore_points", "proxy", "context", "target", "render", "response", "error"]),
     ("restore_points", &["target"]),
     ("proxy", &["target", "render", "response", "error"]),
     ("logon", &["render", "response", "error"]),

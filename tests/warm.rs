@@ -203,7 +203,7 @@ async fn a_client_miss_is_not_held_up_by_a_full_background_lane() {
         &[
             ("EMGATE_PREFETCH_INTERVAL", "1s"),
             ("EMGATE_BACKGROUND_CONCURRENCY", "2"),
-            ("EMGATE_UPSTREAM_CONCURRENCY", "3"),
+            ("EMGATE_UPSTREAM_CONCURRENCY", "5"),
         ],
     );
     let http = Http::default();

@@ -9,14 +9,15 @@
 //! | queue | a place in the lane (`EMGATE_BACKGROUND_CONCURRENCY`) | when [`MAX_QUEUED`] already wait: *dropped* |
 //! | pace | the lane's rate (`EMGATE_BACKGROUND_RATE` per second) | never (the place is held) |
 //! | fleet | in fleet mode, a place in the fleet's lane and a slot of its rate (in Redis), taken only when free | after a place's longest hold (the fleet's lane is busy, not stuck): *dropped*; Redis down: skipped |
-//! | step aside | a free place among clients' EM requests, taken only when one is free | after the queue wait: *dropped* |
+//! | step aside | a free place among clients' EM requests, taken only while more than the lane's concurrency are free | after the queue wait: *dropped* |
 //! | run | EM | as any EM request |
 //!
 //! Invariants:
-//! - A client's EM request never waits behind background work: background
-//!   requests take a client place only when one is free at that moment
-//!   (clients queue on the semaphore, background requests never do), and
-//!   the lane holds at most its concurrency of them.
+//! - A client's EM request never queues behind background work:
+//!   background requests take a client place only while more places than
+//!   the lane's concurrency are free (clients queue on the semaphore,
+//!   background requests never do), so however many background requests
+//!   run, clients find a place free.
 //! - In fleet mode the lane's bounds are the fleet's: however many
 //!   replicas, no more than `EMGATE_BACKGROUND_CONCURRENCY` background
 //!   requests run at once and `EMGATE_BACKGROUND_RATE` start per second
@@ -55,15 +56,16 @@ pub type BudgetFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// module knows no Redis). `Err` means the shared tier is down: each
 /// replica goes on with its own bounds.
 pub trait FleetBudget: Send + Sync {
-    /// Takes one of the fleet's `places` and a slot of its `rate` per
-    /// second (0: none), both only if free now, held at most `hold`;
-    /// `Some(token)` to give it back with.
-    fn take(
-        &self,
+    /// Takes one of the fleet's `places` (named `token`, to give it back
+    /// with) and a slot of its `rate` per second (0: none), both only if
+    /// free now, held at most `hold`; whether it was taken.
+    fn take<'a>(
+        &'a self,
+        token: &'a str,
         places: usize,
         rate: u32,
         hold: Duration,
-    ) -> BudgetFuture<'_, Result<Option<String>, ()>>;
+    ) -> BudgetFuture<'a, Result<bool, ()>>;
     /// Gives a place back.
     fn give_back(&self, token: String) -> BudgetFuture<'static, ()>;
 }
@@ -122,15 +124,19 @@ pub(crate) enum Admission {
     Dropped,
 }
 
-/// A place in the fleet's lane, given back when dropped.
+/// A place in the fleet's lane, given back when dropped (unless it was
+/// never taken).
 struct FleetPlace {
     budget: Arc<dyn FleetBudget>,
     token: String,
+    armed: bool,
 }
 
 impl Drop for FleetPlace {
     fn drop(&mut self) {
-        tokio::spawn(self.budget.give_back(std::mem::take(&mut self.token)));
+        if self.armed {
+            tokio::spawn(self.budget.give_back(std::mem::take(&mut self.token)));
+        }
     }
 }
 
@@ -234,38 +240,51 @@ impl Background {
         if let Some(budget) = self.fleet.get() {
             // Other replicas' work ends within its hold: wait that long.
             let deadline = tokio::time::Instant::now() + self.hold;
-            loop {
-                match budget
-                    .take(self.concurrency, self.rate_per_second, self.hold)
-                    .await
-                {
-                    Ok(Some(token)) => {
-                        fleet = Some(FleetPlace {
-                            budget: budget.clone(),
-                            token,
-                        });
+            // Armed before asking: a wait dropped mid-way (a client came to
+            // wait for the work) or a Redis answer lost to the timeout
+            // gives back what the script may have taken.
+            while let Ok(token) = crate::digest::random_token(12) {
+                let mut place = FleetPlace {
+                    budget: budget.clone(),
+                    token: token.expose().to_string(),
+                    armed: true,
+                };
+                let taken = budget
+                    .take(
+                        &place.token,
+                        self.concurrency,
+                        self.rate_per_second,
+                        self.hold,
+                    )
+                    .await;
+                match taken {
+                    Ok(true) => {
+                        fleet = Some(place);
                         break;
-                    }
-                    Ok(None) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(FLEET_POLL).await;
-                    }
-                    Ok(None) => {
-                        self.dropped(work);
-                        return Admission::Dropped;
                     }
                     // Redis down: this replica's own bounds.
                     Err(()) => break,
+                    Ok(false) => place.armed = false,
                 }
+                if tokio::time::Instant::now() >= deadline {
+                    self.dropped(work);
+                    return Admission::Dropped;
+                }
+                tokio::time::sleep(FLEET_POLL).await;
             }
         }
         let deadline = tokio::time::Instant::now() + patience;
+        let headroom = self.concurrency;
         let place = loop {
-            match clients.clone().try_acquire_owned() {
-                Ok(place) => break place,
-                Err(_) if tokio::time::Instant::now() < deadline => {
+            let place = (clients.available_permits() > headroom)
+                .then(|| clients.clone().try_acquire_owned().ok())
+                .flatten();
+            match place {
+                Some(place) => break place,
+                None if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(STEP_ASIDE_POLL).await;
                 }
-                Err(_) => {
+                None => {
                     self.dropped(work);
                     return Admission::Dropped;
                 }

@@ -54,6 +54,10 @@ pub enum UpstreamError {
         "Enterprise Manager is busy: {0} EM requests are in flight or queued; try again shortly"
     )]
     Saturated(usize),
+    /// Work emgate started on its own found no room in the background
+    /// lane and was not sent: work not done, not a failure of EM's.
+    #[error("background work was dropped: the background lane had no room")]
+    Dropped,
 }
 
 /// Which limit a request to EM counts against.
@@ -165,8 +169,10 @@ impl Upstream {
             background: Arc::new(Background::new(
                 settings.background_concurrency,
                 settings.background_rate,
-                // No background request outlives the EM timeout.
-                settings.timeout + Duration::from_secs(5),
+                // A fleet place is held while the request steps aside for
+                // clients (at most the queue wait) and runs (at most the EM
+                // timeout).
+                settings.timeout + settings.queue_wait + Duration::from_secs(5),
             )),
         })
     }
@@ -318,7 +324,7 @@ impl Upstream {
                     Admission::Admitted(admitted) => Some(admitted),
                     // A client waits for it: a client's place, as a client.
                     Admission::Urgent => None,
-                    Admission::Dropped => return Err(UpstreamError::Saturated(self.concurrency)),
+                    Admission::Dropped => return Err(UpstreamError::Dropped),
                 }
             }
             _ => None,

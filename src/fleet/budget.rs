@@ -44,29 +44,27 @@ return 1
 ";
 
 impl FleetBudget for Fleet {
-    fn take(
-        &self,
+    fn take<'a>(
+        &'a self,
+        token: &'a str,
         places: usize,
         rate: u32,
         hold: Duration,
-    ) -> BudgetFuture<'_, Result<Option<String>, ()>> {
+    ) -> BudgetFuture<'a, Result<bool, ()>> {
         Box::pin(async move {
             static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
             let script = SCRIPT.get_or_init(|| redis::Script::new(TAKE));
-            let token = crate::digest::random_token(12)
-                .map_err(|_| ())?
-                .expose()
-                .to_string();
             let (k_places, k_rate) = (self.key("bg:places"), self.key("bg:rate"));
             // The rate's burst is one second's worth, as the local lane's.
+            // At least 1 ms apart: a rate over 1,000 a second is 1,000.
             let interval = if rate == 0 {
                 0
             } else {
-                1000 / u64::from(rate).max(1)
+                (1000 / u64::from(rate)).max(1)
             };
             let burst = 1000u64.max(interval);
             let hold_ms = hold.as_millis() as u64;
-            let t = token.clone();
+            let t = token.to_string();
             let taken: i64 = self
                 .op("background", |mut c| async move {
                     script
@@ -82,7 +80,7 @@ impl FleetBudget for Fleet {
                 })
                 .await
                 .map_err(|_| ())?;
-            Ok((taken == 1).then_some(token))
+            Ok(taken == 1)
         })
     }
 

@@ -97,9 +97,8 @@ impl GatewayError {
             | GatewayError::SessionRejected
             | GatewayError::Draining
             | GatewayError::NotEverywhere(_)
-            | GatewayError::Upstream(UpstreamError::Saturated(_)) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | GatewayError::Upstream(UpstreamError::Saturated(_))
+            | GatewayError::Upstream(UpstreamError::Dropped) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(_) | GatewayError::BadUpstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::Em { status, .. } | GatewayError::FailedElsewhere(status) => *status,
@@ -168,7 +167,8 @@ impl GatewayError {
             GatewayError::RateLimited(wait) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
             }
-            GatewayError::Upstream(UpstreamError::Saturated(_)) => {
+            GatewayError::Upstream(UpstreamError::Saturated(_))
+            | GatewayError::Upstream(UpstreamError::Dropped) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::NotEverywhere(_) => {
@@ -210,6 +210,9 @@ impl crate::cache::Failure for GatewayError {
     /// EM failures that justify serving a stale entry (not EM's considered answers).
     fn serves_stale(&self) -> bool {
         match self {
+            // Background work not sent: nothing to remember or tell the
+            // fleet (a waiting replica takes the lease over).
+            GatewayError::Upstream(UpstreamError::Dropped) => false,
             GatewayError::Upstream(_)
             | GatewayError::Session(_)
             | GatewayError::SessionRejected

@@ -573,6 +573,13 @@ pub async fn warm(
     let Some(rule) = resolved.rule(&state.rules) else {
         return Err(Arc::new(GatewayError::Internal("no rule caches the path")));
     };
+    // What the edge refuses a client (a restore point that is no UUID)
+    // does not reach EM from a state file either.
+    if crate::gateway::restore_points::restore_point_segment(&resolved.target)
+        .is_some_and(|id| crate::gateway::restore_points::RestorePointId::parse(id).is_none())
+    {
+        return Err(Arc::new(GatewayError::Internal("not a restore point id")));
+    }
     let fetch = RuleFetch {
         state: state.clone(),
         key: resolved.key.clone(),

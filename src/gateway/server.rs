@@ -253,6 +253,19 @@ impl Gateway {
             let (app2, dir) = (app.clone(), state_dir.clone());
             let before_ready = app.settings.warm.before_ready;
             app.warming.store(before_ready, Ordering::SeqCst);
+            if before_ready {
+                // Ready at the latest after this, the rewarm going on:
+                // a slow or failing EM must not keep a replica out for good.
+                let app = app.clone();
+                warm.push(tokio::spawn(async move {
+                    tokio::time::sleep(crate::gateway::warm::READY_AT_THE_LATEST).await;
+                    if app.warming.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(
+                            "warm start: ready before every hot key is cached again (it goes on)"
+                        );
+                    }
+                }));
+            }
             warm.push(tokio::spawn(async move {
                 let reads = app2.reads.clone();
                 crate::gateway::warm::rewarm(reads.clone(), dir.clone()).await;

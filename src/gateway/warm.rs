@@ -58,6 +58,7 @@ use tokio::task::JoinSet;
 
 use crate::em::client::Lane;
 use crate::gateway::reads::{self, ReadState};
+use crate::gateway::restore_points::RestorePointId;
 use crate::ops::metrics::Work;
 
 /// How long after its `CreationTime` a restore point may first appear in
@@ -185,7 +186,9 @@ impl Looker {
             }
             page += 1;
         }
-        new.dedup();
+        // A point may show on two pages (EM's list moves between them).
+        let mut once = std::collections::HashSet::new();
+        new.retain(|id| once.insert(id.clone()));
         tracing::debug!(since = %since_text, new = new.len(), "prefetch: looked for new restore points");
         let entity = self.state.cache.any_key(|k| {
             let k = k.as_str();
@@ -203,8 +206,9 @@ impl Looker {
         let count = new.len();
         let (state, seen, before) = (self.state.clone(), self.seen.clone(), self.fetching.take());
         self.fetching = Some(tokio::spawn(async move {
-            if let Some(before) = before {
-                let _ = before.await;
+            // Aborted with this task (at shutdown), not left running.
+            if let Some(mut before) = before.map(AbortOnDrop) {
+                let _ = (&mut before.0).await;
             }
             let fetched = fetch_points(state, seen, new, entity).await;
             if fetched > 0 {
@@ -221,6 +225,15 @@ impl Drop for Looker {
         if let Some(fetching) = self.fetching.take() {
             fetching.abort();
         }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -324,23 +337,52 @@ async fn write_hot_keys(
 /// it, and the folder synced.
 fn replace_file(dir: &Path, target: &PathBuf, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let temp = dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&temp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&temp, target)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A name nobody else writes (replicas sharing a folder are often all
+    // PID 1), created new (never through a link someone left there), for
+    // the owner only.
+    let temp = dir.join(format!(".{STATE_FILE}.{:016x}.tmp", fastrand::u64(..)));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, target));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
 }
 
+/// With `EMGATE_WARM_BEFORE_READY`, the longest `/readyz` waits for the
+/// rewarm.
+pub const READY_AT_THE_LATEST: Duration = Duration::from_secs(600);
+
+/// The largest state file read (10,000 keys take under 2 MiB).
+const STATE_MAX_BYTES: u64 = 16 << 20;
+
 /// The hot keys in `dir`'s state file, hottest first; none (with a
 /// warning) when there is no usable file.
 fn read_hot_keys(state: &ReadState, dir: &Path) -> Vec<String> {
+    use std::io::Read;
     let path = dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
+    let read = std::fs::File::open(&path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(STATE_MAX_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > STATE_MAX_BYTES {
+            return Err(std::io::Error::other("larger than 16 MiB"));
+        }
+        Ok(bytes)
+    });
+    let bytes = match read {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
@@ -382,6 +424,9 @@ fn hot_now(state: &ReadState) -> Vec<(String, u64)> {
 /// fleet mode in the fleet's list too. Problems are logged (the next save
 /// tries again); how many keys were kept.
 pub async fn save(state: &Arc<ReadState>, dir: Option<&Path>) -> usize {
+    // One save at a time (the minute's and the shutdown's may meet).
+    static SAVING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = SAVING.lock().await;
     let keys = hot_now(state);
     let n = keys.len();
     if let Some(fleet) = &state.fleet {
@@ -407,10 +452,15 @@ pub async fn save(state: &Arc<ReadState>, dir: Option<&Path>) -> usize {
 /// tier, and EM is asked once for the fleet for the others. Keys no rule
 /// caches (or that do not parse) are skipped.
 pub async fn rewarm(state: Arc<ReadState>, dir: Option<PathBuf>) -> usize {
-    let mut keys = dir
-        .as_deref()
-        .map(|dir| read_hot_keys(&state, dir))
-        .unwrap_or_default();
+    let mut keys = match dir {
+        Some(dir) => {
+            let state = state.clone();
+            tokio::task::spawn_blocking(move || read_hot_keys(&state, &dir))
+                .await
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
     if let Some(fleet) = &state.fleet {
         if let Ok(theirs) = fleet.hot_keys(state.settings.warm.keys).await {
             let mine: std::collections::HashSet<String> = keys.iter().cloned().collect();
@@ -518,9 +568,9 @@ fn restore_points(xml: &[u8]) -> (Vec<String>, usize) {
                             uid.strip_prefix("urn:veeam:RestorePoint:")
                                 .map(str::to_ascii_lowercase)
                         });
-                        // Only well-formed ids go into a path.
-                        if let Some(id) = id.filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
-                            ids.push(id);
+                        // Only ids the edge would take go into a path.
+                        if let Some(id) = id.as_deref().and_then(RestorePointId::parse) {
+                            ids.push(id.to_string());
                         }
                     }
                     b"PagingInfo" => {
