@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use emgate::sim::{Sim, SimConfig};
+use emgate::sim::Sim;
 use http_body_util::BodyExt;
 use support::{env_or, free_port, Http, Proc};
 
@@ -61,31 +61,15 @@ struct Day {
     to_ready: Duration,
 }
 
+/// The gateway on `port` with the day's settings and `extra`.
 fn gateway(sim: &Sim, port: u16, extra: &[(&str, String)]) -> Proc {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_emgate"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("EMGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("EMGATE_UPSTREAM_URL", sim.base_url())
-        .env("EMGATE_UPSTREAM_USERNAME", "bench")
-        .env("EMGATE_UPSTREAM_PASSWORD", "bench-password")
-        .env(
-            "EMGATE_UPSTREAM_CERT_SHA256",
-            sim.cert_sha256().unwrap_or_default(),
-        )
-        .env("EMGATE_ADMIN_TOKEN", ADMIN)
-        .env(
-            "EMGATE_CACHE_TTL",
-            std::env::var("DAY_TTL").unwrap_or_else(|_| "5m".into()),
-        )
-        .env("EMGATE_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().expect("emgate"))
+    let ttl = std::env::var("DAY_TTL").unwrap_or_else(|_| "5m".into());
+    let mut all: Vec<(&str, &str)> = vec![
+        ("EMGATE_ADMIN_TOKEN", ADMIN),
+        ("EMGATE_CACHE_TTL", ttl.as_str()),
+    ];
+    all.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+    support::gateway_on(sim, port, &all)
 }
 
 /// One GET: its status (0: none), `X-Cache`, time.
@@ -353,17 +337,8 @@ fn main() {
             ("warm off", (false, false)),
         ];
         for (name, mode) in modes {
-            let sim = Sim::start(SimConfig {
-                listen: ([127, 0, 0, 1], 0).into(),
-                tls: true,
-                username: "bench".into(),
-                password: "bench-password".into(),
-                restore_points: 2000,
-                latency,
-                ..SimConfig::default()
-            })
-            .await
-            .expect("simulator");
+            let sim = support::sim().await;
+            sim.set_latency(latency);
             let sim = Arc::new(sim);
             let mut d = day(&sim, mode, seconds, point_every, hour).await;
             d.latencies.sort_unstable();

@@ -530,25 +530,48 @@ async fn after_redis_comes_back_empty_a_replica_puts_its_hot_entries_back_for_th
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_asking_for_what_waits_in_the_background_lane_does_not_wait_for_the_lane() {
-    let sim = start_sim(sim_config()).await;
-    let keys: Vec<String> = (0..3)
-        .map(|i| vm_path(&sim.restore_point_id(70 + i)).to_ascii_lowercase())
-        .collect();
-    // The hottest key is slow at EM: its rewarm holds the lane's one place.
+/// The vmRestorePoints keys of `n` restore points from `first` on; EM takes
+/// `slow` to answer the first.
+fn keys_the_first_slow(sim: &Sim, first: usize, n: usize, slow: Duration) -> Vec<String> {
     sim.set_path_latency(
-        &format!("/api/restorepoints/{}", sim.restore_point_id(70)),
-        Some(Duration::from_secs(10)),
+        &format!("/api/restorepoints/{}", sim.restore_point_id(first)),
+        Some(slow),
     );
-    let dir = state_with("urgent", &sim.base_url(), &keys);
+    (first..first + n)
+        .map(|i| vm_path(&sim.restore_point_id(i)).to_ascii_lowercase())
+        .collect()
+}
+
+/// A gateway (prefetch off, one more setting) started with `keys` as the
+/// hot keys of before its start; its state folder.
+fn started_with_hot_keys(
+    sim: &Sim,
+    tag: &str,
+    keys: &[String],
+    setting: (&str, &str),
+) -> (Gateway, std::path::PathBuf) {
+    let dir = state_with(tag, &sim.base_url(), keys);
     let gw = Gateway::start(
-        &sim,
+        sim,
         &[
             ("EMGATE_PREFETCH", "false"),
             ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
-            ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
+            setting,
         ],
+    );
+    (gw, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_asking_for_what_waits_in_the_background_lane_does_not_wait_for_the_lane() {
+    let sim = start_sim(sim_config()).await;
+    // The hottest key is slow at EM: its rewarm holds the lane's one place.
+    let keys = keys_the_first_slow(&sim, 70, 3, Duration::from_secs(10));
+    let (gw, dir) = started_with_hot_keys(
+        &sim,
+        "urgent",
+        &keys,
+        ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
     );
     let http = Http::default();
     assert!(becomes_ready(&http, &gw).await);
@@ -575,21 +598,12 @@ async fn a_client_asking_for_what_waits_in_the_background_lane_does_not_wait_for
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_told_to_warm_before_ready_is_ready_once_its_hot_keys_are_cached() {
     let sim = start_sim(sim_config()).await;
-    let keys: Vec<String> = (0..2)
-        .map(|i| vm_path(&sim.restore_point_id(80 + i)).to_ascii_lowercase())
-        .collect();
-    sim.set_path_latency(
-        &format!("/api/restorepoints/{}", sim.restore_point_id(80)),
-        Some(Duration::from_secs(3)),
-    );
-    let dir = state_with("before-ready", &sim.base_url(), &keys);
-    let gw = Gateway::start(
+    let keys = keys_the_first_slow(&sim, 80, 2, Duration::from_secs(3));
+    let (gw, dir) = started_with_hot_keys(
         &sim,
-        &[
-            ("EMGATE_PREFETCH", "false"),
-            ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
-            ("EMGATE_WARM_BEFORE_READY", "true"),
-        ],
+        "before-ready",
+        &keys,
+        ("EMGATE_WARM_BEFORE_READY", "true"),
     );
     let http = Http::default();
     // Logged on, but still fetching its hot keys: not ready, and it says why.
@@ -606,5 +620,70 @@ async fn a_replica_told_to_warm_before_ready_is_ready_once_its_hot_keys_are_cach
         assert_eq!(http.get(&gw.url(key), &[]).await.header("x-cache"), "HIT");
     }
     let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_writes_to_the_fleets_warm_keys_fetch_nothing_and_block_nothing() {
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let sim = start_sim(sim_config()).await;
+    let url = redis.url();
+    let planted = vm_path(&sim.restore_point_id(90)).to_ascii_lowercase();
+    // A hot key without a valid MAC, one without any, and garbage.
+    redis.cli(&[
+        "ZADD",
+        "{emgate}:hot",
+        "9e15",
+        &format!("{planted} 00ff00ff"),
+    ]);
+    redis.cli(&["ZADD", "{emgate}:hot", "9e15", &planted]);
+    redis.cli(&["ZADD", "{emgate}:hot", "9e15", "../../admin/cache 00"]);
+    // The fleet's background lane filled with places held for ever, and a
+    // rate that is no number.
+    for i in 0..10 {
+        redis.cli(&[
+            "ZADD",
+            "{emgate}:bg:places",
+            "9e15",
+            &format!("stranger-{i}"),
+        ]);
+    }
+    redis.cli(&["SET", "{emgate}:bg:rate", "not-a-number"]);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_SHARED_URL", url.as_str()),
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    // Background work still runs: a new restore point is prefetched.
+    let id = sim.add_restore_point();
+    let fetched = eventually(Duration::from_secs(10), || async {
+        em_saw(&sim, &vm_path(&id)) >= 1
+    })
+    .await;
+    assert!(
+        fetched,
+        "the planted places blocked the lane: {}",
+        gw.log_text()
+    );
+    assert_eq!(
+        http.get(&gw.url(&vm_path(&id)), &[])
+            .await
+            .header("x-cache"),
+        "HIT"
+    );
+    // The planted keys were never fetched, and were counted as rejected.
+    assert_eq!(em_saw(&sim, &planted), 0);
+    assert!(!sim
+        .requests()
+        .iter()
+        .any(|r| r.path_and_query.contains("admin")));
+    let rejected = "emgate_shared_rejected_total{kind=\"hot_key\"}";
+    assert!(metric(&http, &gw, rejected).await >= 1.0);
     sim.shutdown().await;
 }

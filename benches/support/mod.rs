@@ -86,6 +86,14 @@ pub async fn sim() -> Sim {
 /// `emgate serve` in front of `sim` with these extra settings; its base URL.
 pub fn gateway(sim: &Sim, extra: &[(&str, &str)]) -> (Proc, String) {
     let port = free_port();
+    (
+        gateway_on(sim, port, extra),
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+/// As [`gateway`], on `port` (a gateway started again where it was).
+pub fn gateway_on(sim: &Sim, port: u16, extra: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
     cmd.arg("serve")
         .env_clear()
@@ -104,10 +112,7 @@ pub fn gateway(sim: &Sim, extra: &[(&str, &str)]) -> (Proc, String) {
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    (
-        Proc(cmd.spawn().expect("emgate")),
-        format!("http://127.0.0.1:{port}"),
-    )
+    Proc(cmd.spawn().expect("emgate"))
 }
 
 /// A `redis-server` without persistence; its port.

@@ -462,7 +462,17 @@ pub async fn rewarm(state: Arc<ReadState>, dir: Option<PathBuf>) -> usize {
         None => Vec::new(),
     };
     if let Some(fleet) = &state.fleet {
-        if let Ok(theirs) = fleet.hot_keys(state.settings.warm.keys).await {
+        // The shared tier connects in the background at start: give it a
+        // few seconds before going without the fleet's list.
+        let mut theirs = fleet.hot_keys(state.settings.warm.keys).await;
+        for _ in 0..20 {
+            if theirs.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            theirs = fleet.hot_keys(state.settings.warm.keys).await;
+        }
+        if let Ok(theirs) = theirs {
             let mine: std::collections::HashSet<String> = keys.iter().cloned().collect();
             keys.extend(theirs.into_iter().filter(|k| !mine.contains(k)));
             keys.truncate(state.settings.warm.keys);
