@@ -22,7 +22,11 @@
 //!
 //! Modes: prefetch and warm start on, the restarted gateway ready once its
 //! hot keys are fetched again (`EMGATE_WARM_BEFORE_READY`) or at once;
-//! both off. Printed per mode: the share of client requests that waited for EM
+//! both off; and a fleet of two replicas sharing a `redis-server`, with
+//! everything on and off: the clients are spread over both, one replica
+//! restarts half way and Redis restarts (empty, no persistence) three
+//! quarters of the way, while clients keep asking (`DAY_FLEET=0` leaves
+//! the fleet out). Printed per mode: the share of client requests that waited for EM
 //! (`X-Cache` MISS or none; the goal with everything on is under 1%), the
 //! client p50 and p99, EM requests per minute by who asked (client or
 //! background, from the gateway's own counters), and the background peak
@@ -155,38 +159,76 @@ async fn ready(http: &Http, base: &str) {
     }
 }
 
-/// One compressed day with warm work `on` or off.
-async fn day(
-    sim: &Arc<Sim>,
-    (on, before_ready): (bool, bool),
-    seconds: u64,
-    point_every: Duration,
-    hour: usize,
-) -> Day {
-    let dir = std::env::temp_dir().join(format!(
-        "emgate-day-{}-{on}-{before_ready}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("state dir");
-    let mut extra: Vec<(&str, String)> = vec![("EMGATE_BACKGROUND_CONCURRENCY", "4".into())];
-    if on {
-        extra.push((
-            "EMGATE_PREFETCH_INTERVAL",
-            format!("{}ms", env_or("DAY_PREFETCH_INTERVAL_MS", 1000)),
-        ));
-        extra.push(("EMGATE_STATE_DIR", dir.display().to_string()));
-        if before_ready {
-            extra.push(("EMGATE_WARM_BEFORE_READY", "true".into()));
+/// How a day is run.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// Prefetch and warm start on.
+    on: bool,
+    /// The restarted gateway is ready once its hot keys are cached again.
+    before_ready: bool,
+    /// Two replicas sharing a Redis, which restarts (empty) three quarters
+    /// of the way through; one replica restarts half way.
+    fleet: bool,
+}
+
+/// One compressed day in `mode`.
+async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, hour: usize) -> Day {
+    let replicas = if mode.fleet { 2 } else { 1 };
+    let dirs: Vec<std::path::PathBuf> = (0..replicas)
+        .map(|r| {
+            let dir = std::env::temp_dir().join(format!(
+                "emgate-day-{}-{}-{}-{}-{r}",
+                std::process::id(),
+                mode.on,
+                mode.before_ready,
+                mode.fleet
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("state dir");
+            dir
+        })
+        .collect();
+    let (mut redis, redis_port) = match mode.fleet {
+        true => {
+            let (p, port) = support::redis();
+            (Some(p), port)
         }
-    } else {
-        extra.push(("EMGATE_PREFETCH", "false".into()));
-    }
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
+        false => (None, 0),
+    };
+    let extra = |r: usize| {
+        let mut extra: Vec<(&str, String)> = vec![("EMGATE_BACKGROUND_CONCURRENCY", "4".into())];
+        if mode.on {
+            extra.push((
+                "EMGATE_PREFETCH_INTERVAL",
+                format!("{}ms", env_or("DAY_PREFETCH_INTERVAL_MS", 1000)),
+            ));
+            extra.push(("EMGATE_STATE_DIR", dirs[r].display().to_string()));
+            if mode.before_ready {
+                extra.push(("EMGATE_WARM_BEFORE_READY", "true".into()));
+            }
+        } else {
+            extra.push(("EMGATE_PREFETCH", "false".into()));
+        }
+        if mode.fleet {
+            extra.push((
+                "EMGATE_SHARED_URL",
+                format!("redis://127.0.0.1:{redis_port}"),
+            ));
+        }
+        extra
+    };
+    let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect();
     let http = support::http();
-    let mut gw = gateway(sim, port, &extra);
-    ready(&http, &base).await;
+    let mut gws: Vec<Proc> = (0..replicas)
+        .map(|r| gateway(sim, ports[r], &extra(r)))
+        .collect();
+    for base in &bases {
+        ready(&http, base).await;
+    }
 
     // Backup jobs run all day.
     let recent: Arc<Mutex<VecDeque<(String, Instant)>>> = Arc::default();
@@ -220,7 +262,8 @@ async fn day(
     for c in 0..CLIENTS {
         let (http, base, recent, results, paused, counting) = (
             support::http(),
-            base.clone(),
+            // A load balancer spreads the clients over the replicas.
+            bases[c % replicas].clone(),
             recent.clone(),
             results.clone(),
             paused.clone(),
@@ -269,37 +312,62 @@ async fn day(
     }
 
     tokio::time::sleep(morning).await;
-    let (em0, bg0, _) = em_counts(&http, &base).await;
+    let mut counts = Vec::new();
+    for base in &bases {
+        counts.push(em_counts(&http, base).await);
+    }
+    let before = counts;
     counting.store(true, Ordering::Relaxed);
-    // The restart, half way.
+    // The restart of the first replica, half way (clients pause for it, as
+    // a load balancer's drain would make them).
     tokio::time::sleep(Duration::from_secs(seconds / 2)).await;
     paused.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (em1, bg1, peak1) = em_counts(&http, &base).await;
-    let pid = gw.0.id().to_string();
+    let at_restart = em_counts(&http, &bases[0]).await;
+    let pid = gws[0].0.id().to_string();
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status();
-    let _ = gw.0.wait();
+    let _ = gws[0].0.wait();
     let restarted = Instant::now();
-    gw = gateway(sim, port, &extra);
-    ready(&http, &base).await;
+    gws[0] = gateway(sim, ports[0], &extra(0));
+    ready(&http, &bases[0]).await;
     let to_ready = restarted.elapsed();
     paused.store(false, Ordering::Relaxed);
+    if let Some(r) = redis.take() {
+        // Redis restarts, empty, while clients keep asking.
+        tokio::time::sleep(Duration::from_secs(seconds / 4)).await;
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis = Some(support::redis_on(redis_port));
+    }
 
     for c in clients {
         let _ = c.await;
     }
-    let (em2, bg2, peak2) = em_counts(&http, &base).await;
+    let mut d = std::mem::take(&mut *results.lock().expect("results"));
+    for (r, base) in bases.iter().enumerate() {
+        let (em, bg, peak) = em_counts(&http, base).await;
+        let (em0, bg0, _) = before[r];
+        let (em_all, bg_all) = match r {
+            // Its counters began again at the restart.
+            0 => (at_restart.0 - em0 + em, at_restart.1 - bg0 + bg),
+            _ => (em - em0, bg - bg0),
+        };
+        d.em_background += bg_all;
+        d.em_client += em_all - bg_all;
+        // The busiest replica's own peak (in a fleet the budget is the
+        // fleet's: `tests/warm.rs` counts that one at the simulator).
+        d.peak = d.peak.max(peak).max(if r == 0 { at_restart.2 } else { 0 });
+    }
     running.store(false, Ordering::Relaxed);
     let _ = jobs.await;
-    drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut d = std::mem::take(&mut *results.lock().expect("results"));
+    drop(gws);
+    drop(redis);
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     d.seconds = started.elapsed().as_secs_f64();
-    d.em_background = bg1 - bg0 + bg2;
-    d.em_client = (em1 - em0 + em2) - d.em_background;
-    d.peak = peak1.max(peak2);
     d.budget = 4;
     d.to_ready = to_ready;
     d
@@ -331,11 +399,16 @@ fn main() {
             "{:<26} {:>9} {:>9} {:>9} {:>9} {:>16} {:>20} {:>14} {:>12}",
             "mode", "requests", "waited", "p50", "p99", "EM/min client", "EM/min background", "bg peak/budget", "restart"
         );
-        let modes = [
-            ("warm on, ready when warm", (true, true)),
-            ("warm on, ready at once", (true, false)),
-            ("warm off", (false, false)),
+        let mode = |on, before_ready, fleet| Mode { on, before_ready, fleet };
+        let mut modes = vec![
+            ("warm on, ready when warm", mode(true, true, false)),
+            ("warm on, ready at once", mode(true, false, false)),
+            ("warm off", mode(false, false, false)),
         ];
+        if std::env::var("DAY_FLEET").map_or(true, |v| v != "0") {
+            modes.push(("fleet of 2, warm on", mode(true, true, true)));
+            modes.push(("fleet of 2, warm off", mode(false, false, true)));
+        }
         for (name, mode) in modes {
             let sim = support::sim().await;
             sim.set_latency(latency);

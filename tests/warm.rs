@@ -433,6 +433,91 @@ async fn four_replicas_share_one_background_budget_and_one_looks_for_new_points(
     sim.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_another_replica_does_not_wait_for_work_queued_in_the_fleets_lane() {
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let sim = start_sim(sim_config()).await;
+    let http = Http::default();
+    let url = redis.url();
+    // The replica that looks for new points has one background place; the
+    // other serves a restore portal.
+    let looker = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_SHARED_URL", url.as_str()),
+            ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
+            ("EMGATE_BACKGROUND_RATE", "0"),
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+        ],
+    );
+    let portal = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_SHARED_URL", url.as_str()),
+            ("EMGATE_PREFETCH", "false"),
+        ],
+    );
+    assert!(becomes_ready(&http, &looker).await);
+    assert!(becomes_ready(&http, &portal).await);
+    // A backup run makes four points, and EM takes 3 s to list each one's
+    // VMs: the lane runs one and queues the others.
+    let ids: Vec<String> = (0..4).map(|_| sim.add_restore_point()).collect();
+    for id in &ids {
+        sim.set_path_latency(
+            &format!("/api/restorepoints/{id}"),
+            Some(Duration::from_secs(3)),
+        );
+    }
+    let queued = eventually(Duration::from_secs(10), || async {
+        metric(&http, &looker, "emgate_background_in_flight").await == 1.0
+            && metric(&http, &looker, "emgate_background_queued").await >= 1.0
+    })
+    .await;
+    assert!(
+        queued,
+        "the looker's lane never queued: {:?}",
+        looker.log_text()
+    );
+    // The points the lane holds back (EM has not been asked for them yet):
+    // the portal's clients ask for them all at once. Each waits for EM
+    // (3 s), not for the lane ahead of it on the other replica (3 s more).
+    let waiting: Vec<String> = ids
+        .iter()
+        .map(|id| vm_path(id))
+        .filter(|p| em_saw(&sim, p) == 0)
+        .collect();
+    assert!(!waiting.is_empty());
+    let asks: Vec<_> = waiting
+        .iter()
+        .map(|path| {
+            let (http, url) = (http.clone(), portal.url(path));
+            tokio::spawn(async move {
+                http.get_within(&url, &[], Duration::from_millis(5500))
+                    .await
+            })
+        })
+        .collect();
+    for (ask, path) in asks.into_iter().zip(&waiting) {
+        let r = ask.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        assert_eq!(r.header("x-cache"), "MISS", "{path}");
+    }
+    // The fleet still fetched it once: the queued work found it stored.
+    let all = eventually(Duration::from_secs(20), || async {
+        ids.iter().all(|id| em_saw(&sim, &vm_path(id)) >= 1)
+            && metric(&http, &looker, "emgate_background_queued").await == 0.0
+            && metric(&http, &looker, "emgate_background_in_flight").await == 0.0
+    })
+    .await;
+    assert!(all);
+    for path in &waiting {
+        assert_eq!(em_saw(&sim, path), 1, "one EM fetch of {path}");
+    }
+    sim.shutdown().await;
+}
+
 /// The gateway's `/metrics` value of `series` (0 when absent).
 async fn cache_result(http: &Http, gw: &Gateway, result: &str) -> f64 {
     metric(

@@ -118,6 +118,11 @@ pub fn gateway_on(sim: &Sim, port: u16, extra: &[(&str, &str)]) -> Proc {
 /// A `redis-server` without persistence; its port.
 pub fn redis() -> (Proc, u16) {
     let port = free_port();
+    (redis_on(port), port)
+}
+
+/// As [`redis`], on `port` (a Redis started again, empty, where it was).
+pub fn redis_on(port: u16) -> Proc {
     let child = Command::new("redis-server")
         .args([
             "--port",
@@ -136,7 +141,7 @@ pub fn redis() -> (Proc, u16) {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    (Proc(child), port)
+    Proc(child)
 }
 
 /// One GET: its status (0: no answer) and how long it took, body read.

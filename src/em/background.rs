@@ -115,7 +115,7 @@ impl Drop for Admitted {
 }
 
 /// How a background request's wait ended.
-pub(crate) enum Admission {
+pub enum Admission {
     /// Room was made: it runs as background work.
     Admitted(Admitted),
     /// A client waits for it: it runs as a client's request.

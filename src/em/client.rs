@@ -72,6 +72,10 @@ pub enum Lane {
     /// Work emgate starts on its own (refresh-ahead, prefetch, rewarm): the
     /// background lane ([`super::background`]), which steps aside for clients.
     Background(Work),
+    /// Background work whose room in the lane the caller already holds
+    /// (an [`Admitted`](super::background::Admitted) from [`Upstream::admit_background`], kept until
+    /// the answer is read): it waits for nothing more.
+    Admitted(Work),
 }
 
 /// Bytes held in the memory budget; released when dropped.
@@ -255,6 +259,15 @@ impl Upstream {
             .await
     }
 
+    /// Room in the background lane for `work`, taken before the request is
+    /// made (see [`Lane::Admitted`]): for callers that must not hold
+    /// anything others wait for (a fleet lease) while the lane queues them.
+    pub async fn admit_background(&self, work: Work) -> Admission {
+        self.background
+            .admit(work, &self.lanes, self.queue_wait)
+            .await
+    }
+
     /// The background lane (its counters).
     pub fn background(&self) -> &Background {
         &self.background
@@ -330,7 +343,7 @@ impl Upstream {
             _ => None,
         };
         let _place = match (lane, &admitted) {
-            (Lane::Session, _) | (_, Some(_)) => None,
+            (Lane::Session | Lane::Admitted(_), _) | (_, Some(_)) => None,
             _ => {
                 match tokio::time::timeout(self.queue_wait, self.lanes.clone().acquire_owned())
                     .await
@@ -363,7 +376,7 @@ impl Upstream {
         crate::ops::metrics::upstream(label, started.elapsed());
         let ok = matches!(&result, Ok(r) if !r.status.is_server_error());
         crate::ops::history::global().upstream(started.elapsed(), ok);
-        if let (Lane::Background(work), Some(_)) = (lane, &admitted) {
+        if let (Lane::Background(work), Some(_)) | (Lane::Admitted(work), _) = (lane, &admitted) {
             self.background.ended(work, ok);
         }
         result

@@ -33,7 +33,8 @@ use http::{Method, Response, StatusCode};
 use crate::cache::{Cache, Fetched, Outcome, Policy, Served, Source};
 use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
 use crate::config::{CacheSettings, Settings};
-use crate::em::client::Lane;
+use crate::em::background::Admission;
+use crate::em::client::{Lane, UpstreamError};
 use crate::em::session::EmError;
 use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
@@ -695,8 +696,12 @@ impl RuleFetch {
                 fresh,
                 span,
             } = self;
-            let em = em_fetch(state.clone(), path, request_id, head, true, lane);
+            let em = {
+                let state = state.clone();
+                move |lane| em_fetch(state, path, request_id, head, true, lane)
+            };
             let shared = state.fleet.clone().map(|fleet| Tier {
+                pool: state.pool.clone(),
                 fleet,
                 key,
                 policy,
@@ -711,8 +716,8 @@ impl RuleFetch {
             Box::pin(
                 async move {
                     match shared {
-                        Some(tier) => tier.fetch(em).await,
-                        None => em.await,
+                        Some(tier) => tier.fetch(lane, em).await,
+                        None => em(lane).await,
                     }
                 }
                 .instrument(span),
@@ -724,6 +729,8 @@ impl RuleFetch {
 /// A rule's fetch in fleet mode: the fleet's shared tier before EM.
 struct Tier {
     fleet: Fleet,
+    /// For room in the background lane, taken before the key's lease.
+    pool: Arc<SessionPool>,
     key: CacheKey,
     policy: Policy,
     case: crate::config::JsonCase,
@@ -742,8 +749,12 @@ impl Tier {
     /// (under a lease) and stores it for all, the others wait for it to land
     /// (or serve a stale copy of it meanwhile), and one of them takes over
     /// if the fetching replica dies. The shared tier failing falls back to
-    /// `em`: Redis never fails a request.
-    async fn fetch<F>(self, em: F) -> Result<Fetched<Prepared>, GatewayError>
+    /// `em` (asked in `lane`): Redis never fails a request.
+    async fn fetch<F>(
+        self,
+        lane: Lane,
+        em: impl FnOnce(Lane) -> F,
+    ) -> Result<Fetched<Prepared>, GatewayError>
     where
         F: std::future::Future<Output = Result<Fetched<Prepared>, GatewayError>>,
     {
@@ -762,6 +773,25 @@ impl Tier {
                 }
             }
         }
+        // Background work takes its room in the lane before the key's
+        // lease, never while holding it: a lease held while the lane queues
+        // the work would keep other replicas' clients of the key waiting for
+        // the lane. The room is held until EM's answer is read (or another
+        // replica's lands).
+        let mut _room = None;
+        let lane = match lane {
+            Lane::Background(work) => match self.pool.upstream().admit_background(work).await {
+                Admission::Admitted(room) => {
+                    _room = Some(room);
+                    Lane::Admitted(work)
+                }
+                // A client of this replica waits for it: it runs as theirs.
+                Admission::Urgent => Lane::Client,
+                Admission::Dropped => return Err(GatewayError::Upstream(UpstreamError::Dropped)),
+            },
+            other => other,
+        };
+        let em = em(lane);
         let mut holder_gone = false;
         for _ in 0..3 {
             let Ok(epoch) = self.fleet.epoch().await else {
