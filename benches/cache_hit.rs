@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         ("EMGATE_UPSTREAM_PASSWORD", "p"),
         ("EMGATE_CACHE_TTL", "1h"),
     ]);
-    let rules = Rules::new(&settings.cache);
+    let rules = std::sync::Arc::new(Rules::new(&settings.cache));
     let cache = ReadCache::new(options, rules.all().len());
     let em = UpstreamResponse {
         status: StatusCode::OK,
@@ -104,10 +104,9 @@ fn bench(c: &mut Criterion) {
     let seen = || {
         let resolved = rules.resolve(black_box(PATH), None).unwrap();
         let cache = &cache;
-        let rules = &rules;
         async move {
-            let rule = resolved.rule(rules).unwrap();
-            let key = resolved.key(rules, false);
+            let rule = resolved.rule().unwrap();
+            let key = resolved.key(false);
             let entry = cache.get(key, &rule.policy, |_| never).await.unwrap().entry;
             black_box(entry.value.representation(false, "http://127.0.0.1:9399"))
         }

@@ -71,15 +71,18 @@ const RULES: &[(&str, &[&str])] = &[
 /// [`App`]: emgate::gateway::app::App
 #[rustfmt::skip]
 const GATEWAY: &[(&str, &[&str])] = &[
-    ("server", &["router", "admin", "status", "app", "access", "reads", "proxy", "logon",
-                 "clients", "limit", "tasks", "warm", "conn", "listen_tls", "request_id"]),
+    ("server", &["router", "admin", "status", "app", "reload", "access", "reads", "proxy",
+                 "logon", "clients", "limit", "tasks", "warm", "conn", "listen_tls",
+                 "request_id"]),
     ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
                  "tasks", "logon", "clients", "limit", "conn", "context", "host", "target",
                  "render", "response", "error"]),
     ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
                 "render", "response", "error"]),
     ("status", &["app", "reads", "target", "render", "response"]),
-    ("app", &["access", "reads", "tasks", "limit"]),
+    ("app", &["reload", "access", "reads", "tasks", "limit"]),
+    // A reload replaces what the phases below read, through their states.
+    ("reload", &["access", "reads", "clients", "listen_tls"]),
     // The phases of a request, on their own states.
     ("access", &["logon", "clients", "limit", "target", "render", "response", "error"]),
     ("warm", &["reads", "restore_points"]),

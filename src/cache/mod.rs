@@ -390,7 +390,8 @@ where
     V: Stored,
     E: Failure,
 {
-    /// An empty cache with `rules` rules' counters.
+    /// An empty cache with `rules` rules' counters (the most a reload may
+    /// bring: rules are counted by their index).
     pub fn new(options: Options, rules: usize) -> Self {
         let stats: Arc<Vec<RuleStats>> =
             Arc::new((0..rules.max(1)).map(|_| RuleStats::default()).collect());
@@ -806,6 +807,29 @@ where
             .is_err()
         {
             // Only possible without `support_invalidation_closures`, which is set.
+            self.entries.invalidate_all();
+        }
+    }
+
+    /// Drops every entry stored under a rule (by index) that `matches`, and
+    /// what fetches in flight would store; counts the rules for which
+    /// `reset` holds from zero (a reload: README, "Changes while running").
+    pub fn purge_rules(
+        &self,
+        matches: impl Fn(usize) -> bool + Send + Sync + 'static,
+        reset: impl Fn(usize) -> bool,
+    ) {
+        for (i, stats) in self.stats.iter().enumerate() {
+            if reset(i) {
+                stats.reset_counts();
+            }
+        }
+        self.purges.fetch_add(1, Ordering::SeqCst);
+        if self
+            .entries
+            .invalidate_entries_if(move |_, e| matches(e.policy.rule))
+            .is_err()
+        {
             self.entries.invalidate_all();
         }
     }

@@ -29,6 +29,26 @@ fn bump(c: &AtomicU64) {
 }
 
 impl RuleStats {
+    /// Counts from zero (a reload put another rule in this place); the
+    /// entries and bytes held stay, as they leave one by one.
+    pub fn reset_counts(&self) {
+        for c in [
+            &self.hits,
+            &self.misses,
+            &self.stale,
+            &self.collapsed,
+            &self.shared_hits,
+            &self.coalesced,
+            &self.refreshes_miss,
+            &self.refreshes_revalidate,
+            &self.refreshes_ahead,
+            &self.refreshes_warm,
+            &self.not_stored,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn hit(&self) {
         bump(&self.hits);
     }

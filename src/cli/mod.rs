@@ -159,12 +159,18 @@ async fn serve(config: Option<&Path>) -> ExitCode {
         Err(code) => return code,
     };
     let _log = crate::ops::logging::init(&settings.log.filter, settings.log.format);
-    serve_settings(settings, crate::ops::shutdown::signal()).await
+    serve_settings(
+        settings,
+        config.map(Path::to_path_buf),
+        crate::ops::shutdown::signal(),
+    )
+    .await
 }
 
 /// Runs the gateway with these settings until `shutdown`; the exit code to return.
 pub async fn serve_settings(
     settings: Settings,
+    config: Option<std::path::PathBuf>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     if settings.upstream.trust == UpstreamTrust::Insecure {
@@ -181,7 +187,7 @@ pub async fn serve_settings(
     }
     match Gateway::bind(settings).await {
         Ok(gateway) => {
-            gateway.run(shutdown).await;
+            gateway.with_config_file(config).run(shutdown).await;
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -594,6 +594,66 @@ impl Settings {
         })
     }
 
+    /// The value a setting was given (by the file or the environment;
+    /// secrets as `***`), or its default; `None` when unset.
+    pub fn given(&self, env: &str) -> Option<&str> {
+        self.raw
+            .get(env)
+            .map(|o| o.value.as_str())
+            .or_else(|| SETTINGS.iter().find(|s| s.env == env)?.default)
+    }
+
+    /// The files these settings name (`*_FILE`), as given.
+    pub fn files(&self) -> Vec<PathBuf> {
+        SETTINGS
+            .iter()
+            .filter(|s| s.env.ends_with("_FILE"))
+            .filter_map(|s| self.given(s.env))
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| PathBuf::from(v.trim()))
+            .collect()
+    }
+
+    /// The settings whose value differs from `before`'s, by their
+    /// environment names: secrets are compared by value and never shown,
+    /// and a change of the file's cache rules is `cache.rules`.
+    pub fn changed_from(&self, before: &Settings) -> Vec<&'static str> {
+        let mut changed: Vec<&'static str> = SETTINGS
+            .iter()
+            .filter(|s| !s.secret && self.given(s.env) != before.given(s.env))
+            .map(|s| s.env)
+            .collect();
+        // Secrets, by value (their `*_FILE` may name the same file).
+        let secret = |s: &Settings, env: &str| -> Option<Secret> {
+            let shared = s.shared.as_ref();
+            match env {
+                "EMGATE_UPSTREAM_PASSWORD" => Some(s.upstream.password.clone()),
+                "EMGATE_ADMIN_TOKEN" => s.access.admin_token.clone(),
+                "EMGATE_SHARED_URL" => shared.map(|f| f.url.clone()),
+                "EMGATE_SHARED_PASSWORD" => shared.and_then(|f| f.password.clone()),
+                _ => shared.and_then(|f| f.secret.clone()),
+            }
+        };
+        for env in [
+            "EMGATE_UPSTREAM_PASSWORD",
+            "EMGATE_ADMIN_TOKEN",
+            "EMGATE_SHARED_URL",
+            "EMGATE_SHARED_PASSWORD",
+            "EMGATE_SHARED_SECRET",
+        ] {
+            let (now, then) = (secret(self, env), secret(before, env));
+            if now.as_ref().map(Secret::expose) != then.as_ref().map(Secret::expose)
+                && !changed.contains(&env)
+            {
+                changed.push(env);
+            }
+        }
+        if self.cache.rules != before.cache.rules {
+            changed.push("cache.rules");
+        }
+        changed
+    }
+
     /// Each setting's shown value (TOML syntax, secrets as `"***"`) and
     /// source, or `None` when unset.
     fn effective(
@@ -780,6 +840,12 @@ fn upstream_settings(v: &Values<'_>) -> Result<UpstreamSettings, ConfigError> {
 /// vmRestorePoints rule, then the defaults (a file rule with a default's
 /// name replaces that default). Errors name the rule and what is wrong.
 fn effective_rules(file: &[toml::Table], cache: &CacheSettings) -> Result<Vec<Rule>, ConfigError> {
+    if file.len() > rules::MAX_FILE_RULES {
+        return Err(ConfigError::other(
+            "cache.rules",
+            format!("at most {} rules", rules::MAX_FILE_RULES),
+        ));
+    }
     let mut rules: Vec<Rule> = Vec::new();
     for (i, table) in file.iter().enumerate() {
         let name_of = table

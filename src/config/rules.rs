@@ -170,6 +170,14 @@ pub const DEFAULT_RULES: &[(&str, &str, &str, &str)] = &[
     ("backup_sessions", "/api/backupSessions/**", "15s", "15s"),
 ];
 
+/// Rules a settings file may hold; with the built-in and default ones,
+/// fewer than [`MAX_RULES`].
+pub const MAX_FILE_RULES: usize = 48;
+
+/// Rules in effect at most: the cache keeps counters for this many, so a
+/// reload may add rules to a running gateway.
+pub const MAX_RULES: usize = 64;
+
 /// Whether a rule name is usable as a metrics label.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()

@@ -382,8 +382,11 @@ pub struct SessionPool {
     upstream: Upstream,
     /// EM account.
     username: String,
-    /// EM password.
-    password: Secret,
+    /// EM password; a reload replaces it ([`SessionPool::set_password`]).
+    password: RwLock<Secret>,
+    /// Told when the password is replaced: a logon waiting out a backoff
+    /// or a pause tries again at once.
+    renewed: tokio::sync::Notify,
     /// The current session; a std lock because it is held only to clone an `Arc`.
     current: RwLock<Option<Arc<EmSession>>>,
     /// When the current session was made.
@@ -434,7 +437,8 @@ impl SessionPool {
         SessionPool {
             upstream,
             username: settings.username.clone(),
-            password: settings.password.clone(),
+            password: RwLock::new(settings.password.clone()),
+            renewed: tokio::sync::Notify::new(),
             current: RwLock::new(None),
             since: Mutex::new(None),
             logon: tokio::sync::Mutex::new(LogonState::default()),
@@ -1027,11 +1031,37 @@ impl SessionPool {
         self.logon_once().await.map(FleetLogon::Own)
     }
 
+    /// The next logon uses `password` (a reload: the operator rotated it).
+    /// Logons backing off or paused after refusals (the old password) try
+    /// again at once, in fleet mode for the whole fleet; the session held
+    /// now stays, as EM keeps sessions made with a password it has since
+    /// changed.
+    pub async fn set_password(&self, password: Secret) {
+        match self.password.write() {
+            Ok(mut p) => *p = password,
+            Err(e) => *e.into_inner() = password,
+        }
+        *self.logon.lock().await = LogonState::default();
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
+        }
+        if let Some(store) = &self.shared {
+            // A success clears the fleet's refusals: the new password is
+            // given its own tries.
+            let _ = store.record(false, REFUSED_PAUSE).await;
+        }
+        self.renewed.notify_one();
+    }
+
     async fn logon_once(&self) -> Result<EmSession, SessionError> {
+        let password = match self.password.read() {
+            Ok(p) => p.clone(),
+            Err(e) => e.into_inner().clone(),
+        };
         let credentials = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             self.username,
-            self.password.expose()
+            password.expose()
         ));
         let mut auth = HeaderValue::from_str(&format!("Basic {credentials}")).map_err(|_| {
             SessionError::Upstream("user name or password is not a valid header".into())
@@ -1089,7 +1119,10 @@ impl SessionPool {
                         .unwrap_or_default()
                 };
                 if !std::mem::take(&mut first) {
-                    tokio::time::sleep(wait.max(Duration::from_millis(50))).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+                        () = self.renewed.notified() => {}
+                    }
                 }
                 if let Err(SessionError::RelogonLimited(wait)) = self.acquire().await {
                     tokio::time::sleep(wait).await;

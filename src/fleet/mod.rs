@@ -246,6 +246,9 @@ struct Inner {
     membership: tokio::sync::Mutex<bool>,
     /// Leases taken over from a replica that stopped renewing them.
     takeovers: AtomicU64,
+    /// This replica's configuration generation (reloads applied), told to
+    /// the fleet with each heartbeat.
+    config_generation: AtomicU64,
     /// Seals, signs and names.
     keys: keys::Keys,
     /// Keys whose rejected value was logged already (bounded).
@@ -331,6 +334,7 @@ impl Fleet {
             members: AtomicU64::new(0),
             membership: tokio::sync::Mutex::new(true),
             takeovers: AtomicU64::new(0),
+            config_generation: AtomicU64::new(0),
             keys: keys::Keys::new(settings, upstream),
             rejected_logged: Mutex::new(HashSet::new()),
             incarnation: Mutex::new(Incarnation {
@@ -389,7 +393,9 @@ impl Fleet {
                     .await
                     .is_ok();
             }
-            let _ = self.heartbeat().await;
+            if self.heartbeat().await.is_ok() {
+                let _ = self.tell_config_generation().await;
+            }
             if beats % 20 == 0 {
                 let _ = self.sweep_sessions().await;
             }
@@ -653,6 +659,92 @@ impl Fleet {
     /// Whether the shared tier answers (`/readyz`'s `shared`).
     pub fn is_up(&self) -> bool {
         self.0.breaker.up()
+    }
+
+    /// This replica's configuration generation is `generation` (a reload
+    /// was applied): told to the fleet now and with every heartbeat.
+    pub fn set_config_generation(&self, generation: u64) {
+        self.0
+            .config_generation
+            .store(generation, Ordering::Relaxed);
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            let _ = fleet.tell_config_generation().await;
+        });
+    }
+
+    /// Writes `member -> "generation ms mac"` in the fleet's hash of
+    /// configuration generations (README, "Changes while running").
+    async fn tell_config_generation(&self) -> Result<(), Down> {
+        let generation = self.0.config_generation.load(Ordering::Relaxed).to_string();
+        let ms = unix_ms().to_string();
+        let member = self.0.member.clone();
+        let mac = self
+            .0
+            .keys
+            .sign_hex(&[
+                b"config",
+                member.as_bytes(),
+                generation.as_bytes(),
+                ms.as_bytes(),
+            ])
+            .ok_or(Down)?;
+        let key = self.key("config");
+        let ttl = (self.0.lease * 3).as_millis() as u64 * 4;
+        let value = format!("{generation} {ms} {mac}");
+        self.op("config generation", |mut c| async move {
+            redis::pipe()
+                .hset(&key, member, value)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// Each live member's configuration generation, as they told it (MACs
+    /// checked; members silent for three lease times are left out), this
+    /// replica's first.
+    pub async fn config_generations(&self) -> Result<Vec<(String, u64)>, Down> {
+        let key = self.key("config");
+        let all: std::collections::HashMap<String, String> = self
+            .op("config generations", |mut c| async move {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        let now = unix_ms();
+        let dead_after = (self.0.lease * 3).as_millis() as u64;
+        let mut out: Vec<(String, u64)> = all
+            .into_iter()
+            .filter_map(|(member, value)| {
+                let mut parts = value.splitn(3, ' ');
+                let (generation, ms, mac) = (parts.next()?, parts.next()?, parts.next()?);
+                let signed = [
+                    b"config".as_slice(),
+                    member.as_bytes(),
+                    generation.as_bytes(),
+                    ms.as_bytes(),
+                ];
+                if !self.0.keys.verify_hex(&signed, mac) {
+                    return None;
+                }
+                let at: u64 = ms.parse().ok()?;
+                (now.saturating_sub(at) < dead_after).then_some(())?;
+                Some((member, generation.parse().ok()?))
+            })
+            .collect();
+        let me = self.0.member.clone();
+        out.sort_by(|a, b| (b.0 == me).cmp(&(a.0 == me)).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// This replica's id in the fleet.
+    pub fn member(&self) -> &str {
+        &self.0.member
     }
 
     /// Live members at the last heartbeat.

@@ -9,6 +9,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use base64::Engine as _;
 
@@ -17,7 +20,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use uuid::Uuid;
 
-use crate::config::{AccessSettings, Settings};
+use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
 use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
@@ -34,8 +37,10 @@ use crate::secret::Secret;
 pub struct AccessState {
     /// Validated settings.
     pub settings: Arc<Settings>,
-    /// The clients file's clients (empty without one).
-    pub clients: Clients,
+    /// The clients file's clients (empty without one); a reload replaces them.
+    pub clients: ArcSwap<Clients>,
+    /// The admin token; a reload replaces it.
+    pub admin: AdminToken,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
     /// Per-address attempts at a secret: every admin request, and every
@@ -61,19 +66,73 @@ fn admin_token_presented(headers: &HeaderMap) -> Option<Secret> {
     None
 }
 
+/// How long the admin token a reload replaced is still accepted, so the
+/// scripts of a rotation (new token in the Secret, then in the scripts) do
+/// not fail in between.
+pub const ADMIN_TOKEN_OVERLAP: Duration = Duration::from_secs(60);
+
+/// The admin token (`EMGATE_ADMIN_TOKEN[_FILE]`), and the one before it
+/// for [`ADMIN_TOKEN_OVERLAP`] after a reload replaced it. Held as SHA-256
+/// digests: the comparison is of equal lengths, and no token sits here in
+/// the clear.
+pub struct AdminToken(ArcSwap<AdminTokens>);
+
+struct AdminTokens {
+    current: Option<[u8; 32]>,
+    previous: Option<([u8; 32], Instant)>,
+}
+
+impl AdminToken {
+    /// The token of the settings (none: the admin endpoints are off).
+    pub fn new(token: Option<&Secret>) -> AdminToken {
+        AdminToken(ArcSwap::from_pointee(AdminTokens {
+            current: token.map(|t| sha256(t.expose().as_bytes())),
+            previous: None,
+        }))
+    }
+
+    /// Whether a token is configured.
+    pub fn is_set(&self) -> bool {
+        self.0.load().current.is_some()
+    }
+
+    /// A reload's token: the old one is accepted [`ADMIN_TOKEN_OVERLAP`]
+    /// longer. Whether it changed.
+    pub fn replace(&self, token: Option<&Secret>) -> bool {
+        let new = token.map(|t| sha256(t.expose().as_bytes()));
+        let old = self.0.load();
+        if old.current == new {
+            return false;
+        }
+        let previous = old
+            .current
+            .map(|h| (h, Instant::now() + ADMIN_TOKEN_OVERLAP));
+        self.0.store(Arc::new(AdminTokens {
+            current: new,
+            previous,
+        }));
+        true
+    }
+
+    /// Whether `given` is the token (or the replaced one, for a minute).
+    fn accepts(&self, given: &Secret) -> bool {
+        let tokens = self.0.load();
+        let Some(current) = &tokens.current else {
+            return false;
+        };
+        let given = sha256(given.expose().trim().as_bytes());
+        let now = constant_time_eq(&given, current);
+        let before = tokens
+            .previous
+            .as_ref()
+            .is_some_and(|(h, until)| Instant::now() < *until && constant_time_eq(&given, h));
+        now | before
+    }
+}
+
 /// Whether the request carries the admin token (compared in constant time).
-pub fn authorized(settings: &AccessSettings, headers: &HeaderMap) -> bool {
-    let Some(token) = &settings.admin_token else {
-        return false;
-    };
-    let Some(given) = admin_token_presented(headers) else {
-        return false;
-    };
-    // Hashed first: equal lengths, and the token's length does not show.
-    constant_time_eq(
-        &sha256(given.expose().trim().as_bytes()),
-        &sha256(token.expose().as_bytes()),
-    )
+pub fn authorized(admin: &AdminToken, headers: &HeaderMap) -> bool {
+    admin_token_presented(headers).is_some_and(|given| admin.accepts(&given))
 }
 
 /// An authenticated caller.
@@ -148,13 +207,13 @@ pub async fn authenticate(
     peer: IpAddr,
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
-    let clients = &state.clients;
+    let clients = state.clients.load();
     let presented = presented(headers);
     let anonymous = clients.is_empty() && access.allow_anonymous;
     let compared = match &presented {
         Presented::Session(_) => true,
         Presented::Basic(..) => !anonymous,
-        Presented::Bearer(_) => !anonymous || access.admin_token.is_some(),
+        Presented::Bearer(_) => !anonymous || state.admin.is_set(),
         Presented::Nothing | Presented::Malformed => false,
     };
     if compared {
@@ -163,7 +222,7 @@ pub async fn authenticate(
             .may_try(peer)
             .map_err(GatewayError::RateLimited)?;
     }
-    let caller = identify(state, headers, presented).await;
+    let caller = identify(state, &clients, headers, presented).await;
     let failed = match &caller {
         Err(GatewayError::Unauthorized(_)) => true,
         // A bearer token that was not the admin token, on an anonymous gateway.
@@ -179,31 +238,38 @@ pub async fn authenticate(
 /// Who the credentials presented stand for.
 async fn identify(
     state: &AccessState,
+    clients: &Clients,
     headers: &HeaderMap,
     presented: Presented<'_>,
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
-    let clients = &state.clients;
     match presented {
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
             Ok(Caller::Anonymous)
         }
         // Boxed: the lookup's future is large, and the future of every
         // request (moved on each layer of the stack) would carry its size.
-        Presented::Session(token) => Box::pin(state.sessions.lookup(token))
-            .await
-            .map(|s| Caller::Session {
-                id: s.id,
-                owner: s.owner,
+        Presented::Session(token) => {
+            let session = Box::pin(state.sessions.lookup(token))
+                .await
+                .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
+            // A client a reload took out of the clients file: its sessions
+            // end at their next use, on every replica. The gateway's own
+            // owners (`~anonymous`, `~operator`) are no clients.
+            if !session.owner.starts_with('~') && !clients.contains(&session.owner) {
+                Box::pin(state.sessions.delete(&session.owner, session.id)).await;
+                return Err(GatewayError::Unauthorized(BAD_SESSION));
+            }
+            Ok(Caller::Session {
+                id: session.id,
+                owner: session.owner,
             })
-            .ok_or(GatewayError::Unauthorized(BAD_SESSION)),
+        }
         // The admin token is an operator's credential on /api too (so a
         // `no-cache` from the operator can reach EM), never a client
         // secret; asked first, so it works beside a clients file (on an
         // anonymous gateway, as a bearer token only).
-        Presented::Basic(..) | Presented::Bearer(_)
-            if authorized(&state.settings.access, headers) =>
-        {
+        Presented::Basic(..) | Presented::Bearer(_) if authorized(&state.admin, headers) => {
             Ok(Caller::Operator)
         }
         Presented::Basic(name, secret) if !clients.is_empty() => clients

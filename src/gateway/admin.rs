@@ -38,13 +38,13 @@ pub const ADMIN_RATE: (u32, u32) = (5, 20);
 pub async fn handle(app: &App, conn: Conn, parts: &Parts, to: &Representation) -> Response<Body> {
     let (xml, case) = (to.xml, to.case);
     let path = parts.uri.path();
-    if app.settings.access.admin_token.is_none() {
+    if !app.access.admin.is_set() {
         return GatewayError::NotFound(path.chars().take(200).collect()).into_response(xml, case);
     }
     if let Err(wait) = app.access.attempts.attempt(conn.peer) {
         return GatewayError::RateLimited(wait).into_response(xml, case);
     }
-    if !access::authorized(&app.settings.access, &parts.headers) {
+    if !access::authorized(&app.access.admin, &parts.headers) {
         let mut r = error_response(
             StatusCode::UNAUTHORIZED,
             "the admin token is required (Authorization: Bearer <token>, or as the Basic password)",

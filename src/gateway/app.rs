@@ -46,6 +46,8 @@ pub struct App {
     pub limits: ClientLimits,
     /// The API versions EM's entry point listed at start (the status page).
     pub em_versions: std::sync::Mutex<Vec<String>>,
+    /// Reloads: what they replace things through, and their record.
+    pub reload: crate::gateway::reload::Reloader,
     /// The address actually bound (the fallback for links when a request names no host).
     pub local_addr: SocketAddr,
 }

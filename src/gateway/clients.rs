@@ -131,6 +131,21 @@ impl Clients {
         self.entries.is_empty()
     }
 
+    /// Whether a client of this name is listed.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.iter().any(|(n, _)| n.as_str() == name)
+    }
+
+    /// The listed names, in the file's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Whether the two list the same clients with the same secrets.
+    pub fn same_as(&self, other: &Clients) -> bool {
+        self.entries == other.entries
+    }
+
     /// The client with this name and secret.
     pub fn check_basic(&self, name: &str, secret: &str) -> Option<ClientName> {
         let presented = sha256(secret.as_bytes());

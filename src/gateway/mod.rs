@@ -25,7 +25,9 @@
 //!   XML, links to the gateway);
 //! - [`error`]: every error, and the one place it becomes an HTTP answer;
 //! - [`app`]: the whole state, which only the composition root (server,
-//!   router) and the operator's pages see; [`listen_tls`]: HTTPS.
+//!   router) and the operator's pages see; [`reload`]: settings read again
+//!   on SIGHUP or a file's change and applied through the phases' states;
+//!   [`listen_tls`]: HTTPS, its certificate replaceable.
 //!
 //! Each module uses only those below it in `tests/layering.rs`'s table.
 
@@ -42,6 +44,7 @@ pub mod listen_tls;
 pub mod logon;
 pub mod proxy;
 pub mod reads;
+pub mod reload;
 pub mod render;
 pub mod request_id;
 pub mod response;

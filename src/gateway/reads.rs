@@ -30,6 +30,8 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode};
 
+use arc_swap::ArcSwap;
+
 use crate::cache::{Cache, Fetched, Outcome, Policy, Served, Source};
 use crate::config::rules::{PathTemplate, Segment, VM_RESTORE_POINTS};
 use crate::config::{CacheSettings, Settings};
@@ -64,8 +66,9 @@ pub struct ReadState {
     /// The cache of reads (every rule's entries, and the collapsing of
     /// uncached reads).
     pub cache: ReadCache,
-    /// The cache rules, in the order they are tried.
-    pub rules: Rules,
+    /// The cache rules, in the order they are tried; a reload replaces
+    /// them whole ([`replace_rules`]).
+    pub rules: ArcSwap<Rules>,
     /// Uncached reads that shared another's EM fetch.
     pub collapse_stats: CollapseStats,
     /// Fleet mode's shared tier.
@@ -111,11 +114,21 @@ pub struct ReadRule {
 }
 
 /// The rules, in the order they are tried.
+#[derive(Debug)]
 pub struct Rules {
     rules: Vec<ReadRule>,
     /// Tells this set of rules from any other in the process, so a
     /// [`Resolved`] worked out under other rules is never used.
     id: u64,
+}
+
+impl std::fmt::Debug for ReadRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadRule")
+            .field("name", &self.name)
+            .field("path", &self.label)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A target with what a read needs of it, worked out once per distinct
@@ -125,8 +138,9 @@ pub struct Rules {
 pub struct Resolved {
     /// The path and query exactly as the client sent them.
     raw: Box<str>,
-    /// The [`Rules::id`] it was worked out under.
-    rules: u64,
+    /// The rules it was worked out under (a reload may have replaced them
+    /// since: its rule and key stay those of these).
+    rules: Arc<Rules>,
     /// The parsed target.
     pub target: Target,
     /// The index of the first rule covering it.
@@ -184,8 +198,7 @@ impl Rules {
                         stale_if_error: r.stale_if_error,
                         negative_ttl: settings.negative_ttl,
                     },
-                    // A label lives as long as the process: a handful, made once.
-                    label: Box::leak(r.path.to_string().into_boxed_str()),
+                    label: label_of(&r.path.to_string()),
                     vm: r.name == VM_RESTORE_POINTS,
                 })
                 .collect(),
@@ -212,11 +225,15 @@ impl Rules {
     /// sending garbage gets its 400 the slow way and leaves nothing
     /// behind), and only what the target alone decides is in a
     /// [`Resolved`]: every check that depends on the caller still runs.
-    pub fn resolve(&self, path: &str, query: Option<&str>) -> Result<Arc<Resolved>, GatewayError> {
+    pub fn resolve(
+        self: &Arc<Self>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Arc<Resolved>, GatewayError> {
         use std::hash::BuildHasher;
         let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
         let same = |r: &Resolved| {
-            r.rules == self.id
+            r.rules.id == self.id
                 && r.raw.len() == raw_len
                 && r.raw.starts_with(path)
                 && match query {
@@ -247,7 +264,7 @@ impl Rules {
         }
         let resolved = Arc::new(Resolved {
             raw: raw.into(),
-            rules: self.id,
+            rules: self.clone(),
             target,
             rule: rule_index,
             key,
@@ -269,18 +286,77 @@ impl Rules {
 }
 
 impl Resolved {
-    /// The rule covering the target, among `rules` (those it was resolved under).
-    pub fn rule<'r>(&self, rules: &'r Rules) -> Option<&'r ReadRule> {
-        self.rule.and_then(|i| rules.rules.get(i))
+    /// The rule covering the target (among the rules it was resolved under).
+    pub fn rule(&self) -> Option<&ReadRule> {
+        self.rule.and_then(|i| self.rules.rules.get(i))
     }
 
     /// The cache key of a GET (`head: false`) or HEAD of the target.
-    pub fn key(&self, rules: &Rules, head: bool) -> CacheKey {
-        match (head, self.rule(rules)) {
+    pub fn key(&self, head: bool) -> CacheKey {
+        match (head, self.rule()) {
             (true, None) => cache_key(&self.target, None, true),
             _ => self.key.clone(),
         }
     }
+}
+
+/// A rule's route label: one `&'static str` per distinct template for the
+/// life of the process (metrics labels are static), made once however
+/// often a reload brings the same rule back.
+fn label_of(template: &str) -> &'static str {
+    static LABELS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut labels = LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = labels.iter().find(|l| **l == template) {
+        return known;
+    }
+    let label: &'static str = Box::leak(template.to_string().into_boxed_str());
+    labels.push(label);
+    label
+}
+
+/// A reload's rules (README, "Changes while running"). A rule that keeps
+/// its place, name, path and lifetimes keeps its entries; the entries of a
+/// rule that changed or went are dropped, with what fetches in flight
+/// would store, so the next request of them is fetched under the new rule
+/// (the shared tier's entries keep the lifetimes they were stored with).
+/// A place whose rule has another name now counts from zero. The names of
+/// the rules whose entries were dropped, and of those added.
+pub fn replace_rules(state: &ReadState, new: Rules) -> (Vec<String>, Vec<String>) {
+    let old = state.rules.load_full();
+    let same = |a: &ReadRule, b: &ReadRule| {
+        a.name == b.name && a.label == b.label && a.policy == b.policy && a.vm == b.vm
+    };
+    let places = old.rules.len().max(new.rules.len());
+    let changed: Vec<usize> = (0..places)
+        .filter(|&i| match (old.rules.get(i), new.rules.get(i)) {
+            (Some(a), Some(b)) => !same(a, b),
+            _ => true,
+        })
+        .collect();
+    if changed.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let dropped: Vec<String> = changed
+        .iter()
+        .filter_map(|&i| old.rules.get(i).map(|r| r.name.clone()))
+        .collect();
+    let added: Vec<String> = new
+        .rules
+        .iter()
+        .filter(|r| !old.rules.iter().any(|o| o.name == r.name))
+        .map(|r| r.name.clone())
+        .collect();
+    let renamed: Vec<usize> = changed
+        .iter()
+        .copied()
+        .filter(|&i| old.rules.get(i).map(|r| &r.name) != new.rules.get(i).map(|r| &r.name))
+        .collect();
+    state.rules.store(Arc::new(new));
+    state.cache.purge_rules(
+        move |rule| changed.contains(&rule),
+        |i| renamed.contains(&i),
+    );
+    (dropped, added)
 }
 
 /// The vmRestorePoints route caches the references and `format=Entity`
@@ -453,7 +529,7 @@ pub async fn serve(
     let to = &ctx.to;
     let head = method == Method::HEAD;
     let target = &resolved.target;
-    let rule = resolved.rule(&state.rules);
+    let rule = resolved.rule();
     // One fetch serves every client: only the request id of the client
     // that caused it goes along, nothing that could shape the answer.
     let request_id = ctx.request_id();
@@ -474,7 +550,7 @@ pub async fn serve(
             let forward = crate::gateway::proxy::forward(&state.pool, method, target, headers, to);
             return Box::pin(ctx.traced(forward)).await;
         }
-        let key = resolved.key(&state.rules, head);
+        let key = resolved.key(head);
         let em = fetch(false);
         // Boxed here and below, where EM is asked anyway: a hit's future
         // (moved on every layer of the stack) keeps only the lookup's size.
@@ -506,7 +582,7 @@ pub async fn serve(
             .insert(CACHE_STATUS, HeaderValue::from_static(status));
         return Ok(r);
     };
-    let key = resolved.key(&state.rules, head);
+    let key = resolved.key(head);
     let fresh = operator && wants_fresh(headers);
     // Made only when the cache needs it (a hit makes nothing), owned and
     // small, since the cache may keep it for a refresh ahead of expiry.
@@ -570,8 +646,8 @@ pub async fn warm(
     query: Option<&str>,
     work: Work,
 ) -> Result<bool, Arc<GatewayError>> {
-    let resolved = state.rules.resolve(path, query).map_err(Arc::new)?;
-    let Some(rule) = resolved.rule(&state.rules) else {
+    let resolved = state.rules.load().resolve(path, query).map_err(Arc::new)?;
+    let Some(rule) = resolved.rule() else {
         return Err(Arc::new(GatewayError::Internal("no rule caches the path")));
     };
     // What the edge refuses a client (a restore point that is no UUID)
@@ -611,8 +687,9 @@ pub async fn put_back_hot(state: &Arc<ReadState>, min_hits: u64, limit: usize) -
         return 0;
     };
     let mut put = 0;
+    let rules = state.rules.load();
     for (key, entry) in state.cache.hot(min_hits, limit) {
-        let Some(rule) = state.rules.all().get(entry.rule()) else {
+        let Some(rule) = rules.all().get(entry.rule()) else {
             continue;
         };
         let lifetime = rule
@@ -1062,7 +1139,8 @@ fn covered_by(template: &crate::config::rules::PathTemplate, path: &str) -> bool
 /// Drops every cached entry of the rule named `name` here; false if no
 /// rule has that name.
 pub fn purge_rule(state: &ReadState, name: &str) -> bool {
-    let Some(rule) = state.rules.all().iter().find(|r| r.name == name) else {
+    let rules = state.rules.load();
+    let Some(rule) = rules.all().iter().find(|r| r.name == name) else {
         return false;
     };
     let template = rule.template.clone();
@@ -1078,10 +1156,9 @@ pub async fn purge_rule_everywhere(state: &ReadState, name: &str) -> Result<bool
     if !purge_rule(state, name) {
         return Ok(false);
     }
-    let (Some(fleet), Some(rule)) = (
-        &state.fleet,
-        state.rules.all().iter().find(|r| r.name == name),
-    ) else {
+    let rules = state.rules.load_full();
+    let (Some(fleet), Some(rule)) = (&state.fleet, rules.all().iter().find(|r| r.name == name))
+    else {
         return Ok(true);
     };
     let template = rule.template.clone();
@@ -1152,9 +1229,9 @@ mod tests {
         let first = rules.resolve(path, Some("format=Entity")).unwrap();
         let again = rules.resolve(path, Some("format=Entity")).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "worked out twice");
-        assert_eq!(first.rule(&rules).unwrap().name, VM_RESTORE_POINTS);
+        assert_eq!(first.rule().unwrap().name, VM_RESTORE_POINTS);
         assert_eq!(
-            first.key(&rules, false).as_str(),
+            first.key(false).as_str(),
             "/api/restorepoints/dc216c04-2e34-478e-8b9b-49a3397ef6f8/vmrestorepoints?format=entity"
         );
         // Another query, no query, a query that is the path's tail: others.
@@ -1174,16 +1251,16 @@ mod tests {
         ));
         // A HEAD of an uncached route has a key of its own; a GET's otherwise.
         let jobs = rules.resolve("/api/backupServers", None).unwrap();
-        assert!(jobs.rule(&rules).is_none());
-        assert_eq!(jobs.key(&rules, true).as_str(), "/api/backupServers HEAD");
-        assert_eq!(first.key(&rules, true), first.key(&rules, false));
+        assert!(jobs.rule().is_none());
+        assert_eq!(jobs.key(true).as_str(), "/api/backupServers HEAD");
+        assert_eq!(first.key(true), first.key(false));
         // What does not parse is refused every time, and is not remembered.
         for _ in 0..2 {
             assert!(rules.resolve("/api/a%2Fb/../c", None).is_err());
         }
     }
 
-    fn rules_of_the_defaults() -> Rules {
+    fn rules_of_the_defaults() -> Arc<Rules> {
         let settings = crate::config::Settings::load(&crate::config::Sources {
             file: None,
             demo: &[],
@@ -1195,7 +1272,7 @@ mod tests {
             },
         })
         .unwrap();
-        Rules::new(&settings.cache)
+        Arc::new(Rules::new(&settings.cache))
     }
 
     fn vm_path(i: usize) -> String {

@@ -257,7 +257,7 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
                 })
             })?;
         }
-        let resolved = app.reads.rules.resolve(parts.uri.path(), parts.uri.query())?;
+        let resolved = app.reads.rules.load().resolve(parts.uri.path(), parts.uri.query())?;
         let target = &resolved.target;
         if target.is(0, "sessionMngr") {
             ctx.answered_by("/api/sessionMngr");
@@ -300,7 +300,7 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
             return Box::pin(ctx.traced(tasks_route(app, &caller, method, target, to))).await;
         }
         if read {
-            if let Some(r) = resolved.rule(&app.reads.rules) {
+            if let Some(r) = resolved.rule() {
                 ctx.answered_by(r.label);
             }
             // Authentication already recognised the admin token.

@@ -8,10 +8,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -26,20 +28,20 @@ use tokio_util::either::Either;
 use tower::ServiceBuilder;
 
 use crate::cache::Options;
-use crate::config::{CacheSettings, ConfigError, Settings, UpstreamTrust};
+use crate::config::{CacheSettings, ConfigError, Settings};
 use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
 use crate::fleet::session::EmSessionStore;
 use crate::fleet::{Event, Fleet};
-use crate::gateway::access::AccessState;
+use crate::gateway::access::{AccessState, AdminToken};
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
-use crate::gateway::clients::Clients;
 use crate::gateway::conn::Conn;
 use crate::gateway::conn::{Activity, Expired};
 use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
+use crate::gateway::reload::{Reloader, Targets};
 use crate::gateway::request_id::ProcessUniqueId;
 use crate::gateway::router::{route, MAX_HEAD_BYTES};
 
@@ -79,41 +81,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
 }
 
-/// What the files that settings name hold, read and checked by the modules
-/// that own their formats (settings only know they are readable).
-pub struct Preflight {
-    /// The clients file's clients (empty without one).
-    pub clients: Clients,
-    /// TLS for the listener, when HTTPS is configured.
-    pub tls: Option<TlsAcceptor>,
-}
-
-/// Reads the clients file, EM's CA bundle and the listener's certificate and
-/// key; an error names the setting. `check-config` and `serve` both run it,
-/// so a gateway that starts has usable files.
-pub fn preflight(settings: &Settings) -> Result<Preflight, ConfigError> {
-    let clients = match &settings.access.clients_file {
-        Some(path) => {
-            Clients::load(path).map_err(|e| ConfigError::setting("EMGATE_CLIENTS_FILE", e))?
-        }
-        None => Clients::default(),
-    };
-    if let Some(shared) = &settings.shared {
-        crate::fleet::preflight(shared).map_err(|(setting, e)| ConfigError::setting(setting, e))?;
-    }
-    if let UpstreamTrust::CaFile(path) = &settings.upstream.trust {
-        crate::em::tls::load_ca_file(path)
-            .map_err(|e| ConfigError::setting("EMGATE_UPSTREAM_CA_FILE", e))?;
-    }
-    let tls = match &settings.tls {
-        Some(t) => Some(
-            crate::gateway::listen_tls::acceptor(t)
-                .map_err(|e| ConfigError::setting("EMGATE_TLS_CERT_FILE", e))?,
-        ),
-        None => None,
-    };
-    Ok(Preflight { clients, tls })
-}
+pub use crate::gateway::reload::{preflight, Preflight};
 
 /// A gateway bound to its port, not yet serving.
 pub struct Gateway {
@@ -128,7 +96,15 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the listener and builds the EM client; logs on in the background once run.
     pub async fn bind(settings: Settings) -> Result<Gateway, StartError> {
-        let Preflight { clients, tls } = preflight(&settings)?;
+        let Preflight { clients, cert } = preflight(&settings)?;
+        let (tls, live_cert) = match cert {
+            Some(cert) => {
+                let (acceptor, live) = crate::gateway::listen_tls::acceptor(cert)
+                    .map_err(|e| ConfigError::setting("EMGATE_TLS_CERT_FILE", e))?;
+                (Some(acceptor), Some(live))
+            }
+            None => (None, None),
+        };
         let upstream = Upstream::new(&settings.upstream).map_err(StartError::Upstream)?;
         // Fleet mode: started lazily, so a Redis that is down at start is
         // joined later; meanwhile this replica goes on alone.
@@ -166,18 +142,23 @@ impl Gateway {
         ));
         let settings = Arc::new(settings);
         let app = Arc::new(App {
+            reload: Reloader::new(settings.clone(), None, live_cert),
             tasks,
             reads: Arc::new(ReadState {
                 settings: settings.clone(),
                 pool: pool.clone(),
-                cache: ReadCache::new(cache_options(&settings.cache), settings.cache.rules.len()),
-                rules: Rules::new(&settings.cache),
+                cache: ReadCache::new(
+                    cache_options(&settings.cache),
+                    crate::config::rules::MAX_RULES,
+                ),
+                rules: ArcSwap::from_pointee(Rules::new(&settings.cache)),
                 collapse_stats: CollapseStats::default(),
                 fleet: fleet.clone(),
             }),
             access: AccessState {
                 settings: settings.clone(),
-                clients,
+                clients: ArcSwap::from_pointee(clients),
+                admin: AdminToken::new(settings.access.admin_token.as_ref()),
                 sessions: ClientSessions::new(fleet.clone()),
                 attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
             },
@@ -216,6 +197,15 @@ impl Gateway {
             .await
     }
 
+    /// Settings were read from this TOML file (`--config`): a reload reads
+    /// it again, and a change of it reloads.
+    pub fn with_config_file(mut self, file: Option<PathBuf>) -> Gateway {
+        if let Some(app) = Arc::get_mut(&mut self.app) {
+            app.reload.set_file(file);
+        }
+        self
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -233,11 +223,13 @@ impl Gateway {
         if app.fleet.is_some() {
             crate::ops::metrics::fleet_started();
         }
+        crate::ops::metrics::config_reload(None);
         raise_open_files_limit();
         let maintenance = tokio::spawn(app.pool.clone().maintain());
         let discovery = tokio::spawn(log_em_version(app.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         let fleet_events = tokio::spawn(fleet_events(app.clone()));
+        let reloads = tokio::spawn(reloads(app.clone()));
         // Work before anyone asks (README, "Warm"), ended at shutdown.
         let mut warm = Vec::new();
         if app.settings.warm.prefetch {
@@ -377,6 +369,7 @@ impl Gateway {
         }
         housekeeping.abort();
         fleet_events.abort();
+        reloads.abort();
         discovery.abort();
         // Bounded: a hung EM must not hold the pod past its grace period
         // (an abandoned session expires on EM's side anyway).
@@ -532,6 +525,92 @@ async fn log_em_version(app: Arc<App>) {
 
 /// Fleet mode: what other replicas did that this one must follow (purges,
 /// logouts).
+/// Reloads on `SIGHUP`, and when a file the settings name changes
+/// (README, "Changes while running"): their folders are watched (so
+/// Kubernetes' symlink swap of a mounted Secret counts), a change is
+/// acted on once events settle and only if a file's bytes changed, and
+/// the files are looked at every [`reload::POLL`] besides.
+///
+/// [`reload::POLL`]: crate::gateway::reload::POLL
+async fn reloads(app: Arc<App>) {
+    use crate::gateway::reload::{fingerprint, POLL, SETTLE};
+    use notify::Watcher as _;
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reloads follow file changes only");
+            None
+        }
+    };
+    let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+        // Full: a look is due anyway.
+        let _ = tx.try_send(());
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "files are not watched: they are looked at every 10 s");
+            None
+        }
+    };
+    let mut watched_dirs: Vec<PathBuf> = Vec::new();
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let files = app.reload.watched();
+        if let Some(w) = watcher.as_mut() {
+            let mut dirs: Vec<PathBuf> = files
+                .iter()
+                .filter_map(|f| {
+                    f.parent().map(|d| {
+                        if d.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            d.to_path_buf()
+                        }
+                    })
+                })
+                .collect();
+            dirs.sort();
+            dirs.dedup();
+            if dirs != watched_dirs {
+                for d in &watched_dirs {
+                    let _ = w.unwatch(d);
+                }
+                for d in &dirs {
+                    if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+                        tracing::warn!(folder = %d.display(), error = %e, "cannot watch a folder of a settings file");
+                    }
+                }
+                watched_dirs = dirs;
+            }
+        }
+        let seen = fingerprint(&files);
+        let trigger = loop {
+            tokio::select! {
+                Some(()) = async { hangup.as_mut()?.recv().await } => break "SIGHUP",
+                Some(()) = events.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while events.try_recv().is_ok() {}
+                }
+                _ = poll.tick() => {}
+            }
+            if fingerprint(&files) != seen {
+                break "file";
+            }
+        };
+        let targets = Targets {
+            reads: &app.reads,
+            access: &app.access,
+            pool: &app.pool,
+        };
+        let _ = app.reload.reload(targets, trigger).await;
+        if let Some(fleet) = &app.fleet {
+            fleet.set_config_generation(app.reload.generation());
+        }
+    }
+}
+
 async fn fleet_events(app: Arc<App>) {
     let Some(fleet) = &app.fleet else { return };
     let mut events = fleet.events();

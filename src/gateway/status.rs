@@ -59,8 +59,50 @@ pub struct Status {
     pub errors: Vec<ErrorFact>,
     /// The last hour, in 10-second slots.
     pub series: Series,
-    /// The effective settings as commented TOML, secrets as `***`.
+    /// The configuration's generation and the last reload.
+    pub config: ConfigFacts,
+    /// The effective settings as commented TOML, secrets as `***` (as
+    /// last read: see `config.last_reload.kept`).
     pub settings: String,
+}
+
+/// The configuration in use (README, "Changes while running").
+#[derive(Debug, Serialize)]
+pub struct ConfigFacts {
+    /// Reloads applied since the start.
+    pub generation: u64,
+    /// The last reload, if any.
+    pub last_reload: Option<ReloadFacts>,
+    /// Fleet mode: each live member's generation, this replica first.
+    pub members: Vec<MemberConfig>,
+    /// Fleet mode: whether every live member has the same generation.
+    pub converged: Option<bool>,
+}
+
+/// A reload.
+#[derive(Debug, Serialize)]
+pub struct ReloadFacts {
+    /// When (RFC 3339).
+    pub at: String,
+    /// `SIGHUP` or `file`.
+    pub trigger: &'static str,
+    /// Whether it was applied.
+    pub ok: bool,
+    /// Why not (the setting named).
+    pub error: Option<String>,
+    /// What it changed.
+    pub applied: Vec<String>,
+    /// What changed but waits for a restart.
+    pub kept: Vec<String>,
+}
+
+/// A fleet member's configuration generation.
+#[derive(Debug, Serialize)]
+pub struct MemberConfig {
+    /// Its id in the fleet.
+    pub member: String,
+    /// Its generation.
+    pub generation: u64,
 }
 
 /// The EM session and EM's health.
@@ -335,7 +377,7 @@ pub async fn facts(app: &App) -> Status {
     let per_rule: Vec<Vec<KeyFacts>> = app
         .reads
         .cache
-        .busiest(app.reads.rules.all().len(), BUSIEST_KEYS)
+        .busiest(app.reads.rules.load().all().len(), BUSIEST_KEYS)
         .into_iter()
         .map(|kept| {
             kept.into_iter()
@@ -347,9 +389,8 @@ pub async fn facts(app: &App) -> Status {
                 .collect()
         })
         .collect();
-    let rules = app
-        .reads
-        .rules
+    let rules = app.reads.rules.load();
+    let rules = rules
         .all()
         .iter()
         .zip(snapshot.rules.iter())
@@ -403,6 +444,33 @@ pub async fn facts(app: &App) -> Status {
             .map(|s| s.prefix.clone())
             .unwrap_or_default(),
     });
+    let members = match &app.fleet {
+        Some(f) => f
+            .config_generations()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(member, generation)| MemberConfig { member, generation })
+            .collect(),
+        None => Vec::new(),
+    };
+    let config = ConfigFacts {
+        generation: app.reload.generation(),
+        last_reload: app.reload.last().map(|r| ReloadFacts {
+            at: rfc3339(r.at),
+            trigger: r.trigger,
+            ok: r.error.is_none(),
+            error: r.error,
+            applied: r.applied,
+            kept: r.kept,
+        }),
+        converged: app.fleet.as_ref().map(|_| {
+            members
+                .iter()
+                .all(|m| m.generation == app.reload.generation())
+        }),
+        members,
+    };
     let busiest: Vec<ClientFacts> = h
         .clients(BUSIEST_CLIENTS)
         .into_iter()
@@ -473,7 +541,8 @@ pub async fn facts(app: &App) -> Status {
         clients,
         errors,
         series,
-        settings: app.settings.render_effective(),
+        config,
+        settings: app.reload.settings().render_effective(),
     }
 }
 
@@ -993,6 +1062,57 @@ fn page(s: &Status) -> String {
         );
     }
     p.push_str("</table></section>");
+    // Configuration: generation, last reload, the fleet's convergence.
+    let c = &s.config;
+    let _ = write!(
+        p,
+        r#"<section id="config"><h2>Configuration</h2><p>generation <span id="config-generation">{}</span>"#,
+        c.generation
+    );
+    match &c.last_reload {
+        None => p.push_str(
+            " · no reload since the start (SIGHUP, or a change of a settings file, reloads)",
+        ),
+        Some(r) => {
+            let _ = write!(
+                p,
+                r#" · last reload {} ({}): <span id="last-reload" class="state {}">{}</span>"#,
+                esc(&r.at),
+                r.trigger,
+                if r.ok { "ok" } else { "bad" },
+                esc(r.error.as_deref().unwrap_or("applied")),
+            );
+            if !r.applied.is_empty() {
+                let _ = write!(p, " · changed: {}", esc(&r.applied.join("; ")));
+            }
+            if !r.kept.is_empty() {
+                let _ = write!(p, " · kept until a restart: {}", esc(&r.kept.join(", ")));
+            }
+        }
+    }
+    p.push_str("</p>");
+    if let Some(converged) = c.converged {
+        let _ = write!(
+            p,
+            r#"<p>fleet: <span class="state {}">{}</span>"#,
+            if converged { "ok" } else { "warn" },
+            if converged {
+                "every member has this generation"
+            } else {
+                "members differ"
+            },
+        );
+        for m in &c.members {
+            let _ = write!(
+                p,
+                r#" · <span class="key">{}</span> {}"#,
+                esc(&m.member),
+                m.generation
+            );
+        }
+        p.push_str("</p>");
+    }
+    p.push_str("</section>");
     // Settings
     let _ = write!(
         p,
@@ -1021,6 +1141,7 @@ pub fn metrics_snapshot(app: &App) -> crate::ops::metrics::Snapshot {
         rules: app
             .reads
             .rules
+            .load()
             .all()
             .iter()
             .enumerate()

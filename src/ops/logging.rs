@@ -156,6 +156,26 @@ impl Drop for Guard {
     }
 }
 
+/// Replaces the installed subscriber's filter (a reload).
+type SetFilter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+static FILTER: OnceLock<SetFilter> = OnceLock::new();
+
+/// `EMGATE_LOG` parsed, or why it cannot be (a reload checks it first).
+pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
+    EnvFilter::try_new(filter).map_err(|e| e.to_string())
+}
+
+/// Makes `filter` the log filter from now on (a reload); an error if it
+/// does not parse or this process's subscriber is not emgate's.
+pub fn set_filter(filter: &str) -> Result<(), String> {
+    let parsed = parse_filter(filter)?;
+    match FILTER.get() {
+        Some(set) => set(parsed),
+        None => Err("the log subscriber is not emgate's".into()),
+    }
+}
+
 /// Installs the global subscriber; a second call is a no-op (tests, demo).
 pub fn init(filter: &str, format: LogFormat) -> Guard {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -172,13 +192,27 @@ pub fn init(filter: &str, format: LogFormat) -> Guard {
         // Colours only for a person at a terminal, never into files or pipelines.
         .with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.try_init().map(|()| {
+                let _ = FILTER.set(set);
+            })
+        }
+        LogFormat::Json => {
+            let builder = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            builder.try_init().map(|()| {
+                let _ = FILTER.set(set);
+            })
+        }
     };
     if installed.is_err() {
         // Another subscriber was first: this writer is never used.

@@ -44,6 +44,10 @@ pub fn install() -> Option<PrometheusHandle> {
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
+        "emgate_config_reload_total",
+        "Configuration reloads (SIGHUP, or a file emgate reads changed), by result: ok (all applied) or error (nothing applied)."
+    );
+    describe_counter!(
         "emgate_requests_total",
         "Requests served, by route template and status."
     );
@@ -245,6 +249,21 @@ pub fn request(route: &'static str, status: StatusCode, elapsed: Duration) {
 pub fn upstream(status: &'static str, elapsed: Duration) {
     metrics::counter!("emgate_upstream_requests_total", "status" => status).increment(1);
     metrics::histogram!("emgate_upstream_duration_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A configuration reload ended (`ok` or not); both series exist from
+/// the start, at 0.
+pub fn config_reload(ok: Option<bool>) {
+    let ok_series = metrics::counter!("emgate_config_reload_total", "result" => "ok");
+    let error_series = metrics::counter!("emgate_config_reload_total", "result" => "error");
+    match ok {
+        Some(true) => ok_series.increment(1),
+        Some(false) => error_series.increment(1),
+        None => {
+            ok_series.absolute(0);
+            error_series.absolute(0);
+        }
+    }
 }
 
 /// A request to EM that found no place within the queue wait.

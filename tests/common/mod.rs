@@ -44,6 +44,8 @@ pub struct Gateway {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// Cleared to stop reading stderr, as a stuck log pipeline would.
     reading: Arc<std::sync::atomic::AtomicBool>,
+    /// The settings file it was started with (`--config`), if any.
+    pub settings_file: Option<std::path::PathBuf>,
 }
 
 impl Gateway {
@@ -151,6 +153,7 @@ impl Gateway {
             addr,
             logs,
             reading,
+            settings_file: file.map(std::path::Path::to_path_buf),
         }
     }
 
@@ -189,6 +192,15 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGHUP: reload the settings.
+    pub fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill");
     }
 
     /// Whether the process is still running.
@@ -414,6 +426,16 @@ impl Https {
             .build();
         Https {
             client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// A GET (on a new connection, unless this client holds one open):
+    /// its status, or why it failed (a certificate it does not trust, say).
+    pub async fn try_get(&self, url: &str) -> Result<StatusCode, String> {
+        let req = Request::get(url).body(Full::default()).unwrap();
+        match self.client.request(req).await {
+            Ok(r) => Ok(r.status()),
+            Err(e) => Err(format!("{e:?}")),
         }
     }
 
@@ -672,6 +694,14 @@ impl Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Replaces `path`'s content at once (a temporary file renamed over
+/// it), as editors and configuration tools do.
+pub fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A clients file with `n` clients; its path and their names and secrets.
