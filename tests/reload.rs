@@ -169,7 +169,10 @@ async fn a_client_added_to_the_clients_file_gets_in_and_a_removed_one_is_shut_ou
     let logged = eventually(Duration::from_secs(2), || async { failures() >= 1 }).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(logged && failures() == 1, "{}", gw.log_text());
-    assert!(!gw.log_text().contains(script.1), "a secret was logged");
+    let logs = gw.log_text();
+    for secret in [ADMIN, PASSWORD, dash.1, script.1, dash_session.as_str()] {
+        assert!(!logs.contains(secret), "a secret was logged");
+    }
     sim.shutdown().await;
 }
 
@@ -413,24 +416,36 @@ async fn in_a_fleet_a_reload_changes_one_replica_and_the_status_page_shows_when_
     let url = redis.url();
     let env = [
         ("EMGATE_SHARED_URL", url.as_str()),
+        (
+            "EMGATE_SHARED_SECRET",
+            "the-fleets-shared-secret-0123456789",
+        ),
         ("EMGATE_ADMIN_TOKEN", ADMIN),
     ];
-    let (a, b) = (Gateway::start(&sim, &env), Gateway::start(&sim, &env));
+    // Each replica reads its own copy of the settings, as each pod mounts
+    // its own ConfigMap.
+    let toml = "[cache]\nttl = \"5m\"\n";
+    let a = Gateway::start_with_file(&sim, &env, Some(toml));
+    let b = Gateway::start_with_file(&sim, &env, Some(toml));
     let http = Http::default();
     assert!(becomes_ready(&http, &a).await && becomes_ready(&http, &b).await);
     let config = |gw| {
         let http = http.clone();
         async move { status_json(&http, gw, ADMIN).await["config"].clone() }
     };
-    let two = eventually(Duration::from_secs(5), || async {
-        config(&a).await["members"].as_array().map(Vec::len) == Some(2)
-    })
-    .await;
-    assert!(two, "{}", config(&a).await);
-    assert_eq!(config(&a).await["converged"], true);
+    let agree = |gw| async move {
+        let c = config(gw).await;
+        c["members"].as_array().map(Vec::len) == Some(2) && c["converged"] == true
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || agree(&a)).await,
+        "{}",
+        config(&a).await
+    );
 
-    // Only the replica told reloads.
-    a.hangup();
+    // A's copy changes first: only A reloads, and both say they differ.
+    let changed = toml.replace("5m", "2m");
+    write_atomically(a.settings_file.as_ref().unwrap(), &changed);
     let apart = eventually(Duration::from_secs(3), || async {
         let c = config(&b).await;
         c["converged"] == false && c["generation"] == 0
@@ -439,9 +454,11 @@ async fn in_a_fleet_a_reload_changes_one_replica_and_the_status_page_shows_when_
     assert!(apart, "{}", config(&b).await);
     let c = config(&a).await;
     assert_eq!(c["generation"], 1, "{c}");
+    assert_eq!(c["converged"], false, "{c}");
     // This replica first, then the other.
     assert_eq!(c["members"][0]["generation"], 1, "{c}");
     assert_eq!(c["members"][1]["generation"], 0, "{c}");
+    assert_eq!(c["members"][1]["same"], false, "{c}");
     let page = http
         .get(
             &b.url("/admin/status"),
@@ -451,15 +468,21 @@ async fn in_a_fleet_a_reload_changes_one_replica_and_the_status_page_shows_when_
         .body;
     assert!(page.contains("members differ"), "{page}");
 
-    b.hangup();
+    // B's copy follows: the fleet agrees again.
+    write_atomically(b.settings_file.as_ref().unwrap(), &changed);
     let together = eventually(Duration::from_secs(3), || async {
-        config(&a).await["converged"] == true && config(&b).await["converged"] == true
+        agree(&a).await && agree(&b).await
     })
     .await;
     assert!(together, "{}", config(&b).await);
-    // A generation written by someone without the fleet's secret is not
+    // A configuration written by someone without the fleet's key is not
     // shown: the planted member is left out.
-    redis.cli(&["HSET", "{emgate}:config", "stranger", "7 99999999999999 00"]);
+    redis.cli(&[
+        "HSET",
+        "{emgate}:config",
+        "stranger",
+        "7 00ff 99999999999999 00",
+    ]);
     let c = config(&a).await;
     assert_eq!(c["members"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(c["converged"], true);

@@ -72,7 +72,11 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _log = crate::ops::logging::init(&settings.log.filter, settings.log.format);
+    let _log = crate::ops::logging::init(
+        &settings.log.filter,
+        settings.log.format,
+        settings.log.traces.as_ref(),
+    );
     let gateway = match Gateway::bind(settings).await {
         Ok(g) => g,
         Err(e) => {

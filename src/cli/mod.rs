@@ -158,7 +158,11 @@ async fn serve(config: Option<&Path>) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let _log = crate::ops::logging::init(&settings.log.filter, settings.log.format);
+    let _log = crate::ops::logging::init(
+        &settings.log.filter,
+        settings.log.format,
+        settings.log.traces.as_ref(),
+    );
     serve_settings(
         settings,
         config.map(Path::to_path_buf),
@@ -202,7 +206,7 @@ pub async fn serve_settings(
 }
 
 async fn sim(args: SimArgs) -> ExitCode {
-    let _log = crate::ops::logging::init("info", crate::config::LogFormat::Text);
+    let _log = crate::ops::logging::init("info", crate::config::LogFormat::Text, None);
     let cfg = crate::sim::SimConfig {
         listen: args.listen,
         tls: args.tls,

@@ -150,6 +150,8 @@ pub const SETTINGS: &[Spec] = &[
     spec("shared", "max_entry", "EMGATE_SHARED_MAX_ENTRY", None, false),
     spec("log", "filter", "EMGATE_LOG", Some("info"), false),
     spec("log", "format", "EMGATE_LOG_FORMAT", Some("text"), false),
+    spec("traces", "otlp_endpoint", "EMGATE_OTLP_ENDPOINT", None, false),
+    spec("traces", "sample_ratio", "EMGATE_OTLP_SAMPLE_RATIO", Some("1.0"), false),
 ];
 
 /// Shortest admin token accepted, in characters after trimming (see README, "Configuration").
@@ -320,6 +322,17 @@ pub struct LogSettings {
     pub filter: String,
     /// Line format.
     pub format: LogFormat,
+    /// Traces, when an OTLP collector is set.
+    pub traces: Option<TraceSettings>,
+}
+
+/// OpenTelemetry traces (`EMGATE_OTLP_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added).
+    pub endpoint: Uri,
+    /// Share of requests traced that come without a sampled `traceparent`.
+    pub sample_ratio: f64,
 }
 
 /// Fleet mode (see README, "Fleet mode"): the Redis or Valkey replicas share.
@@ -578,6 +591,18 @@ impl Settings {
                 "json" => Ok(LogFormat::Json),
                 _ => Err(format!("expected text or json, got {s:?}")),
             })?,
+            traces: match v.opt("EMGATE_OTLP_ENDPOINT", parse_otlp_endpoint)? {
+                Some(endpoint) => Some(TraceSettings {
+                    endpoint,
+                    sample_ratio: v.parse("EMGATE_OTLP_SAMPLE_RATIO", |s| {
+                        s.parse::<f64>()
+                            .ok()
+                            .filter(|r| (0.0..=1.0).contains(r))
+                            .ok_or_else(|| format!("expected a share from 0.0 to 1.0, got {s:?}"))
+                    })?,
+                }),
+                None => None,
+            },
         };
         let shared = shared_settings(v)?;
         Ok(Settings {
@@ -1217,7 +1242,7 @@ fn read_file(
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::other(shown.clone(), format!("cannot read: {e}")))?;
     let table: toml::Table = toml::from_str(&text)
-        .map_err(|e| ConfigError::other(shown.clone(), one_line(&e.to_string())))?;
+        .map_err(|e| ConfigError::other(shown.clone(), toml_error(&text, &e)))?;
     for (section, value) in &table {
         let toml::Value::Table(keys) = value else {
             return Err(ConfigError::other(
@@ -1276,8 +1301,18 @@ fn read_file(
     Ok(())
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// A TOML parse error as its line number and message, never the text of
+/// the line: toml's own rendering quotes it, and the line may hold a
+/// secret (an error goes to logs and the status page).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match line {
+        Some(l) => format!("line {l}: {msg}"),
+        None => msg,
+    }
 }
 
 /// A value as TOML: booleans and the numbers of numeric settings (those
@@ -1337,6 +1372,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+/// An OTLP/HTTP collector's base URL: `http://host:port` (4318 is the
+/// collectors' usual port), a path prefix allowed; `https` is refused, as
+/// the exporter is built without TLS (a collector beside the gateway).
+fn parse_otlp_endpoint(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("not a URL: {s:?}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http"), Some(_)) if uri.query().is_none() => Ok(uri),
+        (Some("https"), _) => Err(
+            "https is not supported: send traces to a collector (or agent) beside emgate over http://"
+                .into(),
+        ),
+        _ => Err(format!("expected http://host:port, got {s:?}")),
+    }
 }
 
 /// An http(s) base URL with a host and no query; a trailing `/` or `/api` is dropped.
@@ -1431,6 +1484,21 @@ mod tests {
         );
         // What check-config prints is TOML the settings file takes back.
         assert!(toml::from_str::<toml::Table>(&text).is_ok(), "{text}");
+    }
+
+    #[test]
+    fn a_broken_settings_file_is_reported_by_line_without_its_text() {
+        // Half-written (a reload may read a file mid-write): the line holds
+        // a password, which must not reach a log or the status page.
+        let text = "[upstream]\npassword = \"hunter2-the-em-password\nurl = 1\n";
+        let e = toml::from_str::<toml::Table>(text).unwrap_err();
+        let shown = crate::config::toml_error(text, &e);
+        assert!(shown.starts_with("line 2: "), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            e.to_string().contains("hunter2"),
+            "toml's own text quotes it"
+        );
     }
 
     #[test]

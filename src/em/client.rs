@@ -319,6 +319,20 @@ impl Upstream {
             .parse()
             .map_err(|_| UpstreamError::Unreachable("invalid request path".into()))?;
         headers.insert(ACCEPT, HeaderValue::from_static("application/xml"));
+        // Traced: EM's request is a span of its own, and EM is told its
+        // trace (`traceparent`).
+        let span = if crate::ops::traces::on() {
+            let span = tracing::info_span!(
+                "em_request",
+                http.request.method = method.as_str(),
+                url.path = path_and_query.split('?').next().unwrap_or(""),
+                http.response.status_code = tracing::field::Empty,
+            );
+            crate::ops::traces::inject(&span, &mut headers);
+            span
+        } else {
+            tracing::Span::none()
+        };
         let mut request = Request::builder()
             .method(method)
             .uri(uri)
@@ -357,7 +371,8 @@ impl Upstream {
             }
         };
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.exchange(request, keep)).await {
+        let exchange = tokio::time::timeout(self.timeout, self.exchange(request, keep));
+        let result = match tracing::Instrument::instrument(exchange, span.clone()).await {
             Ok(Ok((status, headers, body, held))) => Ok(UpstreamResponse {
                 status,
                 headers,
@@ -368,6 +383,9 @@ impl Upstream {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
         };
+        if let Ok(r) = &result {
+            span.record("http.response.status_code", r.status.as_u16());
+        }
         let label = match &result {
             Ok(r) => crate::ops::metrics::status_label(r.status),
             Err(UpstreamError::Timeout(_)) => "timeout",

@@ -387,6 +387,9 @@ pub struct SessionPool {
     /// Told when the password is replaced: a logon waiting out a backoff
     /// or a pause tries again at once.
     renewed: tokio::sync::Notify,
+    /// Set when the password is replaced: the next logon goes through the
+    /// fleet's pause once.
+    new_password: AtomicBool,
     /// The current session; a std lock because it is held only to clone an `Arc`.
     current: RwLock<Option<Arc<EmSession>>>,
     /// When the current session was made.
@@ -439,6 +442,7 @@ impl SessionPool {
             username: settings.username.clone(),
             password: RwLock::new(settings.password.clone()),
             renewed: tokio::sync::Notify::new(),
+            new_password: AtomicBool::new(false),
             current: RwLock::new(None),
             since: Mutex::new(None),
             logon: tokio::sync::Mutex::new(LogonState::default()),
@@ -952,7 +956,12 @@ impl SessionPool {
         state: &mut LogonState,
     ) -> Result<FleetLogon, SessionError> {
         if let Ok(Some((refusals, retry_in))) = store.pause().await {
-            if refusals >= REFUSALS_BEFORE_PAUSE && !retry_in.is_zero() {
+            // A password the operator just gave gets one try through the
+            // fleet's pause; its success clears the pause for all.
+            if refusals >= REFUSALS_BEFORE_PAUSE
+                && !retry_in.is_zero()
+                && !self.new_password.swap(false, Ordering::SeqCst)
+            {
                 return Err(SessionError::Paused { refusals, retry_in });
             }
         }
@@ -1032,10 +1041,13 @@ impl SessionPool {
     }
 
     /// The next logon uses `password` (a reload: the operator rotated it).
-    /// Logons backing off or paused after refusals (the old password) try
-    /// again at once, in fleet mode for the whole fleet; the session held
-    /// now stays, as EM keeps sessions made with a password it has since
-    /// changed.
+    /// This replica's logons backing off or paused after refusals (the old
+    /// password) try again at once; in fleet mode it makes one logon
+    /// through the fleet's pause, whose success clears it for all (the
+    /// fleet's count of refusals is not cleared by the reload itself:
+    /// replicas still on the old password stay paused, so a rollout does
+    /// not lock the EM account). The session held now stays, as EM keeps
+    /// sessions made with a password it has since changed.
     pub async fn set_password(&self, password: Secret) {
         match self.password.write() {
             Ok(mut p) => *p = password,
@@ -1045,11 +1057,7 @@ impl SessionPool {
         if let Ok(mut f) = self.failure.lock() {
             *f = None;
         }
-        if let Some(store) = &self.shared {
-            // A success clears the fleet's refusals: the new password is
-            // given its own tries.
-            let _ = store.record(false, REFUSED_PAUSE).await;
-        }
+        self.new_password.store(true, Ordering::SeqCst);
         self.renewed.notify_one();
     }
 

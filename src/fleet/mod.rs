@@ -246,9 +246,10 @@ struct Inner {
     membership: tokio::sync::Mutex<bool>,
     /// Leases taken over from a replica that stopped renewing them.
     takeovers: AtomicU64,
-    /// This replica's configuration generation (reloads applied), told to
-    /// the fleet with each heartbeat.
+    /// This replica's configuration generation (reloads applied) and the
+    /// tag of what it applied, told to the fleet with each heartbeat.
     config_generation: AtomicU64,
+    config_tag: Mutex<String>,
     /// Seals, signs and names.
     keys: keys::Keys,
     /// Keys whose rejected value was logged already (bounded).
@@ -335,6 +336,7 @@ impl Fleet {
             membership: tokio::sync::Mutex::new(true),
             takeovers: AtomicU64::new(0),
             config_generation: AtomicU64::new(0),
+            config_tag: Mutex::new(String::new()),
             keys: keys::Keys::new(settings, upstream),
             rejected_logged: Mutex::new(HashSet::new()),
             incarnation: Mutex::new(Incarnation {
@@ -661,22 +663,45 @@ impl Fleet {
         self.0.breaker.up()
     }
 
-    /// This replica's configuration generation is `generation` (a reload
-    /// was applied): told to the fleet now and with every heartbeat.
-    pub fn set_config_generation(&self, generation: u64) {
+    /// This replica's configuration is `generation`, of settings and files
+    /// whose digest is `digest`: told to the fleet now and with every
+    /// heartbeat. The digest itself never leaves the process (it covers
+    /// secret files); the fleet sees a MAC of it under the fleet's key, so
+    /// equal tags mean equal configurations.
+    pub fn set_config_generation(&self, generation: u64, digest: [u8; 32]) {
         self.0
             .config_generation
             .store(generation, Ordering::Relaxed);
+        let tag: String = self
+            .0
+            .keys
+            .sign_hex(&[b"settings", &digest])
+            .unwrap_or_default()
+            .chars()
+            .take(16)
+            .collect();
+        if let Ok(mut t) = self.0.config_tag.lock() {
+            *t = tag;
+        }
         let fleet = self.clone();
         tokio::spawn(async move {
             let _ = fleet.tell_config_generation().await;
         });
     }
 
-    /// Writes `member -> "generation ms mac"` in the fleet's hash of
-    /// configuration generations (README, "Changes while running").
+    /// Writes `member -> "generation tag ms mac"` in the fleet's hash of
+    /// configurations (README, "Changes while running").
     async fn tell_config_generation(&self) -> Result<(), Down> {
         let generation = self.0.config_generation.load(Ordering::Relaxed).to_string();
+        let tag = self
+            .0
+            .config_tag
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        if tag.is_empty() {
+            return Ok(());
+        }
         let ms = unix_ms().to_string();
         let member = self.0.member.clone();
         let mac = self
@@ -686,12 +711,13 @@ impl Fleet {
                 b"config",
                 member.as_bytes(),
                 generation.as_bytes(),
+                tag.as_bytes(),
                 ms.as_bytes(),
             ])
             .ok_or(Down)?;
         let key = self.key("config");
         let ttl = (self.0.lease * 3).as_millis() as u64 * 4;
-        let value = format!("{generation} {ms} {mac}");
+        let value = format!("{generation} {tag} {ms} {mac}");
         self.op("config generation", |mut c| async move {
             redis::pipe()
                 .hset(&key, member, value)
@@ -706,10 +732,10 @@ impl Fleet {
         .await
     }
 
-    /// Each live member's configuration generation, as they told it (MACs
-    /// checked; members silent for three lease times are left out), this
-    /// replica's first.
-    pub async fn config_generations(&self) -> Result<Vec<(String, u64)>, Down> {
+    /// Each live member's configuration generation and tag, as they told
+    /// it (MACs checked; members silent for three lease times are left
+    /// out), this replica's first.
+    pub async fn config_generations(&self) -> Result<Vec<(String, u64, String)>, Down> {
         let key = self.key("config");
         let all: std::collections::HashMap<String, String> = self
             .op("config generations", |mut c| async move {
@@ -718,15 +744,17 @@ impl Fleet {
             .await?;
         let now = unix_ms();
         let dead_after = (self.0.lease * 3).as_millis() as u64;
-        let mut out: Vec<(String, u64)> = all
+        let mut out: Vec<(String, u64, String)> = all
             .into_iter()
             .filter_map(|(member, value)| {
-                let mut parts = value.splitn(3, ' ');
-                let (generation, ms, mac) = (parts.next()?, parts.next()?, parts.next()?);
+                let mut parts = value.splitn(4, ' ');
+                let (generation, tag, ms, mac) =
+                    (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
                 let signed = [
                     b"config".as_slice(),
                     member.as_bytes(),
                     generation.as_bytes(),
+                    tag.as_bytes(),
                     ms.as_bytes(),
                 ];
                 if !self.0.keys.verify_hex(&signed, mac) {
@@ -734,7 +762,7 @@ impl Fleet {
                 }
                 let at: u64 = ms.parse().ok()?;
                 (now.saturating_sub(at) < dead_after).then_some(())?;
-                Some((member, generation.parse().ok()?))
+                Some((member, generation.parse().ok()?, tag.to_string()))
             })
             .collect();
         let me = self.0.member.clone();

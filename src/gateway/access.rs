@@ -41,6 +41,8 @@ pub struct AccessState {
     pub clients: ArcSwap<Clients>,
     /// The admin token; a reload replaces it.
     pub admin: AdminToken,
+    /// Clients a reload took out of the clients file (their sessions end).
+    pub removed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
     /// Per-address attempts at a secret: every admin request, and every
@@ -253,11 +255,21 @@ async fn identify(
             let session = Box::pin(state.sessions.lookup(token))
                 .await
                 .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
-            // A client a reload took out of the clients file: its sessions
-            // end at their next use, on every replica. The gateway's own
-            // owners (`~anonymous`, `~operator`) are no clients.
+            // A session of a client this replica does not know: one a
+            // reload took out of the clients file (the session ends, on
+            // every replica), or, in a fleet, one added to it that this
+            // replica's reload has not read yet (refused here, kept for
+            // the replicas that know it). The gateway's own owners
+            // (`~anonymous`, `~operator`) are no clients.
             if !session.owner.starts_with('~') && !clients.contains(&session.owner) {
-                Box::pin(state.sessions.delete(&session.owner, session.id)).await;
+                let removed = state
+                    .removed
+                    .lock()
+                    .map(|r| r.contains(&session.owner))
+                    .unwrap_or(false);
+                if removed {
+                    Box::pin(state.sessions.delete(&session.owner, session.id)).await;
+                }
                 return Err(GatewayError::Unauthorized(BAD_SESSION));
             }
             Ok(Caller::Session {

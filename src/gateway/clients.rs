@@ -74,16 +74,8 @@ impl Clients {
 
     /// Parses the clients file's text.
     pub fn parse(text: &str) -> Result<Clients, String> {
-        let file: ClientsFile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
-            let msg = e.message().to_string();
-            match line {
-                Some(l) => format!("line {l}: {msg}"),
-                None => msg,
-            }
-        })?;
+        let file: ClientsFile =
+            toml::from_str(text).map_err(|e| crate::config::toml_error(text, &e))?;
         let mut entries: Vec<(ClientName, [u8; 32])> = Vec::new();
         for c in file.clients {
             let line_of = |needle: &str| {

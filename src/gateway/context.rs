@@ -89,7 +89,18 @@ impl Ctx {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!("request", request_id = %id)
+            // The other fields are filled in with traces on (README,
+            // "Traces"); a log line shows only those that are.
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                http.request.method = tracing::field::Empty,
+                route = tracing::field::Empty,
+                rule = tracing::field::Empty,
+                client = tracing::field::Empty,
+                cache = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+            )
         })
     }
 

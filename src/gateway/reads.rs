@@ -528,6 +528,21 @@ pub async fn serve(
 ) -> Result<Response<Body>, GatewayError> {
     let to = &ctx.to;
     let head = method == Method::HEAD;
+    // Rules a reload replaced since the edge resolved the target: resolved
+    // again, so nothing is stored under a rule that is gone (its entries
+    // were purged with the replacement).
+    let again;
+    let resolved = match state.rules.load() {
+        current if current.id != resolved.rules.id => {
+            let (path, query) = match resolved.raw.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (&*resolved.raw, None),
+            };
+            again = current.resolve(path, query)?;
+            &*again
+        }
+        _ => resolved,
+    };
     let target = &resolved.target;
     let rule = resolved.rule();
     // One fetch serves every client: only the request id of the client
@@ -596,7 +611,6 @@ pub async fn serve(
             request_id: request_id.cloned(),
             head,
             fresh,
-            span: ctx.span().clone(),
         }
         .job(why)
     };
@@ -665,7 +679,6 @@ pub async fn warm(
         request_id: None,
         head: false,
         fresh: false,
-        span: tracing::Span::current(),
     }
     .in_lane(Lane::Background(work));
     state
@@ -741,8 +754,6 @@ struct RuleFetch {
     head: bool,
     /// An operator's `no-cache`: not the fleet's copy either.
     fresh: bool,
-    /// Where its lines go (the span of the request that caused it).
-    span: tracing::Span,
 }
 
 impl RuleFetch {
@@ -771,8 +782,13 @@ impl RuleFetch {
                 request_id,
                 head,
                 fresh,
-                span,
             } = self;
+            // Its lines go to the span of whoever needs the fetch now: the
+            // request that missed, or the one whose hit started a refresh
+            // ahead (not the request that first stored the entry: the
+            // cache keeps this fetch until then, and a span held that long
+            // would keep that request's trace from ending).
+            let span = tracing::Span::current();
             let em = {
                 let state = state.clone();
                 move |lane| em_fetch(state, path, request_id, head, true, lane)
@@ -793,6 +809,11 @@ impl RuleFetch {
             Box::pin(
                 async move {
                     match shared {
+                        Some(tier) if crate::ops::traces::on() => {
+                            tier.fetch(lane, em)
+                                .instrument(tracing::info_span!("fleet_lease"))
+                                .await
+                        }
                         Some(tier) => tier.fetch(lane, em).await,
                         None => em(lane).await,
                     }

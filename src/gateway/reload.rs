@@ -120,11 +120,15 @@ pub struct Reloader {
     /// The settings the gateway started with (what cannot change is
     /// compared with them) and the last applied (what can).
     started: Arc<Settings>,
+    /// What the files read only at start held then (CA bundles), by setting.
+    started_files: Vec<(&'static str, Option<[u8; 32]>)>,
     applied: ArcSwap<Settings>,
     /// One reload at a time.
     running: tokio::sync::Mutex<()>,
     /// Successful reloads so far: the configuration's generation.
     generation: AtomicU64,
+    /// A digest of the settings and files applied (see [`Reloader::digest`]).
+    digest: Mutex<[u8; 32]>,
     last: Mutex<Option<LastReload>>,
 }
 
@@ -149,12 +153,35 @@ impl Reloader {
         Reloader {
             file,
             cert,
+            started_files: read_at_start(&settings),
             started: settings.clone(),
             applied: ArcSwap::new(settings),
             running: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
+            digest: Mutex::new([0; 32]),
             last: Mutex::new(None),
         }
+    }
+
+    /// A digest of the settings in use and the bytes of every file they
+    /// name: equal on two replicas when they run the same configuration
+    /// (the fleet compares MACs of it, never the digest itself, which
+    /// covers secret files).
+    pub fn digest(&self) -> [u8; 32] {
+        *self.digest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Works the digest out again from what is applied now.
+    pub fn update_digest(&self) {
+        let settings = self.applied.load();
+        let mut input = settings.render_effective().into_bytes();
+        // The files' bytes, not their paths (the settings name those).
+        for file in self.watched() {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            input.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            input.extend_from_slice(&bytes);
+        }
+        *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = crate::digest::sha256(&input);
     }
 
     /// The configuration's generation: 0 as started, one more per reload
@@ -226,6 +253,7 @@ impl Reloader {
         });
         if let Some(settings) = new {
             self.applied.store(Arc::new(settings));
+            self.update_digest();
         }
         match error {
             None => Ok(generation),
@@ -262,6 +290,28 @@ impl Reloader {
             .filter(|env| !LIVE.contains(env))
             .map(String::from)
             .collect();
+        for (env, then) in &self.started_files {
+            if read_at_start(&new)
+                .iter()
+                .any(|(e, now)| e == env && now != then)
+            {
+                kept.push(format!("{env} (its content)"));
+            }
+        }
+        // Without a shared secret the fleet's keys come from the EM
+        // password as it was at start: a replica started after the
+        // rotation would make other keys, and the fleet would split.
+        let keys_from_password = self
+            .started
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.secret.is_none());
+        if keys_from_password && changed.contains(&"EMGATE_UPSTREAM_PASSWORD") {
+            tracing::warn!(
+                "the EM password changed: the fleet's keys stay derived from the one at start until every replica restarts; set EMGATE_SHARED_SECRET so a rotation needs no restart"
+            );
+            kept.push("the fleet's keys (derived from the EM password at start)".into());
+        }
         let https_switched = self.started.tls.is_some() != new.tls.is_some();
         if https_switched {
             kept.push("HTTPS on or off (EMGATE_TLS_CERT_FILE)".into());
@@ -283,6 +333,12 @@ impl Reloader {
                 removed.join(" "),
                 clients.len()
             ));
+            if let Ok(mut gone) = to.access.removed.lock() {
+                gone.extend(removed.iter().map(|n| n.to_string()));
+                for n in &added {
+                    gone.remove(*n);
+                }
+            }
             to.access.clients.store(Arc::new(clients));
         }
         if to.access.admin.replace(new.access.admin_token.as_ref()) {
@@ -323,6 +379,18 @@ impl Reloader {
         files.extend(self.file.clone());
         files
     }
+}
+
+/// Files read only at start (CA bundles): their setting and a digest of
+/// what they hold now.
+fn read_at_start(settings: &Settings) -> Vec<(&'static str, Option<[u8; 32]>)> {
+    ["EMGATE_UPSTREAM_CA_FILE", "EMGATE_SHARED_CA_FILE"]
+        .into_iter()
+        .filter_map(|env| {
+            let path = settings.given(env).filter(|p| !p.trim().is_empty())?;
+            Some((env, fingerprint(&[PathBuf::from(path.trim())])[0]))
+        })
+        .collect()
 }
 
 /// What the watched files hold now: a digest of each one's bytes (or that

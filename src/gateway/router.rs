@@ -92,7 +92,16 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 p if is_api(p) => match app.work.acquire().await {
                     Ok(_place) => {
                         let ctx = ctx.insert(context(&app, conn, &parts, xml, host.as_ref()));
-                        api(&app, ctx, &parts, body).await
+                        if crate::ops::traces::on() {
+                            // Traced: every request has its span, the
+                            // client's trace its parent.
+                            let span = ctx.span();
+                            crate::ops::traces::follow(span, &parts.headers);
+                            span.record("http.request.method", parts.method.as_str());
+                            Box::pin(ctx.traced(api(&app, ctx, &parts, body))).await
+                        } else {
+                            api(&app, ctx, &parts, body).await
+                        }
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
@@ -129,6 +138,15 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     let elapsed = started.elapsed();
     crate::ops::metrics::request(route, response.status(), elapsed);
     record_history(&parts, route, client, &response);
+    if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
+        let span = ctx.span();
+        span.record("route", route);
+        span.record("client", client.unwrap_or("-"));
+        span.record("http.response.status_code", response.status().as_u16());
+        if let Some(cache) = response.headers().get(&reads::X_CACHE) {
+            span.record("cache", cache.to_str().unwrap_or("-"));
+        }
+    }
     crate::ops::logging::access(&crate::ops::logging::AccessLine {
         method: parts.method.as_str(),
         path,
@@ -305,8 +323,14 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            return reads::serve(&app.reads, ctx, method, &parts.headers, &resolved, operator)
-                .await;
+            let serve = reads::serve(&app.reads, ctx, method, &parts.headers, &resolved, operator);
+            if crate::ops::traces::on() {
+                let rule = resolved.rule().map_or("-", |r| r.name.as_str());
+                ctx.span().record("rule", rule);
+                let lookup = tracing::info_span!("cache_lookup", rule);
+                return Box::pin(tracing::Instrument::instrument(serve, lookup)).await;
+            }
+            return serve.await;
         }
         // Writes are few and their future is large: boxed, so a read's
         // future (moved on every layer of the stack) stays small.

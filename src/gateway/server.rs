@@ -91,6 +91,9 @@ pub struct Gateway {
     listener: TcpListener,
     /// TLS for the listener, when HTTPS is configured.
     tls: Option<TlsAcceptor>,
+    /// SIGHUP, taken from bind on: a SIGHUP while the gateway starts must
+    /// not end it (the default action), only reload once it runs.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Gateway {
@@ -159,6 +162,7 @@ impl Gateway {
                 settings: settings.clone(),
                 clients: ArcSwap::from_pointee(clients),
                 admin: AdminToken::new(settings.access.admin_token.as_ref()),
+                removed: Default::default(),
                 sessions: ClientSessions::new(fleet.clone()),
                 attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
             },
@@ -173,7 +177,19 @@ impl Gateway {
             local_addr,
             em_versions: std::sync::Mutex::new(Vec::new()),
         });
-        Ok(Gateway { app, listener, tls })
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler: reloads follow file changes only");
+                None
+            }
+        };
+        Ok(Gateway {
+            app,
+            listener,
+            tls,
+            hangup,
+        })
     }
 
     /// Serves one HTTP/1.1 connection on `io` through the request path a
@@ -214,7 +230,12 @@ impl Gateway {
     /// Serves until `shutdown` resolves, then drains in-flight requests
     /// (bounded by the drain timeout) and logs the EM session out.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Gateway { app, listener, tls } = self;
+        let Gateway {
+            app,
+            listener,
+            tls,
+            hangup,
+        } = self;
         if let Ok(addr) = listener.local_addr() {
             let scheme = if tls.is_some() { "https" } else { "http" };
             tracing::info!(%addr, scheme, upstream = %app.pool.upstream().base_url(), "listening");
@@ -229,7 +250,11 @@ impl Gateway {
         let discovery = tokio::spawn(log_em_version(app.clone()));
         let housekeeping = tokio::spawn(housekeeping(app.clone()));
         let fleet_events = tokio::spawn(fleet_events(app.clone()));
-        let reloads = tokio::spawn(reloads(app.clone()));
+        app.reload.update_digest();
+        if let Some(fleet) = &app.fleet {
+            fleet.set_config_generation(0, app.reload.digest());
+        }
+        let reloads = tokio::spawn(reloads(app.clone(), hangup));
         // Work before anyone asks (README, "Warm"), ended at shutdown.
         let mut warm = Vec::new();
         if app.settings.warm.prefetch {
@@ -523,8 +548,6 @@ async fn log_em_version(app: Arc<App>) {
     }
 }
 
-/// Fleet mode: what other replicas did that this one must follow (purges,
-/// logouts).
 /// Reloads on `SIGHUP`, and when a file the settings name changes
 /// (README, "Changes while running"): their folders are watched (so
 /// Kubernetes' symlink swap of a mounted Secret counts), a change is
@@ -532,18 +555,16 @@ async fn log_em_version(app: Arc<App>) {
 /// the files are looked at every [`reload::POLL`] besides.
 ///
 /// [`reload::POLL`]: crate::gateway::reload::POLL
-async fn reloads(app: Arc<App>) {
+async fn reloads(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>) {
     use crate::gateway::reload::{fingerprint, POLL, SETTLE};
     use notify::Watcher as _;
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGHUP handler: reloads follow file changes only");
-            None
-        }
-    };
     let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+    let mut watcher = match notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        // Reading a file is no change of it (and our own reads of the
+        // watched files would wake this loop for ever).
+        if matches!(&e, Ok(e) if matches!(e.kind, notify::EventKind::Access(_))) {
+            return;
+        }
         // Full: a look is due anyway.
         let _ = tx.try_send(());
     }) {
@@ -556,18 +577,16 @@ async fn reloads(app: Arc<App>) {
     let mut watched_dirs: Vec<PathBuf> = Vec::new();
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut files = app.reload.watched();
+    let mut seen = fingerprint(&files);
     loop {
-        let files = app.reload.watched();
         if let Some(w) = watcher.as_mut() {
             let mut dirs: Vec<PathBuf> = files
                 .iter()
                 .filter_map(|f| {
-                    f.parent().map(|d| {
-                        if d.as_os_str().is_empty() {
-                            PathBuf::from(".")
-                        } else {
-                            d.to_path_buf()
-                        }
+                    f.parent().map(|d| match d.as_os_str().is_empty() {
+                        true => PathBuf::from("."),
+                        false => d.to_path_buf(),
                     })
                 })
                 .collect();
@@ -585,18 +604,28 @@ async fn reloads(app: Arc<App>) {
                 watched_dirs = dirs;
             }
         }
-        let seen = fingerprint(&files);
-        let trigger = loop {
+        // What the files held when the reload reads them: a change made
+        // while it runs differs from it, and is acted on next.
+        let (trigger, read) = loop {
             tokio::select! {
-                Some(()) = async { hangup.as_mut()?.recv().await } => break "SIGHUP",
-                Some(()) = events.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while events.try_recv().is_ok() {}
-                }
+                Some(()) = async { hangup.as_mut()?.recv().await } => break ("SIGHUP", fingerprint(&files)),
+                Some(()) = events.recv() => {}
                 _ = poll.tick() => {}
             }
-            if fingerprint(&files) != seen {
-                break "file";
+            // Settled: the same bytes twice, SETTLE apart (a file written
+            // in place is not read half-written).
+            let mut now = fingerprint(&files);
+            loop {
+                tokio::time::sleep(SETTLE).await;
+                while events.try_recv().is_ok() {}
+                let again = fingerprint(&files);
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            if now != seen {
+                break ("file", now);
             }
         };
         let targets = Targets {
@@ -606,11 +635,20 @@ async fn reloads(app: Arc<App>) {
         };
         let _ = app.reload.reload(targets, trigger).await;
         if let Some(fleet) = &app.fleet {
-            fleet.set_config_generation(app.reload.generation());
+            fleet.set_config_generation(app.reload.generation(), app.reload.digest());
+        }
+        let now = app.reload.watched();
+        if now != files {
+            files = now;
+            seen = fingerprint(&files);
+        } else {
+            seen = read;
         }
     }
 }
 
+/// Fleet mode: what other replicas did that this one must follow (purges,
+/// logouts).
 async fn fleet_events(app: Arc<App>) {
     let Some(fleet) = &app.fleet else { return };
     let mut events = fleet.events();

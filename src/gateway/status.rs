@@ -75,7 +75,8 @@ pub struct ConfigFacts {
     pub last_reload: Option<ReloadFacts>,
     /// Fleet mode: each live member's generation, this replica first.
     pub members: Vec<MemberConfig>,
-    /// Fleet mode: whether every live member has the same generation.
+    /// Fleet mode: whether every live member runs the same settings and
+    /// files as this one (unknown while no member could be read).
     pub converged: Option<bool>,
 }
 
@@ -103,6 +104,8 @@ pub struct MemberConfig {
     pub member: String,
     /// Its generation.
     pub generation: u64,
+    /// Whether it runs the same settings and files as this replica.
+    pub same: bool,
 }
 
 /// The EM session and EM's health.
@@ -444,14 +447,22 @@ pub async fn facts(app: &App) -> Status {
             .map(|s| s.prefix.clone())
             .unwrap_or_default(),
     });
-    let members = match &app.fleet {
-        Some(f) => f
-            .config_generations()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(member, generation)| MemberConfig { member, generation })
-            .collect(),
+    let members: Vec<MemberConfig> = match &app.fleet {
+        Some(f) => {
+            let all = f.config_generations().await.unwrap_or_default();
+            // This replica's own tag, as the fleet has it.
+            let mine = all
+                .iter()
+                .find(|(m, _, _)| m == f.member())
+                .map(|(_, _, t)| t.clone());
+            all.into_iter()
+                .map(|(member, generation, tag)| MemberConfig {
+                    member,
+                    generation,
+                    same: Some(&tag) == mine.as_ref(),
+                })
+                .collect()
+        }
         None => Vec::new(),
     };
     let config = ConfigFacts {
@@ -464,11 +475,7 @@ pub async fn facts(app: &App) -> Status {
             applied: r.applied,
             kept: r.kept,
         }),
-        converged: app.fleet.as_ref().map(|_| {
-            members
-                .iter()
-                .all(|m| m.generation == app.reload.generation())
-        }),
+        converged: (!members.is_empty()).then(|| members.iter().all(|m| m.same)),
         members,
     };
     let busiest: Vec<ClientFacts> = h

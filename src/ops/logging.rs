@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TraceSettings};
 
 /// Bytes that make the writer thread write at once.
 const WRITE_AT: usize = 32 * 1024;
@@ -137,6 +138,8 @@ static INSTALLED: OnceLock<(Arc<Shared>, LogFormat)> = OnceLock::new();
 #[must_use = "dropping the guard stops the log writer"]
 pub struct Guard {
     writer: Option<(Arc<Shared>, std::thread::JoinHandle<()>)>,
+    /// Sends the spans still queued when dropped (after the last line).
+    _traces: Option<crate::ops::traces::Provider>,
 }
 
 impl Drop for Guard {
@@ -171,52 +174,102 @@ pub fn parse_filter(filter: &str) -> Result<EnvFilter, String> {
 pub fn set_filter(filter: &str) -> Result<(), String> {
     let parsed = parse_filter(filter)?;
     match FILTER.get() {
-        Some(set) => set(parsed),
+        Some(set) => {
+            set(parsed)?;
+            ACCESS_ON.store(access_on(filter), Ordering::Relaxed);
+            Ok(())
+        }
         None => Err("the log subscriber is not emgate's".into()),
     }
 }
 
+/// The layer that makes OpenTelemetry spans of emgate's own spans (at
+/// `info`, whatever the log filter), and of nothing else. A static
+/// filter by target: a dynamic one (`filter_fn`) made the layer miss
+/// most spans of a callsite after its first (per-layer filter state),
+/// so the lines logged inside a span go with it as span events (lines
+/// never hold a secret).
+fn spans<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    // Not the access line's target: whether it is written is the log
+    // filter's call alone (see [`ACCESS_ON`]).
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("emgate", tracing::Level::INFO)
+                .with_target(
+                    "emgate::access",
+                    tracing_subscriber::filter::LevelFilter::OFF,
+                ),
+        )
+}
+
 /// Installs the global subscriber; a second call is a no-op (tests, demo).
-pub fn init(filter: &str, format: LogFormat) -> Guard {
+/// With `traces`, spans also go to the OpenTelemetry collector
+/// ([`crate::ops::traces`]): the log filter does not limit them, and log
+/// lines do not become span events. A collector that cannot be set up is
+/// reported on stderr and the gateway runs without traces.
+pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> Guard {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    ACCESS_ON.store(access_on(filter), Ordering::Relaxed);
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let shared = Arc::new(Shared {
         buffer: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
         full: Condvar::new(),
         stopping: AtomicBool::new(false),
         dropped: AtomicU64::new(0),
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (provider, tracer) = match traces.map(crate::ops::traces::start) {
+        Some(Ok((provider, tracer))) => (Some(provider), Some(tracer)),
+        Some(Err(e)) => {
+            eprintln!("emgate: traces are off: {e}");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(Lines(shared.clone()))
         .with_target(false)
         // Colours only for a person at a terminal, never into files or pipelines.
         .with_ansi(std::io::stderr().is_terminal());
-    let installed = match format {
-        LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-            builder.try_init().map(|()| {
-                let _ = FILTER.set(set);
-            })
-        }
-        LogFormat::Json => {
-            let builder = builder
+    // Four stacks rather than an `Option` layer: a `None` layer claims
+    // every callsite, which would make every `debug!` and `trace!` of every
+    // crate an event to filter out, on every request.
+    let registry = tracing_subscriber::registry();
+    let installed = match (format, tracer) {
+        (LogFormat::Text, None) => registry.with(lines.with_filter(filter)).try_init(),
+        (LogFormat::Text, Some(t)) => registry
+            .with(lines.with_filter(filter))
+            .with(spans(t))
+            .try_init(),
+        (LogFormat::Json, tracer) => {
+            let lines = lines
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
                 .with_span_list(false)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-            builder.try_init().map(|()| {
-                let _ = FILTER.set(set);
-            })
+                .with_filter(filter);
+            match tracer {
+                None => registry.with(lines).try_init(),
+                Some(t) => registry.with(lines).with(spans(t)).try_init(),
+            }
         }
     };
+    if installed.is_ok() {
+        let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+        let _ = FILTER.set(set);
+    }
     if installed.is_err() {
         // Another subscriber was first: this writer is never used.
-        return Guard { writer: None };
+        return Guard {
+            writer: None,
+            _traces: provider,
+        };
     }
     let _ = INSTALLED.set((shared.clone(), format));
     let writer = shared.clone();
@@ -226,10 +279,14 @@ pub fn init(filter: &str, format: LogFormat) -> Guard {
     {
         Ok(thread) => Guard {
             writer: Some((shared, thread)),
+            _traces: provider,
         },
         Err(e) => {
             eprintln!("emgate: cannot start the log writer ({e}); logs are dropped");
-            Guard { writer: None }
+            Guard {
+                writer: None,
+                _traces: provider,
+            }
         }
     }
 }
@@ -261,11 +318,26 @@ pub struct AccessLine<'a> {
     pub request_id: &'a str,
 }
 
+/// Whether the log filter lets the access line (`emgate::access` at
+/// `info`) through, worked out from the filter's text when it is set (at
+/// start and by a reload) rather than asked of the subscriber per request:
+/// `enabled!` with per-layer filters leaves each filter's answer in a
+/// thread's filter state for an event that never comes, and the next span
+/// on that thread would then be missed by the traces layer (which never
+/// takes the access line). A filter the simpler `Targets` syntax cannot
+/// read (span directives) writes it.
+static ACCESS_ON: AtomicBool = AtomicBool::new(true);
+
+fn access_on(filter: &str) -> bool {
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .map_or(true, |t| {
+            t.would_enable("emgate::access", &tracing::Level::INFO)
+        })
+}
+
 /// Logs the access line, if the filter lets `emgate::access` at `info` through.
 pub fn access(line: &AccessLine<'_>) {
-    if !tracing::enabled!(target: "emgate::access", tracing::Level::INFO) {
-        return;
-    }
     let Some((shared, format)) = INSTALLED.get() else {
         // Another subscriber (a test's, an embedding program's): it formats.
         tracing::info!(
@@ -282,6 +354,9 @@ pub fn access(line: &AccessLine<'_>) {
         );
         return;
     };
+    if !ACCESS_ON.load(Ordering::Relaxed) {
+        return;
+    }
     LINE.with_borrow_mut(|out| {
         out.clear();
         match format {

@@ -194,6 +194,17 @@ impl Gateway {
         }
     }
 
+    /// Its resident memory now, in KiB (Linux's `/proc`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Sends SIGHUP: reload the settings.
     pub fn hangup(&self) {
         let pid = self.child.id().to_string();
