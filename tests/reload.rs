@@ -181,7 +181,14 @@ async fn sighup_after_a_ttl_change_gives_new_entries_the_new_ttl_and_other_rules
     let sim = start_sim(sim_config()).await;
     // No refresh ahead of expiry: the TTL shows as a miss.
     let toml = "[cache]\nttl = \"1h\"\nstale_while_revalidate = \"0s\"\nstale_if_error = \"0s\"\nrefresh_ahead = false\n";
-    let gw = Gateway::start_with_file(&sim, &[("EMGATE_ADMIN_TOKEN", ADMIN)], Some(toml));
+    // The log filter comes from the file here, not the environment.
+    let toml = format!("{toml}[log]\nfilter = \"info\"\n");
+    let toml = toml.as_str();
+    let gw = Gateway::start_with_file(
+        &sim,
+        &[("EMGATE_ADMIN_TOKEN", ADMIN), ("EMGATE_LOG", "")],
+        Some(toml),
+    );
     let http = Http::default();
     assert!(becomes_ready(&http, &gw).await);
     // SIGHUP reloads even when nothing changed.
@@ -233,12 +240,14 @@ async fn sighup_after_a_ttl_change_gives_new_entries_the_new_ttl_and_other_rules
         "MISS",
         "the new TTL (2 s) did not hold"
     );
-    // What a running gateway cannot change is named, and kept.
+    // What a running gateway cannot change is named, and kept; the log
+    // filter changes at once (here: no more access lines).
     std::fs::write(
         &file,
         format!(
             "{}[listen]\nmax_connections = 77\n",
             toml.replace("ttl = \"1h\"", "ttl = \"2s\"")
+                .replace("filter = \"info\"", "filter = \"info,emgate::access=off\"")
         ),
     )
     .unwrap();
@@ -249,6 +258,18 @@ async fn sighup_after_a_ttl_change_gives_new_entries_the_new_ttl_and_other_rules
     })
     .await;
     assert!(kept, "{}", status_json(&http, &gw, ADMIN).await["config"]);
+    let quiet = [("x-request-id", "after-the-new-filter")];
+    assert_eq!(http.get(&gw.url(jobs), &quiet).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = gw.log_text();
+    assert!(
+        logs.contains("EMGATE_LOG"),
+        "the filter's change was not applied"
+    );
+    assert!(
+        !logs.contains("after-the-new-filter"),
+        "an access line after access=off"
+    );
     sim.shutdown().await;
 }
 

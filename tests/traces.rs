@@ -203,10 +203,29 @@ async fn a_request_is_a_trace_from_the_client_through_emgate_to_em_without_secre
         .unwrap();
     let sent = seen.header("traceparent").unwrap_or("").to_string();
     assert!(sent.starts_with(&format!("00-{TRACE}-")), "{sent:?}");
-    // No secret anywhere: the client's secret and session, EM's password.
+    // No secret anywhere: the client's secret and session, EM's password,
+    // EM's session token (EM's answer to the logon), nor the id of EM's
+    // session (its keep-alive's path is a template).
     let dump = format!("{all:?}");
-    for s in [secret.as_str(), token.as_str(), PASSWORD] {
+    let em_tokens: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
+        .collect();
+    assert!(!em_tokens.is_empty());
+    for s in [secret.as_str(), token.as_str(), PASSWORD]
+        .into_iter()
+        .chain(em_tokens.iter().map(String::as_str))
+    {
         assert!(!dump.contains(s), "a secret in the spans");
+    }
+    for span in all.iter().filter(|s| s.name == "em_request") {
+        let path = attribute(span, "url.path").unwrap_or_default();
+        assert!(
+            !path.to_ascii_lowercase().starts_with("/api/logonsessions/")
+                || path == "/api/logonSessions/{id}",
+            "{path}"
+        );
     }
     sim.shutdown().await;
 }
@@ -240,6 +259,11 @@ async fn with_the_collector_silent_requests_are_unaffected_and_memory_stays_boun
     );
     let first = http.get(&gw.url(&path), &[]).await;
     assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        !gw.log_text().contains("traces are off"),
+        "{}",
+        gw.log_text()
+    );
     let mut rounds = Vec::new();
     for _ in 0..3 {
         // 5,000 requests a round, 8 at a time: two spans each.
@@ -260,6 +284,7 @@ async fn with_the_collector_silent_requests_are_unaffected_and_memory_stays_boun
         tokio::time::sleep(Duration::from_millis(600)).await;
         rounds.push(gw.rss_kib());
     }
+    assert!(rounds[0] > 0, "no RSS read");
     // 30,000 spans made, none taken: the queue holds 2,048 at most, so
     // the last two rounds (20,000 spans, tens of MiB if they were kept)
     // do not grow what the first held.

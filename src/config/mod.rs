@@ -1381,14 +1381,18 @@ fn parse_otlp_endpoint(s: &str) -> Result<Uri, String> {
     let uri: Uri = s
         .trim_end_matches('/')
         .parse()
-        .map_err(|_| format!("not a URL: {s:?}"))?;
+        .map_err(|_| "not a URL".to_string())?;
+    // Credentials in the URL would show wherever the settings do.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("no user or password in the URL (the collector is beside emgate)".into());
+    }
     match (uri.scheme_str(), uri.host()) {
         (Some("http"), Some(_)) if uri.query().is_none() => Ok(uri),
         (Some("https"), _) => Err(
             "https is not supported: send traces to a collector (or agent) beside emgate over http://"
                 .into(),
         ),
-        _ => Err(format!("expected http://host:port, got {s:?}")),
+        _ => Err("expected http://host:port".into()),
     }
 }
 

@@ -325,7 +325,7 @@ impl Upstream {
             let span = tracing::info_span!(
                 "em_request",
                 http.request.method = method.as_str(),
-                url.path = path_and_query.split('?').next().unwrap_or(""),
+                url.path = span_path(path_and_query),
                 http.response.status_code = tracing::field::Empty,
             );
             crate::ops::traces::inject(&span, &mut headers);
@@ -492,4 +492,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// EM's path for a span: without the query, and with the pooled session's
+/// id (its keep-alive and logout) as a template: it names the gateway's
+/// EM session, which nothing outside the process is shown.
+fn span_path(path_and_query: &str) -> &str {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    let sessions = "/api/logonSessions/";
+    match path.get(..sessions.len()) {
+        Some(p) if p.eq_ignore_ascii_case(sessions) => "/api/logonSessions/{id}",
+        _ => path,
+    }
 }

@@ -955,13 +955,12 @@ impl SessionPool {
         fleet_generation: u64,
         state: &mut LogonState,
     ) -> Result<FleetLogon, SessionError> {
+        // A password the operator just gave gets one try through the
+        // fleet's pause (its success clears the pause for all); the next
+        // logon attempt after it, paused or not, uses that try up.
+        let fresh = self.new_password.swap(false, Ordering::SeqCst);
         if let Ok(Some((refusals, retry_in))) = store.pause().await {
-            // A password the operator just gave gets one try through the
-            // fleet's pause; its success clears the pause for all.
-            if refusals >= REFUSALS_BEFORE_PAUSE
-                && !retry_in.is_zero()
-                && !self.new_password.swap(false, Ordering::SeqCst)
-            {
+            if refusals >= REFUSALS_BEFORE_PAUSE && !retry_in.is_zero() && !fresh {
                 return Err(SessionError::Paused { refusals, retry_in });
             }
         }

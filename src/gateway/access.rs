@@ -41,8 +41,6 @@ pub struct AccessState {
     pub clients: ArcSwap<Clients>,
     /// The admin token; a reload replaces it.
     pub admin: AdminToken,
-    /// Clients a reload took out of the clients file (their sessions end).
-    pub removed: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Gateway sessions of clients (drop-in logon).
     pub sessions: ClientSessions,
     /// Per-address attempts at a secret: every admin request, and every
@@ -256,20 +254,14 @@ async fn identify(
                 .await
                 .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
             // A session of a client this replica does not know: one a
-            // reload took out of the clients file (the session ends, on
-            // every replica), or, in a fleet, one added to it that this
-            // replica's reload has not read yet (refused here, kept for
-            // the replicas that know it). The gateway's own owners
-            // (`~anonymous`, `~operator`) are no clients.
+            // reload took out of the clients file, or, in a fleet, one
+            // added to it that this replica has not read yet. Refused, not
+            // deleted: refused on every replica that has the file without
+            // it (so it is over), and left to the others mid-rollout (a
+            // replica behind must not end the sessions of a client added a
+            // moment ago); it leaves with the idle timeout. The gateway's
+            // own owners (`~anonymous`, `~operator`) are no clients.
             if !session.owner.starts_with('~') && !clients.contains(&session.owner) {
-                let removed = state
-                    .removed
-                    .lock()
-                    .map(|r| r.contains(&session.owner))
-                    .unwrap_or(false);
-                if removed {
-                    Box::pin(state.sessions.delete(&session.owner, session.id)).await;
-                }
                 return Err(GatewayError::Unauthorized(BAD_SESSION));
             }
             Ok(Caller::Session {

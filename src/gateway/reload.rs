@@ -12,7 +12,7 @@
 //! | apply     | clients, admin token, EM password, certificate, log filter, cache rules | cannot fail     |
 //!
 //! What applying keeps: open connections; client sessions, except those
-//! of a client no longer in the clients file (they end at their next use);
+//! of a client no longer in the clients file (refused from then on);
 //! the EM session (a new password is used by the next logon, and a logon
 //! paused after refusals tries again at once); the cache entries of every
 //! rule that did not change ([`reads::replace_rules`]); for a minute, the
@@ -333,12 +333,6 @@ impl Reloader {
                 removed.join(" "),
                 clients.len()
             ));
-            if let Ok(mut gone) = to.access.removed.lock() {
-                gone.extend(removed.iter().map(|n| n.to_string()));
-                for n in &added {
-                    gone.remove(*n);
-                }
-            }
             to.access.clients.store(Arc::new(clients));
         }
         if to.access.admin.replace(new.access.admin_token.as_ref()) {

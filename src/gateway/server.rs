@@ -162,7 +162,6 @@ impl Gateway {
                 settings: settings.clone(),
                 clients: ArcSwap::from_pointee(clients),
                 admin: AdminToken::new(settings.access.admin_token.as_ref()),
-                removed: Default::default(),
                 sessions: ClientSessions::new(fleet.clone()),
                 attempts: Attempts::new(ADMIN_RATE.0, ADMIN_RATE.1),
             },

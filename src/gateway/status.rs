@@ -475,7 +475,13 @@ pub async fn facts(app: &App) -> Status {
             applied: r.applied,
             kept: r.kept,
         }),
-        converged: (!members.is_empty()).then(|| members.iter().all(|m| m.same)),
+        // Unknown until this replica's own entry could be read.
+        converged: app.fleet.as_ref().and_then(|f| {
+            members
+                .iter()
+                .any(|m| m.member == f.member())
+                .then(|| members.iter().all(|m| m.same))
+        }),
         members,
     };
     let busiest: Vec<ClientFacts> = h

@@ -208,10 +208,10 @@ where
 }
 
 /// Installs the global subscriber; a second call is a no-op (tests, demo).
-/// With `traces`, spans also go to the OpenTelemetry collector
-/// ([`crate::ops::traces`]): the log filter does not limit them, and log
-/// lines do not become span events. A collector that cannot be set up is
-/// reported on stderr and the gateway runs without traces.
+/// With `traces`, emgate's spans also go to the OpenTelemetry collector
+/// ([`crate::ops::traces`]) whatever the log filter says, with the lines
+/// logged inside them as span events. A collector that cannot be set up
+/// is reported on stderr and the gateway runs without traces.
 pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> Guard {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -261,6 +261,9 @@ pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> 
         }
     };
     if installed.is_ok() {
+        if provider.is_some() {
+            crate::ops::traces::enable();
+        }
         let set: SetFilter = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
         let _ = FILTER.set(set);
     }

@@ -93,19 +93,27 @@ pub fn start(settings: &TraceSettings) -> Result<(Provider, Tracer), String> {
         )
         .build();
     let tracer = provider.tracer("emgate");
-    ON.store(true, Ordering::Relaxed);
     Ok((Provider(provider), tracer))
 }
 
-/// Makes the W3C trace context of a client's `headers` (`traceparent`,
-/// `tracestate`) the parent of `span`; nothing when there is none or it
-/// does not parse.
+/// Spans are made from now on (the subscriber with the traces layer is
+/// installed).
+pub fn enable() {
+    ON.store(true, Ordering::Relaxed);
+}
+
+/// Makes the W3C `traceparent` of a client's `headers` the parent of
+/// `span`; nothing when there is none or it does not parse. The client's
+/// `tracestate` is not taken: it would go on to EM with every fetch (which
+/// serves other clients too) and sit in every queued span, at up to the
+/// size of a request head.
 pub fn follow(span: &Span, headers: &HeaderMap) {
-    if !headers.contains_key("traceparent") {
+    let Some(traceparent) = headers.get("traceparent") else {
         return;
-    }
-    let parent =
-        TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    };
+    let mut only = HeaderMap::with_capacity(1);
+    only.insert("traceparent", traceparent.clone());
+    let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&only));
     let _ = span.set_parent(parent);
 }
 

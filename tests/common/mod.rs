@@ -55,7 +55,8 @@ impl Gateway {
     }
 
     /// As [`Gateway::start`], with a settings file holding `toml` (for
-    /// what only the file can say, such as `[[cache.rules]]`).
+    /// what only the file can say, such as `[[cache.rules]]`). An empty
+    /// value in `extra_env` unsets the setting.
     pub fn start_with_file(sim: &Sim, extra_env: &[(&str, &str)], toml: Option<&str>) -> Gateway {
         let mut env: Vec<(String, String)> = vec![
             ("EMGATE_LISTEN".into(), "127.0.0.1:0".into()),
@@ -71,9 +72,12 @@ impl Gateway {
         if let Some(pin) = sim.cert_sha256() {
             env.push(("EMGATE_UPSTREAM_CERT_SHA256".into(), pin));
         }
+        // An empty value leaves the setting unset (the file's, or the default).
         for (k, v) in extra_env {
             env.retain(|(name, _)| name != k);
-            env.push((k.to_string(), v.to_string()));
+            if !v.is_empty() {
+                env.push((k.to_string(), v.to_string()));
+            }
         }
         // Fleet stories run beside other tests on a busy 2-core machine,
         // where a loopback Redis can take longer than the 250 ms default to
