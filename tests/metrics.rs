@@ -13,6 +13,14 @@ async fn metrics_count_hits_misses_requests_and_one_logon() {
     // in tests/warm.rs).
     let gw = Gateway::start(&sim, &[("EMGATE_PREFETCH", "false")]);
     let http = Http::default();
+    // Once logged on, the gateway asks EM's entry point which API versions
+    // it has (for the status page): wait for it, so it is counted always.
+    let asked = eventually(std::time::Duration::from_secs(10), || {
+        let found = gw.log_text().contains("Enterprise Manager found");
+        async move { found }
+    })
+    .await;
+    assert!(asked, "{}", gw.log_text());
     let p = format!(
         "/api/restorePoints/{}/vmRestorePoints",
         sim.restore_point_id(1)
@@ -106,7 +114,8 @@ async fn metrics_count_hits_misses_requests_and_one_logon() {
         Some(0.0),
         "{m}"
     );
-    // One logon (201), the cache miss and the pass-through (200).
+    // One logon (201); the entry point, the cache miss and the
+    // pass-through (200).
     assert_eq!(
         sample(&m, "emgate_upstream_requests_total{status=\"201\"}"),
         Some(1.0),
@@ -114,12 +123,12 @@ async fn metrics_count_hits_misses_requests_and_one_logon() {
     );
     assert_eq!(
         sample(&m, "emgate_upstream_requests_total{status=\"200\"}"),
-        Some(2.0),
+        Some(3.0),
         "{m}"
     );
     assert_eq!(
         sample(&m, "emgate_upstream_duration_seconds_count"),
-        Some(3.0),
+        Some(4.0),
         "{m}"
     );
     assert_eq!(

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{eventually, sim_config, start_sim, Gateway, Http, PASSWORD};
+use common::{em_session_tokens, eventually, sim_config, start_sim, Gateway, Http, PASSWORD};
 use emgate::sim::Sim;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -281,12 +281,7 @@ async fn no_secret_reaches_the_page_or_the_json() {
         .get(&gw.url(&format!("/api/query?type={PASSWORD}")), &with_token)
         .await;
     // EM's session token, as EM handed it to the gateway.
-    let em_tokens: Vec<String> = sim
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
-        .collect();
-    assert!(!em_tokens.is_empty());
+    let em_tokens = em_session_tokens(&sim);
     // The same sessions by their GUID (EM's token is the base64 of its 16
     // bytes in .NET's order).
     let em_ids: Vec<String> = em_tokens

@@ -207,12 +207,7 @@ async fn a_request_is_a_trace_from_the_client_through_emgate_to_em_without_secre
     // EM's session token (EM's answer to the logon), nor the id of EM's
     // session (its keep-alive's path is a template).
     let dump = format!("{all:?}");
-    let em_tokens: Vec<String> = sim
-        .requests()
-        .iter()
-        .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
-        .collect();
-    assert!(!em_tokens.is_empty());
+    let em_tokens = em_session_tokens(&sim);
     for s in [secret.as_str(), token.as_str(), PASSWORD]
         .into_iter()
         .chain(em_tokens.iter().map(String::as_str))

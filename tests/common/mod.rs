@@ -409,6 +409,18 @@ pub async fn gateway_logon(http: &Http, gw: &Gateway, name: &str, secret: &str) 
     (token, reply)
 }
 
+/// EM's session tokens as EM handed them to the gateway (every request
+/// the simulator saw with one); at least one.
+pub fn em_session_tokens(sim: &Sim) -> Vec<String> {
+    let tokens: Vec<String> = sim
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("x-restsvcsessionid").map(str::to_string))
+        .collect();
+    assert!(!tokens.is_empty(), "EM was never asked with a session");
+    tokens
+}
+
 /// Starts a simulator, failing the test if it cannot.
 pub async fn start_sim(cfg: SimConfig) -> Sim {
     let _ = rustls::crypto::ring::default_provider().install_default();
