@@ -612,9 +612,11 @@ async fn reloads(app: Arc<App>, mut hangup: Option<tokio::signal::unix::Signal>)
                 _ = poll.tick() => {}
             }
             // Settled: the same bytes twice, SETTLE apart (a file written
-            // in place is not read half-written).
+            // in place is not read half-written); a file that never stops
+            // changing is read after 20 looks (3 s), so SIGHUP and the
+            // other files are not held up by it for ever.
             let mut now = fingerprint(&files);
-            loop {
+            for _ in 0..20 {
                 tokio::time::sleep(SETTLE).await;
                 while events.try_recv().is_ok() {}
                 let again = fingerprint(&files);
