@@ -79,7 +79,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
                  "render", "response", "error"]),
     ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
                 "render", "response", "error"]),
-    ("status", &["app", "reads", "target", "render", "response"]),
+    ("status", &["app", "reload", "reads", "target", "render", "response"]),
     ("app", &["reload", "access", "reads", "tasks", "limit"]),
     // A reload replaces what the phases below read, through their states.
     ("reload", &["access", "reads", "clients", "listen_tls"]),

@@ -289,3 +289,31 @@ async fn with_the_collector_silent_requests_are_unaffected_and_memory_stays_boun
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_answering_garbage_costs_requests_nothing() {
+    let port = garbage_server();
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[("EMGATE_OTLP_ENDPOINT", &format!("http://127.0.0.1:{port}"))],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let path = format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(2)
+    );
+    // Several export rounds (every 0.5 s) meet the garbage meanwhile.
+    for _ in 0..40 {
+        let r = http
+            .get_within(&gw.url(&path), &[], Duration::from_secs(2))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut gw = gw;
+    assert!(gw.is_running());
+    assert!(!gw.log_text().contains("traces are off"));
+    sim.shutdown().await;
+}

@@ -343,11 +343,7 @@ impl Upstream {
         // wait; background work takes one only when it is free.
         let admitted = match lane {
             Lane::Background(work) => {
-                match self
-                    .background
-                    .admit(work, &self.lanes, self.queue_wait)
-                    .await
-                {
+                match self.admit_background(work).await {
                     Admission::Admitted(admitted) => Some(admitted),
                     // A client waits for it: a client's place, as a client.
                     Admission::Urgent => None,

@@ -94,13 +94,15 @@ const LIVE: &[&str] = &[
     "cache.rules",
 ];
 
-/// The last reload, as the status page shows it.
-#[derive(Debug, Clone)]
+/// The last reload, as the status page (and its JSON) shows it.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LastReload {
-    /// When it ended.
-    pub at: SystemTime,
+    /// When it ended (RFC 3339).
+    pub at: String,
     /// What asked for it: `SIGHUP` or `file`.
     pub trigger: &'static str,
+    /// Whether it was applied.
+    pub ok: bool,
     /// Why nothing was applied (the setting named), or `None`: applied.
     pub error: Option<String>,
     /// What changed and was applied (setting names, clients added and
@@ -245,8 +247,9 @@ impl Reloader {
         }
         crate::ops::metrics::config_reload(Some(error.is_none()));
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastReload {
-            at: SystemTime::now(),
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             trigger,
+            ok: error.is_none(),
             error: error.clone(),
             applied: applied_now,
             kept,

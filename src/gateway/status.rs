@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::em::session::SessionState;
 use crate::gateway::app::App;
+use crate::gateway::reload::LastReload;
 use crate::gateway::response::Body;
 use crate::ops::history::{self, quantile_ms, Slot, SLOTS, SLOT_SECONDS};
 use crate::ops::metrics::RuleCounters;
@@ -72,29 +73,12 @@ pub struct ConfigFacts {
     /// Reloads applied since the start.
     pub generation: u64,
     /// The last reload, if any.
-    pub last_reload: Option<ReloadFacts>,
+    pub last_reload: Option<LastReload>,
     /// Fleet mode: each live member's generation, this replica first.
     pub members: Vec<MemberConfig>,
     /// Fleet mode: whether every live member runs the same settings and
     /// files as this one (unknown while no member could be read).
     pub converged: Option<bool>,
-}
-
-/// A reload.
-#[derive(Debug, Serialize)]
-pub struct ReloadFacts {
-    /// When (RFC 3339).
-    pub at: String,
-    /// `SIGHUP` or `file`.
-    pub trigger: &'static str,
-    /// Whether it was applied.
-    pub ok: bool,
-    /// Why not (the setting named).
-    pub error: Option<String>,
-    /// What it changed.
-    pub applied: Vec<String>,
-    /// What changed but waits for a restart.
-    pub kept: Vec<String>,
 }
 
 /// A fleet member's configuration generation.
@@ -467,14 +451,7 @@ pub async fn facts(app: &App) -> Status {
     };
     let config = ConfigFacts {
         generation: app.reload.generation(),
-        last_reload: app.reload.last().map(|r| ReloadFacts {
-            at: rfc3339(r.at),
-            trigger: r.trigger,
-            ok: r.error.is_none(),
-            error: r.error,
-            applied: r.applied,
-            kept: r.kept,
-        }),
+        last_reload: app.reload.last(),
         // Unknown until this replica's own entry could be read.
         converged: app.fleet.as_ref().and_then(|f| {
             members
