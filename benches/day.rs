@@ -18,7 +18,8 @@
 //! - the first `DAY_SECONDS` / 2 are the morning (clients run, nothing is
 //!   counted);
 //!   the gateway is restarted (SIGTERM, then started again) half way
-//!   through the rest.
+//!   through the rest; clients pause until it is ready and then get the
+//!   paused time back, so both halves are counted in every mode.
 //!
 //! Modes: prefetch and warm start on, the restarted gateway ready once its
 //! hot keys are fetched again (`EMGATE_WARM_BEFORE_READY`) or at once;
@@ -32,12 +33,14 @@
 //! background, from the gateway's own counters), and the background peak
 //! against its budget, and how long the restart took to ready.
 //!
-//! Run: `cargo bench --bench day` (`DAY_SECONDS=60` per mode).
+//! Run: `cargo bench --bench day` (`DAY_SECONDS=60` per mode;
+//! `DAY_MODES=1,3` runs those rows only, `DAY_DEBUG=1` prints the
+//! gateway's wait and background counters).
 
 mod support;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,6 +66,9 @@ struct Day {
     seconds: f64,
     /// From the restart to ready again.
     to_ready: Duration,
+    /// Requests that waited: for a new point, its age then (a restart's
+    /// pause not taken off); for an older one, `None` (`DAY_DEBUG`).
+    waits: Vec<Option<Duration>>,
 }
 
 /// The gateway on `port` with the day's settings and `extra`.
@@ -258,8 +264,12 @@ async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, ho
     let counting = Arc::new(AtomicBool::new(false));
     let started = Instant::now() + morning;
     let end = started + Duration::from_secs(seconds);
+    // Clients paused for the restart get the time back: the second half is
+    // counted in every mode, however long the restart takes to be ready.
+    let paused_ms = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
+        let paused_ms = paused_ms.clone();
         let (http, base, recent, results, paused, counting) = (
             support::http(),
             // A load balancer spreads the clients over the replicas.
@@ -272,13 +282,17 @@ async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, ho
         let older = older.clone();
         clients.push(tokio::spawn(async move {
             let mut n = c as u64;
-            while Instant::now() < end {
+            loop {
                 n = n
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 if paused.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
+                }
+                if Instant::now() >= end + Duration::from_millis(paused_ms.load(Ordering::Relaxed))
+                {
+                    break;
                 }
                 let id = if (n >> 33) % 10 < 7 {
                     let r = recent.lock().expect("recent");
@@ -288,11 +302,13 @@ async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, ho
                     known
                         .clone()
                         .nth(((n >> 40) as usize) % count.max(1))
-                        .map(|(id, _)| id.clone())
+                        .map(|(id, at)| (id.clone(), Some(at.elapsed())))
                 } else {
-                    older.get(((n >> 40) as usize) % OLDER).cloned()
+                    older
+                        .get(((n >> 40) as usize) % OLDER)
+                        .map(|id| (id.clone(), None))
                 };
-                let Some(id) = id else { continue };
+                let Some((id, age)) = id else { continue };
                 let url = format!("{base}/api/restorePoints/{id}/vmRestorePoints");
                 let (status, cache, took) = get(&http, &url).await;
                 if counting.load(Ordering::Relaxed) {
@@ -303,6 +319,7 @@ async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, ho
                     }
                     if !matches!(cache.as_deref(), Some("HIT") | Some("STALE")) {
                         d.waited += 1;
+                        d.waits.push(age);
                     }
                     d.latencies.push(took);
                 }
@@ -333,6 +350,10 @@ async fn day(sim: &Arc<Sim>, mode: Mode, seconds: u64, point_every: Duration, ho
     gws[0] = gateway(sim, ports[0], &extra(0));
     ready(&http, &bases[0]).await;
     let to_ready = restarted.elapsed();
+    paused_ms.store(
+        (restarted.elapsed() + Duration::from_millis(300)).as_millis() as u64,
+        Ordering::Relaxed,
+    );
     paused.store(false, Ordering::Relaxed);
     if let Some(r) = redis.take() {
         // Redis restarts, empty, while clients keep asking.
@@ -409,7 +430,14 @@ fn main() {
             modes.push(("fleet of 2, warm on", mode(true, true, true)));
             modes.push(("fleet of 2, warm off", mode(false, false, true)));
         }
-        for (name, mode) in modes {
+        // DAY_MODES=1,3: only those rows (counted from 1).
+        let only: Option<Vec<usize>> = std::env::var("DAY_MODES")
+            .ok()
+            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+        for (i, (name, mode)) in modes.into_iter().enumerate() {
+            if only.as_ref().is_some_and(|o| !o.contains(&(i + 1))) {
+                continue;
+            }
             let sim = support::sim().await;
             sim.set_latency(latency);
             let sim = Arc::new(sim);
@@ -430,6 +458,18 @@ fn main() {
                 d.to_ready.as_secs_f64(),
                 if d.failed > 0 { format!("  ({} failed)", d.failed) } else { String::new() },
             );
+            if std::env::var("DAY_DEBUG").is_ok() {
+                let mut ages: Vec<Duration> = d.waits.iter().flatten().copied().collect();
+                ages.sort_unstable();
+                eprintln!(
+                    "  waited: {} for older points; {} for new points, aged p10 {:?} p50 {:?} p90 {:?}",
+                    d.waits.iter().filter(|a| a.is_none()).count(),
+                    ages.len(),
+                    quantile(&ages, 0.1),
+                    quantile(&ages, 0.5),
+                    quantile(&ages, 0.9),
+                );
+            }
             if let Ok(sim) = Arc::try_unwrap(sim) {
                 sim.shutdown().await;
             }

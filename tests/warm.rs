@@ -123,6 +123,24 @@ async fn a_restore_point_a_backup_just_made_is_a_hit_on_its_first_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looks_for_new_points_start_every_interval_however_slow_the_query_service_is() {
+    let sim = start_sim(sim_config()).await;
+    // Each look takes most of an interval at EM.
+    sim.set_path_latency("/api/query", Some(Duration::from_millis(800)));
+    let gw = Gateway::start(&sim, &[("EMGATE_PREFETCH_INTERVAL", "1s")]);
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let looks = || em_saw(&sim, "/api/query?type=RestorePoint");
+    let before = looks();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // A look every second: 6 (an interval after each look ended, 1.8 s
+    // apart: 3 or 4).
+    let made = looks() - before;
+    assert!(made >= 5, "{made} looks in 6 s");
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_off_fetches_nothing_before_it_is_asked() {
     let sim = start_sim(sim_config()).await;
     let gw = Gateway::start(

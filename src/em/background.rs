@@ -6,7 +6,7 @@
 //!
 //! | step | waits for | gives up |
 //! | --- | --- | --- |
-//! | queue | a place in the lane (`EMGATE_BACKGROUND_CONCURRENCY`) | when [`MAX_QUEUED`] already wait: *dropped* |
+//! | queue | a place in the lane (`EMGATE_BACKGROUND_CONCURRENCY`); a prefetch goes before the other kinds | when [`MAX_QUEUED`] already wait: *dropped* |
 //! | pace | the lane's rate (`EMGATE_BACKGROUND_RATE` per second) | never (the place is held) |
 //! | fleet | in fleet mode, a place in the fleet's lane and a slot of its rate (in Redis), taken only when free | after a place's longest hold (the fleet's lane is busy, not stuck): *dropped*; Redis down: skipped |
 //! | step aside | a free place among clients' EM requests, taken only while more than the lane's concurrency are free | after the queue wait: *dropped* |
@@ -27,6 +27,13 @@
 //! - A client that comes to wait for background work (its miss joins a
 //!   refresh, prefetch or rewarm still waiting here) never waits for this
 //!   lane: the work stops waiting and runs as the client's request.
+//! - A prefetch waits behind at most one other kind of work: clients ask
+//!   for a new restore point within seconds of its appearing, while a
+//!   refresh has until its entry expires, a rewarm's key was asked for
+//!   before and the first look's backlog is older news. The other kinds
+//!   queue in turn behind a gate, one of them at a time in the lane's own
+//!   queue (tokio's semaphore is first come, first served), so a prefetch
+//!   that comes joins the queue right behind it.
 //! - Work dropped is work not done: the entry it would have refreshed is
 //!   refreshed by the next client miss instead. Nothing waits forever.
 
@@ -84,6 +91,9 @@ pub struct Background {
     fleet: OnceLock<Arc<dyn FleetBudget>>,
     /// Places: background requests in flight at once.
     places: Arc<Semaphore>,
+    /// Held by the one refresh or rewarm waiting for a place (a prefetch
+    /// does not take it): see the module's invariants.
+    behind_prefetch: tokio::sync::Mutex<()>,
     /// Requests per second, when limited.
     rate: Option<DefaultDirectRateLimiter>,
     /// Waiting for a place now.
@@ -174,6 +184,7 @@ impl Background {
             hold,
             fleet: OnceLock::new(),
             places: Arc::new(Semaphore::new(concurrency.max(1))),
+            behind_prefetch: tokio::sync::Mutex::new(()),
             rate: std::num::NonZeroU32::new(rate)
                 .map(|r| RateLimiter::direct(Quota::per_second(r).allow_burst(r))),
             queued: AtomicU64::new(0),
@@ -225,6 +236,12 @@ impl Background {
                 self.dropped(work);
                 return Admission::Dropped;
             }
+            let _turn = match work {
+                Work::Prefetch => None,
+                Work::RefreshAhead | Work::Rewarm | Work::Backlog => {
+                    Some(self.behind_prefetch.lock().await)
+                }
+            };
             match self.places.clone().acquire_owned().await {
                 Ok(lane) => lane,
                 Err(_) => {
@@ -321,5 +338,56 @@ impl Background {
             running: self.running.load(Ordering::Relaxed),
             peak: self.peak.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lane of one place, held, with two refreshes and a rewarm waiting:
+    /// a prefetch that comes last runs second.
+    #[tokio::test]
+    async fn a_prefetch_passes_refreshes_and_rewarms_waiting_in_the_lane() {
+        let lane = Arc::new(Background::new(1, 0, Duration::from_secs(60)));
+        let clients = Arc::new(Semaphore::new(32));
+        let patience = Duration::from_secs(10);
+        let Admission::Admitted(held) = lane.admit(Work::Rewarm, &clients, patience).await else {
+            panic!("an empty lane admits");
+        };
+        let (ran, mut order) = tokio::sync::mpsc::unbounded_channel();
+        let kinds = [
+            Work::RefreshAhead,
+            Work::Rewarm,
+            Work::RefreshAhead,
+            Work::Prefetch,
+        ];
+        for work in kinds {
+            let (lane, clients, ran) = (lane.clone(), clients.clone(), ran.clone());
+            tokio::spawn(async move {
+                if let Admission::Admitted(place) = lane.admit(work, &clients, patience).await {
+                    let _ = ran.send(work);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    drop(place);
+                }
+            });
+            // Each waits before the next comes.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(lane.counters().queued, 4);
+        drop(held);
+        let mut ran_in_turn = Vec::new();
+        for _ in kinds {
+            ran_in_turn.push(order.recv().await.map(Work::label));
+        }
+        assert_eq!(
+            ran_in_turn,
+            [
+                Some("refresh_ahead"),
+                Some("prefetch"),
+                Some("rewarm"),
+                Some("refresh_ahead")
+            ]
+        );
     }
 }

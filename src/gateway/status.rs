@@ -164,7 +164,7 @@ pub struct WarmFacts {
     pub waited_last_hour: u64,
     /// Their share.
     pub waited_share: Option<f64>,
-    /// The background lane (by kind: refresh_ahead, prefetch, rewarm).
+    /// The background lane (by kind: refresh_ahead, prefetch, rewarm, prefetch_backlog).
     pub lane: crate::ops::metrics::LaneCounters,
     /// Its bounds (the fleet's, in fleet mode).
     pub lane_concurrency: usize,

@@ -25,6 +25,11 @@
 //!   points already fetched in that overlap are remembered (by id) so each
 //!   is fetched once.
 //! - A point whose fetch failed is not remembered: the next look tries again.
+//! - Looks start an interval apart, however long a look takes at EM.
+//! - The points of a following look go first in the background lane; the
+//!   first look's (the window's backlog, `prefetch_backlog` in the lane's
+//!   counters) wait their turn with refreshes and rewarms, so a restart
+//!   refetches what clients read before the day's older points.
 //! - Fleet mode: one replica looks, the one holding the `prefetch` lease in
 //!   Redis (renewed while it lives; another takes over within the lease
 //!   time when it dies). Each fetch goes through the shared tier, so one
@@ -103,6 +108,10 @@ pub async fn prefetch(state: Arc<ReadState>) {
     let mut lease = None;
     let mut failures = 0u32;
     loop {
+        // A look starts every interval (not an interval after the last one
+        // ended): a point waits at most an interval and a look's time to
+        // be seen, however slow EM's query service is.
+        let began = tokio::time::Instant::now();
         if looker.may_look(&mut lease).await {
             match looker.look().await {
                 Ok(_) => failures = 0,
@@ -113,7 +122,7 @@ pub async fn prefetch(state: Arc<ReadState>) {
             }
         }
         let wait = interval * 2u32.pow(failures);
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(began + wait).await;
     }
 }
 
@@ -204,13 +213,18 @@ impl Looker {
             }
         }
         let count = new.len();
+        // The first look's points are a backlog (see `Work::Backlog`).
+        let work = match self.last {
+            None => Work::Backlog,
+            Some(_) => Work::Prefetch,
+        };
         let (state, seen, before) = (self.state.clone(), self.seen.clone(), self.fetching.take());
         self.fetching = Some(tokio::spawn(async move {
             // Aborted with this task (at shutdown), not left running.
             if let Some(mut before) = before.map(AbortOnDrop) {
                 let _ = (&mut before.0).await;
             }
-            let fetched = fetch_points(state, seen, new, entity).await;
+            let fetched = fetch_points(state, seen, new, entity, work).await;
             if fetched > 0 {
                 tracing::info!(fetched, "prefetched new restore points");
             }
@@ -252,15 +266,16 @@ async fn fetch_points(
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     ids: Vec<String>,
     entity: bool,
+    work: Work,
 ) -> usize {
     let lane = state.settings.upstream.background_concurrency;
     let results = in_turn(ids, lane, move |id| {
         let state = state.clone();
         async move {
             let path = format!("/api/restorePoints/{id}/vmRestorePoints");
-            let mut ok = reads::warm(&state, &path, None, Work::Prefetch).await;
+            let mut ok = reads::warm(&state, &path, None, work).await;
             if entity && ok.is_ok() {
-                ok = reads::warm(&state, &path, Some("format=Entity"), Work::Prefetch).await;
+                ok = reads::warm(&state, &path, Some("format=Entity"), work).await;
             }
             (id, ok)
         }

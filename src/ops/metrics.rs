@@ -82,7 +82,7 @@ fn describe() {
     );
     describe_counter!(
         "emgate_background_requests_total",
-        "EM requests emgate started on its own account, by kind (refresh_ahead, prefetch, rewarm) and result (ok, error, dropped: the background lane had no room)."
+        "EM requests emgate started on its own account, by kind (refresh_ahead, prefetch, rewarm, prefetch_backlog: the first look's restore points) and result (ok, error, dropped: the background lane had no room)."
     );
     describe_gauge!(
         "emgate_background_in_flight",
@@ -369,13 +369,23 @@ pub enum Work {
     Prefetch = 1,
     /// A hot key of before a restart (or a Redis that came back empty).
     Rewarm = 2,
+    /// The `vmRestorePoints` of a restore point the first look after a
+    /// start finds (made in the `EMGATE_PREFETCH_WINDOW` before it): a
+    /// backlog, not news, so it waits its turn with refreshes and rewarms
+    /// while new points go first.
+    Backlog = 3,
 }
 
 impl Work {
     /// How many kinds there are.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
     /// Every kind, in label order.
-    pub const ALL: [Work; Work::COUNT] = [Work::RefreshAhead, Work::Prefetch, Work::Rewarm];
+    pub const ALL: [Work; Work::COUNT] = [
+        Work::RefreshAhead,
+        Work::Prefetch,
+        Work::Rewarm,
+        Work::Backlog,
+    ];
 
     /// The `kind` label.
     pub fn label(self) -> &'static str {
@@ -383,6 +393,7 @@ impl Work {
             Work::RefreshAhead => "refresh_ahead",
             Work::Prefetch => "prefetch",
             Work::Rewarm => "rewarm",
+            Work::Backlog => "prefetch_backlog",
         }
     }
 }
