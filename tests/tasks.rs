@@ -275,7 +275,7 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
         ..sim_config()
     })
     .await;
-    let Some(redis) = Redis::try_start() else {
+    let Some(mut redis) = Redis::try_start() else {
         return;
     };
     let url = redis.url();
@@ -326,4 +326,23 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
             .any(|l| l.starts_with("emgate_shared_rejected_total{kind=\"task\"}")),
         "{m}"
     );
+
+    // Redis stops. B followed the task and still answers it; C never knew
+    // it, and not knowing is not "gone": 503, ask again, never a 404.
+    redis.kill();
+    let r = http.get(&b.url(&path), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = http.get(&c.url(&path), &[("authorization", &alice)]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.header("retry-after"), "2");
+    assert!(r.body.contains("send the request again"), "{}", r.body);
+    let r = http
+        .send_body(
+            Method::DELETE,
+            &c.url(&path),
+            &[("authorization", &alice)],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
 }

@@ -58,6 +58,10 @@ pub enum GatewayError {
     /// tier yet (it is retried meanwhile): never answered as done.
     #[error("{0} on this replica, but the fleet's shared tier (Redis) could not be reached yet; it is retried in the background: send the request again to confirm")]
     NotEverywhere(&'static str),
+    /// What the request asks about may be kept only in the fleet's shared
+    /// tier, which does not answer now: not knowing is not "not found".
+    #[error("{0} may be kept by another replica, and the fleet's shared tier (Redis) cannot be reached now: send the request again shortly")]
+    SharedDown(&'static str),
     /// EM answered something that is not one of its documents.
     #[error("Enterprise Manager answered with a document the gateway cannot read: {0}")]
     BadUpstream(#[from] ConvertError),
@@ -97,6 +101,7 @@ impl GatewayError {
             | GatewayError::SessionRejected
             | GatewayError::Draining
             | GatewayError::NotEverywhere(_)
+            | GatewayError::SharedDown(_)
             | GatewayError::Upstream(UpstreamError::Saturated(_))
             | GatewayError::Upstream(UpstreamError::Dropped) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -171,7 +176,7 @@ impl GatewayError {
             | GatewayError::Upstream(UpstreamError::Dropped) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            GatewayError::NotEverywhere(_) => {
+            GatewayError::NotEverywhere(_) | GatewayError::SharedDown(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
             }
             GatewayError::Session(e) => {

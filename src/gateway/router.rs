@@ -439,6 +439,7 @@ async fn tasks_route(
     let not_found = |id: &str| {
         GatewayError::NotFound(format!("task {}", id.chars().take(64).collect::<String>()))
     };
+    let shared_down = |_: tasks::SharedDown| GatewayError::SharedDown("the task");
     let doc = match (method, target.segments()) {
         (&Method::GET | &Method::HEAD, [_]) if target.is(0, "query") => {
             tasks::query_document(&app.tasks.list(&app.pool, owner).await, base)
@@ -450,9 +451,15 @@ async fn tasks_route(
             .tasks
             .get(&app.pool, owner, id)
             .await
+            .map_err(shared_down)?
             .ok_or_else(|| not_found(id))?,
         (&Method::DELETE, [_, id]) if app.settings.access.allow_writes => {
-            if !app.tasks.delete(&app.pool, owner, id).await {
+            if !app
+                .tasks
+                .delete(&app.pool, owner, id)
+                .await
+                .map_err(shared_down)?
+            {
                 return Err(not_found(id));
             }
             let mut r = Response::new(Body::default());

@@ -34,6 +34,11 @@
 //! | finished | EM's final answer | the retention ran out → gone |
 //! | lost | a `Finished` task with `Success="false"` and why (the session that made it ended before it finished: EM restarted, or logged out) | the retention ran out → gone |
 //! | gone | 404 | — |
+//!
+//! In fleet mode a task this replica does not know may be in the shared
+//! tier: while Redis does not answer, a `GET` or `DELETE` of it is 503
+//! with `Retry-After` ([`SharedDown`]), never a 404 that would tell its
+//! owner the task is gone. A list is of the tasks this replica knows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +57,10 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 pub const PER_CLIENT: usize = 1000;
 /// EM's namespace.
 const NS: &str = "http://www.veeam.com/ent/v1.0";
+
+/// The shared tier did not answer about a task this replica does not know.
+#[derive(Debug)]
+pub struct SharedDown;
 
 /// One task of one client.
 struct Task {
@@ -276,14 +285,18 @@ impl Tasks {
         pool: &Arc<SessionPool>,
         owner: &str,
         id: &str,
-    ) -> Option<Bytes> {
+    ) -> Result<Option<Bytes>, SharedDown> {
         if let Some(doc) = self.local(owner, id) {
-            return Some(doc);
+            return Ok(Some(doc));
         }
-        let fleet = self.fleet.as_ref()?;
-        let shared = fleet.task_get(id).await.ok()??;
+        let Some(fleet) = self.fleet.as_ref() else {
+            return Ok(None);
+        };
+        let Some(shared) = fleet.task_get(id).await.map_err(|_| SharedDown)? else {
+            return Ok(None);
+        };
         if shared.owner != owner {
-            return None;
+            return Ok(None);
         }
         let doc = Bytes::from(shared.doc.clone());
         if !shared.finished
@@ -305,7 +318,7 @@ impl Tasks {
             }
             self.spawn_follower(pool, id.to_string(), task);
         }
-        Some(doc)
+        Ok(Some(doc))
     }
 
     /// The caller's task `id`, if this replica follows (or followed) it.
@@ -342,7 +355,7 @@ impl Tasks {
         if let Some(fleet) = &self.fleet {
             for id in fleet.task_ids(owner).await.unwrap_or_default() {
                 if !known.contains(&id) {
-                    if let Some(doc) = self.get(pool, owner, &id).await {
+                    if let Ok(Some(doc)) = self.get(pool, owner, &id).await {
                         docs.push(doc);
                     }
                 }
@@ -352,11 +365,19 @@ impl Tasks {
     }
 
     /// Deletes the caller's task `id`: at EM too while it is pending (EM
-    /// stops it). False if it is not the caller's.
-    pub async fn delete(&self, pool: &Arc<SessionPool>, owner: &str, id: &str) -> bool {
+    /// stops it). False if it is not the caller's; [`SharedDown`] if this
+    /// replica does not know it and the shared tier does not answer, or
+    /// its record there could not be deleted (a `DELETE` again finishes
+    /// it).
+    pub async fn delete(
+        &self,
+        pool: &Arc<SessionPool>,
+        owner: &str,
+        id: &str,
+    ) -> Result<bool, SharedDown> {
         let local = {
             let Ok(mut map) = self.by_id.lock() else {
-                return false;
+                return Ok(false);
             };
             match map.get(id) {
                 Some(t) if t.owner == owner => map.remove(id),
@@ -367,8 +388,7 @@ impl Tasks {
             (None, Some(f)) => f
                 .task_get(id)
                 .await
-                .ok()
-                .flatten()
+                .map_err(|_| SharedDown)?
                 .filter(|t| t.owner == owner),
             _ => None,
         };
@@ -382,7 +402,7 @@ impl Tasks {
                 Some((t.em_id.clone(), EmSession::from_shared(t.session.clone())))
             }
             (None, Some(_)) => None,
-            (None, None) => return false,
+            (None, None) => return Ok(false),
         };
         if let Some((em_id, session)) = pending {
             let path = format!("/api/tasks/{em_id}");
@@ -390,11 +410,11 @@ impl Tasks {
                 tracing::warn!(task = %id, error = %e, "EM task delete failed");
             }
         }
-        if let Some(f) = &self.fleet {
-            let _ = f.task_delete(owner, id).await;
-        }
         tracing::info!(client = %owner, task = %id, "EM task deleted");
-        true
+        if let Some(f) = &self.fleet {
+            f.task_delete(owner, id).await.map_err(|_| SharedDown)?;
+        }
+        Ok(true)
     }
 
     /// Pending tasks by client, busiest first.
