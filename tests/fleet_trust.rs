@@ -730,6 +730,56 @@ async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_while_redis_is_down_stays_done_when_redis_comes_back_empty() {
+    let _turn = with_others().await;
+    let sim = start_sim(sim_config()).await;
+    let Some(mut redis) = Redis::try_start() else {
+        return;
+    };
+    let port = redis.port;
+    let (file, creds) = clients_file("down-logout", 1);
+    let http = Http::default();
+    let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
+    all_ready(&http, &gws).await;
+    let (a, b) = (&gws[0], &gws[1]);
+    let (token, logon) = gateway_logon(&http, a, &creds[0].0, &creds[0].1).await;
+    let id = logon.json()["SessionId"].as_str().unwrap().to_string();
+    // B holds the session too, and would put it back in an empty Redis.
+    assert_eq!(
+        status_with(&http, b, "/api/logonSessions", &token).await,
+        StatusCode::OK
+    );
+
+    redis.kill();
+    let logout = format!("/api/logonSessions/{id}");
+    let with = [("x-restsvcsessionid", token.as_str())];
+    let bye = http.send(Method::DELETE, &a.url(&logout), &with).await;
+    assert_eq!(bye.status, StatusCode::SERVICE_UNAVAILABLE, "{}", bye.body);
+    // Redis comes back with nothing in it: A's logout lands on nothing,
+    // and B puts back what it holds.
+    let _redis = Redis::start_on(port);
+    let back = Instant::now();
+    let mut works = Vec::new();
+    while back.elapsed() < Duration::from_secs(12) {
+        for (name, gw) in [("A", a), ("B", b)] {
+            if status_with(&http, gw, "/api/logonSessions", &token).await == StatusCode::OK {
+                works.push((name, back.elapsed()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused everywhere within 10 s, and not accepted again after.
+    let late: Vec<_> = works
+        .iter()
+        .filter(|(_, at)| *at > Duration::from_secs(10))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "a logged-out session came back after Redis restarted empty: {works:?}"
+    );
+}
+
 // 9 ---------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

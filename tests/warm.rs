@@ -163,9 +163,11 @@ async fn prefetch_off_fetches_nothing_before_it_is_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_requests_that_waited_for_em_are_counted_by_why() {
     let sim = start_sim(sim_config()).await;
+    let admin = "an-admin-token-for-the-waits-test";
     let gw = Gateway::start(
         &sim,
         &[
+            ("EMGATE_ADMIN_TOKEN", admin),
             ("EMGATE_PREFETCH", "false"),
             ("EMGATE_CACHE_REFRESH_AHEAD", "false"),
             ("EMGATE_CACHE_TTL", "1s"),
@@ -210,6 +212,24 @@ async fn client_requests_that_waited_for_em_are_counted_by_why() {
     assert_eq!(http.get(&gw.url(&point), &[]).await.status, StatusCode::OK);
     assert_eq!(waits("bypass").await, 1.0);
     assert_eq!(waits("cold").await, 1.0);
+    // An operator asks for a fresh answer: it waited, and it is one read.
+    let bearer = format!("Bearer {admin}");
+    let fresh = http
+        .get(
+            &gw.url(&path),
+            &[("authorization", &bearer), ("cache-control", "no-cache")],
+        )
+        .await;
+    assert_eq!(fresh.header("x-cache"), "MISS");
+    assert_eq!(waits("bypass").await, 2.0);
+    let status = http
+        .get(&gw.url("/admin/status.json"), &[("authorization", &bearer)])
+        .await
+        .json();
+    let warm = &status["warm"];
+    // MISS, HIT, the stale miss, MISS, the uncached point, the fresh MISS.
+    assert_eq!(warm["reads_last_hour"], 6, "{warm}");
+    assert_eq!(warm["waited_last_hour"], 5, "{warm}");
     sim.shutdown().await;
 }
 

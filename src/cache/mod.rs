@@ -486,7 +486,7 @@ where
                     stats.stale();
                     return Ok(Served::stored(e, Outcome::Stale));
                 }
-                self.waits.waited(Wait::StaleMiss);
+                self.waits.waited(Wait::StaleMiss, false);
                 let unless = Unless::NewerThan(e.fetched_at);
                 let job = fetch(Refresh::Revalidate);
                 let (rx, started) =
@@ -524,7 +524,7 @@ where
                 let landed = wait(rx).await;
                 // A copy another replica had stored is no wait for EM.
                 if !matches!(&landed, Landed::Value(e) if e.source == Source::Shared) {
-                    self.waits.waited(why);
+                    self.waits.waited(why, false);
                 }
                 match landed {
                     Landed::Value(entry) => Ok(self.served(entry, started, stats)),
@@ -850,9 +850,10 @@ where
     }
 
     /// Counts a client request that waited for the source outside the
-    /// cache's own lookups (an uncached route, an operator's `no-cache`).
-    pub fn waited(&self, why: Wait) {
-        self.waits.waited(why);
+    /// cache's own lookups (an uncached route, an operator's `no-cache`);
+    /// `uncounted_read` as [`WaitStats::waited`] takes it.
+    pub fn waited(&self, why: Wait, uncounted_read: bool) {
+        self.waits.waited(why, uncounted_read);
     }
 
     /// Counters of one rule.

@@ -118,9 +118,11 @@ pub struct WaitStats {
 }
 
 impl WaitStats {
-    /// Counts one request that waited.
-    pub fn waited(&self, why: Wait) {
-        crate::ops::history::global().waited(why == Wait::Bypass);
+    /// Counts one request that waited. `uncounted_read`: a read the
+    /// history counts by no `X-Cache` (a route no rule caches), so it is
+    /// counted here; an operator's `no-cache` answers `MISS`, counted there.
+    pub fn waited(&self, why: Wait, uncounted_read: bool) {
+        crate::ops::history::global().waited(uncounted_read);
         bump(match why {
             Wait::Cold => &self.cold,
             Wait::Expired => &self.expired,

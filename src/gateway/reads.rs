@@ -560,7 +560,7 @@ pub async fn serve(
     };
     let em_base = state.pool.upstream().base_url();
     let Some(rule) = rule else {
-        state.cache.waited(Wait::Bypass);
+        state.cache.waited(Wait::Bypass, true);
         if !state.settings.cache.collapse {
             let forward = crate::gateway::proxy::forward(&state.pool, method, target, headers, to);
             return Box::pin(ctx.traced(forward)).await;
@@ -615,7 +615,8 @@ pub async fn serve(
         .job(why)
     };
     let result = if fresh {
-        state.cache.waited(Wait::Bypass);
+        // Answered `MISS`: the history counts the read by that.
+        state.cache.waited(Wait::Bypass, false);
         Box::pin(
             state
                 .cache

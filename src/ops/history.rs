@@ -237,14 +237,14 @@ impl History {
         counts(inner.clients.entry(client.to_string()).or_default());
     }
 
-    /// One client request whose answer waited for EM; `bypass`: a read no
-    /// rule caches.
-    pub fn waited(&self, bypass: bool) {
+    /// One client request whose answer waited for EM; `uncounted_read`: a
+    /// read no rule caches (its answer has no `X-Cache` to count it by).
+    pub fn waited(&self, uncounted_read: bool) {
         let mut inner = self.lock();
         let index = self.index();
         if let Some(s) = inner.slot(index) {
             s.waited += 1;
-            if bypass {
+            if uncounted_read {
                 s.bypassed += 1;
             }
         }
