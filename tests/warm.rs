@@ -141,6 +141,48 @@ async fn looks_for_new_points_start_every_interval_however_slow_the_query_servic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_restore_point_does_not_wait_for_the_first_looks_backlog() {
+    let sim = start_sim(sim_config()).await;
+    // A busy morning before the start: six points, each 3 s at EM, for a
+    // lane of one: 18 s of backlog for the first look.
+    let morning: Vec<String> = (0..6)
+        .map(|_| vm_path(&sim.add_restore_point()).to_ascii_lowercase())
+        .collect();
+    for path in &morning {
+        sim.set_path_latency(path, Some(Duration::from_secs(3)));
+    }
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH_INTERVAL", "1s"),
+            ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let begun = |sim: &Sim| morning.iter().filter(|p| em_saw(sim, p) == 1).count();
+    let backlog = eventually(Duration::from_secs(5), || async { begun(&sim) >= 1 }).await;
+    assert!(backlog, "the first look's backlog did not begin");
+
+    let path = vm_path(&sim.add_restore_point());
+    let fetched = eventually(Duration::from_secs(15), || async {
+        em_saw(&sim, &path) == 1
+    })
+    .await;
+    assert!(fetched, "the new restore point was not prefetched");
+    // It went before the backlog's last points.
+    assert!(
+        begun(&sim) < 6,
+        "the new point waited for the whole backlog"
+    );
+    let r = http.get(&gw.url(&path), &[]).await;
+    assert_eq!(r.header("x-cache"), "HIT");
+    let backlog = "emgate_background_requests_total{kind=\"prefetch_backlog\",result=\"ok\"}";
+    assert!(metric(&http, &gw, backlog).await >= 1.0);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_off_fetches_nothing_before_it_is_asked() {
     let sim = start_sim(sim_config()).await;
     let gw = Gateway::start(

@@ -27,7 +27,9 @@
 //! - A client that comes to wait for background work (its miss joins a
 //!   refresh, prefetch or rewarm still waiting here) never waits for this
 //!   lane: the work stops waiting and runs as the client's request.
-//! - A prefetch waits behind at most one other kind of work: clients ask
+//! - A prefetch waits behind at most one other kind of work in this
+//!   replica's queue (the fleet's places, in fleet mode, are then taken
+//!   first come, first served by every replica's work): clients ask
 //!   for a new restore point within seconds of its appearing, while a
 //!   refresh has until its entry expires, a rewarm's key was asked for
 //!   before and the first look's backlog is older news. The other kinds

@@ -36,9 +36,11 @@
 //! | gone | 404 | — |
 //!
 //! In fleet mode a task this replica does not know may be in the shared
-//! tier: while Redis does not answer, a `GET` or `DELETE` of it is 503
-//! with `Retry-After` ([`SharedDown`]), never a 404 that would tell its
-//! owner the task is gone. A list is of the tasks this replica knows.
+//! tier: while Redis does not answer, a `GET` of it is 503 with
+//! `Retry-After` ([`SharedDown`]), never a 404 that would tell its owner
+//! the task is gone. A `DELETE` removes the shared record first, so while
+//! Redis does not answer it does nothing and is 503 too. A list is of the
+//! tasks this replica knows.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -365,10 +367,10 @@ impl Tasks {
     }
 
     /// Deletes the caller's task `id`: at EM too while it is pending (EM
-    /// stops it). False if it is not the caller's; [`SharedDown`] if this
-    /// replica does not know it and the shared tier does not answer, or
-    /// its record there could not be deleted (a `DELETE` again finishes
-    /// it).
+    /// stops it). False if it is not the caller's. In fleet mode its
+    /// shared record goes first: while the shared tier does not answer,
+    /// nothing is done ([`SharedDown`]), so a 503 never hides a task
+    /// stopped here but still shown, and followed, by other replicas.
     pub async fn delete(
         &self,
         pool: &Arc<SessionPool>,
@@ -376,13 +378,10 @@ impl Tasks {
         id: &str,
     ) -> Result<bool, SharedDown> {
         let local = {
-            let Ok(mut map) = self.by_id.lock() else {
+            let Ok(map) = self.by_id.lock() else {
                 return Ok(false);
             };
-            match map.get(id) {
-                Some(t) if t.owner == owner => map.remove(id),
-                _ => None,
-            }
+            map.get(id).filter(|t| t.owner == owner).cloned()
         };
         let shared = match (&local, &self.fleet) {
             (None, Some(f)) => f
@@ -404,6 +403,14 @@ impl Tasks {
             (None, Some(_)) => None,
             (None, None) => return Ok(false),
         };
+        if let Some(f) = &self.fleet {
+            f.task_delete(owner, id).await.map_err(|_| SharedDown)?;
+        }
+        if local.is_some() {
+            if let Ok(mut map) = self.by_id.lock() {
+                map.remove(id);
+            }
+        }
         if let Some((em_id, session)) = pending {
             let path = format!("/api/tasks/{em_id}");
             if let Err(e) = pool.send_with(&session, Method::DELETE, &path).await {
@@ -411,9 +418,6 @@ impl Tasks {
             }
         }
         tracing::info!(client = %owner, task = %id, "EM task deleted");
-        if let Some(f) = &self.fleet {
-            f.task_delete(owner, id).await.map_err(|_| SharedDown)?;
-        }
         Ok(true)
     }
 

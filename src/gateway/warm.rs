@@ -25,11 +25,15 @@
 //!   points already fetched in that overlap are remembered (by id) so each
 //!   is fetched once.
 //! - A point whose fetch failed is not remembered: the next look tries again.
-//! - Looks start an interval apart, however long a look takes at EM.
-//! - The points of a following look go first in the background lane; the
-//!   first look's (the window's backlog, `prefetch_backlog` in the lane's
-//!   counters) wait their turn with refreshes and rewarms, so a restart
-//!   refetches what clients read before the day's older points.
+//! - Looks start an interval apart; one that took longer than that is
+//!   followed after a quarter of an interval. After a failed look the
+//!   doubled wait counts from its end.
+//! - The points of a following look go first in this replica's background
+//!   lane (in a fleet, the fleet's places are taken first come, first
+//!   served); the first look's (the window's backlog, `prefetch_backlog`
+//!   in the lane's counters) wait their turn with refreshes and rewarms,
+//!   in a chain of fetches of their own, so the following looks' new
+//!   points never wait for the backlog to be done.
 //! - Fleet mode: one replica looks, the one holding the `prefetch` lease in
 //!   Redis (renewed while it lives; another takes over within the lease
 //!   time when it dies). Each fetch goes through the shared tier, so one
@@ -94,6 +98,9 @@ struct Looker {
     /// meanwhile, and hands its fetches over when these are done (one
     /// batch at a time, so the lane's queue never fills).
     fetching: Option<tokio::task::JoinHandle<()>>,
+    /// The first look's fetches (the window's backlog), a chain of their
+    /// own: the new points of the following looks do not wait for them.
+    backlog: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the looks until the task is aborted (at shutdown).
@@ -104,13 +111,16 @@ pub async fn prefetch(state: Arc<ReadState>) {
         last: None,
         seen: Arc::default(),
         fetching: None,
+        backlog: None,
     };
     let mut lease = None;
     let mut failures = 0u32;
     loop {
         // A look starts every interval (not an interval after the last one
         // ended): a point waits at most an interval and a look's time to
-        // be seen, however slow EM's query service is.
+        // be seen. A look slower than that is followed after a quarter of
+        // an interval, so EM's query service is never asked back to back;
+        // after a failure the doubled wait counts from its end.
         let began = tokio::time::Instant::now();
         if looker.may_look(&mut lease).await {
             match looker.look().await {
@@ -121,8 +131,11 @@ pub async fn prefetch(state: Arc<ReadState>) {
                 }
             }
         }
-        let wait = interval * 2u32.pow(failures);
-        tokio::time::sleep_until(began + wait).await;
+        let next = match failures {
+            0 => (began + interval).max(tokio::time::Instant::now() + interval / 4),
+            n => tokio::time::Instant::now() + interval * 2u32.pow(n),
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -205,8 +218,11 @@ impl Looker {
         });
         {
             let mut seen = lock(&self.seen);
-            // What the next look's overlap can no longer return.
-            let horizon = self.state.settings.warm.prefetch_interval + LATE_ARRIVAL;
+            // What the next look can no longer return: it asks from this
+            // look's start back LATE_ARRIVAL, and this look may have taken
+            // longer than an interval (a slow query service).
+            let took = started.elapsed().unwrap_or_default();
+            let horizon = self.state.settings.warm.prefetch_interval + took + LATE_ARRIVAL;
             seen.retain(|_, at| at.elapsed() < horizon);
             for id in &new {
                 seen.insert(id.clone(), Instant::now());
@@ -218,8 +234,12 @@ impl Looker {
             None => Work::Backlog,
             Some(_) => Work::Prefetch,
         };
-        let (state, seen, before) = (self.state.clone(), self.seen.clone(), self.fetching.take());
-        self.fetching = Some(tokio::spawn(async move {
+        let chain = match work {
+            Work::Backlog => &mut self.backlog,
+            _ => &mut self.fetching,
+        };
+        let (state, seen, before) = (self.state.clone(), self.seen.clone(), chain.take());
+        *chain = Some(tokio::spawn(async move {
             // Aborted with this task (at shutdown), not left running.
             if let Some(mut before) = before.map(AbortOnDrop) {
                 let _ = (&mut before.0).await;
@@ -236,8 +256,11 @@ impl Looker {
 
 impl Drop for Looker {
     fn drop(&mut self) {
-        if let Some(fetching) = self.fetching.take() {
-            fetching.abort();
+        for chain in [self.fetching.take(), self.backlog.take()]
+            .into_iter()
+            .flatten()
+        {
+            chain.abort();
         }
     }
 }

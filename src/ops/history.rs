@@ -46,7 +46,7 @@ pub struct Slot {
     pub errors: u64,
     /// Client requests whose answer waited for EM (every reason).
     pub waited: u64,
-    /// Of those, reads no rule caches (or an operator's `no-cache`).
+    /// Of those, reads no rule caches (their answers have no `X-Cache`).
     pub bypassed: u64,
     /// Requests to EM.
     pub em: u64,
