@@ -745,23 +745,35 @@ async fn a_logout_while_redis_is_down_stays_done_when_redis_comes_back_empty() {
     let (a, b) = (&gws[0], &gws[1]);
     let (token, logon) = gateway_logon(&http, a, &creds[0].0, &creds[0].1).await;
     let id = logon.json()["SessionId"].as_str().unwrap().to_string();
-    // B holds the session too, and would put it back in an empty Redis.
+    // B holds the session too, and puts it back when it finds Redis empty.
     assert_eq!(
         status_with(&http, b, "/api/logonSessions", &token).await,
         StatusCode::OK
     );
+    // B stalls through what follows, so it hears of nothing.
+    b.freeze();
 
     redis.kill();
     let logout = format!("/api/logonSessions/{id}");
     let with = [("x-restsvcsessionid", token.as_str())];
     let bye = http.send(Method::DELETE, &a.url(&logout), &with).await;
     assert_eq!(bye.status, StatusCode::SERVICE_UNAVAILABLE, "{}", bye.body);
-    // Redis comes back with nothing in it: A's logout lands on nothing,
-    // and B puts back what it holds.
+    // Redis comes back with nothing in it, and A's logout lands on nothing.
     let _redis = Redis::start_on(port);
+    let landed = eventually(Duration::from_secs(10), || async {
+        a.log_text().contains("logout reached the fleet")
+    })
+    .await;
+    assert!(
+        landed,
+        "A's logout never reached the fleet: {}",
+        a.log_text()
+    );
+    // B wakes up, finds Redis empty and puts back what it holds.
+    b.thaw();
     let back = Instant::now();
     let mut works = Vec::new();
-    while back.elapsed() < Duration::from_secs(12) {
+    while back.elapsed() < Duration::from_secs(14) {
         for (name, gw) in [("A", a), ("B", b)] {
             if status_with(&http, gw, "/api/logonSessions", &token).await == StatusCode::OK {
                 works.push((name, back.elapsed()));

@@ -31,6 +31,12 @@ impl Fleet {
         self.key(&format!("cs:{name}"))
     }
 
+    /// The marker of an ended session (by its record's name): a session
+    /// logged out is never put back or recorded again under that name.
+    fn ended_key(&self, name: &str) -> String {
+        self.key(&format!("cs-end:{name}"))
+    }
+
     fn owner_key(&self, owner: &str) -> String {
         let h = crate::digest::sha256_hex(owner.as_bytes());
         self.key(&format!("co:{}", &h[..32]))
@@ -52,7 +58,8 @@ impl Fleet {
     }
 
     /// Records a session (new, or put back after Redis lost it) under its
-    /// token's `name` (hex); the owner's oldest go beyond `cap`.
+    /// token's `name` (hex); the owner's oldest go beyond `cap`. False if
+    /// the session was logged out (its end is marked): it is not recorded.
     pub async fn session_create(
         &self,
         name: &str,
@@ -60,12 +67,17 @@ impl Fleet {
         id: &str,
         idle: Duration,
         cap: usize,
-    ) -> Result<(), Down> {
+    ) -> Result<bool, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(CREATE));
         let session_key = self.session_key(name);
         let mac = self.session_mac(&session_key, owner, id).ok_or(Down)?;
-        let keys = (session_key, self.owner_key(owner), self.key("cs-exp"));
+        let keys = (
+            session_key,
+            self.owner_key(owner),
+            self.key("cs-exp"),
+            self.ended_key(name),
+        );
         let args = (
             owner.to_string(),
             id.to_string(),
@@ -75,12 +87,13 @@ impl Fleet {
             self.key("cs:"),
             mac,
         );
-        let _: i64 = self
+        let created: i64 = self
             .op("session_create", |mut c| async move {
                 script
                     .key(keys.0)
                     .key(keys.1)
                     .key(keys.2)
+                    .key(keys.3)
                     .arg(args.0)
                     .arg(args.1)
                     .arg(args.2)
@@ -92,7 +105,7 @@ impl Fleet {
                     .await
             })
             .await?;
-        Ok(())
+        Ok(created == 1)
     }
 
     /// The session a token's record `name` (hex) stands for, its idle time
@@ -152,20 +165,38 @@ impl Fleet {
         .await
     }
 
-    /// Ends `owner`'s session `id` everywhere; its record's name if there
-    /// was one.
-    pub async fn session_delete(&self, owner: &str, id: &str) -> Result<Option<String>, Down> {
+    /// Ends `owner`'s session `id` everywhere, and marks its end (for
+    /// twice the idle time) so no replica puts it back; the name of the
+    /// session ended, if its record was found or this replica knew it
+    /// (`known`, hex: Redis may have lost the record, restarted empty while
+    /// a replica that has not heard yet still holds the session).
+    pub async fn session_delete(
+        &self,
+        owner: &str,
+        id: &str,
+        known: Option<&str>,
+        idle: Duration,
+    ) -> Result<Option<String>, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(DELETE));
         let keys = (self.owner_key(owner), self.key("cs-exp"));
-        let (id, prefix) = (id.to_string(), self.key("cs:"));
+        let args = (
+            id.to_string(),
+            self.key("cs:"),
+            known.unwrap_or("").to_string(),
+            self.key("cs-end:"),
+            (idle * 2).as_millis() as u64,
+        );
         let gone: Option<String> = self
             .op("session_delete", |mut c| async move {
                 script
                     .key(keys.0)
                     .key(keys.1)
-                    .arg(id)
-                    .arg(prefix)
+                    .arg(args.0)
+                    .arg(args.1)
+                    .arg(args.2)
+                    .arg(args.3)
+                    .arg(args.4)
                     .invoke_async(&mut c)
                     .await
             })
@@ -217,10 +248,11 @@ impl Fleet {
     }
 }
 
-/// KEYS: session, owner index, ends. ARGV: owner, id, idle ms, cap,
-/// "id name", session key prefix, MAC. A session is live while its `exp`
-/// (Redis's clock) is ahead.
+/// KEYS: session, owner index, ends, end marker. ARGV: owner, id, idle ms,
+/// cap, "id name", session key prefix, MAC. A session is live while its
+/// `exp` (Redis's clock) is ahead; 0 (nothing done) if its end is marked.
 const CREATE: &str = r"
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local exp = now + tonumber(ARGV[3])
@@ -275,18 +307,27 @@ end
 return ids
 ";
 
-/// KEYS: owner index, ends. ARGV: id, session key prefix. The name, if any.
+/// KEYS: owner index, ends. ARGV: id, session key prefix, the name the
+/// caller knew ('' if none), end marker prefix, its life in ms. The name of
+/// the session ended (found, or known), if any; its end is marked.
 const DELETE: &str = r"
+local name = false
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local id, h = string.match(m, '^(.-) (.+)$')
   if id == ARGV[1] then
     redis.call('ZREM', KEYS[1], m)
     redis.call('ZREM', KEYS[2], h)
-    if redis.call('DEL', ARGV[2] .. h) == 1 then return h end
-    return false
+    if redis.call('DEL', ARGV[2] .. h) == 1 then name = h end
+    break
   end
 end
-return false
+if not name and ARGV[3] ~= '' then
+  name = ARGV[3]
+  redis.call('DEL', ARGV[2] .. name)
+  redis.call('ZREM', KEYS[2], name)
+end
+if name then redis.call('SET', ARGV[4] .. name, '1', 'PX', ARGV[5]) end
+return name
 ";
 
 /// KEYS: ends. ARGV: session key prefix. Removes up to 500 sessions whose

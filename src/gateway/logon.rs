@@ -452,7 +452,11 @@ impl ClientSessions {
             return if here { Ended::Yes } else { Ended::NotFound };
         };
         let already_pending = self.buried(None, owner, id);
-        match fleet.session_delete(owner, &id.to_string()).await {
+        let known = name.as_ref().map(hex);
+        match fleet
+            .session_delete(owner, &id.to_string(), known.as_deref(), IDLE)
+            .await
+        {
             Ok(Some(_)) => {
                 self.unbury(owner, id);
                 return Ended::Yes;
@@ -478,7 +482,7 @@ impl ClientSessions {
                 });
             }
             tracing::warn!(session = %id, "the shared tier is down: logout done here, retried for the fleet");
-            self.retry_delete(fleet.clone(), owner.to_string(), id);
+            self.retry_delete(fleet.clone(), owner.to_string(), id, known);
         }
         // A short wait: a blip of Redis should not cost the client a retry.
         let until = Instant::now() + LOGOUT_WAIT;
@@ -499,13 +503,16 @@ impl ClientSessions {
 
     /// Retries a logout for the fleet until it lands (or the record ran
     /// out of idle time), then lifts the tombstone.
-    fn retry_delete(&self, fleet: Fleet, owner: String, id: Uuid) {
+    fn retry_delete(&self, fleet: Fleet, owner: String, id: Uuid, known: Option<String>) {
         let tombstones = self.tombstones.clone();
         tokio::spawn(async move {
             let until = Instant::now() + LOGOUT_RETRY_FOR;
             while Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                if fleet.session_delete(&owner, &id.to_string()).await.is_ok() {
+                let ended = fleet
+                    .session_delete(&owner, &id.to_string(), known.as_deref(), IDLE)
+                    .await;
+                if ended.is_ok() {
                     tracing::info!(session = %id, "logout reached the fleet");
                     break;
                 }
@@ -526,12 +533,14 @@ impl ClientSessions {
             if self.buried(Some(name), owner, *id) {
                 continue;
             }
-            if fleet
+            let put = fleet
                 .session_create(&hex(name), owner, &id.to_string(), IDLE, PER_CLIENT)
-                .await
-                .is_ok()
-            {
-                restored += 1;
+                .await;
+            match put {
+                Ok(true) => restored += 1,
+                // Logged out elsewhere while this replica did not hear.
+                Ok(false) => self.local.forget(name),
+                Err(_) => {}
             }
         }
         if !live.is_empty() {

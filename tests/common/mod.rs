@@ -211,9 +211,24 @@ impl Gateway {
 
     /// Sends SIGHUP: reload the settings.
     pub fn hangup(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Freezes the process (SIGSTOP): it holds its state and does nothing,
+    /// as a stalled container or a long GC pause would.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         Command::new("kill")
-            .args(["-HUP", &pid])
+            .args([signal, &pid])
             .status()
             .expect("kill");
     }
