@@ -327,6 +327,9 @@ if not name and ARGV[3] ~= '' then
   redis.call('ZREM', KEYS[2], name)
 end
 if name then redis.call('SET', ARGV[4] .. name, '1', 'PX', ARGV[5]) end
+if ARGV[3] ~= '' and ARGV[3] ~= name then
+  redis.call('SET', ARGV[4] .. ARGV[3], '1', 'PX', ARGV[5])
+end
 return name
 ";
 

@@ -409,6 +409,12 @@ impl ClientSessions {
                                 u.remove(&key);
                             }
                         }
+                        if let Ok(false) = stored {
+                            // Logged out elsewhere while this replica did
+                            // not hear: over here too.
+                            self.local.forget(&key);
+                            return None;
+                        }
                         return Some(info.clone());
                     }
                     if !restoring_checked {
@@ -540,7 +546,11 @@ impl ClientSessions {
                 Ok(true) => restored += 1,
                 // Logged out elsewhere while this replica did not hear.
                 Ok(false) => self.local.forget(name),
-                Err(_) => {}
+                Err(_) => continue,
+            }
+            // The fleet knows of it now, or knows it ended.
+            if let Ok(mut u) = self.unshared.lock() {
+                u.remove(name);
             }
         }
         if !live.is_empty() {
