@@ -661,25 +661,57 @@ async fn a_forged_purge_event_purges_nothing() {
 
 // 8 ---------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
-    let _turn = with_others().await;
+/// Two replicas and a client logged on at the first whose token works at
+/// the second too (each holds the session): the logout stories' start.
+struct LoggedOnAtBoth {
+    sim: Sim,
+    redis: Redis,
+    gws: Vec<Gateway>,
+    http: Http,
+    token: String,
+    /// The session's id, for its logout.
+    id: String,
+}
+
+async fn logged_on_at_both(tag: &str) -> Option<LoggedOnAtBoth> {
     let sim = start_sim(sim_config()).await;
-    let Some(redis) = Redis::try_start() else {
-        return;
-    };
-    let (file, creds) = clients_file("stall-logout", 1);
+    let redis = Redis::try_start()?;
+    let (file, creds) = clients_file(tag, 1);
     let http = Http::default();
     let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
     all_ready(&http, &gws).await;
-    let (a, b) = (&gws[0], &gws[1]);
-    let (token, logon) = gateway_logon(&http, a, &creds[0].0, &creds[0].1).await;
+    let (token, logon) = gateway_logon(&http, &gws[0], &creds[0].0, &creds[0].1).await;
     let id = logon.json()["SessionId"].as_str().unwrap().to_string();
     assert_eq!(
-        status_with(&http, b, "/api/logonSessions", &token).await,
+        status_with(&http, &gws[1], "/api/logonSessions", &token).await,
         StatusCode::OK,
         "the token works at B"
     );
+    Some(LoggedOnAtBoth {
+        sim,
+        redis,
+        gws,
+        http,
+        token,
+        id,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
+    let _turn = with_others().await;
+    let Some(LoggedOnAtBoth {
+        sim: _sim,
+        redis,
+        gws,
+        http,
+        token,
+        id,
+    }) = logged_on_at_both("stall-logout").await
+    else {
+        return;
+    };
+    let (a, b) = (&gws[0], &gws[1]);
 
     redis.pause();
     let logout = format!("/api/logonSessions/{id}");
@@ -733,23 +765,20 @@ async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_logout_while_redis_is_down_stays_done_when_redis_comes_back_empty() {
     let _turn = with_others().await;
-    let sim = start_sim(sim_config()).await;
-    let Some(mut redis) = Redis::try_start() else {
+    // B holds the session too, and puts it back when it finds Redis empty.
+    let Some(LoggedOnAtBoth {
+        sim: _sim,
+        mut redis,
+        gws,
+        http,
+        token,
+        id,
+    }) = logged_on_at_both("down-logout").await
+    else {
         return;
     };
     let port = redis.port;
-    let (file, creds) = clients_file("down-logout", 1);
-    let http = Http::default();
-    let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
-    all_ready(&http, &gws).await;
     let (a, b) = (&gws[0], &gws[1]);
-    let (token, logon) = gateway_logon(&http, a, &creds[0].0, &creds[0].1).await;
-    let id = logon.json()["SessionId"].as_str().unwrap().to_string();
-    // B holds the session too, and puts it back when it finds Redis empty.
-    assert_eq!(
-        status_with(&http, b, "/api/logonSessions", &token).await,
-        StatusCode::OK
-    );
     // B stalls through what follows, so it hears of nothing.
     b.freeze();
 

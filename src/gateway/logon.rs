@@ -395,24 +395,7 @@ impl ClientSessions {
                     // now, and the client keeps its session.
                     let made_here = self.unshared.lock().is_ok_and(|u| u.contains(&key));
                     if let (true, Some((info, _))) = (made_here, &known) {
-                        let stored = fleet
-                            .session_create(
-                                &hex(&key),
-                                &info.owner,
-                                &info.id.to_string(),
-                                IDLE,
-                                PER_CLIENT,
-                            )
-                            .await;
-                        if stored.is_ok() {
-                            if let Ok(mut u) = self.unshared.lock() {
-                                u.remove(&key);
-                            }
-                        }
-                        if let Ok(false) = stored {
-                            // Logged out elsewhere while this replica did
-                            // not hear: over here too.
-                            self.local.forget(&key);
+                        if let Ok(false) = self.share(fleet, &key, &info.owner, info.id).await {
                             return None;
                         }
                         return Some(info.clone());
@@ -539,23 +522,37 @@ impl ClientSessions {
             if self.buried(Some(name), owner, *id) {
                 continue;
             }
-            let put = fleet
-                .session_create(&hex(name), owner, &id.to_string(), IDLE, PER_CLIENT)
-                .await;
-            match put {
-                Ok(true) => restored += 1,
-                // Logged out elsewhere while this replica did not hear.
-                Ok(false) => self.local.forget(name),
-                Err(_) => continue,
-            }
-            // The fleet knows of it now, or knows it ended.
-            if let Ok(mut u) = self.unshared.lock() {
-                u.remove(name);
+            if let Ok(true) = self.share(fleet, name, owner, *id).await {
+                restored += 1;
             }
         }
         if !live.is_empty() {
             tracing::info!(restored, "client sessions put back in the shared tier");
         }
+    }
+
+    /// Records a session this replica holds in the fleet (made while Redis
+    /// was away, or Redis lost it): whether it is live there now. One the
+    /// fleet marks as logged out (elsewhere, while this replica did not
+    /// hear) ends here too.
+    async fn share(
+        &self,
+        fleet: &Fleet,
+        name: &[u8; 32],
+        owner: &str,
+        id: Uuid,
+    ) -> Result<bool, crate::fleet::Down> {
+        let live = fleet
+            .session_create(&hex(name), owner, &id.to_string(), IDLE, PER_CLIENT)
+            .await?;
+        if !live {
+            self.local.forget(name);
+        }
+        // The fleet knows of it now, or knows it ended.
+        if let Ok(mut u) = self.unshared.lock() {
+            u.remove(name);
+        }
+        Ok(live)
     }
 
     /// Forgets a session that ended on another replica (by its name, hex).

@@ -439,7 +439,7 @@ async fn tasks_route(
     let not_found = |id: &str| {
         GatewayError::NotFound(format!("task {}", id.chars().take(64).collect::<String>()))
     };
-    let shared_down = |_: tasks::SharedDown| GatewayError::SharedDown("the task");
+    let shared_down = |_: crate::fleet::Down| GatewayError::SharedDown("the task");
     let doc = match (method, target.segments()) {
         (&Method::GET | &Method::HEAD, [_]) if target.is(0, "query") => {
             tasks::query_document(&app.tasks.list(&app.pool, owner).await, base)

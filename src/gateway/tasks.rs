@@ -37,7 +37,7 @@
 //!
 //! In fleet mode a task this replica does not know may be in the shared
 //! tier: while Redis does not answer, a `GET` of it is 503 with
-//! `Retry-After` ([`SharedDown`]), never a 404 that would tell its owner
+//! `Retry-After` ([`Down`]), never a 404 that would tell its owner
 //! the task is gone. A `DELETE` removes the shared record first, so while
 //! Redis does not answer it does nothing and is 503 too. A list is of the
 //! tasks this replica knows.
@@ -51,7 +51,7 @@ use http::{Method, StatusCode};
 
 use crate::em::session::{element_text, EmSession, SessionPool};
 use crate::fleet::tasks::SharedTask;
-use crate::fleet::Fleet;
+use crate::fleet::{Down, Fleet};
 
 /// How often a pending task is asked about, at most.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -59,10 +59,6 @@ const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 pub const PER_CLIENT: usize = 1000;
 /// EM's namespace.
 const NS: &str = "http://www.veeam.com/ent/v1.0";
-
-/// The shared tier did not answer about a task this replica does not know.
-#[derive(Debug)]
-pub struct SharedDown;
 
 /// One task of one client.
 struct Task {
@@ -287,14 +283,14 @@ impl Tasks {
         pool: &Arc<SessionPool>,
         owner: &str,
         id: &str,
-    ) -> Result<Option<Bytes>, SharedDown> {
+    ) -> Result<Option<Bytes>, Down> {
         if let Some(doc) = self.local(owner, id) {
             return Ok(Some(doc));
         }
         let Some(fleet) = self.fleet.as_ref() else {
             return Ok(None);
         };
-        let Some(shared) = fleet.task_get(id).await.map_err(|_| SharedDown)? else {
+        let Some(shared) = fleet.task_get(id).await? else {
             return Ok(None);
         };
         if shared.owner != owner {
@@ -369,14 +365,14 @@ impl Tasks {
     /// Deletes the caller's task `id`: at EM too while it is pending (EM
     /// stops it). False if it is not the caller's. In fleet mode its
     /// shared record goes first: while the shared tier does not answer,
-    /// nothing is done ([`SharedDown`]), so a 503 never hides a task
+    /// nothing is done ([`Down`]), so a 503 never hides a task
     /// stopped here but still shown, and followed, by other replicas.
     pub async fn delete(
         &self,
         pool: &Arc<SessionPool>,
         owner: &str,
         id: &str,
-    ) -> Result<bool, SharedDown> {
+    ) -> Result<bool, Down> {
         let local = {
             let Ok(map) = self.by_id.lock() else {
                 return Ok(false);
@@ -384,11 +380,7 @@ impl Tasks {
             map.get(id).filter(|t| t.owner == owner).cloned()
         };
         let shared = match (&local, &self.fleet) {
-            (None, Some(f)) => f
-                .task_get(id)
-                .await
-                .map_err(|_| SharedDown)?
-                .filter(|t| t.owner == owner),
+            (None, Some(f)) => f.task_get(id).await?.filter(|t| t.owner == owner),
             _ => None,
         };
         let pending = match (&local, &shared) {
@@ -404,7 +396,7 @@ impl Tasks {
             (None, None) => return Ok(false),
         };
         if let Some(f) = &self.fleet {
-            f.task_delete(owner, id).await.map_err(|_| SharedDown)?;
+            f.task_delete(owner, id).await?;
         }
         if local.is_some() {
             if let Ok(mut map) = self.by_id.lock() {
