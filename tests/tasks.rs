@@ -336,6 +336,20 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert_eq!(r.header("retry-after"), "2");
     assert!(r.body.contains("send the request again"), "{}", r.body);
+    // Nor is a list of what one replica knows the owner's list: 503 too,
+    // as a list and as a query, on either replica.
+    for gw in [&b, &c] {
+        for list in ["/api/tasks", "/api/query?type=Task"] {
+            let r = http.get(&gw.url(list), &[("authorization", &alice)]).await;
+            assert_eq!(
+                r.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{list}: {}",
+                r.body
+            );
+            assert_eq!(r.header("retry-after"), "2");
+        }
+    }
     let r = http
         .send_body(
             Method::DELETE,

@@ -441,11 +441,13 @@ async fn tasks_route(
     };
     let shared_down = |_: crate::fleet::Down| GatewayError::SharedDown("the task");
     let doc = match (method, target.segments()) {
-        (&Method::GET | &Method::HEAD, [_]) if target.is(0, "query") => {
-            tasks::query_document(&app.tasks.list(&app.pool, owner).await, base)
-        }
         (&Method::GET | &Method::HEAD, [_]) => {
-            tasks::list_document(&app.tasks.list(&app.pool, owner).await)
+            let tasks = app.tasks.list(&app.pool, owner).await;
+            let tasks = tasks.map_err(|_| GatewayError::SharedDown("the task list"))?;
+            match target.is(0, "query") {
+                true => tasks::query_document(&tasks, base),
+                false => tasks::list_document(&tasks),
+            }
         }
         (&Method::GET | &Method::HEAD, [_, id]) => app
             .tasks

@@ -39,8 +39,9 @@
 //! tier: while Redis does not answer, a `GET` of it is 503 with
 //! `Retry-After` ([`Down`]), never a 404 that would tell its owner
 //! the task is gone. A `DELETE` removes the shared record first, so while
-//! Redis does not answer it does nothing and is 503 too. A list is of the
-//! tasks this replica knows.
+//! Redis does not answer it does nothing and is 503 too. A list is 503 as
+//! well: this replica's tasks alone would tell their owner the others are
+//! gone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -331,11 +332,17 @@ impl Tasks {
     }
 
     /// The caller's tasks, oldest first (in fleet mode, then those other
-    /// replicas follow).
-    pub async fn list(self: &Arc<Self>, pool: &Arc<SessionPool>, owner: &str) -> Vec<Bytes> {
+    /// replicas follow). In fleet mode, while the shared tier does not
+    /// answer, [`Down`]: a list of only this replica's tasks would tell
+    /// their owner the others are gone.
+    pub async fn list(
+        self: &Arc<Self>,
+        pool: &Arc<SessionPool>,
+        owner: &str,
+    ) -> Result<Vec<Bytes>, Down> {
         let (mut docs, known): (Vec<Bytes>, Vec<String>) = {
             let Ok(map) = self.by_id.lock() else {
-                return Vec::new();
+                return Ok(Vec::new());
             };
             let mut own: Vec<(&String, &Arc<Task>)> =
                 map.iter().filter(|(_, t)| t.owner == owner).collect();
@@ -351,15 +358,15 @@ impl Tasks {
             (docs, own.iter().map(|(id, _)| (*id).clone()).collect())
         };
         if let Some(fleet) = &self.fleet {
-            for id in fleet.task_ids(owner).await.unwrap_or_default() {
+            for id in fleet.task_ids(owner).await? {
                 if !known.contains(&id) {
-                    if let Ok(Some(doc)) = self.get(pool, owner, &id).await {
+                    if let Some(doc) = self.get(pool, owner, &id).await? {
                         docs.push(doc);
                     }
                 }
             }
         }
-        docs
+        Ok(docs)
     }
 
     /// Deletes the caller's task `id`: at EM too while it is pending (EM
