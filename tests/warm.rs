@@ -183,6 +183,72 @@ async fn a_new_restore_point_does_not_wait_for_the_first_looks_backlog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_a_portal_was_just_shown_is_fetched_before_the_portal_asks_for_it() {
+    let sim = start_sim(sim_config()).await;
+    // Yesterday's point is known from the first look; the next look is an
+    // hour away.
+    let yesterday = sim.add_restore_point();
+    let gw = Gateway::start(&sim, &[("EMGATE_PREFETCH_INTERVAL", "1h")]);
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let looked = eventually(Duration::from_secs(10), || async {
+        em_saw(&sim, &vm_path(&yesterday)) == 1
+    })
+    .await;
+    assert!(looked, "the first look did not fetch yesterday's point");
+
+    // A backup run makes two points; a portal lists the newest through
+    // emgate, as restore portals do, and shows them.
+    let (a, b) = (sim.add_restore_point(), sim.add_restore_point());
+    let listing = "/api/query?type=RestorePoint&sortDesc=CreationTime&pageSize=6";
+    let r = http.get(&gw.url(listing), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains(&b) && r.body.contains(&a), "{}", r.body);
+    let fetched = eventually(Duration::from_secs(5), || async {
+        em_saw(&sim, &vm_path(&a)) == 1 && em_saw(&sim, &vm_path(&b)) == 1
+    })
+    .await;
+    assert!(
+        fetched,
+        "the listed points were not fetched: {:?}",
+        gw.log_text()
+    );
+    for id in [&a, &b] {
+        let r = http.get(&gw.url(&vm_path(id)), &[]).await;
+        assert_eq!(r.header("x-cache"), "HIT", "{id}");
+    }
+    // Only the points before the first known one were new: the older ones
+    // the page also listed (last year's) were not fetched.
+    let listed: Vec<&str> = r
+        .body
+        .split("urn:veeam:RestorePoint:")
+        .skip(1)
+        .filter_map(|rest| rest.get(..36))
+        .collect();
+    assert_eq!(listed.len(), 6, "{}", r.body);
+    // (Made in the same second, the two come in either order.)
+    let mut new = listed[..2].to_vec();
+    new.sort_unstable();
+    let mut made = [a.as_str(), b.as_str()];
+    made.sort_unstable();
+    assert_eq!(new, made);
+    assert_eq!(listed[2], yesterday);
+    for older in &listed[3..] {
+        assert_eq!(em_saw(&sim, &vm_path(older)), 0, "{older}");
+    }
+    assert_eq!(em_saw(&sim, &vm_path(&yesterday)), 1);
+    // A listing in any other order hands nothing over.
+    let c = sim.add_restore_point();
+    let r = http
+        .get(&gw.url("/api/query?type=RestorePoint&pageSize=6"), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(em_saw(&sim, &vm_path(&c)), 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_off_fetches_nothing_before_it_is_asked() {
     let sim = start_sim(sim_config()).await;
     let gw = Gateway::start(
@@ -784,6 +850,102 @@ async fn a_replica_told_to_warm_before_ready_is_ready_once_its_hot_keys_are_cach
     for key in &keys {
         assert_eq!(http.get(&gw.url(key), &[]).await.header("x-cache"), "HIT");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_warming_before_ready_opens_before_its_first_rewarmed_keys_go_stale() {
+    let sim = start_sim(sim_config()).await;
+    // The hottest key takes 8 s at EM, and entries are served at once for
+    // 4 s (2 s fresh, 2 s stale while
+    // revalidated): waiting for the whole rewarm would open with the
+    // hottest key past that.
+    let keys = keys_the_first_slow(&sim, 100, 2, Duration::from_secs(8));
+    let dir = state_with("stale-before-ready", &sim.base_url(), &keys);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_PREFETCH", "false"),
+            ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+            ("EMGATE_WARM_BEFORE_READY", "true"),
+            ("EMGATE_CACHE_TTL", "2s"),
+            ("EMGATE_CACHE_STALE_WHILE_REVALIDATE", "2s"),
+            ("EMGATE_UPSTREAM_TIMEOUT", "20s"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    // Ready after those 4 s, the rewarm going on: the hottest key is still
+    // at EM.
+    let early = eventually(Duration::from_secs(2), || async {
+        gw.log_text()
+            .contains("ready before every hot key is cached again")
+    })
+    .await;
+    assert!(early, "{}", gw.log_text());
+    assert!(
+        !gw.log_text().contains("are cached again\""),
+        "{}",
+        gw.log_text()
+    );
+    let rewarmed = eventually(Duration::from_secs(15), || async {
+        gw.log_text().contains("are cached again\"")
+    })
+    .await;
+    assert!(rewarmed, "the rewarm did not go on after ready");
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_fetches_what_clients_read_before_the_days_backlog() {
+    let sim = start_sim(sim_config()).await;
+    // The day's points before the start, none of them read: the first
+    // look's backlog.
+    let morning: Vec<String> = (0..3)
+        .map(|_| vm_path(&sim.add_restore_point()).to_ascii_lowercase())
+        .collect();
+    // What clients read before the restart: five old points, a second
+    // each at EM, one at a time.
+    let hot: Vec<String> = (110..115)
+        .map(|i| {
+            let id = sim.restore_point_id(i);
+            sim.set_path_latency(
+                &format!("/api/restorepoints/{id}"),
+                Some(Duration::from_secs(1)),
+            );
+            vm_path(&id).to_ascii_lowercase()
+        })
+        .collect();
+    let dir = state_with("backlog-after-rewarm", &sim.base_url(), &hot);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_STATE_DIR", dir.to_str().unwrap()),
+            ("EMGATE_BACKGROUND_CONCURRENCY", "1"),
+            ("EMGATE_PREFETCH_INTERVAL", "1h"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let done = eventually(Duration::from_secs(15), || async {
+        morning.iter().all(|p| em_saw(&sim, p) == 1)
+    })
+    .await;
+    assert!(done, "the backlog was not fetched");
+    let asked: Vec<String> = sim
+        .requests()
+        .into_iter()
+        .map(|r| r.path_and_query.to_ascii_lowercase())
+        .collect();
+    let at = |path: &String| asked.iter().position(|a| a == path).unwrap();
+    let last_hot = hot.iter().map(at).max().unwrap();
+    let first_backlog = morning.iter().map(at).min().unwrap();
+    assert!(
+        last_hot < first_backlog,
+        "a backlog point went before the hot keys: {asked:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     sim.shutdown().await;
 }

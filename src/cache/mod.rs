@@ -166,6 +166,11 @@ pub struct Entry<V> {
     hits: AtomicU64,
     /// Requests the entry it replaced answered (a refresh keeps a key hot).
     replaced_hits: u64,
+    /// How long the entry it replaced lived, for [`Entry::heat_per_minute`].
+    replaced_life: Duration,
+    /// Its age at its last hit, in milliseconds (0: none yet): the hit
+    /// already knows the age, so this costs the hit one store, no clock.
+    last_hit_age_ms: AtomicU64,
 }
 
 /// Where an entry stands, by its age.
@@ -196,6 +201,8 @@ impl<V: Stored> Entry<V> {
             ahead: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
             replaced_hits: 0,
+            replaced_life: Duration::ZERO,
+            last_hit_age_ms: AtomicU64::new(0),
         }
     }
 
@@ -208,6 +215,32 @@ impl<V: Stored> Entry<V> {
     /// over about the last two lifetimes.
     pub fn heat(&self) -> u64 {
         self.hits() + self.replaced_hits
+    }
+
+    /// Requests it and the entry it replaced answered a minute, over their
+    /// lives, and less the longer it has gone unread past [`HOT_IDLE`]:
+    /// how hot its key is now. A key clients stopped reading cools down,
+    /// however many hits it had when it was new (yesterday's newest
+    /// restore point must not go before the points clients read today).
+    pub fn heat_per_minute(&self) -> u64 {
+        let age = self.age();
+        let life = (age + self.replaced_life).as_secs_f64().max(1.0);
+        let rate = self.heat() as f64 * 60.0 / life;
+        // Not read for more than [`HOT_IDLE`], it cools as it waits.
+        let last = Duration::from_millis(self.last_hit_age_ms.load(Ordering::Relaxed));
+        let idle = age.saturating_sub(last).as_secs_f64();
+        let cooled = match idle > HOT_IDLE.as_secs_f64() {
+            true => rate * HOT_IDLE.as_secs_f64() / idle,
+            false => rate,
+        };
+        cooled.ceil() as u64
+    }
+
+    /// A hit, `age` old.
+    fn hit(&self, age: Duration) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.last_hit_age_ms
+            .store(age.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Whether the value is a remembered "not found".
@@ -231,7 +264,11 @@ impl<V: Stored> Entry<V> {
     }
 
     fn freshness(&self) -> Freshness {
-        let age = self.age();
+        self.freshness_at(self.age())
+    }
+
+    /// Its state at `age`.
+    fn freshness_at(&self, age: Duration) -> Freshness {
         let p = &self.policy;
         if self.is_negative() {
             return if age < p.negative_ttl {
@@ -251,6 +288,10 @@ impl<V: Stored> Entry<V> {
         }
     }
 }
+
+/// How long a key may go unread before it cools down in
+/// [`Entry::heat_per_minute`].
+pub const HOT_IDLE: Duration = Duration::from_secs(60);
 
 /// How a request was served, for `X-Cache` and `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,11 +499,14 @@ where
     {
         let stats = self.stats_of(policy.rule);
         let existing = self.entries.get(&key).await;
-        let state = existing.as_ref().map_or(Freshness::Dead, |e| e.freshness());
+        let age = existing.as_ref().map_or(Duration::ZERO, |e| e.age());
+        let state = existing
+            .as_ref()
+            .map_or(Freshness::Dead, |e| e.freshness_at(age));
         match (state, existing) {
             (Freshness::Fresh, Some(e)) => {
                 stats.hit();
-                e.hits.fetch_add(1, Ordering::Relaxed);
+                e.hit(age);
                 if self.options.refresh_ahead
                     && !e.is_negative()
                     && !e.scheduled.swap(true, Ordering::Relaxed)
@@ -472,7 +516,7 @@ where
                 Ok(Served::stored(e, Outcome::Hit))
             }
             (Freshness::Revalidate, Some(e)) => {
-                e.hits.fetch_add(1, Ordering::Relaxed);
+                e.hit(age);
                 if !self.failed.contains_key(&key) {
                     let unless = Unless::NewerThan(e.fetched_at);
                     let job = fetch(Refresh::Revalidate);
@@ -573,6 +617,12 @@ where
             Landed::Value(_) => Ok(started),
             Landed::Failed(error) => Err(error),
         }
+    }
+
+    /// Whether `key` has an entry, fresh or not (nothing is counted: for
+    /// background work).
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
     }
 
     /// Whether any stored key `matches` (one pass over the entries: for
@@ -729,12 +779,12 @@ where
         tokio::spawn(async move {
             // Hits of the entry this flight replaces: a key read before its
             // refresh stays hot after it.
-            let mut replaced_hits = 0;
+            let (mut replaced_hits, mut replaced_life) = (0, Duration::ZERO);
             if store {
                 // A flight that ended just before this one began may have
                 // stored what we were about to fetch: use it.
                 if let Some(e) = this.entries.get(&key).await {
-                    replaced_hits = e.hits();
+                    (replaced_hits, replaced_life) = (e.hits(), e.age());
                     let enough = match unless {
                         Unless::Fresh => e.freshness() == Freshness::Fresh,
                         Unless::NewerThan(t) => e.fetched_at > t,
@@ -751,6 +801,7 @@ where
                     this.failed.invalidate(&key);
                     let mut entry = Entry::new(fetched, policy);
                     entry.replaced_hits = replaced_hits;
+                    entry.replaced_life = replaced_life;
                     let entry = Arc::new(entry);
                     let weight = entry.value.weight() + OVERHEAD;
                     let stats = this.stats.get(entry.policy.rule);
@@ -863,8 +914,8 @@ where
 
     /// The hot keys: those whose stored entry (not a remembered "not
     /// found") and the one it replaced answered at least `min_hits`
-    /// requests ([`Entry::heat`]), hottest first, at
-    /// most `limit` of them. One pass over the entries, for background
+    /// requests ([`Entry::heat`]), hottest first (by
+    /// [`Entry::heat_per_minute`]), at most `limit` of them. One pass over the entries, for background
     /// work.
     pub fn hot(&self, min_hits: u64, limit: usize) -> Vec<Kept<K, V>> {
         let mut hot: Vec<Kept<K, V>> = self
@@ -872,7 +923,7 @@ where
             .iter()
             .filter(|(_, e)| !e.is_negative() && e.heat() >= min_hits)
             .collect();
-        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.heat()));
+        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.heat_per_minute()));
         hot.truncate(limit);
         hot
     }
@@ -1024,6 +1075,78 @@ mod tests {
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 1, "a waiter fetched again");
         assert!(started.elapsed() < Duration::from_millis(550));
+    }
+
+    #[tokio::test]
+    async fn the_hot_keys_are_those_read_most_a_minute_not_most_ever() {
+        let cache: Cache<String, Counted, Failed> = Cache::new(
+            Options {
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1 << 20,
+                stale_wait: Duration::from_secs(1),
+                refresh_ahead: false,
+                failed_memory: Duration::from_secs(1),
+            },
+            1,
+        );
+        let policy = Policy {
+            rule: 0,
+            ttl: Duration::from_secs(3600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::from_secs(1),
+        };
+        let alive = Arc::new(AtomicUsize::new(0));
+        let read = |key: &str, times: usize| {
+            let (cache, policy, alive) = (&cache, &policy, alive.clone());
+            let key = key.to_string();
+            async move {
+                for _ in 0..=times {
+                    let alive = alive.clone();
+                    let fetch = move || async move {
+                        alive.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failed>(Fetched::fresh(Counted(alive)))
+                    };
+                    assert!(cache.get(key.clone(), policy, |_| fetch).await.is_ok());
+                }
+            }
+        };
+        // Yesterday's newest point: read a lot when it was new, no more.
+        read("yesterday", 8).await;
+        tokio::time::sleep(Duration::from_millis(3000)).await;
+        // Today's: read less so far, but now.
+        read("today", 4).await;
+        read("once", 1).await;
+        let hot: Vec<String> = cache
+            .hot(2, 10)
+            .into_iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        // 4 hits in its first second against 8 in three: today's is hotter,
+        // and a key read once is not hot at all.
+        assert_eq!(hot, ["today", "yesterday"]);
+
+        // Two entries ten minutes old: one read 100 times in its first
+        // minute and never since, one read 40 times, last just now.
+        let entry = |hits: u64, last_hit: Duration| {
+            let mut e = Entry::new(Fetched::fresh(Counted(alive.clone())), policy.clone());
+            let now = Instant::now();
+            e.fetched_at = now.checked_sub(Duration::from_secs(600)).unwrap_or(now);
+            e.hits.store(hits, Ordering::Relaxed);
+            e.hit(last_hit);
+            e
+        };
+        let (then, now) = (
+            entry(100, Duration::from_secs(60)),
+            entry(40, Duration::from_secs(600)),
+        );
+        assert!(then.heat() > now.heat());
+        assert!(
+            now.heat_per_minute() > then.heat_per_minute(),
+            "{} {}",
+            now.heat_per_minute(),
+            then.heat_per_minute()
+        );
     }
 
     #[tokio::test]

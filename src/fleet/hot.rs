@@ -2,7 +2,7 @@
 //! (or the whole fleet, restarted) fetches before its clients ask.
 //!
 //! One sorted set, `hot`. Every replica adds its hot keys every minute,
-//! scored by the minute it saw them hot and then by their hits, so the
+//! scored by the minute it saw them hot and then by their hits a minute, so the
 //! newest come first and a key nobody reads any more sinks; the set is
 //! trimmed to the bound after each addition. A member is a cache key and
 //! its MAC (bound to the set's name): a member that fails it is skipped and

@@ -73,6 +73,11 @@ pub struct ReadState {
     pub collapse_stats: CollapseStats,
     /// Fleet mode's shared tier.
     pub fleet: Option<Fleet>,
+    /// Where EM's listings of the newest restore points (a portal's query,
+    /// fetched for a client or refreshed ahead) hand their ids to the
+    /// prefetch, which fetches the new ones at once (README, "Warm");
+    /// `None` with prefetch off.
+    pub listed: Option<tokio::sync::mpsc::Sender<Vec<String>>>,
 }
 
 /// The cache of reads.
@@ -438,6 +443,9 @@ async fn em_fetch(
     // A collapsed HEAD keeps no body; a cached entry must (GETs use it).
     let discard = head && !cacheable;
     let em = pool.get(&path, em_headers, discard, lane).await?;
+    if em.status == StatusCode::OK {
+        hand_listed_to_prefetch(&state, &path, &em.body);
+    }
     let base = pool.upstream().base_url();
     // JSON and XML both: twice the body's room for the conversion.
     let _room = pool
@@ -455,6 +463,24 @@ async fn em_fetch(
             status,
             prepared: Box::new(prepared),
         }),
+    }
+}
+
+/// Hands the restore points of EM's answer to `path`, if it lists the
+/// newest first, to the prefetch: a portal that shows a new point is about
+/// to ask for it. Never waits: with the prefetch's queue full, the next
+/// look finds the points instead.
+fn hand_listed_to_prefetch(state: &ReadState, path: &str, body: &[u8]) {
+    use crate::gateway::restore_points::{listed, lists_newest_first};
+    let Some(prefetch) = &state.listed else {
+        return;
+    };
+    if !lists_newest_first(path) {
+        return;
+    }
+    let (ids, _) = listed(body);
+    if !ids.is_empty() && prefetch.try_send(ids).is_err() {
+        tracing::debug!("prefetch: its queue is full; a listing's points wait for the next look");
     }
 }
 
@@ -686,6 +712,16 @@ pub async fn warm(
         .cache
         .warm(resolved.key.clone(), &rule.policy, fetch)
         .await
+}
+
+/// Whether the cache holds an entry (fresh or not) for the GET of `path`,
+/// without counting a read.
+pub fn is_cached(state: &ReadState, path: &str) -> bool {
+    state
+        .rules
+        .load()
+        .resolve(path, None)
+        .is_ok_and(|r| state.cache.contains(&r.key(false)))
 }
 
 /// A rule's fetch, running.

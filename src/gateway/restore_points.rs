@@ -39,6 +39,69 @@ pub fn key_prefix(id: RestorePointId) -> String {
     format!("/api/restorepoints/{id}")
 }
 
+/// The restore point ids an EM answer lists (from the `UID`s of its
+/// references, `Ref`, or entities, `RestorePoint`), in its order, and its
+/// page count (`PagingInfo`'s `PagesCount`, 1 when absent). Only ids the
+/// edge would take are returned: they go into paths.
+pub fn listed(xml: &[u8]) -> (Vec<String>, usize) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut ids = Vec::new();
+    let mut pages = 1;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
+                let attr = |name: &[u8]| {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.local_name().as_ref() == name)
+                        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+                };
+                match e.local_name().as_ref() {
+                    b"Ref" | b"RestorePoint" => {
+                        let id = attr(b"UID").and_then(|uid| {
+                            uid.strip_prefix("urn:veeam:RestorePoint:")
+                                .and_then(RestorePointId::parse)
+                        });
+                        if let Some(id) = id {
+                            ids.push(id.to_string());
+                        }
+                    }
+                    b"PagingInfo" => {
+                        pages = attr(b"PagesCount")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(1);
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    (ids, pages)
+}
+
+/// Whether EM's answer to `em_path` (path and query, as emgate asks EM)
+/// lists restore points newest first, as portals ask for them
+/// (`/api/query?type=RestorePoint&sortDesc=CreationTime`): the points
+/// at its head that emgate has not seen are new.
+pub fn lists_newest_first(em_path: &str) -> bool {
+    let Some((path, query)) = em_path.split_once('?') else {
+        return false;
+    };
+    let has = |name: &str, value: &str| {
+        query.split('&').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v.eq_ignore_ascii_case(value))
+        })
+    };
+    path.trim_end_matches('/')
+        .eq_ignore_ascii_case("/api/query")
+        && has("type", "RestorePoint")
+        && has("sortDesc", "CreationTime")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +136,43 @@ mod tests {
         );
         assert_eq!(restore_point_segment(&t("/api/restorePoints")), None);
         assert_eq!(restore_point_segment(&t("/api/jobs/x")), None);
+    }
+    #[test]
+    fn a_listing_gives_its_restore_points_and_pages_and_nothing_malformed() {
+        let xml = br#"<QueryResult xmlns="http://www.veeam.com/ent/v1.0"><Refs>
+<Ref Type="RestorePointReference" Href="https://em:9398/api/restorePoints/1" UID="urn:veeam:RestorePoint:D0A6E5F4-1C2B-4E3A-9F8E-7D6C5B4A3921" Name="a"/>
+<Ref Type="RestorePointReference" UID="urn:veeam:RestorePoint:../../admin" Name="b"/>
+<Ref Type="JobReference" UID="urn:veeam:Job:d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"/>
+</Refs><PagingInfo PagesCount="3" PageSize="100" PageNum="1"/></QueryResult>"#;
+        let (ids, pages) = listed(xml);
+        assert_eq!(ids, vec!["d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"]);
+        assert_eq!(pages, 3);
+        assert_eq!(listed(b"<html>nope"), (vec![], 1));
+        // Entities (`format=Entities`) name themselves; a VM's restore
+        // point is not a restore point.
+        let entities = br#"<EntityReferences><RestorePoint Type="RestorePoint" UID="urn:veeam:RestorePoint:e729979a-fcc2-4880-a420-9291ba64aa2a"><Links><Link Rel="Up" Type="BackupReference" Href="x"/></Links></RestorePoint><VmRestorePoint UID="urn:veeam:VmRestorePoint:f729979a-fcc2-4880-a420-9291ba64aa2a"/></EntityReferences>"#;
+        assert_eq!(
+            listed(entities).0,
+            vec!["e729979a-fcc2-4880-a420-9291ba64aa2a"]
+        );
+    }
+
+    #[test]
+    fn what_lists_restore_points_newest_first() {
+        for yes in [
+            "/api/query?type=RestorePoint&sortDesc=CreationTime",
+            "/api/query?pageSize=5&TYPE=restorepoint&sortdesc=creationtime",
+        ] {
+            assert!(lists_newest_first(yes), "{yes}");
+        }
+        for no in [
+            "/api/restorePoints",
+            "/api/query?type=RestorePoint",
+            "/api/query?type=RestorePoint&sortAsc=CreationTime",
+            "/api/query?type=VmRestorePoint&sortDesc=CreationTime",
+            "/api/jobs/query?type=RestorePoint&sortDesc=CreationTime",
+        ] {
+            assert!(!lists_newest_first(no), "{no}");
+        }
     }
 }

@@ -94,6 +94,9 @@ pub struct Gateway {
     /// SIGHUP, taken from bind on: a SIGHUP while the gateway starts must
     /// not end it (the default action), only reload once it runs.
     hangup: Option<tokio::signal::unix::Signal>,
+    /// Listings of new restore points for the prefetch, from the reads
+    /// (`None` with prefetch off).
+    listed: Option<tokio::sync::mpsc::Receiver<Vec<String>>>,
 }
 
 impl Gateway {
@@ -144,6 +147,14 @@ impl Gateway {
             fleet.clone(),
         ));
         let settings = Arc::new(settings);
+        // Listings of new restore points, from the reads to the prefetch.
+        let listed = match settings.warm.prefetch {
+            true => {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::gateway::warm::LISTED_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
         let app = Arc::new(App {
             reload: Reloader::new(settings.clone(), None, live_cert),
             tasks,
@@ -157,6 +168,7 @@ impl Gateway {
                 rules: ArcSwap::from_pointee(Rules::new(&settings.cache)),
                 collapse_stats: CollapseStats::default(),
                 fleet: fleet.clone(),
+                listed: listed.0,
             }),
             access: AccessState {
                 settings: settings.clone(),
@@ -188,6 +200,7 @@ impl Gateway {
             listener,
             tls,
             hangup,
+            listed: listed.1,
         })
     }
 
@@ -234,6 +247,7 @@ impl Gateway {
             listener,
             tls,
             hangup,
+            listed,
         } = self;
         if let Ok(addr) = listener.local_addr() {
             let scheme = if tls.is_some() { "https" } else { "http" };
@@ -256,9 +270,14 @@ impl Gateway {
         let reloads = tokio::spawn(reloads(app.clone(), hangup));
         // Work before anyone asks (README, "Warm"), ended at shutdown.
         let mut warm = Vec::new();
-        if app.settings.warm.prefetch {
+        // The first look's backlog waits for the rewarm of the hot keys:
+        // what clients read goes before what they might.
+        let (rewarmed, rewarm_done) = tokio::sync::watch::channel(false);
+        if let Some(listed) = listed {
             warm.push(tokio::spawn(crate::gateway::warm::prefetch(
                 app.reads.clone(),
+                listed,
+                rewarm_done,
             )));
         }
         // Hot keys survive a restart in the state folder, and in a fleet
@@ -273,8 +292,9 @@ impl Gateway {
                 // Ready at the latest after this, the rewarm going on:
                 // a slow or failing EM must not keep a replica out for good.
                 let app = app.clone();
+                let latest = crate::gateway::warm::ready_at_the_latest(&app.settings.cache);
                 warm.push(tokio::spawn(async move {
-                    tokio::time::sleep(crate::gateway::warm::READY_AT_THE_LATEST).await;
+                    tokio::time::sleep(latest).await;
                     if app.warming.swap(false, Ordering::SeqCst) {
                         tracing::warn!(
                             "warm start: ready before every hot key is cached again (it goes on)"
@@ -286,8 +306,11 @@ impl Gateway {
                 let reads = app2.reads.clone();
                 crate::gateway::warm::rewarm(reads.clone(), dir.clone()).await;
                 app2.warming.store(false, Ordering::SeqCst);
+                rewarmed.send_replace(true);
                 crate::gateway::warm::keep_hot_keys(reads, dir).await;
             }));
+        } else {
+            rewarmed.send_replace(true);
         }
         let listen = &app.settings.listen;
         let (header_timeout, idle_timeout) = (listen.header_timeout, listen.idle_timeout);

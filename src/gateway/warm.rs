@@ -39,6 +39,10 @@
 //!   time when it dies). Each fetch goes through the shared tier, so one
 //!   EM fetch per restore point serves the fleet. While Redis is down every
 //!   replica looks for itself, as it does everything else.
+//! - A portal's listing of the newest points that emgate fetched from EM
+//!   (for a client, or refreshing its copy) hands its new points over at
+//!   once ([`listed_points`]): the portal is about to ask for one, and
+//!   the next look may be most of an interval away.
 //! - Nothing here delays a client: every EM request of a look is in the
 //!   background lane, which steps aside for clients.
 //!
@@ -67,7 +71,6 @@ use tokio::task::JoinSet;
 
 use crate::em::client::Lane;
 use crate::gateway::reads::{self, ReadState};
-use crate::gateway::restore_points::RestorePointId;
 use crate::ops::metrics::Work;
 
 /// How long after its `CreationTime` a restore point may first appear in
@@ -82,6 +85,14 @@ const MAX_PAGES: usize = 50;
 
 /// After failed looks the wait doubles, this many times at most (8 intervals).
 const MAX_DOUBLINGS: u32 = 3;
+
+/// Listings of the newest restore points waiting for the prefetch (more
+/// are dropped: the next look finds their points).
+pub const LISTED_QUEUE: usize = 16;
+
+/// New restore points fetched per listing at most (the rest wait for the
+/// next look): a portal shows the newest few.
+const LISTED_MAX: usize = 32;
 
 /// The lease name of the replica that looks, in fleet mode.
 const LEASE: &str = "prefetch";
@@ -101,17 +112,31 @@ struct Looker {
     /// The first look's fetches (the window's backlog), a chain of their
     /// own: the new points of the following looks do not wait for them.
     backlog: Option<tokio::task::JoinHandle<()>>,
+    /// Fetches the new points of listings clients were given, beside the
+    /// looks.
+    listings: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the rewarm of the hot keys at start is done: the first
+    /// look's backlog waits for it.
+    rewarmed: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Runs the looks until the task is aborted (at shutdown).
-pub async fn prefetch(state: Arc<ReadState>) {
+pub async fn prefetch(
+    state: Arc<ReadState>,
+    listed: tokio::sync::mpsc::Receiver<Vec<String>>,
+    rewarmed: tokio::sync::watch::Receiver<bool>,
+) {
     let interval = state.settings.warm.prefetch_interval;
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let listings = tokio::spawn(listed_points(state.clone(), seen.clone(), listed));
     let mut looker = Looker {
         state,
         last: None,
-        seen: Arc::default(),
+        seen,
         fetching: None,
         backlog: None,
+        listings: Some(listings),
+        rewarmed,
     };
     let mut lease = None;
     let mut failures = 0u32;
@@ -198,7 +223,7 @@ impl Looker {
             if em.status != StatusCode::OK {
                 return Err(format!("EM answered {}", em.status));
             }
-            let (ids, pages) = restore_points(&em.body);
+            let (ids, pages) = crate::gateway::restore_points::listed(&em.body);
             {
                 let seen = lock(&self.seen);
                 new.extend(ids.into_iter().filter(|id| !seen.contains_key(id)));
@@ -212,10 +237,7 @@ impl Looker {
         let mut once = std::collections::HashSet::new();
         new.retain(|id| once.insert(id.clone()));
         tracing::debug!(since = %since_text, new = new.len(), "prefetch: looked for new restore points");
-        let entity = self.state.cache.any_key(|k| {
-            let k = k.as_str();
-            k.starts_with("/api/restorepoints/") && k.ends_with("/vmrestorepoints?format=entity")
-        });
+        let entity = wants_entity(&self.state);
         {
             let mut seen = lock(&self.seen);
             // What the next look can no longer return: it asks from this
@@ -239,10 +261,16 @@ impl Looker {
             _ => &mut self.fetching,
         };
         let (state, seen, before) = (self.state.clone(), self.seen.clone(), chain.take());
+        let mut rewarmed = self.rewarmed.clone();
         *chain = Some(tokio::spawn(async move {
             // Aborted with this task (at shutdown), not left running.
             if let Some(mut before) = before.map(AbortOnDrop) {
                 let _ = (&mut before.0).await;
+            }
+            // The backlog is what clients might read; the hot keys of
+            // before the start, what they did: those go first.
+            if work == Work::Backlog {
+                let _ = rewarmed.wait_for(|done| *done).await;
             }
             let fetched = fetch_points(state, seen, new, entity, work).await;
             if fetched > 0 {
@@ -256,12 +284,67 @@ impl Looker {
 
 impl Drop for Looker {
     fn drop(&mut self) {
-        for chain in [self.fetching.take(), self.backlog.take()]
-            .into_iter()
-            .flatten()
+        for chain in [
+            self.fetching.take(),
+            self.backlog.take(),
+            self.listings.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             chain.abort();
         }
+    }
+}
+
+/// Fetches the new points of listings of the newest restore points that
+/// EM gave emgate for someone (see `reads::hand_listed_to_prefetch`), as
+/// they come: a portal that shows a point is about to ask for it, and the
+/// next look may be an interval away. A listing is newest first, so its
+/// new points are those before the first one already seen (fetched, or
+/// being fetched) or cached (in a fleet, the replica that got the listing
+/// may not be the one that looks): a listing of old points nobody asked
+/// for is not fetched whole.
+async fn listed_points(
+    state: Arc<ReadState>,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+    mut listed: tokio::sync::mpsc::Receiver<Vec<String>>,
+) {
+    // Where this replica does not look (a fleet's others), nothing else
+    // forgets the points seen: past any look's horizon (`Looker::look`,
+    // LATE_ARRIVAL and the look's time) they go.
+    let forget = 2 * LATE_ARRIVAL + state.settings.warm.prefetch_interval;
+    while let Some(ids) = listed.recv().await {
+        let new: Vec<String> = {
+            let mut seen = lock(&seen);
+            seen.retain(|_, at| at.elapsed() < forget);
+            let new: Vec<String> = ids
+                .into_iter()
+                .take_while(|id| {
+                    !seen.contains_key(id)
+                        && !reads::is_cached(
+                            &state,
+                            &format!("/api/restorePoints/{id}/vmRestorePoints"),
+                        )
+                })
+                .take(LISTED_MAX)
+                .collect();
+            for id in &new {
+                seen.insert(id.clone(), Instant::now());
+            }
+            new
+        };
+        if new.is_empty() {
+            continue;
+        }
+        let entity = wants_entity(&state);
+        let count = new.len();
+        let fetched = fetch_points(state.clone(), seen.clone(), new, entity, Work::Prefetch).await;
+        tracing::debug!(
+            count,
+            fetched,
+            "prefetched the new restore points of a listing"
+        );
     }
 }
 
@@ -277,6 +360,15 @@ impl Drop for AbortOnDrop {
 /// Locks the seen points (a panic elsewhere leaves them consistent).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether clients ask for the `?format=Entity` form of vmRestorePoints
+/// (one is cached): then it is prefetched too.
+fn wants_entity(state: &ReadState) -> bool {
+    state.cache.any_key(|k| {
+        let k = k.as_str();
+        k.starts_with("/api/restorepoints/") && k.ends_with("/vmrestorepoints?format=entity")
+    })
 }
 
 /// Fetches the `vmRestorePoints` of restore points `ids` (newest first, as
@@ -340,7 +432,8 @@ struct HotKeys {
     version: u32,
     /// A digest of EM's URL: keys of another EM are not this one's.
     upstream: String,
-    /// Cache keys (`/api/...?...`), hottest first, with their hits.
+    /// Cache keys (`/api/...?...`), hottest first, with their hits a
+    /// minute (for people reading the file: a start reads the order).
     keys: Vec<(String, u64)>,
 }
 
@@ -404,6 +497,15 @@ fn replace_file(dir: &Path, target: &PathBuf, bytes: &[u8]) -> std::io::Result<(
 /// rewarm.
 pub const READY_AT_THE_LATEST: Duration = Duration::from_secs(600);
 
+/// With `EMGATE_WARM_BEFORE_READY`, how long `/readyz` waits for the rewarm
+/// at most: [`READY_AT_THE_LATEST`], and the lifetime of a vmRestorePoints
+/// entry served at once (its TTL and stale-while-revalidate). The hottest
+/// keys are fetched first; a replica that waited longer would open with
+/// them past it, and their clients would wait for EM again.
+pub fn ready_at_the_latest(cache: &crate::config::CacheSettings) -> Duration {
+    READY_AT_THE_LATEST.min(cache.ttl + cache.stale_while_revalidate)
+}
+
 /// The largest state file read (10,000 keys take under 2 MiB).
 const STATE_MAX_BYTES: u64 = 16 << 20;
 
@@ -448,13 +550,13 @@ fn read_hot_keys(state: &ReadState, dir: &Path) -> Vec<String> {
     keys
 }
 
-/// The hot keys now, hottest first, with their hits.
+/// The hot keys now, hottest first, with their hits a minute.
 fn hot_now(state: &ReadState) -> Vec<(String, u64)> {
     state
         .cache
         .hot(HOT_HITS, state.settings.warm.keys)
         .into_iter()
-        .map(|(k, e)| (k.as_str().to_string(), e.heat()))
+        .map(|(k, e)| (k.as_str().to_string(), e.heat_per_minute()))
         .collect()
 }
 
@@ -592,64 +694,4 @@ where
         }
     }
     out
-}
-
-/// The restore point ids of a query's `Refs` (from their `UID`s) and its
-/// page count (`PagingInfo`'s `PagesCount`, 1 when absent).
-fn restore_points(xml: &[u8]) -> (Vec<String>, usize) {
-    use quick_xml::events::Event;
-    let mut reader = quick_xml::Reader::from_reader(xml);
-    let mut ids = Vec::new();
-    let mut pages = 1;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
-                let attr = |name: &[u8]| {
-                    e.attributes()
-                        .flatten()
-                        .find(|a| a.key.local_name().as_ref() == name)
-                        .map(|a| String::from_utf8_lossy(&a.value).into_owned())
-                };
-                match e.local_name().as_ref() {
-                    b"Ref" => {
-                        let id = attr(b"UID").and_then(|uid| {
-                            uid.strip_prefix("urn:veeam:RestorePoint:")
-                                .map(str::to_ascii_lowercase)
-                        });
-                        // Only ids the edge would take go into a path.
-                        if let Some(id) = id.as_deref().and_then(RestorePointId::parse) {
-                            ids.push(id.to_string());
-                        }
-                    }
-                    b"PagingInfo" => {
-                        pages = attr(b"PagesCount")
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or(1);
-                    }
-                    _ => {}
-                }
-            }
-            Ok(Event::Eof) | Err(_) => break,
-            _ => {}
-        }
-    }
-    (ids, pages)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_query_result_gives_its_restore_points_and_pages_and_nothing_malformed() {
-        let xml = br#"<QueryResult xmlns="http://www.veeam.com/ent/v1.0"><Refs>
-<Ref Type="RestorePointReference" Href="https://em:9398/api/restorePoints/1" UID="urn:veeam:RestorePoint:D0A6E5F4-1C2B-4E3A-9F8E-7D6C5B4A3921" Name="a"/>
-<Ref Type="RestorePointReference" UID="urn:veeam:RestorePoint:../../admin" Name="b"/>
-<Ref Type="JobReference" UID="urn:veeam:Job:d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"/>
-</Refs><PagingInfo PagesCount="3" PageSize="100" PageNum="1"/></QueryResult>"#;
-        let (ids, pages) = restore_points(xml);
-        assert_eq!(ids, vec!["d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"]);
-        assert_eq!(pages, 3);
-        assert_eq!(restore_points(b"<html>nope"), (vec![], 1));
-    }
 }

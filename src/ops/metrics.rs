@@ -359,7 +359,6 @@ impl RuleCounters {
     }
 }
 
-/// One cache rule's counters, read at scrape time.
 /// Work emgate starts on its own account, in the background lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
