@@ -41,7 +41,7 @@
 //!   replica looks for itself, as it does everything else.
 //! - A portal's listing of the newest points that emgate fetched from EM
 //!   (for a client, or refreshing its copy) hands its new points over at
-//!   once ([`listed_points`]): the portal is about to ask for one, and
+//!   once (`listed_points`): the portal is about to ask for one, and
 //!   the next look may be most of an interval away.
 //! - Nothing here delays a client: every EM request of a look is in the
 //!   background lane, which steps aside for clients.
