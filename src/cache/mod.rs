@@ -222,18 +222,14 @@ impl<V: Stored> Entry<V> {
     /// how hot its key is now. A key clients stopped reading cools down,
     /// however many hits it had when it was new (yesterday's newest
     /// restore point must not go before the points clients read today).
-    pub fn heat_per_minute(&self) -> u64 {
+    pub fn heat_per_minute(&self) -> f64 {
         let age = self.age();
-        let life = (age + self.replaced_life).as_secs_f64().max(1.0);
-        let rate = self.heat() as f64 * 60.0 / life;
-        // Not read for more than [`HOT_IDLE`], it cools as it waits.
         let last = Duration::from_millis(self.last_hit_age_ms.load(Ordering::Relaxed));
-        let idle = age.saturating_sub(last).as_secs_f64();
-        let cooled = match idle > HOT_IDLE.as_secs_f64() {
-            true => rate * HOT_IDLE.as_secs_f64() / idle,
-            false => rate,
-        };
-        cooled.ceil() as u64
+        heat_per_minute(
+            self.heat(),
+            age + self.replaced_life,
+            age.saturating_sub(last),
+        )
     }
 
     /// A hit, `age` old.
@@ -290,8 +286,21 @@ impl<V: Stored> Entry<V> {
 }
 
 /// How long a key may go unread before it cools down in
-/// [`Entry::heat_per_minute`].
+/// [`Entry::heat_per_minute`]; also the shortest life its rate is taken
+/// over (two hits in an entry's first second are not 120 a minute).
 pub const HOT_IDLE: Duration = Duration::from_secs(60);
+
+/// Hits a minute of a key read `heat` times over `life`, last `idle` ago:
+/// the rate over the life (at least [`HOT_IDLE`]), cooled in proportion
+/// to the time unread past [`HOT_IDLE`].
+fn heat_per_minute(heat: u64, life: Duration, idle: Duration) -> f64 {
+    let rate = heat as f64 * 60.0 / life.max(HOT_IDLE).as_secs_f64();
+    let (idle, patience) = (idle.as_secs_f64(), HOT_IDLE.as_secs_f64());
+    match idle > patience {
+        true => rate * patience / idle,
+        false => rate,
+    }
+}
 
 /// How a request was served, for `X-Cache` and `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -923,7 +932,8 @@ where
             .iter()
             .filter(|(_, e)| !e.is_negative() && e.heat() >= min_hits)
             .collect();
-        hot.sort_unstable_by_key(|(_, e)| std::cmp::Reverse(e.heat_per_minute()));
+        // Each entry's heat read once: it moves with the clock.
+        hot.sort_by_cached_key(|(_, e)| std::cmp::Reverse((e.heat_per_minute() * 1000.0) as u64));
         hot.truncate(limit);
         hot
     }
@@ -1111,41 +1121,31 @@ mod tests {
                 }
             }
         };
-        // Yesterday's newest point: read a lot when it was new, no more.
-        read("yesterday", 8).await;
-        tokio::time::sleep(Duration::from_millis(3000)).await;
-        // Today's: read less so far, but now.
-        read("today", 4).await;
+        read("busy", 5).await;
+        read("quiet", 3).await;
         read("once", 1).await;
         let hot: Vec<String> = cache
             .hot(2, 10)
             .into_iter()
             .map(|(k, _)| k.to_string())
             .collect();
-        // 4 hits in its first second against 8 in three: today's is hotter,
-        // and a key read once is not hot at all.
-        assert_eq!(hot, ["today", "yesterday"]);
+        // Young entries: by their hits; a key read once is not hot at all.
+        assert_eq!(hot, ["busy", "quiet"]);
 
-        // Two entries ten minutes old: one read 100 times in its first
-        // minute and never since, one read 40 times, last just now.
-        let entry = |hits: u64, last_hit: Duration| {
-            let mut e = Entry::new(Fetched::fresh(Counted(alive.clone())), policy.clone());
-            let now = Instant::now();
-            e.fetched_at = now.checked_sub(Duration::from_secs(600)).unwrap_or(now);
-            e.hits.store(hits, Ordering::Relaxed);
-            e.hit(last_hit);
-            e
-        };
-        let (then, now) = (
-            entry(100, Duration::from_secs(60)),
-            entry(40, Duration::from_secs(600)),
-        );
-        assert!(then.heat() > now.heat());
-        assert!(
-            now.heat_per_minute() > then.heat_per_minute(),
-            "{} {}",
-            now.heat_per_minute(),
-            then.heat_per_minute()
+        // Yesterday's newest point, read 600 times in its first ten minutes
+        // and not since (an hour), against one of today's, read 100
+        // times in its ten minutes, last just now.
+        let min = |m: u64| Duration::from_secs(60 * m);
+        let yesterday = heat_per_minute(600, min(70), min(60));
+        let today = heat_per_minute(100, min(10), Duration::ZERO);
+        assert!(today > yesterday, "{today} {yesterday}");
+        assert_eq!(today, 10.0);
+        // Unread for a minute at most, nothing cools; an entry's first
+        // seconds count as a minute.
+        assert_eq!(heat_per_minute(60, min(2), min(1)), 30.0);
+        assert_eq!(
+            heat_per_minute(2, Duration::from_secs(1), Duration::ZERO),
+            2.0
         );
     }
 

@@ -478,8 +478,11 @@ fn hand_listed_to_prefetch(state: &ReadState, path: &str, body: &[u8]) {
     if !lists_newest_first(path) {
         return;
     }
-    let (ids, _) = listed(body);
-    if !ids.is_empty() && prefetch.try_send(ids).is_err() {
+    let (ids, _) = listed(body, crate::gateway::restore_points::LISTED_MAX);
+    if ids.is_empty() {
+        return;
+    }
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = prefetch.try_send(ids) {
         tracing::debug!("prefetch: its queue is full; a listing's points wait for the next look");
     }
 }

@@ -39,11 +39,18 @@ pub fn key_prefix(id: RestorePointId) -> String {
     format!("/api/restorepoints/{id}")
 }
 
+/// New restore points a listing hands to the prefetch at most, and the
+/// prefetch fetches so per interval at most (the rest wait for its next
+/// look): a portal shows the newest few, and no client can make emgate
+/// fetch more than this an interval.
+pub const LISTED_MAX: usize = 32;
+
 /// The restore point ids an EM answer lists (from the `UID`s of its
-/// references, `Ref`, or entities, `RestorePoint`), in its order, and its
-/// page count (`PagingInfo`'s `PagesCount`, 1 when absent). Only ids the
-/// edge would take are returned: they go into paths.
-pub fn listed(xml: &[u8]) -> (Vec<String>, usize) {
+/// references, `Ref`, or entities, `RestorePoint`), in its order, the
+/// first `max` at most, and its page count (`PagingInfo`'s `PagesCount`,
+/// 1 when absent or not reached). Only ids the edge would take are
+/// returned: they go into paths.
+pub fn listed(xml: &[u8], max: usize) -> (Vec<String>, usize) {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_reader(xml);
     let mut ids = Vec::new();
@@ -65,6 +72,9 @@ pub fn listed(xml: &[u8]) -> (Vec<String>, usize) {
                         });
                         if let Some(id) = id {
                             ids.push(id.to_string());
+                            if ids.len() >= max {
+                                break;
+                            }
                         }
                     }
                     b"PagingInfo" => {
@@ -83,9 +93,10 @@ pub fn listed(xml: &[u8]) -> (Vec<String>, usize) {
 }
 
 /// Whether EM's answer to `em_path` (path and query, as emgate asks EM)
-/// lists restore points newest first, as portals ask for them
-/// (`/api/query?type=RestorePoint&sortDesc=CreationTime`): the points
-/// at its head that emgate has not seen are new.
+/// lists the newest restore points, as portals ask for them
+/// (`/api/query?type=RestorePoint&sortDesc=CreationTime`): its first page
+/// (no `page`, or 1) and no `filter`, so its head is the newest points EM
+/// has. A client cannot make another page, or old points, look new.
 pub fn lists_newest_first(em_path: &str) -> bool {
     let Some((path, query)) = em_path.split_once('?') else {
         return false;
@@ -96,10 +107,19 @@ pub fn lists_newest_first(em_path: &str) -> bool {
                 .is_some_and(|(n, v)| n.eq_ignore_ascii_case(name) && v.eq_ignore_ascii_case(value))
         })
     };
+    let named = |name: &str| {
+        query.split('&').any(|pair| {
+            pair.split_once('=')
+                .map_or(pair, |(n, _)| n)
+                .eq_ignore_ascii_case(name)
+        })
+    };
     path.trim_end_matches('/')
         .eq_ignore_ascii_case("/api/query")
         && has("type", "RestorePoint")
         && has("sortDesc", "CreationTime")
+        && !named("filter")
+        && (!named("page") || has("page", "1"))
 }
 
 #[cfg(test)]
@@ -144,17 +164,20 @@ mod tests {
 <Ref Type="RestorePointReference" UID="urn:veeam:RestorePoint:../../admin" Name="b"/>
 <Ref Type="JobReference" UID="urn:veeam:Job:d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"/>
 </Refs><PagingInfo PagesCount="3" PageSize="100" PageNum="1"/></QueryResult>"#;
-        let (ids, pages) = listed(xml);
+        let (ids, pages) = listed(xml, usize::MAX);
         assert_eq!(ids, vec!["d0a6e5f4-1c2b-4e3a-9f8e-7d6c5b4a3921"]);
         assert_eq!(pages, 3);
-        assert_eq!(listed(b"<html>nope"), (vec![], 1));
+        assert_eq!(listed(b"<html>nope", usize::MAX), (vec![], 1));
         // Entities (`format=Entities`) name themselves; a VM's restore
         // point is not a restore point.
         let entities = br#"<EntityReferences><RestorePoint Type="RestorePoint" UID="urn:veeam:RestorePoint:e729979a-fcc2-4880-a420-9291ba64aa2a"><Links><Link Rel="Up" Type="BackupReference" Href="x"/></Links></RestorePoint><VmRestorePoint UID="urn:veeam:VmRestorePoint:f729979a-fcc2-4880-a420-9291ba64aa2a"/></EntityReferences>"#;
         assert_eq!(
-            listed(entities).0,
+            listed(entities, usize::MAX).0,
             vec!["e729979a-fcc2-4880-a420-9291ba64aa2a"]
         );
+        // At most `max`.
+        let two = br#"<Refs><Ref UID="urn:veeam:RestorePoint:e729979a-fcc2-4880-a420-9291ba64aa2a"/><Ref UID="urn:veeam:RestorePoint:f729979a-fcc2-4880-a420-9291ba64aa2a"/></Refs>"#;
+        assert_eq!(listed(two, 1).0.len(), 1);
     }
 
     #[test]
@@ -162,6 +185,7 @@ mod tests {
         for yes in [
             "/api/query?type=RestorePoint&sortDesc=CreationTime",
             "/api/query?pageSize=5&TYPE=restorepoint&sortdesc=creationtime",
+            "/api/query?type=RestorePoint&sortDesc=CreationTime&page=1",
         ] {
             assert!(lists_newest_first(yes), "{yes}");
         }
@@ -171,6 +195,10 @@ mod tests {
             "/api/query?type=RestorePoint&sortAsc=CreationTime",
             "/api/query?type=VmRestorePoint&sortDesc=CreationTime",
             "/api/jobs/query?type=RestorePoint&sortDesc=CreationTime",
+            // Not the newest: another page, or a filter.
+            "/api/query?type=RestorePoint&sortDesc=CreationTime&page=2",
+            "/api/query?type=RestorePoint&sortDesc=CreationTime&filter=CreationTime%3C%222020-01-01%22",
+            "/api/query?type=RestorePoint&sortDesc=CreationTime&Filter",
         ] {
             assert!(!lists_newest_first(no), "{no}");
         }

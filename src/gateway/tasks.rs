@@ -342,7 +342,8 @@ impl Tasks {
     ) -> Result<Vec<Bytes>, Down> {
         let (mut docs, known): (Vec<Bytes>, Vec<String>) = {
             let Ok(map) = self.by_id.lock() else {
-                return Ok(Vec::new());
+                // Not knowing is not "none" either.
+                return Err(Down);
             };
             let mut own: Vec<(&String, &Arc<Task>)> =
                 map.iter().filter(|(_, t)| t.owner == owner).collect();

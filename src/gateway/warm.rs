@@ -31,9 +31,10 @@
 //! - The points of a following look go first in this replica's background
 //!   lane (in a fleet, the fleet's places are taken first come, first
 //!   served); the first look's (the window's backlog, `prefetch_backlog`
-//!   in the lane's counters) wait their turn with refreshes and rewarms,
-//!   in a chain of fetches of their own, so the following looks' new
-//!   points never wait for the backlog to be done.
+//!   in the lane's counters) wait for the rewarm of the hot keys at start
+//!   (as long as a replica waits for it to be ready, at most), then take
+//!   their turn with refreshes, in a chain of fetches of their own, so the
+//!   following looks' new points never wait for the backlog to be done.
 //! - Fleet mode: one replica looks, the one holding the `prefetch` lease in
 //!   Redis (renewed while it lives; another takes over within the lease
 //!   time when it dies). Each fetch goes through the shared tier, so one
@@ -53,7 +54,7 @@
 //! requests, hottest first, at most
 //! `EMGATE_WARM_KEYS`) to [`STATE_FILE`] every [`STATE_EVERY`] and at
 //! shutdown, and refetches them (in the background lane, hottest first)
-//! when it starts. The file holds cache keys and hit counts: no body, no
+//! when it starts. The file holds cache keys and hits a minute: no body, no
 //! token, no credential. It is replaced atomically (written beside, synced,
 //! renamed), so a crash mid-write leaves the previous one; a file that does
 //! not parse, is of another format version or was written for another EM
@@ -71,6 +72,7 @@ use tokio::task::JoinSet;
 
 use crate::em::client::Lane;
 use crate::gateway::reads::{self, ReadState};
+use crate::gateway::restore_points::LISTED_MAX;
 use crate::ops::metrics::Work;
 
 /// How long after its `CreationTime` a restore point may first appear in
@@ -90,9 +92,10 @@ const MAX_DOUBLINGS: u32 = 3;
 /// are dropped: the next look finds their points).
 pub const LISTED_QUEUE: usize = 16;
 
-/// New restore points fetched per listing at most (the rest wait for the
-/// next look): a portal shows the newest few.
-const LISTED_MAX: usize = 32;
+/// Restore points handed over by listings that are remembered, so the same
+/// newest points are not fetched again when `seen` has forgotten them (a
+/// quiet night with no new backups).
+const HANDED_MEMORY: usize = 4096;
 
 /// The lease name of the replica that looks, in fleet mode.
 const LEASE: &str = "prefetch";
@@ -223,7 +226,7 @@ impl Looker {
             if em.status != StatusCode::OK {
                 return Err(format!("EM answered {}", em.status));
             }
-            let (ids, pages) = crate::gateway::restore_points::listed(&em.body);
+            let (ids, pages) = crate::gateway::restore_points::listed(&em.body, usize::MAX);
             {
                 let seen = lock(&self.seen);
                 new.extend(ids.into_iter().filter(|id| !seen.contains_key(id)));
@@ -262,15 +265,17 @@ impl Looker {
         };
         let (state, seen, before) = (self.state.clone(), self.seen.clone(), chain.take());
         let mut rewarmed = self.rewarmed.clone();
+        let patience = ready_at_the_latest(&self.state.settings.cache);
         *chain = Some(tokio::spawn(async move {
             // Aborted with this task (at shutdown), not left running.
             if let Some(mut before) = before.map(AbortOnDrop) {
                 let _ = (&mut before.0).await;
             }
             // The backlog is what clients might read; the hot keys of
-            // before the start, what they did: those go first.
+            // before the start, what they did: those go first, for as
+            // long as a replica waits for them to be ready at most.
             if work == Work::Backlog {
-                let _ = rewarmed.wait_for(|done| *done).await;
+                let _ = tokio::time::timeout(patience, rewarmed.wait_for(|done| *done)).await;
             }
             let fetched = fetch_points(state, seen, new, entity, work).await;
             if fetched > 0 {
@@ -301,33 +306,43 @@ impl Drop for Looker {
 /// EM gave emgate for someone (see `reads::hand_listed_to_prefetch`), as
 /// they come: a portal that shows a point is about to ask for it, and the
 /// next look may be an interval away. A listing is newest first, so its
-/// new points are those before the first one already seen (fetched, or
-/// being fetched) or cached (in a fleet, the replica that got the listing
-/// may not be the one that looks): a listing of old points nobody asked
-/// for is not fetched whole.
+/// new points are those before the first one already known: seen (fetched
+/// or being fetched, the first look's backlog included), cached (in a
+/// fleet, the replica that got the listing may not be the one that looks),
+/// or handed over by a listing before. At most [`LISTED_MAX`] points an
+/// interval are fetched so, whatever clients list.
 async fn listed_points(
     state: Arc<ReadState>,
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     mut listed: tokio::sync::mpsc::Receiver<Vec<String>>,
 ) {
+    let interval = state.settings.warm.prefetch_interval;
     // Where this replica does not look (a fleet's others), nothing else
     // forgets the points seen: past any look's horizon (`Looker::look`,
     // LATE_ARRIVAL and the look's time) they go.
-    let forget = 2 * LATE_ARRIVAL + state.settings.warm.prefetch_interval;
+    let forget = 2 * LATE_ARRIVAL + interval;
+    let mut handed: std::collections::VecDeque<String> = Default::default();
+    let (mut budget_since, mut budget_used) = (Instant::now(), 0usize);
     while let Some(ids) = listed.recv().await {
+        if budget_since.elapsed() >= interval {
+            (budget_since, budget_used) = (Instant::now(), 0);
+        }
+        // The cache is asked before `seen` is locked.
+        let cached: Vec<bool> = ids
+            .iter()
+            .map(|id| reads::is_cached(&state, &format!("/api/restorePoints/{id}/vmRestorePoints")))
+            .collect();
         let new: Vec<String> = {
             let mut seen = lock(&seen);
             seen.retain(|_, at| at.elapsed() < forget);
             let new: Vec<String> = ids
                 .into_iter()
-                .take_while(|id| {
-                    !seen.contains_key(id)
-                        && !reads::is_cached(
-                            &state,
-                            &format!("/api/restorePoints/{id}/vmRestorePoints"),
-                        )
+                .zip(cached)
+                .take_while(|(id, cached)| {
+                    !cached && !seen.contains_key(id) && !handed.contains(id)
                 })
-                .take(LISTED_MAX)
+                .map(|(id, _)| id)
+                .take(LISTED_MAX.saturating_sub(budget_used))
                 .collect();
             for id in &new {
                 seen.insert(id.clone(), Instant::now());
@@ -336,6 +351,13 @@ async fn listed_points(
         };
         if new.is_empty() {
             continue;
+        }
+        budget_used += new.len();
+        for id in &new {
+            if handed.len() >= HANDED_MEMORY {
+                handed.pop_front();
+            }
+            handed.push_back(id.clone());
         }
         let entity = wants_entity(&state);
         let count = new.len();
@@ -556,7 +578,7 @@ fn hot_now(state: &ReadState) -> Vec<(String, u64)> {
         .cache
         .hot(HOT_HITS, state.settings.warm.keys)
         .into_iter()
-        .map(|(k, e)| (k.as_str().to_string(), e.heat_per_minute()))
+        .map(|(k, e)| (k.as_str().to_string(), e.heat_per_minute().ceil() as u64))
         .collect()
 }
 

@@ -370,8 +370,8 @@ pub enum Work {
     Rewarm = 2,
     /// The `vmRestorePoints` of a restore point the first look after a
     /// start finds (made in the `EMGATE_PREFETCH_WINDOW` before it): a
-    /// backlog, not news, so it waits its turn with refreshes and rewarms
-    /// while new points go first.
+    /// backlog, not news, so it waits for the rewarm at start, then its
+    /// turn with refreshes, while new points go first.
     Backlog = 3,
 }
 
