@@ -351,23 +351,13 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
         }
     }
     let r = http
-        .send_body(
-            Method::DELETE,
-            &c.url(&path),
-            &[("authorization", &alice)],
-            "",
-        )
+        .send(Method::DELETE, &c.url(&path), &[("authorization", &alice)])
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     // Where it is known, a DELETE does nothing either while its shared
     // record cannot go first: the task is still there for its owner.
     let r = http
-        .send_body(
-            Method::DELETE,
-            &b.url(&path),
-            &[("authorization", &alice)],
-            "",
-        )
+        .send(Method::DELETE, &b.url(&path), &[("authorization", &alice)])
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     let r = http.get(&b.url(&path), &[("authorization", &alice)]).await;

@@ -1033,6 +1033,31 @@ mod tests {
     #[derive(Debug)]
     struct Failed;
 
+    /// A 1 MiB cache of one rule.
+    fn test_cache(refresh_ahead: bool) -> Cache<String, Counted, Failed> {
+        Cache::new(
+            Options {
+                max_bytes: 1 << 20,
+                max_entry_bytes: 1 << 20,
+                stale_wait: Duration::from_secs(1),
+                refresh_ahead,
+                failed_memory: Duration::from_secs(1),
+            },
+            1,
+        )
+    }
+
+    /// Rule 0's lifetimes: `ttl`, no stale copies.
+    fn test_policy(ttl: Duration) -> Policy {
+        Policy {
+            rule: 0,
+            ttl,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            negative_ttl: Duration::from_secs(1),
+        }
+    }
+
     impl Failure for Failed {
         fn serves_stale(&self) -> bool {
             true
@@ -1044,23 +1069,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiters_of_a_failed_fetch_get_its_failure_and_fetch_nothing() {
-        let cache: Arc<Cache<String, Counted, Failed>> = Arc::new(Cache::new(
-            Options {
-                max_bytes: 1 << 20,
-                max_entry_bytes: 1 << 20,
-                stale_wait: Duration::from_secs(1),
-                refresh_ahead: false,
-                failed_memory: Duration::from_secs(1),
-            },
-            1,
-        ));
-        let policy = Policy {
-            rule: 0,
-            ttl: Duration::from_secs(60),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            negative_ttl: Duration::from_secs(1),
-        };
+        let cache: Arc<Cache<String, Counted, Failed>> = Arc::new(test_cache(false));
+        let policy = test_policy(Duration::from_secs(60));
         let fetches = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut waiters = Vec::new();
@@ -1089,23 +1099,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_hot_keys_are_those_read_most_a_minute_not_most_ever() {
-        let cache: Cache<String, Counted, Failed> = Cache::new(
-            Options {
-                max_bytes: 1 << 20,
-                max_entry_bytes: 1 << 20,
-                stale_wait: Duration::from_secs(1),
-                refresh_ahead: false,
-                failed_memory: Duration::from_secs(1),
-            },
-            1,
-        );
-        let policy = Policy {
-            rule: 0,
-            ttl: Duration::from_secs(3600),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            negative_ttl: Duration::from_secs(1),
-        };
+        let cache: Cache<String, Counted, Failed> = test_cache(false);
+        let policy = test_policy(Duration::from_secs(3600));
         let alive = Arc::new(AtomicUsize::new(0));
         let read = |key: &str, times: usize| {
             let (cache, policy, alive) = (&cache, &policy, alive.clone());
@@ -1151,23 +1146,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_waiting_for_its_refresh_ahead_is_freed_when_evicted() {
-        let cache: Cache<String, Counted, Failed> = Cache::new(
-            Options {
-                max_bytes: 1 << 20,
-                max_entry_bytes: 1 << 20,
-                stale_wait: Duration::from_secs(1),
-                refresh_ahead: true,
-                failed_memory: Duration::from_secs(1),
-            },
-            1,
-        );
-        let policy = Policy {
-            rule: 0,
-            ttl: Duration::from_secs(3600),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            negative_ttl: Duration::from_secs(1),
-        };
+        let cache: Cache<String, Counted, Failed> = test_cache(true);
+        let policy = test_policy(Duration::from_secs(3600));
         let alive = Arc::new(AtomicUsize::new(0));
         let fetch = |alive: &Arc<AtomicUsize>| {
             let alive = alive.clone();
