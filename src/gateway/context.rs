@@ -16,6 +16,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use http::HeaderValue;
@@ -40,6 +41,10 @@ pub struct Ctx {
     route: OnceLock<&'static str>,
     /// Its caller's name, once client access knows it.
     client: OnceLock<Cow<'static, str>>,
+    /// Whether the answer's head already carries what every `/api` answer
+    /// must (a cached answer's prepared head has it made once, when the
+    /// entry is first served), so the edge need not check it again.
+    head_complete: AtomicBool,
 }
 
 impl Ctx {
@@ -52,6 +57,7 @@ impl Ctx {
             span: OnceLock::new(),
             route: OnceLock::new(),
             client: OnceLock::new(),
+            head_complete: AtomicBool::new(false),
         }
     }
 
@@ -64,6 +70,18 @@ impl Ctx {
     /// Who is calling, as the metrics, the history and the access line name it.
     pub fn called_by(&self, client: Cow<'static, str>) {
         let _ = self.client.set(client);
+    }
+
+    /// The answer's head is a prepared one: it already carries the headers
+    /// of every `/api` answer (`render::api_headers`), and nothing added
+    /// after it (cache status, age, dates, request id) touches them.
+    pub fn head_is_complete(&self) {
+        self.head_complete.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a phase said the answer's head is complete.
+    pub fn is_head_complete(&self) -> bool {
+        self.head_complete.load(Ordering::Relaxed)
     }
 
     /// The route template, if a phase said it.

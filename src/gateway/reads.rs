@@ -676,7 +676,11 @@ pub async fn serve(
             return Ok(r);
         }
     };
-    Ok(cached_response(&served, headers, to, em_base, head))
+    let (response, complete) = cached_response(&served, headers, to, em_base, head);
+    if complete {
+        ctx.head_is_complete();
+    }
+    Ok(response)
 }
 
 /// Makes sure the cache holds `path` (and `query`) fresh, as work emgate
@@ -1040,27 +1044,30 @@ impl Tier {
 }
 
 /// A response from the cache: body, `X-Cache`, `Cache-Status`, `Age`,
-/// `ETag`, `Last-Modified`, or a 304 when the client's tag matches.
+/// `ETag`, `Last-Modified`, or a 304 when the client's tag matches; and
+/// whether its head is complete (the prepared head, which carries every
+/// `/api` answer's headers already; a 304's does not).
 fn cached_response(
     served: &Served<Prepared>,
     request: &HeaderMap,
     to: &Representation,
     em_base: &str,
     head_only: bool,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let entry = &served.entry;
     let prepared = &entry.value;
     let (body, head) = prepared.answer(to.xml, &to.public, em_base);
     let ok = prepared.status == StatusCode::OK;
     let etag = head.get(ETAG).filter(|_| ok);
-    let mut r = match etag {
+    // The prepared head is complete (see `Prepared::answer`); a 304's is not.
+    let (mut r, complete) = match etag {
         Some(etag) if matches_etag(request, etag) => {
             let mut r = Response::new(Body::default());
             *r.status_mut() = StatusCode::NOT_MODIFIED;
             r.headers_mut().insert(ETAG, etag.clone());
-            r
+            (r, false)
         }
-        _ => with_body(prepared.status, body, head, head_only),
+        _ => (with_body(prepared.status, body, head, head_only), true),
     };
     let h = r.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(served.outcome.as_str()));
@@ -1084,7 +1091,7 @@ fn cached_response(
             h.insert(LAST_MODIFIED, v);
         }
     }
-    r
+    (r, complete)
 }
 
 /// `Age: secs`, remembered per thread for the last value asked: hits of

@@ -118,7 +118,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
             },
         }
     };
-    if is_api(path) {
+    // A cached answer's head was made complete once, when prepared.
+    if is_api(path) && !ctx.as_ref().is_some_and(Ctx::is_head_complete) {
         render::api_headers(response.headers_mut());
     }
     // Every answer carries the request's id (made or kept at the edge).

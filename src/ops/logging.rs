@@ -71,8 +71,14 @@ impl Shared {
         if buffer.len() + line.len() > HELD_AT_MOST {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
+            let before = buffer.len();
             buffer.extend_from_slice(line);
-            if buffer.len() >= WRITE_AT {
+            // Only the line that crosses the mark wakes the writer: a
+            // notify is a syscall whether anyone waits or not, and the
+            // lines after it (until the writer swaps the buffer out) would
+            // each make one for a writer already woken. None is lost: the
+            // writer looks at the length before it waits.
+            if before < WRITE_AT && buffer.len() >= WRITE_AT {
                 self.full.notify_one();
             }
         }
