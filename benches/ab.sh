@@ -7,6 +7,9 @@
 #   cargo build --release
 #   bash benches/ab.sh ../before/target/release/emgate target/release/emgate
 #
+# Each round prints both req/s and the gateway's CPU time per request
+# (user + system, from /proc): the second moves less with the neighbours.
+#
 # Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), LOG (warn; `info` is
 # the default of a deployment). Needs wrk and curl
 # (benches/load.sh installs wrk).
@@ -36,7 +39,9 @@ start() { # binary port
 }
 pa=$(port); pb=$(port)
 start "$A" "$pa"
+gpa=$!
 start "$B" "$pb"
+gpb=$!
 until curl -sf "http://127.0.0.1:$pa/readyz" >/dev/null && curl -sf "http://127.0.0.1:$pb/readyz" >/dev/null; do
     sleep 0.05
 done
@@ -46,12 +51,27 @@ print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
 path="/api/restorePoints/$id/vmRestorePoints"
 curl -s -o /dev/null "http://127.0.0.1:$pa$path"
 curl -s -o /dev/null "http://127.0.0.1:$pb$path"
-rps() { taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$1" | awk '/Requests\/sec/ {print $2}'; }
+# CPU time (user + system, clock ticks) of a process, threads included.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# "req/s µs-of-CPU-per-request" of one wrk run against a gateway (pid, url):
+# CPU per request is the steadier figure on a noisy machine.
+measure() {
+    local before after out
+    before=$(ticks "$1")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$2")
+    after=$(ticks "$1")
+    awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" '
+        /Requests\/sec/ {rps = $2}
+        /requests in/ {n = $1}
+        END {printf "%s %.2f", rps, t / hz * 1e6 / n}' <<<"$out"
+}
 echo "A: $A"
 echo "B: $B"
 for r in $(seq "$ROUNDS"); do
     # Alternate which goes first: the machine warms and cools.
-    if (( r % 2 )); then a=$(rps "http://127.0.0.1:$pa$path"); b=$(rps "http://127.0.0.1:$pb$path")
-    else b=$(rps "http://127.0.0.1:$pb$path"); a=$(rps "http://127.0.0.1:$pa$path"); fi
-    python3 -c "print('round $r: A %8.0f req/s  B %8.0f req/s  B/A %.3f' % ($a, $b, $b / $a))"
+    if (( r % 2 )); then a=$(measure "$gpa" "http://127.0.0.1:$pa$path"); b=$(measure "$gpb" "http://127.0.0.1:$pb$path")
+    else b=$(measure "$gpb" "http://127.0.0.1:$pb$path"); a=$(measure "$gpa" "http://127.0.0.1:$pa$path"); fi
+    read -r ra ca <<<"$a"
+    read -r rb cb <<<"$b"
+    python3 -c "print('round $r: A %8.0f req/s %5.2f us/req  B %8.0f req/s %5.2f us/req  B/A req/s %.3f  CPU %.3f' % ($ra, $ca, $rb, $cb, $rb / $ra, $cb / $ca))"
 done

@@ -377,7 +377,9 @@ for line in open(sys.argv[1]):
         rss[server] = int(rest)
         continue
     runs.setdefault(scenario, OrderedDict()).setdefault(server, []).append(list(map(float, rest.split())))
-print(f"\nbody {sys.argv[2]} bytes; emgate logs at {sys.argv[3]}; medians of the rounds")
+print(f"\nbody {sys.argv[2]} bytes; emgate logs at {sys.argv[3]}; medians of the rounds; each ratio is"
+      " the median of the rounds' own ratios (two servers measured in the same round, a few seconds"
+      " apart), with their range: the machine's neighbours move whole rounds")
 base = any("emgate (baseline)" in servers for servers in runs.values())
 print(f"| scenario | server | req/s | p50 ms | p99 ms | CPU us/req | vs nginx static | vs floor |"
       + (" vs baseline |" if base else ""))
@@ -385,7 +387,13 @@ print(f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if
 for scenario, servers in runs.items():
     med = {s: [st.median(r[i] for r in rs) for i in range(5)] for s, rs in servers.items()}
     for server, (rps, p50, p99, cpu, bad) in med.items():
-        ratio = lambda anchor: f"{rps / med[anchor][0]:.2f}x" if anchor in med and anchor != server else ""
+        def ratio(anchor):
+            if anchor not in servers or anchor == server:
+                return ""
+            each = [a[0] / b[0] for a, b in zip(servers[server], servers[anchor])]
+            if len(each) == 1:
+                return f"{each[0]:.2f}x"
+            return f"{st.median(each):.2f}x ({min(each):.2f}-{max(each):.2f})"
         flag = f" ({bad:.0f} non-2xx)" if bad else ""
         print(f"| {scenario} | {server}{flag} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} | "
               f"{ratio('nginx static')} | {ratio('floor')} |"
