@@ -10,7 +10,7 @@
 # Each round prints both req/s and the gateway's CPU time per request
 # (user + system, from /proc): the second moves less with the neighbours.
 #
-# Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), LOG (warn; `info` is
+# Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), KEYS (1; up to 200), LOG (warn; `info` is
 # the default of a deployment). Needs wrk and curl
 # (benches/load.sh installs wrk).
 set -euo pipefail
@@ -19,6 +19,7 @@ B=$2
 ROUNDS=${ROUNDS:-4}
 DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
+KEYS=${KEYS:-1}
 LOG=${LOG:-warn}
 work=$(mktemp -d)
 pids=()
@@ -51,6 +52,28 @@ print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
 path="/api/restorePoints/$id/vmRestorePoints"
 curl -s -o /dev/null "http://127.0.0.1:$pa$path"
 curl -s -o /dev/null "http://127.0.0.1:$pb$path"
+# KEYS > 1: wrk goes round that many restore points' collections, cached
+# in both gateways first (the simulator holds 200: at most that many).
+script=()
+if (( KEYS > 1 )); then
+    curl -s "http://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["Refs"][:int(sys.argv[1])]:
+    print(r["UID"].rsplit(":", 1)[1])' "$KEYS" >"$work/ids"
+    while read -r i; do
+        for p in "$pa" "$pb"; do curl -s -o /dev/null "http://127.0.0.1:$p/api/restorePoints/$i/vmRestorePoints"; done
+    done <"$work/ids"
+    cat >"$work/rotate.lua" <<LUA
+local ids = {}
+for line in io.lines("$work/ids") do ids[#ids + 1] = line end
+local i = 0
+request = function()
+    i = i + 1
+    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints")
+end
+LUA
+    script=(-s "$work/rotate.lua")
+fi
 # CPU time (user + system, clock ticks) of a process, threads included.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # "req/s µs-of-CPU-per-request" of one wrk run against a gateway (pid, url):
@@ -58,7 +81,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() {
     local before after out
     before=$(ticks "$1")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "$2")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${script[@]}" "$2")
     after=$(ticks "$1")
     awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" '
         /Requests\/sec/ {rps = $2}

@@ -309,7 +309,7 @@ async fn conditional_reads_get_304_and_each_representation_has_its_own_etag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does() {
+async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does_and_dates_the_refetch() {
     let sim = start_sim(sim_config()).await;
     let token = "operator-token-0123456789";
     // Anonymous (a sidecar), and with a clients file: the admin token is
@@ -357,6 +357,8 @@ async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does() {
             .get(&gw.url(&vm), &with_client(("accept", "*/*")))
             .await;
         assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+        // `Last-Modified` is when EM gave the entry: the same on every hit.
+        let modified = first.headers["last-modified"].clone();
         for h in [
             ("cache-control", "no-cache"),
             ("cache-control", "max-age=0"),
@@ -364,8 +366,11 @@ async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does() {
         ] {
             let r = http.get(&gw.url(&vm), &with_client(h)).await;
             assert_eq!(r.headers["x-cache"], "HIT", "{h:?}");
+            assert_eq!(r.headers["last-modified"], modified, "{h:?}");
         }
         assert_eq!(em_saw(&sim, &vm), 1);
+        // A second later, so the refetched entry's date differs.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let bearer = format!("Bearer {token}");
         let r = http
             .get(
@@ -376,6 +381,15 @@ async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does() {
         assert_eq!(r.status, StatusCode::OK, "setup {i}: {}", r.body);
         assert_eq!(r.headers["x-cache"], "MISS", "setup {i}");
         assert_eq!(em_saw(&sim, &vm), 2);
+        // The refetched entry's date, on it and on the hits after it.
+        let date = |v: &http::HeaderValue| httpdate::parse_http_date(v.to_str().unwrap()).unwrap();
+        let refetched = r.headers["last-modified"].clone();
+        assert!(date(&refetched) > date(&modified), "setup {i}");
+        let hit = http
+            .get(&gw.url(&vm), &with_client(("accept", "*/*")))
+            .await;
+        assert_eq!(hit.headers["x-cache"], "HIT", "setup {i}");
+        assert_eq!(hit.headers["last-modified"], refetched, "setup {i}");
     }
 }
 

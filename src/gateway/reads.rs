@@ -44,7 +44,7 @@ use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
-use crate::gateway::response::{remembered, Body};
+use crate::gateway::response::Body;
 use crate::gateway::target::{canonical_pairs, encode_segment, Target};
 use crate::ops::metrics::{Refresh, Wait, Work};
 use tracing::Instrument;
@@ -152,6 +152,9 @@ pub struct Resolved {
     rule: Option<usize>,
     /// Its key for a GET (a HEAD of an uncached route has its own).
     key: CacheKey,
+    /// Whether it names a restore point by something that is not a UUID
+    /// (refused before EM sees it, whatever the route).
+    bad_restore_point: bool,
 }
 
 /// Distinct targets remembered per worker thread, at most. Past it a new
@@ -261,6 +264,8 @@ impl Rules {
             .iter()
             .position(|r| r.template.matches(target.segments()) && (!r.vm || vm_query_ok(&target)));
         let key = cache_key(&target, rule_index.and_then(|i| self.rules.get(i)), false);
+        let bad_restore_point = crate::gateway::restore_points::restore_point_segment(&target)
+            .is_some_and(|id| crate::gateway::restore_points::RestorePointId::parse(id).is_none());
         let mut raw = String::with_capacity(raw_len);
         raw.push_str(path);
         if let Some(q) = query {
@@ -273,6 +278,7 @@ impl Rules {
             target,
             rule: rule_index,
             key,
+            bad_restore_point,
         });
         if let Some((hash, _)) = slot {
             RESOLVED.with_borrow_mut(|memo| {
@@ -291,6 +297,12 @@ impl Rules {
 }
 
 impl Resolved {
+    /// Whether the target names a restore point by something that is not
+    /// a UUID: checked once per distinct target, with the parse.
+    pub fn names_a_bad_restore_point(&self) -> bool {
+        self.bad_restore_point
+    }
+
     /// The rule covering the target (among the rules it was resolved under).
     pub fn rule(&self) -> Option<&ReadRule> {
         self.rule.and_then(|i| self.rules.rules.get(i))
@@ -700,9 +712,7 @@ pub async fn warm(
     };
     // What the edge refuses a client (a restore point that is no UUID)
     // does not reach EM from a state file either.
-    if crate::gateway::restore_points::restore_point_segment(&resolved.target)
-        .is_some_and(|id| crate::gateway::restore_points::RestorePointId::parse(id).is_none())
-    {
+    if resolved.names_a_bad_restore_point() {
         return Err(Arc::new(GatewayError::Internal("not a restore point id")));
     }
     let fetch = RuleFetch {
@@ -1087,44 +1097,34 @@ fn cached_response(
         h.insert(AGE, age_value(entry.age_secs()));
     }
     if ok {
-        if let Some(v) = http_date(entry.fetched_wall) {
+        if let Some(v) = prepared.last_modified(entry.fetched_wall) {
             h.insert(LAST_MODIFIED, v);
         }
     }
     (r, complete)
 }
 
-/// `Age: secs`, remembered per thread for the last value asked: hits of
-/// one entry within a second share it instead of formatting (and
-/// allocating) it again.
+/// `Age: secs`, remembered per thread in a few slots by the value (ages
+/// go up a second at a time, together): hits of many entries, whose ages
+/// are a handful of values at any moment, share them instead of formatting
+/// (and allocating) one per hit.
 fn age_value(secs: u64) -> HeaderValue {
+    const SLOTS: usize = 64;
     thread_local! {
-        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+        static KEPT: RefCell<[Option<(u64, HeaderValue)>; SLOTS]> =
+            const { RefCell::new([const { None }; SLOTS]) };
     }
-    let make = || HeaderValue::from(secs);
-    remembered(&LAST, |s| *s == secs, || Some((secs, make()))).unwrap_or_else(make)
-}
-
-/// `t` as an HTTP date, remembered per thread for the last second asked:
-/// hits of one entry ask for the same date over and over.
-fn http_date(t: std::time::SystemTime) -> Option<HeaderValue> {
-    thread_local! {
-        static LAST: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())?;
-    remembered(
-        &LAST,
-        |s| *s == secs,
-        || {
-            Some((
-                secs,
-                HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()?,
-            ))
-        },
-    )
+    KEPT.with_borrow_mut(|kept| {
+        let slot = &mut kept[(secs % SLOTS as u64) as usize];
+        match slot {
+            Some((s, v)) if *s == secs => v.clone(),
+            _ => {
+                let v = HeaderValue::from(secs);
+                *slot = Some((secs, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 /// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 §13.1.2

@@ -521,6 +521,9 @@ pub struct Prepared {
     /// The head a client gets, per representation (JSON, XML), for the
     /// first public base served (see [`Prepared::answer`]).
     heads: [OnceLock<KeptHead>; 2],
+    /// `Last-Modified` of the entry holding it, with the time it was made
+    /// for (see [`Prepared::last_modified`]).
+    modified: OnceLock<(SystemTime, HeaderValue)>,
 }
 
 /// A head kept for one representation: the public base it was made for,
@@ -534,6 +537,11 @@ type KeptHead = (Box<str>, Box<[(HeaderName, HeaderValue)]>);
 fn kept_head_weight(em_headers: usize) -> usize {
     std::mem::size_of::<(HeaderName, HeaderValue)>() * (em_headers + 4) + 48
 }
+
+/// Room the kept `Last-Modified` takes in an entry's weight: the time, the
+/// value and its 29 bytes.
+const LAST_MODIFIED_WEIGHT: usize =
+    std::mem::size_of::<(SystemTime, HeaderValue)>() + "Thu, 01 Jan 1970 00:00:00 GMT".len();
 
 /// Headers a client's answer has room for from the start: EM's, the type,
 /// the tag, nosniff, cache control, and what each request adds (cache
@@ -587,6 +595,7 @@ impl Prepared {
             doc,
             case,
             heads: Default::default(),
+            modified: OnceLock::new(),
         })
     }
 
@@ -599,6 +608,7 @@ impl Prepared {
             .sum();
         headers
             + 2 * kept_head_weight(self.headers.len())
+            + LAST_MODIFIED_WEIGHT
             + match &self.doc {
                 Doc::Converted { json, xml } => json.weight() + xml.weight(),
                 Doc::Raw { bytes, .. } => bytes.len(),
@@ -649,6 +659,23 @@ impl Prepared {
             head.append(name.clone(), value.clone());
         }
         (body, head)
+    }
+
+    /// `Last-Modified` for an entry fetched at `at` (none before 1970),
+    /// formatted on the first hit and kept: an answer belongs to one
+    /// entry, and a per-thread memo of the last date formatted misses all
+    /// the time when hits go round many entries. Another time than the
+    /// kept one is formatted anew.
+    pub fn last_modified(&self, at: SystemTime) -> Option<HeaderValue> {
+        if let Some((t, v)) = self.modified.get() {
+            if *t == at {
+                return Some(v.clone());
+            }
+        }
+        at.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+        let v = HeaderValue::from_str(&httpdate::fmt_http_date(at)).ok()?;
+        let _ = self.modified.set((at, v.clone()));
+        Some(v)
     }
 
     /// The body and `Content-Type` for a client.
@@ -774,6 +801,7 @@ impl Prepared {
                 doc,
                 case,
                 heads: Default::default(),
+                modified: OnceLock::new(),
             },
             (SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms))
                 .min(SystemTime::now()),

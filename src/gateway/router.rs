@@ -26,7 +26,6 @@ use crate::gateway::proxy;
 use crate::gateway::reads;
 use crate::gateway::render::{self, Representation};
 use crate::gateway::response::{prefers_xml, Body};
-use crate::gateway::restore_points::{self, RestorePointId};
 use crate::gateway::target::Target;
 use crate::gateway::tasks;
 
@@ -305,12 +304,10 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
             return Box::pin(ctx.traced(sessions)).await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
-        if let Some(segment) = restore_points::restore_point_segment(target) {
-            if RestorePointId::parse(segment).is_none() {
-                return Err(GatewayError::BadRequest(
-                    "the restore point ID must be a UUID".into(),
-                ));
-            }
+        if resolved.names_a_bad_restore_point() {
+            return Err(GatewayError::BadRequest(
+                "the restore point ID must be a UUID".into(),
+            ));
         }
         // EM keeps tasks per session, the gateway per client: answered
         // here, never cached, never reaching EM for another's task.
