@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cache-hit throughput of two emgate binaries side by side (before/after a
 # change): one simulator, both gateways pinned to core 0 with one worker
-# thread, wrk on core 1, alternating rounds on the same warm restore point.
+# thread, wrk on core 1, alternating rounds on the same warm restore point
+# (or, with KEYS, going round that many).
 #
 #   git worktree add ../before <commit> && (cd ../before && cargo build --release)
 #   cargo build --release
@@ -81,12 +82,12 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() {
     local before after out
     before=$(ticks "$1")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${script[@]}" "$2")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" ${script[@]+"${script[@]}"} "$2")
     after=$(ticks "$1")
     awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" '
         /Requests\/sec/ {rps = $2}
         /requests in/ {n = $1}
-        END {printf "%s %.2f", rps, t / hz * 1e6 / n}' <<<"$out"
+        END {printf "%s %.2f", rps, n ? t / hz * 1e6 / n : 0}' <<<"$out"
 }
 echo "A: $A"
 echo "B: $B"

@@ -971,6 +971,9 @@ async fn api_answers_are_private_not_sniffed_and_typed_by_the_gateway() {
     let hit = http.get(&gw.url(&vm), &[]).await;
     assert_eq!(hit.headers["x-cache"], "HIT");
     ours(&hit, "a hit");
+    let head = http.send(Method::HEAD, &gw.url(&vm), &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    ours(&head, "a HEAD");
     let xml = http
         .get(&gw.url(&vm), &[("accept", "application/xml")])
         .await;

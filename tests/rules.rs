@@ -385,6 +385,8 @@ async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does_and_dat
         let date = |v: &http::HeaderValue| httpdate::parse_http_date(v.to_str().unwrap()).unwrap();
         let refetched = r.headers["last-modified"].clone();
         assert!(date(&refetched) > date(&modified), "setup {i}");
+        // A second later still: a date of the answer's own time would move.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let hit = http
             .get(&gw.url(&vm), &with_client(("accept", "*/*")))
             .await;

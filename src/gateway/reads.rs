@@ -1104,10 +1104,11 @@ fn cached_response(
     (r, complete)
 }
 
-/// `Age: secs`, remembered per thread in a few slots by the value (ages
-/// go up a second at a time, together): hits of many entries, whose ages
-/// are a handful of values at any moment, share them instead of formatting
-/// (and allocating) one per hit.
+/// `Age: secs`, remembered per thread in 64 slots by the value: hits of
+/// entries fetched together (a fill, a warm start, one entry read over and
+/// over) share a few values instead of formatting (and allocating) one per
+/// hit. Ages spread over a long TTL collide in the slots and are made
+/// anew, as before.
 fn age_value(secs: u64) -> HeaderValue {
     const SLOTS: usize = 64;
     thread_local! {

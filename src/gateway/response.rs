@@ -12,9 +12,8 @@ use http::header::{HeaderMap, ACCEPT};
 pub type Body = http_body_util::Full<Bytes>;
 
 /// A value remembered per thread for the last key it was made for, in
-/// `last`: a busy gateway's answers repeat a few values (an entry's age and
-/// date, the public base) that would otherwise be formatted, and allocated,
-/// on every request. `same` says whether the remembered key is the one
+/// `last`: a busy gateway's answers repeat a few values (the public base)
+/// that would otherwise be formatted, and allocated, on every request. `same` says whether the remembered key is the one
 /// wanted; `make` makes key and value when it is not (`None`: nothing to
 /// remember, nothing returned).
 pub fn remembered<K: 'static, V: Clone + 'static>(

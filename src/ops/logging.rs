@@ -50,7 +50,7 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 /// The buffer shared by every thread that logs and the writer thread.
 struct Shared {
     buffer: Mutex<Vec<u8>>,
-    /// Signalled when the buffer reaches [`WRITE_AT`] or on shutdown.
+    /// Signalled when the buffer crosses [`WRITE_AT`] or on shutdown.
     full: Condvar,
     stopping: AtomicBool,
     dropped: AtomicU64,
