@@ -15,6 +15,8 @@
 # the default of a deployment). Needs wrk and curl
 # (benches/load.sh installs wrk).
 set -euo pipefail
+# rotating_script FILE QUERY: the wrk script going round the IDs in FILE.
+source "$(dirname "${BASH_SOURCE[0]}")/rotate.sh"
 A=$1
 B=$2
 ROUNDS=${ROUNDS:-4}
@@ -64,15 +66,7 @@ for r in json.load(sys.stdin)["Refs"][:int(sys.argv[1])]:
     while read -r i; do
         for p in "$pa" "$pb"; do curl -s -o /dev/null "http://127.0.0.1:$p/api/restorePoints/$i/vmRestorePoints"; done
     done <"$work/ids"
-    cat >"$work/rotate.lua" <<LUA
-local ids = {}
-for line in io.lines("$work/ids") do ids[#ids + 1] = line end
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints")
-end
-LUA
+    rotating_script "$work/ids" "" >"$work/rotate.lua"
     script=(-s "$work/rotate.lua")
 fi
 # CPU time (user + system, clock ticks) of a process, threads included.

@@ -267,18 +267,8 @@ same "$gw$hot_path" "http://127.0.0.1:$NG_CACHE$hot_path" "emgate, nginx proxy_c
 same "$gw$hot_path" "http://127.0.0.1:$FLOOR_PORT$hot_path" "emgate, floor"
 same "$gws$hot_path" "https://127.0.0.1:$NG_TLS$hot_path" "emgate HTTPS, nginx HTTPS"
 
-# A wrk script that asks for the vmRestorePoints of each ID in FILE in turn.
-rotating_script() { # FILE QUERY
-    cat <<EOF
-local ids = {}
-for line in io.lines("$1") do ids[#ids + 1] = line end
-local i = 0
-request = function()
-    i = i + 1
-    return wrk.format("GET", "/api/restorePoints/" .. ids[(i % #ids) + 1] .. "/vmRestorePoints$2")
-end
-EOF
-}
+# rotating_script FILE QUERY: the wrk script going round the IDs in FILE.
+source "$root/benches/rotate.sh"
 rotating_script "$work/keys" "" >"$work/rotate.lua"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
