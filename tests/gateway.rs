@@ -609,13 +609,15 @@ async fn every_log_line_is_one_json_object_with_the_request_fields() {
     let _ = http.get(&gw.url(&p), &[]).await;
     let _ = http.get(&gw.url(&p), &[("x-request-id", "log-me-7")]).await;
     let _ = http.get(&gw.url("/readyz"), &[]).await;
+    // Lines reach the log in batches (at most 50 ms apart): wait for both
+    // the EM version's and the request's, whichever comes first.
     assert!(
         eventually(Duration::from_secs(5), || {
             let text = gw.log_text();
-            async move { text.contains("Enterprise Manager found") }
+            async move { text.contains("Enterprise Manager found") && text.contains("log-me-7") }
         })
         .await,
-        "the EM version was not logged"
+        "the EM version or the request was not logged"
     );
 
     let lines: Vec<serde_json::Value> = gw
