@@ -101,7 +101,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
     // Rendering and errors, at the bottom.
     ("error", &["host", "target", "render", "response"]),
     ("render", &["host", "response"]),
-    ("host", &[]),
+    ("host", &["response"]),
     ("target", &[]),
     ("response", &[]),
 ];

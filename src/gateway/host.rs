@@ -10,17 +10,43 @@
 //! - An absolute-form target (`GET http://host/api/ HTTP/1.1`) or an HTTP/2
 //!   `:authority` must name the same host as `Host` when both are present.
 
+use std::sync::Arc;
+
 use http::header::HOST;
 use http::request::Parts;
 use http::Version;
 
-/// A validated `host[:port]`, lowercased.
+use crate::gateway::response::remembered;
+
+/// A validated `host[:port]`, lowercased, and whether it names loopback.
+/// Cheap to clone: a request's `Host` is nearly always the one before it
+/// on the same thread, and its check is remembered ([`Authority::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authority(String);
+pub struct Authority {
+    text: Arc<str>,
+    loopback: bool,
+}
 
 impl Authority {
     /// Parses a `Host`-style value; `None` if it is not a plain authority.
+    /// The last value that parsed is remembered per thread with its
+    /// result, so clients naming the gateway the same way request after
+    /// request pay for a comparison instead of the checks; a value that
+    /// fails is never remembered.
     pub fn parse(value: &str) -> Option<Authority> {
+        type Last = Option<(Box<str>, Authority)>;
+        thread_local! {
+            static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
+        }
+        remembered(
+            &LAST,
+            |v| **v == *value,
+            || Authority::check(value).map(|a| (value.into(), a)),
+        )
+    }
+
+    /// [`Authority::parse`] without the memory.
+    fn check(value: &str) -> Option<Authority> {
         if value.is_empty() || value.len() > 255 {
             return None;
         }
@@ -51,23 +77,30 @@ impl Authority {
                 && host
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')));
-        name_ok.then(|| Authority(value.to_ascii_lowercase()))
+        if !name_ok {
+            return None;
+        }
+        let text = value.to_ascii_lowercase();
+        let name = match text.find(']') {
+            Some(end) => &text[..=end],
+            None => text.split_once(':').map_or(text.as_str(), |(h, _)| h),
+        };
+        Some(Authority {
+            loopback: matches!(name, "127.0.0.1" | "[::1]" | "localhost"),
+            text: text.into(),
+        })
     }
 
     /// The authority as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// Whether it names this machine's loopback: `127.0.0.1`, `[::1]` or
     /// `localhost`, with any port. An anonymous gateway answers only these
     /// (a page whose DNS name was rebound to 127.0.0.1 still names its own).
     pub fn is_loopback(&self) -> bool {
-        let host = match self.0.find(']') {
-            Some(end) => &self.0[..=end],
-            None => self.0.split_once(':').map_or(self.0.as_str(), |(h, _)| h),
-        };
-        matches!(host, "127.0.0.1" | "[::1]" | "localhost")
+        self.loopback
     }
 }
 
@@ -174,6 +207,29 @@ mod tests {
         ] {
             assert!(!Authority::parse(other).unwrap().is_loopback(), "{other}");
         }
+    }
+
+    #[test]
+    fn a_remembered_host_answers_only_for_the_same_bytes() {
+        // Each parse follows another value: the remembered one must
+        // never answer for a different one, nor a bad one for a good one.
+        let seq = [
+            "gw:1",
+            "gw:1",
+            "a b",
+            "gw:1",
+            "GW:1",
+            "127.0.0.1:9",
+            "gw:1",
+            "a b",
+        ];
+        for v in seq {
+            assert_eq!(Authority::parse(v), Authority::check(v), "{v}");
+        }
+        assert_eq!(Authority::parse("GW:1").unwrap().as_str(), "gw:1");
+        assert!(Authority::parse("127.0.0.1:9").unwrap().is_loopback());
+        assert!(!Authority::parse("gw:1").unwrap().is_loopback());
+        assert!(Authority::parse("a b").is_none());
     }
 
     #[test]

@@ -174,15 +174,18 @@ const RESOLVED_MAX_LEN: usize = 256;
 /// A worker thread's remembered targets: by the hash of the exact bytes the
 /// client sent (a per-thread random hasher), each checked against those
 /// bytes before use, so a hash collision costs a parse and nothing else.
+/// The hasher is foldhash's (as the cache's keys, `cache::KeyHasher`):
+/// a hit hashes its target's bytes once here, and the map hashes that
+/// hash again.
 struct Remembered {
-    hasher: std::hash::RandomState,
-    targets: std::collections::HashMap<u64, Arc<Resolved>>,
+    hasher: foldhash::quality::RandomState,
+    targets: std::collections::HashMap<u64, Arc<Resolved>, foldhash::fast::RandomState>,
 }
 
 thread_local! {
     static RESOLVED: std::cell::RefCell<Remembered> = std::cell::RefCell::new(Remembered {
-        hasher: std::hash::RandomState::new(),
-        targets: std::collections::HashMap::new(),
+        hasher: foldhash::quality::RandomState::default(),
+        targets: std::collections::HashMap::default(),
     });
 }
 

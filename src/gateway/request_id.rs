@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use http::header::Entry;
 use http::{HeaderName, HeaderValue, Request};
 
 /// Longest client request id kept.
@@ -80,10 +81,25 @@ impl ProcessUniqueId {
     /// request-id layers also put the id in the request's and the
     /// response's extensions, which cost a hit five allocations; the router
     /// copies the id onto the response.
-    pub fn ensure<B>(&self, req: Request<B>) -> Request<B> {
-        let mut req = keep_only_valid(req);
-        if !req.headers().contains_key(HEADER) {
-            req.headers_mut().insert(HEADER, self.next());
+    ///
+    /// One lookup of the header, not three (its values, whether one is
+    /// left, the insert): this runs for every request.
+    pub fn ensure<B>(&self, mut req: Request<B>) -> Request<B> {
+        match req.headers_mut().entry(HEADER) {
+            Entry::Vacant(none) => {
+                none.insert(self.next());
+            }
+            Entry::Occupied(mut given) => {
+                let mut values = given.iter();
+                let keep = match (values.next(), values.next()) {
+                    (Some(v), None) => is_valid(v.as_bytes()),
+                    _ => false,
+                };
+                if !keep {
+                    // Replaces every value the client sent.
+                    given.insert(self.next());
+                }
+            }
         }
         req
     }
@@ -151,5 +167,16 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(made.len(), 1);
         assert_eq!(made[0].len(), 32);
+        // Two ids, each valid alone, and none at all: one made, only it.
+        for sent in [&["one", "two"][..], &[]] {
+            let mut r = Request::builder();
+            for v in sent {
+                r = r.header("x-request-id", *v);
+            }
+            let r = ids.ensure(r.body(()).unwrap());
+            let ids: Vec<_> = r.headers().get_all("x-request-id").iter().collect();
+            assert_eq!(ids.len(), 1, "{sent:?}");
+            assert_eq!(ids[0].len(), 32, "{sent:?}");
+        }
     }
 }

@@ -59,6 +59,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     let xml = prefers_xml(&parts.headers);
     let case = app.settings.json_case;
     let path = parts.uri.path();
+    // Made or kept at the edge (`request_id`): every request has one.
+    let request_id = parts.headers.get(proxy::X_REQUEST_ID);
     // The context of a request that passed the edge's checks: what its
     // phases learnt (route template, caller) goes into the access line,
     // the metrics and the history.
@@ -90,7 +92,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 }
                 p if is_api(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let ctx = ctx.insert(context(&app, conn, &parts, xml, host.as_ref()));
+                        let ctx =
+                            ctx.insert(context(&app, conn, &parts, xml, host.as_ref(), request_id));
                         if crate::ops::traces::on() {
                             // Traced: every request has its span, the
                             // client's trace its parent.
@@ -106,7 +109,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
                 },
                 p if is_admin(p) => match app.work.acquire().await {
                     Ok(_place) => {
-                        let ctx = ctx.insert(context(&app, conn, &parts, xml, host.as_ref()));
+                        let ctx =
+                            ctx.insert(context(&app, conn, &parts, xml, host.as_ref(), request_id));
                         let admin = crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
                         Box::pin(ctx.traced(admin)).await
                     }
@@ -125,7 +129,7 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
     // Marked never to be indexed: HTTP/2's header compression would put
     // each new id in the connection's table, evicting the values that do
     // repeat.
-    if let Some(id) = parts.headers.get(proxy::X_REQUEST_ID) {
+    if let Some(id) = request_id {
         let mut id = id.clone();
         id.set_sensitive(true);
         response.headers_mut().insert(proxy::X_REQUEST_ID, id);
@@ -135,16 +139,22 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         .and_then(Ctx::route)
         .unwrap_or_else(|| route_label(path));
     let client = ctx.as_ref().and_then(Ctx::client);
-    let elapsed = started.elapsed();
+    let ended = Instant::now();
+    let elapsed = ended.saturating_duration_since(started);
     crate::ops::metrics::request(route, response.status(), elapsed);
-    record_history(&parts, route, client, &response);
+    // `X-Cache`, read once for the history, the trace and the access line.
+    let cache = response
+        .headers()
+        .get(&reads::X_CACHE)
+        .and_then(|v| v.to_str().ok());
+    record_history(&parts, ended, route, client, cache, &response);
     if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
         let span = ctx.span();
         span.record("route", route);
         span.record("client", client.unwrap_or("-"));
         span.record("http.response.status_code", response.status().as_u16());
-        if let Some(cache) = response.headers().get(&reads::X_CACHE) {
-            span.record("cache", cache.to_str().unwrap_or("-"));
+        if let Some(cache) = cache {
+            span.record("cache", cache);
         }
     }
     crate::ops::logging::access(&crate::ops::logging::AccessLine {
@@ -154,16 +164,8 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         status: response.status().as_u16(),
         latency: elapsed,
         client: client.unwrap_or("-"),
-        cache: response
-            .headers()
-            .get(&reads::X_CACHE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
-        request_id: parts
-            .headers
-            .get(proxy::X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-"),
+        cache: cache.unwrap_or("-"),
+        request_id: request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
     });
     response
 }
@@ -184,17 +186,15 @@ fn is_admin(path: &str) -> bool {
 /// and (for errors worth an operator's look) its message and request id.
 fn record_history(
     parts: &Parts,
+    ended: Instant,
     route: &'static str,
     client: Option<&str>,
+    cache: Option<&str>,
     response: &Response<Body>,
 ) {
     let history = crate::ops::history::global();
     let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get(&reads::X_CACHE)
-        .and_then(|v| v.to_str().ok());
-    history.request(cache, status, client);
+    history.request(ended, cache, status, client);
     // Not 401/404: scanners and unauthenticated probes would drown the rest.
     if status >= 400 && status != 401 && status != 404 {
         let message = response
@@ -235,7 +235,14 @@ fn closing(mut response: Response<Body>, parts: &Parts) -> Response<Body> {
 }
 
 /// The context of an `/api` or `/admin` request that passed the edge's checks.
-fn context(app: &App, conn: Conn, parts: &Parts, xml: bool, host: Option<&Authority>) -> Ctx {
+fn context(
+    app: &App,
+    conn: Conn,
+    parts: &Parts,
+    xml: bool,
+    host: Option<&Authority>,
+    request_id: Option<&HeaderValue>,
+) -> Ctx {
     let to = Representation {
         xml,
         case: app.settings.json_case,
@@ -247,7 +254,7 @@ fn context(app: &App, conn: Conn, parts: &Parts, xml: bool, host: Option<&Author
             app.local_addr,
         ),
     };
-    Ctx::new(conn, to, parts.headers.get(proxy::X_REQUEST_ID))
+    Ctx::new(conn, to, request_id)
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached

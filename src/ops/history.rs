@@ -84,7 +84,9 @@ pub struct ErrorNote {
 
 struct Inner {
     slots: VecDeque<Slot>,
-    clients: HashMap<String, ClientCounts>,
+    /// By name, hashed with foldhash as the cache's keys (every request
+    /// looks its client up here).
+    clients: HashMap<String, ClientCounts, foldhash::quality::RandomState>,
     /// 5xx answers: the gateway's or EM's trouble.
     server_errors: VecDeque<ErrorNote>,
     /// 4xx answers, apart, so a flood of bad requests (anyone can send
@@ -94,15 +96,20 @@ struct Inner {
 
 impl Inner {
     /// The slot of `index`, the current one: created when time moved on.
+    /// An index older than the newest slot's (a request that ended just
+    /// before another thread sharing the shard opened the next slot) counts
+    /// in the newest, so slots stay in order.
     fn slot(&mut self, index: u64) -> Option<&mut Slot> {
-        if self.slots.back().map(|s| s.index) != Some(index) {
-            self.slots.push_back(Slot {
-                index,
-                ..Slot::default()
-            });
-            while self.slots.len() > SLOTS {
-                self.slots.pop_front();
-            }
+        let newest = self.slots.back().map(|s| s.index);
+        if newest.is_some_and(|n| n >= index) {
+            return self.slots.back_mut();
+        }
+        self.slots.push_back(Slot {
+            index,
+            ..Slot::default()
+        });
+        while self.slots.len() > SLOTS {
+            self.slots.pop_front();
         }
         self.slots.back_mut()
     }
@@ -112,7 +119,7 @@ impl Inner {
     fn new() -> Inner {
         Inner {
             slots: VecDeque::with_capacity(SLOTS),
-            clients: HashMap::new(),
+            clients: HashMap::default(),
             server_errors: VecDeque::with_capacity(ERRORS),
             client_errors: VecDeque::with_capacity(ERRORS),
         }
@@ -194,10 +201,11 @@ impl History {
         self.start.elapsed()
     }
 
-    /// One answered request: its `X-Cache` (if any), status and client.
-    pub fn request(&self, cache: Option<&str>, status: u16, client: Option<&str>) {
+    /// One request answered at `at` (the caller has read the clock
+    /// already): its `X-Cache` (if any), status and client.
+    pub fn request(&self, at: Instant, cache: Option<&str>, status: u16, client: Option<&str>) {
+        let index = at.saturating_duration_since(self.start).as_secs() / SLOT_SECONDS;
         let mut inner = self.lock();
-        let index = self.index();
         if let Some(s) = inner.slot(index) {
             match cache {
                 Some("HIT") => s.hit += 1,
@@ -396,6 +404,31 @@ mod tests {
     }
 
     #[test]
+    fn a_request_that_ended_before_the_newest_slot_counts_in_it_and_slots_stay_in_order() {
+        // Started two slots ago.
+        let mut h = history();
+        let now = Instant::now();
+        h.start = now - Duration::from_secs(2 * SLOT_SECONDS);
+        h.request(now, Some("HIT"), 200, Some("dash"));
+        h.request(h.start, Some("MISS"), 200, Some("dash"));
+        let kept: Vec<(u64, u64, u64)> = h
+            .shards
+            .iter()
+            .flat_map(|s| {
+                locked(s)
+                    .slots
+                    .iter()
+                    .map(|s| (s.index, s.hit, s.miss))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(kept, [(2, 1, 1)], "no slot opened behind the newest");
+        let slots = h.slots();
+        let newest = slots.last().unwrap();
+        assert_eq!((newest.index, newest.hit, newest.miss), (2, 1, 1));
+    }
+
+    #[test]
     fn requests_recorded_on_many_threads_are_all_counted_once() {
         let h = std::sync::Arc::new(history());
         let threads: Vec<_> = (0..SHARDS + 3)
@@ -404,8 +437,13 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..100 {
                         let cache = if i % 4 == 0 { "MISS" } else { "HIT" };
-                        h.request(Some(cache), 200, Some("dash"));
-                        h.request(None, 502, Some(if t % 2 == 0 { "even" } else { "odd" }));
+                        h.request(Instant::now(), Some(cache), 200, Some("dash"));
+                        h.request(
+                            Instant::now(),
+                            None,
+                            502,
+                            Some(if t % 2 == 0 { "even" } else { "odd" }),
+                        );
                     }
                     h.error(note(502, &format!("t{t}")));
                 })
@@ -445,10 +483,10 @@ mod tests {
     #[test]
     fn slots_cover_the_last_hour_and_quantiles_come_from_buckets() {
         let h = history();
-        h.request(Some("HIT"), 200, Some("dash"));
-        h.request(Some("MISS"), 200, Some("dash"));
-        h.request(None, 503, Some("other"));
-        h.request(None, 429, Some("other"));
+        h.request(Instant::now(), Some("HIT"), 200, Some("dash"));
+        h.request(Instant::now(), Some("MISS"), 200, Some("dash"));
+        h.request(Instant::now(), None, 503, Some("other"));
+        h.request(Instant::now(), None, 429, Some("other"));
         for ms in [1, 3, 8, 40, 900] {
             h.upstream(Duration::from_millis(ms), ms < 900);
         }

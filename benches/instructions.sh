@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# User-space instructions per cache hit, counted by valgrind's callgrind:
+# two emgate binaries (before/after a change) and the floor (a bare hyper
+# server answering the same bytes, benches/floor.rs), each serving the same
+# restore point's collection to wrk for a while.
+#
+#   bash benches/instructions.sh ../before/target/release/emgate target/release/emgate
+#
+# Why beside ab.sh and load.sh: on this 2-core machine req/s move by ±10%
+# with the neighbours, so a change worth 3% of a hit cannot be seen there.
+# An instruction count does not move with them (a run again gives the same
+# figure within about 1%); it says nothing of the kernel's part (most of a
+# hit's time over loopback, the same for every server) nor of cache misses.
+# Each server runs alone under callgrind (about 50 times slower); counting
+# starts after a warm-up and covers only the measured wrk run.
+#
+# Knobs: DURATION (15s), LOG (info, a deployment's default). Needs valgrind
+# (callgrind_control, callgrind_annotate), wrk, curl, python3.
+set -euo pipefail
+A=$1
+B=$2
+DURATION=${DURATION:-15s}
+LOG=${LOG:-info}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for tool in valgrind callgrind_control callgrind_annotate wrk curl python3; do
+    command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
+done
+FLOOR=$(cd "$root" && cargo bench --bench floor --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "floor":
+        print(m["executable"])')
+[[ -x "$FLOOR" ]] || { echo "the floor server did not build"; exit 1; }
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+sim_port=$(port)
+"$B" sim --listen "127.0.0.1:$sim_port" --tls --username ab --password ab-pass --restore-points 20 \
+    >"$work/sim.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
+pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
+
+# The gateways' settings but the address (the floor ignores them).
+export TOKIO_WORKER_THREADS=1 EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" \
+    EMGATE_UPSTREAM_USERNAME=ab EMGATE_UPSTREAM_PASSWORD=ab-pass \
+    EMGATE_UPSTREAM_CERT_SHA256="$pin" EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h
+
+# counted NAME URL PORT COMMAND...: starts COMMAND (listening on PORT) under
+# callgrind, waits for URL, warms it, counts one wrk run and prints NAME's
+# instructions per request.
+counted() {
+    local name=$1 url=$2 pid out requests total
+    shift 2
+    (EMGATE_LISTEN="127.0.0.1:$1" exec valgrind --tool=callgrind \
+        --callgrind-out-file="$work/$name.cg" "${@:2}" >"$work/$name.out" 2>&1) &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 600); do curl -sf -o /dev/null "$url" && break; sleep 0.2; done
+    curl -sf -o /dev/null "$url"
+    wrk -t1 -c4 -d3s "$url" >/dev/null
+    callgrind_control -z "$pid" >/dev/null
+    out=$(wrk -t1 -c4 -d"$DURATION" "$url")
+    callgrind_control -d "$pid" >/dev/null
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    requests=$(awk '/requests in/{print $1}' <<<"$out")
+    total=$(callgrind_annotate "$work/$name.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
+    echo "$((total / requests))"
+}
+
+# The key and its bytes, from B run normally once.
+probe=$(port)
+EMGATE_LISTEN="127.0.0.1:$probe" "$B" serve >/dev/null 2>&1 &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$probe/readyz" >/dev/null; do sleep 0.05; done
+id=$(curl -s "http://127.0.0.1:$probe/api/restorePoints" | python3 -c '
+import json, sys
+print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
+path="/api/restorePoints/$id/vmRestorePoints"
+mkdir -p "$(dirname "$work/static$path")"
+curl -s -o /dev/null "http://127.0.0.1:$probe$path"
+curl -s "http://127.0.0.1:$probe$path" >"$work/static$path"
+curl -s -D - -o /dev/null "http://127.0.0.1:$probe$path" | tail -n +2 | tr -d '\r' |
+    grep -viE '^(content-length|date|connection):|^$' >"$work/hit-headers"
+echo "one key, $(wc -c <"$work/static$path") bytes, LOG=$LOG, wrk -c4 -d$DURATION under callgrind"
+
+pa=$(port); pb=$(port); pf=$(port)
+a=$(counted a "http://127.0.0.1:$pa$path" "$pa" "$A" serve)
+b=$(counted b "http://127.0.0.1:$pb$path" "$pb" "$B" serve)
+f=$(counted floor "http://127.0.0.1:$pf$path" "$pf" "$FLOOR" --listen "127.0.0.1:$pf" \
+    --root "$work/static" --headers "$work/hit-headers")
+printf '%-8s %8s instructions per hit  %s\n' A "$a" "$A" B "$b" "$B" floor "$f" "(bare hyper)"
+python3 -c "import sys; a, b, f = map(int, sys.argv[1:]); print(f'B/A {b / a:.3f}   B/floor {b / f:.2f}   A/floor {a / f:.2f}')" "$a" "$b" "$f"
