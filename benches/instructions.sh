@@ -14,7 +14,8 @@
 # Each server runs alone under callgrind (about 50 times slower); counting
 # starts after a warm-up and covers only the measured wrk run.
 #
-# Knobs: DURATION (15s), LOG (info, a deployment's default). Needs valgrind
+# Knobs: DURATION (15s), LOG (info, a deployment's default), KEEP (a folder
+# to keep the three callgrind files in, for callgrind_annotate). Needs valgrind
 # (callgrind_control, callgrind_annotate), wrk, curl, python3.
 set -euo pipefail
 A=$1
@@ -62,13 +63,14 @@ counted() {
     for _ in $(seq 600); do curl -sf -o /dev/null "$url" && break; sleep 0.2; done
     curl -sf -o /dev/null "$url"
     wrk -t1 -c4 -d3s "$url" >/dev/null
-    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -z "$pid" >/dev/null 2>&1
     out=$(wrk -t1 -c4 -d"$DURATION" "$url")
-    callgrind_control -d "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     requests=$(awk '/requests in/{print $1}' <<<"$out")
     total=$(callgrind_annotate "$work/$name.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
+    [[ -z "${KEEP:-}" ]] || cp "$work/$name.cg.1" "$KEEP/$name.callgrind"
     echo "$((total / requests))"
 }
 
