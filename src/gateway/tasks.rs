@@ -44,7 +44,7 @@
 //! gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -109,9 +109,7 @@ impl Tasks {
     /// a new task; else only while the record is there).
     async fn share(&self, id: &str, task: &Task, create: bool) {
         let Some(fleet) = &self.fleet else { return };
-        let Ok((doc, ended)) = task.state.lock().map(|s| s.clone()) else {
-            return;
-        };
+        let (doc, ended) = locked(&task.state).clone();
         let shared = SharedTask {
             owner: task.owner.clone(),
             em_id: task.em_id.clone(),
@@ -154,10 +152,9 @@ impl Tasks {
 
     /// Whether a pending task here still uses `session`.
     fn session_needed(&self, session: &EmSession) -> bool {
-        self.by_id.lock().is_ok_and(|m| {
-            m.values()
-                .any(|t| t.session.same_as(session) && t.state.lock().is_ok_and(|s| s.1.is_none()))
-        })
+        locked(&self.by_id)
+            .values()
+            .any(|t| t.session.same_as(session) && locked(&t.state).1.is_none())
     }
 
     /// EM's answer to `owner`'s write: if it is a `Task`, it becomes
@@ -185,7 +182,7 @@ impl Tasks {
             state: Mutex::new((doc.clone(), finished.then(Instant::now))),
         });
         {
-            let mut map = self.by_id.lock().ok()?;
+            let mut map = locked(&self.by_id);
             self.trim(&mut map, owner);
             map.insert(id.clone(), task.clone());
         }
@@ -232,11 +229,12 @@ impl Tasks {
                 _ => continue,
             };
             let finished = is_finished(&doc);
-            let changed = task.state.lock().is_ok_and(|mut state| {
+            let changed = {
+                let mut state = locked(&task.state);
                 let changed = state.0 != doc;
                 *state = (doc, finished.then(Instant::now));
                 changed
-            });
+            };
             if changed {
                 self.share(id, task, false).await;
             }
@@ -248,22 +246,18 @@ impl Tasks {
     }
 
     fn known(&self, id: &str) -> bool {
-        self.by_id.lock().is_ok_and(|m| m.contains_key(id))
+        locked(&self.by_id).contains_key(id)
     }
 
     /// Drops what ran out; keeps `owner` below its bound.
     fn trim(&self, map: &mut HashMap<String, Arc<Task>>, owner: &str) {
         let retention = self.retention;
-        map.retain(|_, t| {
-            t.state
-                .lock()
-                .map_or(true, |s| s.1.is_none_or(|at| at.elapsed() < retention))
-        });
+        map.retain(|_, t| locked(&t.state).1.is_none_or(|at| at.elapsed() < retention));
         let mut own: Vec<(String, Instant, bool)> = map
             .iter()
             .filter(|(_, t)| t.owner == owner)
             .map(|(id, t)| {
-                let ended = t.state.lock().is_ok_and(|s| s.1.is_some());
+                let ended = locked(&t.state).1.is_some();
                 (id.clone(), t.created, ended)
             })
             .collect();
@@ -312,9 +306,7 @@ impl Tasks {
                 created: Instant::now(),
                 state: Mutex::new((doc.clone(), None)),
             });
-            if let Ok(mut map) = self.by_id.lock() {
-                map.insert(id.to_string(), task.clone());
-            }
+            locked(&self.by_id).insert(id.to_string(), task.clone());
             self.spawn_follower(pool, id.to_string(), task);
         }
         Ok(Some(doc))
@@ -322,9 +314,9 @@ impl Tasks {
 
     /// The caller's task `id`, if this replica follows (or followed) it.
     fn local(&self, owner: &str, id: &str) -> Option<Bytes> {
-        let map = self.by_id.lock().ok()?;
+        let map = locked(&self.by_id);
         let task = map.get(id).filter(|t| t.owner == owner)?;
-        let state = task.state.lock().ok()?;
+        let state = locked(&task.state);
         if state.1.is_some_and(|at| at.elapsed() >= self.retention) {
             return None;
         }
@@ -341,17 +333,14 @@ impl Tasks {
         owner: &str,
     ) -> Result<Vec<Bytes>, Down> {
         let (mut docs, known): (Vec<Bytes>, Vec<String>) = {
-            let Ok(map) = self.by_id.lock() else {
-                // Not knowing is not "none" either.
-                return Err(Down);
-            };
+            let map = locked(&self.by_id);
             let mut own: Vec<(&String, &Arc<Task>)> =
                 map.iter().filter(|(_, t)| t.owner == owner).collect();
             own.sort_by_key(|(_, t)| t.created);
             let docs = own
                 .iter()
                 .filter_map(|(_, t)| {
-                    let s = t.state.lock().ok()?;
+                    let s = locked(&t.state);
                     s.1.is_none_or(|at| at.elapsed() < self.retention)
                         .then(|| s.0.clone())
                 })
@@ -382,9 +371,7 @@ impl Tasks {
         id: &str,
     ) -> Result<bool, Down> {
         let local = {
-            let Ok(map) = self.by_id.lock() else {
-                return Ok(false);
-            };
+            let map = locked(&self.by_id);
             map.get(id).filter(|t| t.owner == owner).cloned()
         };
         let shared = match (&local, &self.fleet) {
@@ -392,10 +379,9 @@ impl Tasks {
             _ => None,
         };
         let pending = match (&local, &shared) {
-            (Some(t), _) => t
-                .state
-                .lock()
-                .is_ok_and(|s| s.1.is_none())
+            (Some(t), _) => locked(&t.state)
+                .1
+                .is_none()
                 .then(|| (t.em_id.clone(), t.session.clone())),
             (None, Some(t)) if !t.finished => {
                 Some((t.em_id.clone(), EmSession::from_shared(t.session.clone())))
@@ -407,9 +393,7 @@ impl Tasks {
             f.task_delete(owner, id).await?;
         }
         if local.is_some() {
-            if let Ok(mut map) = self.by_id.lock() {
-                map.remove(id);
-            }
+            locked(&self.by_id).remove(id);
         }
         if let Some((em_id, session)) = pending {
             let path = format!("/api/tasks/{em_id}");
@@ -423,12 +407,10 @@ impl Tasks {
 
     /// Pending tasks by client, busiest first.
     pub fn pending(&self) -> Vec<Pending> {
-        let Ok(map) = self.by_id.lock() else {
-            return Vec::new();
-        };
+        let map = locked(&self.by_id);
         let mut by: HashMap<&str, Pending> = HashMap::new();
         for t in map.values() {
-            if t.state.lock().is_ok_and(|s| s.1.is_none()) {
+            if locked(&t.state).1.is_none() {
                 let p = by.entry(&t.owner).or_insert_with(|| Pending {
                     owner: t.owner.clone(),
                     count: 0,
@@ -453,12 +435,20 @@ struct EndUnknown<'a> {
 
 impl Drop for EndUnknown<'_> {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.task.state.lock() {
-            if state.1.is_none() {
-                *state = (self.doc.clone(), Some(Instant::now()));
-            }
+        let mut state = locked(&self.task.state);
+        if state.1.is_none() {
+            *state = (self.doc.clone(), Some(Instant::now()));
         }
     }
+}
+
+/// `mutex` locked, recovered if a panic poisoned it. What the locks hold
+/// (the map of tasks, a task's last document and end) is plain data that
+/// no update leaves half made, and every answer about tasks must keep
+/// agreeing: before, a poisoned map made a list answer 503 while a read
+/// or a DELETE of the same task answered 404.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether an EM document is a `Task`.
@@ -475,11 +465,7 @@ fn is_finished(doc: &[u8]) -> bool {
 }
 
 fn operation(task: &Task) -> String {
-    task.state
-        .lock()
-        .ok()
-        .and_then(|s| element_text(&s.0, b"Operation"))
-        .unwrap_or_default()
+    element_text(&locked(&task.state).0, b"Operation").unwrap_or_default()
 }
 
 /// EM's task document with EM's id of it replaced by the gateway's.
@@ -580,5 +566,39 @@ mod tests {
         assert_eq!(element_text(&lost, b"TaskId").as_deref(), Some("task-x"));
         let list = list_document(&[renamed.clone(), lost.clone()]);
         assert_eq!(String::from_utf8_lossy(&list).matches("<?xml").count(), 1);
+    }
+
+    #[test]
+    fn a_panic_that_poisoned_the_locks_loses_no_task() {
+        let tasks = Arc::new(Tasks::new(Duration::from_secs(60), None));
+        let session = EmSession::from_shared(crate::em::session::SharedEmSession {
+            token: crate::secret::Secret::new("token"),
+            id: None,
+            generation: 0,
+        });
+        let task = Arc::new(Task {
+            owner: "dash".into(),
+            em_id: "task-1".into(),
+            session: session.clone(),
+            created: Instant::now(),
+            state: Mutex::new((Bytes::from_static(DOC), None)),
+        });
+        locked(&tasks.by_id).insert("task-abc".into(), task.clone());
+        // A thread panics holding each lock: both are poisoned.
+        let (t, t2) = (tasks.clone(), task.clone());
+        let _ = std::thread::spawn(move || {
+            let _map = t.by_id.lock();
+            let _state = t2.state.lock();
+            panic!("poisoning on purpose");
+        })
+        .join();
+        assert!(tasks.by_id.is_poisoned() && task.state.is_poisoned());
+        // Every answer about the task still knows it, and agrees.
+        assert!(tasks.known("task-abc"));
+        assert_eq!(tasks.local("dash", "task-abc").as_deref(), Some(DOC));
+        assert_eq!(tasks.local("other", "task-abc"), None);
+        assert!(tasks.session_needed(&session));
+        assert_eq!(tasks.pending().len(), 1);
+        assert_eq!(operation(&task), "StartJob");
     }
 }
