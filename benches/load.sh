@@ -388,6 +388,12 @@ for scenario, servers in runs.items():
         print(f"| {scenario} | {server}{flag} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.1f} | "
               f"{ratio('nginx static')} | {ratio('floor')} |"
               + (f" {ratio('emgate (baseline)') if server == 'emgate' else ''} |" if base else ""))
+# Issue 19's bar against a generic cache in front of emgate, round by round.
+for scenario, servers in runs.items():
+    if "emgate" in servers and "nginx proxy_cache" in servers:
+        each = [a[0] / b[0] for a, b in zip(servers["emgate"], servers["nginx proxy_cache"])]
+        print(f"\n{scenario}: emgate vs nginx proxy_cache {st.median(each):.2f}x"
+              f" ({min(each):.2f}-{max(each):.2f}), the median of the rounds' own ratios")
 print("\nRSS after the runs: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()))
 PY
 
