@@ -15,8 +15,8 @@
 # the default of a deployment). Needs wrk and curl
 # (benches/load.sh installs wrk).
 set -euo pipefail
-# rotating_script FILE QUERY: the wrk script going round the IDs in FILE.
-source "$(dirname "${BASH_SOURCE[0]}")/rotate.sh"
+# port, sim_pin, rotating_script (the wrk script going round the IDs in a file).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 A=$1
 B=$2
 ROUNDS=${ROUNDS:-4}
@@ -27,13 +27,11 @@ LOG=${LOG:-warn}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sim_port=$(port)
 "$B" sim --listen "127.0.0.1:$sim_port" --tls --username ab --password ab-pass --restore-points 200 \
     >"$work/sim.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
+pin=$(sim_pin "$work/sim.out")
 start() { # binary port
     TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" \
         EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" EMGATE_UPSTREAM_USERNAME=ab \

@@ -23,27 +23,22 @@ B=$2
 DURATION=${DURATION:-15s}
 LOG=${LOG:-info}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# port, floor_binary, sim_pin.
+source "$root/benches/common.sh"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 for tool in valgrind callgrind_control callgrind_annotate wrk curl python3; do
     command -v "$tool" >/dev/null || { echo "needs $tool"; exit 1; }
 done
-FLOOR=$(cd "$root" && cargo bench --bench floor --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "floor":
-        print(m["executable"])')
+FLOOR=$(floor_binary "$root")
 [[ -x "$FLOOR" ]] || { echo "the floor server did not build"; exit 1; }
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 sim_port=$(port)
 "$B" sim --listen "127.0.0.1:$sim_port" --tls --username ab --password ab-pass --restore-points 20 \
     >"$work/sim.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
+pin=$(sim_pin "$work/sim.out")
 
 # The gateways' settings but the address (the floor ignores them).
 export TOKIO_WORKER_THREADS=1 EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" \

@@ -44,6 +44,8 @@ LOG=${LOG:-info}
 BASELINE=${BASELINE:-}
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# port, floor_binary, sim_pin, rotating_script.
+source "$root/benches/common.sh"
 work="$(mktemp -d /tmp/emgate-load.XXXXXX)"
 pids=()
 cleanup() {
@@ -55,7 +57,6 @@ trap cleanup EXIT
 
 say() { printf '\n== %s\n' "$*"; }
 # A free loopback port.
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -81,12 +82,7 @@ fi
 say "building emgate and the floor (release)"
 (cd "$root" && cargo build --release --quiet)
 EMGATE="$root/target/release/emgate"
-FLOOR=$(cd "$root" && cargo bench --bench floor --no-run --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "floor":
-        print(m["executable"])')
+FLOOR=$(floor_binary "$root")
 [[ -x "$FLOOR" ]] || { echo "the floor server did not build"; exit 1; }
 
 SIM_PORT=$(port)
@@ -94,8 +90,7 @@ say "starting the EM simulator ($RESTORE_POINTS restore points)"
 "$EMGATE" sim --listen "127.0.0.1:$SIM_PORT" --tls --username load --password load-pass \
     --restore-points "$RESTORE_POINTS" >"$work/sim.out" 2>"$work/sim.err" &
 pids+=($!)
-for _ in $(seq 100); do grep -q 'SHA-256' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-pin=$(grep -oE '([0-9A-F]{2}:){31}[0-9A-F]{2}' "$work/sim.out" | head -1)
+pin=$(sim_pin "$work/sim.out")
 [[ -n "$pin" ]] || { cat "$work/sim.out" "$work/sim.err"; echo "no fingerprint"; exit 1; }
 
 # The listener's certificate for emgate's and nginx's HTTPS (ECDSA P-256).
@@ -268,7 +263,6 @@ same "$gw$hot_path" "http://127.0.0.1:$FLOOR_PORT$hot_path" "emgate, floor"
 same "$gws$hot_path" "https://127.0.0.1:$NG_TLS$hot_path" "emgate HTTPS, nginx HTTPS"
 
 # rotating_script FILE QUERY: the wrk script going round the IDs in FILE.
-source "$root/benches/rotate.sh"
 rotating_script "$work/keys" "" >"$work/rotate.lua"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
