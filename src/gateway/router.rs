@@ -147,7 +147,7 @@ pub async fn route(app: Arc<App>, conn: Conn, req: Request<Incoming>) -> Respons
         .headers()
         .get(&reads::X_CACHE)
         .and_then(|v| v.to_str().ok());
-    record_history(&parts, ended, route, client, cache, &response);
+    record_history(request_id, ended, route, client, cache, &response);
     if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
         let span = ctx.span();
         span.record("route", route);
@@ -185,7 +185,7 @@ fn is_admin(path: &str) -> bool {
 /// The request in the status page's history: its cache result and client,
 /// and (for errors worth an operator's look) its message and request id.
 fn record_history(
-    parts: &Parts,
+    request_id: Option<&HeaderValue>,
     ended: Instant,
     route: &'static str,
     client: Option<&str>,
@@ -212,9 +212,7 @@ fn record_history(
             at: std::time::SystemTime::now(),
             route: route.to_string(),
             status,
-            request_id: parts
-                .headers
-                .get("x-request-id")
+            request_id: request_id
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-")
                 .to_string(),
