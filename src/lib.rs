@@ -6,7 +6,7 @@
 //! - [`cli`]: the commands (`serve`, `sim`, `demo`, `check-config`,
 //!   `client add`, `probe`). It loads settings, runs the start-up checks
 //!   and composes everything below; nothing imports it.
-//! - [`gateway`]: the HTTP surface. The listener and its tower stack
+//! - [`gateway`]: the HTTP surface. The listener and its service
 //!   ([`gateway::server`]), routing ([`gateway::router`]), path checks,
 //!   client access and the drop-in logon, the cached route, the
 //!   pass-through, admin endpoints, rendering for a client, and the one

@@ -73,7 +73,7 @@ const RULES: &[(&str, &[&str])] = &[
 const GATEWAY: &[(&str, &[&str])] = &[
     ("server", &["router", "admin", "status", "app", "reload", "access", "reads", "proxy",
                  "logon", "clients", "limit", "tasks", "warm", "conn", "listen_tls",
-                 "request_id"]),
+                 "request_id", "response"]),
     ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
                  "tasks", "logon", "clients", "limit", "conn", "context", "host", "target",
                  "render", "response", "error"]),

@@ -70,10 +70,11 @@ impl ClientLimits {
             return Ok(());
         }
         if let Some(fleet) = &self.fleet {
-            match fleet
-                .rate(&bucket.shared_name(), self.quota.0, self.quota.1)
-                .await
-            {
+            // Boxed: a round trip to Redis anyway, and inline its future
+            // would be part of every request's (moved on every hit, see
+            // BENCHMARKS.md), fleet or not.
+            let name = bucket.shared_name();
+            match Box::pin(fleet.rate(&name, self.quota.0, self.quota.1)).await {
                 Ok(None) => return Ok(()),
                 Ok(Some(wait)) => return Err(wait),
                 // The shared tier is down: this replica counts alone.

@@ -1097,7 +1097,7 @@ fn cached_response(
         ),
     );
     if served.outcome != Outcome::Miss {
-        h.insert(AGE, age_value(entry.age_secs()));
+        h.insert(AGE, age_value(served.age.as_secs()));
     }
     if ok {
         if let Some(v) = prepared.last_modified(entry.fetched_wall) {

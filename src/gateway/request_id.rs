@@ -43,8 +43,8 @@ pub fn keep_only_valid<B>(mut req: Request<B>) -> Request<B> {
 /// Makes request ids: process prefix + counter.
 #[derive(Clone)]
 pub struct ProcessUniqueId {
-    /// Random, drawn once per process.
-    prefix: u64,
+    /// Random, drawn once per process, in hex (written once, not per id).
+    prefix: [u8; 16],
     /// Shared by every connection.
     counter: Arc<AtomicU64>,
 }
@@ -52,8 +52,10 @@ pub struct ProcessUniqueId {
 impl ProcessUniqueId {
     /// A generator with a fresh random prefix.
     pub fn new() -> ProcessUniqueId {
+        let mut prefix = [0; 16];
+        hex(fastrand::u64(..), &mut prefix);
         ProcessUniqueId {
-            prefix: fastrand::u64(..),
+            prefix,
             counter: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -70,7 +72,7 @@ impl ProcessUniqueId {
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
-        hex(self.prefix, &mut buf[..16]);
+        buf[..16].copy_from_slice(&self.prefix);
         hex(n, &mut buf[16..]);
         // Hex digits: always a valid header value.
         HeaderValue::from_bytes(&buf).unwrap_or(HeaderValue::from_static("-"))

@@ -1,4 +1,4 @@
-//! The gateway's listener: start-up checks, the accept loop, the tower stack
+//! The gateway's listener: start-up checks, the accept loop, the service
 //! every request goes through, and the graceful drain on shutdown.
 //!
 //! A request meets, in order: hyper's connection limits (header size and
@@ -14,18 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
-use tower::ServiceBuilder;
 
 use crate::cache::Options;
 use crate::config::{CacheSettings, ConfigError, Settings};
@@ -43,6 +40,7 @@ use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
 use crate::gateway::reload::{Reloader, Targets};
 use crate::gateway::request_id::ProcessUniqueId;
+use crate::gateway::response::Body;
 use crate::gateway::router::{route, MAX_HEAD_BYTES};
 
 /// HTTP/2: a ping after this much silence...
@@ -214,12 +212,12 @@ impl Gateway {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let conn = Conn { peer, tls: false };
-        let service = TowerToHyperService::new(stack(
+        let service = stack(
             self.app.clone(),
             conn,
             Activity::new(),
             ProcessUniqueId::new(),
-        ));
+        );
         hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(io), service)
             .await
@@ -346,12 +344,7 @@ impl Gateway {
                 peer: peer.ip(),
                 tls: tls.is_some(),
             };
-            let service = TowerToHyperService::new(stack(
-                app.clone(),
-                conn,
-                activity.clone(),
-                request_ids.clone(),
-            ));
+            let service = stack(app.clone(), conn, activity.clone(), request_ids.clone());
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();
@@ -516,36 +509,43 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The tower stack around [`route`]; each layer says why it sits where it does.
+/// The service around [`route`] for one connection: hyper's own
+/// `service_fn`, called by reference for each request. Not a tower stack
+/// behind hyper-util's adapter: that adapter clones the whole service for
+/// each request and moves the request's future through a second state
+/// machine (`Oneshot`) before it first runs, a copy of the future more per
+/// request for a readiness no part of this path ever waits on (see
+/// BENCHMARKS.md, "sixth steps").
 fn stack(
     app: Arc<App>,
     conn: Conn,
     activity: Arc<Activity>,
     request_ids: ProcessUniqueId,
-) -> impl tower::Service<
+) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<impl http_body::Body<Data = Bytes, Error = Infallible>>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = impl Send,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
-    ServiceBuilder::new()
+    hyper::service::service_fn(move |req: Request<Incoming>| {
         // First: a client's request id that is too long or holds anything
         // but `A-Za-z0-9._:-` is dropped here, so it is never echoed,
         // logged or sent to EM, and a new one is made: every log line and
         // every response carries an id (the router copies it onto the
         // response).
-        .map_request(move |req| request_ids.ensure(req))
-        .service_fn(move |req: Request<Incoming>| {
-            // The connection is busy from here until the answer is made,
-            // so its idle deadline waits.
-            let busy = activity.begin();
-            let app = app.clone();
-            async move {
-                let response = route(app, conn, req).await;
-                drop(busy);
-                Ok::<_, Infallible>(response)
-            }
-        })
+        let req = request_ids.ensure(req);
+        // The connection is busy from here until the answer is made,
+        // so its idle deadline waits.
+        let busy = activity.begin();
+        // Made here, not inside the block: the block would keep the
+        // request it moved into the future as well as the future.
+        let routed = route(app.clone(), conn, req);
+        async move {
+            let response = routed.await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// Once logged on, logs which API versions EM offers (operators want to
