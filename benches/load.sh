@@ -27,7 +27,9 @@
 # STREAMS (10 per HTTP/2 connection), KEYS (1000), RESTORE_POINTS (10000),
 # LOG (info: emgate's default), BASELINE (another emgate binary, say the
 # last commit's, measured beside this one in every scenario as "emgate
-# (baseline)": this commit against the last, in one run).
+# (baseline)": this commit against the last, in one run), KEEP (keep the
+# work folder with the servers' logs, gigabytes at `info`; removed
+# otherwise).
 #
 # It installs wrk, nginx, h2load and openssl from the distribution's
 # packages if missing and builds emgate and the floor in release mode.
@@ -52,6 +54,13 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     [[ -f "$work/nginx.pid" ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     wait 2>/dev/null || true
+    # The servers' logs at `info` come to gigabytes in a run: kept only
+    # when asked for.
+    if [[ -n "${KEEP:-}" ]]; then
+        echo "logs and files kept in $work"
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: what clients see, in the order a request meets it.
 //!
-//! - [`server`]: start-up checks, the listener, the service around the router, the drain;
+//! - [`server`]: start-up checks, the listener, the service around the
+//!   router, the drain;
 //! - [`conn`]: one connection's deadlines (first request head, idle) and
 //!   what a request knows of its connection;
 //! - [`request_id`]: `X-Request-Id`: the client's if well-formed, else a new one;
