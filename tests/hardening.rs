@@ -290,6 +290,45 @@ async fn quiet_connections_are_closed_on_time_and_2000_of_them_stop_nobody() {
     );
 }
 
+/// README: "any later head within this of its start". A kept-alive
+/// HTTP/1 connection that starts its next head and stalls, or sends none,
+/// is closed after the header timeout, not the (longer) idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_head_that_stalls_is_cut_at_the_header_timeout_not_the_idle_timeout() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_HEADER_TIMEOUT", "1s"),
+            ("EMGATE_IDLE_TIMEOUT", "30s"),
+        ],
+    );
+    let http = Http::default();
+    settled(&sim, &gw, &http).await;
+    let answered_then = |second: &'static [u8]| {
+        let mut bytes = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n".to_vec();
+        bytes.extend_from_slice(second);
+        bytes
+    };
+    for (what, second) in [
+        (
+            "half a second head",
+            &b"GET /healthz HTTP/1.1\r\nHost: gw\r\n"[..],
+        ),
+        ("no second head", &b""[..]),
+    ] {
+        let started = Instant::now();
+        let reply = raw(gw.addr, &answered_then(second), Duration::from_secs(10)).await;
+        assert_eq!(reply.status, Some(200), "{what}: {}", reply.text);
+        assert!(reply.closed, "{what}: held open past 10 s");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{what}: closed after {took:?}, not the header timeout (1 s)"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_after_the_tls_handshake_is_closed_on_time() {
     let dir = std::env::temp_dir().join(format!("emgate-hard-tls-{}", std::process::id()));

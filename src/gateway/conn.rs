@@ -6,11 +6,24 @@
 //! - its first request head has not arrived within the header timeout
 //!   (counted from accept, so it covers the TLS handshake and protocol
 //!   detection, where hyper has no timer of its own), or
+//! - on HTTP/1.1, its next request head has not arrived within the header
+//!   timeout of the last request's end (the head may have started and
+//!   stalled: the connection cannot tell, and need not), or
 //! - no request is in flight and none has started for the idle timeout.
 //!
-//! Both are watched by one [`Activity`] per connection, which the request
-//! path marks as requests begin and end. HTTP/2 adds keep-alive pings and
+//! All are watched by one [`Activity`] per connection, which the request
+//! path marks as requests begin and end. hyper's own per-head timer is off
+//! ([`crate::gateway::server`]): it made, registered and dropped a timer
+//! for every request (an allocation and the timer wheel's lock twice; see
+//! BENCHMARKS.md, "sixth steps"), for the deadline this one already keeps. HTTP/2 adds keep-alive pings and
 //! stream and reset limits (see [`crate::gateway::server`]).
+//!
+//! | state | the connection is closed at |
+//! | --- | --- |
+//! | no request head yet | accept + header timeout (`no_request`) |
+//! | a request in flight | never (looked at again one wait below on) |
+//! | HTTP/1.1, between requests | last end + the shorter of header and idle timeouts (`idle`) |
+//! | HTTP/2, between requests | last end + idle timeout (`idle`) |
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +63,9 @@ struct State {
     in_flight: usize,
     /// When the last request ended (or began, while none has ended).
     last: Instant,
+    /// Whether the requests come over HTTP/2 (streams: no head to wait
+    /// for between requests, only the idle timeout).
+    http2: bool,
 }
 
 /// Why a connection was closed by its deadlines.
@@ -71,6 +87,7 @@ impl Activity {
                 seen: false,
                 in_flight: 0,
                 last: now,
+                http2: false,
             }),
         })
     }
@@ -85,18 +102,22 @@ impl Activity {
         self.state.lock().ok().map(|s| *s)
     }
 
-    /// A request head arrived; the guard marks its end when dropped.
-    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+    /// A request head arrived (over `version`); the guard marks its end
+    /// when dropped.
+    pub fn begin(self: &Arc<Self>, version: http::Version) -> RequestGuard {
         self.update(|s| {
             s.seen = true;
             s.in_flight += 1;
             s.last = Instant::now();
+            s.http2 = version == http::Version::HTTP_2;
         });
         RequestGuard(self.clone())
     }
 
-    /// Resolves when the connection should be closed: no request head
-    /// within `header_timeout` of accept, or none in flight for `idle`.
+    /// Resolves when the connection should be closed (the table above):
+    /// no request head within `header_timeout` of accept, on HTTP/1.1 no
+    /// next head within `header_timeout` of the last request's end, or
+    /// none in flight for `idle`.
     pub async fn expired(self: Arc<Self>, header_timeout: Duration, idle: Duration) -> Expired {
         let mut look_at = self.accepted + header_timeout;
         loop {
@@ -107,12 +128,18 @@ impl Activity {
             if !s.seen {
                 return Expired::NoRequest;
             }
+            // How long the connection may wait for its next request.
+            let wait = if s.http2 {
+                idle
+            } else {
+                idle.min(header_timeout)
+            };
             if s.in_flight > 0 {
-                // Whenever it ends, the connection has `idle` from then.
-                look_at = Instant::now() + idle;
+                // Whenever it ends, the connection has `wait` from then.
+                look_at = Instant::now() + wait;
                 continue;
             }
-            let deadline = s.last + idle;
+            let deadline = s.last + wait;
             if Instant::now() >= deadline {
                 return Expired::Idle;
             }
@@ -148,7 +175,7 @@ mod tests {
         assert!(Instant::now() - a.accepted >= Duration::from_secs(5));
 
         let a = Activity::new();
-        let guard = a.begin();
+        let guard = a.begin(http::Version::HTTP_2);
         let watch = tokio::spawn(
             a.clone()
                 .expired(Duration::from_secs(5), Duration::from_secs(60)),
@@ -159,5 +186,49 @@ mod tests {
         let started = Instant::now();
         assert_eq!(watch.await.unwrap(), Expired::Idle);
         assert!(Instant::now() - started >= Duration::from_secs(60));
+    }
+
+    /// A request longer than the header timeout: the next head is still
+    /// waited for the header timeout from its end, not the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_long_request_http1_waits_the_header_timeout_from_its_end() {
+        let a = Activity::new();
+        let guard = a.begin(http::Version::HTTP_11);
+        let watch = tokio::spawn(
+            a.clone()
+                .expired(Duration::from_secs(5), Duration::from_secs(60)),
+        );
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        drop(guard);
+        let ended = Instant::now();
+        assert_eq!(watch.await.unwrap(), Expired::Idle);
+        let took = Instant::now() - ended;
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_http1_waits_the_header_timeout_and_http2_the_idle_timeout() {
+        for (version, waits) in [
+            (http::Version::HTTP_11, Duration::from_secs(5)),
+            (http::Version::HTTP_10, Duration::from_secs(5)),
+            (http::Version::HTTP_2, Duration::from_secs(60)),
+        ] {
+            let a = Activity::new();
+            drop(a.begin(version));
+            let ended = Instant::now();
+            let why = a
+                .clone()
+                .expired(Duration::from_secs(5), Duration::from_secs(60))
+                .await;
+            assert_eq!(why, Expired::Idle, "{version:?}");
+            let took = Instant::now() - ended;
+            assert!(
+                took >= waits && took < waits + Duration::from_secs(1),
+                "{version:?}: {took:?}"
+            );
+        }
     }
 }

@@ -315,7 +315,7 @@ impl Gateway {
         // Past this many open connections, new ones wait in the listen backlog.
         let connections = Arc::new(Semaphore::new(listen.max_connections));
         let request_ids = ProcessUniqueId::new();
-        let builder = http_builder(header_timeout);
+        let builder = http_builder();
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
@@ -449,13 +449,13 @@ impl Drop for OpenConnection {
 }
 
 /// HTTP/1.1 and HTTP/2 settings for client connections.
-fn http_builder(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        // Each request head (hyper restarts it for every one).
-        .header_read_timeout(header_timeout)
+        // Off: the connection's `Activity` keeps the same deadline for
+        // every head (see `conn`) without a timer made for each request.
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
@@ -536,7 +536,7 @@ fn stack(
         let req = request_ids.ensure(req);
         // The connection is busy from here until the answer is made,
         // so its idle deadline waits.
-        let busy = activity.begin();
+        let busy = activity.begin(req.version());
         // Made here, not inside the block: the block would keep the
         // request it moved into the future as well as the future.
         let routed = route(app.clone(), conn, req);
