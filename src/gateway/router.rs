@@ -159,7 +159,9 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
         .headers()
         .get(&reads::X_CACHE)
         .and_then(|v| v.to_str().ok());
-    record_history(request_id, ended, route, client, cache, &response);
+    // The id as the access line and the history's error notes write it.
+    let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
+    record_history(id_text, ended, route, client, cache, &response);
     if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
         let span = ctx.span();
         span.record("route", route);
@@ -177,7 +179,7 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
         latency: elapsed,
         client: client.unwrap_or("-"),
         cache: cache.unwrap_or("-"),
-        request_id: request_id.and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        request_id: id_text,
     });
     response
 }
@@ -197,7 +199,7 @@ fn is_admin(path: &str) -> bool {
 /// The request in the status page's history: its cache result and client,
 /// and (for errors worth an operator's look) its message and request id.
 fn record_history(
-    request_id: Option<&HeaderValue>,
+    request_id: &str,
     ended: Instant,
     route: &'static str,
     client: Option<&str>,
@@ -224,10 +226,7 @@ fn record_history(
             at: std::time::SystemTime::now(),
             route: route.to_string(),
             status,
-            request_id: request_id
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string(),
+            request_id: request_id.to_string(),
             message: message.chars().take(300).collect(),
         });
     }

@@ -44,7 +44,7 @@
 //! gone.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,6 +53,12 @@ use http::{Method, StatusCode};
 use crate::em::session::{element_text, EmSession, SessionPool};
 use crate::fleet::tasks::SharedTask;
 use crate::fleet::{Down, Fleet};
+// Every lock here is taken even after a panic poisoned it. What the locks
+// hold (the map of tasks, a task's last document and end) is plain data
+// that no update leaves half made, and every answer about tasks must keep
+// agreeing: before, a poisoned map made a list answer 503 while a read or
+// a DELETE of the same task answered 404.
+use crate::ops::locked;
 
 /// How often a pending task is asked about, at most.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -440,15 +446,6 @@ impl Drop for EndUnknown<'_> {
             *state = (self.doc.clone(), Some(Instant::now()));
         }
     }
-}
-
-/// `mutex` locked, recovered if a panic poisoned it. What the locks hold
-/// (the map of tasks, a task's last document and end) is plain data that
-/// no update leaves half made, and every answer about tasks must keep
-/// agreeing: before, a poisoned map made a list answer 503 while a read
-/// or a DELETE of the same task answered 404.
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Whether an EM document is a `Task`.

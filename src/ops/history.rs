@@ -14,6 +14,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+// Shards are taken even after a panic poisoned one: counts are plain
+// numbers, never left half-written in a way that matters.
+use crate::ops::locked;
+
 /// Seconds per slot.
 pub const SLOT_SECONDS: u64 = 10;
 /// Slots kept: one hour.
@@ -156,14 +160,6 @@ pub struct History {
 pub fn global() -> &'static History {
     static H: OnceLock<History> = OnceLock::new();
     H.get_or_init(History::new)
-}
-
-/// Locks a shard, even after a panic elsewhere poisoned it: counts are
-/// plain numbers, never left half-written in a way that matters.
-fn locked(shard: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    shard
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl History {

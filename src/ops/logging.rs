@@ -60,9 +60,7 @@ impl Shared {
     /// The buffer, even after a panic elsewhere poisoned the lock (it
     /// holds whole lines only: a line is appended in one piece).
     fn buffer(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.buffer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::ops::locked(&self.buffer)
     }
 
     /// Appends one whole line, or counts it as dropped past [`HELD_AT_MOST`].
@@ -452,44 +450,9 @@ fn quoted(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// A field's value, as each format writes it.
-enum Value<'a> {
-    /// Written as it is in text (tracing's `%` fields), a string in JSON.
-    Plain(&'a str),
-    /// Quoted in text (tracing's `&str` fields), a string in JSON.
-    Text(&'a str),
-    /// A number in both.
-    Number(u16),
-    /// Milliseconds to the microsecond, a number in both.
-    Millis(Duration),
-}
-
-/// The access line's fields, in the order both formats write them.
-fn fields<'a>(l: &AccessLine<'a>) -> [(&'static str, Value<'a>); 8] {
-    [
-        ("method", Value::Plain(l.method)),
-        ("path", Value::Text(l.path)),
-        ("route", Value::Text(l.route)),
-        ("status", Value::Number(l.status)),
-        ("latency_ms", Value::Millis(l.latency)),
-        ("client", Value::Text(l.client)),
-        ("cache", Value::Text(l.cache)),
-        ("request_id", Value::Text(l.request_id)),
-    ]
-}
-
-/// A number or milliseconds, the same in both formats.
-fn number(out: &mut Vec<u8>, value: &Value<'_>) {
-    match value {
-        Value::Number(n) => out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes()),
-        Value::Millis(d) => millis(out, *d),
-        Value::Plain(_) | Value::Text(_) => {}
-    }
-}
-
 /// The text line, as tracing-subscriber's full format writes an event with
 /// these fields inside the request's span. Written out field by field
-/// rather than by walking [`fields`]: the names are then constants the
+/// rather than by walking a table of names: the names are then constants the
 /// compiler merges into the text around them (one copy each instead of a
 /// call per name, a third of the line's cost on every hit); the test
 /// below holds it to tracing's own formatter.
@@ -517,23 +480,30 @@ fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
 }
 
 /// The JSON line, as tracing-subscriber's JSON format writes it (flattened
-/// fields and the current span); strings escaped by serde_json.
+/// fields and the current span); strings escaped by serde_json. Field by
+/// field, as the text line (the test below holds it to tracing's).
 fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     let string = |out: &mut Vec<u8>, s: &str| {
         let _ = serde_json::to_writer(&mut *out, s);
     };
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
-    for (name, value) in fields(l) {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        match value {
-            Value::Plain(s) | Value::Text(s) => string(out, s),
-            other => number(out, &other),
-        }
-    }
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+    string(out, l.method);
+    out.extend_from_slice(b",\"path\":");
+    string(out, l.path);
+    out.extend_from_slice(b",\"route\":");
+    string(out, l.route);
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
+    out.extend_from_slice(b",\"latency_ms\":");
+    millis(out, l.latency);
+    out.extend_from_slice(b",\"client\":");
+    string(out, l.client);
+    out.extend_from_slice(b",\"cache\":");
+    string(out, l.cache);
+    out.extend_from_slice(b",\"request_id\":");
+    string(out, l.request_id);
     out.extend_from_slice(b",\"span\":{\"request_id\":");
     string(out, l.request_id);
     out.extend_from_slice(b",\"name\":\"request\"}}\n");
@@ -545,7 +515,7 @@ mod tests {
 
     /// What tracing-subscriber's full text format writes for the access
     /// line's event inside the request's span, after the time.
-    fn as_tracing_writes_it(l: &AccessLine<'_>) -> String {
+    fn as_tracing_writes_it(l: &AccessLine<'_>, format: LogFormat) -> String {
         #[derive(Clone, Default)]
         struct Capture(Arc<Mutex<Vec<u8>>>);
         impl Write for Capture {
@@ -559,24 +529,34 @@ mod tests {
         }
         let capture = Capture::default();
         let writer = capture.clone();
-        let subscriber = tracing_subscriber::fmt()
+        // As `init` sets the formatter up.
+        let fmt = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .with_ansi(false)
-            .with_target(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+            .with_target(false);
+        let event = || {
             // As `Ctx::span` makes it.
             let span = tracing::info_span!("request", request_id = %l.request_id);
             let _inside = span.enter();
             through_tracing(l);
-        });
+        };
+        match format {
+            LogFormat::Text => tracing::subscriber::with_default(fmt.finish(), event),
+            LogFormat::Json => {
+                let json = fmt
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false);
+                tracing::subscriber::with_default(json.finish(), event)
+            }
+        }
         let line = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-        line.split_once("  INFO ").unwrap().1.to_string()
+        line
     }
 
-    #[test]
-    fn the_text_access_line_is_the_line_tracings_formatter_writes() {
-        let lines = [
+    fn lines() -> [AccessLine<'static>; 2] {
+        [
             AccessLine {
                 method: "GET",
                 path: "/api/restorePoints/0f1e/vmRestorePoints",
@@ -599,14 +579,36 @@ mod tests {
                 cache: "-",
                 request_id: "-",
             },
-        ];
-        for l in &lines {
+        ]
+    }
+
+    #[test]
+    fn the_json_access_line_is_the_line_tracings_formatter_writes() {
+        for l in &lines() {
+            let mut ours = Vec::new();
+            json_line(&mut ours, l);
+            let parse = |b: &[u8]| {
+                let mut v: serde_json::Value = serde_json::from_slice(b).unwrap();
+                let time = v.as_object_mut().unwrap().remove("timestamp");
+                (v, time.is_some())
+            };
+            let (ours_v, timed) = parse(&ours);
+            assert!(timed && ours.ends_with(b"}\n"));
+            let theirs = as_tracing_writes_it(l, LogFormat::Json);
+            assert_eq!(ours_v, parse(theirs.as_bytes()).0);
+        }
+    }
+
+    #[test]
+    fn the_text_access_line_is_the_line_tracings_formatter_writes() {
+        for l in &lines() {
             let mut ours = Vec::new();
             text_line(&mut ours, l);
             let ours = String::from_utf8(ours).unwrap();
             let (time, rest) = ours.split_once("  INFO ").unwrap();
             assert_eq!(time.len(), 27, "{ours}");
-            assert_eq!(rest, as_tracing_writes_it(l));
+            let theirs = as_tracing_writes_it(l, LogFormat::Text);
+            assert_eq!(rest, theirs.split_once("  INFO ").unwrap().1);
         }
     }
 

@@ -5,7 +5,8 @@
 //! - [`logging`]: the log subscriber (text or JSON lines on stderr);
 //! - [`shutdown`]: the shutdown signal (SIGTERM or SIGINT);
 //! - [`traces`]: OpenTelemetry traces over OTLP, when a collector is set;
-//! - [`urgency`]: whether a client waits for a piece of background work.
+//! - [`urgency`]: whether a client waits for a piece of background work;
+//! - [`locked`]: a lock taken even after a panic poisoned it.
 
 pub mod history;
 pub mod logging;
@@ -13,3 +14,12 @@ pub mod metrics;
 pub mod shutdown;
 pub mod traces;
 pub mod urgency;
+
+/// `mutex` locked, recovered if a panic elsewhere poisoned it. For data
+/// no update leaves half made (each caller says why its data is such):
+/// one panicking request must not turn every later one into an error.
+pub fn locked<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
