@@ -45,7 +45,7 @@ use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::Body;
-use crate::gateway::target::{canonical_pairs, encode_segment, Target};
+use crate::gateway::target::{canonical_pairs, push_segment, Target};
 use crate::ops::metrics::{Refresh, Wait, Work};
 use tracing::Instrument;
 
@@ -407,13 +407,8 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
             Some(Segment::Literal(_)) | Some(Segment::Id) if fixed => true,
             _ => false,
         };
-        let one = if lower {
-            seg.to_ascii_lowercase()
-        } else {
-            seg.clone()
-        };
         path.push('/');
-        path.push_str(&encode_segment(&one));
+        push_segment(&mut path, seg, lower);
     }
     let mut pairs: Vec<(String, Option<String>)> = target
         .query()

@@ -18,8 +18,6 @@
 //! separator, dot segment or control character in any decoded segment, and
 //! its canonical encoding parses back to the same target.
 
-use std::fmt::Write as _;
-
 /// Longest target (path and query, as sent) the gateway accepts.
 pub const MAX_TARGET_LEN: usize = 2048;
 
@@ -175,13 +173,6 @@ impl Target {
     }
 }
 
-/// One decoded path segment, canonically encoded.
-pub fn encode_segment(decoded: &str) -> String {
-    let mut out = String::with_capacity(decoded.len());
-    encode(decoded, Part::Path, &mut out);
-    out
-}
-
 /// Encodes query pairs canonically; `None` when there are none.
 pub fn canonical_pairs<'a>(
     pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
@@ -215,8 +206,15 @@ fn hex(b: u8) -> Option<u8> {
 /// query parsing does); refuses what [`Target`] lists.
 fn decode(raw: &str, part: Part) -> Result<String, BadTarget> {
     let b = raw.as_bytes();
+    // Most pieces (every one of a dashboard's restore point paths) hold
+    // only bytes that decode to themselves: copied whole, not byte by byte.
+    let plain = plain_prefix(b, part);
+    if plain == b.len() {
+        return Ok(raw.to_owned());
+    }
     let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
+    out.extend_from_slice(&b[..plain]);
+    let mut i = plain;
     while i < b.len() {
         let c = b[i];
         match c {
@@ -265,32 +263,82 @@ fn decode(raw: &str, part: Part) -> Result<String, BadTarget> {
 
 /// Characters kept as they are: RFC 3986 unreserved, and in a path segment
 /// the sub-delimiters and `:`/`@` a segment may hold (`+` is always encoded,
-/// so nobody has to guess whether it means a space).
-fn keep(c: u8, part: Part) -> bool {
+/// so nobody has to guess whether it means a space). None of them is
+/// decoded or refused either: a piece made only of these decodes and
+/// encodes to itself.
+const fn keeps(c: u8, part: Part) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(c, b'-' | b'.' | b'_' | b'~')
-        || (part == Part::Path
+        || (matches!(part, Part::Path)
             && matches!(
                 c,
                 b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b',' | b';' | b'=' | b':' | b'@'
             ))
-        || (part == Part::Query && matches!(c, b'!' | b'\'' | b'(' | b')' | b'*' | b':' | b'@'))
+        || (matches!(part, Part::Query)
+            && matches!(c, b'!' | b'\'' | b'(' | b')' | b'*' | b':' | b'@'))
+}
+
+/// [`keeps`] for every byte, one table per part: one load a byte.
+const fn kept(part: Part) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = keeps(c as u8, part);
+        c += 1;
+    }
+    table
+}
+
+static KEPT_IN_PATH: [bool; 256] = kept(Part::Path);
+static KEPT_IN_QUERY: [bool; 256] = kept(Part::Query);
+
+fn keep(c: u8, part: Part) -> bool {
+    match part {
+        Part::Path => KEPT_IN_PATH[c as usize],
+        Part::Query => KEPT_IN_QUERY[c as usize],
+    }
+}
+
+/// How many leading bytes of `b` are kept as they are.
+fn plain_prefix(b: &[u8], part: Part) -> usize {
+    b.iter().position(|&c| !keep(c, part)).unwrap_or(b.len())
 }
 
 fn encoded_len(decoded: &str, part: Part) -> usize {
-    decoded
-        .bytes()
-        .map(|c| if keep(c, part) { 1 } else { 3 })
-        .sum()
+    let b = decoded.as_bytes();
+    b.len() + 2 * b.iter().filter(|&&c| !keep(c, part)).count()
 }
 
 fn encode(decoded: &str, part: Part, out: &mut String) {
-    for &c in decoded.as_bytes() {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let b = decoded.as_bytes();
+    let plain = plain_prefix(b, part);
+    // Kept bytes are ASCII, so `plain` is a character boundary.
+    out.push_str(&decoded[..plain]);
+    for &c in &b[plain..] {
         if keep(c, part) {
             out.push(c as char);
         } else {
-            let _ = write!(out, "%{c:02X}");
+            out.push('%');
+            out.push(HEX[usize::from(c >> 4)] as char);
+            out.push(HEX[usize::from(c & 15)] as char);
         }
+    }
+}
+
+/// Appends one decoded path segment, canonically encoded, to `out`, in
+/// ASCII lower case if `lower` (the decoded text lowered before encoding:
+/// escapes keep their upper-case hex).
+pub fn push_segment(out: &mut String, decoded: &str, lower: bool) {
+    if !lower {
+        encode(decoded, Part::Path, out);
+    } else if plain_prefix(decoded.as_bytes(), Part::Path) == decoded.len() {
+        // Nothing escaped: lowering the encoding lowers the text.
+        let from = out.len();
+        out.push_str(decoded);
+        out[from..].make_ascii_lowercase();
+    } else {
+        encode(&decoded.to_ascii_lowercase(), Part::Path, out);
     }
 }
 
@@ -338,6 +386,102 @@ mod tests {
         }
         let t = parse("/api/logon%53essions/").unwrap();
         assert!(t.is(0, "LOGONSESSIONS"));
+    }
+
+    /// The byte-by-byte forms the fast paths stand in for (`decode`,
+    /// `encode`, `push_segment` copy whole runs of kept bytes).
+    fn decode_slowly(raw: &str, part: Part) -> Result<String, BadTarget> {
+        let mut out = Vec::new();
+        let b = raw.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' => {
+                    let (Some(hi), Some(lo)) = (
+                        b.get(i + 1).copied().and_then(hex),
+                        b.get(i + 2).copied().and_then(hex),
+                    ) else {
+                        return Err(BadTarget("hex"));
+                    };
+                    let d = hi * 16 + lo;
+                    let refused = match part {
+                        Part::Path => matches!(d, b'%' | b'.' | b'/' | b'\\'),
+                        Part::Query => d == b'%',
+                    };
+                    if refused || d.is_ascii_control() {
+                        return Err(BadTarget("escape"));
+                    }
+                    out.push(d);
+                    i += 3;
+                }
+                b'\\' => return Err(BadTarget("backslash")),
+                c if c.is_ascii_control() || c == b' ' => return Err(BadTarget("control")),
+                b'+' if part == Part::Query => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                c => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        let text = String::from_utf8(out).map_err(|_| BadTarget("utf-8"))?;
+        match text.chars().any(char::is_control) {
+            true => Err(BadTarget("control")),
+            false => Ok(text),
+        }
+    }
+
+    fn encode_slowly(decoded: &str, part: Part) -> String {
+        let mut out = String::new();
+        for &c in decoded.as_bytes() {
+            match keeps(c, part) {
+                true => out.push(c as char),
+                false => out.push_str(&format!("%{c:02X}")),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_fast_paths_decode_and_encode_as_byte_by_byte_would() {
+        // Pieces of up to 6 bytes from an alphabet with every kind of byte
+        // the parser treats apart, kept ones first so runs of them lead.
+        let alphabet: Vec<&str> = vec![
+            "a", "Z", "0", "-", ".", "~", "!", "$", "&", "=", ":", "@", "+", "%", "%4", "%41",
+            "%2F", "%2e", "%25", "%C3%A9", "%C2%91", "%0a", " ", "\\", "\u{7f}", "é", "/", "?",
+            "#", "%zz",
+        ];
+        let mut rng = fastrand::Rng::with_seed(19);
+        for n in 0..20_000 {
+            let len = 1 + n % 6;
+            let piece: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            for part in [Part::Path, Part::Query] {
+                let fast = decode(&piece, part);
+                let slow = decode_slowly(&piece, part);
+                assert_eq!(fast.is_ok(), slow.is_ok(), "{piece:?} {:?}", fast);
+                let Ok(text) = fast else { continue };
+                assert_eq!(Ok(&text), slow.as_ref(), "{piece:?}");
+                let mut encoded = String::new();
+                encode(&text, part, &mut encoded);
+                assert_eq!(encoded, encode_slowly(&text, part), "{text:?}");
+                assert_eq!(encoded_len(&text, part), encoded.len(), "{text:?}");
+                if part == Part::Path {
+                    for lower in [false, true] {
+                        let mut pushed = String::from("/api/");
+                        push_segment(&mut pushed, &text, lower);
+                        let expected = match lower {
+                            true => encode_slowly(&text.to_ascii_lowercase(), part),
+                            false => encode_slowly(&text, part),
+                        };
+                        assert_eq!(pushed, format!("/api/{expected}"), "{text:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
