@@ -31,6 +31,22 @@
 //!   given to its waiters but not stored.
 //! - Freshness is judged by the fetch time; moka evicts entries past their
 //!   last useful moment, or over the byte bound.
+//!
+//! Where entries are held: moka owns them (bounds, eviction, expiry), and
+//! a hit reads them from an index beside it, without moka's per-read
+//! bookkeeping (its read hook, read-op channel, epoch guard and upkeep:
+//! about half of a hit's cache cost). The index and moka agree by these
+//! rules:
+//! - An entry enters the index just before moka, so moka's removal of it
+//!   (evicted, expired, not admitted, replaced) always comes after, and
+//!   takes it out of the index unless a newer entry took its place.
+//! - A purge takes entries out of moka, then out of the index, before it
+//!   returns: no request is served a purged entry from either.
+//! - moka still learns which keys are read, as well as it can count them:
+//!   an entry's first 15 hits are also moka reads (its frequency sketch
+//!   counts to 15: a key read 15 times and one read 15,000 times look the
+//!   same to it), and every [`READ_SAMPLE`]th after that, which keeps the
+//!   key recent in moka's order and counts again after its sketch ages.
 
 mod stats;
 
@@ -42,6 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
+use dashmap::DashMap;
 use moka::future::Cache as MokaCache;
 
 /// How the cache hashes its keys, on every lookup: foldhash's quality
@@ -241,11 +258,11 @@ impl<V: Stored> Entry<V> {
         )
     }
 
-    /// A hit, `age` old.
-    fn hit(&self, age: Duration) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+    /// A hit, `age` old; the hits before it.
+    fn hit(&self, age: Duration) -> u64 {
         self.last_hit_age_ms
             .store(age.as_millis() as u64, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Whether the value is a remembered "not found".
@@ -423,10 +440,27 @@ impl<K, V: Stored> Expiry<K, Arc<Entry<V>>> for Lifetimes {
 /// Bytes of bookkeeping counted on top of each value.
 const OVERHEAD: usize = 256;
 
+/// After an entry's first [`READ_EXACT`] hits, one hit in this many is
+/// also a read of moka's, so that its eviction policy keeps hot keys
+/// (module docs).
+pub const READ_SAMPLE: u64 = 16;
+
+/// An entry's first hits that are all moka reads: as many as moka's
+/// frequency sketch counts.
+pub const READ_EXACT: u64 = 15;
+
+/// The entries moka holds, by key, for the hit path (module docs).
+type Index<K, V> = Arc<DashMap<K, Arc<Entry<V>>, KeyHasher>>;
+
 /// The cache.
 pub struct Cache<K, V, E> {
     /// Entries, bounded in bytes.
     entries: MokaCache<K, Arc<Entry<V>>, KeyHasher>,
+    /// The same entries for hits: written before moka, emptied by moka's
+    /// removals and by purges (module docs). Invariant: it holds no entry
+    /// moka has removed, but for the moment between moka's removal and
+    /// its listener (an expired entry is judged by its own age anyway).
+    index: Index<K, V>,
     /// Fetches in flight.
     flights: Flights<K, V, E>,
     /// Keys whose last refresh failed, remembered for a few seconds.
@@ -459,6 +493,8 @@ where
         let stats: Arc<Vec<RuleStats>> =
             Arc::new((0..rules.max(1)).map(|_| RuleStats::default()).collect());
         let on_removal = stats.clone();
+        let index: Index<K, V> = Arc::new(DashMap::with_hasher(KeyHasher::default()));
+        let held = index.clone();
         let stored = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(STORED_MEMORY)
@@ -470,7 +506,10 @@ where
             })
             .expire_after(Lifetimes)
             .support_invalidation_closures()
-            .eviction_listener(move |_, e: Arc<Entry<V>>, _: RemovalCause| {
+            .eviction_listener(move |key: Arc<K>, e: Arc<Entry<V>>, _: RemovalCause| {
+                // Only this entry: a newer one for the key (the replacing
+                // one, when replaced) stays.
+                held.remove_if(&*key, |_, now| Arc::ptr_eq(now, &e));
                 if let Some(task) = e.ahead.get() {
                     task.abort();
                 }
@@ -485,6 +524,7 @@ where
             .build();
         Cache {
             entries,
+            index,
             flights: Arc::default(),
             failed,
             purges: Arc::default(),
@@ -520,23 +560,15 @@ where
         Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
     {
         let stats = self.stats_of(policy.rule);
-        // The lookup is ready at once unless it waits for one of the
-        // async locks moka's upkeep takes (rare); then it is asked again,
-        // boxed (moka's upkeep resumes where it was dropped). Awaited
-        // inline, its future (728 bytes) would be part of every request's,
-        // moved several times a hit, and its own await chain costs more
-        // than this one poll (BENCHMARKS.md, "sixth steps").
-        let ready = {
-            // Polled where it is made (`now_or_never` would copy it first).
-            let lookup = std::pin::pin!(self.entries.get(&key));
-            match lookup.poll(&mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(found) => Some(found),
-                Poll::Pending => None,
-            }
-        };
-        let existing = match ready {
-            Some(found) => found,
-            None => Box::pin(self.entries.get(&key)).await,
+        // The index first (a hit's whole lookup); moka only for a key the
+        // index lacks, which a purge racing a store can leave there.
+        let indexed = self.index.get(&key).map(|e| e.value().clone());
+        let existing = match indexed {
+            Some(e) => Some(e),
+            None => match self.read_now(&key) {
+                Some(found) => found,
+                None => Box::pin(self.entries.get(&key)).await,
+            },
         };
         let age = existing.as_ref().map_or(Duration::ZERO, |e| e.age());
         let state = existing
@@ -545,7 +577,11 @@ where
         match (state, existing) {
             (Freshness::Fresh, Some(e)) => {
                 stats.hit();
-                e.hit(age);
+                let before = e.hit(age);
+                if before < READ_EXACT || before % READ_SAMPLE == 0 {
+                    // For moka's policy only: what it returns is known.
+                    let _ = self.read_now(&key);
+                }
                 if self.options.refresh_ahead
                     && !e.is_negative()
                     && !e.scheduled.swap(true, Ordering::Relaxed)
@@ -619,6 +655,21 @@ where
                     Landed::Failed(error) => Err(error),
                 }
             }
+        }
+    }
+
+    /// moka's lookup of `key` if it is ready at once, as it is unless it
+    /// waits for one of the async locks moka's upkeep takes (rare); then
+    /// the caller asks again, boxed (moka's upkeep resumes where it was
+    /// dropped). Awaited inline, its future (728 bytes) would be part of
+    /// every request's, moved several times, and its own await chain costs
+    /// more than this one poll (BENCHMARKS.md, "sixth steps").
+    fn read_now(&self, key: &K) -> Option<Option<Arc<Entry<V>>>> {
+        // Polled where it is made (`now_or_never` would copy it first).
+        let lookup = std::pin::pin!(self.entries.get(key));
+        match lookup.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(found) => Some(found),
+            Poll::Pending => None,
         }
     }
 
@@ -776,6 +827,7 @@ where
     fn handle(&self) -> Cache<K, V, E> {
         Cache {
             entries: self.entries.clone(),
+            index: self.index.clone(),
             flights: self.flights.clone(),
             failed: self.failed.clone(),
             purges: self.purges.clone(),
@@ -864,6 +916,10 @@ where
                             s.stored(weight);
                         }
                         this.stored.insert(key.clone(), ());
+                        // The index first: moka's removal of the entry,
+                        // which may come at once (not admitted), must find
+                        // it there (module docs).
+                        this.index.insert(key.clone(), entry.clone());
                         this.entries.insert(key, entry.clone()).await;
                     }
                     Landed::Value(entry)
@@ -885,7 +941,10 @@ where
     /// Drops every entry (and what fetches in flight would store).
     pub fn purge_all(&self) {
         self.purges.fetch_add(1, Ordering::SeqCst);
+        // moka first, then the index: a hit between the two finds the
+        // entry in neither (the index falls back to moka).
         self.entries.invalidate_all();
+        self.index.clear();
     }
 
     /// Drops these keys (and what fetches in flight would store).
@@ -893,20 +952,27 @@ where
         self.purges.fetch_add(1, Ordering::SeqCst);
         for key in keys {
             self.entries.invalidate(&key).await;
+            self.index.remove(&key);
         }
     }
 
     /// Drops every entry whose key `matches` (and what fetches in flight would store).
     pub fn purge_where(&self, matches: impl Fn(&K) -> bool + Send + Sync + 'static) {
         self.purges.fetch_add(1, Ordering::SeqCst);
+        let matches = Arc::new(matches);
+        let lazily = matches.clone();
         if self
             .entries
-            .invalidate_entries_if(move |k, _| matches(k))
+            .invalidate_entries_if(move |k, _| lazily(k))
             .is_err()
         {
             // Only possible without `support_invalidation_closures`, which is set.
-            self.entries.invalidate_all();
+            self.purge_all();
+            return;
         }
+        // moka applies the predicate lazily (its lookups skip what it
+        // matches at once); the index, at once.
+        self.index.retain(|k, _| !matches(k));
     }
 
     /// Drops every entry stored under a rule (by index) that `matches`, and
@@ -923,13 +989,17 @@ where
             }
         }
         self.purges.fetch_add(1, Ordering::SeqCst);
+        let matches = Arc::new(matches);
+        let lazily = matches.clone();
         if self
             .entries
-            .invalidate_entries_if(move |_, e| matches(e.policy.rule))
+            .invalidate_entries_if(move |_, e| lazily(e.policy.rule))
             .is_err()
         {
-            self.entries.invalidate_all();
+            self.purge_all();
+            return;
         }
+        self.index.retain(|_, e| !matches(e.policy.rule));
     }
 
     /// Entries held (approximate, moka's count).
@@ -1290,6 +1360,101 @@ mod tests {
                 .num_alive_tasks(),
             0,
             "the scheduled refresh still waits"
+        );
+    }
+
+    /// A cache holding `n` test values, one rule, refresh-ahead off.
+    fn cache_of(n: u64) -> Cache<String, Counted, Failed> {
+        Cache::new(
+            Options {
+                max_bytes: n * (1000 + OVERHEAD as u64),
+                max_entry_bytes: 1 << 20,
+                stale_wait: Duration::from_secs(1),
+                refresh_ahead: false,
+                failed_memory: Duration::from_secs(1),
+            },
+            1,
+        )
+    }
+
+    /// Gets `key` from `cache`, storing a new value if it must; how it was served.
+    async fn read(
+        cache: &Cache<String, Counted, Failed>,
+        key: &str,
+        alive: &Arc<AtomicUsize>,
+    ) -> Outcome {
+        let policy = test_policy(Duration::from_secs(3600));
+        let alive = alive.clone();
+        let fetch = move || async move {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Failed>(Fetched::fresh(Counted(alive)))
+        };
+        match cache.get(key.to_string(), &policy, |_| fetch).await {
+            Ok(served) => served.outcome,
+            Err(_) => panic!("a fetch that cannot fail failed"),
+        }
+    }
+
+    /// Runs moka's upkeep until `done` holds (a few rounds: one may stop
+    /// early on a busy machine), or gives up after a second.
+    async fn settle_until(cache: &Cache<String, Counted, Failed>, done: impl Fn() -> bool) {
+        for _ in 0..100 {
+            cache.settle().await;
+            tokio::task::yield_now().await;
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_evicted_for_room_leave_the_hit_index_and_memory() {
+        let cache = cache_of(50);
+        let alive = Arc::new(AtomicUsize::new(0));
+        for i in 0..500 {
+            let key = format!("k{i}");
+            assert_eq!(read(&cache, &key, &alive).await, Outcome::Miss);
+            // A hit of each (from the index) before the next comes.
+            assert_eq!(read(&cache, &key, &alive).await, Outcome::Hit);
+        }
+        settle_until(&cache, || alive.load(Ordering::SeqCst) <= 50).await;
+        // moka holds at most 50; what it evicted, the index let go too.
+        assert!(cache.entry_count() <= 50, "{} entries", cache.entry_count());
+        assert!(
+            alive.load(Ordering::SeqCst) <= 50,
+            "{} values alive for 50 entries",
+            alive.load(Ordering::SeqCst)
+        );
+        assert!(cache.index.len() <= 50, "{} indexed", cache.index.len());
+    }
+
+    #[tokio::test]
+    async fn every_kind_of_purge_empties_the_hit_index_at_once() {
+        let cache = cache_of(50);
+        let alive = Arc::new(AtomicUsize::new(0));
+        type Purge = fn(&Cache<String, Counted, Failed>);
+        let purges: [(&str, Purge); 3] = [
+            ("all", |c| c.purge_all()),
+            ("where", |c| c.purge_where(|k: &String| k.starts_with("k"))),
+            ("rules", |c| c.purge_rules(|rule| rule == 0, |_| false)),
+        ];
+        for (kind, purge) in purges {
+            read(&cache, "k", &alive).await;
+            assert_eq!(read(&cache, "k", &alive).await, Outcome::Hit, "{kind}");
+            purge(&cache);
+            assert_eq!(
+                read(&cache, "k", &alive).await,
+                Outcome::Miss,
+                "purge {kind}"
+            );
+        }
+        assert_eq!(read(&cache, "k", &alive).await, Outcome::Hit);
+        cache.purge(["k".to_string()]).await;
+        assert_eq!(
+            read(&cache, "k", &alive).await,
+            Outcome::Miss,
+            "purge of a key"
         );
     }
 }
