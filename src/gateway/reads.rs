@@ -45,7 +45,7 @@ use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::Body;
-use crate::gateway::target::{canonical_pairs, push_segment, Target};
+use crate::gateway::target::{canonical_pairs, Target};
 use crate::ops::metrics::{Refresh, Wait, Work};
 use tracing::Instrument;
 
@@ -394,11 +394,14 @@ fn vm_query_ok(target: &Target) -> bool {
 
 /// The key of `target` under `rule` (or, for collapsing, none).
 pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheKey {
-    let mut path = String::with_capacity(64);
+    // Room for the path when nothing in it is escaped (the usual case):
+    // growing the key would copy it.
+    let room = target.segments().iter().map(|s| 1 + s.len()).sum::<usize>();
+    let mut path = String::with_capacity("/api".len() + room + 16);
     path.push_str("/api");
     let template = rule.map(|r| r.template.segments()).unwrap_or(&[]);
     let mut fixed = true;
-    for (i, seg) in target.segments().iter().enumerate() {
+    for i in 0..target.segments().len() {
         let lower = match template.get(i) {
             Some(Segment::Rest) => {
                 fixed = false;
@@ -408,7 +411,7 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
             _ => false,
         };
         path.push('/');
-        push_segment(&mut path, seg, lower);
+        target.push_segment(i, lower, &mut path);
     }
     let mut pairs: Vec<(String, Option<String>)> = target
         .query()

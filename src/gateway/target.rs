@@ -36,6 +36,11 @@ pub struct Target {
     /// Decoded `name=value` pairs, in the client's order (a name without
     /// `=` has `None`).
     query: Vec<(String, Option<String>)>,
+    /// Whether every decoded segment and query piece is made only of bytes
+    /// kept as they are (most targets): each is then its own canonical
+    /// encoding. Decided by the decoded text, so a target and its
+    /// canonical form agree.
+    plain: bool,
 }
 
 impl Target {
@@ -59,16 +64,40 @@ impl Target {
             _ => return Err(BadTarget("only /api/ paths are served")),
         };
         let mut segments = Vec::new();
-        if !rest.is_empty() {
-            for raw in rest.split('/') {
-                if raw.is_empty() {
-                    return Err(BadTarget("empty path segment"));
-                }
-                if raw == "." || raw == ".." {
-                    return Err(BadTarget("'.' or '..' segment"));
-                }
-                segments.push(decode(raw, Part::Path)?);
+        let mut plain = true;
+        // One pass a segment in the usual case: the first byte that is not
+        // kept as it is either ends the segment ('/', or the end) and the
+        // segment is its own decoding, or the segment is decoded.
+        let b = rest.as_bytes();
+        let mut from = 0;
+        while !rest.is_empty() && from <= rest.len() {
+            let stop = from + plain_prefix(&b[from..], Part::Path);
+            let (to, kept) = match b.get(stop) {
+                None | Some(b'/') => (stop, true),
+                Some(_) => (
+                    b[stop..]
+                        .iter()
+                        .position(|&c| c == b'/')
+                        .map_or(b.len(), |at| stop + at),
+                    false,
+                ),
+            };
+            // '/' is ASCII: both ends are character boundaries.
+            let raw = rest.get(from..to).unwrap_or_default();
+            if raw.is_empty() {
+                return Err(BadTarget("empty path segment"));
             }
+            if raw == "." || raw == ".." {
+                return Err(BadTarget("'.' or '..' segment"));
+            }
+            let segment = match kept {
+                true => raw.to_owned(),
+                false => decode(raw, Part::Path)?,
+            };
+            plain &= kept || is_plain(&segment, Part::Path);
+            segments.push(segment);
+            // Past the end once the last segment is in.
+            from = to + 1;
         }
         let mut pairs = Vec::new();
         for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -78,12 +107,15 @@ impl Target {
             };
             let name = decode(name, Part::Query)?;
             let value = value.map(|v| decode(v, Part::Query)).transpose()?;
+            plain &= is_plain(&name, Part::Query)
+                && value.as_ref().is_none_or(|v| is_plain(v, Part::Query));
             pairs.push((name, value));
         }
         let target = Target {
             segments,
             trailing_slash,
             query: pairs,
+            plain,
         };
         // What EM is sent must fit the bound too (an escaped character is
         // three bytes), so the canonical form is always accepted again.
@@ -95,6 +127,13 @@ impl Target {
 
     /// The length of [`Target::canonical`], without building it.
     fn canonical_len(&self) -> usize {
+        if self.plain {
+            let path: usize = self.segments.iter().map(|s| 1 + s.len()).sum();
+            let query: usize = (self.query.iter())
+                .map(|(n, v)| 1 + n.len() + v.as_ref().map_or(0, |v| 1 + v.len()))
+                .sum();
+            return "/api".len() + path + usize::from(self.trailing_slash) + query;
+        }
         let path: usize = "/api".len()
             + self
                 .segments
@@ -326,13 +365,40 @@ fn encode(decoded: &str, part: Part, out: &mut String) {
     }
 }
 
+/// Whether `piece` holds only bytes kept as they are.
+fn is_plain(piece: &str, part: Part) -> bool {
+    plain_prefix(piece.as_bytes(), part) == piece.len()
+}
+
+impl Target {
+    /// Appends segment `i`, canonically encoded, to `out`, in ASCII lower
+    /// case if `lower` (the decoded text lowered before encoding: escapes
+    /// keep their upper-case hex).
+    pub fn push_segment(&self, i: usize, lower: bool, out: &mut String) {
+        let Some(decoded) = self.segments.get(i) else {
+            return;
+        };
+        match self.plain {
+            // Nothing to escape: the text as it is.
+            true => {
+                let from = out.len();
+                out.push_str(decoded);
+                if lower {
+                    out[from..].make_ascii_lowercase();
+                }
+            }
+            false => push_segment(out, decoded, lower),
+        }
+    }
+}
+
 /// Appends one decoded path segment, canonically encoded, to `out`, in
 /// ASCII lower case if `lower` (the decoded text lowered before encoding:
 /// escapes keep their upper-case hex).
-pub fn push_segment(out: &mut String, decoded: &str, lower: bool) {
+fn push_segment(out: &mut String, decoded: &str, lower: bool) {
     if !lower {
         encode(decoded, Part::Path, out);
-    } else if plain_prefix(decoded.as_bytes(), Part::Path) == decoded.len() {
+    } else if is_plain(decoded, Part::Path) {
         // Nothing escaped: lowering the encoding lowers the text.
         let from = out.len();
         out.push_str(decoded);
@@ -470,6 +536,24 @@ mod tests {
                 assert_eq!(encoded, encode_slowly(&text, part), "{text:?}");
                 assert_eq!(encoded_len(&text, part), encoded.len(), "{text:?}");
                 if part == Part::Path {
+                    // Whole targets: the plain flag's shortcuts.
+                    if let Ok(t) = parse(&format!("/api/Kept?a={piece}&{piece}")) {
+                        assert_eq!(t.canonical_len(), t.canonical().len(), "{piece:?}");
+                    }
+                    let sent = format!("/api/Kept/{piece}");
+                    let one_segment = !piece.contains(['/', '?']);
+                    if let Some(t) = parse(&sent).ok().filter(|_| one_segment) {
+                        assert_eq!(t.canonical_len(), t.canonical().len(), "{sent:?}");
+                        for lower in [false, true] {
+                            let mut key = String::new();
+                            t.push_segment(1, lower, &mut key);
+                            let expected = match lower {
+                                true => encode_slowly(&text.to_ascii_lowercase(), part),
+                                false => encode_slowly(&text, part),
+                            };
+                            assert_eq!(key, expected, "{sent:?}");
+                        }
+                    }
                     for lower in [false, true] {
                         let mut pushed = String::from("/api/");
                         push_segment(&mut pushed, &text, lower);
