@@ -23,10 +23,6 @@ fn clients_file(dir: &std::path::Path) -> (String, &'static str, &'static str) {
     (path.to_str().unwrap().to_string(), a, b)
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("emgate-{name}-{}", std::process::id()))
-}
-
 fn basic(name: &str, secret: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -45,7 +41,8 @@ fn vm_points(sim: &Sim, i: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_clients_file_only_known_clients_get_in() {
     let sim = start_sim(sim_config()).await;
-    let (file, dash, _) = clients_file(&scratch("clients-in"));
+    let dir = Scratch::new("clients-in");
+    let (file, dash, _) = clients_file(&dir);
     let gw = Gateway::start(&sim, &[("EMGATE_CLIENTS_FILE", &file)]);
     let http = Http::default();
     // The entry point is public, as on EM (clients read it to find the logon link).
@@ -81,7 +78,8 @@ async fn with_a_clients_file_only_known_clients_get_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_em_client_logs_on_uses_its_token_and_logs_off_without_touching_em() {
     let sim = start_sim(sim_config()).await;
-    let (file, dash, portal) = clients_file(&scratch("clients-logon"));
+    let dir = Scratch::new("clients-logon");
+    let (file, dash, portal) = clients_file(&dir);
     let gw = Gateway::start(&sim, &[("EMGATE_CLIENTS_FILE", &file)]);
     let http = Http::default();
 
@@ -396,8 +394,7 @@ async fn oversized_headers_are_refused_before_em() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_listener_serves_http2_and_marks_the_cookie_secure() {
-    let dir = scratch("tls");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
@@ -490,7 +487,8 @@ async fn anonymous_callers_are_one_owner_whatever_name_their_logon_gives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_credentials_on_api_is_slowed_like_guessing_the_admin_token() {
     let sim = start_sim(sim_config()).await;
-    let (file, dash, _) = clients_file(&scratch("clients-guess"));
+    let dir = Scratch::new("clients-guess");
+    let (file, dash, _) = clients_file(&dir);
     let admin = "an-admin-token-of-the-operator";
     let gw = Gateway::start(
         &sim,

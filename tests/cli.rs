@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::Http;
+use common::{Http, Scratch};
 use http::StatusCode;
 
 fn emgate(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -179,8 +179,7 @@ fn bad_fleet_settings_fail_check_config_naming_the_setting() {
 
 #[test]
 fn check_config_refuses_unknown_keys_in_the_file_and_serve_validates_the_same_way() {
-    let dir = std::env::temp_dir().join(format!("emgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("cli");
     let file = dir.join("bad.toml");
     std::fs::write(
         &file,
@@ -353,8 +352,7 @@ async fn probe_exits_zero_only_when_the_gateway_is_ready() {
 
 #[test]
 fn check_config_validates_cache_rules_naming_the_rule_and_prints_them() {
-    let dir = std::env::temp_dir().join(format!("emgate-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("rules");
     let file = dir.join("rules.toml");
     let path = file.to_str().unwrap();
     let rule = |name: &str, path: &str, extra: &str| {

@@ -551,7 +551,7 @@ async fn a_client_session_copied_or_written_by_hand_in_redis_lets_nobody_in() {
     let Some(redis) = Redis::try_start() else {
         return;
     };
-    let (file, creds) = clients_file("copied", 1);
+    let (_clients_dir, file, creds) = clients_file("copied", 1);
     let http = Http::default();
     let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
     all_ready(&http, &gws).await;
@@ -664,6 +664,8 @@ async fn a_forged_purge_event_purges_nothing() {
 /// Two replicas and a client logged on at the first whose token works at
 /// the second too (each holds the session): the logout stories' start.
 struct LoggedOnAtBoth {
+    /// The clients file's folder, kept while the replicas read it.
+    _clients_dir: Scratch,
     sim: Sim,
     redis: Redis,
     gws: Vec<Gateway>,
@@ -676,7 +678,7 @@ struct LoggedOnAtBoth {
 async fn logged_on_at_both(tag: &str) -> Option<LoggedOnAtBoth> {
     let sim = start_sim(sim_config()).await;
     let redis = Redis::try_start()?;
-    let (file, creds) = clients_file(tag, 1);
+    let (clients_dir, file, creds) = clients_file(tag, 1);
     let http = Http::default();
     let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
     all_ready(&http, &gws).await;
@@ -688,6 +690,7 @@ async fn logged_on_at_both(tag: &str) -> Option<LoggedOnAtBoth> {
         "the token works at B"
     );
     Some(LoggedOnAtBoth {
+        _clients_dir: clients_dir,
         sim,
         redis,
         gws,
@@ -701,6 +704,7 @@ async fn logged_on_at_both(tag: &str) -> Option<LoggedOnAtBoth> {
 async fn a_logout_while_redis_stalls_ends_the_session_on_every_replica() {
     let _turn = with_others().await;
     let Some(LoggedOnAtBoth {
+        _clients_dir,
         sim: _sim,
         redis,
         gws,
@@ -767,6 +771,7 @@ async fn a_logout_while_redis_is_down_stays_done_when_redis_comes_back_empty() {
     let _turn = with_others().await;
     // B holds the session too, and puts it back when it finds Redis empty.
     let Some(LoggedOnAtBoth {
+        _clients_dir,
         sim: _sim,
         mut redis,
         gws,
@@ -883,7 +888,7 @@ async fn redis_restarted_empty_under_load_logs_no_client_out_and_is_used_again_w
         return;
     };
     let port = redis.port;
-    let (file, creds) = clients_file("restart-empty", 3);
+    let (_clients_dir, file, creds) = clients_file("restart-empty", 3);
     let http = Http::default();
     let gws = replicas(2, &sim, &redis, &[("EMGATE_CLIENTS_FILE", &file)]);
     all_ready(&http, &gws).await;
@@ -988,7 +993,7 @@ async fn a_40_mb_em_answer_is_served_but_not_shared_and_the_fleet_keeps_working_
     let Some(redis) = Redis::try_start() else {
         return;
     };
-    let (file, creds) = clients_file("big", 2);
+    let (_clients_dir, file, creds) = clients_file("big", 2);
     let http = Http::default();
     // Room for the answer in every bound but the shared tier's: the local
     // cache would keep it.
@@ -1176,7 +1181,7 @@ async fn a_full_redis_flooded_with_distinct_queries_keeps_client_sessions_and_le
         return;
     };
     let sim = start_sim(sim_config()).await;
-    let (file, creds) = clients_file("full", 2);
+    let (_clients_dir, file, creds) = clients_file("full", 2);
     let http = Http::default();
     let gws = replicas(
         2,

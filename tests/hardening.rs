@@ -331,8 +331,7 @@ async fn a_later_head_that_stalls_is_cut_at_the_header_timeout_not_the_idle_time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_after_the_tls_handshake_is_closed_on_time() {
-    let dir = std::env::temp_dir().join(format!("emgate-hard-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("hard-tls");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();

@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
 
 /// An empty folder of its own.
-fn folder(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("emgate-reload-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn folder(tag: &str) -> Scratch {
+    Scratch::new(&format!("reload-{tag}"))
 }
 
 fn clients_text(clients: &[(&str, &str)]) -> String {

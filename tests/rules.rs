@@ -315,8 +315,7 @@ async fn no_cache_from_a_client_does_not_reach_em_but_the_operators_does_and_dat
     // Anonymous (a sidecar), and with a clients file: the admin token is
     // the operator's credential on /api in both.
     let secret = "dashboard-secret-0123456789";
-    let dir = std::env::temp_dir().join(format!("emgate-operator-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("operator");
     let clients = dir.join("clients.toml");
     std::fs::write(
         &clients,

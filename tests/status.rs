@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::{em_session_tokens, eventually, sim_config, start_sim, Gateway, Http, PASSWORD};
+use common::{
+    em_session_tokens, eventually, sim_config, start_sim, Gateway, Http, Scratch, PASSWORD,
+};
 use emgate::sim::Sim;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -240,8 +242,7 @@ async fn the_page_stays_small_with_many_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_page_or_the_json() {
     let sim = start_sim(sim_config()).await;
-    let dir = std::env::temp_dir().join(format!("emgate-status-secrets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("status-secrets");
     let client_secret = "dashboard-secret-0f1e2d3c4b5a";
     let clients = dir.join("clients.toml");
     std::fs::write(

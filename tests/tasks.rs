@@ -21,14 +21,15 @@ fn config() -> SimConfig {
 
 /// A gateway with writes on and two clients, Alice and Bob.
 async fn portal(sim: &Sim, extra: &[(&str, &str)]) -> (Gateway, Http, [(String, String); 2]) {
-    let (file, creds) = clients_file(&format!("tasks-{}", sim.addr().port()), 2);
+    let (clients_dir, file, creds) = clients_file(&format!("tasks-{}", sim.addr().port()), 2);
     let mut env = vec![
         ("EMGATE_CLIENTS_FILE", file.as_str()),
         ("EMGATE_ALLOW_WRITES", "true"),
         ("EMGATE_ADMIN_TOKEN", ADMIN),
     ];
     env.extend_from_slice(extra);
-    let gw = Gateway::start(sim, &env);
+    let mut gw = Gateway::start(sim, &env);
+    gw.hold(clients_dir);
     let http = Http::default();
     assert!(becomes_ready(&http, &gw).await);
     let named = |c: &(String, String)| (c.0.clone(), basic(c));
@@ -279,7 +280,8 @@ async fn in_a_fleet_the_owner_follows_a_task_on_any_replica_also_after_its_repli
         return;
     };
     let url = redis.url();
-    let (file, creds) = clients_file(&format!("tasks-fleet-{}", sim.addr().port()), 2);
+    let (_clients_dir, file, creds) =
+        clients_file(&format!("tasks-fleet-{}", sim.addr().port()), 2);
     let env = [
         ("EMGATE_CLIENTS_FILE", file.as_str()),
         ("EMGATE_ALLOW_WRITES", "true"),

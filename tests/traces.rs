@@ -93,7 +93,7 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 async fn a_request_is_a_trace_from_the_client_through_emgate_to_em_without_secrets() {
     let (collector, addr) = Collector::start().await;
     let sim = start_sim(sim_config()).await;
-    let (file, clients) = clients_file("traces", 1);
+    let (_clients_dir, file, clients) = clients_file("traces", 1);
     let (name, secret) = &clients[0];
     let gw = Gateway::start(
         &sim,

@@ -396,11 +396,8 @@ async fn a_client_miss_is_not_held_up_by_a_full_background_lane() {
 }
 
 /// An empty folder of its own for a state file.
-fn state_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("emgate-warm-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn state_dir(tag: &str) -> Scratch {
+    Scratch::new(&format!("warm-{tag}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,7 +515,7 @@ async fn a_broken_or_foreign_state_file_is_ignored_with_a_warning() {
 }
 
 /// A state folder holding `keys` as hot keys for the EM at `em`.
-fn state_with(tag: &str, em: &str, keys: &[String]) -> std::path::PathBuf {
+fn state_with(tag: &str, em: &str, keys: &[String]) -> Scratch {
     let dir = state_dir(tag);
     let file = serde_json::json!({
         "format": "emgate-hot-keys",
@@ -795,7 +792,7 @@ fn started_with_hot_keys(
     tag: &str,
     keys: &[String],
     setting: (&str, &str),
-) -> (Gateway, std::path::PathBuf) {
+) -> (Gateway, Scratch) {
     let dir = state_with(tag, &sim.base_url(), keys);
     let gw = Gateway::start(
         sim,

@@ -46,6 +46,9 @@ pub struct Gateway {
     reading: Arc<std::sync::atomic::AtomicBool>,
     /// The settings file it was started with (`--config`), if any.
     pub settings_file: Option<std::path::PathBuf>,
+    /// Folders it needs for its life (the settings file this harness
+    /// wrote for it, a clients file), removed with the gateway.
+    held: Vec<Scratch>,
 }
 
 impl Gateway {
@@ -90,15 +93,21 @@ impl Gateway {
         {
             env.push(("EMGATE_SHARED_TIMEOUT".into(), "1s".into()));
         }
-        let file = toml.map(|text| {
-            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("emgate-test-{}-{n}.toml", std::process::id()));
-            std::fs::write(&path, text).expect("write settings file");
-            path
+        let written = toml.map(|text| {
+            let dir = Scratch::new("settings");
+            std::fs::write(dir.join("emgate.toml"), text).expect("write settings file");
+            dir
         });
-        Gateway::spawn_with(&env, file.as_deref())
+        let file = written.as_ref().map(|dir| dir.join("emgate.toml"));
+        let mut gateway = Gateway::spawn_with(&env, file.as_deref());
+        gateway.held.extend(written);
+        gateway
+    }
+
+    /// Keeps `dir` for as long as the gateway (a file it reads while it
+    /// runs), then removes it.
+    pub fn hold(&mut self, dir: Scratch) {
+        self.held.push(dir);
     }
 
     /// Starts `emgate serve` with exactly these `EMGATE_*` settings.
@@ -158,6 +167,7 @@ impl Gateway {
             logs,
             reading,
             settings_file: file.map(std::path::Path::to_path_buf),
+            held: Vec::new(),
         }
     }
 
@@ -746,10 +756,44 @@ pub fn write_atomically(path: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A clients file with `n` clients; its path and their names and secrets.
-pub fn clients_file(tag: &str, n: usize) -> (String, Vec<(String, String)>) {
-    let dir = std::env::temp_dir().join(format!("emgate-clients-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A folder of a test's own under the system's temporary folder, removed
+/// with everything in it when dropped: a test run leaves nothing behind.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// A new, empty folder named after `name` (unique in the process).
+    pub fn new(name: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("emgate-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a scratch folder");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A clients file with `n` clients: the folder holding it (kept while the
+/// test needs the file), its path, and the clients' names and secrets.
+pub fn clients_file(tag: &str, n: usize) -> (Scratch, String, Vec<(String, String)>) {
+    let dir = Scratch::new(&format!("clients-{tag}"));
     let creds: Vec<(String, String)> = (0..n)
         .map(|i| {
             (
@@ -769,7 +813,8 @@ pub fn clients_file(tag: &str, n: usize) -> (String, Vec<(String, String)>) {
         .collect();
     let path = dir.join("clients.toml");
     std::fs::write(&path, text).unwrap();
-    (path.to_str().unwrap().to_string(), creds)
+    let path = path.to_str().unwrap().to_string();
+    (dir, path, creds)
 }
 
 /// The sum of every sample of `name` (any labels) in the gateway's `/metrics`.
