@@ -387,15 +387,15 @@ impl Target {
                     out[from..].make_ascii_lowercase();
                 }
             }
-            false => push_segment(out, decoded, lower),
+            false => push_escaped(out, decoded, lower),
         }
     }
 }
 
-/// Appends one decoded path segment, canonically encoded, to `out`, in
-/// ASCII lower case if `lower` (the decoded text lowered before encoding:
-/// escapes keep their upper-case hex).
-fn push_segment(out: &mut String, decoded: &str, lower: bool) {
+/// [`Target::push_segment`] for a target that is not plain: one decoded
+/// segment, canonically encoded, appended to `out` (lowered first if
+/// `lower`: escapes keep their upper-case hex).
+fn push_escaped(out: &mut String, decoded: &str, lower: bool) {
     if !lower {
         encode(decoded, Part::Path, out);
     } else if is_plain(decoded, Part::Path) {
@@ -455,7 +455,7 @@ mod tests {
     }
 
     /// The byte-by-byte forms the fast paths stand in for (`decode`,
-    /// `encode`, `push_segment` copy whole runs of kept bytes).
+    /// `encode`, `push_escaped` copy whole runs of kept bytes).
     fn decode_slowly(raw: &str, part: Part) -> Result<String, BadTarget> {
         let mut out = Vec::new();
         let b = raw.as_bytes();
@@ -556,7 +556,7 @@ mod tests {
                     }
                     for lower in [false, true] {
                         let mut pushed = String::from("/api/");
-                        push_segment(&mut pushed, &text, lower);
+                        push_escaped(&mut pushed, &text, lower);
                         let expected = match lower {
                             true => encode_slowly(&text.to_ascii_lowercase(), part),
                             false => encode_slowly(&text, part),
