@@ -42,6 +42,13 @@ pub enum Waited {
     Landed(Vec<u8>),
     /// The lease is gone and nothing landed: the holder died or failed.
     HolderGone,
+    /// The holder's entry (or its failure marker) landed, its notice came,
+    /// but it was gone when this replica looked: Redis evicted it first (a Redis too small for what
+    /// the fleet stores under its eviction policy: its LRU clock counts
+    /// whole seconds, so under a flood a fresh entry is as likely to go as
+    /// any). The bytes are nowhere to take, so the waiter fetches itself;
+    /// counted as `emgate_fleet_landed_evicted_total`.
+    Evicted,
     /// Still fetching after the bound.
     TimedOut,
     /// The holder's fetch failed a moment ago, with this status: the
@@ -409,6 +416,10 @@ impl Fleet {
                         if let Some(f) = failed(self.failure(h).await?) {
                             return Ok(f);
                         }
+                        // Landed (the notice is sent by the store itself),
+                        // and gone already.
+                        metrics::counter!("emgate_fleet_landed_evicted_total").increment(1);
+                        return Ok(Waited::Evicted);
                     }
                     Ok(_) => {}
                     // Missed notices, ours perhaps: look.

@@ -1013,6 +1013,10 @@ impl Tier {
                             break;
                         }
                         Ok(Waited::HolderGone) => holder_gone = true,
+                        // Redis evicted what the holder stored before it
+                        // could be read: fetch it for the fleet (under the
+                        // lease, so the other waiters wait for this one).
+                        Ok(Waited::Evicted) => {}
                         // The fetch waited for failed: so does this one
                         // (with the stale copy, if there is one).
                         Ok(Waited::Failed(status)) => {

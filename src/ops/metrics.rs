@@ -165,12 +165,17 @@ fn describe() {
         "emgate_fleet_lease_takeovers_total",
         "Fleet mode: fetch leases this replica took over from a replica that stopped renewing them."
     );
+    describe_counter!(
+        "emgate_fleet_landed_evicted_total",
+        "Fleet mode: entries (or failures) another replica stored that Redis evicted before this replica read them (each costs an EM fetch: Redis is too small for what the fleet stores)."
+    );
 }
 
 /// Fleet mode: its counters exist from the start (at 0), so alerts and
 /// dashboards see 0 rather than no data. Called once, before serving.
 pub fn fleet_started() {
     metrics::counter!("emgate_fleet_lease_takeovers_total").absolute(0);
+    metrics::counter!("emgate_fleet_landed_evicted_total").absolute(0);
 }
 
 /// A status as a label without allocating for the common ones.
