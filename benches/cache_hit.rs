@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         let p = prepared.clone();
         cache
-            .get(key.clone(), &policy, move |_| {
+            .get(&key, &policy, std::time::Instant::now(), move |_| {
                 move || async move { Ok::<_, GatewayError>(Fetched::fresh(p)) }
             })
             .await
@@ -86,6 +86,9 @@ fn bench(c: &mut Criterion) {
     let never =
         || async { Err::<Fetched<Prepared>, _>(GatewayError::Internal("fetched on a hit")) };
 
+    // When the requests were taken up: the router reads the clock at the
+    // edge (for the request's duration) and the cache counts ages to it.
+    let taken_up = std::time::Instant::now();
     // A hit as a request pays for it: the target parsed, the rule found,
     // the key built, the entry looked up, the representation rendered.
     let hit = |xml: bool| {
@@ -95,7 +98,9 @@ fn bench(c: &mut Criterion) {
         let cache = &cache;
         let policy = &rule.policy;
         async move {
-            let entry = cache.get(key, policy, |_| never).await.unwrap().entry;
+            let entry = (cache.get(&key, policy, taken_up, |_| never).await)
+                .unwrap()
+                .entry;
             black_box(entry.value.representation(xml, "http://127.0.0.1:9399"))
         }
     };
@@ -107,7 +112,11 @@ fn bench(c: &mut Criterion) {
         async move {
             let rule = resolved.rule().unwrap();
             let key = resolved.key(false);
-            let entry = cache.get(key, &rule.policy, |_| never).await.unwrap().entry;
+            let entry = cache
+                .get(&key, &rule.policy, taken_up, |_| never)
+                .await
+                .unwrap()
+                .entry;
             black_box(entry.value.representation(false, "http://127.0.0.1:9399"))
         }
     };

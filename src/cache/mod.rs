@@ -275,6 +275,11 @@ impl<V: Stored> Entry<V> {
         self.fetched_at.elapsed()
     }
 
+    /// Its age at `at` (none if `at` came first).
+    pub fn age_at(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.fetched_at)
+    }
+
     /// Seconds since the fetch, for `Age`.
     pub fn age_secs(&self) -> u64 {
         self.age().as_secs()
@@ -541,8 +546,10 @@ where
             .unwrap_or_else(|| &self.stats[self.stats.len() - 1])
     }
 
-    /// The entry for `key` by the table in the module docs. `fetch` is
-    /// called only when the source must be asked (now or ahead of expiry).
+    /// The entry for `key` by the table in the module docs, as of `at` (when
+    /// the request was taken up: the caller has read the clock already).
+    /// `fetch` is called only when the source must be asked (now or ahead
+    /// of expiry).
     ///
     /// `fetch` makes the fetch's owned (`'static`) maker, and is called only
     /// when one is needed: a hit pays for nothing. An entry's first hit
@@ -550,8 +557,9 @@ where
     /// little (the fetch itself, often large, is made when it runs).
     pub async fn get<M, F, Fut>(
         &self,
-        key: K,
+        key: &K,
         policy: &Policy,
+        at: Instant,
         fetch: M,
     ) -> Result<Served<V>, Arc<E>>
     where
@@ -562,15 +570,17 @@ where
         let stats = self.stats_of(policy.rule);
         // The index first (a hit's whole lookup); moka only for a key the
         // index lacks, which a purge racing a store can leave there.
-        let indexed = self.index.get(&key).map(|e| e.value().clone());
+        let indexed = self.index.get(key).map(|e| e.value().clone());
         let existing = match indexed {
             Some(e) => Some(e),
-            None => match self.read_now(&key) {
+            None => match self.read_now(key) {
                 Some(found) => found,
-                None => Box::pin(self.entries.get(&key)).await,
+                None => Box::pin(self.entries.get(key)).await,
             },
         };
-        let age = existing.as_ref().map_or(Duration::ZERO, |e| e.age());
+        // As of `at`: no clock read of its own on a hit (a clock read
+        // costs a hit on a virtual machine about a sixth of its time).
+        let age = (existing.as_ref()).map_or(Duration::ZERO, |e| e.age_at(at));
         let state = existing
             .as_ref()
             .map_or(Freshness::Dead, |e| e.freshness_at(age));
@@ -580,28 +590,31 @@ where
                 let before = e.hit(age);
                 if before < READ_EXACT || before % READ_SAMPLE == 0 {
                     // For moka's policy only: what it returns is known.
-                    let _ = self.read_now(&key);
+                    let _ = self.read_now(key);
                 }
                 if self.options.refresh_ahead
                     && !e.is_negative()
+                    // Read before the swap: once scheduled (every hit but
+                    // an entry's first), a hit writes nothing here.
+                    && !e.scheduled.load(Ordering::Relaxed)
                     && !e.scheduled.swap(true, Ordering::Relaxed)
                 {
-                    self.schedule_ahead(key, &e, fetch(Refresh::Ahead));
+                    self.schedule_ahead(key.clone(), &e, fetch(Refresh::Ahead));
                 }
                 Ok(Served::stored(e, Outcome::Hit, age))
             }
             (Freshness::Revalidate, Some(e)) => {
                 e.hit(age);
-                if !self.failed.contains_key(&key) {
+                if !self.failed.contains_key(key) {
                     let unless = Unless::NewerThan(e.fetched_at);
                     let job = fetch(Refresh::Revalidate);
-                    self.flight(key, policy, true, Refresh::Revalidate, unless, job);
+                    self.flight(key.clone(), policy, true, Refresh::Revalidate, unless, job);
                 }
                 stats.stale();
                 Ok(Served::stored(e, Outcome::Stale, age))
             }
             (Freshness::IfError, Some(e)) => {
-                if self.failed.contains_key(&key) {
+                if self.failed.contains_key(key) {
                     stats.stale();
                     return Ok(Served::stored(e, Outcome::Stale, age));
                 }
@@ -609,7 +622,7 @@ where
                 let unless = Unless::NewerThan(e.fetched_at);
                 let job = fetch(Refresh::Revalidate);
                 let (rx, started) =
-                    self.flight(key, policy, true, Refresh::Revalidate, unless, job);
+                    self.flight(key.clone(), policy, true, Refresh::Revalidate, unless, job);
                 // A refresh that has already run longer than the stale wait
                 // (EM hanging) gets no more waiting from later callers.
                 let waited = rx
@@ -637,14 +650,14 @@ where
                 }
             }
             (_, existing) => {
-                let why = if existing.is_some() || self.stored.contains_key(&key) {
+                let why = if existing.is_some() || self.stored.contains_key(key) {
                     Wait::Expired
                 } else {
                     Wait::Cold
                 };
                 let job = fetch(Refresh::Miss);
                 let (rx, started) =
-                    self.flight(key, policy, true, Refresh::Miss, Unless::Fresh, job);
+                    self.flight(key.clone(), policy, true, Refresh::Miss, Unless::Fresh, job);
                 let landed = Box::pin(wait(rx)).await;
                 // A copy another replica had stored is no wait for EM.
                 if !matches!(&landed, Landed::Value(e) if e.source == Source::Shared) {
@@ -1192,7 +1205,7 @@ mod tests {
                     Err::<Fetched<Counted>, _>(Failed)
                 };
                 cache
-                    .get("k".to_string(), &policy, |_| fetch)
+                    .get(&"k".to_string(), &policy, Instant::now(), |_| fetch)
                     .await
                     .is_err()
             }));
@@ -1225,7 +1238,12 @@ mod tests {
             }
         };
         let first = cache
-            .get("k".into(), &policy, value(alive.clone(), fetches.clone()))
+            .get(
+                &"k".to_string(),
+                &policy,
+                Instant::now(),
+                value(alive.clone(), fetches.clone()),
+            )
             .await;
         assert_eq!(first.ok().map(|s| s.outcome), Some(Outcome::Miss));
         let mut tasks = Vec::new();
@@ -1236,7 +1254,12 @@ mod tests {
                 let mut hits = 0;
                 for _ in 0..5_000 {
                     let served = cache
-                        .get("k".into(), &policy, value(alive.clone(), fetches.clone()))
+                        .get(
+                            &"k".to_string(),
+                            &policy,
+                            Instant::now(),
+                            value(alive.clone(), fetches.clone()),
+                        )
                         .await;
                     hits += usize::from(served.is_ok_and(|s| s.outcome == Outcome::Hit));
                 }
@@ -1252,7 +1275,12 @@ mod tests {
                 for i in 0..500 {
                     let key = format!("other-{i}");
                     let _ = cache
-                        .get(key, &policy, value(alive.clone(), others.clone()))
+                        .get(
+                            &key,
+                            &policy,
+                            Instant::now(),
+                            value(alive.clone(), others.clone()),
+                        )
                         .await;
                 }
             })
@@ -1283,7 +1311,10 @@ mod tests {
                         alive.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, Failed>(Fetched::fresh(Counted(alive)))
                     };
-                    assert!(cache.get(key.clone(), policy, |_| fetch).await.is_ok());
+                    assert!(cache
+                        .get(&key, policy, Instant::now(), |_| fetch)
+                        .await
+                        .is_ok());
                 }
             }
         };
@@ -1328,11 +1359,15 @@ mod tests {
             }
         };
         let key = "k".to_string();
-        let first = cache.get(key.clone(), &policy, |_| fetch(&alive)).await;
+        let first = cache
+            .get(&key, &policy, Instant::now(), |_| fetch(&alive))
+            .await;
         assert!(matches!(first, Ok(ref s) if s.outcome == Outcome::Miss));
         drop(first);
         // The first hit schedules the refresh ahead of expiry (in ~45 min).
-        let hit = cache.get(key.clone(), &policy, |_| fetch(&alive)).await;
+        let hit = cache
+            .get(&key, &policy, Instant::now(), |_| fetch(&alive))
+            .await;
         assert!(matches!(hit, Ok(ref s) if s.outcome == Outcome::Hit));
         drop(hit);
         assert_eq!(alive.load(Ordering::SeqCst), 1);
@@ -1389,7 +1424,10 @@ mod tests {
             alive.fetch_add(1, Ordering::SeqCst);
             Ok::<_, Failed>(Fetched::fresh(Counted(alive)))
         };
-        match cache.get(key.to_string(), &policy, |_| fetch).await {
+        match cache
+            .get(&key.to_string(), &policy, Instant::now(), |_| fetch)
+            .await
+        {
             Ok(served) => served.outcome,
             Err(_) => panic!("a fetch that cannot fail failed"),
         }

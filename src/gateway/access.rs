@@ -304,7 +304,7 @@ pub async fn logon(
     target: &Target,
     to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
-    if target.segments().len() != 1 {
+    if target.segment_count() != 1 {
         return Err(GatewayError::NotFound(target.shown()));
     }
     if parts.method != Method::POST {
@@ -328,9 +328,9 @@ pub async fn logon_sessions(
     to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     let owner = caller.owner();
-    let rest = match target.segments() {
-        [_] => "",
-        [_, id] => id.as_str(),
+    let rest = match (target.segment_count(), target.segment(1)) {
+        (1, _) => "",
+        (2, Some(id)) => id,
         _ => return Err(GatewayError::NotFound(target.shown())),
     };
     if rest.is_empty() {

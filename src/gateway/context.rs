@@ -18,6 +18,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use http::HeaderValue;
 use tracing::instrument::Instrumented;
@@ -34,6 +35,11 @@ pub struct Ctx {
     pub to: Representation,
     /// Its id, kept or made at the edge (every request has one).
     request_id: Option<HeaderValue>,
+    /// When it was taken up (its arrival, or the moment a place among the
+    /// requests at work came free for it): what a cached answer's age is
+    /// counted to, so a hit reads no clock of its own, and a wait in the
+    /// queue never makes an entry look younger than it is.
+    taken_up: Instant,
     /// Made on first use; `OnceLock` so the context can be shared by
     /// reference across the request's awaits.
     span: OnceLock<Span>,
@@ -49,16 +55,27 @@ pub struct Ctx {
 
 impl Ctx {
     /// The context of a request with `request_id` (its `X-Request-Id`).
-    pub fn new(conn: Conn, to: Representation, request_id: Option<&HeaderValue>) -> Ctx {
+    pub fn new(
+        conn: Conn,
+        to: Representation,
+        request_id: Option<&HeaderValue>,
+        taken_up: Instant,
+    ) -> Ctx {
         Ctx {
             conn,
             to,
             request_id: request_id.cloned(),
+            taken_up,
             span: OnceLock::new(),
             route: OnceLock::new(),
             client: OnceLock::new(),
             head_complete: AtomicBool::new(false),
         }
+    }
+
+    /// When the request was taken up (see the field).
+    pub fn taken_up(&self) -> Instant {
+        self.taken_up
     }
 
     /// The route template that answers the request (the first said wins:

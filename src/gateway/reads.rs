@@ -18,6 +18,7 @@
 //! - A client's `Cache-Control: no-cache` reaches EM only when it presents
 //!   the admin token: EM is what the gateway protects.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
@@ -88,6 +89,10 @@ pub type ReadCache = Cache<CacheKey, Prepared, GatewayError>;
 /// `{id}`s are lowercased (EM ignores their case); other segments keep theirs.
 /// Query names are lowercased, `format`'s value too, `v` is dropped, pairs
 /// are sorted. The representation is not part of it: an entry holds all.
+///
+/// Shared (`Arc`): the key a hit looks up is the remembered target's, and
+/// the entry's is a clone of the one that missed, so on a worker thread the
+/// two are one allocation and compare by pointer before any byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey(Arc<str>);
 
@@ -312,10 +317,10 @@ impl Resolved {
     }
 
     /// The cache key of a GET (`head: false`) or HEAD of the target.
-    pub fn key(&self, head: bool) -> CacheKey {
+    pub fn key(&self, head: bool) -> Cow<'_, CacheKey> {
         match (head, self.rule()) {
-            (true, None) => cache_key(&self.target, None, true),
-            _ => self.key.clone(),
+            (true, None) => Cow::Owned(cache_key(&self.target, None, true)),
+            _ => Cow::Borrowed(&self.key),
         }
     }
 }
@@ -394,25 +399,35 @@ fn vm_query_ok(target: &Target) -> bool {
 
 /// The key of `target` under `rule` (or, for collapsing, none).
 pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheKey {
-    // Room for the path when nothing in it is escaped (the usual case):
-    // growing the key would copy it.
-    let room = target.segments().iter().map(|s| 1 + s.len()).sum::<usize>();
-    let mut path = String::with_capacity("/api".len() + room + 16);
+    thread_local! {
+        /// Where a worker thread writes its keys: a key costs the one
+        /// allocation it is shared in, not a second one to build it in.
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut path) => {
+            path.clear();
+            write_key(target, rule, head, &mut path);
+            CacheKey(Arc::from(path.as_str()))
+        }
+        // Never (nothing here calls back), but no reason to fail.
+        Err(_) => {
+            let mut path = String::new();
+            write_key(target, rule, head, &mut path);
+            CacheKey(path.into())
+        }
+    })
+}
+
+/// [`cache_key`]'s text, into `path`.
+fn write_key(target: &Target, rule: Option<&ReadRule>, head: bool, path: &mut String) {
     path.push_str("/api");
     let template = rule.map(|r| r.template.segments()).unwrap_or(&[]);
-    let mut fixed = true;
-    for i in 0..target.segments().len() {
-        let lower = match template.get(i) {
-            Some(Segment::Rest) => {
-                fixed = false;
-                false
-            }
-            Some(Segment::Literal(_)) | Some(Segment::Id) if fixed => true,
-            _ => false,
-        };
-        path.push('/');
-        target.push_segment(i, lower, &mut path);
-    }
+    // What a `*` or `**` (always last) matches keeps its case.
+    target.push_path(
+        |i| matches!(template.get(i), Some(Segment::Literal(_) | Segment::Id)),
+        path,
+    );
     let mut pairs: Vec<(String, Option<String>)> = target
         .query()
         .iter()
@@ -436,7 +451,6 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
     if head && rule.is_none() {
         path.push_str(" HEAD");
     }
-    CacheKey(path.into())
 }
 
 /// EM's answer for `path` (an [`em_target`]), prepared for every client.
@@ -611,7 +625,7 @@ pub async fn serve(
         let em = fetch(false);
         // Boxed here and below, where EM is asked anyway: a hit's future
         // (moved on every layer of the stack) keeps only the lookup's size.
-        let served = match Box::pin(state.cache.collapse(key, move || em)).await {
+        let served = match Box::pin(state.cache.collapse(key.into_owned(), move || em)).await {
             Ok(s) => s,
             Err(error) => {
                 let mut r = error.to_response(to);
@@ -646,7 +660,7 @@ pub async fn serve(
     let tiered = |why: Refresh| {
         RuleFetch {
             state: state.clone(),
-            key: key.clone(),
+            key: key.as_ref().clone(),
             policy: rule.policy.clone(),
             // As the client wrote it (EM ignores case, but its logs need not).
             path: em_target(target),
@@ -662,11 +676,14 @@ pub async fn serve(
         Box::pin(
             state
                 .cache
-                .refetch(key.clone(), &rule.policy, tiered(Refresh::Miss)),
+                .refetch(key.as_ref().clone(), &rule.policy, tiered(Refresh::Miss)),
         )
         .await
     } else {
-        state.cache.get(key.clone(), &rule.policy, tiered).await
+        state
+            .cache
+            .get(&key, &rule.policy, ctx.taken_up(), tiered)
+            .await
     };
     let served = match result {
         Ok(s) => s,

@@ -27,10 +27,7 @@ impl std::fmt::Display for RestorePointId {
 
 /// The restore point `{id}` segment of any `/api/restorePoints/{id}[/...]` target.
 pub fn restore_point_segment(target: &Target) -> Option<&str> {
-    match target.segments() {
-        [_, id, ..] if target.is(0, "restorePoints") => Some(id.as_str()),
-        _ => None,
-    }
+    target.segment(1).filter(|_| target.is(0, "restorePoints"))
 }
 
 /// The key prefix under which everything cached of one restore point lives

@@ -13,6 +13,7 @@ use http::header::{HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, ORIGIN};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
 
 use crate::em::session::SessionState;
 use crate::gateway::access;
@@ -102,10 +103,17 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
                 {
                     GatewayError::Misdirected.into_response(xml, case)
                 }
-                p if is_api(p) => match app.work.acquire().await {
-                    Ok(_place) => {
-                        let ctx =
-                            ctx.insert(context(&app, conn, &parts, xml, host.as_ref(), request_id));
+                p if is_api(p) => match taken_up(&app.work, started).await {
+                    Ok((_place, at)) => {
+                        let ctx = ctx.insert(context(
+                            &app,
+                            conn,
+                            &parts,
+                            xml,
+                            host.as_ref(),
+                            request_id,
+                            at,
+                        ));
                         if crate::ops::traces::on() {
                             // Traced: every request has its span, the
                             // client's trace its parent.
@@ -119,10 +127,17 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
                 },
-                p if is_admin(p) => match app.work.acquire().await {
-                    Ok(_place) => {
-                        let ctx =
-                            ctx.insert(context(&app, conn, &parts, xml, host.as_ref(), request_id));
+                p if is_admin(p) => match taken_up(&app.work, started).await {
+                    Ok((_place, at)) => {
+                        let ctx = ctx.insert(context(
+                            &app,
+                            conn,
+                            &parts,
+                            xml,
+                            host.as_ref(),
+                            request_id,
+                            at,
+                        ));
                         let admin = crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
                         Box::pin(ctx.traced(admin)).await
                     }
@@ -244,6 +259,24 @@ fn closing(mut response: Response<Body>, parts: &Parts) -> Response<Body> {
 }
 
 /// The context of an `/api` or `/admin` request that passed the edge's checks.
+/// A place among the requests at work (`app.work`, first come first
+/// served), and when the request got it: its arrival (`arrived`) if a place
+/// was free, else the moment one came free, read then.
+async fn taken_up(
+    work: &Semaphore,
+    arrived: Instant,
+) -> Result<(SemaphorePermit<'_>, Instant), AcquireError> {
+    // A free place is never taken ahead of a request waiting for one:
+    // tokio hands a place that comes free to the first waiter.
+    match work.try_acquire() {
+        Ok(place) => Ok((place, arrived)),
+        Err(_) => {
+            let place = work.acquire().await?;
+            Ok((place, Instant::now()))
+        }
+    }
+}
+
 fn context(
     app: &App,
     conn: Conn,
@@ -251,6 +284,7 @@ fn context(
     xml: bool,
     host: Option<&Authority>,
     request_id: Option<&HeaderValue>,
+    taken_up: Instant,
 ) -> Ctx {
     let to = Representation {
         xml,
@@ -263,7 +297,7 @@ fn context(
             app.local_addr,
         ),
     };
-    Ctx::new(conn, to, request_id)
+    Ctx::new(conn, to, request_id, taken_up)
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
@@ -415,7 +449,7 @@ async fn write(
     if response.status().is_success() {
         // What a write changed is no longer what the cache holds: drop
         // the cached reads of the collection it went to.
-        if let Some(first) = target.segments().first() {
+        if let Some(first) = target.segment(0) {
             // The fleet's part is retried by itself if Redis is away; the
             // write's answer is EM's either way.
             let _ = reads::purge_prefix_everywhere(
@@ -431,7 +465,7 @@ async fn write(
 /// `GET /api/query?type=Task`: EM answers it per session, the gateway
 /// per client.
 fn is_task_query(target: &Target) -> bool {
-    target.segments().len() == 1
+    target.segment_count() == 1
         && target.is(0, "query")
         && target.query().iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("type")
@@ -454,8 +488,8 @@ async fn tasks_route(
         GatewayError::NotFound(format!("task {}", id.chars().take(64).collect::<String>()))
     };
     let shared_down = |_: crate::fleet::Down| GatewayError::SharedDown("the task");
-    let doc = match (method, target.segments()) {
-        (&Method::GET | &Method::HEAD, [_]) => {
+    let doc = match (method, target.segment_count(), target.segment(1)) {
+        (&Method::GET | &Method::HEAD, 1, _) => {
             let tasks = app.tasks.list(&app.pool, owner).await;
             let tasks = tasks.map_err(|_| GatewayError::SharedDown("the task list"))?;
             match target.is(0, "query") {
@@ -463,13 +497,13 @@ async fn tasks_route(
                 false => tasks::list_document(&tasks),
             }
         }
-        (&Method::GET | &Method::HEAD, [_, id]) => app
+        (&Method::GET | &Method::HEAD, 2, Some(id)) => app
             .tasks
             .get(&app.pool, owner, id)
             .await
             .map_err(shared_down)?
             .ok_or_else(|| not_found(id))?,
-        (&Method::DELETE, [_, id]) if app.settings.access.allow_writes => {
+        (&Method::DELETE, 2, Some(id)) if app.settings.access.allow_writes => {
             if !app
                 .tasks
                 .delete(&app.pool, owner, id)
@@ -482,7 +516,7 @@ async fn tasks_route(
             *r.status_mut() = StatusCode::NO_CONTENT;
             return Ok(r);
         }
-        (_, [_, _]) => {
+        (_, 2, _) => {
             return Err(GatewayError::MethodNotAllowed(
                 method.clone(),
                 if app.settings.access.allow_writes {
@@ -492,7 +526,7 @@ async fn tasks_route(
                 },
             ))
         }
-        (_, [_]) => return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
+        (_, 1, _) => return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD")),
         _ => return Err(not_found(&target.shown())),
     };
     let mut headers = HeaderMap::new();

@@ -21,6 +21,9 @@
 /// Longest target (path and query, as sent) the gateway accepts.
 pub const MAX_TARGET_LEN: usize = 2048;
 
+/// Segment ends a [`Target`] keeps without allocating.
+const INLINE_SEGMENTS: usize = 8;
+
 /// Why a target was refused; the message is safe to show the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rejected request target: {0}")]
@@ -29,8 +32,19 @@ pub struct BadTarget(&'static str);
 /// A parsed `/api` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Decoded segments after `/api` (`/api/jobs/x` → `["jobs", "x"]`).
-    segments: Vec<String>,
+    /// The decoded segments after `/api`, joined by `/` (`/api/jobs/x` →
+    /// `jobs/x`): one allocation for a whole path, and, when nothing in it
+    /// needs escaping, its own canonical form (a decoded segment never
+    /// holds `/`: an encoded one is refused).
+    path: String,
+    /// How many segments `path` holds (0 for the entry point).
+    count: usize,
+    /// Where each segment ends in `path`: the first [`INLINE_SEGMENTS`]
+    /// here, the rest (no EM route has them) in `more`, so a usual target
+    /// costs one allocation. A target is at most [`MAX_TARGET_LEN`] long,
+    /// so a `u16` holds any offset.
+    ends: [u16; INLINE_SEGMENTS],
+    more: Vec<u16>,
     /// Whether the path ended in `/` (`/api/` vs `/api`).
     trailing_slash: bool,
     /// Decoded `name=value` pairs, in the client's order (a name without
@@ -63,13 +77,18 @@ impl Target {
             },
             _ => return Err(BadTarget("only /api/ paths are served")),
         };
-        let mut segments = Vec::new();
+        // Decoding never lengthens a piece: one allocation, made to fit.
+        let mut decoded = String::with_capacity(rest.len());
+        let mut count = 0;
+        let (mut ends, mut more) = ([0u16; INLINE_SEGMENTS], Vec::new());
         let mut plain = true;
         // One pass a segment in the usual case: the first byte that is not
         // kept as it is either ends the segment ('/', or the end) and the
         // segment is its own decoding, or the segment is decoded.
         let b = rest.as_bytes();
         let mut from = 0;
+        // How far `rest` is copied into `decoded`.
+        let mut copied = 0;
         while !rest.is_empty() && from <= rest.len() {
             let stop = from + plain_prefix(&b[from..], Part::Path);
             let (to, kept) = match b.get(stop) {
@@ -90,17 +109,32 @@ impl Target {
             if raw == "." || raw == ".." {
                 return Err(BadTarget("'.' or '..' segment"));
             }
-            let segment = match kept {
-                true => raw.to_owned(),
-                false => decode(raw, Part::Path)?,
-            };
-            plain &= kept || is_plain(&segment, Part::Path);
-            segments.push(segment);
+            // Kept segments (and the `/`s between) are copied later, in
+            // runs: a dashboard's whole path in one copy.
+            if !kept {
+                decoded.push_str(rest.get(copied..from).unwrap_or_default());
+                let segment = decode(raw, Part::Path)?;
+                plain &= is_plain(&segment, Part::Path);
+                decoded.push_str(&segment);
+                copied = to;
+            }
+            // Where it ends once the run not copied yet is. At most
+            // MAX_TARGET_LEN: checked on entry.
+            let end = decoded.len() + (to - copied);
+            let end = u16::try_from(end).map_err(|_| BadTarget("too long"))?;
+            match ends.get_mut(count) {
+                Some(slot) => *slot = end,
+                None => more.push(end),
+            }
+            count += 1;
             // Past the end once the last segment is in.
             from = to + 1;
         }
+        decoded.push_str(rest.get(copied..).unwrap_or_default());
         let mut pairs = Vec::new();
-        for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        // No query, no splitting (most reads have none).
+        let pieces = query.filter(|q| !q.is_empty()).map(|q| q.split('&'));
+        for raw in pieces.into_iter().flatten().filter(|p| !p.is_empty()) {
             let (name, value) = match raw.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (raw, None),
@@ -112,7 +146,10 @@ impl Target {
             pairs.push((name, value));
         }
         let target = Target {
-            segments,
+            path: decoded,
+            count,
+            ends,
+            more,
             trailing_slash,
             query: pairs,
             plain,
@@ -128,7 +165,12 @@ impl Target {
     /// The length of [`Target::canonical`], without building it.
     fn canonical_len(&self) -> usize {
         if self.plain {
-            let path: usize = self.segments.iter().map(|s| 1 + s.len()).sum();
+            // Each segment after a `/`: the joined path after one.
+            let path = if self.count == 0 {
+                0
+            } else {
+                1 + self.path.len()
+            };
             let query: usize = (self.query.iter())
                 .map(|(n, v)| 1 + n.len() + v.as_ref().map_or(0, |v| 1 + v.len()))
                 .sum();
@@ -136,8 +178,7 @@ impl Target {
         }
         let path: usize = "/api".len()
             + self
-                .segments
-                .iter()
+                .segments()
                 .map(|s| 1 + encoded_len(s, Part::Path))
                 .sum::<usize>()
             + usize::from(self.trailing_slash);
@@ -152,22 +193,43 @@ impl Target {
         path + query
     }
 
-    /// The decoded segments after `/api`.
-    pub fn segments(&self) -> &[String] {
-        &self.segments
+    /// The decoded segments after `/api`, in order.
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = &str> + Clone + '_ {
+        (0..self.count).map(|i| self.segment(i).unwrap_or_default())
+    }
+
+    /// How many segments follow `/api`.
+    pub fn segment_count(&self) -> usize {
+        self.count
+    }
+
+    /// Decoded segment `i` (0 is the one after `/api`).
+    pub fn segment(&self, i: usize) -> Option<&str> {
+        let end = |i: usize| match self.ends.get(i) {
+            Some(&e) => Some(usize::from(e)),
+            None => self.more.get(i - INLINE_SEGMENTS).map(|&e| usize::from(e)),
+        };
+        if i >= self.count {
+            return None;
+        }
+        // After the `/` that ends the one before.
+        let start = match i {
+            0 => 0,
+            _ => end(i - 1)? + 1,
+        };
+        self.path.get(start..end(i)?)
     }
 
     /// Whether segment `i` is `literal`, ignoring ASCII case (EM matches its
     /// URI templates that way).
     pub fn is(&self, i: usize, literal: &str) -> bool {
-        self.segments
-            .get(i)
+        self.segment(i)
             .is_some_and(|s| s.eq_ignore_ascii_case(literal))
     }
 
     /// Whether this is EM's entry point, `/api` or `/api/`.
     pub fn is_entry_point(&self) -> bool {
-        self.segments.is_empty()
+        self.count == 0
     }
 
     /// The decoded query pairs, in the client's order.
@@ -181,9 +243,14 @@ impl Target {
     pub fn canonical_path(&self) -> String {
         let mut out = String::with_capacity(64);
         out.push_str("/api");
-        for s in &self.segments {
+        if self.plain && self.count > 0 {
             out.push('/');
-            encode(s, Part::Path, &mut out);
+            out.push_str(&self.path);
+        } else {
+            for s in self.segments() {
+                out.push('/');
+                encode(s, Part::Path, &mut out);
+            }
         }
         if self.trailing_slash {
             out.push('/');
@@ -340,7 +407,28 @@ fn keep(c: u8, part: Part) -> bool {
 
 /// How many leading bytes of `b` are kept as they are.
 fn plain_prefix(b: &[u8], part: Part) -> usize {
-    b.iter().position(|&c| !keep(c, part)).unwrap_or(b.len())
+    let table = match part {
+        Part::Path => &KEPT_IN_PATH,
+        Part::Query => &KEPT_IN_QUERY,
+    };
+    // Eight bytes a step with no branch inside (a dashboard's targets are
+    // kept bytes end to end), then byte by byte from the step that failed.
+    let mut whole = 0;
+    for chunk in b.chunks_exact(8) {
+        if !chunk
+            .iter()
+            .fold(true, |kept, &c| kept & table[usize::from(c)])
+        {
+            break;
+        }
+        whole += 8;
+    }
+    let rest = b.get(whole..).unwrap_or_default();
+    whole
+        + rest
+            .iter()
+            .position(|&c| !table[usize::from(c)])
+            .unwrap_or(rest.len())
 }
 
 fn encoded_len(decoded: &str, part: Part) -> usize {
@@ -371,13 +459,36 @@ fn is_plain(piece: &str, part: Part) -> bool {
 }
 
 impl Target {
-    /// Appends segment `i`, canonically encoded, to `out`, in ASCII lower
-    /// case if `lower` (the decoded text lowered before encoding: escapes
-    /// keep their upper-case hex).
-    pub fn push_segment(&self, i: usize, lower: bool, out: &mut String) {
-        let Some(decoded) = self.segments.get(i) else {
+    /// Appends the path after `/api` to `out` (each segment after a `/`),
+    /// canonically encoded, segment `i` in ASCII lower case if `lower(i)`:
+    /// [`Target::push_segment`] for each, and in one copy (lowered in one
+    /// pass) when nothing needs escaping and every segment or none is
+    /// lowered, as for every target of a rule without wildcards.
+    pub fn push_path(&self, lower: impl Fn(usize) -> bool, out: &mut String) {
+        if self.count == 0 {
             return;
-        };
+        }
+        let all = (0..self.count).all(&lower);
+        if self.plain && (all || !(0..self.count).any(&lower)) {
+            out.push('/');
+            let from = out.len();
+            out.push_str(&self.path);
+            if all {
+                out[from..].make_ascii_lowercase();
+            }
+            return;
+        }
+        for (i, segment) in self.segments().enumerate() {
+            out.push('/');
+            self.push_segment(segment, lower(i), out);
+        }
+    }
+
+    /// Appends `decoded`, one of this target's [`Target::segments`],
+    /// canonically encoded, to `out`, in ASCII lower case if `lower` (the
+    /// decoded text lowered before encoding: escapes keep their upper-case
+    /// hex).
+    pub fn push_segment(&self, decoded: &str, lower: bool, out: &mut String) {
         match self.plain {
             // Nothing to escape: the text as it is.
             true => {
@@ -454,6 +565,28 @@ mod tests {
         assert!(t.is(0, "LOGONSESSIONS"));
     }
 
+    #[test]
+    fn a_target_of_more_segments_than_kept_inline_keeps_each() {
+        let names: Vec<String> = (0..INLINE_SEGMENTS + 4).map(|i| format!("S{i}")).collect();
+        let sent = format!("/api/{}", names.join("/"));
+        let t = parse(&sent).unwrap();
+        assert_eq!(t.segments().collect::<Vec<_>>(), names);
+        assert_eq!(t.segment_count(), names.len());
+        assert_eq!(t.segment(names.len()), None);
+        assert_eq!(t.canonical(), sent);
+        // Decoded pieces on both sides of the inline ones.
+        let t = parse("/api/a%20b/2/3/4/5/6/7/8/i%20j/k/").unwrap();
+        let segments: Vec<&str> = t.segments().collect();
+        assert_eq!(
+            segments,
+            ["a b", "2", "3", "4", "5", "6", "7", "8", "i j", "k"]
+        );
+        assert_eq!(t.canonical(), "/api/a%20b/2/3/4/5/6/7/8/i%20j/k/");
+        let mut key = String::new();
+        t.push_segment(t.segment(8).unwrap(), true, &mut key);
+        assert_eq!(key, "i%20j");
+    }
+
     /// The byte-by-byte forms the fast paths stand in for (`decode`,
     /// `encode`, `push_escaped` copy whole runs of kept bytes).
     fn decode_slowly(raw: &str, part: Part) -> Result<String, BadTarget> {
@@ -526,6 +659,14 @@ mod tests {
                 .map(|_| alphabet[rng.usize(..alphabet.len())])
                 .collect();
             for part in [Part::Path, Part::Query] {
+                // Runs of kept bytes of every length before it: the eight-byte steps.
+                let long = format!("{}{piece}", &"kept~run-of_bytes.".repeat(2)[..n % 37]);
+                let slowly = long.bytes().position(|c| !keeps(c, part));
+                assert_eq!(
+                    plain_prefix(long.as_bytes(), part),
+                    slowly.unwrap_or(long.len()),
+                    "{long:?}"
+                );
                 let fast = decode(&piece, part);
                 let slow = decode_slowly(&piece, part);
                 assert_eq!(fast.is_ok(), slow.is_ok(), "{piece:?} {:?}", fast);
@@ -544,9 +685,21 @@ mod tests {
                     let one_segment = !piece.contains(['/', '?']);
                     if let Some(t) = parse(&sent).ok().filter(|_| one_segment) {
                         assert_eq!(t.canonical_len(), t.canonical().len(), "{sent:?}");
+                        // The whole path, each way of lowering its two
+                        // segments (in one copy, or segment by segment).
+                        for mask in 0..4 {
+                            let mut key = String::new();
+                            t.push_path(|i| mask & (1 << i) != 0, &mut key);
+                            let lowered = |s: &str, i: usize| match mask & (1 << i) != 0 {
+                                true => encode_slowly(&s.to_ascii_lowercase(), part),
+                                false => encode_slowly(s, part),
+                            };
+                            let expected = format!("/{}/{}", lowered("Kept", 0), lowered(&text, 1));
+                            assert_eq!(key, expected, "{sent:?} {mask}");
+                        }
                         for lower in [false, true] {
                             let mut key = String::new();
-                            t.push_segment(1, lower, &mut key);
+                            t.push_segment(t.segment(1).unwrap(), lower, &mut key);
                             let expected = match lower {
                                 true => encode_slowly(&text.to_ascii_lowercase(), part),
                                 false => encode_slowly(&text, part),
