@@ -411,3 +411,64 @@ async fn path_words_in_any_case_are_one_entry_and_one_purge_as_on_em() {
         "MISS"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hit_carries_its_own_id_and_age_and_else_the_head_of_the_first_answer() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[]);
+    let http = Http::default();
+    let p = path(&sim, 3);
+    let first = http.get(&gw.url(&p), &[("x-request-id", "first-1")]).await;
+    let hit_a = http.get(&gw.url(&p), &[("x-request-id", "hit-a")]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit_b = http.get(&gw.url(&p), &[]).await;
+    // The same entry reached by another of the gateway's names: its links
+    // name that one, in a head made for it.
+    let by_name = gw.url(&p).replace("127.0.0.1", "localhost");
+    let named = [
+        http.get(&by_name, &[("x-request-id", "named-1")]).await,
+        http.get(&by_name, &[("x-request-id", "named-2")]).await,
+    ];
+
+    assert_eq!(first.headers["x-cache"], "MISS");
+    assert_eq!(first.headers["x-request-id"], "first-1");
+    for hit in [&hit_a, &hit_b, &named[0], &named[1]] {
+        assert_eq!(hit.status, StatusCode::OK);
+        assert_eq!(hit.headers["x-cache"], "HIT");
+        assert_eq!(hit.headers["cache-status"], "emgate; hit");
+        assert_eq!(hit.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(hit.headers.get_all("age").iter().count(), 1);
+    }
+    assert_eq!(hit_a.headers["x-request-id"], "hit-a");
+    let made = hit_b.header("x-request-id");
+    assert!(made.len() >= 32 && made != "hit-a", "{made}");
+    let age = |r: &Reply| r.header("age").parse::<u64>().unwrap();
+    assert!(age(&hit_b) > age(&hit_a), "{} {}", age(&hit_a), age(&hit_b));
+    assert_eq!(named[0].headers["x-request-id"], "named-1");
+    assert_eq!(named[1].headers["x-request-id"], "named-2");
+    // Apart from what is per request or per outcome, every answer of the
+    // entry has the first one's head: type, tag, dates, nosniff, cache
+    // control, length.
+    let rest = |r: &Reply| {
+        let mut v: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                !["x-request-id", "age", "date", "x-cache", "cache-status"].contains(&n.as_str())
+            })
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(rest(&first).iter().any(|(n, _)| n == "last-modified"));
+    assert!(rest(&first)
+        .iter()
+        .any(|(n, _)| n == "x-content-type-options"));
+    assert_eq!(rest(&hit_a), rest(&first));
+    assert_eq!(rest(&hit_b), rest(&first));
+    assert_eq!(rest(&named[1]), rest(&named[0]));
+    assert!(named[1].body.contains("http://localhost:"));
+    assert!(!hit_a.body.contains("http://localhost:"));
+    assert_eq!(em_saw(&sim, &p), 1);
+}

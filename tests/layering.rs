@@ -76,7 +76,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
                  "request_id", "response"]),
     ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
                  "tasks", "logon", "clients", "limit", "conn", "context", "host", "target",
-                 "render", "response", "error"]),
+                 "render", "response", "error", "heads"]),
     ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
                 "render", "response", "error"]),
     ("status", &["app", "reload", "reads", "target", "render", "response"]),
@@ -84,14 +84,16 @@ const GATEWAY: &[(&str, &[&str])] = &[
     // A reload replaces what the phases below read, through their states.
     ("reload", &["access", "reads", "clients", "listen_tls"]),
     // The phases of a request, on their own states.
-    ("access", &["logon", "clients", "limit", "target", "render", "response", "error"]),
+    ("access", &["logon", "clients", "limit", "target", "render", "response", "error",
+                 "heads"]),
     ("warm", &["reads", "restore_points"]),
-    ("reads", &["restore_points", "proxy", "context", "target", "render", "response", "error"]),
+    ("reads", &["restore_points", "proxy", "context", "target", "render", "response", "error",
+                "heads"]),
     ("restore_points", &["target"]),
     ("proxy", &["target", "render", "response", "error"]),
     ("logon", &["render", "response", "error"]),
     ("tasks", &[]),
-    ("clients", &[]),
+    ("clients", &["heads"]),
     ("limit", &[]),
     // One request's context; the connection and its request id.
     ("context", &["conn", "render"]),
@@ -101,9 +103,11 @@ const GATEWAY: &[(&str, &[&str])] = &[
     // Rendering and errors, at the bottom.
     ("error", &["host", "target", "render", "response"]),
     ("render", &["host", "response"]),
-    ("host", &["response"]),
+    ("host", &["response", "heads"]),
     ("target", &[]),
-    ("response", &[]),
+    ("response", &["heads"]),
+    // The request's headers, read once at the edge.
+    ("heads", &[]),
 ];
 
 /// Inside the EM simulator (`crates/sim/src/`), the same. Back edges cut:

@@ -24,6 +24,7 @@ use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
 use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
+use crate::gateway::heads::Heads;
 use crate::gateway::limit::{Attempts, Bucket};
 use crate::gateway::logon::{self, ClientSessions, Ended};
 use crate::gateway::render::Representation;
@@ -203,7 +204,7 @@ const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idl
 /// credentials are an EM client's own logon data and compared with nothing.
 pub async fn authenticate(
     state: &AccessState,
-    headers: &HeaderMap,
+    headers: &Heads<'_>,
     peer: IpAddr,
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
@@ -222,7 +223,7 @@ pub async fn authenticate(
             .may_try(peer)
             .map_err(GatewayError::RateLimited)?;
     }
-    let caller = identify(state, &clients, headers, presented).await;
+    let caller = identify(state, &clients, headers.map(), presented).await;
     let failed = match &caller {
         Err(GatewayError::Unauthorized(_)) => true,
         // A bearer token that was not the admin token, on an anonymous gateway.
@@ -312,7 +313,7 @@ pub async fn logon(
     }
     // An anonymous gateway takes any EM-style logon (unchanged EM clients
     // work against a sidecar), for the one anonymous owner.
-    let caller = authenticate(state, &parts.headers, peer).await?;
+    let caller = authenticate(state, &Heads::of(&parts.headers), peer).await?;
     let owner = caller.owner();
     let (token, id) = state.sessions.create(owner).await?;
     tracing::info!(client = %owner, session = %id, "client logged on to the gateway");

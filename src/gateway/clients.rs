@@ -11,11 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 use serde::Deserialize;
 
 use crate::digest::{constant_time_eq, random_token, sha256, sha256_hex};
 use crate::em::session::SESSION_HEADER;
+use crate::gateway::heads::{Heads, Name};
 use crate::secret::Secret;
 
 /// A new random client secret (256 bits, URL-safe) and its hex SHA-256.
@@ -195,25 +196,25 @@ pub enum Presented<'a> {
 /// one credential a browser sends by itself, so an unsafe method carrying
 /// only it could be a cross-site request (see README, "Client access").
 pub fn cookie_only(headers: &HeaderMap) -> bool {
-    session_cookie(headers).is_some()
+    session_cookie(headers.get_all(COOKIE)).is_some()
         && !headers.contains_key(&SESSION_HEADER)
         && !headers.contains_key(AUTHORIZATION)
 }
 
 /// Reads the credentials a request carries.
-pub fn presented(headers: &HeaderMap) -> Presented<'_> {
-    if let Some(token) = session_cookie(headers) {
+pub fn presented<'a>(headers: &Heads<'a>) -> Presented<'a> {
+    if let Some(token) = session_cookie(headers.get_all(Name::Cookie)) {
         return Presented::Session(token);
     }
     if let Some(token) = headers
-        .get(&SESSION_HEADER)
+        .get(Name::Session)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty())
     {
         return Presented::Session(token);
     }
-    let Some(value) = headers.get(AUTHORIZATION) else {
+    let Some(value) = headers.get(Name::Authorization) else {
         return Presented::Nothing;
     };
     let Ok(value) = value.to_str() else {
@@ -238,10 +239,10 @@ pub fn presented(headers: &HeaderMap) -> Presented<'_> {
     }
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
+/// The session token in a request's `Cookie` values, if one names it.
+fn session_cookie<'a>(cookies: impl IntoIterator<Item = &'a HeaderValue>) -> Option<&'a str> {
+    cookies
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
@@ -302,18 +303,27 @@ mod tests {
     #[test]
     fn credentials_are_read_from_headers_and_the_cookie_wins() {
         let mut h = HeaderMap::new();
-        assert!(matches!(presented(&h), Presented::Nothing));
+        assert!(matches!(presented(&Heads::of(&h)), Presented::Nothing));
         h.insert(AUTHORIZATION, "Basic ZGFzaDpzMQ==".parse().unwrap());
         assert!(
-            matches!(presented(&h), Presented::Basic(ref n, ref s) if n == "dash" && s.expose() == "s1")
+            matches!(presented(&Heads::of(&h)), Presented::Basic(ref n, ref s) if n == "dash" && s.expose() == "s1")
         );
         h.insert(AUTHORIZATION, "Bearer tok".parse().unwrap());
-        assert!(matches!(presented(&h), Presented::Bearer("tok")));
+        assert!(matches!(
+            presented(&Heads::of(&h)),
+            Presented::Bearer("tok")
+        ));
         h.insert(AUTHORIZATION, "Digest x".parse().unwrap());
-        assert!(matches!(presented(&h), Presented::Malformed));
+        assert!(matches!(presented(&Heads::of(&h)), Presented::Malformed));
         h.insert(SESSION_HEADER, "hdr".parse().unwrap());
-        assert!(matches!(presented(&h), Presented::Session("hdr")));
+        assert!(matches!(
+            presented(&Heads::of(&h)),
+            Presented::Session("hdr")
+        ));
         h.insert(COOKIE, "a=b; X-RestSvcSessionId=ck".parse().unwrap());
-        assert!(matches!(presented(&h), Presented::Session("ck")));
+        assert!(matches!(
+            presented(&Heads::of(&h)),
+            Presented::Session("ck")
+        ));
     }
 }

@@ -16,8 +16,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -43,15 +43,37 @@ pub struct Ctx {
     /// Made on first use; `OnceLock` so the context can be shared by
     /// reference across the request's awaits.
     span: OnceLock<Span>,
-    /// The route template that answers it, once a phase knows it.
-    route: OnceLock<&'static str>,
-    /// Its caller's name, once client access knows it.
-    client: OnceLock<Cow<'static, str>>,
-    /// Whether the answer's head already carries what every `/api` answer
-    /// must (a cached answer's prepared head has it made once, when the
-    /// entry is first served), so the edge need not check it again.
-    head_complete: AtomicBool,
+    /// What its phases learnt of it (see [`Learnt`]). A `Mutex` the
+    /// phases lock once each and the edge reads without locking, where a
+    /// `OnceLock` per fact cost a hit `Once`'s slow path per fact.
+    learnt: Mutex<Learnt>,
+    /// How much of the answer's head a phase made ([`HEAD_OPEN`],
+    /// [`HEAD_COMPLETE`], [`HEAD_WHOLE`]), so the edge adds or looks up
+    /// only the rest. An atomic, not a `OnceLock`: setting one of those
+    /// goes through `Once`'s slow path, about 80 instructions a hit.
+    head: AtomicU8,
 }
+
+/// What a request's phases learn of it for the access line, the metrics
+/// and the history: the first said of each wins (the phase that takes the
+/// request says it).
+#[derive(Debug, Default)]
+pub struct Learnt {
+    /// The route template that answers it.
+    pub route: Option<&'static str>,
+    /// Its caller's name, once client access knows it.
+    pub client: Option<Cow<'static, str>>,
+}
+
+/// Nothing said: the edge adds what every `/api` answer carries.
+const HEAD_OPEN: u8 = 0;
+/// The head carries what every `/api` answer must (a cached answer's
+/// prepared head has it made once, when the entry is first served).
+const HEAD_COMPLETE: u8 = 1;
+/// The head is a plain hit's whole head (`reads::whole_hit`): complete,
+/// with the request's id and `X-Cache: HIT`; the edge adds nothing and
+/// reads the cache status from here, not from the head.
+const HEAD_WHOLE: u8 = 2;
 
 impl Ctx {
     /// The context of a request with `request_id` (its `X-Request-Id`).
@@ -67,9 +89,8 @@ impl Ctx {
             request_id: request_id.cloned(),
             taken_up,
             span: OnceLock::new(),
-            route: OnceLock::new(),
-            client: OnceLock::new(),
-            head_complete: AtomicBool::new(false),
+            learnt: Mutex::new(Learnt::default()),
+            head: AtomicU8::new(HEAD_OPEN),
         }
     }
 
@@ -81,34 +102,49 @@ impl Ctx {
     /// The route template that answers the request (the first said wins:
     /// the phase that takes the request says it).
     pub fn answered_by(&self, route: &'static str) {
-        let _ = self.route.set(route);
+        self.learnt().route.get_or_insert(route);
     }
 
     /// Who is calling, as the metrics, the history and the access line name it.
     pub fn called_by(&self, client: Cow<'static, str>) {
-        let _ = self.client.set(client);
+        self.learnt().client.get_or_insert(client);
+    }
+
+    fn learnt(&self) -> MutexGuard<'_, Learnt> {
+        // Nothing that can panic runs under the lock.
+        self.learnt.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the phases learnt, taken out once they are done (the caller
+    /// owns the context: no lock).
+    pub fn take_learnt(&mut self) -> Learnt {
+        std::mem::take(
+            self.learnt
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// The answer's head is a prepared one: it already carries the headers
     /// of every `/api` answer (`render::api_headers`), and nothing added
     /// after it (cache status, age, dates, request id) touches them.
     pub fn head_is_complete(&self) {
-        self.head_complete.store(true, Ordering::Relaxed);
+        self.head.fetch_max(HEAD_COMPLETE, Ordering::Relaxed);
     }
 
-    /// Whether a phase said the answer's head is complete.
+    /// Whether a phase said the answer's head is complete (or whole).
     pub fn is_head_complete(&self) -> bool {
-        self.head_complete.load(Ordering::Relaxed)
+        self.head.load(Ordering::Relaxed) >= HEAD_COMPLETE
     }
 
-    /// The route template, if a phase said it.
-    pub fn route(&self) -> Option<&'static str> {
-        self.route.get().copied()
+    /// The answer's head is a plain hit's whole head (see `HEAD_WHOLE`).
+    pub fn head_is_whole(&self) {
+        self.head.store(HEAD_WHOLE, Ordering::Relaxed);
     }
 
-    /// The caller's name, if client access knew it.
-    pub fn client(&self) -> Option<&str> {
-        self.client.get().map(|c| c.as_ref())
+    /// Whether a phase said the answer's head is whole.
+    pub fn is_head_whole(&self) -> bool {
+        self.head.load(Ordering::Relaxed) == HEAD_WHOLE
     }
 
     /// The request id as a header value, for EM's request.

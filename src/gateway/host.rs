@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
-use http::header::HOST;
 use http::request::Parts;
 use http::Version;
 
+use crate::gateway::heads::{Heads, Name};
 use crate::gateway::response::remembered;
 
 /// A validated `host[:port]`, lowercased, and whether it names loopback.
@@ -124,8 +124,8 @@ pub enum BadHost {
 /// The host the client addressed: `Host`, or the target's authority
 /// (HTTP/2's `:authority`, an absolute-form target); `None` for an HTTP/1.0
 /// request that names none.
-pub fn of_request(parts: &Parts) -> Result<Option<Authority>, BadHost> {
-    let mut hosts = parts.headers.get_all(HOST).iter();
+pub fn of_request(parts: &Parts, headers: &Heads<'_>) -> Result<Option<Authority>, BadHost> {
+    let mut hosts = headers.get_all(Name::Host);
     let header = hosts.next();
     if hosts.next().is_some() {
         return Err(BadHost::Duplicated);
@@ -157,6 +157,11 @@ pub fn of_request(parts: &Parts) -> Result<Option<Authority>, BadHost> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
+
+    fn of_request(parts: &Parts) -> Result<Option<Authority>, BadHost> {
+        super::of_request(parts, &Heads::of(&parts.headers))
+    }
 
     fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
         let mut b = http::Request::builder().version(version).uri(uri);

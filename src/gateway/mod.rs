@@ -39,6 +39,7 @@ pub mod clients;
 pub mod conn;
 pub mod context;
 pub mod error;
+pub mod heads;
 pub mod host;
 pub mod limit;
 pub mod listen_tls;

@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, ETAG, IF_NONE_MATCH, LAST_MODIFIED,
-    PRAGMA,
+    HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, ETAG, LAST_MODIFIED, PRAGMA,
 };
 use http::{Method, Response, StatusCode};
 
@@ -43,6 +42,7 @@ use crate::em::session::SessionPool;
 use crate::fleet::{Fleet, Waited};
 use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
+use crate::gateway::heads::{Heads, Name};
 use crate::gateway::proxy::X_REQUEST_ID;
 use crate::gateway::render::{self, Prepared, Representation};
 use crate::gateway::response::Body;
@@ -578,7 +578,7 @@ pub async fn serve(
     state: &Arc<ReadState>,
     ctx: &Ctx,
     method: &Method,
-    headers: &HeaderMap,
+    headers: &Heads<'_>,
     resolved: &Resolved,
     operator: bool,
 ) -> Result<Response<Body>, GatewayError> {
@@ -618,7 +618,8 @@ pub async fn serve(
     let Some(rule) = rule else {
         state.cache.waited(Wait::Bypass, true);
         if !state.settings.cache.collapse {
-            let forward = crate::gateway::proxy::forward(&state.pool, method, target, headers, to);
+            let forward =
+                crate::gateway::proxy::forward(&state.pool, method, target, headers.map(), to);
             return Box::pin(ctx.traced(forward)).await;
         }
         let key = resolved.key(head);
@@ -654,7 +655,7 @@ pub async fn serve(
         return Ok(r);
     };
     let key = resolved.key(head);
-    let fresh = operator && wants_fresh(headers);
+    let fresh = operator && wants_fresh(headers.map());
     // Made only when the cache needs it (a hit makes nothing), owned and
     // small, since the cache may keep it for a refresh ahead of expiry.
     let tiered = |why: Refresh| {
@@ -706,6 +707,12 @@ pub async fn serve(
             return Ok(r);
         }
     };
+    if served.outcome == Outcome::Hit && !served.from_shared {
+        if let Some(response) = whole_hit(&served, headers, to, em_base, head, ctx.request_id()) {
+            ctx.head_is_whole();
+            return Ok(response);
+        }
+    }
     let (response, complete) = cached_response(&served, headers, to, em_base, head);
     if complete {
         ctx.head_is_complete();
@@ -1081,7 +1088,7 @@ impl Tier {
 /// `/api` answer's headers already; a 304's does not).
 fn cached_response(
     served: &Served<Prepared>,
-    request: &HeaderMap,
+    request: &Heads<'_>,
     to: &Representation,
     em_base: &str,
     head_only: bool,
@@ -1126,6 +1133,58 @@ fn cached_response(
     (r, complete)
 }
 
+/// A plain hit (found here, not in the fleet's tier) answered with the
+/// entry's whole head (see `Prepared::whole_head`): every header it
+/// carries, the request id and its cache status too, so nothing after it
+/// looks a header up or adds one. The head's first two slots are `Age` and
+/// `X-Request-Id`, written per request. `None` when the request gets
+/// another answer (a 304, a request without an id, a public base or fetch
+/// time the kept head was not made for): [`cached_response`] makes it.
+fn whole_hit(
+    served: &Served<Prepared>,
+    request: &Heads<'_>,
+    to: &Representation,
+    em_base: &str,
+    head_only: bool,
+    request_id: Option<&HeaderValue>,
+) -> Option<Response<Body>> {
+    let request_id = request_id?;
+    let entry = &served.entry;
+    let prepared = &entry.value;
+    let ok = prepared.status == StatusCode::OK;
+    let (body, etag, whole) =
+        prepared.whole_head(to.xml, &to.public, em_base, entry.fetched_wall, |head| {
+            let mut whole = HeaderMap::with_capacity(head.len() + 5);
+            whole.insert(AGE, HeaderValue::from_static("0"));
+            whole.insert(X_REQUEST_ID, HeaderValue::from_static("-"));
+            // Every value, repeated names too (`iter` names each).
+            for (name, value) in head.iter() {
+                whole.append(name.clone(), value.clone());
+            }
+            whole.insert(X_CACHE, HeaderValue::from_static(Outcome::Hit.as_str()));
+            whole.insert(CACHE_STATUS, HeaderValue::from_static("emgate; hit"));
+            if let Some(v) = prepared.last_modified(entry.fetched_wall).filter(|_| ok) {
+                whole.insert(LAST_MODIFIED, v);
+            }
+            whole
+        })?;
+    if ok && matches_etag(request, &etag) {
+        return None;
+    }
+    let mut head = whole.clone();
+    let mut slots = head.iter_mut();
+    match (slots.next(), slots.next()) {
+        (Some((first, age)), Some((second, id))) if first == AGE && second == X_REQUEST_ID => {
+            *age = age_value(served.age.as_secs());
+            *id = request_id.clone();
+            // Never indexed by HTTP/2's header compression (see the router).
+            id.set_sensitive(true);
+        }
+        _ => return None,
+    }
+    Some(with_body(prepared.status, body, head, head_only))
+}
+
 /// `Age: secs`, remembered per thread in 64 slots by the value: hits of
 /// entries fetched together (a fill, a warm start, one entry read over and
 /// over) share a few values instead of formatting (and allocating) one per
@@ -1152,9 +1211,9 @@ fn age_value(secs: u64) -> HeaderValue {
 
 /// Whether `If-None-Match` lists `etag` (weak comparison, as RFC 9110 §13.1.2
 /// has it for this header) or is `*`.
-fn matches_etag(request: &HeaderMap, etag: &HeaderValue) -> bool {
+fn matches_etag(request: &Heads<'_>, etag: &HeaderValue) -> bool {
     let ours = etag.as_bytes();
-    request.get_all(IF_NONE_MATCH).iter().any(|v| {
+    request.get_all(Name::IfNoneMatch).any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
                 .map(str::trim)
@@ -1280,6 +1339,7 @@ pub async fn purge_all_everywhere(state: &ReadState) -> Result<(), GatewayError>
 mod tests {
     use super::*;
     use crate::config::rules::{Rule, RuleOrigin};
+    use http::header::IF_NONE_MATCH;
     use std::time::Duration;
 
     fn target(s: &str) -> Target {
@@ -1469,10 +1529,12 @@ mod tests {
         assert!(wants_fresh(&h));
         let tag = HeaderValue::from_static("\"p1-2\"");
         let mut r = HeaderMap::new();
-        assert!(!matches_etag(&r, &tag));
+        assert!(!matches_etag(&Heads::of(&r), &tag));
         r.insert(IF_NONE_MATCH, "\"a\", W/\"p1-2\"".parse().unwrap());
-        assert!(matches_etag(&r, &tag));
+        assert!(matches_etag(&Heads::of(&r), &tag));
         r.insert(IF_NONE_MATCH, "*".parse().unwrap());
-        assert!(matches_etag(&r, &tag));
+        assert!(matches_etag(&Heads::of(&r), &tag));
+        r.append(IF_NONE_MATCH, "\"b\"".parse().unwrap());
+        assert!(matches_etag(&Heads::of(&r), &tag));
     }
 }

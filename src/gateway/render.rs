@@ -524,7 +524,14 @@ pub struct Prepared {
     /// `Last-Modified` of the entry holding it, with the time it was made
     /// for (see [`Prepared::last_modified`]).
     modified: OnceLock<(SystemTime, HeaderValue)>,
+    /// The whole head of the answer given most often, per representation
+    /// (see [`Prepared::whole_head`]).
+    wholes: [OnceLock<WholeHead>; 2],
 }
+
+/// A whole head kept for one representation: the public base and the
+/// entry's fetch time it was made for, and the head.
+type WholeHead = (Box<str>, SystemTime, HeaderMap);
 
 /// A head kept for one representation: the public base it was made for,
 /// and its headers in order.
@@ -536,6 +543,16 @@ type KeptHead = (Box<str>, Box<[(HeaderName, HeaderValue)]>);
 /// and the tag's bytes.
 fn kept_head_weight(em_headers: usize) -> usize {
     std::mem::size_of::<(HeaderName, HeaderValue)>() * (em_headers + 4) + 48
+}
+
+/// Room a kept whole head takes in an entry's weight: the map, a bucket
+/// for each of EM's allowed headers and for the nine the gateway and each
+/// answer add, its index, and the public base.
+fn whole_head_weight(em_headers: usize) -> usize {
+    std::mem::size_of::<WholeHead>()
+        + (std::mem::size_of::<(HeaderName, HeaderValue)>() + 24) * (em_headers + 9)
+        + 4 * 32
+        + 64
 }
 
 /// Room the kept `Last-Modified` takes in an entry's weight: the time, the
@@ -596,6 +613,7 @@ impl Prepared {
             case,
             heads: Default::default(),
             modified: OnceLock::new(),
+            wholes: Default::default(),
         })
     }
 
@@ -608,6 +626,7 @@ impl Prepared {
             .sum();
         headers
             + 2 * kept_head_weight(self.headers.len())
+            + 2 * whole_head_weight(self.headers.len())
             + LAST_MODIFIED_WEIGHT
             + match &self.doc {
                 Doc::Converted { json, xml } => json.weight() + xml.weight(),
@@ -659,6 +678,36 @@ impl Prepared {
             head.append(name.clone(), value.clone());
         }
         (body, head)
+    }
+
+    /// The body, its `ETag`, and a whole head for it: what `finish` makes,
+    /// once per representation, of [`Prepared::answer`]'s head, for the
+    /// first public base served and an entry fetched at `at`. The answer
+    /// given most often (a hit) is then a clone of a map that has every
+    /// header in place and never grows; what changes per request is
+    /// written into slots `finish` put there. `None` for another base or
+    /// another fetch time (the caller makes that answer as any other).
+    pub fn whole_head(
+        &self,
+        xml: bool,
+        public: &str,
+        em_base: &str,
+        at: SystemTime,
+        finish: impl FnOnce(HeaderMap) -> HeaderMap,
+    ) -> Option<(Bytes, HeaderValue, &HeaderMap)> {
+        // The same bound as a kept body and head.
+        if public.len() > em_base.len() + KEPT_BASE_SLACK {
+            return None;
+        }
+        let (base, made_at, whole) = self.wholes[usize::from(xml)].get_or_init(|| {
+            let (_, head) = self.answer(xml, public, em_base);
+            (public.into(), at, finish(head))
+        });
+        if **base != *public || *made_at != at {
+            return None;
+        }
+        let (body, _, etag) = self.representation(xml, public);
+        Some((body, etag, whole))
     }
 
     /// `Last-Modified` for an entry fetched at `at` (none before 1970),
@@ -802,6 +851,7 @@ impl Prepared {
                 case,
                 heads: Default::default(),
                 modified: OnceLock::new(),
+                wholes: Default::default(),
             },
             (SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(wire.fetched_ms))
                 .min(SystemTime::now()),

@@ -4,8 +4,8 @@
 use std::cell::RefCell;
 use std::thread::LocalKey;
 
+use crate::gateway::heads::{Heads, Name};
 use bytes::Bytes;
-use http::header::{HeaderMap, ACCEPT};
 
 /// Every response body: whole, since EM's answers are read (and, later,
 /// converted or cached) before they are sent.
@@ -36,10 +36,10 @@ pub fn remembered<K: 'static, V: Clone + 'static>(
 /// JSON is the default (see README, "HTTP surface"); XML wins when it is listed with a
 /// higher quality than `application/json`, or when it is listed and JSON is
 /// only reachable through a wildcard.
-pub fn prefers_xml(headers: &HeaderMap) -> bool {
+pub fn prefers_xml(headers: &Heads<'_>) -> bool {
     let mut xml: Option<f32> = None;
     let mut json: Option<f32> = None;
-    for value in headers.get_all(ACCEPT) {
+    for value in headers.get_all(Name::Accept) {
         let Ok(value) = value.to_str() else { continue };
         for item in value.split(',') {
             let mut parts = item.split(';');
@@ -66,6 +66,12 @@ pub fn prefers_xml(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::ACCEPT;
+    use http::HeaderMap;
+
+    fn prefers_xml(h: &HeaderMap) -> bool {
+        super::prefers_xml(&Heads::of(h))
+    }
 
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -15,6 +15,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
 
+use crate::cache::Outcome;
 use crate::em::session::SessionState;
 use crate::gateway::access;
 use crate::gateway::app::App;
@@ -22,6 +23,7 @@ use crate::gateway::clients;
 use crate::gateway::conn::Conn;
 use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
+use crate::gateway::heads::{Heads, Name};
 use crate::gateway::host::{self, Authority};
 use crate::gateway::limit::Bucket;
 use crate::gateway::proxy;
@@ -69,11 +71,13 @@ pub fn route(
 
 async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Response<Body> {
     let started = Instant::now();
-    let xml = prefers_xml(&parts.headers);
+    // The headers the phases read, found in one pass.
+    let heads = Heads::of(&parts.headers);
+    let xml = prefers_xml(&heads);
     let case = app.settings.json_case;
     let path = parts.uri.path();
     // Made or kept at the edge (`request_id`): every request has one.
-    let request_id = parts.headers.get(proxy::X_REQUEST_ID);
+    let request_id = heads.get(Name::RequestId);
     // The context of a request that passed the edge's checks: what its
     // phases learnt (route template, caller) goes into the access line,
     // the metrics and the history.
@@ -87,11 +91,11 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
             .into_response(xml, case),
             &parts,
         )
-    } else if head_size(&parts) > MAX_HEAD_BYTES {
+    } else if head_size(&parts, &heads) > MAX_HEAD_BYTES {
         // hyper's own limit depends on how the bytes arrive; this one does not.
         GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, case)
     } else {
-        match host::of_request(&parts) {
+        match host::of_request(&parts, &heads) {
             Err(e) => closing(GatewayError::from(e).into_response(xml, case), &parts),
             Ok(host) => match path {
                 "/healthz" => plain(StatusCode::OK, "ok\n"),
@@ -120,9 +124,9 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
                             let span = ctx.span();
                             crate::ops::traces::follow(span, &parts.headers);
                             span.record("http.request.method", parts.method.as_str());
-                            Box::pin(ctx.traced(api(&app, ctx, &parts, body))).await
+                            Box::pin(ctx.traced(api(&app, ctx, &parts, &heads, body))).await
                         } else {
-                            api(&app, ctx, &parts, body).await
+                            api(&app, ctx, &parts, &heads, body).await
                         }
                     }
                     Err(_) => GatewayError::Draining.into_response(xml, case),
@@ -148,6 +152,11 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
             },
         }
     };
+    // A hit's head is whole: nothing to add, nothing to look up.
+    let whole = ctx
+        .as_ref()
+        .is_some_and(Ctx::is_head_whole)
+        .then(|| Outcome::Hit.as_str());
     // A cached answer's head was made complete once, when prepared.
     if is_api(path) && !ctx.as_ref().is_some_and(Ctx::is_head_complete) {
         render::api_headers(response.headers_mut());
@@ -156,24 +165,24 @@ async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Resp
     // Marked never to be indexed: HTTP/2's header compression would put
     // each new id in the connection's table, evicting the values that do
     // repeat.
-    if let Some(id) = request_id {
+    if let (Some(id), None) = (request_id, whole) {
         let mut id = id.clone();
         id.set_sensitive(true);
         response.headers_mut().insert(proxy::X_REQUEST_ID, id);
     }
-    let route = ctx
-        .as_ref()
-        .and_then(Ctx::route)
-        .unwrap_or_else(|| route_label(path));
-    let client = ctx.as_ref().and_then(Ctx::client);
+    let learnt = ctx.as_mut().map(Ctx::take_learnt).unwrap_or_default();
+    let route = learnt.route.unwrap_or_else(|| route_label(path));
+    let client = learnt.client.as_deref();
     let ended = Instant::now();
     let elapsed = ended.saturating_duration_since(started);
     crate::ops::metrics::request(route, response.status(), elapsed);
     // `X-Cache`, read once for the history, the trace and the access line.
-    let cache = response
-        .headers()
-        .get(&reads::X_CACHE)
-        .and_then(|v| v.to_str().ok());
+    let cache = whole.or_else(|| {
+        response
+            .headers()
+            .get(&reads::X_CACHE)
+            .and_then(|v| v.to_str().ok())
+    });
     // The id as the access line and the history's error notes write it.
     let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
     record_history(id_text, ended, route, client, cache, &response);
@@ -305,7 +314,13 @@ fn context(
 /// route template and its caller's name told to `ctx`.
 /// Routing looks only at the parsed [`Target`], and EM is sent its
 /// canonical encoding.
-async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Response<Body> {
+async fn api(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    parts: &Parts,
+    heads: &Heads<'_>,
+    body: Incoming,
+) -> Response<Body> {
     let (to, conn) = (&ctx.to, ctx.conn);
     let result = async {
         if app.draining.load(Ordering::Relaxed) {
@@ -341,7 +356,7 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
         let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
         } else {
-            access::authenticate(&app.access, &parts.headers, conn.peer).await?
+            access::authenticate(&app.access, heads, conn.peer).await?
         };
         ctx.called_by(caller.owner_label());
         app.limits
@@ -371,7 +386,7 @@ async fn api(app: &Arc<App>, ctx: &Ctx, parts: &Parts, body: Incoming) -> Respon
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            let serve = reads::serve(&app.reads, ctx, method, &parts.headers, &resolved, operator);
+            let serve = reads::serve(&app.reads, ctx, method, heads, &resolved, operator);
             if crate::ops::traces::on() {
                 let rule = resolved.rule().map_or("-", |r| r.name.as_str());
                 ctx.span().record("rule", rule);
@@ -554,13 +569,8 @@ fn same_origin(headers: &HeaderMap, public: &str) -> bool {
 }
 
 /// Bytes of a request's head: target and headers.
-fn head_size(parts: &Parts) -> usize {
-    let headers: usize = parts
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    headers + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
+fn head_size(parts: &Parts, heads: &Heads<'_>) -> usize {
+    heads.bytes() + parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
 }
 
 async fn metrics(app: &App) -> Response<Body> {
