@@ -518,32 +518,18 @@ pub struct Prepared {
     pub doc: Doc,
     /// The deployment's JSON case (part of the JSON `ETag`).
     case: JsonCase,
-    /// The head a client gets, per representation (JSON, XML), for the
-    /// first public base served (see [`Prepared::answer`]).
-    heads: [OnceLock<KeptHead>; 2],
     /// `Last-Modified` of the entry holding it, with the time it was made
     /// for (see [`Prepared::last_modified`]).
     modified: OnceLock<(SystemTime, HeaderValue)>,
     /// The whole head of the answer given most often, per representation
     /// (see [`Prepared::whole_head`]).
-    wholes: [OnceLock<WholeHead>; 2],
+    wholes: [OnceLock<Box<WholeHead>>; 2],
 }
 
 /// A whole head kept for one representation: the public base and the
-/// entry's fetch time it was made for, and the head.
+/// entry's fetch time it was made for, and the head. Boxed in the entry: a
+/// pointer for an entry no hit reads, where the map itself is 96 bytes.
 type WholeHead = (Box<str>, SystemTime, HeaderMap);
-
-/// A head kept for one representation: the public base it was made for,
-/// and its headers in order.
-type KeptHead = (Box<str>, Box<[(HeaderName, HeaderValue)]>);
-
-/// Room a kept head takes in an entry's weight, beside EM's allowed
-/// headers (whose bytes the entry counts already): a slot for each of them
-/// and for the four the gateway adds (type, tag, nosniff, cache control),
-/// and the tag's bytes.
-fn kept_head_weight(em_headers: usize) -> usize {
-    std::mem::size_of::<(HeaderName, HeaderValue)>() * (em_headers + 4) + 48
-}
 
 /// Room a kept whole head takes in an entry's weight: the map, a bucket
 /// for each of EM's allowed headers and for the nine the gateway and each
@@ -611,7 +597,6 @@ impl Prepared {
             headers,
             doc,
             case,
-            heads: Default::default(),
             modified: OnceLock::new(),
             wholes: Default::default(),
         })
@@ -625,7 +610,6 @@ impl Prepared {
             .map(|(k, v)| k.as_str().len() + v.len() + 32)
             .sum();
         headers
-            + 2 * kept_head_weight(self.headers.len())
             + 2 * whole_head_weight(self.headers.len())
             + LAST_MODIFIED_WEIGHT
             + match &self.doc {
@@ -638,45 +622,21 @@ impl Prepared {
     /// The body and the head a client at `public` gets (the status is
     /// [`Prepared::status`]): EM's allowed headers with links pointed at
     /// `public`, `Content-Type`, a 200's `ETag`, and what every `/api`
-    /// answer carries ([`api_headers`]). The head is made once per
-    /// representation for the first base served, as the body is (a
-    /// gateway is nearly always reached by one name), and cloned for every
-    /// hit, which then adds only what changes per request (cache status,
-    /// age, request id).
+    /// answer carries ([`api_headers`]), in a map with room for what each
+    /// answer adds (cache status, age, request id). Made anew each time:
+    /// the answer given over and over, a plain hit, is a clone of a whole
+    /// head kept per representation ([`Prepared::whole_head`]); the others
+    /// (a miss, a stale or shared entry, another base) are few.
     pub fn answer(&self, xml: bool, public: &str, em_base: &str) -> (Bytes, HeaderMap) {
         let (body, content_type, etag) = self.representation(xml, public);
-        let make = || {
-            let mut head = client_headers(&self.headers, em_base, public);
-            if let Some(t) = &content_type {
-                head.insert(CONTENT_TYPE, t.clone());
-            }
-            if self.status == StatusCode::OK {
-                head.insert(header::ETAG, etag.clone());
-            }
-            api_headers(&mut head);
-            head
-        };
-        // The same bound as a kept body: a long `Host` makes its head anew.
-        if public.len() > em_base.len() + KEPT_BASE_SLACK {
-            return (body, make());
+        let mut head = client_headers(&self.headers, em_base, public);
+        if let Some(t) = content_type {
+            head.insert(CONTENT_TYPE, t);
         }
-        let (base, kept) = self.heads[usize::from(xml)].get_or_init(|| {
-            (
-                public.into(),
-                // Every value, repeated names too (`iter` names each).
-                make().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            )
-        });
-        if **base != *public {
-            return (body, make());
+        if self.status == StatusCode::OK {
+            head.insert(header::ETAG, etag);
         }
-        // A map with room for what the hit adds (cache status, age, request
-        // id): filled from the kept list, it never grows on the hit path (a
-        // clone of a kept map has no room and reallocates twice).
-        let mut head = HeaderMap::with_capacity(HEAD_ROOM);
-        for (name, value) in kept.iter() {
-            head.append(name.clone(), value.clone());
-        }
+        api_headers(&mut head);
         (body, head)
     }
 
@@ -699,9 +659,12 @@ impl Prepared {
         if public.len() > em_base.len() + KEPT_BASE_SLACK {
             return None;
         }
-        let (base, made_at, whole) = self.wholes[usize::from(xml)].get_or_init(|| {
+        let (base, made_at, whole) = &**self.wholes[usize::from(xml)].get_or_init(|| {
             let (_, head) = self.answer(xml, public, em_base);
-            (public.into(), at, finish(head))
+            // Kept for the entry's life: a clone holds only its headers, where
+            // the map `finish` filled has room to spare.
+            let whole = finish(head).clone();
+            Box::new((public.into(), at, whole))
         });
         if **base != *public || *made_at != at {
             return None;
@@ -849,7 +812,6 @@ impl Prepared {
                 headers,
                 doc,
                 case,
-                heads: Default::default(),
                 modified: OnceLock::new(),
                 wholes: Default::default(),
             },
