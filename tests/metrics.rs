@@ -171,3 +171,65 @@ async fn the_cache_stays_within_its_byte_bound_when_filled() {
     assert!(bytes <= 96.0 * 1024.0, "cache holds {bytes} bytes");
     assert!(bytes > 16.0 * 1024.0, "cache unexpectedly empty: {bytes}");
 }
+
+/// A hit's metrics cost no allocation (issue 19): once a thread has
+/// answered a route with a status, counting another of its answers
+/// allocates nothing, and a scrape still adds up every thread's answers
+/// into the counter and the histogram, as Prometheus reads them.
+#[test]
+fn counting_an_answer_allocates_nothing_and_a_scrape_adds_up_every_thread() {
+    use emgate::ops::metrics;
+    use std::time::Duration;
+    // The exporter installed, as `serve` does.
+    let Some(handle) = metrics::install() else {
+        panic!("the recorder could not be installed");
+    };
+    let route = "/api/test/{id}/allocations";
+    metrics::request(route, StatusCode::OK, Duration::from_micros(80));
+    let counted = allocation_counter::measure(|| {
+        for i in 0..10_000u64 {
+            metrics::request(route, StatusCode::OK, Duration::from_micros(i % 400));
+        }
+    });
+    assert_eq!(counted.count_total, 0, "{counted:?}");
+    // Other threads, one of which has ended before the scrape.
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| metrics::request(route, StatusCode::OK, Duration::from_millis(3)));
+        }
+    });
+    metrics::request(route, StatusCode::BAD_REQUEST, Duration::from_secs(200));
+    let text = metrics::render(&handle, &metrics::Snapshot::default());
+    let of = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series}\n{text}"));
+    let ok = format!("emgate_requests_total{{route=\"{route}\",status=\"200\"}}");
+    assert_eq!(of(&ok), 10_003.0);
+    let bad = format!("emgate_requests_total{{route=\"{route}\",status=\"400\"}}");
+    assert_eq!(of(&bad), 1.0);
+    let bucket = |le: &str| {
+        of(&format!(
+            "emgate_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}}"
+        ))
+    };
+    // 80 us and 0..400 us: 250 of each 400 at or under 0.00025 s (0 to 250 us).
+    assert_eq!(bucket("0.0001"), 1.0 + 25.0 * 101.0);
+    assert_eq!(bucket("0.00025"), 1.0 + 25.0 * 251.0);
+    assert_eq!(bucket("0.0005"), 10_001.0);
+    assert_eq!(bucket("0.005"), 10_003.0);
+    assert_eq!(bucket("120"), 10_003.0);
+    assert_eq!(bucket("+Inf"), 10_004.0);
+    let count = format!("emgate_request_duration_seconds_count{{route=\"{route}\"}}");
+    assert_eq!(of(&count), 10_004.0);
+    // 80 us + 25 x (0 + 1 + ... + 399) us + 2 x 3 ms + 200 s.
+    let sum = of(&format!(
+        "emgate_request_duration_seconds_sum{{route=\"{route}\"}}"
+    ));
+    let expected = 80e-6 + 25.0 * (399.0 * 400.0 / 2.0) * 1e-6 + 6e-3 + 200.0;
+    assert!((sum - expected).abs() < 1e-6, "{sum} vs {expected}");
+    // One family each, declared once.
+    for family in [
+        "# TYPE emgate_requests_total counter",
+        "# TYPE emgate_request_duration_seconds histogram",
+    ] {
+        assert_eq!(text.matches(family).count(), 1, "{text}");
+    }
+}

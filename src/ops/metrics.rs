@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
 /// Seconds: from a cache hit (sub-millisecond) to EM's slowest queries.
-const DURATION_BUCKETS: &[f64] = &[
+const DURATION_BUCKETS: [f64; 19] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0, 120.0,
 ];
@@ -29,7 +29,7 @@ pub fn install() -> Option<PrometheusHandle> {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("_duration_seconds".into()),
-                    DURATION_BUCKETS,
+                    &DURATION_BUCKETS,
                 )
                 .ok()?;
             let recorder = builder.build_recorder();
@@ -46,15 +46,6 @@ fn describe() {
     describe_counter!(
         "emgate_config_reload_total",
         "Configuration reloads (SIGHUP, or a file emgate reads changed), by result: ok (all applied) or error (nothing applied)."
-    );
-    describe_counter!(
-        "emgate_requests_total",
-        "Requests served, by route template and status."
-    );
-    describe_histogram!(
-        "emgate_request_duration_seconds",
-        Unit::Seconds,
-        "Time to answer a request, by route template."
     );
     describe_counter!(
         "emgate_cache_requests_total",
@@ -203,51 +194,209 @@ pub fn status_label(status: StatusCode) -> &'static str {
     }
 }
 
-/// Handles of the per-request series this thread has used: (route,
-/// status label, count, duration). Routes are templates and statuses
-/// labels, so the list is short and bounded; a request finds its handles
-/// by comparing two pointers, instead of hashing its labels and looking
-/// them up in the recorder's registry.
-type RequestSeries = Vec<(
-    &'static str,
-    &'static str,
-    metrics::Counter,
-    metrics::Histogram,
-)>;
+/// `emgate_requests_total` and `emgate_request_duration_seconds`, kept
+/// here rather than in the exporter's registry: they are counted on every
+/// request, and the exporter's histogram takes a locked instruction and a
+/// clock read per sample and allocates a block of samples every 64 (issue
+/// 19's hit path takes no lock and makes no allocation for its metrics).
+/// Each thread counts into its own [`Series`] with plain stores; a scrape
+/// folds them ([`render_requests`]). Same names, labels, buckets and text as
+/// the exporter wrote them.
+mod requests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
-thread_local! {
-    static REQUEST_SERIES: std::cell::RefCell<RequestSeries> = const { std::cell::RefCell::new(Vec::new()) };
+    use super::DURATION_BUCKETS;
+
+    const BUCKETS: usize = DURATION_BUCKETS.len();
+
+    /// The bucket bounds in nanoseconds, for a comparison of integers.
+    const BOUNDS: [u64; BUCKETS] = {
+        let mut out = [0; BUCKETS];
+        let mut i = 0;
+        while i < BUCKETS {
+            out[i] = (DURATION_BUCKETS[i] * 1e9) as u64;
+            i += 1;
+        }
+        out
+    };
+
+    /// One route and status as one thread counts them: answers by
+    /// duration bucket (the last past every bound) and the durations'
+    /// sum. Only the thread that holds it writes it, with a load and a
+    /// store (no locked instruction); a scrape may read a bucket one
+    /// answer ahead of the sum, never a count that goes back.
+    struct Series {
+        route: &'static str,
+        status: &'static str,
+        buckets: [AtomicU64; BUCKETS + 1],
+        nanos: AtomicU64,
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Every series ever made (a counter never goes back, so a thread's
+    /// outlive it) and those whose thread ended, for the next thread that
+    /// needs the same labels: their number stays bounded by the threads
+    /// alive at once times the routes and statuses they answer.
+    struct Registry {
+        all: Vec<Arc<Series>>,
+        free: Vec<Arc<Series>>,
+    }
+
+    static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+        all: Vec::new(),
+        free: Vec::new(),
+    });
+
+    /// This thread's series; given back to the registry when it ends (the
+    /// lock orders its last stores before the next holder's).
+    struct Mine(Vec<Arc<Series>>);
+
+    impl Drop for Mine {
+        fn drop(&mut self) {
+            crate::ops::locked(&REGISTRY).free.append(&mut self.0);
+        }
+    }
+
+    thread_local! {
+        static MINE: RefCell<Mine> = const { RefCell::new(Mine(Vec::new())) };
+    }
+
+    /// The series of these labels: a freed one, or a new one.
+    fn series(route: &'static str, status: &'static str) -> Arc<Series> {
+        let mut registry = crate::ops::locked(&REGISTRY);
+        let freed = registry
+            .free
+            .iter()
+            .position(|s| s.route == route && s.status == status);
+        if let Some(i) = freed {
+            return registry.free.swap_remove(i);
+        }
+        let made = Arc::new(Series {
+            route,
+            status,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            nanos: AtomicU64::new(0),
+        });
+        registry.all.push(made.clone());
+        made
+    }
+
+    /// Counts one answer. Labels are compared by address first: routes
+    /// are templates and statuses labels, each one `&'static str`.
+    pub fn record(route: &'static str, status: &'static str, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS.iter().position(|&b| nanos <= b).unwrap_or(BUCKETS);
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        // Not at all while the thread is being torn down.
+        let _ = MINE.try_with(|mine| {
+            let Ok(mut mine) = mine.try_borrow_mut() else {
+                return;
+            };
+            let found = mine
+                .0
+                .iter()
+                .position(|s| same(s.route, route) && same(s.status, status));
+            let i = found.unwrap_or_else(|| {
+                mine.0.push(series(route, status));
+                mine.0.len() - 1
+            });
+            let s = &mine.0[i];
+            add(&s.buckets[bucket], 1);
+            add(&s.nanos, nanos);
+        });
+    }
+
+    /// A label value as the exposition format writes it.
+    fn label(out: &mut String, value: &str) {
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+    }
+
+    /// Both families, folded over every thread's series, in the text the
+    /// exporter writes (`_bucket` cumulative, `le="+Inf"`, `_sum` in seconds).
+    pub fn render(out: &mut String) {
+        let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut durations: BTreeMap<&str, ([u64; BUCKETS + 1], u64)> = BTreeMap::new();
+        let all = crate::ops::locked(&REGISTRY).all.clone();
+        for s in &all {
+            let buckets: [u64; BUCKETS + 1] =
+                std::array::from_fn(|i| s.buckets[i].load(Ordering::Relaxed));
+            let n: u64 = buckets.iter().sum();
+            *counts.entry((s.route, s.status)).or_default() += n;
+            let (by_bucket, nanos) = durations.entry(s.route).or_default();
+            for (sum, b) in by_bucket.iter_mut().zip(buckets) {
+                *sum += b;
+            }
+            *nanos = nanos.wrapping_add(s.nanos.load(Ordering::Relaxed));
+        }
+        if counts.is_empty() {
+            return;
+        }
+        if !out.is_empty() && !out.ends_with("\n\n") {
+            out.push('\n');
+        }
+        out.push_str(
+            "# HELP emgate_requests_total Requests served, by route template and status.\n\
+             # TYPE emgate_requests_total counter\n",
+        );
+        for ((route, status), n) in &counts {
+            out.push_str("emgate_requests_total{route=\"");
+            label(out, route);
+            let _ = writeln!(out, "\",status=\"{status}\"}} {n}");
+        }
+        out.push_str(
+            "\n# HELP emgate_request_duration_seconds Time to answer a request, by route template.\n\
+             # TYPE emgate_request_duration_seconds histogram\n",
+        );
+        for (route, (by_bucket, nanos)) in &durations {
+            let mut route_label = String::new();
+            label(&mut route_label, route);
+            let mut cumulative = 0;
+            for (i, n) in by_bucket.iter().enumerate() {
+                cumulative += n;
+                let _ = match DURATION_BUCKETS.get(i) {
+                    Some(le) => writeln!(
+                        out,
+                        "emgate_request_duration_seconds_bucket{{route=\"{route_label}\",le=\"{le}\"}} {cumulative}"
+                    ),
+                    None => writeln!(
+                        out,
+                        "emgate_request_duration_seconds_bucket{{route=\"{route_label}\",le=\"+Inf\"}} {cumulative}"
+                    ),
+                };
+            }
+            let seconds = *nanos as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "emgate_request_duration_seconds_sum{{route=\"{route_label}\"}} {seconds}\n\
+                 emgate_request_duration_seconds_count{{route=\"{route_label}\"}} {cumulative}"
+            );
+        }
+    }
 }
 
-/// Records one answered request.
+/// Records one answered request (`emgate_requests_total`,
+/// `emgate_request_duration_seconds`): no lock, no allocation once the
+/// thread has answered this route with this status before.
 pub fn request(route: &'static str, status: StatusCode, elapsed: Duration) {
-    let status = status_label(status);
-    let seconds = elapsed.as_secs_f64();
-    // Before the recorder is installed, handles would stay no-ops for good.
-    if !matches!(HANDLE.get(), Some(Some(_))) {
-        metrics::counter!("emgate_requests_total", "route" => route, "status" => status)
-            .increment(1);
-        metrics::histogram!("emgate_request_duration_seconds", "route" => route).record(seconds);
-        return;
-    }
-    REQUEST_SERIES.with_borrow_mut(|known| {
-        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
-        let found = known
-            .iter()
-            .position(|(r, s, ..)| same(r, route) && same(s, status));
-        let i = found.unwrap_or_else(|| {
-            known.push((
-                route,
-                status,
-                metrics::counter!("emgate_requests_total", "route" => route, "status" => status),
-                metrics::histogram!("emgate_request_duration_seconds", "route" => route),
-            ));
-            known.len() - 1
-        });
-        let (.., count, duration) = &known[i];
-        count.increment(1);
-        duration.record(seconds);
-    });
+    requests::record(route, status_label(status), elapsed);
 }
 
 /// Records one request to EM: its status, or `error`/`timeout`.
@@ -584,5 +733,7 @@ pub fn render(handle: &PrometheusHandle, s: &Snapshot) -> String {
     if let Some(up) = s.shared_up {
         gauge!("emgate_shared_up").set(if up { 1.0 } else { 0.0 });
     }
-    handle.render()
+    let mut text = handle.render();
+    requests::render(&mut text);
+    text
 }
