@@ -105,13 +105,18 @@ impl Activity {
     /// A request head arrived (over `version`); the guard marks its end
     /// when dropped.
     pub fn begin(self: &Arc<Self>, version: http::Version) -> RequestGuard {
+        let now = Instant::now();
         self.update(|s| {
             s.seen = true;
             s.in_flight += 1;
-            s.last = Instant::now();
+            s.last = now;
             s.http2 = version == http::Version::HTTP_2;
         });
-        RequestGuard(self.clone())
+        RequestGuard {
+            activity: self.clone(),
+            started: now,
+            ended: None,
+        }
     }
 
     /// Resolves when the connection should be closed (the table above):
@@ -148,14 +153,35 @@ impl Activity {
     }
 }
 
-/// Marks one request in flight on its connection.
-pub struct RequestGuard(Arc<Activity>);
+/// Marks one request in flight on its connection, from the moment its
+/// head arrived ([`RequestGuard::started`]: the router's start as well, one
+/// clock read for both) to its answer ([`RequestGuard::end`]) or, if the
+/// request was given up, the guard's drop.
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+    started: Instant,
+    ended: Option<Instant>,
+}
+
+impl RequestGuard {
+    /// When the request's head arrived.
+    pub fn started(&self) -> std::time::Instant {
+        self.started.into_std()
+    }
+
+    /// The request was answered at `at` (the router's clock read for its
+    /// metrics): the connection's idle time counts from then.
+    pub fn end(mut self, at: std::time::Instant) {
+        self.ended = Some(Instant::from_std(at));
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.update(|s| {
+        let at = self.ended.unwrap_or_else(Instant::now);
+        self.activity.update(|s| {
             s.in_flight = s.in_flight.saturating_sub(1);
-            s.last = Instant::now();
+            s.last = at;
         });
     }
 }

@@ -3,6 +3,7 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::em::session::SessionState;
 use crate::gateway::access;
 use crate::gateway::app::App;
 use crate::gateway::clients;
-use crate::gateway::conn::Conn;
+use crate::gateway::conn::{Conn, RequestGuard};
 use crate::gateway::context::Ctx;
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::heads::{Heads, Name};
@@ -61,151 +62,143 @@ pub fn route(
     app: Arc<App>,
     conn: Conn,
     req: Request<Incoming>,
-) -> impl Future<Output = Response<Body>> + Send {
-    // Split before the future is made: an `async fn` taking the request
-    // would keep its 264 bytes in the future beside the parts taken out of
-    // it, and the future is moved several times a hit.
+    busy: RequestGuard,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+    // Split before the future is made: a future taking the request would
+    // keep its 264 bytes beside the parts taken out of it. A block, not an
+    // `async fn`: an `async fn` keeps each argument twice in its future (as
+    // given and as its local), and this future is moved several times a
+    // request (see BENCHMARKS.md, "tenth steps").
     let (parts, body) = req.into_parts();
-    routed(app, conn, parts, body)
-}
-
-async fn routed(app: Arc<App>, conn: Conn, parts: Parts, body: Incoming) -> Response<Body> {
-    let started = Instant::now();
-    // The headers the phases read, found in one pass.
-    let heads = Heads::of(&parts.headers);
-    let xml = prefers_xml(&heads);
-    let case = app.settings.json_case;
-    let path = parts.uri.path();
-    // Made or kept at the edge (`request_id`): every request has one.
-    let request_id = heads.get(Name::RequestId);
-    // The context of a request that passed the edge's checks: what its
-    // phases learnt (route template, caller) goes into the access line,
-    // the metrics and the history.
-    let mut ctx: Option<Ctx> = None;
-    let mut response = if !SERVED.contains(&parts.method) {
-        closing(
-            GatewayError::MethodNotAllowed(
-                parts.method.clone(),
-                "GET, HEAD, POST, PUT, DELETE, PATCH",
+    async move {
+        let started = busy.started();
+        // The headers the phases read, found in one pass.
+        let heads = Heads::of(&parts.headers);
+        let xml = prefers_xml(&heads);
+        let case = app.settings.json_case;
+        let path = parts.uri.path();
+        // Made or kept at the edge (`request_id`): every request has one.
+        let request_id = heads.get(Name::RequestId);
+        // The context of a request that passed the edge's checks: what its
+        // phases learnt (route template, caller) goes into the access line,
+        // the metrics and the history.
+        let mut ctx: Option<Ctx> = None;
+        let mut response = if !SERVED.contains(&parts.method) {
+            closing(
+                GatewayError::MethodNotAllowed(
+                    parts.method.clone(),
+                    "GET, HEAD, POST, PUT, DELETE, PATCH",
+                )
+                .into_response(xml, case),
+                &parts,
             )
-            .into_response(xml, case),
-            &parts,
-        )
-    } else if head_size(&parts, &heads) > MAX_HEAD_BYTES {
-        // hyper's own limit depends on how the bytes arrive; this one does not.
-        GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, case)
-    } else {
-        match host::of_request(&parts, &heads) {
-            Err(e) => closing(GatewayError::from(e).into_response(xml, case), &parts),
-            Ok(host) => match path {
-                "/healthz" => plain(StatusCode::OK, "ok\n"),
-                "/readyz" => readiness(&app),
-                "/metrics" => Box::pin(metrics(&app)).await,
-                p if (is_api(p) || is_admin(p))
-                    && app.settings.access.allow_anonymous
-                    && host.as_ref().is_some_and(|h| !h.is_loopback()) =>
-                {
-                    GatewayError::Misdirected.into_response(xml, case)
-                }
-                p if is_api(p) => match taken_up(&app.work, started).await {
-                    Ok((_place, at)) => {
-                        let ctx = ctx.insert(context(
-                            &app,
-                            conn,
-                            &parts,
-                            xml,
-                            host.as_ref(),
-                            request_id,
-                            at,
-                        ));
-                        if crate::ops::traces::on() {
-                            // Traced: every request has its span, the
-                            // client's trace its parent.
-                            let span = ctx.span();
-                            crate::ops::traces::follow(span, &parts.headers);
-                            span.record("http.request.method", parts.method.as_str());
-                            Box::pin(ctx.traced(api(&app, ctx, &parts, &heads, body))).await
-                        } else {
-                            api(&app, ctx, &parts, &heads, body).await
+        } else if head_size(&parts, &heads) > MAX_HEAD_BYTES {
+            // hyper's own limit depends on how the bytes arrive; this one does not.
+            GatewayError::HeadersTooLarge(MAX_HEAD_BYTES).into_response(xml, case)
+        } else {
+            match host::of_request(&parts, &heads) {
+                Err(e) => closing(GatewayError::from(e).into_response(xml, case), &parts),
+                Ok(host) => {
+                    // The context of a request that got a place to be worked on.
+                    let context_at =
+                        |at| context(&app, conn, &parts, xml, host.as_ref(), request_id, at);
+                    match path {
+                        "/healthz" => plain(StatusCode::OK, "ok\n"),
+                        "/readyz" => readiness(&app),
+                        "/metrics" => Box::pin(metrics(&app)).await,
+                        p if (is_api(p) || is_admin(p))
+                            && app.settings.access.allow_anonymous
+                            && host.as_ref().is_some_and(|h| !h.is_loopback()) =>
+                        {
+                            GatewayError::Misdirected.into_response(xml, case)
                         }
+                        p if is_api(p) => match taken_up(&app.work, started).await {
+                            Ok((_place, at)) => {
+                                let ctx = ctx.insert(context_at(at));
+                                if crate::ops::traces::on() {
+                                    // Traced: every request has its span, the
+                                    // client's trace its parent.
+                                    let span = ctx.span();
+                                    crate::ops::traces::follow(span, &parts.headers);
+                                    span.record("http.request.method", parts.method.as_str());
+                                    Box::pin(ctx.traced(api(&app, ctx, &parts, &heads, body))).await
+                                } else {
+                                    api(&app, ctx, &parts, &heads, body).await
+                                }
+                            }
+                            Err(_) => GatewayError::Draining.into_response(xml, case),
+                        },
+                        p if is_admin(p) => match taken_up(&app.work, started).await {
+                            Ok((_place, at)) => {
+                                let ctx = ctx.insert(context_at(at));
+                                let admin =
+                                    crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
+                                Box::pin(ctx.traced(admin)).await
+                            }
+                            Err(_) => GatewayError::Draining.into_response(xml, case),
+                        },
+                        other => GatewayError::NotFound(other.chars().take(200).collect())
+                            .into_response(xml, case),
                     }
-                    Err(_) => GatewayError::Draining.into_response(xml, case),
-                },
-                p if is_admin(p) => match taken_up(&app.work, started).await {
-                    Ok((_place, at)) => {
-                        let ctx = ctx.insert(context(
-                            &app,
-                            conn,
-                            &parts,
-                            xml,
-                            host.as_ref(),
-                            request_id,
-                            at,
-                        ));
-                        let admin = crate::gateway::admin::handle(&app, conn, &parts, &ctx.to);
-                        Box::pin(ctx.traced(admin)).await
-                    }
-                    Err(_) => GatewayError::Draining.into_response(xml, case),
-                },
-                other => GatewayError::NotFound(other.chars().take(200).collect())
-                    .into_response(xml, case),
-            },
+                }
+            }
+        };
+        // A hit's head is whole: nothing to add, nothing to look up.
+        let whole = ctx
+            .as_ref()
+            .is_some_and(Ctx::is_head_whole)
+            .then(|| Outcome::Hit.as_str());
+        // A cached answer's head was made complete once, when prepared.
+        if is_api(path) && !ctx.as_ref().is_some_and(Ctx::is_head_complete) {
+            render::api_headers(response.headers_mut());
         }
-    };
-    // A hit's head is whole: nothing to add, nothing to look up.
-    let whole = ctx
-        .as_ref()
-        .is_some_and(Ctx::is_head_whole)
-        .then(|| Outcome::Hit.as_str());
-    // A cached answer's head was made complete once, when prepared.
-    if is_api(path) && !ctx.as_ref().is_some_and(Ctx::is_head_complete) {
-        render::api_headers(response.headers_mut());
-    }
-    // Every answer carries the request's id (made or kept at the edge).
-    // Marked never to be indexed: HTTP/2's header compression would put
-    // each new id in the connection's table, evicting the values that do
-    // repeat.
-    if let (Some(id), None) = (request_id, whole) {
-        let mut id = id.clone();
-        id.set_sensitive(true);
-        response.headers_mut().insert(proxy::X_REQUEST_ID, id);
-    }
-    let learnt = ctx.as_mut().map(Ctx::take_learnt).unwrap_or_default();
-    let route = learnt.route.unwrap_or_else(|| route_label(path));
-    let client = learnt.client.as_deref();
-    let ended = Instant::now();
-    let elapsed = ended.saturating_duration_since(started);
-    crate::ops::metrics::request(route, response.status(), elapsed);
-    // `X-Cache`, read once for the history, the trace and the access line.
-    let cache = whole.or_else(|| {
-        response
-            .headers()
-            .get(&reads::X_CACHE)
-            .and_then(|v| v.to_str().ok())
-    });
-    // The id as the access line and the history's error notes write it.
-    let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
-    record_history(id_text, ended, route, client, cache, &response);
-    if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
-        let span = ctx.span();
-        span.record("route", route);
-        span.record("client", client.unwrap_or("-"));
-        span.record("http.response.status_code", response.status().as_u16());
-        if let Some(cache) = cache {
-            span.record("cache", cache);
+        // Every answer carries the request's id (made or kept at the edge).
+        // Marked never to be indexed: HTTP/2's header compression would put
+        // each new id in the connection's table, evicting the values that do
+        // repeat.
+        if let (Some(id), None) = (request_id, whole) {
+            let mut id = id.clone();
+            id.set_sensitive(true);
+            response.headers_mut().insert(proxy::X_REQUEST_ID, id);
         }
+        let learnt = ctx.as_mut().map(Ctx::take_learnt).unwrap_or_default();
+        let route = learnt.route.unwrap_or_else(|| route_label(path));
+        let client = learnt.client.as_deref();
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(started);
+        crate::ops::metrics::request(route, response.status(), elapsed);
+        // `X-Cache`, read once for the history, the trace and the access line.
+        let cache = whole.or_else(|| {
+            response
+                .headers()
+                .get(&reads::X_CACHE)
+                .and_then(|v| v.to_str().ok())
+        });
+        // The id as the access line and the history's error notes write it.
+        let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
+        record_history(id_text, ended, route, client, cache, &response);
+        if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
+            let span = ctx.span();
+            span.record("route", route);
+            span.record("client", client.unwrap_or("-"));
+            span.record("http.response.status_code", response.status().as_u16());
+            if let Some(cache) = cache {
+                span.record("cache", cache);
+            }
+        }
+        crate::ops::logging::access(&crate::ops::logging::AccessLine {
+            method: parts.method.as_str(),
+            path,
+            route,
+            status: response.status().as_u16(),
+            latency: elapsed,
+            client: client.unwrap_or("-"),
+            cache: cache.unwrap_or("-"),
+            request_id: id_text,
+        });
+        busy.end(ended);
+        Ok(response)
     }
-    crate::ops::logging::access(&crate::ops::logging::AccessLine {
-        method: parts.method.as_str(),
-        path,
-        route,
-        status: response.status().as_u16(),
-        latency: elapsed,
-        client: client.unwrap_or("-"),
-        cache: cache.unwrap_or("-"),
-        request_id: id_text,
-    });
-    response
 }
 
 /// `/api` or under it, in any case (EM matches its URI templates without

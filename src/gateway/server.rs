@@ -539,15 +539,11 @@ fn stack(
         let req = request_ids.ensure(req);
         // The connection is busy from here until the answer is made,
         // so its idle deadline waits.
+        // (The router ends it with the answer: no block around the
+        // router's future here, which would hold that future twice, as its
+        // own field and as the future it awaits.)
         let busy = activity.begin(req.version());
-        // Made here, not inside the block: the block would keep the
-        // request it moved into the future as well as the future.
-        let routed = route(app.clone(), conn, req);
-        async move {
-            let response = routed.await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
-        }
+        route(app.clone(), conn, req, busy)
     })
 }
 
