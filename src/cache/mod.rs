@@ -353,6 +353,13 @@ impl Outcome {
             Outcome::Stale => "STALE",
         }
     }
+
+    /// The outcome an `X-Cache` value names, if it is one of these.
+    pub fn of_label(label: &[u8]) -> Option<Outcome> {
+        [Outcome::Hit, Outcome::Miss, Outcome::Stale]
+            .into_iter()
+            .find(|o| o.as_str().as_bytes() == label)
+    }
 }
 
 /// An answer from the cache.

@@ -149,7 +149,7 @@ pub fn route(
             .is_some_and(Ctx::is_head_whole)
             .then(|| Outcome::Hit.as_str());
         // A cached answer's head was made complete once, when prepared.
-        if is_api(path) && !ctx.as_ref().is_some_and(Ctx::is_head_complete) {
+        if !ctx.as_ref().is_some_and(Ctx::is_head_complete) && is_api(path) {
             render::api_headers(response.headers_mut());
         }
         // Every answer carries the request's id (made or kept at the edge).
@@ -168,11 +168,14 @@ pub fn route(
         let elapsed = ended.saturating_duration_since(started);
         crate::ops::metrics::request(route, response.status(), elapsed);
         // `X-Cache`, read once for the history, the trace and the access line.
+        // Only the gateway's own values: an `X-Cache` another server
+        // sent through the pass-through is not a result of this cache.
         let cache = whole.or_else(|| {
             response
                 .headers()
                 .get(&reads::X_CACHE)
-                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Outcome::of_label(v.as_bytes()))
+                .map(Outcome::as_str)
         });
         // The id as the access line and the history's error notes write it.
         let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
@@ -204,9 +207,15 @@ pub fn route(
 /// `/api` or under it, in any case (EM matches its URI templates without
 /// regard to case, `/API/...` included).
 fn is_api(path: &str) -> bool {
-    path.get(..4)
-        .is_some_and(|p| p.eq_ignore_ascii_case("/api"))
-        && matches!(path.as_bytes().get(4), None | Some(b'/'))
+    match path.as_bytes() {
+        [b'/', a, p, i, rest @ ..] => {
+            a.eq_ignore_ascii_case(&b'a')
+                && p.eq_ignore_ascii_case(&b'p')
+                && i.eq_ignore_ascii_case(&b'i')
+                && matches!(rest.first(), None | Some(b'/'))
+        }
+        _ => false,
+    }
 }
 
 fn is_admin(path: &str) -> bool {
