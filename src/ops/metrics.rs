@@ -21,6 +21,9 @@ const DURATION_BUCKETS: [f64; 19] = [
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often the exporter's histograms are drained between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder once and returns its handle (`None` if
 /// another recorder was installed first, e.g. by an embedding program).
 pub fn install() -> Option<PrometheusHandle> {
@@ -36,6 +39,16 @@ pub fn install() -> Option<PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            // The exporter's histograms keep every sample until they are
+            // drained: by a scrape, or here (as its own `install` does), so a
+            // gateway nobody scrapes does not grow by each EM request.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                });
             Some(handle)
         })
         .clone()
