@@ -75,7 +75,7 @@ impl ProcessUniqueId {
     /// copied into its own allocation (`HeaderValue::from_bytes`) would be
     /// allocated again when first cloned (onto the response), two
     /// allocations a request; a split shares the block's, made once every
-    /// [`IDS_PER_BLOCK`] ids.
+    /// 128 ids (`IDS_PER_BLOCK`).
     pub fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = [0u8; ID_LEN];

@@ -213,7 +213,7 @@ pub fn status_label(status: StatusCode) -> &'static str {
 /// clock read per sample and allocates a block of samples every 64 (issue
 /// 19's hit path takes no lock and makes no allocation for its metrics).
 /// Each thread counts into its own [`Series`] with plain stores; a scrape
-/// folds them ([`render_requests`]). Same names, labels, buckets and text as
+/// folds them (`requests::render`). Same names, labels, buckets and text as
 /// the exporter wrote them.
 mod requests {
     use std::cell::RefCell;
