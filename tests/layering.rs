@@ -80,7 +80,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
                 "render", "response", "error"]),
     ("status", &["app", "reload", "reads", "target", "render", "response"]),
-    ("app", &["reload", "access", "reads", "tasks", "limit"]),
+    ("app", &["reload", "access", "reads", "tasks", "limit", "request_id"]),
     // A reload replaces what the phases below read, through their states.
     ("reload", &["access", "reads", "clients", "listen_tls"]),
     // The phases of a request, on their own states.

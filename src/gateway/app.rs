@@ -50,4 +50,6 @@ pub struct App {
     pub reload: crate::gateway::reload::Reloader,
     /// The address actually bound (the fallback for links when a request names no host).
     pub local_addr: SocketAddr,
+    /// Makes the ids of requests that come without a usable one.
+    pub request_ids: crate::gateway::request_id::ProcessUniqueId,
 }

@@ -24,11 +24,29 @@
 //! | a request in flight | never (looked at again one wait below on) |
 //! | HTTP/1.1, between requests | last end + the shorter of header and idle timeouts (`idle`) |
 //! | HTTP/2, between requests | last end + idle timeout (`idle`) |
+//!
+//! On shutdown every connection is told to finish ([`Drain`]): hyper
+//! answers the requests in flight, then closes (HTTP/1.1) or sends GOAWAY
+//! (HTTP/2).
+//!
+//! Both watchers are polled beside the connection whenever its task wakes,
+//! which is once or twice a request; both are made to cost nothing there
+//! unless they may have fired (`Deadline`, `Drained`). A tokio sleep or
+//! `Notify` polled again re-registers its waker each time (a lock for the
+//! `Notify`): about 200 instructions a request between the two (see
+//! BENCHMARKS.md).
 
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 /// The connection a request came on, as the request path sees it.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +144,7 @@ impl Activity {
     pub async fn expired(self: Arc<Self>, header_timeout: Duration, idle: Duration) -> Expired {
         let mut look_at = self.accepted + header_timeout;
         loop {
-            tokio::time::sleep_until(look_at).await;
+            Deadline::at(look_at).await;
             let Some(s) = self.snapshot() else {
                 return Expired::Idle;
             };
@@ -150,6 +168,110 @@ impl Activity {
             }
             look_at = deadline;
         }
+    }
+}
+
+/// A sleep until a deadline that is looked at again only when its timer
+/// may have fired: its timer holds the waker of the first poll, so a poll
+/// with the same waker (the connection's task, woken for its socket) need
+/// not register it again. Invariant: `waker` is the waker the timer entry
+/// holds, or `None` before the first poll.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    waker: Option<Waker>,
+}
+
+impl Deadline {
+    fn at(deadline: Instant) -> Deadline {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            waker: None,
+        }
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        // Elapsed: the timer fired (and woke the registered waker).
+        if registered && !this.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        this.waker = Some(cx.waker().clone());
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Shutdown's drain as the open connections see it: once started, each
+/// finishes what it is answering and closes.
+#[derive(Default)]
+pub struct Drain {
+    started: AtomicBool,
+    notify: Notify,
+}
+
+impl Drain {
+    /// Tells every connection to finish.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// `conn` served until it ends; once the drain starts, told to finish
+    /// (its requests in flight are answered, no new one is read).
+    pub async fn serve<C>(&self, conn: C) -> C::Output
+    where
+        C: GracefulConnection,
+    {
+        let mut conn = pin!(conn);
+        let started = Drained {
+            drain: self,
+            notified: Box::pin(self.notify.notified()),
+            waker: None,
+        };
+        tokio::select! {
+            // The connection first: the drain is looked at after it.
+            biased;
+            done = conn.as_mut() => return done,
+            () = started => conn.as_mut().graceful_shutdown(),
+        }
+        conn.await
+    }
+}
+
+/// Resolves when the drain has started; looked at again only when it may
+/// have (the flag), or when polled by another waker than the one its
+/// `Notified` holds. Invariant as [`Deadline`]'s.
+struct Drained<'a> {
+    drain: &'a Drain,
+    notified: Pin<Box<Notified<'a>>>,
+    waker: Option<Waker>,
+}
+
+impl Future for Drained<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.drain.started.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        this.waker = Some(cx.waker().clone());
+        if this.notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // Started between the look at the flag and the registration: the
+        // notification went to nobody.
+        if this.drain.started.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
 

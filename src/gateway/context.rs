@@ -33,8 +33,8 @@ pub struct Ctx {
     pub conn: Conn,
     /// What it is answered in: XML or JSON, the JSON case, the public base.
     pub to: Representation,
-    /// Its id, kept or made at the edge (every request has one).
-    request_id: Option<HeaderValue>,
+    /// Its id, kept or made at the edge.
+    request_id: HeaderValue,
     /// When it was taken up (its arrival, or the moment a place among the
     /// requests at work came free for it): what a cached answer's age is
     /// counted to, so a hit reads no clock of its own, and a wait in the
@@ -76,17 +76,13 @@ const HEAD_COMPLETE: u8 = 1;
 const HEAD_WHOLE: u8 = 2;
 
 impl Ctx {
-    /// The context of a request with `request_id` (its `X-Request-Id`).
-    pub fn new(
-        conn: Conn,
-        to: Representation,
-        request_id: Option<&HeaderValue>,
-        taken_up: Instant,
-    ) -> Ctx {
+    /// The context of a request with `request_id` (the client's
+    /// `X-Request-Id` if it was kept, else one made for it).
+    pub fn new(conn: Conn, to: Representation, request_id: &HeaderValue, taken_up: Instant) -> Ctx {
         Ctx {
             conn,
             to,
-            request_id: request_id.cloned(),
+            request_id: request_id.clone(),
             taken_up,
             span: OnceLock::new(),
             learnt: Mutex::new(Learnt::default()),
@@ -148,18 +144,14 @@ impl Ctx {
     }
 
     /// The request id as a header value, for EM's request.
-    pub fn request_id(&self) -> Option<&HeaderValue> {
-        self.request_id.as_ref()
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
     }
 
     /// The request's span, made now if it was not yet.
     pub fn span(&self) -> &Span {
         self.span.get_or_init(|| {
-            let id = self
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
+            let id = self.request_id.to_str().unwrap_or("-");
             // The other fields are filled in with traces on (README,
             // "Traces"); a log line shows only those that are.
             tracing::info_span!(

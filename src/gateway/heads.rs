@@ -47,7 +47,9 @@ pub enum Name {
     Authorization,
     /// `If-None-Match`.
     IfNoneMatch,
-    /// `X-Request-Id`.
+    /// `X-Request-Id`, as the client sent it: read only to choose the
+    /// request's id (`request_id::ProcessUniqueId::kept_or_new`), which the
+    /// phases take from the request's context.
     RequestId,
     /// EM's session header, `X-RestSvcSessionId`.
     Session,

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -31,21 +31,22 @@ use crate::gateway::target::Target;
 /// The request id header, the one trace of the client EM may see.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What a read may tell EM: a read's answer is everybody's (collapsed or
-/// cached), so nothing of the client that caused it but the request id.
-const TO_EM: [HeaderName; 1] = [X_REQUEST_ID];
-/// What a write may tell EM besides.
+/// What a write may tell EM of the client's headers. A read tells EM
+/// nothing of them: its answer is everybody's (collapsed or cached).
 const TO_EM_WRITE: [HeaderName; 3] = [
     header::ACCEPT_LANGUAGE,
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
 ];
 
-/// The client's headers as EM may see them (allow-list).
-pub fn to_em(client: &HeaderMap, write: bool) -> HeaderMap {
+/// What EM is told with a request: its id (the one trace of the client
+/// EM may see; the id the edge kept or made, never the client's header as
+/// sent) and, for a write, the client's headers in `TO_EM_WRITE`.
+pub fn to_em(client: &HeaderMap, request_id: &HeaderValue, write: bool) -> HeaderMap {
     let mut out = HeaderMap::new();
+    out.insert(X_REQUEST_ID, request_id.clone());
     let extra: &[HeaderName] = if write { &TO_EM_WRITE } else { &[] };
-    for name in TO_EM.iter().chain(extra) {
+    for name in extra {
         // One value each: a duplicated header is ambiguous, and EM gets none.
         let mut values = client.get_all(name).iter();
         if let (Some(v), None) = (values.next(), values.next()) {
@@ -62,6 +63,7 @@ pub async fn forward(
     method: &Method,
     target: &Target,
     headers: &HeaderMap,
+    request_id: &HeaderValue,
     to: &Representation,
 ) -> Result<Response<Body>, GatewayError> {
     if method != Method::GET && method != Method::HEAD {
@@ -71,7 +73,7 @@ pub async fn forward(
     let em = pool
         .get(
             &target.canonical(),
-            to_em(headers, false),
+            to_em(headers, request_id, false),
             head,
             Lane::Client,
         )
@@ -103,6 +105,7 @@ pub async fn send_write(
     method: &Method,
     target: &Target,
     headers: &HeaderMap,
+    request_id: &HeaderValue,
     body: Incoming,
     max_body: u64,
 ) -> Result<(UpstreamResponse, Arc<EmSession>), GatewayError> {
@@ -130,7 +133,7 @@ pub async fn send_write(
     pool.write(
         method.clone(),
         &target.canonical(),
-        to_em(headers, true),
+        to_em(headers, request_id, true),
         body,
     )
     .await
@@ -175,16 +178,20 @@ mod tests {
         h.insert(header::USER_AGENT, "curl".parse().unwrap());
         h.insert(header::CONTENT_TYPE, "application/xml".parse().unwrap());
         h.insert(header::ACCEPT_LANGUAGE, "de".parse().unwrap());
+        // The client's own id is not what goes: the one the edge chose does.
         h.insert("x-request-id", "r1".parse().unwrap());
-        let read = to_em(&h, false);
+        let id = HeaderValue::from_static("chosen-1");
+        let read = to_em(&h, &id, false);
         let names: Vec<_> = read.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-request-id"]);
-        let write = to_em(&h, true);
+        assert_eq!(read[X_REQUEST_ID], "chosen-1");
+        let write = to_em(&h, &id, true);
         assert_eq!(write.len(), 3, "{write:?}");
+        assert_eq!(write[X_REQUEST_ID], "chosen-1");
         assert!(write.contains_key(header::CONTENT_TYPE));
         assert!(write.contains_key(header::ACCEPT_LANGUAGE));
         // A duplicated header is dropped, not picked from.
         h.append(header::ACCEPT_LANGUAGE, "fr".parse().unwrap());
-        assert!(!to_em(&h, true).contains_key(header::ACCEPT_LANGUAGE));
+        assert!(!to_em(&h, &id, true).contains_key(header::ACCEPT_LANGUAGE));
     }
 }

@@ -608,7 +608,7 @@ pub async fn serve(
         ctx.traced(em_fetch(
             state.clone(),
             em_target(target),
-            request_id.cloned(),
+            Some(request_id.clone()),
             head,
             cacheable,
             Lane::Client,
@@ -618,8 +618,14 @@ pub async fn serve(
     let Some(rule) = rule else {
         state.cache.waited(Wait::Bypass, true);
         if !state.settings.cache.collapse {
-            let forward =
-                crate::gateway::proxy::forward(&state.pool, method, target, headers.map(), to);
+            let forward = crate::gateway::proxy::forward(
+                &state.pool,
+                method,
+                target,
+                headers.map(),
+                ctx.request_id(),
+                to,
+            );
             return Box::pin(ctx.traced(forward)).await;
         }
         let key = resolved.key(head);
@@ -665,7 +671,7 @@ pub async fn serve(
             policy: rule.policy.clone(),
             // As the client wrote it (EM ignores case, but its logs need not).
             path: em_target(target),
-            request_id: request_id.cloned(),
+            request_id: Some(request_id.clone()),
             head,
             fresh,
         }
@@ -1138,7 +1144,7 @@ fn cached_response(
 /// carries, the request id and its cache status too, so nothing after it
 /// looks a header up or adds one. The head's first two slots are `Age` and
 /// `X-Request-Id`, written per request. `None` when the request gets
-/// another answer (a 304, a request without an id, a public base or fetch
+/// another answer (a 304, a public base or fetch
 /// time the kept head was not made for): [`cached_response`] makes it.
 fn whole_hit(
     served: &Served<Prepared>,
@@ -1146,9 +1152,8 @@ fn whole_hit(
     to: &Representation,
     em_base: &str,
     head_only: bool,
-    request_id: Option<&HeaderValue>,
+    request_id: &HeaderValue,
 ) -> Option<Response<Body>> {
-    let request_id = request_id?;
     let entry = &served.entry;
     let prepared = &entry.value;
     let ok = prepared.status == StatusCode::OK;

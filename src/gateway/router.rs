@@ -77,8 +77,9 @@ pub fn route(
         let xml = prefers_xml(&heads);
         let case = app.settings.json_case;
         let path = parts.uri.path();
-        // Made or kept at the edge (`request_id`): every request has one.
-        let request_id = heads.get(Name::RequestId);
+        // Every request has an id: the client's if it is usable, else a
+        // new one (`request_id`).
+        let request_id = app.request_ids.kept_or_new(heads.get_all(Name::RequestId));
         // The context of a request that passed the edge's checks: what its
         // phases learnt (route template, caller) goes into the access line,
         // the metrics and the history.
@@ -101,7 +102,7 @@ pub fn route(
                 Ok(host) => {
                     // The context of a request that got a place to be worked on.
                     let context_at =
-                        |at| context(&app, conn, &parts, xml, host.as_ref(), request_id, at);
+                        |at| context(&app, conn, &parts, xml, host.as_ref(), &request_id, at);
                     match path {
                         "/healthz" => plain(StatusCode::OK, "ok\n"),
                         "/readyz" => readiness(&app),
@@ -156,8 +157,8 @@ pub fn route(
         // Marked never to be indexed: HTTP/2's header compression would put
         // each new id in the connection's table, evicting the values that do
         // repeat.
-        if let (Some(id), None) = (request_id, whole) {
-            let mut id = id.clone();
+        if whole.is_none() {
+            let mut id = request_id.clone();
             id.set_sensitive(true);
             response.headers_mut().insert(proxy::X_REQUEST_ID, id);
         }
@@ -178,7 +179,7 @@ pub fn route(
                 .map(Outcome::as_str)
         });
         // The id as the access line and the history's error notes write it.
-        let id_text = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
+        let id_text = request_id.to_str().unwrap_or("-");
         record_history(id_text, ended, route, client, cache, &response);
         if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
             let span = ctx.span();
@@ -294,7 +295,7 @@ fn context(
     parts: &Parts,
     xml: bool,
     host: Option<&Authority>,
-    request_id: Option<&HeaderValue>,
+    request_id: &HeaderValue,
     taken_up: Instant,
 ) -> Ctx {
     let to = Representation {
@@ -399,7 +400,7 @@ async fn api(
         }
         // Writes are few and their future is large: boxed, so a read's
         // future (moved on every layer of the stack) stays small.
-        Box::pin(ctx.traced(write(app, &caller, parts, body, target, to))).await
+        Box::pin(ctx.traced(write(app, &caller, parts, body, target, ctx))).await
     }
     .await;
     result.unwrap_or_else(|e| {
@@ -419,9 +420,9 @@ async fn write(
     parts: &Parts,
     body: Incoming,
     target: &Target,
-    to: &Representation,
+    ctx: &Ctx,
 ) -> Result<Response<Body>, GatewayError> {
-    let method = &parts.method;
+    let (method, to) = (&parts.method, &ctx.to);
     if !proxy::is_write(method) || !app.settings.access.allow_writes {
         return Err(GatewayError::MethodNotAllowed(method.clone(), "GET, HEAD"));
     }
@@ -434,8 +435,16 @@ async fn write(
         ));
     }
     let limit = app.settings.access.max_request_body;
-    let (mut em, session) =
-        proxy::send_write(&app.pool, method, target, &parts.headers, body, limit).await?;
+    let (mut em, session) = proxy::send_write(
+        &app.pool,
+        method,
+        target,
+        &parts.headers,
+        ctx.request_id(),
+        body,
+        limit,
+    )
+    .await?;
     if em.status.is_success() {
         // A task is the caller's: the client gets it by the gateway's id.
         if let Some(doc) = app

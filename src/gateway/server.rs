@@ -18,7 +18,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -34,7 +33,7 @@ use crate::gateway::access::{AccessState, AdminToken};
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::conn::Conn;
-use crate::gateway::conn::{Activity, Expired};
+use crate::gateway::conn::{Activity, Drain, Expired};
 use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
 use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
@@ -179,6 +178,7 @@ impl Gateway {
             pool,
             draining: AtomicBool::new(false),
             warming: AtomicBool::new(false),
+            request_ids: ProcessUniqueId::new(),
             metrics: crate::ops::metrics::install(),
             limits: ClientLimits::new(settings_rate.0, settings_rate.1).with_fleet(fleet.clone()),
             fleet,
@@ -212,12 +212,7 @@ impl Gateway {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let conn = Conn { peer, tls: false };
-        let service = stack(
-            self.app.clone(),
-            conn,
-            Activity::new(),
-            ProcessUniqueId::new(),
-        );
+        let service = stack(self.app.clone(), conn, Activity::new());
         hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(io), service)
             .await
@@ -314,9 +309,11 @@ impl Gateway {
         let (header_timeout, idle_timeout) = (listen.header_timeout, listen.idle_timeout);
         // Past this many open connections, new ones wait in the listen backlog.
         let connections = Arc::new(Semaphore::new(listen.max_connections));
-        let request_ids = ProcessUniqueId::new();
         let builder = http_builder();
-        let graceful = GracefulShutdown::new();
+        // Every connection's task, waited for on shutdown; and the drain
+        // that tells them to finish.
+        let open = tokio_util::task::TaskTracker::new();
+        let drain_all = Arc::new(Drain::default());
         tokio::pin!(shutdown);
         loop {
             let place = tokio::select! {
@@ -344,12 +341,12 @@ impl Gateway {
                 peer: peer.ip(),
                 tls: tls.is_some(),
             };
-            let service = stack(app.clone(), conn, activity.clone(), request_ids.clone());
+            let service = stack(app.clone(), conn, activity.clone());
             let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let drain_all = drain_all.clone();
             let tls = tls.clone();
             crate::ops::metrics::connections(1.0);
-            tokio::spawn(async move {
+            open.spawn(async move {
                 // Held for the connection's life: frees a place when it ends.
                 let _place = place;
                 let _open = OpenConnection;
@@ -364,9 +361,11 @@ impl Gateway {
                             }
                         },
                     };
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    // Without HTTP/1.1 upgrades: nothing here answers 101
+                    // (CONNECT is refused), and the upgradeable connection
+                    // costs every request's poll its bookkeeping.
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    drain_all.serve(conn).await
                 };
                 // The deadlines cover everything from accept on: the TLS
                 // handshake and protocol detection, where hyper has no timer.
@@ -396,10 +395,9 @@ impl Gateway {
             drain_timeout_ms = drain.as_millis() as u64,
             "shutting down: draining in-flight requests"
         );
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        drain_all.start();
+        open.close();
+        if tokio::time::timeout(drain, open.wait()).await.is_err() {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
         maintenance.abort();
@@ -523,7 +521,6 @@ fn stack(
     app: Arc<App>,
     conn: Conn,
     activity: Arc<Activity>,
-    request_ids: ProcessUniqueId,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -531,12 +528,6 @@ fn stack(
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        // First: a client's request id that is too long or holds anything
-        // but `A-Za-z0-9._:-` is dropped here, so it is never echoed,
-        // logged or sent to EM, and a new one is made: every log line and
-        // every response carries an id (the router copies it onto the
-        // response).
-        let req = request_ids.ensure(req);
         // The connection is busy from here until the answer is made,
         // so its idle deadline waits.
         // (The router ends it with the answer: no block around the
