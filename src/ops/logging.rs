@@ -35,7 +35,11 @@ use tracing_subscriber::Layer;
 
 use crate::config::{LogFormat, TraceSettings};
 
-/// Bytes that make the writer thread write at once.
+/// Bytes that make the writer thread write at once: about 900 access
+/// lines. Each wake-up of the writer costs the request thread a context
+/// switch on a busy core; at 32 KiB they were a fifth of the log's price on
+/// a hit (futex calls and switches per request, see BENCHMARKS.md). Below
+/// the mark the writer wakes every `FLUSH_EVERY` anyway.
 const WRITE_AT: usize = 256 * 1024;
 
 /// Longest a line waits in the buffer.
