@@ -77,6 +77,7 @@ pub fn route(
         let xml = prefers_xml(&heads);
         let case = app.settings.json_case;
         let path = parts.uri.path();
+        let under_api = is_api(path);
         // Every request has an id: the client's if it is usable, else a
         // new one (`request_id`).
         let request_id = app.request_ids.kept_or_new(heads.get_all(Name::RequestId));
@@ -107,13 +108,13 @@ pub fn route(
                         "/healthz" => plain(StatusCode::OK, "ok\n"),
                         "/readyz" => readiness(&app),
                         "/metrics" => Box::pin(metrics(&app)).await,
-                        p if (is_api(p) || is_admin(p))
+                        p if (under_api || is_admin(p))
                             && app.settings.access.allow_anonymous
                             && host.as_ref().is_some_and(|h| !h.is_loopback()) =>
                         {
                             GatewayError::Misdirected.into_response(xml, case)
                         }
-                        p if is_api(p) => match taken_up(&app.work, started).await {
+                        _ if under_api => match taken_up(&app.work, started).await {
                             Ok((_place, at)) => {
                                 let ctx = ctx.insert(context_at(at));
                                 if crate::ops::traces::on() {
@@ -150,7 +151,7 @@ pub fn route(
             .is_some_and(Ctx::is_head_whole)
             .then(|| Outcome::Hit.as_str());
         // A cached answer's head was made complete once, when prepared.
-        if !ctx.as_ref().is_some_and(Ctx::is_head_complete) && is_api(path) {
+        if !ctx.as_ref().is_some_and(Ctx::is_head_complete) && under_api {
             render::api_headers(response.headers_mut());
         }
         // Every answer carries the request's id (made or kept at the edge).
