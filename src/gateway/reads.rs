@@ -69,7 +69,7 @@ pub struct ReadState {
     pub cache: ReadCache,
     /// The cache rules, in the order they are tried; a reload replaces
     /// them whole ([`replace_rules`]).
-    pub rules: ArcSwap<Rules>,
+    pub rules: LiveRules,
     /// Uncached reads that shared another's EM fetch.
     pub collapse_stats: CollapseStats,
     /// Fleet mode's shared tier.
@@ -194,6 +194,84 @@ thread_local! {
     });
 }
 
+/// The cache rules in force, and their id beside them: a request checks
+/// the target it remembers against the id (an atomic load) instead of
+/// loading the rules (an `ArcSwap` load: about 75 instructions, and a hit
+/// made two, to resolve its target and to check that no reload replaced
+/// the rules since; see BENCHMARKS.md). Invariant: `id` is the id of
+/// `rules`, or of the rules they replaced while a replacement is under
+/// way (a request then uses the rules it would have used a moment
+/// earlier).
+pub struct LiveRules {
+    rules: ArcSwap<Rules>,
+    id: AtomicU64,
+}
+
+impl LiveRules {
+    /// `rules` in force.
+    pub fn new(rules: Rules) -> LiveRules {
+        LiveRules {
+            id: AtomicU64::new(rules.id),
+            rules: ArcSwap::from_pointee(rules),
+        }
+    }
+
+    /// The rules in force.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    /// The rules in force, to keep.
+    pub fn load_full(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    /// The id of the rules in force.
+    pub fn id(&self) -> u64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    /// Puts `rules` in force.
+    pub fn store(&self, rules: Rules) {
+        let id = rules.id;
+        self.rules.store(Arc::new(rules));
+        self.id.store(id, Ordering::Release);
+    }
+
+    /// The target of a request resolved under the rules in force (see
+    /// [`Rules::resolve`]); a target remembered under them is found
+    /// without loading them.
+    pub fn resolve(&self, path: &str, query: Option<&str>) -> Result<Arc<Resolved>, GatewayError> {
+        match remembered(self.id(), path, query) {
+            Some((_, Some(known))) => Ok(known),
+            _ => self.load().resolve(path, query),
+        }
+    }
+}
+
+/// The target `path` and `query` as this thread remembers it under the
+/// rules `id`: `None` if it is too long to be remembered, else its hash
+/// in the memo and what the memo holds for it.
+fn remembered(id: u64, path: &str, query: Option<&str>) -> Option<(u64, Option<Arc<Resolved>>)> {
+    use std::hash::BuildHasher;
+    let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
+    let same = |r: &Resolved| {
+        r.rules.id == id
+            && r.raw.len() == raw_len
+            && r.raw.starts_with(path)
+            && match query {
+                None => r.raw.len() == path.len(),
+                Some(q) => r.raw[path.len()..].strip_prefix('?') == Some(q),
+            }
+    };
+    (raw_len <= RESOLVED_MAX_LEN).then(|| {
+        RESOLVED.with_borrow(|memo| {
+            let hash = memo.hasher.hash_one((path, query));
+            (hash, memo.targets.get(&hash).filter(|r| same(r)).cloned())
+        })
+    })
+}
+
 impl Rules {
     /// The rules of the settings.
     pub fn new(settings: &CacheSettings) -> Rules {
@@ -246,26 +324,11 @@ impl Rules {
         path: &str,
         query: Option<&str>,
     ) -> Result<Arc<Resolved>, GatewayError> {
-        use std::hash::BuildHasher;
-        let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
-        let same = |r: &Resolved| {
-            r.rules.id == self.id
-                && r.raw.len() == raw_len
-                && r.raw.starts_with(path)
-                && match query {
-                    None => r.raw.len() == path.len(),
-                    Some(q) => r.raw[path.len()..].strip_prefix('?') == Some(q),
-                }
-        };
-        let slot = (raw_len <= RESOLVED_MAX_LEN).then(|| {
-            RESOLVED.with_borrow(|memo| {
-                let hash = memo.hasher.hash_one((path, query));
-                (hash, memo.targets.get(&hash).filter(|r| same(r)).cloned())
-            })
-        });
+        let slot = remembered(self.id, path, query);
         if let Some((_, Some(known))) = slot {
             return Ok(known);
         }
+        let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
         let target = Target::parse(path, query)?;
         let rule_index = self
             .rules
@@ -376,7 +439,7 @@ pub fn replace_rules(state: &ReadState, new: Rules) -> (Vec<String>, Vec<String>
         .copied()
         .filter(|&i| old.rules.get(i).map(|r| &r.name) != new.rules.get(i).map(|r| &r.name))
         .collect();
-    state.rules.store(Arc::new(new));
+    state.rules.store(new);
     state.cache.purge_rules(
         move |rule| changed.contains(&rule),
         |i| renamed.contains(&i),
@@ -588,16 +651,15 @@ pub async fn serve(
     // again, so nothing is stored under a rule that is gone (its entries
     // were purged with the replacement).
     let again;
-    let resolved = match state.rules.load() {
-        current if current.id != resolved.rules.id => {
-            let (path, query) = match resolved.raw.split_once('?') {
-                Some((p, q)) => (p, Some(q)),
-                None => (&*resolved.raw, None),
-            };
-            again = current.resolve(path, query)?;
-            &*again
-        }
-        _ => resolved,
+    let resolved = if state.rules.id() != resolved.rules.id {
+        let (path, query) = match resolved.raw.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (&*resolved.raw, None),
+        };
+        again = state.rules.resolve(path, query)?;
+        &*again
+    } else {
+        resolved
     };
     let target = &resolved.target;
     let rule = resolved.rule();

@@ -344,7 +344,7 @@ async fn api(
                 })
             })?;
         }
-        let resolved = app.reads.rules.load().resolve(parts.uri.path(), parts.uri.query())?;
+        let resolved = app.reads.rules.resolve(parts.uri.path(), parts.uri.query())?;
         let target = &resolved.target;
         if target.is(0, "sessionMngr") {
             ctx.answered_by("/api/sessionMngr");

@@ -36,7 +36,7 @@ use crate::gateway::conn::Conn;
 use crate::gateway::conn::{Activity, Drain, Expired};
 use crate::gateway::limit::{Attempts, ClientLimits};
 use crate::gateway::logon::ClientSessions;
-use crate::gateway::reads::{CollapseStats, ReadCache, ReadState, Rules};
+use crate::gateway::reads::{CollapseStats, LiveRules, ReadCache, ReadState, Rules};
 use crate::gateway::reload::{Reloader, Targets};
 use crate::gateway::request_id::ProcessUniqueId;
 use crate::gateway::response::Body;
@@ -162,7 +162,7 @@ impl Gateway {
                     cache_options(&settings.cache),
                     crate::config::rules::MAX_RULES,
                 ),
-                rules: ArcSwap::from_pointee(Rules::new(&settings.cache)),
+                rules: LiveRules::new(Rules::new(&settings.cache)),
                 collapse_stats: CollapseStats::default(),
                 fleet: fleet.clone(),
                 listed: listed.0,
