@@ -171,21 +171,39 @@ impl Activity {
     }
 }
 
+/// The waker a watcher's inner future (a timer entry, a `Notified`) holds
+/// from its last poll. Invariant: the inner future was last polled with
+/// this waker, or never (`None`).
+#[derive(Default)]
+struct Registered(Option<Waker>);
+
+impl Registered {
+    /// Whether the inner future already holds `cx`'s waker (a poll with
+    /// it would only register it again).
+    fn holds(&self, cx: &Context<'_>) -> bool {
+        self.0.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// The inner future is about to be polled with `cx`.
+    fn polling(&mut self, cx: &Context<'_>) {
+        self.0 = Some(cx.waker().clone());
+    }
+}
+
 /// A sleep until a deadline that is looked at again only when its timer
 /// may have fired: its timer holds the waker of the first poll, so a poll
 /// with the same waker (the connection's task, woken for its socket) need
-/// not register it again. Invariant: `waker` is the waker the timer entry
-/// holds, or `None` before the first poll.
+/// not register it again.
 struct Deadline {
     sleep: Pin<Box<Sleep>>,
-    waker: Option<Waker>,
+    waker: Registered,
 }
 
 impl Deadline {
     fn at(deadline: Instant) -> Deadline {
         Deadline {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            waker: None,
+            waker: Registered::default(),
         }
     }
 }
@@ -195,12 +213,11 @@ impl Future for Deadline {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
         // Elapsed: the timer fired (and woke the registered waker).
-        if registered && !this.sleep.is_elapsed() {
+        if this.waker.holds(cx) && !this.sleep.is_elapsed() {
             return Poll::Pending;
         }
-        this.waker = Some(cx.waker().clone());
+        this.waker.polling(cx);
         this.sleep.as_mut().poll(cx)
     }
 }
@@ -230,7 +247,7 @@ impl Drain {
         let started = Drained {
             drain: self,
             notified: Box::pin(self.notify.notified()),
-            waker: None,
+            waker: Registered::default(),
         };
         tokio::select! {
             // The connection first: the drain is looked at after it.
@@ -244,11 +261,11 @@ impl Drain {
 
 /// Resolves when the drain has started; looked at again only when it may
 /// have (the flag), or when polled by another waker than the one its
-/// `Notified` holds. Invariant as [`Deadline`]'s.
+/// `Notified` holds.
 struct Drained<'a> {
     drain: &'a Drain,
     notified: Pin<Box<Notified<'a>>>,
-    waker: Option<Waker>,
+    waker: Registered,
 }
 
 impl Future for Drained<'_> {
@@ -259,10 +276,10 @@ impl Future for Drained<'_> {
         if this.drain.started.load(Ordering::SeqCst) {
             return Poll::Ready(());
         }
-        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if this.waker.holds(cx) {
             return Poll::Pending;
         }
-        this.waker = Some(cx.waker().clone());
+        this.waker.polling(cx);
         if this.notified.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }

@@ -242,9 +242,13 @@ impl LiveRules {
     /// [`Rules::resolve`]); a target remembered under them is found
     /// without loading them.
     pub fn resolve(&self, path: &str, query: Option<&str>) -> Result<Arc<Resolved>, GatewayError> {
-        match remembered(self.id(), path, query) {
+        let slot = remembered(self.id(), path, query);
+        match slot {
             Some((_, Some(known))) => Ok(known),
-            _ => self.load().resolve(path, query),
+            // The hash does not depend on the rules: not computed again.
+            _ => self
+                .load()
+                .resolve_new(slot.map(|(hash, _)| hash), path, query),
         }
     }
 }
@@ -328,6 +332,17 @@ impl Rules {
         if let Some((_, Some(known))) = slot {
             return Ok(known);
         }
+        self.resolve_new(slot.map(|(hash, _)| hash), path, query)
+    }
+
+    /// A target not remembered under these rules, resolved and remembered
+    /// under `hash` (its memo hash; `None`: too long to remember).
+    fn resolve_new(
+        self: &Arc<Self>,
+        hash: Option<u64>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Arc<Resolved>, GatewayError> {
         let raw_len = path.len() + query.map_or(0, |q| q.len() + 1);
         let target = Target::parse(path, query)?;
         let rule_index = self
@@ -351,7 +366,7 @@ impl Rules {
             key,
             bad_restore_point,
         });
-        if let Some((hash, _)) = slot {
+        if let Some(hash) = hash {
             RESOLVED.with_borrow_mut(|memo| {
                 if memo.targets.len() >= RESOLVED_MAX && !memo.targets.contains_key(&hash) {
                     // Full: the first in the table's (hash) order goes, an
@@ -1206,8 +1221,8 @@ fn cached_response(
 /// carries, the request id and its cache status too, so nothing after it
 /// looks a header up or adds one. The head's first two slots are `Age` and
 /// `X-Request-Id`, written per request. `None` when the request gets
-/// another answer (a 304, a public base or fetch
-/// time the kept head was not made for): [`cached_response`] makes it.
+/// another answer (a 304, a public base or fetch time the kept
+/// head was not made for): [`cached_response`] makes it.
 fn whole_hit(
     served: &Served<Prepared>,
     request: &Heads<'_>,
