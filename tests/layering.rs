@@ -76,7 +76,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
                  "request_id", "response"]),
     ("router", &["admin", "status", "app", "access", "reads", "restore_points", "proxy",
                  "tasks", "logon", "clients", "limit", "conn", "context", "host", "target",
-                 "render", "response", "error", "heads"]),
+                 "render", "response", "error", "heads", "request_id"]),
     ("admin", &["status", "app", "access", "reads", "restore_points", "conn", "target",
                 "render", "response", "error"]),
     ("status", &["app", "reload", "reads", "target", "render", "response"]),
@@ -96,7 +96,7 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("clients", &["heads"]),
     ("limit", &[]),
     // One request's context; the connection and its request id.
-    ("context", &["conn", "render"]),
+    ("context", &["conn", "render", "request_id"]),
     ("conn", &[]),
     ("listen_tls", &[]),
     ("request_id", &[]),

@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -52,6 +52,9 @@ pub struct Ctx {
     /// only the rest. An atomic, not a `OnceLock`: setting one of those
     /// goes through `Once`'s slow path, about 80 instructions a hit.
     head: AtomicU8,
+    /// Whether its path is known to be plain text (see
+    /// `reads::Resolved::path_is_plain`), so the access line need not check it.
+    path_plain: AtomicBool,
 }
 
 /// What a request's phases learn of it for the access line, the metrics
@@ -87,6 +90,7 @@ impl Ctx {
             span: OnceLock::new(),
             learnt: Mutex::new(Learnt::default()),
             head: AtomicU8::new(HEAD_OPEN),
+            path_plain: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +147,17 @@ impl Ctx {
         self.head.load(Ordering::Relaxed) == HEAD_WHOLE
     }
 
+    /// The request's path is plain text (checked when its target was first
+    /// resolved).
+    pub fn path_is_plain(&self) {
+        self.path_plain.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a phase said the path is plain text.
+    pub fn is_path_plain(&self) -> bool {
+        self.path_plain.load(Ordering::Relaxed)
+    }
+
     /// The request id as a header value, for EM's request.
     pub fn request_id(&self) -> &HeaderValue {
         &self.request_id
@@ -151,7 +166,7 @@ impl Ctx {
     /// The request's span, made now if it was not yet.
     pub fn span(&self) -> &Span {
         self.span.get_or_init(|| {
-            let id = self.request_id.to_str().unwrap_or("-");
+            let id = crate::gateway::request_id::as_text(&self.request_id);
             // The other fields are filled in with traces on (README,
             // "Traces"); a log line shows only those that are.
             tracing::info_span!(

@@ -160,6 +160,9 @@ pub struct Resolved {
     /// Whether it names a restore point by something that is not a UUID
     /// (refused before EM sees it, whatever the route).
     bad_restore_point: bool,
+    /// Whether its path is plain text (`ops::logging::is_plain`): the
+    /// access line then quotes it without looking at each byte.
+    path_is_plain: bool,
 }
 
 /// Distinct targets remembered per worker thread, at most. Past it a new
@@ -352,6 +355,7 @@ impl Rules {
         let key = cache_key(&target, rule_index.and_then(|i| self.rules.get(i)), false);
         let bad_restore_point = crate::gateway::restore_points::restore_point_segment(&target)
             .is_some_and(|id| crate::gateway::restore_points::RestorePointId::parse(id).is_none());
+        let path_is_plain = crate::ops::logging::is_plain(path);
         let mut raw = String::with_capacity(raw_len);
         raw.push_str(path);
         if let Some(q) = query {
@@ -365,6 +369,7 @@ impl Rules {
             rule: rule_index,
             key,
             bad_restore_point,
+            path_is_plain,
         });
         if let Some(hash) = hash {
             RESOLVED.with_borrow_mut(|memo| {
@@ -387,6 +392,11 @@ impl Resolved {
     /// a UUID: checked once per distinct target, with the parse.
     pub fn names_a_bad_restore_point(&self) -> bool {
         self.bad_restore_point
+    }
+
+    /// Whether the target's path is plain text (checked once, with the parse).
+    pub fn path_is_plain(&self) -> bool {
+        self.path_is_plain
     }
 
     /// The rule covering the target (among the rules it was resolved under).

@@ -38,6 +38,15 @@ pub fn is_valid(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A request's id as text. Every id a request carries is plain ASCII (one
+/// made here, or a client's that [`is_valid`] kept), so this is a UTF-8
+/// check that cannot fail, a word at a time; `HeaderValue::to_str` looks at
+/// each byte (about 100 instructions more for a 32-digit id, on every
+/// access line).
+pub fn as_text(id: &HeaderValue) -> &str {
+    std::str::from_utf8(id.as_bytes()).unwrap_or("-")
+}
+
 /// Makes request ids: process prefix + counter.
 #[derive(Clone)]
 pub struct ProcessUniqueId {
@@ -115,17 +124,50 @@ impl ProcessUniqueId {
     }
 }
 
-fn hex(mut v: u64, out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+/// `v` in 16 lowercase hex digits, most significant first, into `out`:
+/// eight nibbles at a time spread one to a byte and made digits in one add
+/// (a digit at a time cost every request without an id about 50
+/// instructions more).
+fn hex(v: u64, out: &mut [u8]) {
+    for (half, digits) in [v >> 32, v & 0xffff_ffff]
+        .into_iter()
+        .zip(out.chunks_exact_mut(8))
+    {
+        // Nibble k of `half` (k = 0 the lowest) into byte k.
+        let mut x = half;
+        x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+        // 1 in the bytes holding 10-15; no byte carries into the next.
+        let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        // '0' + n, and 'a' - '0' - 10 = 39 more for a letter.
+        let text = x + 0x3030_3030_3030_3030 + letters * 39;
+        digits.copy_from_slice(&text.to_be_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_written_in_sixteen_lowercase_hex_digits() {
+        for v in [
+            0,
+            9,
+            10,
+            15,
+            16,
+            0x0123_4567_89ab_cdef,
+            0xfedc_ba98_7654_3210,
+            0x9a9a_0f0f_a9a9_f0f0,
+            u64::MAX,
+        ] {
+            let mut out = [0u8; 16];
+            hex(v, &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        }
+    }
 
     #[test]
     fn made_ids_are_distinct_and_outlive_the_block_they_were_cut_from() {
@@ -158,7 +200,7 @@ mod tests {
             .iter()
             .map(|v| HeaderValue::from_str(v).unwrap())
             .collect();
-        ids.kept_or_new(values.iter()).to_str().unwrap().to_string()
+        as_text(&ids.kept_or_new(values.iter())).to_string()
     }
 
     #[test]

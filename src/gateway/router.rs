@@ -30,6 +30,7 @@ use crate::gateway::limit::Bucket;
 use crate::gateway::proxy;
 use crate::gateway::reads;
 use crate::gateway::render::{self, Representation};
+use crate::gateway::request_id;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::target::Target;
 use crate::gateway::tasks;
@@ -180,7 +181,7 @@ pub fn route(
                 .map(Outcome::as_str)
         });
         // The id as the access line and the history's error notes write it.
-        let id_text = request_id.to_str().unwrap_or("-");
+        let id_text = request_id::as_text(&request_id);
         record_history(id_text, ended, route, client, cache, &response);
         if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
             let span = ctx.span();
@@ -194,6 +195,7 @@ pub fn route(
         crate::ops::logging::access(&crate::ops::logging::AccessLine {
             method: parts.method.as_str(),
             path,
+            path_is_plain: ctx.as_ref().is_some_and(Ctx::is_path_plain),
             route,
             status: response.status().as_u16(),
             latency: elapsed,
@@ -345,6 +347,9 @@ async fn api(
             })?;
         }
         let resolved = app.reads.rules.resolve(parts.uri.path(), parts.uri.query())?;
+        if resolved.path_is_plain() {
+            ctx.path_is_plain();
+        }
         let target = &resolved.target;
         if target.is(0, "sessionMngr") {
             ctx.answered_by("/api/sessionMngr");
