@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
 use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
-use crate::gateway::heads::Heads;
+use crate::gateway::heads::{Heads, Name};
 use crate::gateway::limit::{Attempts, Bucket};
 use crate::gateway::logon::{self, ClientSessions, Ended};
 use crate::gateway::render::Representation;
@@ -193,6 +193,18 @@ impl Caller {
 const NEED_CREDENTIALS: &str = "credentials required: log on with POST /api/sessionMngr/ and send X-RestSvcSessionId, or send Authorization: Basic name:secret or Bearer secret";
 const BAD_CREDENTIALS: &str = "unknown client or wrong secret";
 const BAD_SESSION: &str = "the session is unknown or has expired (15 minutes idle); log on again";
+
+/// The caller of a request that carries no credential header at all (no
+/// `Cookie`, no EM session header, no `Authorization`) to a gateway that
+/// allows anonymous access: anonymous, as [`authenticate`] would find,
+/// told without making its future (most requests to a sidecar; every hit
+/// there). `None`: ask [`authenticate`].
+pub fn anonymous_at_once(state: &AccessState, headers: &Heads<'_>) -> Option<Caller> {
+    let bare = headers.get(Name::Cookie).is_none()
+        && headers.get(Name::Session).is_none()
+        && headers.get(Name::Authorization).is_none();
+    (bare && state.settings.access.allow_anonymous).then_some(Caller::Anonymous)
+}
 
 /// Authenticates a request to `/api`; the error is a 401 in EM's shape.
 ///

