@@ -1,8 +1,10 @@
 //! The request context: what every phase of a request answers by, made
 //! once at the edge (after the method, head size and `Host` checks) and
-//! passed down by reference, as Pingora's per-request `CTX`; the phases
-//! write into it what they learn that the access line, the metrics and
-//! the history report (the route template, the caller).
+//! passed down by reference, as Pingora's per-request `CTX`. The router's
+//! `/api` phase holds it mutably and writes into it what the access line,
+//! the metrics and the history report (the route template, the caller);
+//! the phases below it read it, and say through atomics how much of the
+//! answer's head they made.
 //!
 //! It also owns the request's tracing span, made the first time the
 //! request does anything but read memory: a cache hit never makes one.
@@ -16,8 +18,8 @@
 
 use std::borrow::Cow;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -43,10 +45,11 @@ pub struct Ctx {
     /// Made on first use; `OnceLock` so the context can be shared by
     /// reference across the request's awaits.
     span: OnceLock<Span>,
-    /// What its phases learnt of it (see [`Learnt`]). A `Mutex` the
-    /// phases lock once each and the edge reads without locking, where a
-    /// `OnceLock` per fact cost a hit `Once`'s slow path per fact.
-    learnt: Mutex<Learnt>,
+    /// What its phases learnt of it (see [`Learnt`]): written by the
+    /// router's `/api` phase, which holds the context mutably (a lock per
+    /// fact cost a hit about 40 instructions each, a `OnceLock` per fact
+    /// `Once`'s slow path).
+    learnt: Learnt,
     /// How much of the answer's head a phase made ([`HEAD_OPEN`],
     /// [`HEAD_COMPLETE`], [`HEAD_WHOLE`]), so the edge adds or looks up
     /// only the rest. An atomic, not a `OnceLock`: setting one of those
@@ -54,7 +57,7 @@ pub struct Ctx {
     head: AtomicU8,
     /// Whether its path is known to be plain text (see
     /// `reads::Resolved::path_is_plain`), so the access line need not check it.
-    path_plain: AtomicBool,
+    path_plain: bool,
 }
 
 /// What a request's phases learn of it for the access line, the metrics
@@ -64,7 +67,9 @@ pub struct Ctx {
 pub struct Learnt {
     /// The route template that answers it.
     pub route: Option<&'static str>,
-    /// Its caller's name, once client access knows it.
+    /// Its caller's name, once client access knows it: borrowed only for
+    /// the gateway's own labels (`~anonymous`, `~operator`), which the
+    /// access line writes unchecked as plain text.
     pub client: Option<Cow<'static, str>>,
 }
 
@@ -88,9 +93,9 @@ impl Ctx {
             request_id: request_id.clone(),
             taken_up,
             span: OnceLock::new(),
-            learnt: Mutex::new(Learnt::default()),
+            learnt: Learnt::default(),
             head: AtomicU8::new(HEAD_OPEN),
-            path_plain: AtomicBool::new(false),
+            path_plain: false,
         }
     }
 
@@ -101,28 +106,18 @@ impl Ctx {
 
     /// The route template that answers the request (the first said wins:
     /// the phase that takes the request says it).
-    pub fn answered_by(&self, route: &'static str) {
-        self.learnt().route.get_or_insert(route);
+    pub fn answered_by(&mut self, route: &'static str) {
+        self.learnt.route.get_or_insert(route);
     }
 
     /// Who is calling, as the metrics, the history and the access line name it.
-    pub fn called_by(&self, client: Cow<'static, str>) {
-        self.learnt().client.get_or_insert(client);
+    pub fn called_by(&mut self, client: Cow<'static, str>) {
+        self.learnt.client.get_or_insert(client);
     }
 
-    fn learnt(&self) -> MutexGuard<'_, Learnt> {
-        // Nothing that can panic runs under the lock.
-        self.learnt.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// What the phases learnt, taken out once they are done (the caller
-    /// owns the context: no lock).
+    /// What the phases learnt, taken out once they are done.
     pub fn take_learnt(&mut self) -> Learnt {
-        std::mem::take(
-            self.learnt
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        std::mem::take(&mut self.learnt)
     }
 
     /// The answer's head is a prepared one: it already carries the headers
@@ -149,13 +144,13 @@ impl Ctx {
 
     /// The request's path is plain text (checked when its target was first
     /// resolved).
-    pub fn path_is_plain(&self) {
-        self.path_plain.store(true, Ordering::Relaxed);
+    pub fn path_is_plain(&mut self) {
+        self.path_plain = true;
     }
 
     /// Whether a phase said the path is plain text.
     pub fn is_path_plain(&self) -> bool {
-        self.path_plain.load(Ordering::Relaxed)
+        self.path_plain
     }
 
     /// The request id as a header value, for EM's request.

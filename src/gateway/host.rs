@@ -34,14 +34,26 @@ impl Authority {
     /// request pay for a comparison instead of the checks; a value that
     /// fails is never remembered.
     pub fn parse(value: &str) -> Option<Authority> {
-        type Last = Option<(Box<str>, Authority)>;
+        Authority::parse_bytes(value.as_bytes())
+    }
+
+    /// [`Authority::parse`] of a header value's bytes. The memory compares
+    /// bytes, so a `Host` seen before is not first checked to be text (about
+    /// 100 instructions a request); a new one is, and fails as any value
+    /// that is no plain authority (every byte outside printable ASCII
+    /// already fails the checks).
+    pub fn parse_bytes(value: &[u8]) -> Option<Authority> {
+        type Last = Option<(Box<[u8]>, Authority)>;
         thread_local! {
             static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
         }
         remembered(
             &LAST,
             |v| **v == *value,
-            || Authority::check(value).map(|a| (value.into(), a)),
+            || {
+                let text = std::str::from_utf8(value).ok()?;
+                Authority::check(text).map(|a| (value.into(), a))
+            },
         )
     }
 
@@ -131,12 +143,7 @@ pub fn of_request(parts: &Parts, headers: &Heads<'_>) -> Result<Option<Authority
         return Err(BadHost::Duplicated);
     }
     let header = match header {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(Authority::parse)
-                .ok_or(BadHost::Malformed)?,
-        ),
+        Some(v) => Some(Authority::parse_bytes(v.as_bytes()).ok_or(BadHost::Malformed)?),
         None => None,
     };
     let target = match parts.uri.authority() {
@@ -232,6 +239,27 @@ mod tests {
             assert_eq!(Authority::parse(v), Authority::check(v), "{v}");
         }
         assert_eq!(Authority::parse("GW:1").unwrap().as_str(), "gw:1");
+        // Raw header bytes: whatever is not text, or not printable ASCII,
+        // is refused as `to_str` and the checks refuse it, remembered or not.
+        for v in [
+            &b"gw:1"[..],
+            b"g\xffw:1",
+            b"gw:1",
+            b"gw\t:1",
+            b"[::1]:9",
+            "h\u{e9}te:1".as_bytes(),
+            b"gw:1\x7f",
+            b"gw:1",
+        ] {
+            let as_text = std::str::from_utf8(v).ok().filter(|t| {
+                http::HeaderValue::from_bytes(v).is_ok_and(|h| h.to_str().is_ok()) && !t.is_empty()
+            });
+            assert_eq!(
+                Authority::parse_bytes(v),
+                as_text.and_then(Authority::check),
+                "{v:?}"
+            );
+        }
         assert!(Authority::parse("127.0.0.1:9").unwrap().is_loopback());
         assert!(!Authority::parse("gw:1").unwrap().is_loopback());
         assert!(Authority::parse("a b").is_none());

@@ -3,6 +3,7 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -34,6 +35,7 @@ use crate::gateway::request_id;
 use crate::gateway::response::{prefers_xml, Body};
 use crate::gateway::target::Target;
 use crate::gateway::tasks;
+use crate::ops::logging::Text;
 
 /// Largest request head accepted (hyper answers 431 beyond it).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -121,10 +123,11 @@ pub fn route(
                                 if crate::ops::traces::on() {
                                     // Traced: every request has its span, the
                                     // client's trace its parent.
-                                    let span = ctx.span();
-                                    crate::ops::traces::follow(span, &parts.headers);
+                                    let span = ctx.span().clone();
+                                    crate::ops::traces::follow(&span, &parts.headers);
                                     span.record("http.request.method", parts.method.as_str());
-                                    Box::pin(ctx.traced(api(&app, ctx, &parts, &heads, body))).await
+                                    let api = api(&app, ctx, &parts, &heads, body);
+                                    Box::pin(tracing::Instrument::instrument(api, span)).await
                                 } else {
                                     api(&app, ctx, &parts, &heads, body).await
                                 }
@@ -194,13 +197,21 @@ pub fn route(
         }
         crate::ops::logging::access(&crate::ops::logging::AccessLine {
             method: parts.method.as_str(),
-            path,
-            path_is_plain: ctx.as_ref().is_some_and(Ctx::is_path_plain),
+            path: if ctx.as_ref().is_some_and(Ctx::is_path_plain) {
+                Text::Plain(path)
+            } else {
+                Text::Any(path)
+            },
             route,
             status: response.status().as_u16(),
             latency: elapsed,
             at: ended,
-            client: client.unwrap_or("-"),
+            client: match &learnt.client {
+                None => Text::Plain("-"),
+                // The gateway's own labels (`Caller::owner_label`).
+                Some(Cow::Borrowed(label)) => Text::Plain(label),
+                Some(Cow::Owned(name)) => Text::Any(name),
+            },
             cache: cache.unwrap_or("-"),
             request_id: id_text,
         });
@@ -323,12 +334,12 @@ fn context(
 /// canonical encoding.
 async fn api(
     app: &Arc<App>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     parts: &Parts,
     heads: &Heads<'_>,
     body: Incoming,
 ) -> Response<Body> {
-    let (to, conn) = (&ctx.to, ctx.conn);
+    let conn = ctx.conn;
     let result = async {
         if app.draining.load(Ordering::Relaxed) {
             // Connections kept alive through the drain still get an answer.
@@ -340,7 +351,7 @@ async fn api(
         // logon, a logout) from a browser must come from the gateway's own
         // pages: a page elsewhere can post a form or a text/plain body here.
         if !read {
-            render::from_own_pages(&parts.headers, &to.public).map_err(|how| {
+            render::from_own_pages(&parts.headers, &ctx.to.public).map_err(|how| {
                 GatewayError::Forbidden(match how {
                     render::CrossSite::SecFetchSite => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Sec-Fetch-Site names another site)",
                     render::CrossSite::Origin => "a request with side effects is taken only from the gateway's own pages or from clients that are not browsers (Origin names another origin)",
@@ -359,7 +370,7 @@ async fn api(
                 .check_shared(&Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
-            let logon = access::logon(&app.access, parts, conn.peer, target, to);
+            let logon = access::logon(&app.access, parts, conn.peer, target, &ctx.to);
             return Box::pin(ctx.traced(logon)).await;
         }
         // EM's entry point needs no session on EM either: clients read it to find the logon link.
@@ -377,7 +388,7 @@ async fn api(
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
             ctx.answered_by("/api/logonSessions");
-            let sessions = access::logon_sessions(&app.access, &caller, method, target, to);
+            let sessions = access::logon_sessions(&app.access, &caller, method, target, &ctx.to);
             return Box::pin(ctx.traced(sessions)).await;
         }
         // Every restore point ID is checked before EM sees it, not only the cached route's.
@@ -390,7 +401,8 @@ async fn api(
         // here, never cached, never reaching EM for another's task.
         if target.is(0, "tasks") || is_task_query(target) {
             ctx.answered_by("/api/tasks");
-            return Box::pin(ctx.traced(tasks_route(app, &caller, method, target, to))).await;
+            let tasks = tasks_route(app, &caller, method, target, &ctx.to);
+            return Box::pin(ctx.traced(tasks)).await;
         }
         if read {
             if let Some(r) = resolved.rule() {
@@ -398,7 +410,7 @@ async fn api(
             }
             // Authentication already recognised the admin token.
             let operator = matches!(caller, access::Caller::Operator);
-            let serve = reads::serve(&app.reads, ctx, method, heads, &resolved, operator);
+            let serve = reads::serve(&app.reads, &*ctx, method, heads, &resolved, operator);
             if crate::ops::traces::on() {
                 let rule = resolved.rule().map_or("-", |r| r.name.as_str());
                 ctx.span().record("rule", rule);
@@ -409,12 +421,12 @@ async fn api(
         }
         // Writes are few and their future is large: boxed, so a read's
         // future (moved on every layer of the stack) stays small.
-        Box::pin(ctx.traced(write(app, &caller, parts, body, target, ctx))).await
+        Box::pin(ctx.traced(write(app, &caller, parts, body, target, &*ctx))).await
     }
     .await;
     result.unwrap_or_else(|e| {
         ctx.span().in_scope(|| log_error(&e));
-        let mut r = e.to_response(to);
+        let mut r = e.to_response(&ctx.to);
         r.extensions_mut().insert(ErrorMessage(e.client_message()));
         r
     })

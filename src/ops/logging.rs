@@ -315,16 +315,33 @@ pub fn dropped_lines() -> u64 {
         .map_or(0, |(s, _)| s.dropped.load(Ordering::Relaxed))
 }
 
+/// A field of the access line that may hold any text, and whether it is
+/// known to be plain ([`is_plain`]), so the line writes it without a look
+/// at each byte.
+#[derive(Debug, Clone, Copy)]
+pub enum Text<'a> {
+    /// Known plain (the gateway's own labels, a path checked once).
+    Plain(&'a str),
+    /// Not known: quoted as each format quotes any text.
+    Any(&'a str),
+}
+
+impl<'a> Text<'a> {
+    /// The text.
+    pub fn as_str(self) -> &'a str {
+        match self {
+            Text::Plain(s) | Text::Any(s) => s,
+        }
+    }
+}
+
 /// What the one line per request says.
 pub struct AccessLine<'a> {
     /// The request's method.
     pub method: &'a str,
-    /// Its path (without the query).
-    pub path: &'a str,
-    /// Whether `path` is known to be plain ([`is_plain`]: checked once per
-    /// distinct target, when it was first resolved), so the line quotes it
-    /// without a look at each byte; `false` says only "not checked".
-    pub path_is_plain: bool,
+    /// Its path (without the query): plain when its target was found so
+    /// once, when it was first resolved.
+    pub path: Text<'a>,
     /// The route template that answered it: a label made by code or a
     /// rule's template, plain text by construction (a template holds only
     /// letters, digits, `/{}*-._~`), so the text line writes it unchecked.
@@ -335,8 +352,9 @@ pub struct AccessLine<'a> {
     pub latency: Duration,
     /// When its answer was made: the line's time.
     pub at: Instant,
-    /// The client's name, `-` for none.
-    pub client: &'a str,
+    /// The client's name, `-` for none: plain when it is one of the
+    /// gateway's own labels.
+    pub client: Text<'a>,
     /// The cache result (`X-Cache`), `-` for none: one of the gateway's
     /// own labels, written unchecked as `route`.
     pub cache: &'static str,
@@ -394,11 +412,11 @@ fn through_tracing(line: &AccessLine<'_>) {
     tracing::info!(
         target: "emgate::access",
         method = %line.method,
-        path = line.path,
+        path = line.path.as_str(),
         route = line.route,
         status = line.status,
         latency_ms = line.latency.as_secs_f64() * 1000.0,
-        client = line.client,
+        client = line.client.as_str(),
         cache = line.cache,
         request_id = line.request_id,
         "request"
@@ -525,6 +543,24 @@ fn quoted_plain(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// A [`Text`] field as the text format quotes it.
+fn text_field(out: &mut Vec<u8>, t: Text<'_>) {
+    match t {
+        Text::Plain(s) => quoted_plain(out, s),
+        Text::Any(s) => quoted(out, s),
+    }
+}
+
+/// A [`Text`] field as a JSON string.
+fn json_field(out: &mut Vec<u8>, t: Text<'_>) {
+    match t {
+        Text::Plain(s) => quoted_plain(out, s),
+        Text::Any(s) => {
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+    }
+}
+
 /// The text line, as tracing-subscriber's full format writes an event with
 /// these fields inside the request's span. Written out field by field
 /// rather than by walking a table of names: the names are then constants the
@@ -538,11 +574,7 @@ fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     out.extend_from_slice(b"}: request method=");
     out.extend_from_slice(l.method.as_bytes());
     out.extend_from_slice(b" path=");
-    if l.path_is_plain {
-        quoted_plain(out, l.path);
-    } else {
-        quoted(out, l.path);
-    }
+    text_field(out, l.path);
     out.extend_from_slice(b" route=");
     quoted_plain(out, l.route);
     out.extend_from_slice(b" status=");
@@ -550,7 +582,7 @@ fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     out.extend_from_slice(b" latency_ms=");
     millis(out, l.latency);
     out.extend_from_slice(b" client=");
-    quoted(out, l.client);
+    text_field(out, l.client);
     out.extend_from_slice(b" cache=");
     quoted_plain(out, l.cache);
     out.extend_from_slice(b" request_id=");
@@ -570,11 +602,7 @@ fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
     string(out, l.method);
     out.extend_from_slice(b",\"path\":");
-    if l.path_is_plain {
-        quoted_plain(out, l.path);
-    } else {
-        string(out, l.path);
-    }
+    json_field(out, l.path);
     out.extend_from_slice(b",\"route\":");
     quoted_plain(out, l.route);
     out.extend_from_slice(b",\"status\":");
@@ -582,7 +610,7 @@ fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
     out.extend_from_slice(b",\"latency_ms\":");
     millis(out, l.latency);
     out.extend_from_slice(b",\"client\":");
-    string(out, l.client);
+    json_field(out, l.client);
     out.extend_from_slice(b",\"cache\":");
     quoted_plain(out, l.cache);
     out.extend_from_slice(b",\"request_id\":");
@@ -642,52 +670,48 @@ mod tests {
         [
             AccessLine {
                 method: "GET",
-                path: "/api/restorePoints/0f1e/vmRestorePoints",
-                path_is_plain: false,
+                path: Text::Any("/api/restorePoints/0f1e/vmRestorePoints"),
                 route: "/api/restorePoints/{id}/vmRestorePoints",
                 status: 200,
                 latency: Duration::from_micros(12_305),
                 at: Instant::now(),
-                client: "dashboards",
+                client: Text::Any("dashboards"),
                 cache: "HIT",
                 request_id: "7f3a-1",
             },
             AccessLine {
                 method: "DELETE",
-                path: "/api/x\"y\\z\u{7f}é",
-                path_is_plain: false,
+                path: Text::Any("/api/x\"y\\z\u{7f}é"),
                 route: "/api/{other}",
                 status: 503,
                 // Not 1,250: the line keeps three decimals (`1.250`) where
                 // an `f64` drops the zero; both read as the same number.
                 latency: Duration::from_micros(1_251),
                 at: Instant::now(),
-                client: "-",
+                client: Text::Any("a\"b"),
                 cache: "-",
                 request_id: "-",
             },
             // A path found plain when its target was resolved, under a millisecond.
             AccessLine {
                 method: "GET",
-                path: "/api/query?type=Job&filter=Name==\"x\"",
-                path_is_plain: false,
+                path: Text::Any("/api/query?type=Job&filter=Name==\"x\""),
                 route: "/api/query",
                 status: 200,
                 latency: Duration::from_micros(11),
                 at: Instant::now(),
-                client: "~anonymous",
+                client: Text::Plain("~anonymous"),
                 cache: "MISS",
                 request_id: "0123456789abcdef0123456789abcdef",
             },
             AccessLine {
                 method: "HEAD",
-                path: "/api/backupServers/a b",
-                path_is_plain: true,
+                path: Text::Plain("/api/backupServers/a b"),
                 route: "/api/backupServers/{id}",
                 status: 304,
                 latency: Duration::from_micros(123_456_789),
                 at: Instant::now(),
-                client: "-",
+                client: Text::Plain("-"),
                 cache: "STALE",
                 request_id: "abc-1.2_3:4",
             },
