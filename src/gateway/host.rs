@@ -18,14 +18,30 @@ use http::Version;
 use crate::gateway::heads::{Heads, Name};
 use crate::gateway::response::remembered;
 
-/// A validated `host[:port]`, lowercased, and whether it names loopback.
-/// Cheap to clone: a request's `Host` is nearly always the one before it
-/// on the same thread, and its check is remembered ([`Authority::parse`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authority {
-    text: Arc<str>,
+/// A validated `host[:port]`, lowercased, whether it names loopback, and
+/// the base URLs of the gateway under that name (`http://` and
+/// `https://` it), made with it: the links a client gets start with one.
+/// Cheap to clone (one reference count): a request's `Host` is nearly
+/// always the one before it on the same thread, and its check is
+/// remembered ([`Authority::parse`]). Equal when the texts are.
+#[derive(Debug, Clone)]
+pub struct Authority(Arc<Named>);
+
+#[derive(Debug)]
+struct Named {
+    text: Box<str>,
     loopback: bool,
+    http: Arc<str>,
+    https: Arc<str>,
 }
+
+impl PartialEq for Authority {
+    fn eq(&self, other: &Authority) -> bool {
+        self.0.text == other.0.text
+    }
+}
+
+impl Eq for Authority {}
 
 impl Authority {
     /// Parses a `Host`-style value; `None` if it is not a plain authority.
@@ -97,22 +113,34 @@ impl Authority {
             Some(end) => &text[..=end],
             None => text.split_once(':').map_or(text.as_str(), |(h, _)| h),
         };
-        Some(Authority {
+        Some(Authority(Arc::new(Named {
             loopback: matches!(name, "127.0.0.1" | "[::1]" | "localhost"),
+            http: format!("http://{text}").into(),
+            https: format!("https://{text}").into(),
             text: text.into(),
-        })
+        })))
     }
 
     /// The authority as text.
     pub fn as_str(&self) -> &str {
-        &self.text
+        &self.0.text
+    }
+
+    /// `http://` or `https://` (`https`) and the authority: the gateway's
+    /// base URL under this name.
+    pub fn base(&self, https: bool) -> Arc<str> {
+        if https {
+            self.0.https.clone()
+        } else {
+            self.0.http.clone()
+        }
     }
 
     /// Whether it names this machine's loopback: `127.0.0.1`, `[::1]` or
     /// `localhost`, with any port. An anonymous gateway answers only these
     /// (a page whose DNS name was rebound to 127.0.0.1 still names its own).
     pub fn is_loopback(&self) -> bool {
-        self.loopback
+        self.0.loopback
     }
 }
 
@@ -239,6 +267,14 @@ mod tests {
             assert_eq!(Authority::parse(v), Authority::check(v), "{v}");
         }
         assert_eq!(Authority::parse("GW:1").unwrap().as_str(), "gw:1");
+        assert_eq!(
+            &*Authority::parse("GW:1").unwrap().base(false),
+            "http://gw:1"
+        );
+        assert_eq!(
+            &*Authority::parse("[::1]:9").unwrap().base(true),
+            "https://[::1]:9"
+        );
         // Raw header bytes: whatever is not text, or not printable ASCII,
         // is refused as `to_str` and the checks refuse it, remembered or not.
         for v in [

@@ -21,7 +21,7 @@ use crate::config::{JsonCase, Settings};
 use crate::convert::{self, Case, ConvertError, Rewrite};
 use crate::em::client::UpstreamResponse;
 use crate::gateway::host::Authority;
-use crate::gateway::response::{remembered, Body};
+use crate::gateway::response::Body;
 
 /// `Content-Type` of JSON answers.
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
@@ -150,35 +150,18 @@ pub fn public_base(
             .and_then(|v| v.split(',').next())
             .map(str::trim)
     };
-    let scheme = match forwarded("x-forwarded-proto") {
-        Some("https") => "https",
-        Some("http") => "http",
-        _ if tls => "https",
-        _ => "http",
+    let https = match forwarded("x-forwarded-proto") {
+        Some("https") => true,
+        Some("http") => false,
+        _ => tls,
     };
     let forwarded_host = forwarded("x-forwarded-host").and_then(Authority::parse);
     match forwarded_host.as_ref().or(host) {
-        Some(h) => remembered_base(scheme, h.as_str()),
-        None => format!("{scheme}://{bound}").into(),
+        // Made with the authority, once per distinct name.
+        Some(h) => h.base(https),
+        None if https => format!("https://{bound}").into(),
+        None => format!("http://{bound}").into(),
     }
-}
-
-/// `scheme://authority`, remembered per thread for the last one made:
-/// clients of one gateway name it the same way request after request, and
-/// each would otherwise build (and allocate) the same string.
-fn remembered_base(scheme: &'static str, authority: &str) -> Arc<str> {
-    /// The scheme and authority last asked for, and the base made of them.
-    type Last = Option<((&'static str, Box<str>), Arc<str>)>;
-    thread_local! {
-        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
-    }
-    let make = || -> Arc<str> { format!("{scheme}://{authority}").into() };
-    remembered(
-        &LAST,
-        |(s, a)| *s == scheme && **a == *authority,
-        || Some(((scheme, authority.into()), make())),
-    )
-    .unwrap_or_else(make)
 }
 
 /// Whether `origin` (an `Origin` header's value) is the origin of the
