@@ -12,8 +12,9 @@
 # (user + system, from /proc): the second moves less with the neighbours.
 #
 # Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), KEYS (1; up to 200), LOG (warn; `info` is
-# the default of a deployment). Needs wrk and curl
-# (benches/load.sh installs wrk).
+# the default of a deployment), TLS (1: both gateways listen over TLS 1.3
+# with a fresh ECDSA certificate, as load.sh's). Needs wrk and curl
+# (benches/load.sh installs wrk), and openssl for TLS.
 set -euo pipefail
 # port, sim_pin, rotating_script (the wrk script going round the IDs in a file).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -24,6 +25,7 @@ DURATION=${DURATION:-8s}
 CONNECTIONS=${CONNECTIONS:-32}
 KEYS=${KEYS:-1}
 LOG=${LOG:-warn}
+TLS=${TLS:-}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -32,8 +34,17 @@ sim_port=$(port)
     >"$work/sim.out" 2>&1 &
 pids+=($!)
 pin=$(sim_pin "$work/sim.out")
+listener=()
+scheme=http
+if [[ -n "$TLS" ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+        -keyout "$work/tls.key" -out "$work/tls.crt" >/dev/null 2>&1
+    listener=(EMGATE_TLS_CERT_FILE="$work/tls.crt" EMGATE_TLS_KEY_FILE="$work/tls.key")
+    scheme=https
+fi
 start() { # binary port
-    TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" \
+    env TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" ${listener[@]+"${listener[@]}"} \
         EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" EMGATE_UPSTREAM_USERNAME=ab \
         EMGATE_UPSTREAM_PASSWORD=ab-pass EMGATE_UPSTREAM_CERT_SHA256="$pin" \
         EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h taskset -c 0 "$1" serve >/dev/null 2>&1 &
@@ -44,25 +55,25 @@ start "$A" "$pa"
 gpa=$!
 start "$B" "$pb"
 gpb=$!
-until curl -sf "http://127.0.0.1:$pa/readyz" >/dev/null && curl -sf "http://127.0.0.1:$pb/readyz" >/dev/null; do
+until curl -sfk "$scheme://127.0.0.1:$pa/readyz" >/dev/null && curl -sfk "$scheme://127.0.0.1:$pb/readyz" >/dev/null; do
     sleep 0.05
 done
-id=$(curl -s "http://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+id=$(curl -sk "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
 import json, sys
 print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
 path="/api/restorePoints/$id/vmRestorePoints"
-curl -s -o /dev/null "http://127.0.0.1:$pa$path"
-curl -s -o /dev/null "http://127.0.0.1:$pb$path"
+curl -sk -o /dev/null "$scheme://127.0.0.1:$pa$path"
+curl -sk -o /dev/null "$scheme://127.0.0.1:$pb$path"
 # KEYS > 1: wrk goes round that many restore points' collections, cached
 # in both gateways first (the simulator holds 200: at most that many).
 script=()
 if (( KEYS > 1 )); then
-    curl -s "http://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+    curl -sk "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["Refs"][:int(sys.argv[1])]:
     print(r["UID"].rsplit(":", 1)[1])' "$KEYS" >"$work/ids"
     while read -r i; do
-        for p in "$pa" "$pb"; do curl -s -o /dev/null "http://127.0.0.1:$p/api/restorePoints/$i/vmRestorePoints"; done
+        for p in "$pa" "$pb"; do curl -sk -o /dev/null "$scheme://127.0.0.1:$p/api/restorePoints/$i/vmRestorePoints"; done
     done <"$work/ids"
     rotating_script "$work/ids" "" >"$work/rotate.lua"
     script=(-s "$work/rotate.lua")
@@ -85,8 +96,8 @@ echo "A: $A"
 echo "B: $B"
 for r in $(seq "$ROUNDS"); do
     # Alternate which goes first: the machine warms and cools.
-    if (( r % 2 )); then a=$(measure "$gpa" "http://127.0.0.1:$pa$path"); b=$(measure "$gpb" "http://127.0.0.1:$pb$path")
-    else b=$(measure "$gpb" "http://127.0.0.1:$pb$path"); a=$(measure "$gpa" "http://127.0.0.1:$pa$path"); fi
+    if (( r % 2 )); then a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path"); b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path")
+    else b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path"); a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path"); fi
     read -r ra ca <<<"$a"
     read -r rb cb <<<"$b"
     python3 -c "print('round $r: A %8.0f req/s %5.2f us/req  B %8.0f req/s %5.2f us/req  B/A req/s %.3f  CPU %.3f' % ($ra, $ca, $rb, $cb, $rb / $ra, $cb / $ca))"
