@@ -313,29 +313,38 @@ PY
     esac
 }
 
-# Scenario rows: name|tool|server|url|pid
-rows=(
-    "one key|wrk|emgate|$gw$hot_path|$gw_pid"
+# Scenario rows: name|tool|server|url|pid. The baseline's row comes right
+# after emgate's in each scenario (before it in the reversed rounds): the
+# two are measured seconds apart, not a round's length apart (as a block
+# after the others, its "vs baseline" over TLS read 0.90x for code that
+# measured 1.015x side by side with benches/ab.sh).
+baseline_row() { # scenario tool url pid
+    [[ -z "$BASELINE" ]] || rows+=("$1|$2|emgate (baseline)|$3|$4")
+}
+rows=("one key|wrk|emgate|$gw$hot_path|$gw_pid")
+baseline_row "one key" wrk "${base:-}$hot_path" "${base_pid:-}"
+rows+=(
     "one key|wrk|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
     "one key|wrk|nginx static|http://127.0.0.1:$NG_STATIC$hot_path|$nginx_worker"
     "one key|wrk|nginx proxy_cache|http://127.0.0.1:$NG_CACHE$hot_path|$nginx_worker"
     "$KEYS keys|wrk-rotate|emgate|$gw|$gw_pid"
+)
+baseline_row "$KEYS keys" wrk-rotate "${base:-}" "${base_pid:-}"
+rows+=(
     "$KEYS keys|wrk-rotate|floor|http://127.0.0.1:$FLOOR_PORT|$floor_pid"
     "$KEYS keys|wrk-rotate|nginx static|http://127.0.0.1:$NG_STATIC|$nginx_worker"
     "TLS 1.3|wrk|emgate|$gws$hot_path|$gw_tls_pid"
+)
+baseline_row "TLS 1.3" wrk "${bases:-}$hot_path" "${base_tls_pid:-}"
+rows+=(
     "TLS 1.3|wrk|nginx static|https://127.0.0.1:$NG_TLS$hot_path|$nginx_worker"
     "HTTP/2|h2load|emgate|$gw$hot_path|$gw_pid"
+)
+baseline_row "HTTP/2" h2load "${base:-}$hot_path" "${base_pid:-}"
+rows+=(
     "HTTP/2|h2load|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
     "HTTP/2|h2load|nginx static|http://127.0.0.1:$NG_H2$hot_path|$nginx_worker"
 )
-if [[ -n "$BASELINE" ]]; then
-    rows+=(
-        "one key|wrk|emgate (baseline)|$base$hot_path|$base_pid"
-        "$KEYS keys|wrk-rotate|emgate (baseline)|$base|$base_pid"
-        "TLS 1.3|wrk|emgate (baseline)|$bases$hot_path|$base_tls_pid"
-        "HTTP/2|h2load|emgate (baseline)|$base$hot_path|$base_pid"
-    )
-fi
 
 say "cache hits side by side: $ROUNDS rounds of ${DURATION}s per server, $CONNECTIONS connections ($STREAMS streams each for HTTP/2)"
 : >"$work/results"
