@@ -220,15 +220,8 @@ pub async fn authenticate(
     peer: IpAddr,
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
-    let presented = presented(headers);
-    // Nothing to compare and anonymous access allowed: anonymous, whatever
-    // the clients file holds (as `identify` would say), without loading
-    // the clients or making `identify`'s future (most requests to an
-    // anonymous gateway, on every hit).
-    if access.allow_anonymous && matches!(presented, Presented::Nothing | Presented::Malformed) {
-        return Ok(Caller::Anonymous);
-    }
     let clients = state.clients.load();
+    let presented = presented(headers);
     let anonymous = clients.is_empty() && access.allow_anonymous;
     let compared = match &presented {
         Presented::Session(_) => true,
