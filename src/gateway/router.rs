@@ -183,9 +183,7 @@ pub fn route(
                 .and_then(|v| Outcome::of_label(v.as_bytes()))
                 .map(Outcome::as_str)
         });
-        // The id as the access line and the history's error notes write it.
-        let id_text = request_id::as_text(&request_id);
-        record_history(id_text, ended, route, client, cache, &response);
+        record_history(&request_id, ended, route, client, cache, &response);
         if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
             let span = ctx.span();
             span.record("route", route);
@@ -213,7 +211,7 @@ pub fn route(
                 Some(Cow::Owned(name)) => Text::Any(name),
             },
             cache: cache.unwrap_or("-"),
-            request_id: id_text,
+            request_id: request_id.as_bytes(),
         });
         busy.end(ended);
         Ok(response)
@@ -241,7 +239,7 @@ fn is_admin(path: &str) -> bool {
 /// The request in the status page's history: its cache result and client,
 /// and (for errors worth an operator's look) its message and request id.
 fn record_history(
-    request_id: &str,
+    request_id: &HeaderValue,
     ended: Instant,
     route: &'static str,
     client: Option<&str>,
@@ -268,7 +266,7 @@ fn record_history(
             at: std::time::SystemTime::now(),
             route: route.to_string(),
             status,
-            request_id: request_id.to_string(),
+            request_id: request_id::as_text(request_id).to_string(),
             message: message.chars().take(300).collect(),
         });
     }
