@@ -82,6 +82,11 @@ impl Shared {
         let crossed = {
             let mut buffer = self.buffer();
             let before = buffer.len();
+            // Full already (stderr stuck): the line is not even formatted.
+            if before >= HELD_AT_MOST {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             write(&mut buffer);
             if buffer.len() > HELD_AT_MOST {
                 buffer.truncate(before);
@@ -750,6 +755,38 @@ mod tests {
                 request_id: b"abc-1.2_3:4",
             },
         ]
+    }
+
+    /// A line is kept whole or not at all: one that would pass the limit
+    /// is taken out again, and once the buffer is full nothing is written;
+    /// each is counted as dropped.
+    #[test]
+    fn a_line_past_the_limit_is_dropped_whole_and_counted() {
+        let shared = Shared {
+            buffer: Mutex::new(Vec::new()),
+            full: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        };
+        let line = vec![b'x'; 1000];
+        while shared.buffer().len() + line.len() <= HELD_AT_MOST {
+            shared.append(&line);
+        }
+        let kept = shared.buffer().len();
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 0);
+        // Would pass the limit: taken out again.
+        shared.append(&line);
+        assert_eq!(shared.buffer().len(), kept);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 1);
+        // Fits exactly; then the buffer is full and nothing is formatted.
+        let rest = vec![b'y'; HELD_AT_MOST - kept];
+        shared.append(&rest);
+        assert_eq!(shared.buffer().len(), HELD_AT_MOST);
+        let mut formatted = false;
+        shared.append_with(|_| formatted = true);
+        assert!(!formatted);
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
+        assert!(shared.buffer().ends_with(&rest));
     }
 
     #[test]
