@@ -498,6 +498,15 @@ fn pair(n: u64) -> [u8; 2] {
     [b'0' + n / 10, b'0' + n % 10]
 }
 
+/// The three decimal digits of `n % 1000`.
+#[inline]
+fn three(n: u64) -> [u8; 3] {
+    let n = n % 1000;
+    let [tens, ones] = pair(n);
+    // Below 10: a digit.
+    [b'0' + (n / 100) as u8, tens, ones]
+}
+
 /// Milliseconds to the microsecond (`0.011`, `12.305`): nanoseconds would be
 /// noise in a log. Under a second (nearly every line), the digits two at a
 /// time into one copy of constant length; longer, the microseconds
@@ -509,14 +518,12 @@ fn millis(out: &mut Vec<u8>, latency: Duration) {
     let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
     if micros < 1_000_000 {
         let (ms, frac) = (micros / 1000, micros % 1000);
-        let [f1, f2] = pair(frac);
-        // Each below 10: a digit.
-        let f0 = b'0' + (frac / 100) as u8;
-        let [m1, m2] = pair(ms);
+        let [f0, f1, f2] = three(frac);
+        let [m0, m1, m2] = three(ms);
         match ms {
             0..=9 => out.extend_from_slice(&[m2, b'.', f0, f1, f2]),
             10..=99 => out.extend_from_slice(&[m1, m2, b'.', f0, f1, f2]),
-            _ => out.extend_from_slice(&[b'0' + (ms / 100) as u8, m1, m2, b'.', f0, f1, f2]),
+            _ => out.extend_from_slice(&[m0, m1, m2, b'.', f0, f1, f2]),
         }
         return;
     }
@@ -534,8 +541,7 @@ fn millis(out: &mut Vec<u8>, latency: Duration) {
 #[inline]
 fn status(out: &mut Vec<u8>, status: u16) {
     if (100..1000).contains(&status) {
-        let [tens, ones] = pair(u64::from(status));
-        out.extend_from_slice(&[b'0' + (status / 100) as u8, tens, ones]);
+        out.extend_from_slice(&three(u64::from(status)));
     } else {
         out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     }
@@ -558,9 +564,7 @@ pub fn is_plain(s: &str) -> bool {
 #[inline(never)]
 fn quoted(out: &mut Vec<u8>, s: &str) {
     if is_plain(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        quoted_plain(out, s.as_bytes());
     } else {
         let _ = write!(out, "{s:?}");
     }
@@ -593,10 +597,13 @@ fn text_field(out: &mut Vec<u8>, t: Text<'_>) {
 fn json_field(out: &mut Vec<u8>, t: Text<'_>) {
     match t {
         Text::Plain(s) => quoted_plain(out, s.as_bytes()),
-        Text::Any(s) => {
-            let _ = serde_json::to_writer(&mut *out, s);
-        }
+        Text::Any(s) => json_string(out, s),
     }
+}
+
+/// Any text as a JSON string (serde_json's escaping).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// The text line, as tracing-subscriber's full format writes an event with
@@ -632,13 +639,10 @@ fn text_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
 /// fields and the current span); strings escaped by serde_json. Field by
 /// field, as the text line (the test below holds it to tracing's).
 fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
-    let string = |out: &mut Vec<u8>, s: &str| {
-        let _ = serde_json::to_writer(&mut *out, s);
-    };
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, wall_micros(l.at));
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-    string(out, l.method);
+    json_string(out, l.method);
     out.extend_from_slice(b",\"path\":");
     json_field(out, l.path);
     out.extend_from_slice(b",\"route\":");
