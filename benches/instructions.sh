@@ -15,12 +15,17 @@
 # starts after a warm-up and covers only the measured wrk run.
 #
 # Knobs: DURATION (15s), LOG (info, a deployment's default), KEEP (a folder
-# to keep the three callgrind files in, for callgrind_annotate). Needs valgrind
+# to keep the three callgrind files in, for callgrind_annotate), CACHE_SIM
+# (1: callgrind also simulates the caches, and each line adds the L1
+# instruction and data misses per hit: the floor's working set stays in L1,
+# emgate's does not, see BENCHMARKS.md "fourteenth steps"). Needs valgrind
 # (callgrind_control, callgrind_annotate), wrk, curl, python3.
 set -euo pipefail
 A=$1
 B=$2
 DURATION=${DURATION:-15s}
+cache_sim=()
+[[ "${CACHE_SIM:-}" != 1 ]] || cache_sim=(--cache-sim=yes)
 LOG=${LOG:-info}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # port, floor_binary, sim_pin.
@@ -51,7 +56,7 @@ export TOKIO_WORKER_THREADS=1 EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" 
 counted() {
     local name=$1 url=$2 pid out requests total
     shift 2
-    (EMGATE_LISTEN="127.0.0.1:$1" exec valgrind --tool=callgrind \
+    (EMGATE_LISTEN="127.0.0.1:$1" exec valgrind --tool=callgrind "${cache_sim[@]}" \
         --callgrind-out-file="$work/$name.cg" "${@:2}" >"$work/$name.out" 2>&1) &
     pid=$!
     pids+=("$pid")
@@ -64,9 +69,15 @@ counted() {
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     requests=$(awk '/requests in/{print $1}' <<<"$out")
-    total=$(callgrind_annotate "$work/$name.cg.1" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')
+    # The totals: Ir, and with CACHE_SIM Dr Dw I1mr D1mr D1mw ... after it.
+    read -r -a totals < <(callgrind_annotate "$work/$name.cg.1" 2>/dev/null |
+        awk '/PROGRAM TOTALS/{gsub(",", ""); for (i = 1; i < NF; i += 2) printf "%s ", $i; print ""; exit}')
     [[ -z "${KEEP:-}" ]] || cp "$work/$name.cg.1" "$KEEP/$name.callgrind"
-    echo "$((total / requests))"
+    if ((${#cache_sim[@]})); then
+        awk -v n="$requests" -v i1="${totals[3]}" -v dr="${totals[4]}" -v dw="${totals[5]}" \
+            'BEGIN {printf "L1 misses a hit: %.0f instruction, %.1f data\n", i1 / n, (dr + dw) / n}' >"$work/$name.misses"
+    fi
+    echo "$((totals[0] / requests))"
 }
 
 # The key and its bytes, from B run normally once.
@@ -91,4 +102,7 @@ b=$(counted b "http://127.0.0.1:$pb$path" "$pb" "$B" serve)
 f=$(counted floor "http://127.0.0.1:$pf$path" "$pf" "$FLOOR" --listen "127.0.0.1:$pf" \
     --root "$work/static" --headers "$work/hit-headers")
 printf '%-8s %8s instructions per hit  %s\n' A "$a" "$A" B "$b" "$B" floor "$f" "(bare hyper)"
+if ((${#cache_sim[@]})); then
+    for name in a b floor; do printf '%-8s %s' "$name" "$(cat "$work/$name.misses")"; echo; done
+fi
 python3 -c "import sys; a, b, f = map(int, sys.argv[1:]); print(f'B/A {b / a:.3f}   B/floor {b / f:.2f}   A/floor {a / f:.2f}')" "$a" "$b" "$f"
