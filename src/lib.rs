@@ -27,10 +27,13 @@
 //!   into typed values.
 //! - [`secret`], [`digest`]: helpers at the bottom: a string that never
 //!   prints itself; SHA-256, constant-time compare, random tokens.
+//! - [`allocator`]: the binary's global allocator (mimalloc); it imports
+//!   nothing of the rest.
 //!
 //! Beside them, [`sim`] is a self-contained Enterprise Manager simulator for
 //! tests, the demo and benchmarks; it imports nothing of the rest.
 
+pub mod allocator;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -50,6 +50,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("sim", &[]),
     // Helpers at the bottom.
     ("secret", &[]),
+    // The binary's allocator.
+    ("allocator", &[]),
     ("digest", &["secret"]),
 ];
 
