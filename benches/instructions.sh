@@ -54,7 +54,7 @@ export TOKIO_WORKER_THREADS=1 EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" 
 # callgrind, waits for URL, warms it, counts one wrk run and prints NAME's
 # instructions per request.
 counted() {
-    local name=$1 url=$2 pid out requests total
+    local name=$1 url=$2 pid out requests totals
     shift 2
     (EMGATE_LISTEN="127.0.0.1:$1" exec valgrind --tool=callgrind "${cache_sim[@]}" \
         --callgrind-out-file="$work/$name.cg" "${@:2}" >"$work/$name.out" 2>&1) &

@@ -50,9 +50,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("sim", &[]),
     // Helpers at the bottom.
     ("secret", &[]),
-    // The binary's allocator.
-    ("allocator", &[]),
     ("digest", &["secret"]),
+    // The binary's global allocator (installed by src/main.rs).
+    ("allocator", &[]),
 ];
 
 /// Inside `src/gateway/`: each module and the modules of the folder it may
