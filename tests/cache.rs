@@ -472,3 +472,93 @@ async fn every_hit_carries_its_own_id_and_age_and_else_the_head_of_the_first_ans
     assert!(!hit_a.body.contains("http://localhost:"));
     assert_eq!(em_saw(&sim, &p), 1);
 }
+
+/// A plain hit is answered before the gateway makes a future for it; a hit
+/// that needs more (credentials to look at) takes the full path. The client
+/// cannot tell them apart: same head, same body, same access line, both
+/// counted as hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_is_the_same_answer_whichever_path_makes_it() {
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(&sim, &[("EMGATE_LOG_FORMAT", "text")]);
+    let http = Http::default();
+    let p = path(&sim, 2);
+    let first = http.get(&gw.url(&p), &[("x-request-id", "first-1")]).await;
+    // Bare: answered at once.
+    let plain = http.get(&gw.url(&p), &[("x-request-id", "plain-1")]).await;
+    // An EM client's own Basic logon data, which an anonymous gateway
+    // compares with nothing: the full path, to the same entry.
+    let full = http
+        .get(
+            &gw.url(&p),
+            &[
+                ("x-request-id", "full-1"),
+                ("authorization", "Basic ZW0tdXNlcjpwdw=="),
+            ],
+        )
+        .await;
+    assert_eq!(first.headers["x-cache"], "MISS");
+    let rest = |r: &Reply| {
+        let mut v: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| !["x-request-id", "age", "date"].contains(&n.as_str()))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    for (hit, id) in [(&plain, "plain-1"), (&full, "full-1")] {
+        assert_eq!(hit.status, StatusCode::OK);
+        assert_eq!(hit.headers["x-cache"], "HIT");
+        assert_eq!(hit.headers["x-request-id"], id);
+        assert_eq!(hit.headers.get_all("age").iter().count(), 1);
+        assert_eq!(hit.body, first.body);
+    }
+    assert_eq!(rest(&plain), rest(&full));
+    assert_eq!(em_saw(&sim, &p), 1);
+
+    // The access lines differ only in latency and id.
+    let line = |id: &str| {
+        gw.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(&format!("request_id=\"{id}\"")))
+            .cloned()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let found = line("plain-1").is_some() && line("full-1").is_some();
+            async move { found }
+        })
+        .await,
+        "{}",
+        gw.log_text()
+    );
+    let fields = |id: &str| {
+        let l = line(id).unwrap();
+        let (_, fields) = l.split_once(" request method=").expect(&l);
+        fields
+            .split(' ')
+            .filter(|f| !f.starts_with("latency_ms=") && !f.starts_with("request_id="))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let expected = format!(
+        "GET path=\"{p}\" route=\"/api/restorePoints/{{id}}/vmRestorePoints\" status=200 \
+         client=\"~anonymous\" cache=\"HIT\""
+    );
+    assert_eq!(fields("plain-1").join(" "), expected);
+    assert_eq!(fields("full-1"), fields("plain-1"));
+
+    let m = http.get(&gw.url("/metrics"), &[]).await.body;
+    assert_eq!(
+        sample(
+            &m,
+            "emgate_cache_requests_total{rule=\"vm_restore_points\",result=\"hit\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}

@@ -593,21 +593,7 @@ where
             .map_or(Freshness::Dead, |e| e.freshness_at(age));
         match (state, existing) {
             (Freshness::Fresh, Some(e)) => {
-                stats.hit();
-                let before = e.hit(age);
-                if before < READ_EXACT || before % READ_SAMPLE == 0 {
-                    // For moka's policy only: what it returns is known.
-                    let _ = self.read_now(key);
-                }
-                if self.options.refresh_ahead
-                    && !e.is_negative()
-                    // Read before the swap: once scheduled (every hit but
-                    // an entry's first), a hit writes nothing here.
-                    && !e.scheduled.load(Ordering::Relaxed)
-                    && !e.scheduled.swap(true, Ordering::Relaxed)
-                {
-                    self.schedule_ahead(key.clone(), &e, fetch(Refresh::Ahead));
-                }
+                self.count_hit(key, policy, &e, age, fetch);
                 Ok(Served::stored(e, Outcome::Hit, age))
             }
             (Freshness::Revalidate, Some(e)) => {
@@ -675,6 +661,49 @@ where
                     Landed::Failed(error) => Err(error),
                 }
             }
+        }
+    }
+
+    /// The fresh entry for `key` as of `at`, and its age, if the index holds
+    /// one: the lookup of [`Cache::get`]'s first row, with nothing counted
+    /// or scheduled, so a caller that does not serve it leaves no trace. A
+    /// caller that serves it says so with [`Cache::count_hit`].
+    pub fn fresh_now(&self, key: &K, at: Instant) -> Option<(Arc<Entry<V>>, Duration)> {
+        let e = self.index.get(key).map(|e| e.value().clone())?;
+        let age = e.age_at(at);
+        (e.freshness_at(age) == Freshness::Fresh).then_some((e, age))
+    }
+
+    /// A fresh entry served as a hit (its age `age`): counted for the rule
+    /// and the entry, told to moka's policy now and then, and its refresh
+    /// ahead of expiry scheduled on its first hit (`fetch` as in
+    /// [`Cache::get`]).
+    pub fn count_hit<M, F, Fut>(
+        &self,
+        key: &K,
+        policy: &Policy,
+        e: &Arc<Entry<V>>,
+        age: Duration,
+        fetch: M,
+    ) where
+        M: FnOnce(Refresh) -> F,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched<V>, E>> + Send + 'static,
+    {
+        self.stats_of(policy.rule).hit();
+        let before = e.hit(age);
+        if before < READ_EXACT || before % READ_SAMPLE == 0 {
+            // For moka's policy only: what it returns is known.
+            let _ = self.read_now(key);
+        }
+        if self.options.refresh_ahead
+            && !e.is_negative()
+            // Read before the swap: once scheduled (every hit but
+            // an entry's first), a hit writes nothing here.
+            && !e.scheduled.load(Ordering::Relaxed)
+            && !e.scheduled.swap(true, Ordering::Relaxed)
+        {
+            self.schedule_ahead(key.clone(), e, fetch(Refresh::Ahead));
         }
     }
 

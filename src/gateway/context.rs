@@ -4,7 +4,8 @@
 //! `/api` phase holds it mutably and writes into it what the access line,
 //! the metrics and the history report (the route template, the caller);
 //! the phases below it read it, and say through atomics how much of the
-//! answer's head they made.
+//! answer's head they made. A plain hit the router answers at once (before
+//! any future is made) needs none: it is a handful of checks and a lookup.
 //!
 //! It also owns the request's tracing span, made the first time the
 //! request does anything but read memory: a cache hit never makes one.

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, AGE, CACHE_CONTROL, ETAG, LAST_MODIFIED, PRAGMA,
@@ -779,21 +780,7 @@ pub async fn serve(
     };
     let key = resolved.key(head);
     let fresh = operator && wants_fresh(headers.map());
-    // Made only when the cache needs it (a hit makes nothing), owned and
-    // small, since the cache may keep it for a refresh ahead of expiry.
-    let tiered = |why: Refresh| {
-        RuleFetch {
-            state: state.clone(),
-            key: key.as_ref().clone(),
-            policy: rule.policy.clone(),
-            // As the client wrote it (EM ignores case, but its logs need not).
-            path: em_target(target),
-            request_id: Some(request_id.clone()),
-            head,
-            fresh,
-        }
-        .job(why)
-    };
+    let tiered = |why: Refresh| rule_fetch(state, resolved, rule, request_id, head, fresh).job(why);
     let result = if fresh {
         // Answered `MISS`: the history counts the read by that.
         state.cache.waited(Wait::Bypass, false);
@@ -841,6 +828,100 @@ pub async fn serve(
         ctx.head_is_complete();
     }
     Ok(response)
+}
+
+/// The fetch of a client's read under its rule. Made only when the cache
+/// needs it (a hit makes nothing), owned and small, since the cache may
+/// keep it for a refresh ahead of expiry.
+fn rule_fetch(
+    state: &Arc<ReadState>,
+    resolved: &Resolved,
+    rule: &ReadRule,
+    request_id: &HeaderValue,
+    head: bool,
+    fresh: bool,
+) -> RuleFetch {
+    RuleFetch {
+        state: state.clone(),
+        key: resolved.key(head).into_owned(),
+        policy: rule.policy.clone(),
+        // As the client wrote it (EM ignores case, but its logs need not).
+        path: em_target(&resolved.target),
+        request_id: Some(request_id.clone()),
+        head,
+        fresh,
+    }
+}
+
+/// A plain hit answered at once, without a future: the answer
+/// [`serve`] would give a read of `resolved` (under its rule, not an
+/// operator's `no-cache`) when the index holds a fresh entry whose whole
+/// head fits the request (see [`whole_hit`]). Nothing is counted until the
+/// caller takes the answer ([`HitNow::counted`]), so a caller that turns
+/// it down (a rate limit says no) leaves no trace, and [`serve`] answers
+/// the request in full. `None` when the read needs more than memory.
+pub fn hit_now<'a>(
+    state: &'a Arc<ReadState>,
+    to: &Representation,
+    headers: &Heads<'_>,
+    resolved: &'a Resolved,
+    head: bool,
+    request_id: &'a HeaderValue,
+    taken_up: Instant,
+) -> Option<HitNow<'a>> {
+    // Rules a reload replaced since the edge resolved the target: `serve`
+    // resolves it again.
+    if state.rules.id() != resolved.rules.id {
+        return None;
+    }
+    let rule = resolved.rule()?;
+    let key = resolved.key(head);
+    let (entry, age) = state.cache.fresh_now(&key, taken_up)?;
+    let served = Served {
+        entry,
+        outcome: Outcome::Hit,
+        collapsed: false,
+        from_shared: false,
+        age,
+    };
+    let em_base = state.pool.upstream().base_url();
+    let response = whole_hit(&served, headers, to, em_base, head, request_id)?;
+    Some(HitNow {
+        state,
+        resolved,
+        rule,
+        served,
+        head,
+        request_id,
+        response,
+    })
+}
+
+/// A hit made by [`hit_now`], not yet counted.
+pub struct HitNow<'a> {
+    state: &'a Arc<ReadState>,
+    resolved: &'a Resolved,
+    rule: &'a ReadRule,
+    served: Served<Prepared>,
+    head: bool,
+    request_id: &'a HeaderValue,
+    response: Response<Body>,
+}
+
+impl HitNow<'_> {
+    /// The answer, the hit counted as [`serve`] counts one (the rule's
+    /// and the entry's counters, a refresh ahead of expiry scheduled on the
+    /// entry's first hit).
+    pub fn counted(self) -> Response<Body> {
+        let (state, resolved, head) = (self.state, self.resolved, self.head);
+        let tiered = |why: Refresh| {
+            rule_fetch(state, resolved, self.rule, self.request_id, head, false).job(why)
+        };
+        let served = &self.served;
+        let key = resolved.key(head);
+        (state.cache).count_hit(&key, &self.rule.policy, &served.entry, served.age, tiered);
+        self.response
+    }
 }
 
 /// Makes sure the cache holds `path` (and `query`) fresh, as work emgate

@@ -61,29 +61,37 @@ const SERVED: [Method; 6] = [
 /// loopback name (421 otherwise): a page whose DNS name was rebound to
 /// 127.0.0.1 reaches the port, but names its own host. Every `/api` answer
 /// leaves with [`render::api_headers`].
+///
+/// A plain hit that needs nothing but memory is answered before any future
+/// is made ([`hit_now`]); every other request gets the full path, boxed.
 pub fn route(
     app: Arc<App>,
     conn: Conn,
     req: Request<Incoming>,
     busy: RequestGuard,
-) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
-    // Split before the future is made: a future taking the request would
-    // keep its 264 bytes beside the parts taken out of it. A block, not an
-    // `async fn`: an `async fn` keeps each argument twice in its future (as
-    // given and as its local), and this future is moved several times a
-    // request (see BENCHMARKS.md, "tenth steps").
+) -> Answer<impl Future<Output = Response<Body>> + Send> {
     let (parts, body) = req.into_parts();
-    async move {
-        let started = busy.started();
+    let started = busy.started();
+    // Every request has an id: the client's if it is usable, else a
+    // new one (`request_id`).
+    let request_id = {
+        let heads = Heads::of(&parts.headers);
+        let request_id = app.request_ids.kept_or_new(heads.get_all(Name::RequestId));
+        if let Some((response, done)) = hit_now(&app, conn, &parts, &heads, &request_id, started) {
+            done.report(&parts, &request_id, started, busy, &response);
+            return Answer::Now(Some(response));
+        }
+        request_id
+    };
+    // A block, not an `async fn`: an `async fn` keeps each argument twice
+    // in its future (as given and as its local).
+    Answer::Later(Box::pin(async move {
         // The headers the phases read, found in one pass.
         let heads = Heads::of(&parts.headers);
         let xml = prefers_xml(&heads);
         let case = app.settings.json_case;
         let path = parts.uri.path();
         let under_api = is_api(path);
-        // Every request has an id: the client's if it is usable, else a
-        // new one (`request_id`).
-        let request_id = app.request_ids.kept_or_new(heads.get_all(Name::RequestId));
         // The context of a request that passed the edge's checks: what its
         // phases learnt (route template, caller) goes into the access line,
         // the metrics and the history.
@@ -168,26 +176,103 @@ pub fn route(
             response.headers_mut().insert(proxy::X_REQUEST_ID, id);
         }
         let learnt = ctx.as_mut().map(Ctx::take_learnt).unwrap_or_default();
-        let route = learnt.route.unwrap_or_else(|| route_label(path));
-        let client = learnt.client.as_deref();
+        let done = Done {
+            route: learnt.route.unwrap_or_else(|| route_label(path)),
+            client: learnt.client,
+            // `X-Cache`, read once for the history, the trace and the access
+            // line. Only the gateway's own values: an `X-Cache` another
+            // server sent through the pass-through is not a result of this
+            // cache.
+            cache: whole.or_else(|| {
+                response
+                    .headers()
+                    .get(&reads::X_CACHE)
+                    .and_then(|v| Outcome::of_label(v.as_bytes()))
+                    .map(Outcome::as_str)
+            }),
+            path_plain: ctx.as_ref().is_some_and(Ctx::is_path_plain),
+            span: ctx
+                .as_ref()
+                .filter(|_| crate::ops::traces::on())
+                .map(|c| c.span().clone()),
+        };
+        done.report(&parts, &request_id, started, busy, &response);
+        response
+    }))
+}
+
+/// What [`route`] hands hyper for a request: the answer made at once, or
+/// the full path's future, boxed. Small, whichever it is (hyper moves it
+/// into its slot for every request: the full path's future is 1.6 KB, see
+/// BENCHMARKS.md, "fifteenth steps").
+pub enum Answer<F> {
+    /// Answered (taken when polled).
+    Now(Option<Response<Body>>),
+    /// Still to be worked out.
+    Later(std::pin::Pin<Box<F>>),
+}
+
+impl<F: Future<Output = Response<Body>>> Future for Answer<F> {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Now(response) => match response.take() {
+                Some(r) => std::task::Poll::Ready(Ok(r)),
+                // Polled again after it was ready: hyper never does, and a
+                // panic here would be one on the request path.
+                None => std::task::Poll::Ready(Ok(plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "answered twice\n",
+                ))),
+            },
+            Answer::Later(later) => later.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// What a request's answer is reported by: its route template, caller and
+/// cache result, learnt on the way.
+struct Done {
+    route: &'static str,
+    client: Option<Cow<'static, str>>,
+    cache: Option<&'static str>,
+    /// Whether its path is known to be plain text (the access line need
+    /// not check it).
+    path_plain: bool,
+    /// Its span, when traces are on.
+    span: Option<tracing::Span>,
+}
+
+impl Done {
+    /// The metrics, the history, the trace's fields and the access line of
+    /// an answered request; its connection no longer busy.
+    fn report(
+        self,
+        parts: &Parts,
+        request_id: &HeaderValue,
+        started: Instant,
+        busy: RequestGuard,
+        response: &Response<Body>,
+    ) {
+        let Done {
+            route,
+            client,
+            cache,
+            path_plain,
+            span,
+        } = self;
+        let path = parts.uri.path();
         let ended = Instant::now();
         let elapsed = ended.saturating_duration_since(started);
         crate::ops::metrics::request(route, response.status(), elapsed);
-        // `X-Cache`, read once for the history, the trace and the access line.
-        // Only the gateway's own values: an `X-Cache` another server
-        // sent through the pass-through is not a result of this cache.
-        let cache = whole.or_else(|| {
-            response
-                .headers()
-                .get(&reads::X_CACHE)
-                .and_then(|v| Outcome::of_label(v.as_bytes()))
-                .map(Outcome::as_str)
-        });
-        record_history(&request_id, ended, route, client, cache, &response);
-        if let (true, Some(ctx)) = (crate::ops::traces::on(), &ctx) {
-            let span = ctx.span();
+        record_history(request_id, ended, route, client.as_deref(), cache, response);
+        if let Some(span) = span {
             span.record("route", route);
-            span.record("client", client.unwrap_or("-"));
+            span.record("client", client.as_deref().unwrap_or("-"));
             span.record("http.response.status_code", response.status().as_u16());
             if let Some(cache) = cache {
                 span.record("cache", cache);
@@ -195,7 +280,7 @@ pub fn route(
         }
         crate::ops::logging::access(&crate::ops::logging::AccessLine {
             method: parts.method.as_str(),
-            path: if ctx.as_ref().is_some_and(Ctx::is_path_plain) {
+            path: if path_plain {
                 Text::Plain(path)
             } else {
                 Text::Any(path)
@@ -204,7 +289,7 @@ pub fn route(
             status: response.status().as_u16(),
             latency: elapsed,
             at: ended,
-            client: match &learnt.client {
+            client: match &client {
                 None => Text::Plain("-"),
                 // The gateway's own labels (`Caller::owner_label`).
                 Some(Cow::Borrowed(label)) => Text::Plain(label),
@@ -214,8 +299,85 @@ pub fn route(
             request_id: request_id.as_bytes(),
         });
         busy.end(ended);
-        Ok(response)
     }
+}
+
+/// A plain read answered from memory before any future is made
+/// ([`reads::hit_now`]): an anonymous `GET` or `HEAD` under a rule, whose
+/// fresh entry the index holds, on a gateway not draining, with a place
+/// free among the requests at work and the caller's rate limit counted
+/// here (no fleet to ask). Every check [`route`]'s full path makes before
+/// such a hit is made here too, with the same helpers; anything else
+/// (another answer, a wait, a span to trace) leaves the request to the
+/// full path with nothing counted.
+fn hit_now(
+    app: &App,
+    conn: Conn,
+    parts: &Parts,
+    heads: &Heads<'_>,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Option<(Response<Body>, Done)> {
+    let head = parts.method == Method::HEAD;
+    if crate::ops::traces::on() || !(head || parts.method == Method::GET) {
+        return None;
+    }
+    let path = parts.uri.path();
+    if !is_api(path)
+        || head_size(parts, heads) > MAX_HEAD_BYTES
+        || app.draining.load(Ordering::Relaxed)
+    {
+        return None;
+    }
+    let host = host::of_request(parts, heads).ok()?;
+    if app.settings.access.allow_anonymous && host.as_ref().is_some_and(|h| !h.is_loopback()) {
+        return None;
+    }
+    let caller = access::anonymous_at_once(&app.access, heads)?;
+    let resolved = app.reads.rules.resolve(path, parts.uri.query()).ok()?;
+    let route = resolved.rule()?.label;
+    if answered_apart(&resolved) {
+        return None;
+    }
+    // Held until the answer is made, as the full path holds it.
+    let _place = app.work.try_acquire().ok()?;
+    let to = Representation {
+        xml: prefers_xml(heads),
+        case: app.settings.json_case,
+        public: render::public_base(
+            &app.settings,
+            host.as_ref(),
+            &parts.headers,
+            conn.tls,
+            app.local_addr,
+        ),
+    };
+    let hit = reads::hit_now(&app.reads, &to, heads, &resolved, head, request_id, started)?;
+    // Last: a request let through is counted, and the full path would
+    // count it again. Refused, it goes there for its 429.
+    if app.limits.check_now(&caller.bucket(conn.peer)) != Some(Ok(())) {
+        return None;
+    }
+    let done = Done {
+        route,
+        client: Some(caller.owner_label()),
+        cache: Some(Outcome::Hit.as_str()),
+        path_plain: resolved.path_is_plain(),
+        span: None,
+    };
+    Some((hit.counted(), done))
+}
+
+/// Targets [`api`] answers by their own handlers whatever rule matches
+/// them (the logon, the caller's sessions, tasks), or refuses (a restore
+/// point ID that is no UUID): never a plain hit.
+fn answered_apart(resolved: &reads::Resolved) -> bool {
+    let target = &resolved.target;
+    target.is(0, "sessionMngr")
+        || target.is(0, "logonSessions")
+        || target.is(0, "tasks")
+        || is_task_query(target)
+        || resolved.names_a_bad_restore_point()
 }
 
 /// `/api` or under it, in any case (EM matches its URI templates without
