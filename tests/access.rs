@@ -548,3 +548,70 @@ async fn guessing_credentials_on_api_is_slowed_like_guessing_the_admin_token() {
         );
     }
 }
+
+/// A known client's hit is answered at once when its secret comes with the
+/// request, and by the full path when it comes with a session token (a
+/// lookup): the same answer either way, and never to a client the secret
+/// does not name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_hit_is_the_same_answer_by_its_secret_or_its_session() {
+    let sim = start_sim(sim_config()).await;
+    let dir = Scratch::new("clients-hit");
+    let (file, dash, _) = clients_file(&dir);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CLIENTS_FILE", &file),
+            ("EMGATE_LOG_FORMAT", "text"),
+        ],
+    );
+    let http = Http::default();
+    let p = vm_points(&sim, 3);
+    let secret = basic("dashboard", dash);
+    let by_secret = [("authorization", secret.as_str())];
+    let first = http.get(&gw.url(&p), &by_secret).await;
+    assert_eq!(first.headers["x-cache"], "MISS", "{}", first.body);
+    let logon = http
+        .send(
+            Method::POST,
+            &gw.url("/api/sessionMngr/?v=latest"),
+            &by_secret,
+        )
+        .await;
+    assert_eq!(logon.status, StatusCode::CREATED, "{}", logon.body);
+    let token = logon.header("x-restsvcsessionid").to_string();
+
+    let secret_hit = http
+        .get(&gw.url(&p), &[by_secret[0], ("x-request-id", "secret-1")])
+        .await;
+    let session_hit = http
+        .get(
+            &gw.url(&p),
+            &[
+                ("x-restsvcsessionid", &token),
+                ("x-request-id", "session-1"),
+            ],
+        )
+        .await;
+    for hit in [&secret_hit, &session_hit] {
+        assert_eq!(hit.status, StatusCode::OK, "{}", hit.body);
+        assert_eq!(hit.headers["x-cache"], "HIT");
+        assert_eq!(hit.body, first.body);
+    }
+    assert_eq!(secret_hit.lasting_head(), session_hit.lasting_head());
+    assert_eq!(
+        gw.access_fields("secret-1").await,
+        gw.access_fields("session-1").await
+    );
+    assert!(gw
+        .access_fields("secret-1")
+        .await
+        .contains(&"client=\"dashboard\"".to_string()));
+    // A wrong secret or none gets no hit, however warm the entry.
+    let wrong = basic("dashboard", "not-the-secret");
+    for headers in [vec![("authorization", wrong.as_str())], vec![]] {
+        let r = http.get(&gw.url(&p), &headers).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(!r.body.contains("VmRestorePoint"), "{}", r.body);
+    }
+}

@@ -219,37 +219,100 @@ pub async fn authenticate(
     headers: &Heads<'_>,
     peer: IpAddr,
 ) -> Result<Caller, GatewayError> {
-    let access = &state.settings.access;
     let clients = state.clients.load();
     let presented = presented(headers);
-    let anonymous = clients.is_empty() && access.allow_anonymous;
-    let compared = match &presented {
-        Presented::Session(_) => true,
-        Presented::Basic(..) => !anonymous,
-        Presented::Bearer(_) => !anonymous || state.admin.is_set(),
-        Presented::Nothing | Presented::Malformed => false,
-    };
+    let compared = is_compared(state, &clients, &presented);
     if compared {
         state
             .attempts
             .may_try(peer)
             .map_err(GatewayError::RateLimited)?;
     }
-    let caller = identify(state, &clients, headers.map(), presented).await;
-    let failed = match &caller {
-        Err(GatewayError::Unauthorized(_)) => true,
-        // A bearer token that was not the admin token, on an anonymous gateway.
-        Ok(Caller::Anonymous) => true,
-        _ => false,
+    let caller = match presented {
+        // Boxed: the lookup's future is large, and the future of every
+        // request would carry its size.
+        Presented::Session(token) => Box::pin(by_session(state, &clients, token)).await,
+        other => identify(state, &clients, headers.map(), other),
     };
-    if compared && failed {
+    if compared && is_failed(&caller) {
         state.attempts.count(peer);
     }
     caller
 }
 
-/// Who the credentials presented stand for.
-async fn identify(
+/// [`authenticate`]'s caller when that needs no lookup (no session token)
+/// and lets the request in; `None` otherwise (a session token to look up,
+/// credentials refused, an address past its attempts), for
+/// [`authenticate`] to answer. Counts nothing: a request it lets in is no
+/// failed attempt.
+pub fn authenticate_now(state: &AccessState, headers: &Heads<'_>, peer: IpAddr) -> Option<Caller> {
+    let clients = state.clients.load();
+    let presented = presented(headers);
+    if matches!(presented, Presented::Session(_)) {
+        return None;
+    }
+    let compared = is_compared(state, &clients, &presented);
+    if compared && state.attempts.may_try(peer).is_err() {
+        return None;
+    }
+    let caller = identify(state, &clients, headers.map(), presented);
+    let failed = compared && is_failed(&caller);
+    caller.ok().filter(|_| !failed)
+}
+
+/// Whether the credential presented is compared with a secret, and so is
+/// an attempt of the caller's address (see [`authenticate`]).
+fn is_compared(state: &AccessState, clients: &Clients, presented: &Presented<'_>) -> bool {
+    let anonymous = clients.is_empty() && state.settings.access.allow_anonymous;
+    match presented {
+        Presented::Session(_) => true,
+        Presented::Basic(..) => !anonymous,
+        Presented::Bearer(_) => !anonymous || state.admin.is_set(),
+        Presented::Nothing | Presented::Malformed => false,
+    }
+}
+
+/// Whether a compared credential failed.
+fn is_failed(caller: &Result<Caller, GatewayError>) -> bool {
+    match caller {
+        Err(GatewayError::Unauthorized(_)) => true,
+        // A bearer token that was not the admin token, on an anonymous gateway.
+        Ok(Caller::Anonymous) => true,
+        _ => false,
+    }
+}
+
+/// Who a gateway session token stands for.
+async fn by_session(
+    state: &AccessState,
+    clients: &Clients,
+    token: &str,
+) -> Result<Caller, GatewayError> {
+    let session = state
+        .sessions
+        .lookup(token)
+        .await
+        .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
+    // A session of a client this replica does not know: one a
+    // reload took out of the clients file, or, in a fleet, one
+    // added to it that this replica has not read yet. Refused, not
+    // deleted: refused on every replica that has the file without
+    // it (so it is over), and left to the others mid-rollout (a
+    // replica behind must not end the sessions of a client added a
+    // moment ago); it leaves with the idle timeout. The gateway's
+    // own owners (`~anonymous`, `~operator`) are no clients.
+    if !session.owner.starts_with('~') && !clients.contains(&session.owner) {
+        return Err(GatewayError::Unauthorized(BAD_SESSION));
+    }
+    Ok(Caller::Session {
+        id: session.id,
+        owner: session.owner,
+    })
+}
+
+/// Who the credentials presented stand for, a session token aside
+/// ([`by_session`]).
+fn identify(
     state: &AccessState,
     clients: &Clients,
     headers: &HeaderMap,
@@ -257,30 +320,10 @@ async fn identify(
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
     match presented {
+        // Looked up by `by_session`, never here.
+        Presented::Session(_) => Err(GatewayError::Unauthorized(BAD_SESSION)),
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
             Ok(Caller::Anonymous)
-        }
-        // Boxed: the lookup's future is large, and the future of every
-        // request (moved on each layer of the stack) would carry its size.
-        Presented::Session(token) => {
-            let session = Box::pin(state.sessions.lookup(token))
-                .await
-                .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
-            // A session of a client this replica does not know: one a
-            // reload took out of the clients file, or, in a fleet, one
-            // added to it that this replica has not read yet. Refused, not
-            // deleted: refused on every replica that has the file without
-            // it (so it is over), and left to the others mid-rollout (a
-            // replica behind must not end the sessions of a client added a
-            // moment ago); it leaves with the idle timeout. The gateway's
-            // own owners (`~anonymous`, `~operator`) are no clients.
-            if !session.owner.starts_with('~') && !clients.contains(&session.owner) {
-                return Err(GatewayError::Unauthorized(BAD_SESSION));
-            }
-            Ok(Caller::Session {
-                id: session.id,
-                owner: session.owner,
-            })
         }
         // The admin token is an operator's credential on /api too (so a
         // `no-cache` from the operator can reach EM), never a client

@@ -303,7 +303,9 @@ impl Done {
 }
 
 /// A plain read answered from memory before any future is made
-/// ([`reads::hit_now`]): an anonymous `GET` or `HEAD` under a rule, whose
+/// ([`reads::hit_now`]): a `GET` or `HEAD` under a rule, by a caller known
+/// without a lookup (anonymous, or a client by its secret; not by a
+/// session token, not the operator), whose
 /// fresh entry the index holds, on a gateway not draining, with a place
 /// free among the requests at work and the caller's rate limit counted
 /// here (no fleet to ask). Every check [`route`]'s full path makes before
@@ -333,10 +335,20 @@ fn hit_now(
     if app.settings.access.allow_anonymous && host.as_ref().is_some_and(|h| !h.is_loopback()) {
         return None;
     }
-    let caller = access::anonymous_at_once(&app.access, heads)?;
     let resolved = app.reads.rules.resolve(path, parts.uri.query()).ok()?;
     let route = resolved.rule()?.label;
     if answered_apart(&resolved) {
+        return None;
+    }
+    // As `api` finds the caller, an operator aside (whose `no-cache` may
+    // send the read to EM).
+    let caller = if resolved.target.is_entry_point() {
+        access::Caller::Anonymous
+    } else {
+        access::anonymous_at_once(&app.access, heads)
+            .or_else(|| access::authenticate_now(&app.access, heads, conn.peer))?
+    };
+    if matches!(caller, access::Caller::Operator) {
         return None;
     }
     // Held until the answer is made, as the full path holds it.

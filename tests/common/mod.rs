@@ -188,6 +188,33 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The fields of the access line of the request with id `id`, once
+    /// written (5 s at most), without those that differ per request
+    /// (latency, id): `["GET", "path=...", "route=...", ...]`.
+    pub async fn access_fields(&self, id: &str) -> Vec<String> {
+        let tag = format!("request_id=\"{id}\"");
+        let line = || {
+            let logs = self.logs.lock().unwrap();
+            let found = logs
+                .iter()
+                .find(|l| l.contains(" request method=") && l.contains(&tag));
+            found.cloned()
+        };
+        let written = eventually(Duration::from_secs(5), || {
+            let found = line().is_some();
+            async move { found }
+        })
+        .await;
+        assert!(written, "no access line for {id}: {}", self.log_text());
+        let line = line().unwrap_or_default();
+        let (_, fields) = line.split_once(" request method=").unwrap_or_default();
+        fields
+            .split(' ')
+            .filter(|f| !f.starts_with("latency_ms=") && !f.starts_with("request_id="))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
@@ -281,6 +308,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Its head without what differs per request (id, age, date), sorted.
+    pub fn lasting_head(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| !["x-request-id", "age", "date"].contains(&n.as_str()))
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// A header's value as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
         self.headers
