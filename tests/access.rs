@@ -549,10 +549,9 @@ async fn guessing_credentials_on_api_is_slowed_like_guessing_the_admin_token() {
     }
 }
 
-/// A known client's hit is answered at once when its secret comes with the
-/// request, and by the full path when it comes with a session token (a
-/// lookup): the same answer either way, and never to a client the secret
-/// does not name.
+/// A known client's hit is answered at once, whether its secret or its
+/// session token comes with the request: the same answer either way, and
+/// never to a credential that is wrong, missing or logged off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_hit_is_the_same_answer_by_its_secret_or_its_session() {
     let sim = start_sim(sim_config()).await;
@@ -607,9 +606,21 @@ async fn a_clients_hit_is_the_same_answer_by_its_secret_or_its_session() {
         .access_fields("secret-1")
         .await
         .contains(&"client=\"dashboard\"".to_string()));
-    // A wrong secret or none gets no hit, however warm the entry.
+    // Logged off, the token gets no more hits.
+    let own = format!(
+        "/api/logonSessions/{}",
+        logon.json()["SessionId"].as_str().unwrap()
+    );
+    let by_token = [("x-restsvcsessionid", token.as_str())];
+    let off = http.send(Method::DELETE, &gw.url(&own), &by_token).await;
+    assert_eq!(off.status, StatusCode::NO_CONTENT);
+    // A wrong secret, none or a dead token gets no hit, however warm the entry.
     let wrong = basic("dashboard", "not-the-secret");
-    for headers in [vec![("authorization", wrong.as_str())], vec![]] {
+    for headers in [
+        vec![("authorization", wrong.as_str())],
+        vec![],
+        by_token.to_vec(),
+    ] {
         let r = http.get(&gw.url(&p), &headers).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{headers:?}");
         assert!(!r.body.contains("VmRestorePoint"), "{}", r.body);

@@ -26,7 +26,7 @@ use crate::gateway::clients::{presented, Clients, Presented};
 use crate::gateway::error::GatewayError;
 use crate::gateway::heads::{Heads, Name};
 use crate::gateway::limit::{Attempts, Bucket};
-use crate::gateway::logon::{self, ClientSessions, Ended};
+use crate::gateway::logon::{self, ClientSessions, Ended, SessionInfo};
 use crate::gateway::render::Representation;
 use crate::gateway::response::Body;
 use crate::gateway::target::Target;
@@ -240,22 +240,23 @@ pub async fn authenticate(
     caller
 }
 
-/// [`authenticate`]'s caller when that needs no lookup (no session token)
-/// and lets the request in; `None` otherwise (a session token to look up,
-/// credentials refused, an address past its attempts), for
+/// [`authenticate`]'s caller when that needs no round trip (a session
+/// token looked up in the fleet's shared tier) and lets the request in;
+/// `None` otherwise (a round trip, credentials refused, an address past
+/// its attempts), for
 /// [`authenticate`] to answer. Counts nothing: a request it lets in is no
 /// failed attempt.
 pub fn authenticate_now(state: &AccessState, headers: &Heads<'_>, peer: IpAddr) -> Option<Caller> {
     let clients = state.clients.load();
     let presented = presented(headers);
-    if matches!(presented, Presented::Session(_)) {
-        return None;
-    }
     let compared = is_compared(state, &clients, &presented);
     if compared && state.attempts.may_try(peer).is_err() {
         return None;
     }
-    let caller = identify(state, &clients, headers.map(), presented);
+    let caller = match presented {
+        Presented::Session(token) => session_caller(&clients, state.sessions.lookup_now(token)?),
+        other => identify(state, &clients, headers.map(), other),
+    };
     let failed = compared && is_failed(&caller);
     caller.ok().filter(|_| !failed)
 }
@@ -288,11 +289,12 @@ async fn by_session(
     clients: &Clients,
     token: &str,
 ) -> Result<Caller, GatewayError> {
-    let session = state
-        .sessions
-        .lookup(token)
-        .await
-        .ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
+    session_caller(clients, state.sessions.lookup(token).await)
+}
+
+/// The caller of a session found by its token (or none).
+fn session_caller(clients: &Clients, found: Option<SessionInfo>) -> Result<Caller, GatewayError> {
+    let session = found.ok_or(GatewayError::Unauthorized(BAD_SESSION))?;
     // A session of a client this replica does not know: one a
     // reload took out of the clients file, or, in a fleet, one
     // added to it that this replica has not read yet. Refused, not

@@ -304,9 +304,9 @@ impl Done {
 
 /// A plain read answered from memory before any future is made
 /// ([`reads::hit_now`]): a `GET` or `HEAD` under a rule, by a caller known
-/// without a lookup (anonymous, or a client by its secret; not by a
-/// session token, not the operator), whose
-/// fresh entry the index holds, on a gateway not draining, with a place
+/// without a round trip (anonymous, a client by its secret or by a
+/// session token this replica holds; not the operator), whose fresh entry
+/// the index holds, on a gateway not draining, with a place
 /// free among the requests at work and the caller's rate limit counted
 /// here (no fleet to ask). Every check [`route`]'s full path makes before
 /// such a hit is made here too, with the same helpers; anything else
