@@ -13,10 +13,14 @@
 #
 # Knobs: ROUNDS (4), DURATION (8s), CONNECTIONS (32), KEYS (1; up to 200), LOG (warn; `info` is
 # the default of a deployment), TLS (1: both gateways listen over TLS 1.3
-# with a fresh ECDSA certificate, as load.sh's). Needs wrk and curl
+# with a fresh ECDSA certificate, as load.sh's), CLIENT (`basic`: both
+# gateways have a clients file and every request carries a client's Basic
+# secret; `session`: the client logs on to each gateway first and sends its
+# session token, as an unchanged EM client does). Needs wrk and curl
 # (benches/load.sh installs wrk), and openssl for TLS.
 set -euo pipefail
-# port, sim_pin, rotating_script (the wrk script going round the IDs in a file).
+# port, sim_pin, rotating_script (the wrk script going round the IDs in a
+# file), clients_file, client_credential.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 A=$1
 B=$2
@@ -26,6 +30,7 @@ CONNECTIONS=${CONNECTIONS:-32}
 KEYS=${KEYS:-1}
 LOG=${LOG:-warn}
 TLS=${TLS:-}
+CLIENT=${CLIENT:-}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
@@ -43,6 +48,10 @@ if [[ -n "$TLS" ]]; then
     listener=(EMGATE_TLS_CERT_FILE="$work/tls.crt" EMGATE_TLS_KEY_FILE="$work/tls.key")
     scheme=https
 fi
+if [[ -n "$CLIENT" ]]; then
+    clients_file "$work/clients.toml"
+    listener+=(EMGATE_CLIENTS_FILE="$work/clients.toml")
+fi
 start() { # binary port
     env TOKIO_WORKER_THREADS=1 EMGATE_LISTEN="127.0.0.1:$2" ${listener[@]+"${listener[@]}"} \
         EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" EMGATE_UPSTREAM_USERNAME=ab \
@@ -58,34 +67,44 @@ gpb=$!
 until curl -sfk "$scheme://127.0.0.1:$pa/readyz" >/dev/null && curl -sfk "$scheme://127.0.0.1:$pb/readyz" >/dev/null; do
     sleep 0.05
 done
-id=$(curl -sk "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+# The credential each gateway's requests carry (CLIENT), as a header.
+cred_a=$(client_credential "$scheme://127.0.0.1:$pa")
+cred_b=$(client_credential "$scheme://127.0.0.1:$pb")
+[[ -z "$CLIENT" || ( -n "$cred_a" && -n "$cred_b" ) ]] || { echo "no credential for CLIENT=$CLIENT"; exit 1; }
+# curl and wrk arguments for each gateway's credential.
+ha=(); hb=()
+[[ -z "$cred_a" ]] || ha=(-H "$cred_a")
+[[ -z "$cred_b" ]] || hb=(-H "$cred_b")
+id=$(curl -sk ${ha[@]+"${ha[@]}"} "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
 import json, sys
 print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
 path="/api/restorePoints/$id/vmRestorePoints"
-curl -sk -o /dev/null "$scheme://127.0.0.1:$pa$path"
-curl -sk -o /dev/null "$scheme://127.0.0.1:$pb$path"
+curl -sk -o /dev/null ${ha[@]+"${ha[@]}"} "$scheme://127.0.0.1:$pa$path"
+curl -sk -o /dev/null ${hb[@]+"${hb[@]}"} "$scheme://127.0.0.1:$pb$path"
 # KEYS > 1: wrk goes round that many restore points' collections, cached
 # in both gateways first (the simulator holds 200: at most that many).
 script=()
 if (( KEYS > 1 )); then
-    curl -sk "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
+    curl -sk ${ha[@]+"${ha[@]}"} "$scheme://127.0.0.1:$pa/api/restorePoints" | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["Refs"][:int(sys.argv[1])]:
     print(r["UID"].rsplit(":", 1)[1])' "$KEYS" >"$work/ids"
     while read -r i; do
-        for p in "$pa" "$pb"; do curl -sk -o /dev/null "$scheme://127.0.0.1:$p/api/restorePoints/$i/vmRestorePoints"; done
+        curl -sk -o /dev/null ${ha[@]+"${ha[@]}"} "$scheme://127.0.0.1:$pa/api/restorePoints/$i/vmRestorePoints"
+        curl -sk -o /dev/null ${hb[@]+"${hb[@]}"} "$scheme://127.0.0.1:$pb/api/restorePoints/$i/vmRestorePoints"
     done <"$work/ids"
     rotating_script "$work/ids" "" >"$work/rotate.lua"
     script=(-s "$work/rotate.lua")
 fi
 # CPU time (user + system, clock ticks) of a process, threads included.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# "req/s µs-of-CPU-per-request" of one wrk run against a gateway (pid, url):
-# CPU per request is the steadier figure on a noisy machine.
+# "req/s µs-of-CPU-per-request" of one wrk run against a gateway (pid, url,
+# then wrk's header arguments): CPU per request is the steadier figure on a
+# noisy machine.
 measure() {
     local before after out
     before=$(ticks "$1")
-    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" ${script[@]+"${script[@]}"} "$2")
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" ${script[@]+"${script[@]}"} "${@:3}" "$2")
     after=$(ticks "$1")
     awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" '
         /Requests\/sec/ {rps = $2}
@@ -96,9 +115,23 @@ echo "A: $A"
 echo "B: $B"
 for r in $(seq "$ROUNDS"); do
     # Alternate which goes first: the machine warms and cools.
-    if (( r % 2 )); then a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path"); b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path")
-    else b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path"); a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path"); fi
+    if (( r % 2 )); then
+        a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path" ${ha[@]+"${ha[@]}"})
+        b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path" ${hb[@]+"${hb[@]}"})
+    else
+        b=$(measure "$gpb" "$scheme://127.0.0.1:$pb$path" ${hb[@]+"${hb[@]}"})
+        a=$(measure "$gpa" "$scheme://127.0.0.1:$pa$path" ${ha[@]+"${ha[@]}"})
+    fi
     read -r ra ca <<<"$a"
     read -r rb cb <<<"$b"
-    python3 -c "print('round $r: A %8.0f req/s %5.2f us/req  B %8.0f req/s %5.2f us/req  B/A req/s %.3f  CPU %.3f' % ($ra, $ca, $rb, $cb, $rb / $ra, $cb / $ca))"
+    python3 -c "print('round $r: A %8.0f req/s %5.2f us/req  B %8.0f req/s %5.2f us/req  B/A req/s %.3f  CPU %.3f' % ($ra, $ca, $rb, $cb, $rb / $ra, $cb / $ca))" |
+        tee -a "$work/rounds"
 done
+# The medians of the rounds' own ratios, with their range.
+python3 - "$work/rounds" <<'EOF2'
+import re, statistics, sys
+rows = [re.search(r"req/s ([\d.]+)  CPU ([\d.]+)", l) for l in open(sys.argv[1])]
+req, cpu = [[float(m[i]) for m in rows if m] for i in (1, 2)]
+print("B/A medians of %d rounds: req/s %.3f (%.3f-%.3f), CPU a request %.3f (%.3f-%.3f)"
+      % (len(req), statistics.median(req), min(req), max(req), statistics.median(cpu), min(cpu), max(cpu)))
+EOF2

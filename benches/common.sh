@@ -34,3 +34,26 @@ request = function()
 end
 LUA
 }
+
+# CLIENT=basic|session in ab.sh and instructions.sh: one client,
+# "dashboard", with this secret, in a clients file at FILE.
+CLIENT_SECRET=dashboard-secret-0123456789
+clients_file() { # FILE
+    printf '[[clients]]\nname = "dashboard"\nsecret_sha256 = "%s"\n' \
+        "$(printf %s "$CLIENT_SECRET" | sha256sum | cut -d' ' -f1)" >"$1"
+}
+
+# The header the client's requests carry to the gateway at BASE (CLIENT:
+# `basic`, its secret; `session`, a session token it logs on for first, as
+# an unchanged EM client does); nothing without CLIENT.
+client_credential() { # BASE
+    case "${CLIENT:-}" in
+    "") ;;
+    basic) echo "Authorization: Basic $(printf %s "dashboard:$CLIENT_SECRET" | base64 -w0)" ;;
+    session)
+        curl -sk -D - -o /dev/null -X POST -u "dashboard:$CLIENT_SECRET" "$1/api/sessionMngr/?v=latest" |
+            awk 'tolower($1) == "x-restsvcsessionid:" {print "X-RestSvcSessionId: " $2}' | tr -d '\r'
+        ;;
+    *) echo "CLIENT is basic or session" >&2; return 1 ;;
+    esac
+}

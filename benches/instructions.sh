@@ -18,7 +18,10 @@
 # to keep the three callgrind files in, for callgrind_annotate), CACHE_SIM
 # (1: callgrind also simulates the caches, and each line adds the L1
 # instruction and data misses per hit: the floor's working set stays in L1,
-# emgate's does not, see BENCHMARKS.md "fourteenth steps"). Needs valgrind
+# emgate's does not, see BENCHMARKS.md "fourteenth steps"), CLIENT (as
+# ab.sh's: `basic` or `session`, the hits of a client of a clients file by
+# its secret or by its session token; the floor gets the same Basic header,
+# and no token). Needs valgrind
 # (callgrind_control, callgrind_annotate), wrk, curl, python3.
 set -euo pipefail
 A=$1
@@ -28,7 +31,7 @@ cache_sim=()
 [[ "${CACHE_SIM:-}" != 1 ]] || cache_sim=(--cache-sim=yes)
 LOG=${LOG:-info}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# port, floor_binary, sim_pin.
+# port, floor_binary, sim_pin, clients_file, client_credential.
 source "$root/benches/common.sh"
 work=$(mktemp -d)
 pids=()
@@ -49,22 +52,33 @@ pin=$(sim_pin "$work/sim.out")
 export TOKIO_WORKER_THREADS=1 EMGATE_UPSTREAM_URL="https://127.0.0.1:$sim_port" \
     EMGATE_UPSTREAM_USERNAME=ab EMGATE_UPSTREAM_PASSWORD=ab-pass \
     EMGATE_UPSTREAM_CERT_SHA256="$pin" EMGATE_LOG="$LOG" EMGATE_CACHE_TTL=1h
+if [[ -n "${CLIENT:-}" ]]; then
+    clients_file "$work/clients.toml"
+    export EMGATE_CLIENTS_FILE="$work/clients.toml"
+fi
 
 # counted NAME URL PORT COMMAND...: starts COMMAND (listening on PORT) under
 # callgrind, waits for URL, warms it, counts one wrk run and prints NAME's
 # instructions per request.
 counted() {
-    local name=$1 url=$2 pid out requests totals
+    local name=$1 url=$2 pid out requests totals credential header=()
     shift 2
     (EMGATE_LISTEN="127.0.0.1:$1" exec valgrind --tool=callgrind "${cache_sim[@]}" \
         --callgrind-out-file="$work/$name.cg" "${@:2}" >"$work/$name.out" 2>&1) &
     pid=$!
     pids+=("$pid")
-    for _ in $(seq 600); do curl -sf -o /dev/null "$url" && break; sleep 0.2; done
-    curl -sf -o /dev/null "$url"
-    wrk -t1 -c4 -d3s "$url" >/dev/null
+    # Listening (any answer), then the client's credential, then ready.
+    for _ in $(seq 600); do
+        [[ $(curl -s -o /dev/null -w '%{http_code}' "$url") != 000 ]] && break
+        sleep 0.2
+    done
+    credential=$(client_credential "http://127.0.0.1:$1")
+    [[ -z "$credential" ]] || header=(-H "$credential")
+    for _ in $(seq 600); do curl -sf -o /dev/null ${header[@]+"${header[@]}"} "$url" && break; sleep 0.2; done
+    curl -sf -o /dev/null ${header[@]+"${header[@]}"} "$url"
+    wrk -t1 -c4 -d3s ${header[@]+"${header[@]}"} "$url" >/dev/null
     callgrind_control -z "$pid" >/dev/null 2>&1
-    out=$(wrk -t1 -c4 -d"$DURATION" "$url")
+    out=$(wrk -t1 -c4 -d"$DURATION" ${header[@]+"${header[@]}"} "$url")
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
@@ -85,16 +99,19 @@ probe=$(port)
 EMGATE_LISTEN="127.0.0.1:$probe" "$B" serve >/dev/null 2>&1 &
 pids+=($!)
 until curl -sf "http://127.0.0.1:$probe/readyz" >/dev/null; do sleep 0.05; done
-id=$(curl -s "http://127.0.0.1:$probe/api/restorePoints" | python3 -c '
+credential=$(client_credential "http://127.0.0.1:$probe")
+header=()
+[[ -z "$credential" ]] || header=(-H "$credential")
+id=$(curl -s ${header[@]+"${header[@]}"} "http://127.0.0.1:$probe/api/restorePoints" | python3 -c '
 import json, sys
 print(json.load(sys.stdin)["Refs"][5]["UID"].rsplit(":", 1)[1])')
 path="/api/restorePoints/$id/vmRestorePoints"
 mkdir -p "$(dirname "$work/static$path")"
-curl -s -o /dev/null "http://127.0.0.1:$probe$path"
-curl -s "http://127.0.0.1:$probe$path" >"$work/static$path"
-curl -s -D - -o /dev/null "http://127.0.0.1:$probe$path" | tail -n +2 | tr -d '\r' |
+curl -s -o /dev/null ${header[@]+"${header[@]}"} "http://127.0.0.1:$probe$path"
+curl -s ${header[@]+"${header[@]}"} "http://127.0.0.1:$probe$path" >"$work/static$path"
+curl -s -D - -o /dev/null ${header[@]+"${header[@]}"} "http://127.0.0.1:$probe$path" | tail -n +2 | tr -d '\r' |
     grep -viE '^(content-length|date|connection):|^$' >"$work/hit-headers"
-echo "one key, $(wc -c <"$work/static$path") bytes, LOG=$LOG, wrk -c4 -d$DURATION under callgrind"
+echo "one key, $(wc -c <"$work/static$path") bytes, LOG=$LOG${CLIENT:+, CLIENT=$CLIENT}, wrk -c4 -d$DURATION under callgrind"
 
 pa=$(port); pb=$(port); pf=$(port)
 a=$(counted a "http://127.0.0.1:$pa$path" "$pa" "$A" serve)
