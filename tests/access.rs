@@ -579,6 +579,10 @@ async fn a_clients_hit_is_the_same_answer_by_its_secret_or_its_session() {
         .await;
     assert_eq!(logon.status, StatusCode::CREATED, "{}", logon.body);
     let token = logon.header("x-restsvcsessionid").to_string();
+    // The first hit makes the entry's whole head; the ones below are
+    // answered at once.
+    let warm = http.get(&gw.url(&p), &by_secret).await;
+    assert_eq!(warm.headers["x-cache"], "HIT");
 
     let secret_hit = http
         .get(&gw.url(&p), &[by_secret[0], ("x-request-id", "secret-1")])

@@ -623,7 +623,7 @@ where
                     .map_or(Duration::ZERO, |(_, began, _)| began.elapsed());
                 let patience = self.options.stale_wait.saturating_sub(waited);
                 // Boxed here and below: a wait for EM (a hit never waits)
-                // would otherwise size every request's future.
+                // would otherwise size every read's future.
                 match Box::pin(tokio::time::timeout(patience, wait(rx))).await {
                     Ok(Landed::Value(entry)) => Ok(self.served(entry, started, stats)),
                     Ok(Landed::Failed(error)) if error.serves_stale() => {
@@ -711,7 +711,7 @@ where
     /// waits for one of the async locks moka's upkeep takes (rare); then
     /// the caller asks again, boxed (moka's upkeep resumes where it was
     /// dropped). Awaited inline, its future (728 bytes) would be part of
-    /// every request's, moved several times, and its own await chain costs
+    /// every read's on the full path, and its own await chain costs
     /// more than this one poll (BENCHMARKS.md, "sixth steps").
     fn read_now(&self, key: &K) -> Option<Option<Arc<Entry<V>>>> {
         // Polled where it is made (`now_or_never` would copy it first).

@@ -322,8 +322,11 @@ fn identify(
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
     match presented {
-        // Looked up by `by_session`, never here.
-        Presented::Session(_) => Err(GatewayError::Unauthorized(BAD_SESSION)),
+        // Looked up by `by_session`, never here; refused if it ever were.
+        Presented::Session(_) => {
+            debug_assert!(false, "a session token reached identify");
+            Err(GatewayError::Unauthorized(BAD_SESSION))
+        }
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
             Ok(Caller::Anonymous)
         }

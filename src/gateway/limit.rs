@@ -71,8 +71,7 @@ impl ClientLimits {
         }
         if let Some(fleet) = &self.fleet {
             // Boxed: a round trip to Redis anyway, and inline its future
-            // would be part of every request's (moved on every hit, see
-            // BENCHMARKS.md), fleet or not.
+            // would be part of every full-path request's, fleet or not.
             let name = bucket.shared_name();
             match Box::pin(fleet.rate(&name, self.quota.0, self.quota.1)).await {
                 Ok(None) => return Ok(()),
@@ -82,6 +81,12 @@ impl ClientLimits {
             }
         }
         self.check(bucket)
+    }
+
+    /// Whether [`ClientLimits::check_shared`] needs no round trip: no
+    /// limit, or no fleet to count with.
+    pub fn counts_locally(&self) -> bool {
+        self.limiter.is_none() || self.fleet.is_none()
     }
 
     /// [`ClientLimits::check_shared`] when it needs no round trip (no

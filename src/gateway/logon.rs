@@ -355,9 +355,11 @@ impl ClientSessions {
         })
     }
 
-    /// [`ClientSessions::lookup`] when it needs no round trip: without a fleet,
-    /// or for a session this replica checked with the fleet less than
-    /// `FLEET_RECHECK` ago. `None` when the fleet must be asked.
+    /// [`ClientSessions::lookup`]'s answer when it needs no round trip:
+    /// without a fleet, or for a session this replica checked with the
+    /// fleet less than `FLEET_RECHECK` ago; `None` when the fleet must be
+    /// asked. As `lookup`, it restarts a live session's idle timer (the
+    /// request that asks is the session's use).
     pub fn lookup_now(&self, token: &str) -> Option<Option<SessionInfo>> {
         let Some(fleet) = &self.fleet else {
             return Some(self.local.lookup(token));
@@ -371,13 +373,17 @@ impl ClientSessions {
 
     /// The live session a token stands for (its idle timer restarts).
     pub async fn lookup(&self, token: &str) -> Option<SessionInfo> {
-        if let Some(found) = self.lookup_now(token) {
-            return found;
-        }
-        let fleet = self.fleet.as_ref()?;
+        let Some(fleet) = &self.fleet else {
+            return self.local.lookup(token);
+        };
         let names = fleet.token_names(token);
         let key = *names.first()?;
         let known = self.local.known(&key);
+        if let Some((info, checked)) = &known {
+            if checked.elapsed() < FLEET_RECHECK {
+                return Some(info.clone());
+            }
+        }
         // Redis came back empty a moment ago: replicas are putting their
         // sessions back, so an unknown token is looked up again a few
         // times before it is refused.

@@ -748,8 +748,9 @@ pub async fn serve(
         }
         let key = resolved.key(head);
         let em = fetch(false);
-        // Boxed here and below, where EM is asked anyway: a hit's future
-        // (moved on every layer of the stack) keeps only the lookup's size.
+        // Boxed here and below, where EM is asked anyway: the future of a
+        // hit the full path answers (a 304, another base) keeps only the
+        // lookup's size.
         let served = match Box::pin(state.cache.collapse(key.into_owned(), move || em)).await {
             Ok(s) => s,
             Err(error) => {
@@ -853,13 +854,14 @@ fn rule_fetch(
     }
 }
 
-/// A plain hit answered at once, without a future: the answer
-/// [`serve`] would give a read of `resolved` (under its rule, not an
-/// operator's `no-cache`) when the index holds a fresh entry whose whole
-/// head fits the request (see [`whole_hit`]). Nothing is counted until the
-/// caller takes the answer ([`HitNow::counted`]), so a caller that turns
-/// it down (a rate limit says no) leaves no trace, and [`serve`] answers
-/// the request in full. `None` when the read needs more than memory.
+/// A plain hit answered at once, without a future: the answer [`serve`]
+/// would give a read of `resolved` (under its rule, not an operator's
+/// `no-cache`) when the index holds a fresh entry whose whole head, made
+/// by an earlier hit, fits the request (see `whole_hit`). Nothing is
+/// counted until the caller takes the answer ([`HitNow::counted`]), so a
+/// caller that turns it down (a rate limit says no) leaves no trace, and
+/// [`serve`] answers the request in full. `None` when the read needs more
+/// than memory.
 pub fn hit_now<'a>(
     state: &'a Arc<ReadState>,
     to: &Representation,
@@ -877,6 +879,12 @@ pub fn hit_now<'a>(
     let rule = resolved.rule()?;
     let key = resolved.key(head);
     let (entry, age) = state.cache.fresh_now(&key, taken_up)?;
+    // The whole head is made by a served hit ([`serve`]), never here: this
+    // one may yet be turned away (its rate limit), and the head is kept
+    // for the public base of the request that makes it.
+    if !entry.value.has_whole_head(to.xml) {
+        return None;
+    }
     let served = Served {
         entry,
         outcome: Outcome::Hit,
@@ -919,7 +927,8 @@ impl HitNow<'_> {
         };
         let served = &self.served;
         let key = resolved.key(head);
-        (state.cache).count_hit(&key, &self.rule.policy, &served.entry, served.age, tiered);
+        let cache = &state.cache;
+        cache.count_hit(&key, &self.rule.policy, &served.entry, served.age, tiered);
         self.response
     }
 }

@@ -625,6 +625,12 @@ impl Prepared {
         (body, head)
     }
 
+    /// Whether the whole head of the representation (`xml` or JSON) is
+    /// made (see [`Prepared::whole_head`]).
+    pub fn has_whole_head(&self, xml: bool) -> bool {
+        self.wholes[usize::from(xml)].get().is_some()
+    }
+
     /// The body, its `ETag`, and a whole head for it: what `finish` makes,
     /// once per representation, of [`Prepared::answer`]'s head, for the
     /// first public base served and an entry fetched at `at`. The answer

@@ -63,7 +63,7 @@ const SERVED: [Method; 6] = [
 /// leaves with [`render::api_headers`].
 ///
 /// A plain hit that needs nothing but memory is answered before any future
-/// is made ([`hit_now`]); every other request gets the full path, boxed.
+/// is made (`hit_now`); every other request gets the full path, boxed.
 pub fn route(
     app: Arc<App>,
     conn: Conn,
@@ -204,7 +204,7 @@ pub fn route(
 /// What [`route`] hands hyper for a request: the answer made at once, or
 /// the full path's future, boxed. Small, whichever it is (hyper moves it
 /// into its slot for every request: the full path's future is 1.6 KB, see
-/// BENCHMARKS.md, "fifteenth steps").
+/// BENCHMARKS.md, "fourteenth steps" and "fifteenth steps").
 pub enum Answer<F> {
     /// Answered (taken when polled).
     Now(Option<Response<Body>>),
@@ -305,8 +305,9 @@ impl Done {
 /// A plain read answered from memory before any future is made
 /// ([`reads::hit_now`]): a `GET` or `HEAD` under a rule, by a caller known
 /// without a round trip (anonymous, a client by its secret or by a
-/// session token this replica holds; not the operator), whose fresh entry
-/// the index holds, on a gateway not draining, with a place
+/// session token this replica holds, in a fleet one checked with the
+/// fleet a moment ago; not the operator), whose fresh entry the index
+/// holds, on a gateway not draining, with a place
 /// free among the requests at work and the caller's rate limit counted
 /// here (no fleet to ask). Every check [`route`]'s full path makes before
 /// such a hit is made here too, with the same helpers; anything else
@@ -321,7 +322,10 @@ fn hit_now(
     started: Instant,
 ) -> Option<(Response<Body>, Done)> {
     let head = parts.method == Method::HEAD;
-    if crate::ops::traces::on() || !(head || parts.method == Method::GET) {
+    if crate::ops::traces::on()
+        || !(head || parts.method == Method::GET)
+        || !app.limits.counts_locally()
+    {
         return None;
     }
     let path = parts.uri.path();
@@ -595,7 +599,7 @@ async fn api(
             return reads::serve(&app.reads, &*ctx, method, heads, &resolved, operator).await;
         }
         // Writes are few and their future is large: boxed, so a read's
-        // future (moved on every layer of the stack) stays small.
+        // future stays small.
         Box::pin(ctx.traced(write(app, &caller, parts, body, target, &*ctx))).await
     }
     .await;

@@ -531,8 +531,8 @@ fn stack(
         // The connection is busy from here until the answer is made,
         // so its idle deadline waits.
         // (The router ends it with the answer: no block around the
-        // router's future here, which would hold that future twice, as its
-        // own field and as the future it awaits.)
+        // router's answer here, which would hold it twice, as its own field
+        // and as the future it awaits.)
         let busy = activity.begin(req.version());
         route(app.clone(), conn, req, busy)
     })
