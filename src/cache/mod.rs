@@ -664,14 +664,14 @@ where
         }
     }
 
-    /// The fresh entry for `key` as of `at`, and its age, if the index holds
-    /// one: the lookup of [`Cache::get`]'s first row, with nothing counted
-    /// or scheduled, so a caller that does not serve it leaves no trace. A
+    /// The hit on `key` as of `at`, if the index holds a fresh entry: the
+    /// lookup of [`Cache::get`]'s first row, with nothing counted or
+    /// scheduled, so a caller that does not serve it leaves no trace. A
     /// caller that serves it says so with [`Cache::count_hit`].
-    pub fn fresh_now(&self, key: &K, at: Instant) -> Option<(Arc<Entry<V>>, Duration)> {
+    pub fn fresh_now(&self, key: &K, at: Instant) -> Option<Served<V>> {
         let e = self.index.get(key).map(|e| e.value().clone())?;
         let age = e.age_at(at);
-        (e.freshness_at(age) == Freshness::Fresh).then_some((e, age))
+        (e.freshness_at(age) == Freshness::Fresh).then(|| Served::stored(e, Outcome::Hit, age))
     }
 
     /// A fresh entry served as a hit (its age `age`): counted for the rule

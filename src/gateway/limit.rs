@@ -92,11 +92,7 @@ impl ClientLimits {
     /// [`ClientLimits::check_shared`] when it needs no round trip (no
     /// fleet, or no limit): `None` when the fleet must count.
     pub fn check_now(&self, bucket: &Bucket) -> Option<Result<(), Duration>> {
-        match (&self.limiter, &self.fleet) {
-            (None, _) => Some(Ok(())),
-            (Some(_), Some(_)) => None,
-            (Some(_), None) => Some(self.check(bucket)),
-        }
+        self.counts_locally().then(|| self.check(bucket))
     }
 
     /// `Ok` to go ahead, or how long to wait before the next request will be let through.

@@ -878,20 +878,13 @@ pub fn hit_now<'a>(
     }
     let rule = resolved.rule()?;
     let key = resolved.key(head);
-    let (entry, age) = state.cache.fresh_now(&key, taken_up)?;
+    let served = state.cache.fresh_now(&key, taken_up)?;
     // The whole head is made by a served hit ([`serve`]), never here: this
     // one may yet be turned away (its rate limit), and the head is kept
     // for the public base of the request that makes it.
-    if !entry.value.has_whole_head(to.xml) {
+    if !served.entry.value.has_whole_head(to.xml) {
         return None;
     }
-    let served = Served {
-        entry,
-        outcome: Outcome::Hit,
-        collapsed: false,
-        from_shared: false,
-        age,
-    };
     let em_base = state.pool.upstream().base_url();
     let response = whole_hit(&served, headers, to, em_base, head, request_id)?;
     Some(HitNow {

@@ -307,12 +307,12 @@ impl Done {
 /// without a round trip (anonymous, a client by its secret or by a
 /// session token this replica holds, in a fleet one checked with the
 /// fleet a moment ago; not the operator), whose fresh entry the index
-/// holds, on a gateway not draining, with a place
-/// free among the requests at work and the caller's rate limit counted
-/// here (no fleet to ask). Every check [`route`]'s full path makes before
-/// such a hit is made here too, with the same helpers; anything else
-/// (another answer, a wait, a span to trace) leaves the request to the
-/// full path with nothing counted.
+/// holds, on a gateway not draining, with a place free among the requests
+/// at work and the caller's rate limit counted here (no fleet to ask).
+/// Every check [`route`]'s full path makes before such a hit is made here
+/// too, with the same helpers; anything else (another answer, a wait, a
+/// span to trace) leaves the request to the full path with nothing
+/// counted.
 fn hit_now(
     app: &App,
     conn: Conn,
@@ -357,17 +357,7 @@ fn hit_now(
     }
     // Held until the answer is made, as the full path holds it.
     let _place = app.work.try_acquire().ok()?;
-    let to = Representation {
-        xml: prefers_xml(heads),
-        case: app.settings.json_case,
-        public: render::public_base(
-            &app.settings,
-            host.as_ref(),
-            &parts.headers,
-            conn.tls,
-            app.local_addr,
-        ),
-    };
+    let to = representation(app, conn, parts, prefers_xml(heads), host.as_ref());
     let hit = reads::hit_now(&app.reads, &to, heads, &resolved, head, request_id, started)?;
     // Last: a request let through is counted, and the full path would
     // count it again. Refused, it goes there for its 429.
@@ -489,7 +479,20 @@ fn context(
     request_id: &HeaderValue,
     taken_up: Instant,
 ) -> Ctx {
-    let to = Representation {
+    let to = representation(app, conn, parts, xml, host);
+    Ctx::new(conn, to, request_id, taken_up)
+}
+
+/// What a request is answered in: XML or JSON, the deployment's JSON
+/// case, the public base for its host.
+fn representation(
+    app: &App,
+    conn: Conn,
+    parts: &Parts,
+    xml: bool,
+    host: Option<&Authority>,
+) -> Representation {
+    Representation {
         xml,
         case: app.settings.json_case,
         public: render::public_base(
@@ -499,8 +502,7 @@ fn context(
             conn.tls,
             app.local_addr,
         ),
-    };
-    Ctx::new(conn, to, request_id, taken_up)
+    }
 }
 
 /// `/api/...`: the drop-in logon, the caller's logon sessions, the cached
