@@ -23,6 +23,25 @@ fn clients_file(dir: &std::path::Path) -> (String, &'static str, &'static str) {
     (path.to_str().unwrap().to_string(), a, b)
 }
 
+/// The operator's admin token in [`clients_and_operator`].
+const ADMIN: &str = "an-admin-token-of-the-operator";
+
+/// A gateway with the clients of [`clients_file`] and the admin token
+/// [`ADMIN`] (and `extra` settings); the dashboard's secret.
+fn clients_and_operator(
+    sim: &Sim,
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> (Gateway, &'static str) {
+    let (file, dash, _) = clients_file(dir);
+    let mut env = vec![
+        ("EMGATE_CLIENTS_FILE", file.as_str()),
+        ("EMGATE_ADMIN_TOKEN", ADMIN),
+    ];
+    env.extend_from_slice(extra);
+    (Gateway::start(sim, &env), dash)
+}
+
 fn basic(name: &str, secret: &str) -> String {
     use base64::Engine as _;
     format!(
@@ -484,19 +503,49 @@ async fn anonymous_callers_are_one_owner_whatever_name_their_logon_gives() {
     );
 }
 
+/// Beside a clients file, the admin token on `/api` is the operator,
+/// whether it comes as a bearer token or as the password of Basic data
+/// (whatever the user name, with spaces around it as the admin endpoints
+/// take it); a client's secret is that client, either way; a wrong one is
+/// nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_is_the_operator_on_api_however_it_comes() {
+    let sim = start_sim(sim_config()).await;
+    let dir = Scratch::new("clients-operator");
+    let (gw, dash) = clients_and_operator(&sim, &dir, &[("EMGATE_LOG_FORMAT", "text")]);
+    let admin = ADMIN;
+    let http = Http::default();
+    let jobs = gw.url("/api/jobs");
+    let operator = "client=\"~operator\"";
+    let dashboard = "client=\"dashboard\"";
+    let cases = [
+        (format!("Bearer {admin}"), operator),
+        (basic("anyone", admin), operator),
+        (basic("dashboard", &format!(" {admin} ")), operator),
+        (basic("dashboard", dash), dashboard),
+        (format!("Bearer {dash}"), dashboard),
+    ];
+    for (i, (auth, who)) in cases.iter().enumerate() {
+        let id = format!("operator-case-{i}");
+        let r = http
+            .get(&jobs, &[("authorization", auth), ("x-request-id", &id)])
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "case {i}: {}", r.body);
+        let fields = gw.access_fields(&id).await;
+        assert!(fields.iter().any(|f| f == who), "case {i}: {fields:?}");
+    }
+    for wrong in [basic("dashboard", "not-the-secret"), basic("anyone", dash)] {
+        let r = http.get(&jobs, &[("authorization", &wrong)]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_credentials_on_api_is_slowed_like_guessing_the_admin_token() {
     let sim = start_sim(sim_config()).await;
     let dir = Scratch::new("clients-guess");
-    let (file, dash, _) = clients_file(&dir);
-    let admin = "an-admin-token-of-the-operator";
-    let gw = Gateway::start(
-        &sim,
-        &[
-            ("EMGATE_CLIENTS_FILE", &file),
-            ("EMGATE_ADMIN_TOKEN", admin),
-        ],
-    );
+    let (gw, dash) = clients_and_operator(&sim, &dir, &[]);
+    let admin = ADMIN;
     let http = Http::default();
     let good = basic("dashboard", dash);
     let jobs = gw.url("/api/jobs");

@@ -95,10 +95,11 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("proxy", &["target", "render", "response", "error"]),
     ("logon", &["render", "response", "error"]),
     ("tasks", &[]),
-    ("clients", &["heads"]),
     ("limit", &[]),
-    // One request's context; the connection and its request id.
-    ("context", &["conn", "render", "request_id"]),
+    // One request's context; the connection and its request id; the
+    // clients file and a caller's name (which the context keeps).
+    ("context", &["conn", "render", "request_id", "clients"]),
+    ("clients", &["heads"]),
     ("conn", &[]),
     ("listen_tls", &[]),
     ("request_id", &[]),

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
-use crate::gateway::clients::{presented, Clients, Presented};
+use crate::gateway::clients::{presented, CallerName, Clients, Presented};
 use crate::gateway::error::GatewayError;
 use crate::gateway::heads::{Heads, Name};
 use crate::gateway::limit::{Attempts, Bucket};
@@ -117,16 +117,32 @@ impl AdminToken {
 
     /// Whether `given` is the token (or the replaced one, for a minute).
     fn accepts(&self, given: &Secret) -> bool {
+        self.is_set() && self.is_digest_of(&sha256(given.expose().trim().as_bytes()))
+    }
+
+    /// [`AdminToken::accepts`] for a presented secret whose SHA-256 is
+    /// known (a client's request hashes its secret once, for this and for
+    /// the clients file). The token is compared trimmed, so the digest
+    /// serves unless the secret has spaces around it.
+    fn accepts_hashed(&self, given: &str, digest: &[u8; 32]) -> bool {
+        let trimmed = given.trim();
+        match trimmed.len() == given.len() {
+            true => self.is_digest_of(digest),
+            false => self.is_digest_of(&sha256(trimmed.as_bytes())),
+        }
+    }
+
+    /// Whether `digest` is the token's (or the replaced one's, for a minute).
+    fn is_digest_of(&self, digest: &[u8; 32]) -> bool {
         let tokens = self.0.load();
         let Some(current) = &tokens.current else {
             return false;
         };
-        let given = sha256(given.expose().trim().as_bytes());
-        let now = constant_time_eq(&given, current);
+        let now = constant_time_eq(digest, current);
         let before = tokens
             .previous
             .as_ref()
-            .is_some_and(|(h, until)| Instant::now() < *until && constant_time_eq(&given, h));
+            .is_some_and(|(h, until)| Instant::now() < *until && constant_time_eq(digest, h));
         now | before
     }
 }
@@ -139,14 +155,14 @@ pub fn authorized(admin: &AdminToken, headers: &HeaderMap) -> bool {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// A client of the clients file, by name.
-    Client(String),
+    /// A client of the clients file, by name (the file's, shared).
+    Client(Arc<str>),
     /// The holder of a gateway session, with the session's owner.
     Session {
         /// The session's id.
         id: Uuid,
-        /// Its owner.
-        owner: String,
+        /// Its owner (the session's, shared).
+        owner: Arc<str>,
     },
     /// Nobody in particular (anonymous access is allowed).
     Anonymous,
@@ -171,21 +187,27 @@ impl Caller {
     }
 
     /// [`Caller::owner`], kept beyond the caller (the request's log line
-    /// and history): the callers the gateway names cost no allocation.
-    pub fn owner_label(&self) -> std::borrow::Cow<'static, str> {
+    /// and history), shared rather than copied.
+    pub fn owner_label(&self) -> CallerName {
         match self {
-            Caller::Anonymous => "~anonymous".into(),
-            Caller::Operator => "~operator".into(),
-            other => other.owner().to_string().into(),
+            Caller::Client(name) | Caller::Session { owner: name, .. } => {
+                CallerName::Client(name.clone())
+            }
+            Caller::Anonymous => CallerName::Gateway("~anonymous"),
+            Caller::Operator => CallerName::Gateway("~operator"),
         }
     }
 
     /// The rate-limit bucket of this caller: anonymous callers by address
     /// (a name they chose themselves must not buy them a fresh bucket).
     pub fn bucket(&self, peer: IpAddr) -> Bucket {
-        match self.owner() {
-            owner if owner.starts_with('~') => Bucket::Address(peer),
-            owner => Bucket::Client(owner.to_string()),
+        match self {
+            Caller::Client(name) | Caller::Session { owner: name, .. }
+                if !name.starts_with('~') =>
+            {
+                Bucket::Client(name.clone())
+            }
+            _ => Bucket::Address(peer),
         }
     }
 }
@@ -232,7 +254,7 @@ pub async fn authenticate(
         // Boxed: the lookup's future is large, and the future of every
         // request would carry its size.
         Presented::Session(token) => Box::pin(by_session(state, &clients, token)).await,
-        other => identify(state, &clients, headers.map(), other),
+        other => identify(state, &clients, other),
     };
     if compared && is_failed(&caller) {
         state.attempts.count(peer);
@@ -255,7 +277,7 @@ pub fn authenticate_now(state: &AccessState, headers: &Heads<'_>, peer: IpAddr) 
     }
     let caller = match presented {
         Presented::Session(token) => session_caller(&clients, state.sessions.lookup_now(token)?),
-        other => identify(state, &clients, headers.map(), other),
+        other => identify(state, &clients, other),
     };
     let failed = compared && is_failed(&caller);
     caller.ok().filter(|_| !failed)
@@ -317,42 +339,53 @@ fn session_caller(clients: &Clients, found: Option<SessionInfo>) -> Result<Calle
 fn identify(
     state: &AccessState,
     clients: &Clients,
-    headers: &HeaderMap,
     presented: Presented<'_>,
 ) -> Result<Caller, GatewayError> {
     let access = &state.settings.access;
-    match presented {
+    let (name, secret) = match &presented {
         // Looked up by `by_session`, never here; refused if it ever were.
         Presented::Session(_) => {
             debug_assert!(false, "a session token reached identify");
-            Err(GatewayError::Unauthorized(BAD_SESSION))
+            return Err(GatewayError::Unauthorized(BAD_SESSION));
         }
         Presented::Basic(..) if clients.is_empty() && access.allow_anonymous => {
-            Ok(Caller::Anonymous)
+            return Ok(Caller::Anonymous);
         }
-        // The admin token is an operator's credential on /api too (so a
-        // `no-cache` from the operator can reach EM), never a client
-        // secret; asked first, so it works beside a clients file (on an
-        // anonymous gateway, as a bearer token only).
-        Presented::Basic(..) | Presented::Bearer(_) if authorized(&state.admin, headers) => {
-            Ok(Caller::Operator)
-        }
-        Presented::Basic(name, secret) if !clients.is_empty() => clients
-            .check_basic(&name, secret.expose())
-            .map(|c| Caller::Client(c.as_str().to_string()))
-            .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS)),
-        Presented::Bearer(secret) if !clients.is_empty() => clients
-            .check_bearer(secret)
-            .map(|c| Caller::Client(c.as_str().to_string()))
-            .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS)),
-        _ if access.allow_anonymous => Ok(Caller::Anonymous),
-        Presented::Basic(..) | Presented::Bearer(_) => {
-            Err(GatewayError::Unauthorized(BAD_CREDENTIALS))
+        Presented::Basic(name, secret) => (Some(name.as_str()), secret.expose()),
+        Presented::Bearer(secret) => (None, *secret),
+        Presented::Nothing | Presented::Malformed if access.allow_anonymous => {
+            return Ok(Caller::Anonymous);
         }
         Presented::Nothing | Presented::Malformed => {
-            Err(GatewayError::Unauthorized(NEED_CREDENTIALS))
+            return Err(GatewayError::Unauthorized(NEED_CREDENTIALS));
         }
+    };
+    let anonymous_or_refused = || match access.allow_anonymous {
+        true => Ok(Caller::Anonymous),
+        false => Err(GatewayError::Unauthorized(BAD_CREDENTIALS)),
+    };
+    if clients.is_empty() && !state.admin.is_set() {
+        return anonymous_or_refused();
     }
+    // Hashed once, for the admin token and the clients file alike.
+    let digest = sha256(secret.as_bytes());
+    // The admin token is an operator's credential on /api too (so a
+    // `no-cache` from the operator can reach EM), never a client secret;
+    // asked first, so it works beside a clients file (on an anonymous
+    // gateway, as a bearer token only).
+    if state.admin.accepts_hashed(secret, &digest) {
+        return Ok(Caller::Operator);
+    }
+    if clients.is_empty() {
+        return anonymous_or_refused();
+    }
+    let found = match name {
+        Some(name) => clients.check_basic(name, &digest),
+        None => clients.check_bearer(&digest),
+    };
+    found
+        .map(|c| Caller::Client(c.shared()))
+        .ok_or(GatewayError::Unauthorized(BAD_CREDENTIALS))
 }
 
 /// `POST /api/sessionMngr/?v=…`: a gateway session, never an EM one.

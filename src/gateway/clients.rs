@@ -14,7 +14,7 @@ use base64::Engine as _;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, COOKIE};
 use serde::Deserialize;
 
-use crate::digest::{constant_time_eq, random_token, sha256, sha256_hex};
+use crate::digest::{constant_time_eq, random_token, sha256_hex};
 use crate::em::session::SESSION_HEADER;
 use crate::gateway::heads::{Heads, Name};
 use crate::secret::Secret;
@@ -49,6 +49,35 @@ impl ClientName {
     /// The name as written in the clients file.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name, shared rather than copied (a caller's, for the whole of
+    /// its request).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+/// Whom a request's access line, history and trace name as its caller:
+/// one of the gateway's own owners (`~anonymous`, `~operator`), plain
+/// text by construction (the access line writes it unchecked), or a
+/// client by its name, shared with the clients file or the session the
+/// request came by, so a client's request copies no name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerName {
+    /// One of the gateway's own owners.
+    Gateway(&'static str),
+    /// A client (or the owner of a gateway session).
+    Client(Arc<str>),
+}
+
+impl CallerName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CallerName::Gateway(label) => label,
+            CallerName::Client(name) => name,
+        }
     }
 }
 
@@ -139,25 +168,23 @@ impl Clients {
         self.entries == other.entries
     }
 
-    /// The client with this name and secret.
-    pub fn check_basic(&self, name: &str, secret: &str) -> Option<ClientName> {
-        let presented = sha256(secret.as_bytes());
+    /// The client with this name and secret (`presented`: the secret's SHA-256).
+    pub fn check_basic(&self, name: &str, presented: &[u8; 32]) -> Option<ClientName> {
         // Every entry is compared, so timing does not tell which names exist.
         let mut found = None;
         for (n, hash) in &self.entries {
-            if constant_time_eq(hash, &presented) && n.as_str() == name {
+            if constant_time_eq(hash, presented) && n.as_str() == name {
                 found = Some(n.clone());
             }
         }
         found
     }
 
-    /// The client whose secret this is.
-    pub fn check_bearer(&self, secret: &str) -> Option<ClientName> {
-        let presented = sha256(secret.as_bytes());
+    /// The client whose secret this is (`presented`: its SHA-256).
+    pub fn check_bearer(&self, presented: &[u8; 32]) -> Option<ClientName> {
         let mut found = None;
         for (n, hash) in &self.entries {
-            if constant_time_eq(hash, &presented) {
+            if constant_time_eq(hash, presented) {
                 found = Some(n.clone());
             }
         }
@@ -254,6 +281,7 @@ fn session_cookie<'a>(cookies: impl IntoIterator<Item = &'a HeaderValue>) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::sha256;
 
     #[test]
     fn secrets_are_long_url_safe_and_hashed() {
@@ -279,11 +307,12 @@ mod tests {
             sha256_hex(b"s1")
         );
         let clients = Clients::parse(&good).unwrap();
-        assert_eq!(clients.check_basic("dash", "s1").unwrap().as_str(), "dash");
-        assert!(clients.check_basic("dash", "s2").is_none());
-        assert!(clients.check_basic("other", "s1").is_none());
-        assert_eq!(clients.check_bearer("s1").unwrap().as_str(), "dash");
-        assert!(clients.check_bearer("nope").is_none());
+        let (s1, s2) = (sha256(b"s1"), sha256(b"s2"));
+        assert_eq!(clients.check_basic("dash", &s1).unwrap().as_str(), "dash");
+        assert!(clients.check_basic("dash", &s2).is_none());
+        assert!(clients.check_basic("other", &s1).is_none());
+        assert_eq!(clients.check_bearer(&s1).unwrap().as_str(), "dash");
+        assert!(clients.check_bearer(&sha256(b"nope")).is_none());
 
         let err =
             Clients::parse("[[clients]]\nname = \"x\"\nsecret_sha256 = \"abc\"\n").unwrap_err();

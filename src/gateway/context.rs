@@ -17,7 +17,6 @@
 //! itself. A span per request cost a hit 2-3 µs, about a sixth of its CPU at
 //! `info` (see BENCHMARKS.md), for lines a hit never writes.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -27,6 +26,7 @@ use http::HeaderValue;
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
+use crate::gateway::clients::CallerName;
 use crate::gateway::conn::Conn;
 use crate::gateway::render::Representation;
 
@@ -68,10 +68,8 @@ pub struct Ctx {
 pub struct Learnt {
     /// The route template that answers it.
     pub route: Option<&'static str>,
-    /// Its caller's name, once client access knows it: borrowed only for
-    /// the gateway's own labels (`~anonymous`, `~operator`), which the
-    /// access line writes unchecked as plain text.
-    pub client: Option<Cow<'static, str>>,
+    /// Its caller's name, once client access knows it.
+    pub client: Option<CallerName>,
 }
 
 /// Nothing said: the edge adds what every `/api` answer carries.
@@ -112,7 +110,7 @@ impl Ctx {
     }
 
     /// Who is calling, as the metrics, the history and the access line name it.
-    pub fn called_by(&mut self, client: Cow<'static, str>) {
+    pub fn called_by(&mut self, client: CallerName) {
         self.learnt.client.get_or_insert(client);
     }
 

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -12,7 +13,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Bucket {
     /// A named client (or the owner of a gateway session).
-    Client(String),
+    Client(Arc<str>),
     /// An anonymous caller (or a logon attempt), by address.
     Address(IpAddr),
 }
@@ -64,11 +65,13 @@ impl ClientLimits {
     }
 
     /// `Ok` to go ahead, or how long to wait before the next request will
-    /// be let through (for the fleet, in fleet mode).
-    pub async fn check_shared(&self, bucket: &Bucket) -> Result<(), Duration> {
+    /// be let through (for the fleet, in fleet mode). The bucket is made
+    /// only when a limit is on (most gateways have none).
+    pub async fn check_shared(&self, bucket: impl FnOnce() -> Bucket) -> Result<(), Duration> {
         if self.limiter.is_none() {
             return Ok(());
         }
+        let bucket = &bucket();
         if let Some(fleet) = &self.fleet {
             // Boxed: a round trip to Redis anyway, and inline its future
             // would be part of every full-path request's, fleet or not.
@@ -91,8 +94,11 @@ impl ClientLimits {
 
     /// [`ClientLimits::check_shared`] when it needs no round trip (no
     /// fleet, or no limit): `None` when the fleet must count.
-    pub fn check_now(&self, bucket: &Bucket) -> Option<Result<(), Duration>> {
-        self.counts_locally().then(|| self.check(bucket))
+    pub fn check_now(&self, bucket: impl FnOnce() -> Bucket) -> Option<Result<(), Duration>> {
+        match &self.limiter {
+            None => Some(Ok(())),
+            Some(_) => self.counts_locally().then(|| self.check(&bucket())),
+        }
     }
 
     /// `Ok` to go ahead, or how long to wait before the next request will be let through.

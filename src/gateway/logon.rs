@@ -49,7 +49,9 @@ struct Record {
     id: Uuid,
     /// Who logged on: the client's name, or an owner the gateway makes
     /// (`~anonymous`, `~operator`; see [`crate::gateway::access::Caller::owner`]).
-    owner: String,
+    /// Shared with every request made with the session (its caller, access
+    /// line and history), not copied for each.
+    owner: Arc<str>,
     /// Last request made with it.
     last_used: Instant,
     /// When it was created (to end the oldest first).
@@ -63,8 +65,8 @@ struct Record {
 pub struct SessionInfo {
     /// The session's id.
     pub id: Uuid,
-    /// Its owner.
-    pub owner: String,
+    /// Its owner (shared with the session's record).
+    pub owner: Arc<str>,
 }
 
 /// Names a token: SHA-256 alone, or in fleet mode the fleet's keyed name.
@@ -114,7 +116,7 @@ impl LocalSessions {
         map.retain(|_, r| now.duration_since(r.last_used) < idle);
         let mut own: Vec<([u8; 32], Instant)> = map
             .iter()
-            .filter(|(_, r)| r.owner == owner)
+            .filter(|(_, r)| &*r.owner == owner)
             .map(|(k, r)| (*k, r.created))
             .collect();
         if own.len() >= PER_CLIENT {
@@ -132,7 +134,7 @@ impl LocalSessions {
             self.key(token.expose()),
             Record {
                 id,
-                owner: owner.to_string(),
+                owner: owner.into(),
                 last_used: now,
                 created: now,
                 checked: now,
@@ -166,7 +168,7 @@ impl LocalSessions {
         let now = Instant::now();
         let mut own: Vec<&Record> = map
             .values()
-            .filter(|r| r.owner == owner && now.duration_since(r.last_used) < self.idle)
+            .filter(|r| &*r.owner == owner && now.duration_since(r.last_used) < self.idle)
             .collect();
         own.sort_by_key(|r| r.created);
         own.into_iter().map(|r| r.id).collect()
@@ -178,7 +180,7 @@ impl LocalSessions {
             return false;
         };
         let before = map.len();
-        map.retain(|_, r| !(r.owner == owner && r.id == id));
+        map.retain(|_, r| !(&*r.owner == owner && r.id == id));
         map.len() < before
     }
 
@@ -186,12 +188,12 @@ impl LocalSessions {
     fn name_of(&self, owner: &str, id: Uuid) -> Option<[u8; 32]> {
         let map = self.by_token.lock().ok()?;
         map.iter()
-            .find(|(_, r)| r.owner == owner && r.id == id)
+            .find(|(_, r)| &*r.owner == owner && r.id == id)
             .map(|(k, _)| *k)
     }
 
     /// The live sessions: name, owner, id (to put them back in the fleet).
-    fn live(&self) -> Vec<([u8; 32], String, Uuid)> {
+    fn live(&self) -> Vec<([u8; 32], Arc<str>, Uuid)> {
         let Ok(map) = self.by_token.lock() else {
             return Vec::new();
         };
@@ -211,7 +213,7 @@ impl LocalSessions {
         let now = Instant::now();
         let record = map.entry(key).or_insert_with(|| Record {
             id,
-            owner: owner.to_string(),
+            owner: owner.into(),
             last_used: now,
             created: now,
             checked: now,
@@ -404,7 +406,10 @@ impl ClientSessions {
                         return None;
                     }
                     self.local.mirror(key, id, &s.owner);
-                    return Some(SessionInfo { id, owner: s.owner });
+                    return Some(SessionInfo {
+                        id,
+                        owner: s.owner.into(),
+                    });
                 }
                 Ok(None) => {
                     // Made here while Redis was away: the fleet learns of it

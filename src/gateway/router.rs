@@ -3,7 +3,6 @@
 //! here; `/api` goes through client access to the cached route or the
 //! pass-through; `/admin` to [`crate::gateway::admin`].
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -238,7 +237,7 @@ impl<F: Future<Output = Response<Body>>> Future for Answer<F> {
 /// cache result, learnt on the way.
 struct Done {
     route: &'static str,
-    client: Option<Cow<'static, str>>,
+    client: Option<clients::CallerName>,
     cache: Option<&'static str>,
     /// Whether its path is known to be plain text (the access line need
     /// not check it).
@@ -269,10 +268,11 @@ impl Done {
         let ended = Instant::now();
         let elapsed = ended.saturating_duration_since(started);
         crate::ops::metrics::request(route, response.status(), elapsed);
-        record_history(request_id, ended, route, client.as_deref(), cache, response);
+        let name = client.as_ref().map(clients::CallerName::as_str);
+        record_history(request_id, ended, route, name, cache, response);
         if let Some(span) = span {
             span.record("route", route);
-            span.record("client", client.as_deref().unwrap_or("-"));
+            span.record("client", name.unwrap_or("-"));
             span.record("http.response.status_code", response.status().as_u16());
             if let Some(cache) = cache {
                 span.record("cache", cache);
@@ -291,9 +291,8 @@ impl Done {
             at: ended,
             client: match &client {
                 None => Text::Plain("-"),
-                // The gateway's own labels (`Caller::owner_label`).
-                Some(Cow::Borrowed(label)) => Text::Plain(label),
-                Some(Cow::Owned(name)) => Text::Any(name),
+                Some(clients::CallerName::Gateway(label)) => Text::Plain(label),
+                Some(clients::CallerName::Client(name)) => Text::Any(name),
             },
             cache: cache.unwrap_or("-"),
             request_id: request_id.as_bytes(),
@@ -361,7 +360,7 @@ fn hit_now(
     let hit = reads::hit_now(&app.reads, &to, heads, &resolved, head, request_id, started)?;
     // Last: a request let through is counted, and the full path would
     // count it again. Refused, it goes there for its 429.
-    if app.limits.check_now(&caller.bucket(conn.peer)) != Some(Ok(())) {
+    if app.limits.check_now(|| caller.bucket(conn.peer)) != Some(Ok(())) {
         return None;
     }
     let done = Done {
@@ -545,7 +544,7 @@ async fn api(
             ctx.answered_by("/api/sessionMngr");
             // Logons are limited by address: each makes a session to keep.
             app.limits
-                .check_shared(&Bucket::Address(conn.peer))
+                .check_shared(|| Bucket::Address(conn.peer))
                 .await
                 .map_err(GatewayError::RateLimited)?;
             let logon = access::logon(&app.access, parts, conn.peer, target, &ctx.to);
@@ -561,7 +560,7 @@ async fn api(
         };
         ctx.called_by(caller.owner_label());
         app.limits
-            .check_shared(&caller.bucket(conn.peer))
+            .check_shared(|| caller.bucket(conn.peer))
             .await
             .map_err(GatewayError::RateLimited)?;
         if target.is(0, "logonSessions") {
