@@ -86,8 +86,8 @@ const GATEWAY: &[(&str, &[&str])] = &[
     // A reload replaces what the phases below read, through their states.
     ("reload", &["access", "reads", "clients", "listen_tls"]),
     // The phases of a request, on their own states.
-    ("access", &["logon", "clients", "limit", "target", "render", "response", "error",
-                 "heads"]),
+    ("access", &["logon", "clients", "limit", "context", "target", "render", "response",
+                 "error", "heads"]),
     ("warm", &["reads", "restore_points"]),
     ("reads", &["restore_points", "proxy", "context", "target", "render", "response", "error",
                 "heads"]),
@@ -95,11 +95,10 @@ const GATEWAY: &[(&str, &[&str])] = &[
     ("proxy", &["target", "render", "response", "error"]),
     ("logon", &["render", "response", "error"]),
     ("tasks", &[]),
-    ("limit", &[]),
-    // One request's context; the connection and its request id; the
-    // clients file and a caller's name (which the context keeps).
-    ("context", &["conn", "render", "request_id", "clients"]),
     ("clients", &["heads"]),
+    ("limit", &[]),
+    // One request's context; the connection and its request id.
+    ("context", &["conn", "render", "request_id"]),
     ("conn", &[]),
     ("listen_tls", &[]),
     ("request_id", &[]),

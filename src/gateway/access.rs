@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
-use crate::gateway::clients::{presented, CallerName, Clients, Presented};
+use crate::gateway::clients::{presented, Clients, Presented};
+use crate::gateway::context::CallerName;
 use crate::gateway::error::GatewayError;
 use crate::gateway::heads::{Heads, Name};
 use crate::gateway::limit::{Attempts, Bucket};
@@ -115,34 +116,39 @@ impl AdminToken {
         true
     }
 
-    /// Whether `given` is the token (or the replaced one, for a minute).
+    /// Whether `given` is the token (or the replaced one, for a minute),
+    /// compared without the whitespace around it (as `str::trim` strips).
     fn accepts(&self, given: &Secret) -> bool {
-        self.is_set() && self.is_digest_of(&sha256(given.expose().trim().as_bytes()))
+        self.is_digest_of(|| sha256(given.expose().trim().as_bytes()))
     }
 
     /// [`AdminToken::accepts`] for a presented secret whose SHA-256 is
     /// known (a client's request hashes its secret once, for this and for
-    /// the clients file). The token is compared trimmed, so the digest
-    /// serves unless the secret has spaces around it.
+    /// the clients file): the same digest, unless the secret has
+    /// whitespace around it.
     fn accepts_hashed(&self, given: &str, digest: &[u8; 32]) -> bool {
-        let trimmed = given.trim();
-        match trimmed.len() == given.len() {
-            true => self.is_digest_of(digest),
-            false => self.is_digest_of(&sha256(trimmed.as_bytes())),
-        }
+        self.is_digest_of(|| {
+            let trimmed = given.trim();
+            match trimmed.len() == given.len() {
+                true => *digest,
+                false => sha256(trimmed.as_bytes()),
+            }
+        })
     }
 
-    /// Whether `digest` is the token's (or the replaced one's, for a minute).
-    fn is_digest_of(&self, digest: &[u8; 32]) -> bool {
+    /// Whether the digest `of` makes (asked only when a token is set) is
+    /// the token's, or the replaced one's for a minute.
+    fn is_digest_of(&self, of: impl FnOnce() -> [u8; 32]) -> bool {
         let tokens = self.0.load();
         let Some(current) = &tokens.current else {
             return false;
         };
-        let now = constant_time_eq(digest, current);
+        let digest = of();
+        let now = constant_time_eq(&digest, current);
         let before = tokens
             .previous
             .as_ref()
-            .is_some_and(|(h, until)| Instant::now() < *until && constant_time_eq(digest, h));
+            .is_some_and(|(h, until)| Instant::now() < *until && constant_time_eq(&digest, h));
         now | before
     }
 }
@@ -459,5 +465,84 @@ pub async fn logon_sessions(
             method.clone(),
             "GET, HEAD, DELETE",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    /// `/api` asks the admin token with the digest it made of the secret
+    /// for the clients file (`accepts_hashed`), the admin endpoints with
+    /// the secret (`accepts`): one answer for every secret, whitespace
+    /// around it or not, whether the token is unset, set, or replaced a
+    /// moment ago.
+    #[test]
+    fn the_admin_token_gives_one_answer_hashed_or_not() {
+        let given = [
+            "tok-0123",
+            " tok-0123 ",
+            "tok-0123\t",
+            "\u{a0}tok-0123",
+            "tok-0124",
+            "",
+        ];
+        let answers = |admin: &AdminToken| -> Vec<bool> {
+            given
+                .iter()
+                .map(|g| {
+                    let plain = admin.accepts(&Secret::new(*g));
+                    let hashed = admin.accepts_hashed(g, &sha256(g.as_bytes()));
+                    assert_eq!(plain, hashed, "{g:?}");
+                    plain
+                })
+                .collect()
+        };
+        let taken = vec![true, true, true, true, false, false];
+        assert_eq!(answers(&AdminToken::new(None)), vec![false; given.len()]);
+        let admin = AdminToken::new(Some(&Secret::new("tok-0123")));
+        assert_eq!(answers(&admin), taken);
+        // Replaced: the old token is still taken for its minute.
+        assert!(admin.replace(Some(&Secret::new("another-token"))));
+        assert_eq!(answers(&admin), taken);
+    }
+
+    /// `/api` reads the secret of an `Authorization` header as client
+    /// access does (`clients::presented`), the admin endpoints as
+    /// `admin_token_presented` does: the same secret wherever either finds
+    /// one that `/api` would compare.
+    #[test]
+    fn api_and_the_admin_endpoints_read_the_same_secret() {
+        use base64::Engine as _;
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let values = [
+            "Bearer tok".to_string(),
+            "bearer   tok  ".to_string(),
+            " Bearer tok".to_string(),
+            "Bearer".to_string(),
+            "Basic".to_string(),
+            format!("Basic {}", b64(b"name:pass")),
+            format!("basic  {} ", b64(b"name:pa:ss")),
+            format!("Basic {}", b64(b"name: pass ")),
+            format!("Basic {}", b64(b"no-colon")),
+            format!("Basic {}", b64(b"name:\xff")),
+            "Basic !!!".to_string(),
+            "Digest x".to_string(),
+        ];
+        for value in values {
+            let mut map = HeaderMap::new();
+            map.insert(AUTHORIZATION, HeaderValue::from_str(&value).unwrap());
+            let heads = Heads::of(&map);
+            let api = match presented(&heads) {
+                Presented::Basic(_, secret) => Some(secret.expose().to_string()),
+                Presented::Bearer(secret) => Some(secret.to_string()),
+                _ => None,
+            };
+            let admin = admin_token_presented(&map).map(|s| s.expose().to_string());
+            if let Some(secret) = &api {
+                assert_eq!(Some(secret), admin.as_ref(), "{value:?}");
+            }
+        }
     }
 }

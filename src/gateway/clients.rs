@@ -58,29 +58,6 @@ impl ClientName {
     }
 }
 
-/// Whom a request's access line, history and trace name as its caller:
-/// one of the gateway's own owners (`~anonymous`, `~operator`), plain
-/// text by construction (the access line writes it unchecked), or a
-/// client by its name, shared with the clients file or the session the
-/// request came by, so a client's request copies no name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallerName {
-    /// One of the gateway's own owners.
-    Gateway(&'static str),
-    /// A client (or the owner of a gateway session).
-    Client(Arc<str>),
-}
-
-impl CallerName {
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        match self {
-            CallerName::Gateway(label) => label,
-            CallerName::Client(name) => name,
-        }
-    }
-}
-
 impl std::fmt::Display for ClientName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -19,14 +19,13 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::HeaderValue;
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
-use crate::gateway::clients::CallerName;
 use crate::gateway::conn::Conn;
 use crate::gateway::render::Representation;
 
@@ -59,6 +58,30 @@ pub struct Ctx {
     /// Whether its path is known to be plain text (see
     /// `reads::Resolved::path_is_plain`), so the access line need not check it.
     path_plain: bool,
+}
+
+/// Whom a request's access line, history and trace name as its caller,
+/// kept from client access to the end of the request without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallerName {
+    /// An anonymous caller or the operator: the gateway's own names
+    /// (`Caller::owner_label`), plain text, which the access line writes
+    /// unchecked.
+    Gateway(&'static str),
+    /// A client, or the owner of a gateway session (any owner, the
+    /// gateway's own too: the access line checks it): the name shared
+    /// with the clients file or the session's record.
+    Client(Arc<str>),
+}
+
+impl CallerName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CallerName::Gateway(label) => label,
+            CallerName::Client(name) => name,
+        }
+    }
 }
 
 /// What a request's phases learn of it for the access line, the metrics

@@ -205,10 +205,11 @@ impl LocalSessions {
     }
 
     /// Keeps what the fleet said a token stands for (a session made on
-    /// another replica), so the next requests need not ask.
-    fn mirror(&self, key: [u8; 32], id: Uuid, owner: &str) {
+    /// another replica), so the next requests need not ask: the owner's
+    /// name as the record holds it.
+    fn mirror(&self, key: [u8; 32], id: Uuid, owner: &str) -> Arc<str> {
         let Ok(mut map) = self.by_token.lock() else {
-            return;
+            return owner.into();
         };
         let now = Instant::now();
         let record = map.entry(key).or_insert_with(|| Record {
@@ -220,6 +221,7 @@ impl LocalSessions {
         });
         record.last_used = now;
         record.checked = now;
+        record.owner.clone()
     }
 
     /// The record of a token hash, if this replica knows it, and when the
@@ -405,11 +407,8 @@ impl ClientSessions {
                     if self.buried(Some(&key), &s.owner, id) {
                         return None;
                     }
-                    self.local.mirror(key, id, &s.owner);
-                    return Some(SessionInfo {
-                        id,
-                        owner: s.owner.into(),
-                    });
+                    let owner = self.local.mirror(key, id, &s.owner);
+                    return Some(SessionInfo { id, owner });
                 }
                 Ok(None) => {
                     // Made here while Redis was away: the fleet learns of it

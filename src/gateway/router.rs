@@ -22,7 +22,7 @@ use crate::gateway::access;
 use crate::gateway::app::App;
 use crate::gateway::clients;
 use crate::gateway::conn::{Conn, RequestGuard};
-use crate::gateway::context::Ctx;
+use crate::gateway::context::{CallerName, Ctx};
 use crate::gateway::error::{ErrorMessage, GatewayError};
 use crate::gateway::heads::{Heads, Name};
 use crate::gateway::host::{self, Authority};
@@ -237,7 +237,7 @@ impl<F: Future<Output = Response<Body>>> Future for Answer<F> {
 /// cache result, learnt on the way.
 struct Done {
     route: &'static str,
-    client: Option<clients::CallerName>,
+    client: Option<CallerName>,
     cache: Option<&'static str>,
     /// Whether its path is known to be plain text (the access line need
     /// not check it).
@@ -268,7 +268,7 @@ impl Done {
         let ended = Instant::now();
         let elapsed = ended.saturating_duration_since(started);
         crate::ops::metrics::request(route, response.status(), elapsed);
-        let name = client.as_ref().map(clients::CallerName::as_str);
+        let name = client.as_ref().map(CallerName::as_str);
         record_history(request_id, ended, route, name, cache, response);
         if let Some(span) = span {
             span.record("route", route);
@@ -291,8 +291,8 @@ impl Done {
             at: ended,
             client: match &client {
                 None => Text::Plain("-"),
-                Some(clients::CallerName::Gateway(label)) => Text::Plain(label),
-                Some(clients::CallerName::Client(name)) => Text::Any(name),
+                Some(CallerName::Gateway(label)) => Text::Plain(label),
+                Some(CallerName::Client(name)) => Text::Any(name),
             },
             cache: cache.unwrap_or("-"),
             request_id: request_id.as_bytes(),
