@@ -346,6 +346,16 @@ rows+=(
     "HTTP/2|h2load|nginx static|http://127.0.0.1:$NG_H2$hot_path|$nginx_worker"
 )
 
+# emgate's log (one line a request, ~30 MB/s) is on the disk before each
+# row: the kernel writes dirty pages back 30 s later or past 10% of RAM,
+# in whichever row runs then (on this VM, 1.3 GB written back at once cost
+# the gateway measured then a third of its requests and gave it a p99 of
+# 2.5 ms for 5 s; any server measured then would pay). Each row then
+# measures its own server; the log's write into the page cache stays in
+# emgate's rows. In a deployment the writeback is the log collector's or
+# the kernel flusher's, on whichever core is free.
+settle_logs() { sync "$work"/emgate-*.log 2>/dev/null || true; }
+
 # Each server's first seconds of load are not counted: until now the row
 # measured first (emgate's) paid for the machine coming out of idle alone,
 # and its p99 read up to twice its later rounds'.
@@ -366,6 +376,7 @@ for r in $(seq "$ROUNDS"); do
     fi
     for row in "${order[@]}"; do
         IFS='|' read -r scenario tool server url pid <<<"$row"
+        settle_logs
         result=$(measure "$tool" "$url" "$pid")
         printf 'round %s  %-10s %-18s %s\n' "$r" "$scenario" "$server" "$result"
         printf '%s|%s|%s\n' "$scenario" "$server" "$result" >>"$work/results"
