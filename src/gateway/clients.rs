@@ -181,8 +181,9 @@ fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// What a request presented to prove who it is.
-#[derive(Debug)]
+/// What a request presented to prove who it is. Its `Debug` names the
+/// kind and a Basic user name, never the secret or token it borrows in the
+/// clear (so a stray `{:?}` cannot put one in a log or a panic).
 pub enum Presented<'a> {
     /// Nothing.
     Nothing,
@@ -194,6 +195,20 @@ pub enum Presented<'a> {
     Session(&'a str),
     /// An `Authorization` header we cannot read.
     Malformed,
+}
+
+impl std::fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Presented::Nothing => f.write_str("Nothing"),
+            Presented::Basic(name, secret) => {
+                f.debug_tuple("Basic").field(name).field(secret).finish()
+            }
+            Presented::Bearer(_) => f.write_str("Bearer(***)"),
+            Presented::Session(_) => f.write_str("Session(***)"),
+            Presented::Malformed => f.write_str("Malformed"),
+        }
+    }
 }
 
 /// Whether the request is authenticated by the session cookie alone: the
@@ -259,6 +274,20 @@ fn session_cookie<'a>(cookies: impl IntoIterator<Item = &'a HeaderValue>) -> Opt
 mod tests {
     use super::*;
     use crate::digest::sha256;
+
+    #[test]
+    fn what_a_request_presented_never_shows_its_secret() {
+        let secret = Secret::new("basic-secret-0123");
+        let shown = [
+            Presented::Basic("dashboard".into(), secret),
+            Presented::Bearer("bearer-secret-0123"),
+            Presented::Session("session-token-0123"),
+        ]
+        .map(|p| format!("{p:?}"));
+        assert_eq!(shown[0], r#"Basic("dashboard", ***)"#);
+        assert_eq!(shown[1], "Bearer(***)");
+        assert_eq!(shown[2], "Session(***)");
+    }
 
     #[test]
     fn secrets_are_long_url_safe_and_hashed() {
