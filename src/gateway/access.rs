@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use base64::Engine as _;
-
 use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -22,7 +20,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::digest::{constant_time_eq, sha256};
-use crate::gateway::clients::{presented, Clients, Presented};
+use crate::gateway::clients::{self, presented, Clients, Presented};
 use crate::gateway::context::CallerName;
 use crate::gateway::error::GatewayError;
 use crate::gateway::heads::{Heads, Name};
@@ -50,22 +48,14 @@ pub struct AccessState {
     pub attempts: Attempts,
 }
 
-/// The token a request presents: a bearer token, or a Basic password.
+/// The token a request presents: a bearer token, or a Basic password, as
+/// client access reads them ([`clients::authorization`]).
 fn admin_token_presented(headers: &HeaderMap) -> Option<Secret> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, rest) = value.split_once(' ')?;
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return Some(Secret::new(rest.trim()));
+    match clients::authorization(headers.get(AUTHORIZATION)) {
+        Presented::Bearer(token) => Some(Secret::new(token)),
+        Presented::Basic(_, password) => Some(password),
+        _ => None,
     }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (_, password) = decoded.split_once(':')?;
-        return Some(Secret::new(password));
-    }
-    None
 }
 
 /// How long the admin token a reload replaced is still accepted, so the

@@ -233,7 +233,14 @@ pub fn presented<'a>(headers: &Heads<'a>) -> Presented<'a> {
     {
         return Presented::Session(token);
     }
-    let Some(value) = headers.get(Name::Authorization) else {
+    authorization(headers.get(Name::Authorization))
+}
+
+/// What an `Authorization` header presents (Basic data, a bearer secret),
+/// for client access and, alone, for the admin endpoints: one reading of
+/// the header for both.
+pub fn authorization(value: Option<&HeaderValue>) -> Presented<'_> {
+    let Some(value) = value else {
         return Presented::Nothing;
     };
     let Ok(value) = value.to_str() else {
