@@ -1,5 +1,5 @@
-# Helpers sourced by benches/load.sh, benches/ab.sh and
-# benches/instructions.sh.
+# Helpers sourced by benches/load.sh, benches/ab.sh,
+# benches/instructions.sh and benches/steady.sh.
 
 # A free loopback port.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -605,6 +605,117 @@ async fn a_stuck_log_pipe_never_stalls_requests_and_dropped_lines_are_counted() 
     assert!(dropped > 0.0, "no dropped line counted");
 }
 
+/// An operator sends the log to a file (`2>>emgate.log`). Every access
+/// line lands in it, and the file's pages do not stay in memory once
+/// written: a busy gateway writes tens of megabytes of access lines a
+/// second, which would otherwise fill the page cache (README, "Logs").
+/// Where the kernel or the file system cannot write so (before Linux
+/// 6.14, tmpfs), the gateway writes plainly and only the lines are checked.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_file_gets_every_access_line_and_keeps_none_of_them_in_memory() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("log-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a folder for the log");
+    let log = dir.join("emgate.log");
+    let sim = start_sim(sim_config()).await;
+    let mut gw = Gateway::start_logging_to(&sim, &[], &log);
+    let http = Http::default();
+    let path = vm_points_path(&sim, 1);
+    // 4,000 hits from 8 clients: about 1.6 MB of access lines, several of
+    // the log writer's writes.
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (http, url) = (http.clone(), gw.url(&path));
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    let id = format!("to-file-{c}-{i}");
+                    let reply = http.get(&url, &[("x-request-id", id.as_str())]).await;
+                    assert_eq!(reply.status, StatusCode::OK);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.expect("client");
+    }
+    // The last lines are written at exit.
+    assert!(gw.terminate().success());
+
+    // On disk, then measured before anything here reads the file.
+    let file = std::fs::File::open(&log).expect("the log file");
+    file.sync_all().expect("sync the log file");
+    let (resident, pages) = pages_in_memory(&file);
+    let text = std::fs::read_to_string(&log).expect("read the log file");
+    let logged: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split("\"request_id\":\"to-file-").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(logged.len(), 4000, "access lines missing from the log file");
+    if writes_uncached(&dir) {
+        // A few may stay: the pages this test read for the `listening`
+        // line, the last one, a page written in the same moment as its
+        // neighbour; written plainly, every one of them would.
+        assert!(
+            pages > 300 && resident * 10 <= pages,
+            "{resident} of the log's {pages} pages are still in memory"
+        );
+    } else {
+        eprintln!("this file system keeps written pages cached: only the lines were checked");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How many of `file`'s pages are in the page cache now, of how many.
+#[cfg(target_os = "linux")]
+fn pages_in_memory(file: &std::fs::File) -> (usize, usize) {
+    use std::os::fd::AsRawFd as _;
+    let len = usize::try_from(file.metadata().expect("log file size").len()).expect("size");
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
+    let pages = len.div_ceil(page);
+    let mut held = vec![0u8; pages];
+    // SAFETY: a read-only shared mapping of the whole file (not touched,
+    // so not faulted in); mincore fills one byte per page of it into
+    // `held`, which has one per page; the mapping is removed after.
+    let rc = unsafe {
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(map, libc::MAP_FAILED, "map the log file");
+        let rc = libc::mincore(map, len, held.as_mut_ptr());
+        libc::munmap(map, len);
+        rc
+    };
+    assert_eq!(rc, 0, "mincore");
+    (held.iter().filter(|b| **b & 1 == 1).count(), pages)
+}
+
+/// Whether files in `dir` take writes that leave no pages cached
+/// (`RWF_DONTCACHE`: Linux 6.14 and later, on ext4, xfs, btrfs and some
+/// others), tried on a file of its own.
+#[cfg(target_os = "linux")]
+fn writes_uncached(dir: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let probe = dir.join("probe");
+    let file = std::fs::File::create(&probe).expect("a probe file");
+    let bytes = [b'x'; 4096];
+    let part = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: `part` describes `bytes`, alive for the call; only read.
+    let n = unsafe { libc::pwritev2(file.as_raw_fd(), &part, 1, -1, libc::RWF_DONTCACHE) };
+    let _ = std::fs::remove_file(&probe);
+    n == 4096
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_log_line_is_one_json_object_with_the_request_fields() {
     let sim = start_sim(sim_config()).await;

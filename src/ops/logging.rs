@@ -135,6 +135,7 @@ impl<'a> MakeWriter<'a> for Lines {
 /// Writes the buffer to stderr until the guard is dropped, then once more.
 fn write_out(shared: Arc<Shared>) {
     let mut out = Vec::with_capacity(WRITE_AT * 2);
+    let mut stderr = Out::stderr();
     loop {
         let stopping = {
             let mut buffer = shared.buffer();
@@ -148,13 +149,132 @@ fn write_out(shared: Arc<Shared>) {
             shared.stopping.load(Ordering::Relaxed)
         };
         if !out.is_empty() {
-            // Nothing to tell anybody if stderr is gone.
-            let _ = std::io::stderr().lock().write_all(&out);
+            stderr.write(&out);
             out.clear();
         }
         if stopping && shared.buffer().is_empty() {
             return;
         }
+    }
+}
+
+/// Where the writer thread puts the lines: stderr, and when stderr is a
+/// regular file on Linux (`2>>emgate.log`), without keeping them in the
+/// page cache.
+///
+/// Why: at `info` a busy gateway writes an access line per request, about
+/// 34 MB a second at 100k hits a second. Written plainly to a file, those
+/// bytes stay in memory as page cache, gigabytes within minutes, and the
+/// kernel writes them back in bursts: on the 2-core bench machine that
+/// cost the gateway up to 40% of its hits a second and tripled p99 during
+/// a writeback, round after round (BENCHMARKS.md). With `RWF_DONTCACHE`
+/// (Linux 6.14 and later, on the file systems that take it) each write
+/// starts its own writeback and its pages are dropped once on disk, so
+/// the log costs no more memory than its unwritten tail; a file is read
+/// back from disk by whoever reads it later. Where the kernel or the file
+/// system refuses the flag, the first refusal switches to plain writes for
+/// good. A pipe (a container's stderr, a log shipper) is written plainly:
+/// there is no page cache to spare.
+struct Out {
+    /// A duplicate of stderr's descriptor (the same open file: one
+    /// position, appending if stderr appends); `None` if it could not be
+    /// made, and then lines go through `std::io::stderr()`.
+    file: Option<std::fs::File>,
+    /// Still writing with `RWF_DONTCACHE` (never set off Linux).
+    uncached: bool,
+}
+
+impl Out {
+    fn stderr() -> Out {
+        use std::os::fd::AsFd as _;
+        let file = std::io::stderr().as_fd().try_clone_to_owned().ok();
+        Out::to(file.map(std::fs::File::from))
+    }
+
+    fn to(file: Option<std::fs::File>) -> Out {
+        let regular = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| m.file_type().is_file());
+        Out {
+            file,
+            uncached: cfg!(target_os = "linux") && regular,
+        }
+    }
+
+    /// Writes all of `bytes`, or as much as stderr takes: nothing to tell
+    /// anybody if stderr is gone.
+    fn write(&mut self, bytes: &[u8]) {
+        let Some(file) = &mut self.file else {
+            let _ = std::io::stderr().lock().write_all(bytes);
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        let bytes = match self.uncached {
+            false => bytes,
+            true => {
+                use std::os::fd::AsFd as _;
+                match uncached::write_all(file.as_fd(), bytes) {
+                    Ok(()) => return,
+                    Err(uncached::Refused { written }) => {
+                        self.uncached = false;
+                        &bytes[written..]
+                    }
+                }
+            }
+        };
+        let _ = file.write_all(bytes);
+    }
+}
+
+/// Writes that leave no pages behind in the page cache (`pwritev2` with
+/// `RWF_DONTCACHE`), where the kernel and the file system allow it.
+#[cfg(target_os = "linux")]
+mod uncached {
+    use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+    /// The kernel or the file system does not take the flag; `written`
+    /// bytes were written before it said so.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct Refused {
+        pub(super) written: usize,
+    }
+
+    /// Writes all of `bytes` at the file's position (its end, for a file
+    /// opened to append), a part at a time if the kernel takes only a
+    /// part. `Err` only when the flag is refused (an old kernel:
+    /// `EOPNOTSUPP` or `EINVAL`; no `pwritev2`: `ENOSYS`); any other error
+    /// (a full disk, a closed stream) drops the rest of `bytes`, as a plain
+    /// write's error does, and the next call tries again.
+    pub(super) fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), Refused> {
+        let mut written = 0;
+        while written < bytes.len() {
+            let rest = &bytes[written..];
+            let part = libc::iovec {
+                iov_base: rest.as_ptr().cast_mut().cast(),
+                iov_len: rest.len(),
+            };
+            // SAFETY: `part` describes `rest`, borrowed and unchanged for
+            // the whole call; the kernel only reads it (a write). `fd` is a
+            // descriptor borrowed for the call. Offset -1: the file's own
+            // position, as `write` uses.
+            let n = unsafe { libc::pwritev2(fd.as_raw_fd(), &part, 1, -1, libc::RWF_DONTCACHE) };
+            match usize::try_from(n) {
+                Ok(0) => return Ok(()),
+                Ok(n) => written += n,
+                Err(_) => {
+                    let error = std::io::Error::last_os_error();
+                    match error.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                            return Err(Refused { written })
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -912,5 +1032,51 @@ mod tests {
             quoted(&mut out, &s);
             assert_eq!(String::from_utf8(out).unwrap(), format!("{s:?}"), "{s:?}");
         }
+    }
+
+    /// The writer's output, whichever way the file system takes it: a
+    /// file on tmpfs (no `RWF_DONTCACHE`: refused, then written plainly)
+    /// and one in the system's temporary folder (either) get every byte,
+    /// in order, appended after what the file held.
+    #[test]
+    fn every_byte_reaches_the_log_file_whether_or_not_it_is_written_uncached() {
+        for dir in ["/dev/shm".into(), std::env::temp_dir()] {
+            if !dir.is_dir() {
+                continue;
+            }
+            let path = dir.join(format!("emgate-log-out-{}", std::process::id()));
+            std::fs::write(&path, b"before\n").unwrap();
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let mut out = Out::to(Some(file));
+            assert_eq!(out.uncached, cfg!(target_os = "linux"), "{dir:?}");
+            let mut expected = b"before\n".to_vec();
+            for n in 0..40u32 {
+                // Line sizes about the writer's, not a multiple of a page.
+                let chunk = format!("{n:05}\n").repeat(usize::try_from(n).unwrap() * 997 + 1);
+                out.write(chunk.as_bytes());
+                expected.extend_from_slice(chunk.as_bytes());
+            }
+            let written = std::fs::read(&path).unwrap();
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                written == expected,
+                "{dir:?}: the log file lost or reordered bytes"
+            );
+        }
+    }
+
+    /// Stderr as a pipe or a terminal is written plainly: only a regular
+    /// file has pages to drop.
+    #[test]
+    fn only_a_regular_file_is_written_uncached() {
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        assert!(!Out::to(Some(null)).uncached);
+        assert!(!Out::to(None).uncached);
     }
 }

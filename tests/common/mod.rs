@@ -61,6 +61,20 @@ impl Gateway {
     /// what only the file can say, such as `[[cache.rules]]`). An empty
     /// value in `extra_env` unsets the setting.
     pub fn start_with_file(sim: &Sim, extra_env: &[(&str, &str)], toml: Option<&str>) -> Gateway {
+        let env = Gateway::settings(sim, extra_env);
+        let written = toml.map(|text| {
+            let dir = Scratch::new("settings");
+            std::fs::write(dir.join("emgate.toml"), text).expect("write settings file");
+            dir
+        });
+        let file = written.as_ref().map(|dir| dir.join("emgate.toml"));
+        let mut gateway = Gateway::spawn_with(&env, file.as_deref(), None);
+        gateway.held.extend(written);
+        gateway
+    }
+
+    /// The tests' settings in front of `sim`, with `extra_env` over them.
+    fn settings(sim: &Sim, extra_env: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("EMGATE_LISTEN".into(), "127.0.0.1:0".into()),
             ("EMGATE_UPSTREAM_URL".into(), sim.base_url()),
@@ -93,15 +107,18 @@ impl Gateway {
         {
             env.push(("EMGATE_SHARED_TIMEOUT".into(), "1s".into()));
         }
-        let written = toml.map(|text| {
-            let dir = Scratch::new("settings");
-            std::fs::write(dir.join("emgate.toml"), text).expect("write settings file");
-            dir
-        });
-        let file = written.as_ref().map(|dir| dir.join("emgate.toml"));
-        let mut gateway = Gateway::spawn_with(&env, file.as_deref());
-        gateway.held.extend(written);
-        gateway
+        env
+    }
+
+    /// As [`Gateway::start`], with stderr appended to the file `log` (as
+    /// `2>>emgate.log` does) instead of a pipe; its lines are read from
+    /// the file as they come.
+    pub fn start_logging_to(
+        sim: &Sim,
+        extra_env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Gateway {
+        Gateway::spawn_with(&Gateway::settings(sim, extra_env), None, Some(log))
     }
 
     /// Keeps `dir` for as long as the gateway (a file it reads while it
@@ -112,18 +129,32 @@ impl Gateway {
 
     /// Starts `emgate serve` with exactly these `EMGATE_*` settings.
     pub fn spawn(env: &[(String, String)]) -> Gateway {
-        Gateway::spawn_with(env, None)
+        Gateway::spawn_with(env, None, None)
     }
 
-    fn spawn_with(env: &[(String, String)], file: Option<&std::path::Path>) -> Gateway {
+    fn spawn_with(
+        env: &[(String, String)],
+        file: Option<&std::path::Path>,
+        log: Option<&std::path::Path>,
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_emgate"));
         cmd.arg("serve");
         if let Some(f) = file {
             cmd.arg("--config").arg(f);
         }
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("open the log file"),
+            ),
+            None => Stdio::piped(),
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(stderr);
         for (k, _) in std::env::vars() {
             if k.starts_with("EMGATE_") {
                 cmd.env_remove(k);
@@ -133,10 +164,14 @@ impl Gateway {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn emgate");
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr: Box<dyn std::io::Read + Send> = match log {
+            Some(path) => Box::new(Tail(std::fs::File::open(path).expect("read the log file"))),
+            None => Box::new(child.stderr.take().expect("stderr")),
+        };
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
+        let from_file = log.is_some();
         let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let still_reading = reading.clone();
         std::thread::spawn(move || {
@@ -145,12 +180,19 @@ impl Gateway {
                 while !still_reading.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                if let Some(addr) = listening_addr(&line) {
+                let listening = listening_addr(&line);
+                if let Some(addr) = listening {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
                 }
                 sink.lock().unwrap().push(line);
+                // A log file is left alone once the gateway listens: reading
+                // it would bring its pages back into memory (the test reads
+                // it itself when it wants the lines).
+                if listening.is_some() && from_file {
+                    break;
+                }
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
@@ -280,6 +322,21 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A file read as it grows: at its end, waits for more rather than
+/// ending (the gateway's stderr in a file, until its `listening` line).
+struct Tail(std::fs::File);
+
+impl std::io::Read for Tail {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match std::io::Read::read(&mut self.0, buf)? {
+                0 => std::thread::sleep(Duration::from_millis(10)),
+                n => return Ok(n),
+            }
+        }
     }
 }
 
