@@ -159,8 +159,8 @@ fn write_out(shared: Arc<Shared>) {
 }
 
 /// Where the writer thread puts the lines: stderr, and when stderr is a
-/// regular file on Linux (`2>>emgate.log`), without keeping them in the
-/// page cache.
+/// regular file on Linux (`2>>emgate.log`), without keeping a busy
+/// gateway's lines in the page cache.
 ///
 /// Why: at `info` a busy gateway writes an access line per request, about
 /// 34 MB a second at 100k hits a second. Written plainly to a file, those
@@ -168,21 +168,37 @@ fn write_out(shared: Arc<Shared>) {
 /// kernel writes them back in bursts: on the 2-core bench machine that
 /// cost the gateway up to 40% of its hits a second and tripled p99 during
 /// a writeback, round after round (BENCHMARKS.md). With `RWF_DONTCACHE`
-/// (Linux 6.14 and later, on the file systems that take it) each write
-/// starts its own writeback and its pages are dropped once on disk, so
-/// the log costs no more memory than its unwritten tail; a file is read
-/// back from disk by whoever reads it later. Where the kernel or the file
-/// system refuses the flag, the first refusal switches to plain writes for
-/// good. A pipe (a container's stderr, a log shipper) is written plainly:
-/// there is no page cache to spare.
+/// each write starts its own writeback and its pages are dropped once on
+/// disk, so the log costs no more memory than its unwritten tail; a file
+/// is read back from disk by whoever reads it later.
+///
+/// When: only writes of at least [`UNCACHED_FROM`] bytes (a busy
+/// gateway's), only on Linux 6.16 and later ([`kernel_takes_it`]), and
+/// only until the kernel or the file system first refuses the flag (then
+/// plain writes for good). A quiet gateway's flushes, a few lines every
+/// `FLUSH_EVERY`, are written plainly: the page cache merges them into
+/// one disk write every few seconds, where uncached each would read back
+/// and rewrite the file's last block. A pipe (a container's stderr, a log
+/// shipper), a terminal or `/dev/null` is written plainly: there is no
+/// page cache to spare.
+///
+/// Every write holds stderr's lock, as `std::io::stderr()` would, so a
+/// line another thread prints with `eprintln!` is never cut into a log
+/// line on a pipe.
 struct Out {
     /// A duplicate of stderr's descriptor (the same open file: one
     /// position, appending if stderr appends); `None` if it could not be
     /// made, and then lines go through `std::io::stderr()`.
     file: Option<std::fs::File>,
-    /// Still writing with `RWF_DONTCACHE` (never set off Linux).
+    /// Still writing large writes with `RWF_DONTCACHE` (never set off
+    /// Linux).
     uncached: bool,
 }
+
+/// The smallest write made uncached: four pages, so a busy gateway's
+/// writes are (up to [`WRITE_AT`]) and a quiet one's 50 ms flushes are not
+/// (under about 1,000 access lines a second).
+const UNCACHED_FROM: usize = 16 * 1024;
 
 impl Out {
     fn stderr() -> Out {
@@ -198,19 +214,20 @@ impl Out {
             .is_some_and(|m| m.file_type().is_file());
         Out {
             file,
-            uncached: cfg!(target_os = "linux") && regular,
+            uncached: regular && kernel_takes_it(),
         }
     }
 
     /// Writes all of `bytes`, or as much as stderr takes: nothing to tell
     /// anybody if stderr is gone.
     fn write(&mut self, bytes: &[u8]) {
+        let mut stderr = std::io::stderr().lock();
         let Some(file) = &mut self.file else {
-            let _ = std::io::stderr().lock().write_all(bytes);
+            let _ = stderr.write_all(bytes);
             return;
         };
         #[cfg(target_os = "linux")]
-        let bytes = match self.uncached {
+        let bytes = match self.uncached && bytes.len() >= UNCACHED_FROM {
             false => bytes,
             true => {
                 use std::os::fd::AsFd as _;
@@ -224,6 +241,32 @@ impl Out {
             }
         };
         let _ = file.write_all(bytes);
+    }
+}
+
+/// Whether this kernel is one that may take `RWF_DONTCACHE` and is past
+/// its first releases (6.16 or later, from `/proc/sys/kernel/osrelease`):
+/// older kernels refuse the flag, or took it on few file systems while
+/// the code behind it was new. The file system still has its say at the
+/// first write.
+fn kernel_takes_it() -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    release_at_least(&release, (6, 16))
+}
+
+/// Whether a kernel release (`6.18.44-fc-v1272`) is `major.minor` or
+/// later; not if it does not say.
+fn release_at_least(release: &str, least: (u32, u32)) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= least,
+        _ => false,
     }
 }
 
@@ -1037,7 +1080,8 @@ mod tests {
     /// The writer's output, whichever way the file system takes it: a
     /// file on tmpfs (no `RWF_DONTCACHE`: refused, then written plainly)
     /// and one in the system's temporary folder (either) get every byte,
-    /// in order, appended after what the file held.
+    /// in order, appended after what the file held, small writes (plain)
+    /// and large ones (uncached where taken) in turn.
     #[test]
     fn every_byte_reaches_the_log_file_whether_or_not_it_is_written_uncached() {
         for dir in ["/dev/shm".into(), std::env::temp_dir()] {
@@ -1051,7 +1095,7 @@ mod tests {
                 .open(&path)
                 .unwrap();
             let mut out = Out::to(Some(file));
-            assert_eq!(out.uncached, cfg!(target_os = "linux"), "{dir:?}");
+            assert_eq!(out.uncached, kernel_takes_it(), "{dir:?}");
             let mut expected = b"before\n".to_vec();
             for n in 0..40u32 {
                 // Line sizes about the writer's, not a multiple of a page.
@@ -1078,5 +1122,21 @@ mod tests {
             .unwrap();
         assert!(!Out::to(Some(null)).uncached);
         assert!(!Out::to(None).uncached);
+    }
+
+    #[test]
+    fn only_kernels_from_6_16_on_are_asked_to_write_uncached() {
+        for (release, takes) in [
+            ("6.18.44-fc-v1272", true),
+            ("6.16.0\n", true),
+            ("7.0.1-arch1-1", true),
+            ("6.15.9", false),
+            ("6.14.0-rc1", false),
+            ("5.15.0-91-generic", false),
+            ("", false),
+            ("six", false),
+        ] {
+            assert_eq!(release_at_least(release, (6, 16)), takes, "{release:?}");
+        }
     }
 }
