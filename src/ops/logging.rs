@@ -166,7 +166,7 @@ fn write_out(shared: Arc<Shared>) {
 /// 34 MB a second at 100k hits a second. Written plainly to a file, those
 /// bytes stay in memory as page cache, gigabytes within minutes, and the
 /// kernel writes them back in bursts: on the 2-core bench machine that
-/// cost the gateway up to 40% of its hits a second and tripled p99 during
+/// cost the gateway up to a third of its hits a second and tripled p99 during
 /// a writeback, round after round (BENCHMARKS.md). With `RWF_DONTCACHE`
 /// each write starts its own writeback and its pages are dropped once on
 /// disk, so the log costs no more memory than its unwritten tail; a file
