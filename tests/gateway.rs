@@ -720,7 +720,8 @@ fn pages_in_memory(file: &std::fs::File) -> (usize, usize) {
 /// Whether the gateway writes a busy log to a file in `dir` uncached:
 /// on Linux 6.16 or later (its rule) when the file system takes
 /// `RWF_DONTCACHE` (ext4, xfs, btrfs and others), tried on a file of its
-/// own.
+/// own. Asked of the kernel here, not through the log writer's code: a
+/// writer that stopped asking for the flag would answer "no" and pass.
 #[cfg(target_os = "linux")]
 fn writes_uncached(dir: &std::path::Path) -> bool {
     use std::os::fd::AsRawFd as _;

@@ -97,7 +97,7 @@ impl ClientLimits {
     pub fn check_now(&self, bucket: impl FnOnce() -> Bucket) -> Option<Result<(), Duration>> {
         match &self.limiter {
             None => Some(Ok(())),
-            Some(_) => self.counts_locally().then(|| self.check(&bucket())),
+            Some(_) => self.fleet.is_none().then(|| self.check(&bucket())),
         }
     }
 
