@@ -27,9 +27,12 @@
 # STREAMS (10 per HTTP/2 connection), KEYS (1000), RESTORE_POINTS (10000),
 # LOG (info: emgate's default), BASELINE (another emgate binary, say the
 # last commit's, measured beside this one in every scenario as "emgate
-# (baseline)": this commit against the last, in one run), KEEP (keep the
-# work folder with the servers' logs, gigabytes at `info`; removed
-# otherwise).
+# (baseline)": this commit against the last, in one run), NGINX_LOG (off:
+# nginx writes no access log, the default; `buffered`: nginx logs every
+# request to a file as emgate does at `info`, its own `combined` line
+# through a 256 KiB buffer flushed every 50 ms, to see what the log costs
+# each server alike), KEEP (keep the work folder with the servers' logs,
+# gigabytes at `info`; removed otherwise).
 #
 # It installs wrk, nginx, h2load and openssl from the distribution's
 # packages if missing and builds emgate and the floor in release mode.
@@ -44,6 +47,12 @@ KEYS=${KEYS:-1000}
 RESTORE_POINTS=${RESTORE_POINTS:-10000}
 LOG=${LOG:-info}
 BASELINE=${BASELINE:-}
+NGINX_LOG=${NGINX_LOG:-off}
+case "$NGINX_LOG" in
+    off) nginx_access_log="access_log off;" ;;
+    buffered) nginx_access_log="" ;; # set once the work folder is known
+    *) echo "NGINX_LOG is off or buffered, not '$NGINX_LOG'" >&2; exit 2 ;;
+esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # port, floor_binary, sim_pin, rotating_script.
@@ -200,7 +209,7 @@ floor_pid=$!
 pids+=("$floor_pid")
 until curl -sf -o /dev/null "http://127.0.0.1:$FLOOR_PORT$hot_path"; do sleep 0.05; done
 
-say "starting nginx (1 worker, core 0): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
+say "starting nginx (1 worker, core 0, access log $NGINX_LOG): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
 NG_STATIC=$(port)
 NG_TLS=$(port)
 NG_H2=$(port)
@@ -210,6 +219,8 @@ mkdir -p "$work/nginx/cache" "$work/nginx/tmp"
 # read this private scratch folder.
 nginx_user=""
 [[ $EUID -eq 0 ]] && nginx_user="user root;"
+[[ $NGINX_LOG == buffered ]] &&
+    nginx_access_log="access_log $work/nginx/access.log combined buffer=256k flush=50ms;"
 cat >"$work/nginx.conf" <<EOF
 $nginx_user
 worker_processes 1;
@@ -217,7 +228,7 @@ pid $work/nginx.pid;
 error_log $work/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    $nginx_access_log
     default_type application/json;
     keepalive_requests 1000000;
     client_body_temp_path $work/nginx/tmp;

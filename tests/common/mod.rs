@@ -23,6 +23,9 @@ pub const PASSWORD: &str = "s3cret-Pa55word!";
 /// The EM account.
 pub const USERNAME: &str = "svc-emgate";
 
+/// Longest wait for a gateway's `listening` line.
+const START_WAIT: Duration = Duration::from_secs(20);
+
 /// A simulator configuration for tests: TLS, few restore points, no latency.
 pub fn sim_config() -> SimConfig {
     SimConfig {
@@ -165,7 +168,10 @@ impl Gateway {
         }
         let mut child = cmd.spawn().expect("spawn emgate");
         let stderr: Box<dyn std::io::Read + Send> = match log {
-            Some(path) => Box::new(Tail(std::fs::File::open(path).expect("read the log file"))),
+            Some(path) => Box::new(Tail {
+                file: std::fs::File::open(path).expect("read the log file"),
+                until: Instant::now() + START_WAIT + Duration::from_secs(5),
+            }),
             None => Box::new(child.stderr.take().expect("stderr")),
         };
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -195,7 +201,7 @@ impl Gateway {
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+        let addr = match rx.recv_timeout(START_WAIT) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
@@ -327,12 +333,19 @@ impl Drop for Gateway {
 
 /// A file read as it grows: at its end, waits for more rather than
 /// ending (the gateway's stderr in a file, until its `listening` line).
-struct Tail(std::fs::File);
+struct Tail {
+    file: std::fs::File,
+    /// Past it, the end of the file is the end: a gateway that never
+    /// wrote its `listening` line (it exited, or the start timed out) must
+    /// not leave this reader polling until the test process ends.
+    until: Instant,
+}
 
 impl std::io::Read for Tail {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            match std::io::Read::read(&mut self.0, buf)? {
+            match std::io::Read::read(&mut self.file, buf)? {
+                0 if Instant::now() >= self.until => return Ok(0),
                 0 => std::thread::sleep(Duration::from_millis(10)),
                 n => return Ok(n),
             }
