@@ -21,7 +21,8 @@
 //!
 //! States of the buffer: *empty* → (a line) *filling* → (WRITE_AT bytes, or
 //! FLUSH_EVERY since the first line, or the guard dropped) *written* →
-//! *empty*. While stderr is blocked the buffer stays *filling* up to
+//! *empty*, its room back to `2 × WRITE_AT` if a stall made it grow.
+//! While stderr is blocked the buffer stays *filling* up to
 //! HELD_AT_MOST; past it lines are counted, not kept.
 
 use std::io::{IsTerminal, Write};
@@ -132,10 +133,9 @@ impl<'a> MakeWriter<'a> for Lines {
     }
 }
 
-/// Writes the buffer to stderr until the guard is dropped, then once more.
-fn write_out(shared: Arc<Shared>) {
+/// Writes the buffer to `stderr` until the guard is dropped, then once more.
+fn write_out(shared: Arc<Shared>, mut stderr: Out) {
     let mut out = Vec::with_capacity(WRITE_AT * 2);
-    let mut stderr = Out::stderr();
     loop {
         let stopping = {
             let mut buffer = shared.buffer();
@@ -151,6 +151,13 @@ fn write_out(shared: Arc<Shared>) {
         if !out.is_empty() {
             stderr.write(&out);
             out.clear();
+        }
+        // Both buffers pass through here in turn. One that grew while this
+        // thread or stderr was held up (more than its room came in before
+        // a swap, up to HELD_AT_MOST) goes back to its room: kept, one
+        // stall would hold up to twice HELD_AT_MOST for the process's life.
+        if out.capacity() > WRITE_AT * 2 {
+            out.shrink_to(WRITE_AT * 2);
         }
         if stopping && shared.buffer().is_empty() {
             return;
@@ -471,7 +478,7 @@ pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> 
     let writer = shared.clone();
     match std::thread::Builder::new()
         .name("emgate-log".into())
-        .spawn(move || write_out(writer))
+        .spawn(move || write_out(writer, Out::stderr()))
     {
         Ok(thread) => Guard {
             writer: Some((shared, thread)),
@@ -954,6 +961,59 @@ mod tests {
         assert!(!formatted);
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
         assert!(shared.buffer().ends_with(&rest));
+    }
+
+    /// After a stall (lines gathered past the buffer's room before the
+    /// writer came round), the writer writes them all and the buffers go
+    /// back to their room: a stall does not keep its memory.
+    #[test]
+    fn a_buffer_grown_in_a_stall_goes_back_to_its_room_once_written() {
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
+            full: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+        // The writer held up: nearly HELD_AT_MOST gathered meanwhile.
+        let line = format!("{}\n", "x".repeat(299));
+        let mut expected = Vec::new();
+        while shared.buffer().len() + line.len() <= HELD_AT_MOST {
+            shared.append(line.as_bytes());
+            expected.extend_from_slice(line.as_bytes());
+        }
+        assert!(shared.buffer().capacity() > WRITE_AT * 2);
+        let path = std::env::temp_dir().join(format!("emgate-log-stall-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::spawn(move || write_out(shared, Out::to(Some(file))))
+        };
+        // Written at once (past WRITE_AT).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).map_or(0, |m| m.len()) < expected.len() as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled lines were not written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The buffers take turns in the shared place, one per flush:
+        // looked at over several flushes, so both are seen.
+        let mut room = 0;
+        for _ in 0..12 {
+            std::thread::sleep(FLUSH_EVERY / 2);
+            room = room.max(shared.buffer().capacity());
+        }
+        shared.stopping.store(true, Ordering::Relaxed);
+        shared.full.notify_one();
+        writer.join().unwrap();
+        let written = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(written == expected, "lines lost or reordered");
+        assert!(
+            room <= WRITE_AT * 2,
+            "the buffer kept {room} bytes of room after the stall"
+        );
     }
 
     #[test]
