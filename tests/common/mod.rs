@@ -332,7 +332,8 @@ impl Drop for Gateway {
 }
 
 /// A file read as it grows: at its end, waits for more rather than
-/// ending (the gateway's stderr in a file, until its `listening` line).
+/// ending, up to `until` (the gateway's stderr in a file, until its
+/// `listening` line).
 struct Tail {
     file: std::fs::File,
     /// Past it, the end of the file is the end: a gateway that never
