@@ -62,6 +62,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// An empty buffer with room for `2 × WRITE_AT` (the room the writer
+    /// gives it back after a stall).
+    fn new() -> Shared {
+        Shared {
+            buffer: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
+            full: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     /// The buffer, even after a panic elsewhere poisoned the lock (it
     /// holds whole lines only: a line is appended in one piece).
     fn buffer(&self) -> MutexGuard<'_, Vec<u8>> {
@@ -418,12 +429,7 @@ pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> 
     ACCESS_ON.store(access_on(filter), Ordering::Relaxed);
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let shared = Arc::new(Shared {
-        buffer: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
-        full: Condvar::new(),
-        stopping: AtomicBool::new(false),
-        dropped: AtomicU64::new(0),
-    });
+    let shared = Arc::new(Shared::new());
     let (provider, tracer) = match traces.map(crate::ops::traces::start) {
         Some(Ok((provider, tracer))) => (Some(provider), Some(tracer)),
         Some(Err(e)) => {
@@ -936,12 +942,7 @@ mod tests {
     /// each is counted as dropped.
     #[test]
     fn a_line_past_the_limit_is_dropped_whole_and_counted() {
-        let shared = Shared {
-            buffer: Mutex::new(Vec::new()),
-            full: Condvar::new(),
-            stopping: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-        };
+        let shared = Shared::new();
         let line = vec![b'x'; 1000];
         while shared.buffer().len() + line.len() <= HELD_AT_MOST {
             shared.append(&line);
@@ -968,12 +969,7 @@ mod tests {
     /// back to their room: a stall does not keep its memory.
     #[test]
     fn a_buffer_grown_in_a_stall_goes_back_to_its_room_once_written() {
-        let shared = Arc::new(Shared {
-            buffer: Mutex::new(Vec::with_capacity(WRITE_AT * 2)),
-            full: Condvar::new(),
-            stopping: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new());
         // The writer held up: nearly HELD_AT_MOST gathered meanwhile.
         let line = format!("{}\n", "x".repeat(299));
         let mut expected = Vec::new();
