@@ -177,27 +177,48 @@ fn write_out(shared: Arc<Shared>, mut stderr: Out) {
 }
 
 /// Where the writer thread puts the lines: stderr, and when stderr is a
-/// regular file on Linux (`2>>emgate.log`), without keeping a busy
-/// gateway's lines in the page cache.
+/// regular file on Linux (`2>>emgate.log`), a busy gateway's lines go to
+/// the disk around the page cache.
 ///
 /// Why: at `info` a busy gateway writes an access line per request, about
 /// 34 MB a second at 100k hits a second. Written plainly to a file, those
 /// bytes stay in memory as page cache, gigabytes within minutes, and the
 /// kernel writes them back in bursts: on the 2-core bench machine that
-/// cost the gateway up to a third of its hits a second and tripled p99 during
-/// a writeback, round after round (BENCHMARKS.md). With `RWF_DONTCACHE`
-/// each write starts its own writeback and its pages are dropped once on
-/// disk, so the log costs no more memory than its unwritten tail; a file
-/// is read back from disk by whoever reads it later.
+/// cost the gateway up to a third of its hits a second and tripled p99
+/// during a writeback (BENCHMARKS.md, seventeenth steps). Written with
+/// `O_DIRECT`, the disk takes them from the writer's own memory: there is
+/// no page cache to fill, copy into or write back, and the writer thread
+/// sleeps while the disk writes instead of holding the core. On a kernel
+/// that does not preempt itself, a cached write of 256 KiB (plain, or
+/// with `RWF_DONTCACHE`) held a one-core gateway's core for about 170 us
+/// (BENCHMARKS.md, nineteenth steps).
 ///
-/// When: only writes of at least [`UNCACHED_FROM`] bytes (a busy
-/// gateway's), only on Linux 6.16 and later ([`kernel_takes_it`]), and
-/// only until the kernel or the file system first refuses the flag (then
-/// plain writes for good). A quiet gateway's flushes, a few lines every
-/// `FLUSH_EVERY`, are written plainly: the page cache merges them into
-/// one disk write every few seconds, where uncached each would read back
-/// and rewrite the file's last block. A pipe (a container's stderr, a log
-/// shipper), a terminal or `/dev/null` is written plainly: there is no
+/// How: `O_DIRECT` takes whole blocks, from block-aligned memory, at a
+/// block-aligned place in the file; a batch of lines is none of these. So
+/// a write made direct goes in three parts: plainly,
+/// the bytes up to the file's next block boundary; direct, the whole
+/// blocks after them, copied into an aligned [`Stage`]; plainly, the rest.
+/// Every write still ends where a line ends, so the file holds whole
+/// lines between writes, as with one plain write. The plain parts leave a
+/// page in the page cache per write, dropped once on disk
+/// ([`DROP_EVERY`]).
+///
+/// `O_DIRECT` is set on stderr's own open file (shared with whoever opened
+/// it) for the direct part only and taken off after, while this holds
+/// stderr's lock: an `eprintln!` of this process never meets it. (A
+/// panic's message, which Rust writes without that lock, would be refused
+/// if it came in that moment, a fraction of a millisecond a write.)
+///
+/// When: only writes of at least [`DIRECT_FROM`] bytes (a busy
+/// gateway's) and not past the buffers' room (a writer that fell behind
+/// catches up through the page cache: [`goes_direct`]), and only until
+/// the open file first refuses the flag (tmpfs before Linux 6.6, a file
+/// system without direct I/O; then plain writes for good). A direct write
+/// the kernel does not take (the file's end moved off a block boundary:
+/// another process appending to the same file) is written plainly. A quiet gateway's flushes, a few lines
+/// every `FLUSH_EVERY`, are written plainly: the page cache merges them
+/// into one disk write every few seconds. A pipe (a container's stderr, a
+/// log shipper), a terminal or `/dev/null` is written plainly: there is no
 /// page cache to spare.
 ///
 /// Every write holds stderr's lock, as `std::io::stderr()` would, so a
@@ -208,15 +229,72 @@ struct Out {
     /// position, appending if stderr appends); `None` if it could not be
     /// made, and then lines go through `std::io::stderr()`.
     file: Option<std::fs::File>,
-    /// Still writing large writes with `RWF_DONTCACHE` (never set off
-    /// Linux).
-    uncached: bool,
+    /// Room for the direct part of a write while large writes go around
+    /// the page cache (never on other systems than Linux).
+    direct: Option<Stage>,
 }
 
-/// The smallest write made uncached: four pages, so a busy gateway's
+/// The smallest write made direct: four pages, so a busy gateway's
 /// writes are (up to [`WRITE_AT`]) and a quiet one's 50 ms flushes are not
 /// (under about 1,000 access lines a second).
-const UNCACHED_FROM: usize = 16 * 1024;
+const DIRECT_FROM: usize = 16 * 1024;
+
+/// Whether a batch of `len` bytes is written around the page cache: a
+/// busy gateway's ([`DIRECT_FROM`] or more), unless the writer fell behind.
+/// A direct write waits for the disk, and lines that come meanwhile wait
+/// in the buffer (up to `HELD_AT_MOST`, then they are dropped); a batch
+/// past the buffers' room (`2 × WRITE_AT`) says the last write or the
+/// writer thread was held up, and such a batch goes through the page
+/// cache, which takes it without waiting for the disk, until batches are
+/// back to their size.
+fn goes_direct(len: usize) -> bool {
+    (DIRECT_FROM..=WRITE_AT * 2).contains(&len)
+}
+
+/// The block a direct write is cut to and aligned on: a page, which is a
+/// multiple of every disk's logical block this runs on (512 or 4096 bytes).
+const BLOCK: usize = 4096;
+
+/// The most one direct write takes: a busy gateway's whole batch
+/// ([`WRITE_AT`] and the lines that came before the writer woke).
+const STAGE: usize = WRITE_AT + 64 * 1024;
+
+/// Bytes of large writes between two times the writer asks the kernel to
+/// drop the plain parts' pages (`POSIX_FADV_DONTNEED` over the file: clean
+/// pages go; the dirty ones are written, and go the next time), so a few
+/// dozen pages of the log at most stay in memory.
+const DROP_EVERY: usize = 4 * 1024 * 1024;
+
+/// Block-aligned memory for the direct part of a write: the disk reads it
+/// from here.
+struct Stage {
+    /// `STAGE + BLOCK` bytes, never resized (so never moved); allocated
+    /// zeroed, so its pages take memory only once used.
+    bytes: Vec<u8>,
+    /// Where the aligned room starts in `bytes` (under `BLOCK`).
+    start: usize,
+    /// Bytes written direct since the last [`DROP_EVERY`].
+    since_drop: usize,
+}
+
+impl Stage {
+    fn new() -> Option<Stage> {
+        let bytes = vec![0u8; STAGE + BLOCK];
+        let start = bytes.as_ptr().align_offset(BLOCK);
+        (start < BLOCK).then_some(Stage {
+            bytes,
+            start,
+            since_drop: 0,
+        })
+    }
+
+    /// `part` (at most [`STAGE`] bytes) copied to the aligned room.
+    fn hold(&mut self, part: &[u8]) -> &[u8] {
+        let room = &mut self.bytes[self.start..self.start + part.len()];
+        room.copy_from_slice(part);
+        room
+    }
+}
 
 impl Out {
     fn stderr() -> Out {
@@ -232,7 +310,10 @@ impl Out {
             .is_some_and(|m| m.file_type().is_file());
         Out {
             file,
-            uncached: regular && kernel_takes_it(),
+            direct: match regular && cfg!(target_os = "linux") {
+                true => Stage::new(),
+                false => None,
+            },
         }
     }
 
@@ -245,97 +326,140 @@ impl Out {
             return;
         };
         #[cfg(target_os = "linux")]
-        let bytes = match self.uncached && bytes.len() >= UNCACHED_FROM {
-            false => bytes,
-            true => {
-                use std::os::fd::AsFd as _;
-                match uncached::write_all(file.as_fd(), bytes) {
+        let bytes = match &mut self.direct {
+            Some(stage) if goes_direct(bytes.len()) => {
+                match direct::write_all(file, stage, bytes) {
                     Ok(()) => return,
-                    Err(uncached::Refused { written }) => {
-                        self.uncached = false;
+                    Err(direct::Refused { written }) => {
+                        self.direct = None;
                         &bytes[written..]
                     }
                 }
             }
+            _ => bytes,
         };
         let _ = file.write_all(bytes);
     }
 }
 
-/// Whether this kernel is one that may take `RWF_DONTCACHE` and is past
-/// its first releases (6.16 or later, from `/proc/sys/kernel/osrelease`):
-/// older kernels refuse the flag, or took it on few file systems while
-/// the code behind it was new. The file system still has its say at the
-/// first write.
-fn kernel_takes_it() -> bool {
-    if !cfg!(target_os = "linux") {
-        return false;
-    }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    release_at_least(&release, (6, 16))
-}
-
-/// Whether a kernel release (`6.18.44-fc-v1272`) is `major.minor` or
-/// later; not if it does not say.
-fn release_at_least(release: &str, least: (u32, u32)) -> bool {
-    let mut numbers = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) => (major, minor) >= least,
-        _ => false,
-    }
-}
-
-/// Writes that leave no pages behind in the page cache (`pwritev2` with
-/// `RWF_DONTCACHE`), where the kernel and the file system allow it.
+/// Writes whose whole blocks go to the disk around the page cache
+/// (`O_DIRECT`), where the kernel and the file system allow it.
 #[cfg(target_os = "linux")]
-mod uncached {
-    use std::os::fd::{AsRawFd as _, BorrowedFd};
+mod direct {
+    use std::io::{Seek as _, Write as _};
+    use std::os::fd::AsRawFd as _;
 
-    /// The kernel or the file system does not take the flag; `written`
-    /// bytes were written before it said so.
+    use super::{Stage, BLOCK, DROP_EVERY, STAGE};
+
+    /// The kernel or the file system does not take `O_DIRECT` (or its
+    /// write); `written` bytes were written before it said so.
     #[derive(Debug, PartialEq, Eq)]
     pub(super) struct Refused {
         pub(super) written: usize,
     }
 
-    /// Writes all of `bytes` at the file's position (its end, for a file
-    /// opened to append), a part at a time if the kernel takes only a
-    /// part. `Err` only when the flag is refused (an old kernel:
-    /// `EOPNOTSUPP` or `EINVAL`; no `pwritev2`: `ENOSYS`); any other error
-    /// (a full disk, a closed stream) drops the rest of `bytes`, as a plain
-    /// write's error does, and the next call tries again.
-    pub(super) fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> Result<(), Refused> {
-        let mut written = 0;
-        while written < bytes.len() {
-            let rest = &bytes[written..];
-            let part = libc::iovec {
-                iov_base: rest.as_ptr().cast_mut().cast(),
-                iov_len: rest.len(),
-            };
-            // SAFETY: `part` describes `rest`, borrowed and unchanged for
-            // the whole call; the kernel only reads it (a write). `fd` is a
-            // descriptor borrowed for the call. Offset -1: the file's own
-            // position, as `write` uses.
-            let n = unsafe { libc::pwritev2(fd.as_raw_fd(), &part, 1, -1, libc::RWF_DONTCACHE) };
-            match usize::try_from(n) {
-                Ok(0) => return Ok(()),
-                Ok(n) => written += n,
-                Err(_) => {
-                    let error = std::io::Error::last_os_error();
-                    match error.raw_os_error() {
-                        Some(libc::EINTR) => continue,
-                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
-                            return Err(Refused { written })
-                        }
-                        _ => return Ok(()),
-                    }
+    /// How the direct part of a write ended, short of all written.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) enum Short {
+        /// The open file does not take `O_DIRECT`: plain writes from here
+        /// on.
+        Refused,
+        /// The write was not taken direct after this many bytes
+        /// (`EINVAL`: the file's end moved off a block boundary, another
+        /// writer appending meanwhile): the rest goes plainly this time.
+        NotTaken(usize),
+        /// Another error (a full disk): the rest is dropped, as a plain
+        /// write's error drops it.
+        Failed,
+    }
+
+    /// Writes all of `bytes` where the file's next write goes (its
+    /// position, or its end if it appends). `Err` only when the open file
+    /// does not take `O_DIRECT`; any other error drops the rest of
+    /// `bytes`, as a plain write's error does, and the next call tries
+    /// again.
+    pub(super) fn write_all(
+        file: &mut std::fs::File,
+        stage: &mut Stage,
+        bytes: &[u8],
+    ) -> Result<(), Refused> {
+        let fd = file.as_raw_fd();
+        // SAFETY: F_GETFL only reads the flags of `fd`, open for as long
+        // as `file` is borrowed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(Refused { written: 0 });
+        }
+        let end = match flags & libc::O_APPEND {
+            0 => file.stream_position(),
+            _ => file.metadata().map(|m| m.len()),
+        };
+        let Ok(end) = end else {
+            return Err(Refused { written: 0 });
+        };
+        // Up to the file's next block boundary, plainly.
+        let to_boundary = (BLOCK as u64 - end % BLOCK as u64) % BLOCK as u64;
+        let mut written = usize::try_from(to_boundary).map_or(bytes.len(), |n| n.min(bytes.len()));
+        if file.write_all(&bytes[..written]).is_err() {
+            return Ok(());
+        }
+        // Whole blocks, direct, a stage at a time.
+        while bytes.len() - written >= BLOCK {
+            let n = (bytes.len() - written).min(STAGE) / BLOCK * BLOCK;
+            let part = stage.hold(&bytes[written..written + n]);
+            match around_the_cache(file, flags, part) {
+                Ok(()) => written += n,
+                Err(Short::Refused) => return Err(Refused { written }),
+                Err(Short::NotTaken(done)) => {
+                    let _ = file.write_all(&bytes[written + done..]);
+                    return Ok(());
                 }
+                Err(Short::Failed) => return Ok(()),
             }
         }
+        // The last part of a block, plainly.
+        let _ = file.write_all(&bytes[written..]);
+        stage.since_drop += bytes.len();
+        if stage.since_drop >= DROP_EVERY {
+            stage.since_drop = 0;
+            // SAFETY: advice on the whole of `fd`'s file; no memory passed.
+            unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
         Ok(())
+    }
+
+    /// Writes `part` (whole blocks, block-aligned memory, at a block
+    /// boundary of the file) with `O_DIRECT` set on the open file for the
+    /// time of the write; `flags` are the file's own, put back after.
+    pub(super) fn around_the_cache(
+        file: &mut std::fs::File,
+        flags: i32,
+        part: &[u8],
+    ) -> Result<(), Short> {
+        let fd = file.as_raw_fd();
+        // SAFETY: F_SETFL only sets the status flags of `fd`, open for as
+        // long as `file` is borrowed.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_DIRECT) } < 0 {
+            return Err(Short::Refused);
+        }
+        let mut done = 0;
+        let result = loop {
+            if done == part.len() {
+                break Ok(());
+            }
+            match file.write(&part[done..]) {
+                Ok(0) => break Err(Short::Failed),
+                Ok(n) => done += n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EINVAL | libc::EOPNOTSUPP) => break Err(Short::NotTaken(done)),
+                    _ => break Err(Short::Failed),
+                },
+            }
+        };
+        // SAFETY: as above; the flags `fd` had before.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+        result
     }
 }
 
@@ -1133,66 +1257,122 @@ mod tests {
         }
     }
 
-    /// The writer's output, whichever way the file system takes it: a
-    /// file on tmpfs (no `RWF_DONTCACHE`: refused, then written plainly)
-    /// and one in the system's temporary folder (either) get every byte,
-    /// in order, appended after what the file held, small writes (plain)
-    /// and large ones (uncached where taken) in turn.
+    /// The writer's output, whichever way the file system takes it
+    /// (tmpfs, and the system's temporary folder), to a file that appends
+    /// and to one written at its position: every byte, in order, after
+    /// what the file held (not a whole block), small writes (plain) and
+    /// large ones (direct where taken) in turn, with another writer's
+    /// lines between them (as `eprintln!`'s, or a second process's).
     #[test]
-    fn every_byte_reaches_the_log_file_whether_or_not_it_is_written_uncached() {
+    fn every_byte_reaches_the_log_file_whether_or_not_it_is_written_direct() {
         for dir in ["/dev/shm".into(), std::env::temp_dir()] {
             if !dir.is_dir() {
                 continue;
             }
-            let path = dir.join(format!("emgate-log-out-{}", std::process::id()));
-            std::fs::write(&path, b"before\n").unwrap();
-            let file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
-            let mut out = Out::to(Some(file));
-            assert_eq!(out.uncached, kernel_takes_it(), "{dir:?}");
-            let mut expected = b"before\n".to_vec();
-            for n in 0..40u32 {
-                // Line sizes about the writer's, not a multiple of a page.
-                let chunk = format!("{n:05}\n").repeat(usize::try_from(n).unwrap() * 997 + 1);
-                out.write(chunk.as_bytes());
-                expected.extend_from_slice(chunk.as_bytes());
+            for appends in [true, false] {
+                let path = dir.join(format!("emgate-log-out-{}-{appends}", std::process::id()));
+                std::fs::write(&path, b"before\n").unwrap();
+                let file = std::fs::OpenOptions::new()
+                    .append(appends)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                let mut other = match appends {
+                    true => std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap(),
+                    false => file.try_clone().unwrap(),
+                };
+                let mut out = Out::to(Some(file));
+                if !appends {
+                    let file = out.file.as_mut().unwrap();
+                    std::io::Seek::seek(file, std::io::SeekFrom::End(0)).unwrap();
+                }
+                assert!(out.direct.is_some(), "{dir:?}: a regular file");
+                let mut expected = b"before\n".to_vec();
+                for n in 0..40u32 {
+                    // Line sizes about the writer's, not a multiple of a
+                    // block; past the stage's room at the end.
+                    let chunk = format!("{n:05}\n").repeat(usize::try_from(n).unwrap() * 1597 + 1);
+                    out.write(chunk.as_bytes());
+                    expected.extend_from_slice(chunk.as_bytes());
+                    if n % 7 == 3 {
+                        let line = format!("another writer {n}\n");
+                        other.write_all(line.as_bytes()).unwrap();
+                        expected.extend_from_slice(line.as_bytes());
+                    }
+                }
+                let written = std::fs::read(&path).unwrap();
+                let _ = std::fs::remove_file(&path);
+                assert!(
+                    written == expected,
+                    "{dir:?}, appending {appends}: the log file lost or reordered bytes"
+                );
+                // The descriptor is left as it was found: a plain write
+                // of any size still goes.
+                let file = out.file.as_mut().unwrap();
+                assert!(file.write_all(b"x").is_ok(), "{dir:?}: O_DIRECT left on");
             }
-            let written = std::fs::read(&path).unwrap();
-            let _ = std::fs::remove_file(&path);
-            assert!(
-                written == expected,
-                "{dir:?}: the log file lost or reordered bytes"
-            );
+        }
+    }
+
+    /// A direct write at a place off a block boundary (another writer
+    /// appended meanwhile) is not taken and says so, and the open file is
+    /// left as it was: a plain write of any size still goes.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_direct_write_off_a_block_boundary_is_not_taken_and_leaves_the_file_as_it_was() {
+        let path = std::env::temp_dir().join(format!("emgate-log-off-{}", std::process::id()));
+        std::fs::write(&path, b"another writer\n").unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut stage = Stage::new().unwrap();
+        let part = stage.hold(&[b'x'; BLOCK]);
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: reads the flags of a descriptor open for the call.
+        let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+        let result = direct::around_the_cache(&mut file, flags, part);
+        assert!(file.write_all(b"x\n").is_ok(), "O_DIRECT left on");
+        let written = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        if result != Err(direct::Short::Refused) {
+            assert_eq!(result, Err(direct::Short::NotTaken(0)));
+            assert_eq!(written, b"another writer\nx\n");
+        }
+    }
+
+    /// A busy gateway's batches go around the page cache; a quiet one's,
+    /// and a batch that outgrew the buffers' room while the writer was
+    /// held up (the disk slow on the last direct write), go through it.
+    #[test]
+    fn busy_batches_are_written_direct_unless_the_writer_fell_behind() {
+        for (len, direct) in [
+            (0, false),
+            (340, false),
+            (DIRECT_FROM - 1, false),
+            (DIRECT_FROM, true),
+            (WRITE_AT, true),
+            (WRITE_AT + 340 * 20, true),
+            (WRITE_AT * 2, true),
+            (WRITE_AT * 2 + 1, false),
+            (HELD_AT_MOST, false),
+        ] {
+            assert_eq!(goes_direct(len), direct, "{len}");
         }
     }
 
     /// Stderr as a pipe or a terminal is written plainly: only a regular
-    /// file has pages to drop.
+    /// file has pages to keep out of the page cache.
     #[test]
-    fn only_a_regular_file_is_written_uncached() {
+    fn only_a_regular_file_is_written_direct() {
         let null = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/null")
             .unwrap();
-        assert!(!Out::to(Some(null)).uncached);
-        assert!(!Out::to(None).uncached);
-    }
-
-    #[test]
-    fn only_kernels_from_6_16_on_are_asked_to_write_uncached() {
-        for (release, takes) in [
-            ("6.18.44-fc-v1272", true),
-            ("6.16.0\n", true),
-            ("7.0.1-arch1-1", true),
-            ("6.15.9", false),
-            ("6.14.0-rc1", false),
-            ("5.15.0-91-generic", false),
-            ("", false),
-            ("six", false),
-        ] {
-            assert_eq!(release_at_least(release, (6, 16)), takes, "{release:?}");
-        }
+        assert!(Out::to(Some(null)).direct.is_none());
+        assert!(Out::to(None).direct.is_none());
     }
 }
