@@ -351,8 +351,8 @@ mod direct {
 
     use super::{Stage, BLOCK, DROP_EVERY, STAGE};
 
-    /// The kernel or the file system does not take `O_DIRECT` (or its
-    /// write); `written` bytes were written before it said so.
+    /// The open file does not take `O_DIRECT` (the file system has no
+    /// direct I/O); `written` bytes were written before it said so.
     #[derive(Debug, PartialEq, Eq)]
     pub(super) struct Refused {
         pub(super) written: usize,
@@ -398,8 +398,8 @@ mod direct {
             return Err(Refused { written: 0 });
         };
         // Up to the file's next block boundary, plainly.
-        let to_boundary = (BLOCK as u64 - end % BLOCK as u64) % BLOCK as u64;
-        let mut written = usize::try_from(to_boundary).map_or(bytes.len(), |n| n.min(bytes.len()));
+        let past_boundary = usize::try_from(end % BLOCK as u64).unwrap_or(0);
+        let mut written = ((BLOCK - past_boundary) % BLOCK).min(bytes.len());
         if file.write_all(&bytes[..written]).is_err() {
             return Ok(());
         }
