@@ -53,7 +53,13 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// Equal without an early exit, so timing tells nothing about where they differ.
 pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    same_bytes(a, b)
+}
+
+/// [`constant_time_eq`] for values of any length: only the lengths are
+/// compared with an early exit.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -65,5 +71,9 @@ mod tests {
         assert!(constant_time_eq(&sha256(b"abc"), &sha256(b"abc")));
         assert!(!constant_time_eq(&sha256(b"abc"), &sha256(b"abd")));
         assert!(!constant_time_eq(&sha256(b""), &sha256(b"abc")));
+        assert!(same_bytes(b"Basic YTpi", b"Basic YTpi"));
+        assert!(!same_bytes(b"Basic YTpi", b"Basic YTpj"));
+        assert!(!same_bytes(b"Basic YTpi", b"Basic YTp"));
+        assert!(same_bytes(b"", b""));
     }
 }

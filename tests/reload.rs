@@ -173,6 +173,135 @@ async fn a_client_added_to_the_clients_file_gets_in_and_a_removed_one_is_shut_ou
     sim.shutdown().await;
 }
 
+/// One kept-alive connection, as a client library or a load balancer in
+/// front of the gateway holds one: every request goes over it.
+struct OneConnection {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    /// `Host`, as any client sends it (the answer's links are made of it).
+    host: String,
+}
+
+impl OneConnection {
+    async fn open(gw: &Gateway) -> OneConnection {
+        let addr = gw.url("").trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        OneConnection { send, host: addr }
+    }
+
+    /// The status and `X-Cache` of a GET with this `Authorization` and request id.
+    async fn get(&mut self, path: &str, auth: &str, id: &str) -> (StatusCode, String) {
+        let req = http::Request::get(path)
+            .header("host", &self.host)
+            .header("authorization", auth)
+            .header("x-request-id", id)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        self.send.ready().await.expect("the connection stayed open");
+        let r = self
+            .send
+            .send_request(req)
+            .await
+            .expect("the connection stayed open");
+        let cache = r
+            .headers()
+            .get("x-cache")
+            .map_or("", |v| v.to_str().unwrap());
+        (r.status(), cache.to_string())
+    }
+}
+
+/// A client's secret, once checked on a connection, is not checked again
+/// on it (BENCHMARKS.md, "twentieth steps"); nothing about who gets in
+/// changes for that: a wrong or rotated secret is refused on that very
+/// connection, and another client's requests on it are that client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_is_refused_on_the_connection_it_was_used_on() {
+    let dir = folder("rotated");
+    let file = dir.join("clients.toml");
+    let (dash, portal) = (
+        ("dashboard", "dashboard-secret-0123456789"),
+        ("portal", "portal-secret-0123456789"),
+    );
+    std::fs::write(&file, clients_text(&[dash, portal])).unwrap();
+    let sim = start_sim(sim_config()).await;
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CLIENTS_FILE", file.to_str().unwrap()),
+            ("EMGATE_LOG_FORMAT", "text"),
+        ],
+    );
+    let http = Http::default();
+    assert!(becomes_ready(&http, &gw).await);
+    let path = format!(
+        "/api/restorePoints/{}/vmRestorePoints",
+        sim.restore_point_id(4)
+    );
+    let (dash_auth, portal_auth) = (basic(dash.0, dash.1), basic(portal.0, portal.1));
+    // Cached, and its whole head made: what follows are hits answered at once.
+    for _ in 0..2 {
+        http.get(&gw.url(&path), &[("authorization", &dash_auth)])
+            .await;
+    }
+    let mut one = OneConnection::open(&gw).await;
+    for i in 0..3 {
+        let hit = one.get(&path, &dash_auth, &format!("dash-{i}")).await;
+        assert_eq!(hit, (StatusCode::OK, "HIT".to_string()));
+    }
+    // Another client on the same connection is itself, and a wrong secret
+    // for the first is refused there.
+    let portal_hit = one.get(&path, &portal_auth, "portal-1").await;
+    assert_eq!(portal_hit, (StatusCode::OK, "HIT".to_string()));
+    let wrong = basic(dash.0, "dashboard-secret-0123456780");
+    assert_eq!(
+        one.get(&path, &wrong, "wrong-1").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(one.get(&path, &dash_auth, "dash-3").await.0, StatusCode::OK);
+    assert!(gw
+        .access_fields("portal-1")
+        .await
+        .contains(&"client=\"portal\"".to_string()));
+    assert!(gw
+        .access_fields("dash-3")
+        .await
+        .contains(&"client=\"dashboard\"".to_string()));
+
+    // The operator rotates the dashboard's secret: the old one is refused
+    // on the connection that used it a moment ago; the new one gets in there.
+    let rotated = ("dashboard", "dashboard-rotated-secret-0123");
+    write_atomically(&file, &clients_text(&[rotated, portal]));
+    let refused = eventually(Duration::from_secs(2), || async {
+        OneConnection::open(&gw)
+            .await
+            .get(&path, &dash_auth, "probe")
+            .await
+            .0
+            == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused, "the rotated secret was still let in after 2 s");
+    assert_eq!(
+        one.get(&path, &dash_auth, "old-1").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let new_auth = basic(rotated.0, rotated.1);
+    assert_eq!(
+        one.get(&path, &new_auth, "new-1").await,
+        (StatusCode::OK, "HIT".to_string())
+    );
+    assert_eq!(
+        one.get(&path, &portal_auth, "portal-2").await.0,
+        StatusCode::OK
+    );
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_after_a_ttl_change_gives_new_entries_the_new_ttl_and_other_rules_keep_theirs() {
     let sim = start_sim(sim_config()).await;

@@ -8,7 +8,7 @@
 //! strips them); anonymous callers exist only where the settings allow them.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::digest::{constant_time_eq, sha256};
+use crate::digest::{constant_time_eq, same_bytes, sha256};
 use crate::gateway::clients::{self, presented, Clients, Presented};
 use crate::gateway::context::CallerName;
 use crate::gateway::error::GatewayError;
@@ -264,8 +264,24 @@ pub async fn authenticate(
 /// its attempts), for
 /// [`authenticate`] to answer. Counts nothing: a request it lets in is no
 /// failed attempt.
-pub fn authenticate_now(state: &AccessState, headers: &Heads<'_>, peer: IpAddr) -> Option<Caller> {
+///
+/// `known` is the connection's [`KnownCredential`]: a client's secret
+/// found once on a connection is not decoded and hashed again on it.
+pub fn authenticate_now(
+    state: &AccessState,
+    headers: &Heads<'_>,
+    peer: IpAddr,
+    known: &KnownCredential,
+) -> Option<Caller> {
     let clients = state.clients.load();
+    if let Some(name) = known.recall(state, &clients, headers) {
+        // A client's secret is compared, so an attempt as ever.
+        return state
+            .attempts
+            .may_try(peer)
+            .is_ok()
+            .then_some(Caller::Client(name));
+    }
     let presented = presented(headers);
     let compared = is_compared(state, &clients, &presented);
     if compared && state.attempts.may_try(peer).is_err() {
@@ -276,7 +292,91 @@ pub fn authenticate_now(state: &AccessState, headers: &Heads<'_>, peer: IpAddr) 
         other => identify(state, &clients, other),
     };
     let failed = compared && is_failed(&caller);
-    caller.ok().filter(|_| !failed)
+    let caller = caller.ok().filter(|_| !failed)?;
+    if let Caller::Client(name) = &caller {
+        known.remember(state, &clients, headers, name);
+    }
+    Some(caller)
+}
+
+/// The `Authorization` value (Basic or Bearer) that last identified a
+/// client of the clients file on one connection, and who it was, so that
+/// connection's next requests with the same value are not decoded and
+/// hashed again. A client's hit spent about a sixth of its instructions
+/// there (base64, SHA-256: BENCHMARKS.md, "twentieth steps"), and a
+/// client on a kept-alive connection sends the same value every time.
+///
+/// Invariants, so it never says more than `identify` would:
+/// - it answers only while the clients file and the admin token are the
+///   ones it was found with (a reload that replaces either, by pointer,
+///   makes it ask `identify` again; it holds them, so a pointer is never
+///   reused meanwhile);
+/// - only a client found by its secret is remembered: never the operator
+///   (whose old token expires by the clock), an anonymous caller, or a
+///   gateway session (which can end on another replica);
+/// - only for a request with no `Cookie` and no session header, the
+///   credentials that would come before `Authorization`;
+/// - the value is compared in constant time (a load balancer may carry
+///   several clients' requests on one connection), and an address past its
+///   attempts is still refused.
+///
+/// The value stays in memory for the connection's life, as the request
+/// that carried it did in hyper's read buffer.
+#[derive(Clone, Default)]
+pub struct KnownCredential(Arc<Mutex<Option<Known>>>);
+
+struct Known {
+    /// The `Authorization` value's bytes.
+    value: Box<[u8]>,
+    /// The clients file and admin token it was found with.
+    clients: Arc<Clients>,
+    admin: Arc<AdminTokens>,
+    /// The client it identified.
+    name: Arc<str>,
+}
+
+impl KnownCredential {
+    /// The client this request's credentials identified on this
+    /// connection before, if nothing they were checked against changed.
+    fn recall(
+        &self,
+        state: &AccessState,
+        clients: &Arc<Clients>,
+        headers: &Heads<'_>,
+    ) -> Option<Arc<str>> {
+        if headers.get(Name::Cookie).is_some() || headers.get(Name::Session).is_some() {
+            return None;
+        }
+        let value = headers.get(Name::Authorization)?;
+        let known = crate::ops::locked(&self.0);
+        let known = known.as_ref()?;
+        let unchanged = Arc::ptr_eq(&known.clients, clients)
+            && Arc::ptr_eq(&known.admin, &state.admin.0.load());
+        (unchanged && same_bytes(&known.value, value.as_bytes())).then(|| known.name.clone())
+    }
+
+    /// Remembers that this request's `Authorization` value identified
+    /// client `name` (see the invariants above).
+    fn remember(
+        &self,
+        state: &AccessState,
+        clients: &Arc<Clients>,
+        headers: &Heads<'_>,
+        name: &Arc<str>,
+    ) {
+        if headers.get(Name::Cookie).is_some() || headers.get(Name::Session).is_some() {
+            return;
+        }
+        let Some(value) = headers.get(Name::Authorization) else {
+            return;
+        };
+        *crate::ops::locked(&self.0) = Some(Known {
+            value: value.as_bytes().into(),
+            clients: clients.clone(),
+            admin: state.admin.0.load_full(),
+            name: name.clone(),
+        });
+    }
 }
 
 /// Whether the credential presented is compared with a secret, and so is

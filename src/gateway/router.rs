@@ -68,6 +68,7 @@ pub fn route(
     conn: Conn,
     req: Request<Incoming>,
     busy: RequestGuard,
+    known: &access::KnownCredential,
 ) -> Answer<impl Future<Output = Response<Body>> + Send> {
     let (parts, body) = req.into_parts();
     let started = busy.started();
@@ -76,7 +77,9 @@ pub fn route(
     let request_id = {
         let heads = Heads::of(&parts.headers);
         let request_id = app.request_ids.kept_or_new(heads.get_all(Name::RequestId));
-        if let Some((response, done)) = hit_now(&app, conn, &parts, &heads, &request_id, started) {
+        if let Some((response, done)) =
+            hit_now(&app, conn, known, &parts, &heads, &request_id, started)
+        {
             done.report(&parts, &request_id, started, busy, &response);
             return Answer::Now(Some(response));
         }
@@ -315,6 +318,7 @@ impl Done {
 fn hit_now(
     app: &App,
     conn: Conn,
+    known: &access::KnownCredential,
     parts: &Parts,
     heads: &Heads<'_>,
     request_id: &HeaderValue,
@@ -349,7 +353,7 @@ fn hit_now(
         access::Caller::Anonymous
     } else {
         access::anonymous_at_once(&app.access, heads)
-            .or_else(|| access::authenticate_now(&app.access, heads, conn.peer))?
+            .or_else(|| access::authenticate_now(&app.access, heads, conn.peer, known))?
     };
     if matches!(caller, access::Caller::Operator) {
         return None;

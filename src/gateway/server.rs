@@ -29,7 +29,7 @@ use crate::em::client::Upstream;
 use crate::em::session::SessionPool;
 use crate::fleet::session::EmSessionStore;
 use crate::fleet::{Event, Fleet};
-use crate::gateway::access::{AccessState, AdminToken};
+use crate::gateway::access::{self, AccessState, AdminToken};
 use crate::gateway::admin::ADMIN_RATE;
 use crate::gateway::app::App;
 use crate::gateway::conn::Conn;
@@ -527,6 +527,10 @@ fn stack(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
+    // The client a secret identified on this connection (see
+    // `access::KnownCredential`): the connection's own, shared by its
+    // requests.
+    let known = access::KnownCredential::default();
     hyper::service::service_fn(move |req: Request<Incoming>| {
         // The connection is busy from here until the answer is made,
         // so its idle deadline waits.
@@ -534,7 +538,7 @@ fn stack(
         // router's answer here, which would hold it twice, as its own field
         // and as the future it awaits.)
         let busy = activity.begin(req.version());
-        route(app.clone(), conn, req, busy)
+        route(app.clone(), conn, req, busy, &known)
     })
 }
 
