@@ -287,14 +287,17 @@ pub fn authenticate_now(
     if compared && state.attempts.may_try(peer).is_err() {
         return None;
     }
+    // The admin token `identify` reads, for the memo: taken before it reads.
+    let admin = matches!(presented, Presented::Basic(..) | Presented::Bearer(_))
+        .then(|| state.admin.0.load_full());
     let caller = match presented {
         Presented::Session(token) => session_caller(&clients, state.sessions.lookup_now(token)?),
         other => identify(state, &clients, other),
     };
     let failed = compared && is_failed(&caller);
     let caller = caller.ok().filter(|_| !failed)?;
-    if let Caller::Client(name) = &caller {
-        known.remember(state, &clients, headers, name);
+    if let (Caller::Client(name), Some(admin)) = (&caller, admin) {
+        known.remember(state, &clients, admin, headers, name);
     }
     Some(caller)
 }
@@ -356,15 +359,22 @@ impl KnownCredential {
     }
 
     /// Remembers that this request's `Authorization` value identified
-    /// client `name` (see the invariants above).
+    /// client `name` (see the invariants above), checked against `clients`
+    /// and the admin token `admin`, taken before `identify` looked. If the
+    /// token was replaced since, `identify` may have read either: nothing
+    /// is remembered.
     fn remember(
         &self,
         state: &AccessState,
         clients: &Arc<Clients>,
+        admin: Arc<AdminTokens>,
         headers: &Heads<'_>,
         name: &Arc<str>,
     ) {
-        if headers.get(Name::Cookie).is_some() || headers.get(Name::Session).is_some() {
+        if headers.get(Name::Cookie).is_some()
+            || headers.get(Name::Session).is_some()
+            || !Arc::ptr_eq(&admin, &state.admin.0.load())
+        {
             return;
         }
         let Some(value) = headers.get(Name::Authorization) else {
@@ -373,7 +383,7 @@ impl KnownCredential {
         *crate::ops::locked(&self.0) = Some(Known {
             value: value.as_bytes().into(),
             clients: clients.clone(),
-            admin: state.admin.0.load_full(),
+            admin,
             name: name.clone(),
         });
     }
