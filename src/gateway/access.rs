@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use uuid::Uuid;
 
 use crate::config::Settings;
@@ -347,10 +347,7 @@ impl KnownCredential {
         clients: &Arc<Clients>,
         headers: &Heads<'_>,
     ) -> Option<Arc<str>> {
-        if headers.get(Name::Cookie).is_some() || headers.get(Name::Session).is_some() {
-            return None;
-        }
-        let value = headers.get(Name::Authorization)?;
+        let value = authorization_alone(headers)?;
         let known = crate::ops::locked(&self.0);
         let known = known.as_ref()?;
         let unchanged = Arc::ptr_eq(&known.clients, clients)
@@ -371,15 +368,12 @@ impl KnownCredential {
         headers: &Heads<'_>,
         name: &Arc<str>,
     ) {
-        if headers.get(Name::Cookie).is_some()
-            || headers.get(Name::Session).is_some()
-            || !Arc::ptr_eq(&admin, &state.admin.0.load())
-        {
-            return;
-        }
-        let Some(value) = headers.get(Name::Authorization) else {
+        let Some(value) = authorization_alone(headers) else {
             return;
         };
+        if !Arc::ptr_eq(&admin, &state.admin.0.load()) {
+            return;
+        }
         *crate::ops::locked(&self.0) = Some(Known {
             value: value.as_bytes().into(),
             clients: clients.clone(),
@@ -387,6 +381,16 @@ impl KnownCredential {
             name: name.clone(),
         });
     }
+}
+
+/// The request's `Authorization` value when it is the credential
+/// [`presented`] reads: no `Cookie` and no session header came (a session
+/// token comes before it). The one value [`KnownCredential`] remembers.
+fn authorization_alone<'h>(headers: &Heads<'h>) -> Option<&'h HeaderValue> {
+    if headers.get(Name::Cookie).is_some() || headers.get(Name::Session).is_some() {
+        return None;
+    }
+    headers.get(Name::Authorization)
 }
 
 /// Whether the credential presented is compared with a secret, and so is
