@@ -679,3 +679,89 @@ async fn a_clients_hit_is_the_same_answer_by_its_secret_or_its_session() {
         assert!(!r.body.contains("VmRestorePoint"), "{}", r.body);
     }
 }
+
+/// A session token, once named on a connection, is not hashed again on it
+/// (BENCHMARKS.md, "twenty-first steps"); its session is still asked on
+/// every request. On one kept-alive connection (a client library's, or a
+/// load balancer's carrying several clients): another client's token is
+/// that client's, a made-up one is refused, and a logout made over another
+/// connection ends the session on this one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_logged_out_elsewhere_is_refused_on_the_connection_it_was_used_on() {
+    let sim = start_sim(sim_config()).await;
+    let dir = Scratch::new("session-one-connection");
+    let (file, dash, portal) = clients_file(&dir);
+    let gw = Gateway::start(
+        &sim,
+        &[
+            ("EMGATE_CLIENTS_FILE", &file),
+            ("EMGATE_LOG_FORMAT", "text"),
+        ],
+    );
+    let http = Http::default();
+    let p = vm_points(&sim, 5);
+    let dash_secret = basic("dashboard", dash);
+    // Cached, and its whole head made: what follows are hits answered at once.
+    for _ in 0..2 {
+        http.get(&gw.url(&p), &[("authorization", &dash_secret)])
+            .await;
+    }
+    let (dash_token, dash_logon) = gateway_logon(&http, &gw, "dashboard", dash).await;
+    let (portal_token, _) = gateway_logon(&http, &gw, "portal", portal).await;
+    let by_dash = ("x-restsvcsessionid", dash_token.as_str());
+    let by_portal = ("x-restsvcsessionid", portal_token.as_str());
+    let hit = (StatusCode::OK, "HIT".to_string());
+
+    let mut one = OneConnection::open(&gw).await;
+    for i in 0..3 {
+        assert_eq!(one.get(&p, by_dash, &format!("dash-{i}")).await, hit);
+    }
+    assert_eq!(one.get(&p, by_portal, "portal-1").await, hit);
+    // One character off the dashboard's token: no session.
+    let mut made_up = dash_token.clone().into_bytes();
+    made_up[3] = if made_up[3] == b'A' { b'B' } else { b'A' };
+    let made_up = String::from_utf8(made_up).unwrap();
+    assert_eq!(
+        one.get(&p, ("x-restsvcsessionid", &made_up), "made-up-1")
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The same token in the cookie EM's logon sets.
+    let cookie = format!("X-RestSvcSessionId={dash_token}");
+    assert_eq!(one.get(&p, ("cookie", &cookie), "dash-cookie").await, hit);
+    assert_eq!(one.get(&p, by_dash, "dash-3").await, hit);
+    for (id, client) in [
+        ("dash-0", "dashboard"),
+        ("portal-1", "portal"),
+        ("dash-cookie", "dashboard"),
+        ("dash-3", "dashboard"),
+    ] {
+        assert!(
+            gw.access_fields(id)
+                .await
+                .contains(&format!("client=\"{client}\"")),
+            "{id}: {:?}",
+            gw.access_fields(id).await
+        );
+    }
+
+    // The dashboard logs off over another connection: its token is over on
+    // this one, by header or cookie; the portal's is not.
+    let own = format!(
+        "/api/logonSessions/{}",
+        dash_logon.json()["SessionId"].as_str().unwrap()
+    );
+    let off = http.send(Method::DELETE, &gw.url(&own), &[by_dash]).await;
+    assert_eq!(off.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        one.get(&p, by_dash, "dash-off").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        one.get(&p, ("cookie", &cookie), "dash-off-cookie").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(one.get(&p, by_portal, "portal-2").await, hit);
+    sim.shutdown().await;
+}

@@ -173,48 +173,6 @@ async fn a_client_added_to_the_clients_file_gets_in_and_a_removed_one_is_shut_ou
     sim.shutdown().await;
 }
 
-/// One kept-alive connection, as a client library or a load balancer in
-/// front of the gateway holds one: every request goes over it.
-struct OneConnection {
-    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    /// `Host`, as any client sends it (the answer's links are made of it).
-    host: String,
-}
-
-impl OneConnection {
-    async fn open(gw: &Gateway) -> OneConnection {
-        let addr = gw.url("").trim_start_matches("http://").to_string();
-        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let (send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        OneConnection { send, host: addr }
-    }
-
-    /// The status and `X-Cache` of a GET with this `Authorization` and request id.
-    async fn get(&mut self, path: &str, auth: &str, id: &str) -> (StatusCode, String) {
-        let req = http::Request::get(path)
-            .header("host", &self.host)
-            .header("authorization", auth)
-            .header("x-request-id", id)
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        self.send.ready().await.expect("the connection stayed open");
-        let r = self
-            .send
-            .send_request(req)
-            .await
-            .expect("the connection stayed open");
-        let cache = r
-            .headers()
-            .get("x-cache")
-            .map_or("", |v| v.to_str().unwrap());
-        (r.status(), cache.to_string())
-    }
-}
-
 /// A client's secret, once checked on a connection, is not checked again
 /// on it (BENCHMARKS.md, "twentieth steps"); nothing about who gets in
 /// changes for that: a wrong or rotated secret is refused on that very
@@ -250,19 +208,28 @@ async fn a_rotated_secret_is_refused_on_the_connection_it_was_used_on() {
     }
     let mut one = OneConnection::open(&gw).await;
     for i in 0..3 {
-        let hit = one.get(&path, &dash_auth, &format!("dash-{i}")).await;
+        let hit = one
+            .get(&path, ("authorization", &dash_auth), &format!("dash-{i}"))
+            .await;
         assert_eq!(hit, (StatusCode::OK, "HIT".to_string()));
     }
     // Another client on the same connection is itself, and a wrong secret
     // for the first is refused there.
-    let portal_hit = one.get(&path, &portal_auth, "portal-1").await;
+    let portal_hit = one
+        .get(&path, ("authorization", &portal_auth), "portal-1")
+        .await;
     assert_eq!(portal_hit, (StatusCode::OK, "HIT".to_string()));
     let wrong = basic(dash.0, "dashboard-secret-0123456780");
     assert_eq!(
-        one.get(&path, &wrong, "wrong-1").await.0,
+        one.get(&path, ("authorization", &wrong), "wrong-1").await.0,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(one.get(&path, &dash_auth, "dash-3").await.0, StatusCode::OK);
+    assert_eq!(
+        one.get(&path, ("authorization", &dash_auth), "dash-3")
+            .await
+            .0,
+        StatusCode::OK
+    );
     assert!(gw
         .access_fields("portal-1")
         .await
@@ -279,7 +246,7 @@ async fn a_rotated_secret_is_refused_on_the_connection_it_was_used_on() {
     let refused = eventually(Duration::from_secs(2), || async {
         OneConnection::open(&gw)
             .await
-            .get(&path, &dash_auth, "probe")
+            .get(&path, ("authorization", &dash_auth), "probe")
             .await
             .0
             == StatusCode::UNAUTHORIZED
@@ -287,16 +254,20 @@ async fn a_rotated_secret_is_refused_on_the_connection_it_was_used_on() {
     .await;
     assert!(refused, "the rotated secret was still let in after 2 s");
     assert_eq!(
-        one.get(&path, &dash_auth, "old-1").await.0,
+        one.get(&path, ("authorization", &dash_auth), "old-1")
+            .await
+            .0,
         StatusCode::UNAUTHORIZED
     );
     let new_auth = basic(rotated.0, rotated.1);
     assert_eq!(
-        one.get(&path, &new_auth, "new-1").await,
+        one.get(&path, ("authorization", &new_auth), "new-1").await,
         (StatusCode::OK, "HIT".to_string())
     );
     assert_eq!(
-        one.get(&path, &portal_auth, "portal-2").await.0,
+        one.get(&path, ("authorization", &portal_auth), "portal-2")
+            .await
+            .0,
         StatusCode::OK
     );
     sim.shutdown().await;

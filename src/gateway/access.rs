@@ -266,7 +266,8 @@ pub async fn authenticate(
 /// failed attempt.
 ///
 /// `known` is the connection's [`KnownCredential`]: a client's secret
-/// found once on a connection is not decoded and hashed again on it.
+/// found once on a connection is not decoded and hashed again on it, nor
+/// a session token hashed again (its session is still looked up).
 pub fn authenticate_now(
     state: &AccessState,
     headers: &Heads<'_>,
@@ -291,7 +292,10 @@ pub fn authenticate_now(
     let admin = matches!(presented, Presented::Basic(..) | Presented::Bearer(_))
         .then(|| state.admin.0.load_full());
     let caller = match presented {
-        Presented::Session(token) => session_caller(&clients, state.sessions.lookup_now(token)?),
+        Presented::Session(token) => {
+            let name = known.token_name(&state.sessions, token)?;
+            session_caller(&clients, state.sessions.lookup_now(&name)?)
+        }
         other => identify(state, &clients, other),
     };
     let failed = compared && is_failed(&caller);
@@ -302,32 +306,46 @@ pub fn authenticate_now(
     Some(caller)
 }
 
-/// The `Authorization` value (Basic or Bearer) that last identified a
-/// client of the clients file on one connection, and who it was, so that
-/// connection's next requests with the same value are not decoded and
-/// hashed again. A client's hit spent about a sixth of its instructions
-/// there (base64, SHA-256: BENCHMARKS.md, "twentieth steps"), and a
-/// client on a kept-alive connection sends the same value every time.
+/// What one connection's requests presented before and what that was
+/// found to be, so its next requests presenting the same are not decoded
+/// and hashed again. A client on a kept-alive connection sends the same
+/// credential every time, and a hit spent about a sixth of its
+/// instructions on it (base64, SHA-256: BENCHMARKS.md, "twentieth steps"
+/// and "twenty-first steps"). Two memos:
 ///
-/// Invariants, so it never says more than `identify` would:
-/// - it answers only while the clients file and the admin token are the
-///   ones it was found with (a reload that replaces either, by pointer,
-///   makes it ask `identify` again; it holds them, so a pointer is never
-///   reused meanwhile);
-/// - only a client found by its secret is remembered: never the operator
-///   (whose old token expires by the clock), an anonymous caller, or a
-///   gateway session (which can end on another replica);
-/// - only for a request with no `Cookie` and no session header, the
-///   credentials that would come before `Authorization`;
-/// - the value is compared in constant time (a load balancer may carry
-///   several clients' requests on one connection), and an address past its
-///   attempts is still refused.
+/// - The `Authorization` value (Basic or Bearer) that last identified a
+///   client of the clients file, and who it was. Invariants, so it never
+///   says more than `identify` would:
+///   - it answers only while the clients file and the admin token are the
+///     ones it was found with (a reload that replaces either, by pointer,
+///     makes it ask `identify` again; it holds them, so a pointer is never
+///     reused meanwhile);
+///   - only a client found by its secret is remembered: never the operator
+///     (whose old token expires by the clock) or an anonymous caller;
+///   - only for a request with no `Cookie` and no session header, the
+///     credentials that would come before `Authorization`.
+/// - The gateway session token last presented, and only the name its
+///   session is kept under ([`ClientSessions::token_name`], the same for
+///   the same token while the process lives), never who it stands for:
+///   the session itself is looked up on every request, so a logout, here
+///   or on another replica, and the idle timeout end it on this
+///   connection as on any other.
 ///
-/// The value stays in memory for the connection's life, as the request
-/// that carried it did in hyper's read buffer.
+/// Both: a value is compared in constant time (a load balancer may carry
+/// several clients' requests on one connection), and an address past its
+/// attempts is still refused. The values stay in memory for the
+/// connection's life, as the request that carried them did in hyper's read
+/// buffer.
 #[derive(Clone, Default)]
-pub struct KnownCredential(Arc<Mutex<Option<Known>>>);
+pub struct KnownCredential(Arc<Mutex<Memo>>);
 
+#[derive(Default)]
+struct Memo {
+    client: Option<Known>,
+    session: Option<KnownToken>,
+}
+
+/// A client found by its `Authorization` value.
 struct Known {
     /// The `Authorization` value's bytes.
     value: Box<[u8]>,
@@ -336,6 +354,12 @@ struct Known {
     admin: Arc<AdminTokens>,
     /// The client it identified.
     name: Arc<str>,
+}
+
+/// A gateway session token and its name.
+struct KnownToken {
+    token: Box<[u8]>,
+    name: [u8; 32],
 }
 
 impl KnownCredential {
@@ -348,8 +372,8 @@ impl KnownCredential {
         headers: &Heads<'_>,
     ) -> Option<Arc<str>> {
         let value = authorization_alone(headers)?;
-        let known = crate::ops::locked(&self.0);
-        let known = known.as_ref()?;
+        let memo = crate::ops::locked(&self.0);
+        let known = memo.client.as_ref()?;
         let unchanged = Arc::ptr_eq(&known.clients, clients)
             && Arc::ptr_eq(&known.admin, &state.admin.0.load());
         (unchanged && same_bytes(&known.value, value.as_bytes())).then(|| known.name.clone())
@@ -374,12 +398,28 @@ impl KnownCredential {
         if !Arc::ptr_eq(&admin, &state.admin.0.load()) {
             return;
         }
-        *crate::ops::locked(&self.0) = Some(Known {
+        crate::ops::locked(&self.0).client = Some(Known {
             value: value.as_bytes().into(),
             clients: clients.clone(),
             admin,
             name: name.clone(),
         });
+    }
+
+    /// The name `token`'s session is kept under: the one worked out for it
+    /// on this connection before, or worked out now and kept.
+    fn token_name(&self, sessions: &ClientSessions, token: &str) -> Option<[u8; 32]> {
+        if let Some(known) = &crate::ops::locked(&self.0).session {
+            if same_bytes(&known.token, token.as_bytes()) {
+                return Some(known.name);
+            }
+        }
+        let name = sessions.token_name(token)?;
+        crate::ops::locked(&self.0).session = Some(KnownToken {
+            token: token.as_bytes().into(),
+            name,
+        });
+        Some(name)
     }
 }
 

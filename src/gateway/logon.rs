@@ -75,7 +75,10 @@ type Namer = Arc<dyn Fn(&str) -> [u8; 32] + Send + Sync>;
 /// The gateway sessions this replica knows (all of them, without a fleet).
 pub struct LocalSessions {
     /// By the token's name, so no token sits in memory in the clear.
-    by_token: Mutex<HashMap<[u8; 32], Record>>,
+    /// Hashed with foldhash, not SipHash (every hit by a session token
+    /// looks here): a name is a SHA-256 or HMAC output of a token the
+    /// gateway drew at random, so nobody can choose names that collide.
+    by_token: Mutex<HashMap<[u8; 32], Record, foldhash::quality::RandomState>>,
     /// Idle timeout.
     idle: Duration,
     /// How a token is named.
@@ -92,7 +95,7 @@ impl LocalSessions {
     /// An empty store with this idle timeout.
     pub fn new(idle: Duration) -> LocalSessions {
         LocalSessions {
-            by_token: Mutex::new(HashMap::new()),
+            by_token: Mutex::new(HashMap::default()),
             idle,
             namer: Arc::new(|t: &str| crate::digest::sha256(t.as_bytes())),
         }
@@ -145,19 +148,7 @@ impl LocalSessions {
 
     /// The live session a token stands for (its idle timer restarts).
     pub fn lookup(&self, token: &str) -> Option<SessionInfo> {
-        let key = self.key(token);
-        let mut map = self.by_token.lock().ok()?;
-        let now = Instant::now();
-        let record = map.get_mut(&key)?;
-        if now.duration_since(record.last_used) >= self.idle {
-            map.remove(&key);
-            return None;
-        }
-        record.last_used = now;
-        Some(SessionInfo {
-            id: record.id,
-            owner: record.owner.clone(),
-        })
+        self.known(&self.key(token)).map(|(info, _)| info)
     }
 
     /// The live sessions of `owner`, oldest first.
@@ -224,8 +215,8 @@ impl LocalSessions {
         record.owner.clone()
     }
 
-    /// The record of a token hash, if this replica knows it, and when the
-    /// fleet last confirmed it.
+    /// The record of a token hash, if this replica knows it and it is
+    /// live, and when the fleet last confirmed it; its idle timer restarts.
     fn known(&self, key: &[u8; 32]) -> Option<(SessionInfo, Instant)> {
         let mut map = self.by_token.lock().ok()?;
         let now = Instant::now();
@@ -359,17 +350,34 @@ impl ClientSessions {
         })
     }
 
-    /// [`ClientSessions::lookup`]'s answer when it needs no round trip:
-    /// without a fleet, or for a session this replica checked with the
-    /// fleet less than `FLEET_RECHECK` ago; `None` when the fleet must be
-    /// asked. As `lookup`, it restarts a live session's idle timer (the
-    /// request that asks is the session's use).
-    pub fn lookup_now(&self, token: &str) -> Option<Option<SessionInfo>> {
-        let Some(fleet) = &self.fleet else {
-            return Some(self.local.lookup(token));
-        };
-        let key = *fleet.token_names(token).first()?;
-        match self.local.known(&key) {
+    /// The name a token's session is kept under here: its SHA-256, or in
+    /// fleet mode its keyed name under the fleet's current secret (`None`
+    /// if the fleet has none: then the fleet is asked).
+    ///
+    /// Invariant: the same token gets the same name for the life of the
+    /// process. Neither way of naming changes while it runs (a changed
+    /// `EMGATE_SHARED_SECRET` waits for a restart, as a reload reports), so
+    /// a name may be worked out once and kept
+    /// ([`crate::gateway::access::KnownCredential`]).
+    pub fn token_name(&self, token: &str) -> Option<[u8; 32]> {
+        match &self.fleet {
+            None => Some(self.local.key(token)),
+            Some(fleet) => fleet.token_names(token).first().copied(),
+        }
+    }
+
+    /// [`ClientSessions::lookup`]'s answer, for a token named by
+    /// [`ClientSessions::token_name`], when it needs no round trip: without
+    /// a fleet, or for a session this replica checked with the fleet less
+    /// than `FLEET_RECHECK` ago; `None` when the fleet must be asked. As
+    /// `lookup`, it restarts a live session's idle timer (the request that
+    /// asks is the session's use).
+    pub fn lookup_now(&self, name: &[u8; 32]) -> Option<Option<SessionInfo>> {
+        let known = self.local.known(name);
+        if self.fleet.is_none() {
+            return Some(known.map(|(info, _)| info));
+        }
+        match known {
             Some((info, checked)) if checked.elapsed() < FLEET_RECHECK => Some(Some(info)),
             _ => None,
         }

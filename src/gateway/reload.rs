@@ -407,3 +407,18 @@ pub const SETTLE: Duration = Duration::from_millis(150);
 /// Also looked at this often without an event (a file system whose events
 /// do not reach inotify, such as some network mounts).
 pub const POLL: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::LIVE;
+
+    /// A connection keeps the name a session token was given
+    /// (`access::KnownCredential`, `logon::ClientSessions::token_name`):
+    /// the fleet's secret, which names tokens, must wait for a restart.
+    #[test]
+    fn the_secret_that_names_session_tokens_is_never_applied_live() {
+        for setting in ["EMGATE_SHARED_SECRET", "EMGATE_SHARED_SECRET_FILE"] {
+            assert!(!LIVE.contains(&setting), "{setting}");
+        }
+    }
+}

@@ -942,3 +942,51 @@ pub async fn metric_sum(http: &Http, gw: &Gateway, name: &str) -> f64 {
         .sum::<f64>()
         + 0.0
 }
+
+/// One kept-alive connection, as a client library or a load balancer in
+/// front of the gateway holds one: every request goes over it.
+pub struct OneConnection {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    /// `Host`, as any client sends it (the answer's links are made of it).
+    host: String,
+}
+
+impl OneConnection {
+    pub async fn open(gw: &Gateway) -> OneConnection {
+        let addr = gw.url("").trim_start_matches("http://").to_string();
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        OneConnection { send, host: addr }
+    }
+
+    /// The status and `X-Cache` of a GET with this credential (a header:
+    /// `Authorization`, `X-RestSvcSessionId`, `Cookie`) and request id.
+    pub async fn get(
+        &mut self,
+        path: &str,
+        credential: (&str, &str),
+        id: &str,
+    ) -> (StatusCode, String) {
+        let req = http::Request::get(path)
+            .header("host", &self.host)
+            .header(credential.0, credential.1)
+            .header("x-request-id", id)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        self.send.ready().await.expect("the connection stayed open");
+        let r = self
+            .send
+            .send_request(req)
+            .await
+            .expect("the connection stayed open");
+        let cache = r
+            .headers()
+            .get("x-cache")
+            .map_or("", |v| v.to_str().unwrap());
+        (r.status(), cache.to_string())
+    }
+}
