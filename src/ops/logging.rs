@@ -205,9 +205,9 @@ fn write_out(shared: Arc<Shared>, mut stderr: Out) {
 ///
 /// `O_DIRECT` is set on stderr's own open file (shared with whoever opened
 /// it) for the direct part only and taken off after, while this holds
-/// stderr's lock: an `eprintln!` of this process never meets it. (A
-/// panic's message, which Rust writes without that lock, would be refused
-/// if it came in that moment, a fraction of a millisecond a write.)
+/// stderr's lock: an `eprintln!` of this process never meets it, nor a
+/// panic's message (which Rust writes without that lock: the hook
+/// [`holding_stderr`] takes it first).
 ///
 /// When: only writes of at least [`DIRECT_FROM`] bytes (a busy
 /// gateway's) and not past the buffers' room (a writer that fell behind
@@ -606,9 +606,14 @@ pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> 
     }
     let _ = INSTALLED.set((shared.clone(), format));
     let writer = shared.clone();
+    let out = Out::stderr();
+    if out.direct.is_some() {
+        let rust_own = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| holding_stderr(|| rust_own(info))));
+    }
     match std::thread::Builder::new()
         .name("emgate-log".into())
-        .spawn(move || write_out(writer, Out::stderr()))
+        .spawn(move || write_out(writer, out))
     {
         Ok(thread) => Guard {
             writer: Some((shared, thread)),
@@ -622,6 +627,20 @@ pub fn init(filter: &str, format: LogFormat, traces: Option<&TraceSettings>) -> 
             }
         }
     }
+}
+
+/// Runs `write` while holding stderr's lock; the panic hook's way to
+/// write. Rust's own hook writes a panic's message straight to stderr
+/// without the lock; when stderr is a file the log writer writes around
+/// the page cache ([`Out`]), that could land in the moment the open file
+/// has `O_DIRECT` set, and the kernel would refuse it: the one line that
+/// says why a request failed, lost. With the lock, the message waits for
+/// that moment to end (a disk write at most). Only then: on a pipe that
+/// stopped taking lines, the writer holds the lock while it waits, and a
+/// panic there keeps Rust's own hook as before.
+fn holding_stderr<R>(write: impl FnOnce() -> R) -> R {
+    let _stderr = std::io::stderr().lock();
+    write()
 }
 
 /// Log lines dropped because stderr did not take them.
@@ -965,6 +984,23 @@ fn json_line(out: &mut Vec<u8>, l: &AccessLine<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panic's message is written once the log writer lets go of
+    /// stderr (the end of a direct write), never in the middle.
+    #[test]
+    fn a_panic_message_waits_for_stderr_to_be_let_go() {
+        let (held, released) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || {
+            let _stderr = std::io::stderr().lock();
+            held.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            Instant::now()
+        });
+        released.recv().unwrap();
+        let written = holding_stderr(Instant::now);
+        let let_go = writer.join().unwrap();
+        assert!(written >= let_go, "written while stderr was held");
+    }
 
     /// What tracing-subscriber's full text format writes for the access
     /// line's event inside the request's span, after the time.
