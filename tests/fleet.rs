@@ -541,6 +541,103 @@ async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
     assert!(limited > 0);
 }
 
+/// Round trips a replica made to the fleet's rate limit.
+async fn rate_round_trips(http: &Http, gw: &Gateway) -> f64 {
+    let m = http.get(&gw.url("/metrics"), &[]).await.body;
+    m.lines()
+        .filter(|l| l.starts_with("emgate_shared_operations_total{") && l.contains("op=\"rate\""))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A busy client's hits are counted for the fleet a share at a time (25 ms
+/// of its rate), not with a round trip to Redis each, and its limit still
+/// holds for the fleet when it sends far more than it may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_clients_limit_holds_for_the_fleet_with_a_round_trip_per_share_not_per_hit() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    // 400 a second, bursts of 40: shares of 10.
+    let gws = fleet(
+        &sim,
+        &redis,
+        &[("EMGATE_RATE_LIMIT", "400"), ("EMGATE_RATE_BURST", "40")],
+    );
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let path = vm(&sim, 2);
+    for gw in &gws {
+        for _ in 0..2 {
+            assert_eq!(http.get(&gw.url(&path), &[]).await.status, StatusCode::OK);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Under the limit (a request every 5 ms at most): every hit let
+    // through, with a round trip per share.
+    let before = rate_round_trips(&http, &gws[0]).await;
+    for _ in 0..60 {
+        let r = http.get(&gws[0].url(&path), &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.headers["x-cache"], "HIT");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let trips = rate_round_trips(&http, &gws[0]).await - before;
+    assert!(
+        (1.0..=12.0).contains(&trips),
+        "{trips} round trips to Redis for 60 hits"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A burst within the client's burst, all at once to one replica: every
+    // request let through. (Had each of them taken a share, they would
+    // have counted 250 for the fleet and been refused past the 40.)
+    let tasks: Vec<_> = (0..25)
+        .map(|_| {
+            let (http, url) = (http.clone(), gws[0].url(&path));
+            tokio::spawn(async move { http.get(&url, &[]).await.status })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            StatusCode::OK,
+            "a burst under the limit refused"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Far over it, all at once across the replicas: the fleet lets
+    // through its burst, its rate meanwhile, and a share per replica at
+    // most; not 600, nor the burst on each replica.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let (http, url) = (http.clone(), gws[i % 3].url(&path));
+        tasks.push(tokio::spawn(async move { http.get(&url, &[]).await }));
+    }
+    let (mut allowed, mut limited) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers.contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let most = 40.0 + 400.0 * secs + 3.0 * 10.0 + 1.0;
+    assert!(
+        (allowed as f64) <= most,
+        "{allowed} allowed, {limited} limited in {secs:.2} s (most {most:.0})"
+    );
+}
+
 /// Requests for keys of their own, spread over the replicas: the failures.
 async fn spread_load(
     http: &Http,

@@ -11,7 +11,8 @@
 //! the sweep. None of these has a Redis expiry: an eviction policy never
 //! ends a session, and `Fleet::sweep_sessions` removes the ones that ran
 //! out. Rate limits are GCRA in a script, as Kong's Redis policy does: one
-//! key per bucket holding its theoretical arrival time.
+//! key per bucket holding its theoretical arrival time; a replica takes a
+//! few requests' worth at a time (`gateway::limit`).
 
 use std::time::Duration;
 
@@ -220,31 +221,38 @@ impl Fleet {
         Ok(())
     }
 
-    /// One request of `bucket` against `per_second` with bursts of `burst`,
-    /// for the whole fleet: `None` to go ahead, or how long to wait.
+    /// Up to `want` requests of `bucket` against `per_second` with bursts
+    /// of `burst`, for the whole fleet: `Ok(n)`, how many may go ahead (at
+    /// least one, at most `want`; counted for the fleet now), or
+    /// `Err(wait)`, how long until the next one may.
     pub async fn rate(
         &self,
         bucket: &str,
         per_second: u32,
         burst: u32,
-    ) -> Result<Option<Duration>, Down> {
+        want: u32,
+    ) -> Result<Result<u32, Duration>, Down> {
         static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| redis::Script::new(GCRA));
         let h = crate::digest::sha256_hex(bucket.as_bytes());
         let key = self.key(&format!("rl:{}", &h[..32]));
         let emission_ms = 1000.0 / f64::from(per_second.max(1));
         let tolerance_ms = emission_ms * f64::from(burst.max(1).saturating_sub(1));
-        let wait_ms: i64 = self
+        let (granted, wait_ms): (i64, i64) = self
             .op("rate", |mut c| async move {
                 script
                     .key(key)
                     .arg(emission_ms)
                     .arg(tolerance_ms)
+                    .arg(want.max(1))
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        Ok((wait_ms > 0).then(|| Duration::from_millis(wait_ms as u64)))
+        Ok(match u32::try_from(granted) {
+            Ok(n) if n > 0 => Ok(n.min(want.max(1))),
+            _ => Err(Duration::from_millis(wait_ms.max(1) as u64)),
+        })
     }
 }
 
@@ -351,18 +359,24 @@ end
 return #gone
 ";
 
-/// GCRA. KEYS: bucket. ARGV: emission interval ms, burst tolerance ms.
-/// 0 to go ahead, else ms to wait.
+/// GCRA for up to ARGV[3] requests at once (a replica's share, see
+/// `gateway::limit`). KEYS: bucket. ARGV: emission interval ms, burst
+/// tolerance ms, requests wanted (an older replica's script asks for one:
+/// the key's value is the same).
+/// `{n, 0}`: n requests (1 to wanted) may go ahead, counted now; `{0,
+/// ms}`: none before ms.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
 local T = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
+local want = tonumber(ARGV[3] or '1')
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local allow_at = tat - tau
-if now < allow_at then return math.ceil(allow_at - now) end
-local new_tat = tat + T
+if now < allow_at then return {0, math.ceil(allow_at - now)} end
+local n = math.min(want, math.floor((now - allow_at) / T) + 1)
+local new_tat = tat + n * T
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return 0
+return {n, 0}
 ";

@@ -1,10 +1,11 @@
 //! Per-client rate limiting: a token bucket per client (its name, or the
 //! peer address of an anonymous caller), answered with 429 and `Retry-After`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -32,6 +33,29 @@ impl Bucket {
 /// fleet counts (GCRA in the shared tier), so a client's limit holds over
 /// requests spread across replicas; with the shared tier unreachable, each
 /// replica counts alone.
+///
+/// A replica does not ask the fleet for every request: it takes a share
+/// of a bucket's allowance at once (`share_size`: 25 ms of the rate, at
+/// least one request, at most half the burst), counted for the fleet when
+/// taken, and lets that many requests through on its own for
+/// `SHARE_LIFE`; what is left then is dropped. So a busy client's hits
+/// make one round trip to Redis per share instead of one each (each took
+/// a round trip, and a fleet with limits on served hits at 0.39x the
+/// rate: BENCHMARKS.md, "twenty-first steps"), and the limit still holds
+/// for the fleet: what a replica lets through was counted before, and the
+/// most a share can add to a moment's burst is itself, a share per
+/// replica (taken earlier, spent later). Shares left unspent make the
+/// fleet refuse a little early instead, never late.
+///
+/// A bucket's share, on one replica:
+///
+/// | state | a request | then |
+/// | --- | --- | --- |
+/// | none, or spent, or past its life | takes the next share (a round trip for `share_size`) | taking |
+/// | taking | asks the fleet for itself alone (one request, as without shares) | taking |
+/// | taking, the fleet grants n | goes ahead | live: n - 1 left for 250 ms |
+/// | taking, refused, Redis down, or the client gone | refused with the fleet's wait / counted locally / nothing | none (the next request takes it) |
+/// | live, some left | goes ahead, no round trip | live, one less |
 pub struct ClientLimits {
     /// The buckets.
     limiter: Option<DefaultKeyedRateLimiter<Bucket>>,
@@ -41,6 +65,56 @@ pub struct ClientLimits {
     quota: (u32, u32),
     /// The fleet, in fleet mode.
     fleet: Option<crate::fleet::Fleet>,
+    /// Fleet mode: what this replica took of each bucket and has not spent.
+    shares: Mutex<HashMap<Bucket, Share>>,
+}
+
+/// Requests a replica may let through on its own, until `until`.
+struct Share {
+    left: u32,
+    until: Instant,
+    /// A request is taking the next share from the fleet.
+    taking: bool,
+}
+
+/// What [`ClientLimits::spend_or_take`] found.
+enum Spend<'a> {
+    /// A request of the share was let through.
+    Spent,
+    /// None left: the fleet must be asked, for the next share (`Some`: this
+    /// request takes it) or for this request alone.
+    Take(Option<Taking<'a>>),
+}
+
+/// The right to take a bucket's next share; given back when dropped,
+/// whether the share came (`keep`) or not (Redis down, the client gone
+/// meanwhile), so the next request may take it.
+struct Taking<'a> {
+    limits: &'a ClientLimits,
+    bucket: Bucket,
+}
+
+impl Taking<'_> {
+    fn keep(self, left: u32) {
+        self.limits.keep_share(&self.bucket, left);
+    }
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        if let Some(share) = crate::ops::locked(&self.limits.shares).get_mut(&self.bucket) {
+            share.taking = false;
+        }
+    }
+}
+
+/// How long a share taken from the fleet may be spent.
+const SHARE_LIFE: Duration = Duration::from_millis(250);
+
+/// Requests one share holds at most: 25 ms of the rate (a fortieth of
+/// `per_second`), at least one, at most half the burst.
+fn share_size(per_second: u32, burst: u32) -> u32 {
+    (per_second / 40).clamp(1, (burst / 2).max(1))
 }
 
 impl ClientLimits {
@@ -55,6 +129,7 @@ impl ClientLimits {
             clock: DefaultClock::default(),
             quota: (per_second, if burst == 0 { per_second } else { burst }),
             fleet: None,
+            shares: Mutex::default(),
         }
     }
 
@@ -73,12 +148,31 @@ impl ClientLimits {
         }
         let bucket = &bucket();
         if let Some(fleet) = &self.fleet {
+            let taking = match self.spend_or_take(bucket) {
+                Spend::Spent => return Ok(()),
+                Spend::Take(taking) => taking,
+            };
+            let (per_second, burst) = self.quota;
+            // One share at a time per bucket: a request that comes while
+            // another takes one asks for itself alone. (Concurrent requests
+            // that each took a share would count many for the fleet, and
+            // this replica would keep one.)
+            let want = match taking {
+                Some(_) => share_size(per_second, burst),
+                None => 1,
+            };
             // Boxed: a round trip to Redis anyway, and inline its future
             // would be part of every full-path request's, fleet or not.
             let name = bucket.shared_name();
-            match Box::pin(fleet.rate(&name, self.quota.0, self.quota.1)).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(wait)) => return Err(wait),
+            match Box::pin(fleet.rate(&name, per_second, burst, want)).await {
+                Ok(Ok(granted)) => {
+                    // This request is one of them; the rest are the share.
+                    if let Some(taking) = taking {
+                        taking.keep(granted - 1);
+                    }
+                    return Ok(());
+                }
+                Ok(Err(wait)) => return Err(wait),
                 // The shared tier is down: this replica counts alone.
                 Err(_) => {}
             }
@@ -86,18 +180,63 @@ impl ClientLimits {
         self.check(bucket)
     }
 
-    /// Whether [`ClientLimits::check_shared`] needs no round trip: no
-    /// limit, or no fleet to count with.
-    pub fn counts_locally(&self) -> bool {
-        self.limiter.is_none() || self.fleet.is_none()
+    /// [`ClientLimits::check_shared`] when it needs no round trip: no
+    /// limit, no fleet to count with, or a share of the fleet's left for
+    /// the bucket. `None` when the fleet must be asked.
+    pub fn check_now(&self, bucket: impl FnOnce() -> Bucket) -> Option<Result<(), Duration>> {
+        match (&self.limiter, &self.fleet) {
+            (None, _) => Some(Ok(())),
+            (Some(_), None) => Some(self.check(&bucket())),
+            (Some(_), Some(_)) => self.spend_share(&bucket()).then_some(Ok(())),
+        }
     }
 
-    /// [`ClientLimits::check_shared`] when it needs no round trip (no
-    /// fleet, or no limit): `None` when the fleet must count.
-    pub fn check_now(&self, bucket: impl FnOnce() -> Bucket) -> Option<Result<(), Duration>> {
-        match &self.limiter {
-            None => Some(Ok(())),
-            Some(_) => self.fleet.is_none().then(|| self.check(&bucket())),
+    /// Lets one request of `bucket` through on this replica's share, if
+    /// one is left and live.
+    fn spend_share(&self, bucket: &Bucket) -> bool {
+        matches!(self.spend(bucket, false), Spend::Spent)
+    }
+
+    /// [`ClientLimits::spend_share`], or else the right to take the next
+    /// share (`None` if another request is taking it).
+    fn spend_or_take(&self, bucket: &Bucket) -> Spend<'_> {
+        self.spend(bucket, true)
+    }
+
+    fn spend(&self, bucket: &Bucket, take: bool) -> Spend<'_> {
+        let mut shares = crate::ops::locked(&self.shares);
+        let share = match shares.get_mut(bucket) {
+            Some(share) if share.left > 0 && Instant::now() < share.until => {
+                share.left -= 1;
+                return Spend::Spent;
+            }
+            Some(share) => share,
+            None if take => shares.entry(bucket.clone()).or_insert(Share {
+                left: 0,
+                until: Instant::now(),
+                taking: false,
+            }),
+            None => return Spend::Take(None),
+        };
+        if !take || share.taking {
+            return Spend::Take(None);
+        }
+        share.taking = true;
+        Spend::Take(Some(Taking {
+            limits: self,
+            bucket: bucket.clone(),
+        }))
+    }
+
+    /// `left` requests of `bucket` taken from the fleet just now.
+    fn keep_share(&self, bucket: &Bucket, left: u32) {
+        let until = Instant::now() + SHARE_LIFE;
+        if let Some(share) = crate::ops::locked(&self.shares).get_mut(bucket) {
+            *share = Share {
+                left,
+                until,
+                taking: false,
+            };
         }
     }
 
@@ -111,12 +250,17 @@ impl ClientLimits {
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
-    /// Drops buckets that are full again, so memory stays bounded by active clients.
+    /// Drops buckets that are full again and shares that ran out, so
+    /// memory stays bounded by active clients.
     pub fn shrink(&self) {
         if let Some(l) = &self.limiter {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        let now = Instant::now();
+        let mut shares = crate::ops::locked(&self.shares);
+        shares.retain(|_, share| share.taking || now < share.until);
+        shares.shrink_to_fit();
     }
 }
 
@@ -205,6 +349,43 @@ mod tests {
         for _ in 0..1000 {
             assert!(off.check(&a).is_ok());
         }
+    }
+
+    #[test]
+    fn a_share_is_a_fortieth_of_the_rate_within_half_the_burst_and_runs_out() {
+        assert_eq!(share_size(5, 5), 1);
+        assert_eq!(share_size(400, 40), 10);
+        assert_eq!(share_size(400, 8), 4);
+        assert_eq!(share_size(100, 1), 1);
+        assert_eq!(share_size(1_000_000, 1_000_000), 25_000);
+        let limits = ClientLimits::new(400, 40);
+        let (a, b) = (Bucket::Client("a".into()), Bucket::Client("b".into()));
+        assert!(!limits.spend_share(&a), "a share before any was taken");
+        // One request takes the share; one that comes meanwhile asks alone.
+        let Spend::Take(Some(taking)) = limits.spend_or_take(&a) else {
+            panic!("the first request may not take the share");
+        };
+        assert!(matches!(limits.spend_or_take(&a), Spend::Take(None)));
+        assert!(matches!(limits.spend_or_take(&b), Spend::Take(Some(_))));
+        taking.keep(3);
+        for _ in 0..3 {
+            assert!(limits.spend_share(&a));
+        }
+        assert!(!limits.spend_share(&a), "spent past the share");
+        // A taking that came to nothing (Redis down, the client gone) lets
+        // the next request take it.
+        let Spend::Take(Some(taking)) = limits.spend_or_take(&a) else {
+            panic!("nobody may take the next share");
+        };
+        drop(taking);
+        let Spend::Take(Some(taking)) = limits.spend_or_take(&a) else {
+            panic!("a taking that came to nothing still holds the share");
+        };
+        taking.keep(3);
+        std::thread::sleep(SHARE_LIFE + Duration::from_millis(20));
+        assert!(!limits.spend_share(&a), "spent after its life");
+        limits.shrink();
+        assert!(crate::ops::locked(&limits.shares).is_empty());
     }
 
     #[test]

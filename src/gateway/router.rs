@@ -325,10 +325,7 @@ fn hit_now(
     started: Instant,
 ) -> Option<(Response<Body>, Done)> {
     let head = parts.method == Method::HEAD;
-    if crate::ops::traces::on()
-        || !(head || parts.method == Method::GET)
-        || !app.limits.counts_locally()
-    {
+    if crate::ops::traces::on() || !(head || parts.method == Method::GET) {
         return None;
     }
     let path = parts.uri.path();
