@@ -377,6 +377,6 @@ local allow_at = tat - tau
 if now < allow_at then return {0, math.ceil(allow_at - now)} end
 local n = math.min(want, math.floor((now - allow_at) / T) + 1)
 local new_tat = tat + n * T
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 return {n, 0}
 ";

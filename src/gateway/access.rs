@@ -293,8 +293,16 @@ pub fn authenticate_now(
         .then(|| state.admin.0.load_full());
     let caller = match presented {
         Presented::Session(token) => {
-            let name = known.token_name(&state.sessions, token)?;
-            session_caller(&clients, state.sessions.lookup_now(&name)?)
+            let recalled = known.token_name(token);
+            let name = match recalled {
+                Some(name) => name,
+                None => state.sessions.token_name(token)?,
+            };
+            let found = state.sessions.lookup_now(&name)?;
+            if recalled.is_none() && found.is_some() {
+                known.remember_token(token, name);
+            }
+            session_caller(&clients, found)
         }
         other => identify(state, &clients, other),
     };
@@ -324,8 +332,8 @@ pub fn authenticate_now(
 ///     (whose old token expires by the clock) or an anonymous caller;
 ///   - only for a request with no `Cookie` and no session header, the
 ///     credentials that would come before `Authorization`.
-/// - The gateway session token last presented, and only the name its
-///   session is kept under ([`ClientSessions::token_name`], the same for
+/// - The gateway session token that last found a live session, and only
+///   the name its session is kept under ([`ClientSessions::token_name`], the same for
 ///   the same token while the process lives), never who it stands for:
 ///   the session itself is looked up on every request, so a logout, here
 ///   or on another replica, and the idle timeout end it on this
@@ -406,20 +414,21 @@ impl KnownCredential {
         });
     }
 
-    /// The name `token`'s session is kept under: the one worked out for it
-    /// on this connection before, or worked out now and kept.
-    fn token_name(&self, sessions: &ClientSessions, token: &str) -> Option<[u8; 32]> {
-        if let Some(known) = &crate::ops::locked(&self.0).session {
-            if same_bytes(&known.token, token.as_bytes()) {
-                return Some(known.name);
-            }
-        }
-        let name = sessions.token_name(token)?;
+    /// The name `token`'s session is kept under, if this connection
+    /// presented it before and it was found then.
+    fn token_name(&self, token: &str) -> Option<[u8; 32]> {
+        let memo = crate::ops::locked(&self.0);
+        let known = memo.session.as_ref()?;
+        same_bytes(&known.token, token.as_bytes()).then_some(known.name)
+    }
+
+    /// Remembers `token`'s name, once a live session was found by it (a
+    /// token that finds none is never kept).
+    fn remember_token(&self, token: &str, name: [u8; 32]) {
         crate::ops::locked(&self.0).session = Some(KnownToken {
             token: token.as_bytes().into(),
             name,
         });
-        Some(name)
     }
 }
 

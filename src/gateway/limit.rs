@@ -92,16 +92,25 @@ enum Spend<'a> {
 struct Taking<'a> {
     limits: &'a ClientLimits,
     bucket: Bucket,
+    /// The share came and was kept (which gave the right back with it).
+    kept: bool,
 }
 
 impl Taking<'_> {
-    fn keep(self, left: u32) {
+    fn keep(mut self, left: u32) {
         self.limits.keep_share(&self.bucket, left);
+        // Given back with the share, under the same lock: from here on
+        // another request may be taking the next one, and this must not
+        // touch its flag.
+        self.kept = true;
     }
 }
 
 impl Drop for Taking<'_> {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if let Some(share) = crate::ops::locked(&self.limits.shares).get_mut(&self.bucket) {
             share.taking = false;
         }
@@ -225,19 +234,19 @@ impl ClientLimits {
         Spend::Take(Some(Taking {
             limits: self,
             bucket: bucket.clone(),
+            kept: false,
         }))
     }
 
-    /// `left` requests of `bucket` taken from the fleet just now.
+    /// `left` requests of `bucket` taken from the fleet just now; the
+    /// right to take the next share goes back with them.
     fn keep_share(&self, bucket: &Bucket, left: u32) {
-        let until = Instant::now() + SHARE_LIFE;
-        if let Some(share) = crate::ops::locked(&self.shares).get_mut(bucket) {
-            *share = Share {
-                left,
-                until,
-                taking: false,
-            };
-        }
+        let share = Share {
+            left,
+            until: Instant::now() + SHARE_LIFE,
+            taking: false,
+        };
+        crate::ops::locked(&self.shares).insert(bucket.clone(), share);
     }
 
     /// `Ok` to go ahead, or how long to wait before the next request will be let through.
@@ -372,6 +381,17 @@ mod tests {
             assert!(limits.spend_share(&a));
         }
         assert!(!limits.spend_share(&a), "spent past the share");
+        // A share of one request (the one that took it): the next taker's
+        // right is its own, whatever became of the last one.
+        let Spend::Take(Some(taking)) = limits.spend_or_take(&a) else {
+            panic!("nobody may take the next share");
+        };
+        taking.keep(0);
+        let Spend::Take(Some(next)) = limits.spend_or_take(&a) else {
+            panic!("a kept share of none holds the right");
+        };
+        assert!(matches!(limits.spend_or_take(&a), Spend::Take(None)));
+        next.keep(0);
         // A taking that came to nothing (Redis down, the client gone) lets
         // the next request take it.
         let Spend::Take(Some(taking)) = limits.spend_or_take(&a) else {

@@ -310,7 +310,8 @@ impl Done {
 /// session token this replica holds, in a fleet one checked with the
 /// fleet a moment ago; not the operator), whose fresh entry the index
 /// holds, on a gateway not draining, with a place free among the requests
-/// at work and the caller's rate limit counted here (no fleet to ask).
+/// at work and the caller's rate limit counted here (no fleet to ask, or
+/// a share of the fleet's left on this replica: `limit::ClientLimits`).
 /// Every check [`route`]'s full path makes before such a hit is made here
 /// too, with the same helpers; anything else (another answer, a wait, a
 /// span to trace) leaves the request to the full path with nothing
