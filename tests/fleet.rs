@@ -224,6 +224,82 @@ async fn a_client_session_works_on_every_replica_and_a_logout_ends_it_everywhere
     }
 }
 
+/// A session token is named once per connection (its fleet name is an
+/// HMAC of it), its session asked on every request: one logged out on
+/// another replica is refused on a connection that used it a moment ago,
+/// and another session on that connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_logged_out_on_another_replica_is_refused_on_a_kept_alive_connection() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    // A Redis the fleet has used for a minute: not one that came back
+    // empty a moment ago, when an unknown token is looked up again for a
+    // few seconds while replicas put their sessions back.
+    let time = redis.cli(&["TIME"]);
+    let secs: u64 = time.lines().next().unwrap().trim().parse().unwrap();
+    let marker = format!("an-earlier-replica@{}", (secs - 60) * 1000);
+    redis.cli(&["SET", "{emgate}:boot", &marker]);
+    let gws = fleet(&sim, &redis, &[]);
+    let http = Http::default();
+    all_ready(&http, &gws).await;
+    let path = vm(&sim, 3);
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(&gws[0].url(&path), &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    let (gone, logon) = gateway_logon(&http, &gws[0], "u", "p").await;
+    let (kept, _) = gateway_logon(&http, &gws[0], "v", "q").await;
+    let hit = (StatusCode::OK, "HIT".to_string());
+    let mut one = OneConnection::open(&gws[0]).await;
+    for i in 0..3 {
+        let with = ("x-restsvcsessionid", gone.as_str());
+        assert_eq!(one.get(&path, with, &format!("gone-{i}")).await, hit);
+    }
+    let with_kept = ("x-restsvcsessionid", kept.as_str());
+    assert_eq!(one.get(&path, with_kept, "kept-1").await, hit);
+
+    let id = logon.json()["SessionId"].as_str().unwrap().to_string();
+    let bye = http
+        .send(
+            Method::DELETE,
+            &gws[1].url(&format!("/api/logonSessions/{id}")),
+            &[("x-restsvcsessionid", gone.as_str())],
+        )
+        .await;
+    assert_eq!(bye.status, StatusCode::NO_CONTENT);
+    // The fleet tells every replica at once (a replica that missed it asks
+    // again within 2 s), and the token is refused then, not after the
+    // wait a fleet whose Redis just came back empty makes for sessions
+    // being put back: this one started seconds ago, on a Redis that lost
+    // nothing.
+    let ended = Instant::now();
+    let mut status = StatusCode::OK;
+    while ended.elapsed() < Duration::from_secs(3) {
+        let with = ("x-restsvcsessionid", gone.as_str());
+        status = one.get(&path, with, "gone-after").await.0;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a logged-out session still served after {:?}",
+        ended.elapsed()
+    );
+    assert!(
+        ended.elapsed() < Duration::from_millis(2500),
+        "refused only after {:?}: looked up again as if Redis had come back empty",
+        ended.elapsed()
+    );
+    assert_eq!(one.get(&path, with_kept, "kept-2").await, hit);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_at_one_replica_purges_every_replica() {
     let sim = start_sim(sim_config()).await;

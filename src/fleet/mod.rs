@@ -262,8 +262,9 @@ struct Inner {
     pending_purges: AtomicUsize,
 }
 
-/// Redis's life as this replica saw it. A marker (`boot`, no expiry) is set
-/// by the first replica that finds none; a marker other than the one a
+/// Redis's life as this replica saw it. A marker (`boot`, no expiry; a
+/// random name and the server time it was set at) is set by the first
+/// replica that finds none; a marker other than the one a
 /// replica knew means Redis lost everything since (restarted without
 /// persistence, flushed): replicas put back what they hold.
 struct Incarnation {
@@ -271,6 +272,9 @@ struct Incarnation {
     known: Option<String>,
     /// When it first saw the current one.
     since: Instant,
+    /// When the current one was set, if it carries the time (markers of
+    /// older replicas do not).
+    set_at: Option<Instant>,
 }
 
 /// How long after Redis came back empty an unknown client token is looked
@@ -342,6 +346,7 @@ impl Fleet {
             incarnation: Mutex::new(Incarnation {
                 known: None,
                 since: Instant::now(),
+                set_at: None,
             }),
             pending_purges: AtomicUsize::new(0),
         }));
@@ -421,7 +426,7 @@ impl Fleet {
         if !*member_still {
             return Err(Down);
         }
-        let (live, marker): (u64, String) = self
+        let (live, marker, age): (u64, String, i64) = self
             .op("heartbeat", |mut c| async move {
                 script
                     .key(keys.0)
@@ -436,13 +441,13 @@ impl Fleet {
         drop(member_still);
         self.0.members.store(live, Ordering::Relaxed);
         metrics::gauge!("emgate_fleet_members").set(live as f64);
-        self.saw_marker(marker);
+        self.saw_marker(marker, marker_age(age));
         Ok(live)
     }
 
     /// Takes note of Redis's marker; tells this replica's parts when it
     /// changed.
-    fn saw_marker(&self, marker: String) {
+    fn saw_marker(&self, marker: String, age: Option<Duration>) {
         let emptied = {
             let Ok(mut inc) = self.0.incarnation.lock() else {
                 return;
@@ -453,6 +458,7 @@ impl Fleet {
             let emptied = inc.known.is_some();
             inc.known = Some(marker);
             inc.since = Instant::now();
+            inc.set_at = age.and_then(|age| Instant::now().checked_sub(age));
             emptied
         };
         if emptied {
@@ -464,27 +470,35 @@ impl Fleet {
     /// Whether Redis came back empty a short while ago (replicas are
     /// putting their client sessions back), looking now if need be.
     pub async fn restoring(&self) -> bool {
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(MARKER));
         let key = self.key("boot");
-        if let Ok(marker) = self
+        if let Ok((marker, age)) = self
             .op("boot", |mut c| async move {
-                redis::cmd("GET")
-                    .arg(key)
-                    .query_async::<Option<String>>(&mut c)
+                script
+                    .key(key)
+                    .invoke_async::<(Option<String>, i64)>(&mut c)
                     .await
             })
             .await
         {
             match marker {
-                Some(m) => self.saw_marker(m),
+                Some(m) => self.saw_marker(m, marker_age(age)),
                 // Emptied, and nobody has noticed yet: the next heartbeat
                 // sets the marker; until then, it is restoring.
                 None => return true,
             }
         }
+        // Restoring while the marker is young: it was set after Redis came
+        // back empty (or new). By the marker's own time when it has one, so
+        // a replica that starts long after is not restoring for its first
+        // seconds (it made every unknown token wait 3 s there: a rolling
+        // restart's stale tokens, a logout); else from when this replica
+        // first saw it, as before.
         self.0
             .incarnation
             .lock()
-            .map(|inc| inc.known.is_some() && inc.since.elapsed() < RESTORING)
+            .map(|inc| inc.known.is_some() && inc.set_at.unwrap_or(inc.since).elapsed() < RESTORING)
             .unwrap_or(false)
     }
 
@@ -855,16 +869,35 @@ fn redact(text: &str) -> String {
 }
 
 /// Marks a member alive (server time), drops members silent for ARGV[2]
-/// ms; how many are alive, and Redis's marker (ARGV[3] if it had none).
+/// ms; how many are alive, Redis's marker (ARGV[3] and the server time, if
+/// it had none) and the marker's age in ms (-1: it carries no time).
 /// KEYS: members, boot. No expiry on either: eviction must not take them.
 const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], ARGV[3], 'NX')
-return {redis.call('ZCARD', KEYS[1]), redis.call('GET', KEYS[2])}
+redis.call('SET', KEYS[2], ARGV[3] .. '@' .. string.format('%d', now), 'NX')
+local marker = redis.call('GET', KEYS[2])
+local at = tonumber(string.match(marker, '@(%d+)$') or '')
+return {redis.call('ZCARD', KEYS[1]), marker, at and (now - at) or -1}
 ";
+
+/// Redis's marker (none: emptied, not noticed yet) and its age in ms, as
+/// [`HEARTBEAT`] gives them. KEYS: boot.
+const MARKER: &str = r"
+local marker = redis.call('GET', KEYS[1])
+if not marker then return {false, -1} end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local at = tonumber(string.match(marker, '@(%d+)$') or '')
+return {marker, at and (now - at) or -1}
+";
+
+/// A marker's age from a script's answer (negative: unknown).
+fn marker_age(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
 
 #[cfg(test)]
 mod tests {
