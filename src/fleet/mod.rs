@@ -273,7 +273,7 @@ struct Incarnation {
     /// When it first saw the current one.
     since: Instant,
     /// When the current one was set, if it carries the time (markers of
-    /// older replicas do not).
+    /// older replicas do not) and this replica found it at start.
     set_at: Option<Instant>,
 }
 
@@ -458,7 +458,14 @@ impl Fleet {
             let emptied = inc.known.is_some();
             inc.known = Some(marker);
             inc.since = Instant::now();
-            inc.set_at = age.and_then(|age| Instant::now().checked_sub(age));
+            // The marker's own time only for the one found at start: one
+            // that changed under this replica is counted from now, for the
+            // replicas that notice later (a heartbeat every half lease)
+            // and put their sessions back then.
+            inc.set_at = match emptied {
+                true => None,
+                false => age.and_then(|age| Instant::now().checked_sub(age)),
+            };
             emptied
         };
         if emptied {
@@ -877,7 +884,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], ARGV[3] .. '@' .. string.format('%d', now), 'NX')
+redis.call('SET', KEYS[2], ARGV[3] .. '@' .. string.format('%.0f', now), 'NX')
 local marker = redis.call('GET', KEYS[2])
 local at = tonumber(string.match(marker, '@(%d+)$') or '')
 return {redis.call('ZCARD', KEYS[1]), marker, at and (now - at) or -1}
