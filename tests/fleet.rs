@@ -580,24 +580,23 @@ async fn redis_never_holds_the_em_token_or_a_client_token_in_clear() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
-    let sim = start_sim(sim_config()).await;
-    let Some(redis) = Redis::try_start() else {
-        return;
-    };
+/// Three replicas limiting each client to `rate` a second, bursts of `burst`.
+async fn limited_fleet(sim: &Sim, redis: &Redis, rate: &str, burst: &str) -> (Vec<Gateway>, Http) {
     let gws = fleet(
-        &sim,
-        &redis,
-        &[("EMGATE_RATE_LIMIT", "5"), ("EMGATE_RATE_BURST", "5")],
+        sim,
+        redis,
+        &[("EMGATE_RATE_LIMIT", rate), ("EMGATE_RATE_BURST", burst)],
     );
     let http = Http::default();
     all_ready(&http, &gws).await;
-    let started = Instant::now();
-    let mut allowed = 0;
-    let mut limited = 0;
-    for i in 0..30 {
-        let r = http.get(&gws[i % 3].url("/api/jobs"), &[]).await;
+    (gws, http)
+}
+
+/// How many of these answers let their request through and how many were
+/// rate limited (each with `Retry-After`); any other answer fails the test.
+fn allowed_and_limited(replies: impl IntoIterator<Item = Reply>) -> (usize, usize) {
+    let (mut allowed, mut limited) = (0, 0);
+    for r in replies {
         match r.status {
             StatusCode::OK => allowed += 1,
             StatusCode::TOO_MANY_REQUESTS => {
@@ -607,6 +606,22 @@ async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
             other => panic!("{other}: {}", r.body),
         }
     }
+    (allowed, limited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
+    let sim = start_sim(sim_config()).await;
+    let Some(redis) = Redis::try_start() else {
+        return;
+    };
+    let (gws, http) = limited_fleet(&sim, &redis, "5", "5").await;
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    for i in 0..30 {
+        replies.push(http.get(&gws[i % 3].url("/api/jobs"), &[]).await);
+    }
+    let (allowed, limited) = allowed_and_limited(replies);
     let secs = started.elapsed().as_secs_f64();
     // A burst of 5 and 5 a second, for the fleet: not 5 per replica.
     let most = 5.0 + 5.0 * secs + 1.0;
@@ -632,17 +647,11 @@ async fn rate_round_trips(http: &Http, gw: &Gateway) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_clients_limit_holds_for_the_fleet_with_a_round_trip_per_share_not_per_hit() {
     let sim = start_sim(sim_config()).await;
-    let Some(redis) = Redis::try_start() else {
+    let Some(mut redis) = Redis::try_start() else {
         return;
     };
     // 400 a second, bursts of 40: shares of 10.
-    let gws = fleet(
-        &sim,
-        &redis,
-        &[("EMGATE_RATE_LIMIT", "400"), ("EMGATE_RATE_BURST", "40")],
-    );
-    let http = Http::default();
-    all_ready(&http, &gws).await;
+    let (gws, http) = limited_fleet(&sim, &redis, "400", "40").await;
     let path = vm(&sim, 2);
     for gw in &gws {
         for _ in 0..2 {
@@ -688,29 +697,41 @@ async fn a_busy_clients_limit_holds_for_the_fleet_with_a_round_trip_per_share_no
     // Far over it, all at once across the replicas: the fleet lets
     // through its burst, its rate meanwhile, and a share per replica at
     // most; not 600, nor the burst on each replica.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..600 {
-        let (http, url) = (http.clone(), gws[i % 3].url(&path));
-        tasks.push(tokio::spawn(async move { http.get(&url, &[]).await }));
-    }
-    let (mut allowed, mut limited) = (0, 0);
-    for t in tasks {
-        let r = t.await.unwrap();
-        match r.status {
-            StatusCode::OK => allowed += 1,
-            StatusCode::TOO_MANY_REQUESTS => {
-                assert!(r.headers.contains_key("retry-after"));
-                limited += 1;
+    let all_at_once = |n: usize, gws: &[Gateway]| {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (http, url) = (http.clone(), gws[i % gws.len()].url(&path));
+                tokio::spawn(async move { http.get(&url, &[]).await })
+            })
+            .collect();
+        async move {
+            let mut replies = Vec::new();
+            for t in tasks {
+                replies.push(t.await.unwrap());
             }
-            other => panic!("{other}: {}", r.body),
+            allowed_and_limited(replies)
         }
-    }
+    };
+    let started = Instant::now();
+    let (allowed, limited) = all_at_once(600, &gws).await;
     let secs = started.elapsed().as_secs_f64();
     let most = 40.0 + 400.0 * secs + 3.0 * 10.0 + 1.0;
     assert!(
         (allowed as f64) <= most,
         "{allowed} allowed, {limited} limited in {secs:.2} s (most {most:.0})"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Redis gone: each replica counts alone (its own burst and rate), and
+    // every request gets its answer, never an error.
+    redis.kill();
+    let started = Instant::now();
+    let (allowed, limited) = all_at_once(300, &gws[..1]).await;
+    let secs = started.elapsed().as_secs_f64();
+    let most = 40.0 + 400.0 * secs + 10.0 + 1.0;
+    assert!(
+        (40..=most as usize).contains(&allowed),
+        "Redis down: {allowed} allowed, {limited} limited in {secs:.2} s (one replica's burst {most:.0} at most)"
     );
 }
 
