@@ -634,9 +634,16 @@ async fn a_clients_rate_limit_holds_over_requests_spread_across_replicas() {
 
 /// Round trips a replica made to the fleet's rate limit.
 async fn rate_round_trips(http: &Http, gw: &Gateway) -> f64 {
+    rate_answers(http, gw, "").await
+}
+
+/// Round trips to the fleet's rate limit that ended in `result` (any: "").
+async fn rate_answers(http: &Http, gw: &Gateway, result: &str) -> f64 {
     let m = http.get(&gw.url("/metrics"), &[]).await.body;
+    let result = format!("result=\"{result}");
     m.lines()
         .filter(|l| l.starts_with("emgate_shared_operations_total{") && l.contains("op=\"rate\""))
+        .filter(|l| l.contains(&result))
         .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .sum()
 }
@@ -675,6 +682,28 @@ async fn a_busy_clients_limit_holds_for_the_fleet_with_a_round_trip_per_share_no
         "{trips} round trips to Redis for 60 hits"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Whoever can write to Redis plants a bucket an hour ahead, or
+    // garbage: taken as no bucket (full), never a client refused for good
+    // nor a script failing on every request.
+    let rate_keys = redis.cli(&["--scan", "--pattern", "{emgate}:rl:*"]);
+    let rate_key = rate_keys.lines().next().expect("the client's bucket");
+    let time = redis.cli(&["TIME"]);
+    let secs: u64 = time.lines().next().unwrap().trim().parse().unwrap();
+    let bad_before = rate_answers(&http, &gws[0], "bad_value").await;
+    for planted in [format!("{}", (secs + 3600) * 1000), "garbage".to_string()] {
+        redis.cli(&["SET", rate_key, &planted]);
+        for _ in 0..3 {
+            let r = http.get(&gws[0].url(&path), &[]).await;
+            assert_eq!(r.status, StatusCode::OK, "with {planted:?}: {}", r.body);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        rate_answers(&http, &gws[0], "bad_value").await,
+        bad_before,
+        "the rate script failed on a planted value"
+    );
 
     // A burst within the client's burst, all at once to one replica: every
     // request let through. (Had each of them taken a share, they would

@@ -364,15 +364,21 @@ return #gone
 /// tolerance ms, requests wanted (an older replica's script asks for one:
 /// the key's value is the same).
 /// `{n, 0}`: n requests (1 to wanted) may go ahead, counted now; `{0,
-/// ms}`: none before ms.
+/// ms}`: none before ms. A stored value the script could not have written
+/// (garbage, a time far ahead) is taken as none: the bucket is full, as
+/// if a stranger had deleted it, rather than the client refused for good
+/// or counted by each replica alone.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
 local T = tonumber(ARGV[1])
 local tau = tonumber(ARGV[2])
 local want = tonumber(ARGV[3] or '1')
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
+-- A value this script never wrote counts as none: not a number, or
+-- further ahead than the burst and a share (at most half the burst) can
+-- ever take it.
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now or tat > now + 2 * (tau + T) then tat = now end
 local allow_at = tat - tau
 if now < allow_at then return {0, math.ceil(allow_at - now)} end
 local n = math.min(want, math.floor((now - allow_at) / T) + 1)
