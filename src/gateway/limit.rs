@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::cache::KeyHasher;
+
 /// Who a bucket belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Bucket {
@@ -56,9 +58,16 @@ impl Bucket {
 /// | taking, the fleet grants n | goes ahead | live: n - 1 left for 250 ms |
 /// | taking, refused, Redis down, or the client gone | refused with the fleet's wait / counted locally / nothing | none (the next request takes it) |
 /// | live, some left | goes ahead, no round trip | live, one less |
+///
+/// Both maps of buckets are looked up on every request while a limit is
+/// on, hits included, so they hash with the cache's [`KeyHasher`] (random
+/// seed, a fraction of SipHash's price on a client's name or an address:
+/// BENCHMARKS.md, "twenty-second steps"), as the cache's keys, which
+/// clients choose far more freely than their addresses.
 pub struct ClientLimits {
     /// The buckets.
-    limiter: Option<DefaultKeyedRateLimiter<Bucket>>,
+    limiter:
+        Option<DefaultKeyedRateLimiter<Bucket, governor::middleware::NoOpMiddleware, KeyHasher>>,
     /// The limiter's clock, to turn "not until" into a wait.
     clock: DefaultClock,
     /// Rate and burst, for the fleet's count.
@@ -66,7 +75,7 @@ pub struct ClientLimits {
     /// The fleet, in fleet mode.
     fleet: Option<crate::fleet::Fleet>,
     /// Fleet mode: what this replica took of each bucket and has not spent.
-    shares: Mutex<HashMap<Bucket, Share>>,
+    shares: Mutex<HashMap<Bucket, Share, KeyHasher>>,
 }
 
 /// Requests a replica may let through on its own, until `until`.
@@ -131,7 +140,10 @@ impl ClientLimits {
     pub fn new(per_second: u32, burst: u32) -> ClientLimits {
         let limiter = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            RateLimiter::dashmap_with_hasher(
+                Quota::per_second(rate).allow_burst(burst),
+                KeyHasher::default(),
+            )
         });
         ClientLimits {
             limiter,
