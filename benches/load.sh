@@ -11,6 +11,10 @@
 #   - floor: a bare hyper server answering the bytes from memory with the
 #     same headers (benches/floor.rs): the floor of emgate's stack;
 #   - nginx static: the bodies as files (nginx's fastest path);
+#   - nginx static + log (one key only): the same, logging every request
+#     to a file as emgate does at info (its combined line, buffered 256 KiB
+#     or 50 ms), so emgate's p99 is shown against a server writing a log
+#     too, beside the one writing none;
 #   - nginx proxy_cache: nginx caching emgate's answers (a generic cache
 #     in front of the gateway);
 # and the same over TLS 1.3 (emgate's HTTPS listener vs nginx HTTPS static)
@@ -211,6 +215,7 @@ until curl -sf -o /dev/null "http://127.0.0.1:$FLOOR_PORT$hot_path"; do sleep 0.
 
 say "starting nginx (1 worker, core 0, access log $NGINX_LOG): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
 NG_STATIC=$(port)
+NG_STATIC_LOG=$(port)
 NG_TLS=$(port)
 NG_H2=$(port)
 NG_CACHE=$(port)
@@ -219,8 +224,10 @@ mkdir -p "$work/nginx/cache" "$work/nginx/tmp"
 # read this private scratch folder.
 nginx_user=""
 [[ $EUID -eq 0 ]] && nginx_user="user root;"
-[[ $NGINX_LOG == buffered ]] &&
-    nginx_access_log="access_log $work/nginx/access.log combined buffer=256k flush=50ms;"
+# nginx's own line to a file, buffered as emgate's log writer gathers its
+# lines (256 KiB or 50 ms).
+nginx_log_line="access_log $work/nginx/access.log combined buffer=256k flush=50ms;"
+[[ $NGINX_LOG == buffered ]] && nginx_access_log=$nginx_log_line
 cat >"$work/nginx.conf" <<EOF
 $nginx_user
 worker_processes 1;
@@ -241,6 +248,14 @@ http {
     server {
         listen 127.0.0.1:$NG_STATIC;
         root $work/static;
+    }
+    # The same static files, every request logged whatever NGINX_LOG says:
+    # emgate at info logs each hit, so its p99 is also shown against a
+    # server that writes the same stream to the disk.
+    server {
+        listen 127.0.0.1:$NG_STATIC_LOG;
+        root $work/static;
+        $nginx_log_line
     }
     server {
         listen 127.0.0.1:$NG_H2 http2;
@@ -278,6 +293,7 @@ status=$(curl -s -o /dev/null -D - "http://127.0.0.1:$NG_CACHE$hot_path" | awk '
 echo "nginx proxy_cache status on the second request: $status"
 same() { cmp -s <(curl -sk "$1") <(curl -sk "$2") && echo "same bytes: $3" || { echo "DIFFERENT bytes: $3"; exit 1; }; }
 same "$gw$hot_path" "http://127.0.0.1:$NG_STATIC$hot_path" "emgate, nginx static"
+same "$gw$hot_path" "http://127.0.0.1:$NG_STATIC_LOG$hot_path" "emgate, nginx static logging"
 same "$gw$hot_path" "http://127.0.0.1:$NG_CACHE$hot_path" "emgate, nginx proxy_cache"
 same "$gw$hot_path" "http://127.0.0.1:$FLOOR_PORT$hot_path" "emgate, floor"
 same "$gws$hot_path" "https://127.0.0.1:$NG_TLS$hot_path" "emgate HTTPS, nginx HTTPS"
@@ -337,6 +353,7 @@ baseline_row "one key" wrk "${base:-}$hot_path" "${base_pid:-}"
 rows+=(
     "one key|wrk|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
     "one key|wrk|nginx static|http://127.0.0.1:$NG_STATIC$hot_path|$nginx_worker"
+    "one key|wrk|nginx static + log|http://127.0.0.1:$NG_STATIC_LOG$hot_path|$nginx_worker"
     "one key|wrk|nginx proxy_cache|http://127.0.0.1:$NG_CACHE$hot_path|$nginx_worker"
     "$KEYS keys|wrk-rotate|emgate|$gw|$gw_pid"
 )
@@ -365,7 +382,7 @@ rows+=(
 # measures its own server; the log's write into the page cache stays in
 # emgate's rows. In a deployment the writeback is the log collector's or
 # the kernel flusher's, on whichever core is free.
-settle_logs() { sync "$work"/emgate-*.log 2>/dev/null || true; }
+settle_logs() { sync "$work"/emgate-*.log "$work"/nginx/access.log 2>/dev/null || true; }
 
 # Each server's first seconds of load are not counted: until now the row
 # measured first (emgate's) paid for the machine coming out of idle alone,
@@ -443,6 +460,7 @@ print()
 for scenario, servers in runs.items():
     bar(scenario, servers, "nginx proxy_cache", 0, "req/s")
     bar(scenario, servers, "nginx static", 2, "p99")
+    bar(scenario, servers, "nginx static + log", 2, "p99")
 print("\nRSS after the runs: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()))
 PY
 
