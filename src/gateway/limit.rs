@@ -59,11 +59,13 @@ impl Bucket {
 /// | taking, refused, Redis down, or the client gone | refused with the fleet's wait / counted locally / nothing | none (the next request takes it) |
 /// | live, some left | goes ahead, no round trip | live, one less |
 ///
-/// Both maps of buckets are looked up on every request while a limit is
-/// on, hits included, so they hash with the cache's [`KeyHasher`] (random
-/// seed, a fraction of SipHash's price on a client's name or an address:
-/// BENCHMARKS.md, "twenty-second steps"), as the cache's keys, which
-/// clients choose far more freely than their addresses.
+/// The map of buckets a mode uses (governor's; in fleet mode the shares,
+/// and governor's while Redis is down) is looked up on every request while
+/// a limit is on, hits included, so both hash with the cache's
+/// [`KeyHasher`]: a fraction of SipHash's price (BENCHMARKS.md,
+/// "twenty-second steps"), and a random seed, as for the cache's keys.
+/// Names are the operator's; an address can be varied (an IPv6 /64), but
+/// its hash never leaves the process, so colliding ones cannot be chosen.
 pub struct ClientLimits {
     /// The buckets.
     limiter:
