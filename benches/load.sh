@@ -213,7 +213,7 @@ floor_pid=$!
 pids+=("$floor_pid")
 until curl -sf -o /dev/null "http://127.0.0.1:$FLOOR_PORT$hot_path"; do sleep 0.05; done
 
-say "starting nginx (1 worker, core 0, access log $NGINX_LOG): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
+say "starting nginx (1 worker, core 0, access log $NGINX_LOG; 'nginx static + log' always logs): static files over HTTP, HTTPS and HTTP/2, and proxy_cache"
 NG_STATIC=$(port)
 NG_STATIC_LOG=$(port)
 NG_TLS=$(port)
@@ -251,7 +251,7 @@ http {
     }
     # The same static files, every request logged whatever NGINX_LOG says:
     # emgate at info logs each hit, so its p99 is also shown against a
-    # server that writes the same stream to the disk.
+    # server that writes its own access log.
     server {
         listen 127.0.0.1:$NG_STATIC_LOG;
         root $work/static;
@@ -381,7 +381,12 @@ rows+=(
 # 2.5 ms for 5 s; any server measured then would pay). Each row then
 # measures its own server; the log's write into the page cache stays in
 # emgate's rows. In a deployment the writeback is the log collector's or
-# the kernel flusher's, on whichever core is free.
+# the kernel flusher's, on whichever core is free. nginx's log is synced
+# the same way, so its write-back lands in no row, its own included:
+# "nginx static + log" shows what nginx's log costs it short of the disk,
+# a lower bound (written back while the row ran, from 1 MiB behind the
+# end every 50 ms, nginx's p99 read 2.3-2.6 ms: BENCHMARKS.md,
+# "twenty-second steps").
 settle_logs() { sync "$work"/emgate-*.log "$work"/nginx/access.log 2>/dev/null || true; }
 
 # Each server's first seconds of load are not counted: until now the row
