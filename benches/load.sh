@@ -8,6 +8,10 @@
 # generator on core 1), all serving the very same bytes:
 #   - emgate: the gateway, default settings (log at info, one line per
 #     request, to a file), one tokio worker thread, a warm cache;
+#   - emgate, no access line (one key only): the same build and settings
+#     but its access line (`emgate::access=off`; every other line kept), so
+#     emgate is also measured doing the work the floor and nginx static do,
+#     which write no log;
 #   - floor: a bare hyper server answering the bytes from memory with the
 #     same headers (benches/floor.rs): the floor of emgate's stack;
 #   - nginx static: the bodies as files (nginx's fastest path);
@@ -144,6 +148,12 @@ pids+=("$gw_tls_pid")
 until curl -sfk "https://127.0.0.1:$GW_TLS_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
 gw="http://127.0.0.1:$GW_PORT"
 gws="https://127.0.0.1:$GW_TLS_PORT"
+# The same gateway without its access line (see the rows below).
+GW_QUIET_PORT=$(port)
+gw_quiet_pid=$(start_emgate "$GW_QUIET_PORT" EMGATE_LOG="$LOG,emgate::access=off")
+pids+=("$gw_quiet_pid")
+until curl -sf "http://127.0.0.1:$GW_QUIET_PORT/readyz" >/dev/null 2>&1; do sleep 0.05; done
+gwq="http://127.0.0.1:$GW_QUIET_PORT"
 if [[ -n "$BASELINE" ]]; then
     say "starting the baseline emgate ($BASELINE) over HTTP and HTTPS"
     BASE_PORT=$(port)
@@ -201,6 +211,8 @@ if [[ -n "$BASELINE" ]]; then
     # Its links name its own port: the same length, other digits.
     [[ $(curl -s "$base$hot_path" | wc -c) == "$body_bytes" ]] || { echo "the baseline answers other bytes"; exit 1; }
 fi
+curl -s -o /dev/null "$gwq$hot_path"
+[[ $(curl -s "$gwq$hot_path" | wc -c) == "$body_bytes" ]] || { echo "emgate without its access line answers other bytes"; exit 1; }
 # What a hit of emgate sends besides the body, for the floor.
 curl -s -D - -o /dev/null "$gw$hot_path" | tail -n +2 | tr -d '\r' |
     grep -viE '^(content-length|date|connection):|^$' >"$work/hit-headers"
@@ -351,6 +363,7 @@ baseline_row() { # scenario tool url pid
 rows=("one key|wrk|emgate|$gw$hot_path|$gw_pid")
 baseline_row "one key" wrk "${base:-}$hot_path" "${base_pid:-}"
 rows+=(
+    "one key|wrk|emgate, no access line|$gwq$hot_path|$gw_quiet_pid"
     "one key|wrk|floor|http://127.0.0.1:$FLOOR_PORT$hot_path|$floor_pid"
     "one key|wrk|nginx static|http://127.0.0.1:$NG_STATIC$hot_path|$nginx_worker"
     "one key|wrk|nginx static + log|http://127.0.0.1:$NG_STATIC_LOG$hot_path|$nginx_worker"
@@ -456,16 +469,20 @@ for scenario, servers in runs.items():
 # Issue 19's bars against a generic cache in front of emgate and on the
 # tail (p99, lower is better: a round's p99 moves with the machine by up
 # to twice, so the rounds' own ratios, as for req/s), round by round.
-def bar(scenario, servers, anchor, i, what):
-    if "emgate" in servers and anchor in servers:
-        each = [a[i] / b[i] for a, b in zip(servers["emgate"], servers[anchor])]
-        print(f"{scenario}: emgate {what} vs {anchor} {st.median(each):.2f}x"
+# The same two for emgate without its access line: against the floor and
+# nginx static, servers that write no log, it does the same work.
+def bar(scenario, servers, anchor, i, what, who="emgate"):
+    if who in servers and anchor in servers:
+        each = [a[i] / b[i] for a, b in zip(servers[who], servers[anchor])]
+        print(f"{scenario}: {who} {what} vs {anchor} {st.median(each):.2f}x"
               f" ({min(each):.2f}-{max(each):.2f}), the median of the rounds' own ratios")
 print()
 for scenario, servers in runs.items():
     bar(scenario, servers, "nginx proxy_cache", 0, "req/s")
     bar(scenario, servers, "nginx static", 2, "p99")
     bar(scenario, servers, "nginx static + log", 2, "p99")
+    bar(scenario, servers, "floor", 0, "req/s", "emgate, no access line")
+    bar(scenario, servers, "nginx static", 2, "p99", "emgate, no access line")
 print("\nRSS after the runs: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()))
 PY
 
