@@ -151,7 +151,10 @@ pub fn authorized(admin: &AdminToken, headers: &HeaderMap) -> bool {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// A client of the clients file, by name (the file's, shared).
+    /// A client of the clients file, by name (the file's, shared). Only
+    /// ever made from a [`crate::gateway::clients::ClientName`]: plain
+    /// text, which the access line writes unchecked
+    /// ([`CallerName::Listed`]).
     Client(Arc<str>),
     /// The holder of a gateway session, with the session's owner.
     Session {
@@ -186,9 +189,8 @@ impl Caller {
     /// and history), shared rather than copied.
     pub fn owner_label(&self) -> CallerName {
         match self {
-            Caller::Client(name) | Caller::Session { owner: name, .. } => {
-                CallerName::Client(name.clone())
-            }
+            Caller::Client(name) => CallerName::Listed(name.clone()),
+            Caller::Session { owner, .. } => CallerName::Client(owner.clone()),
             Caller::Anonymous => CallerName::Gateway("~anonymous"),
             Caller::Operator => CallerName::Gateway("~operator"),
         }

@@ -41,7 +41,9 @@ struct ClientsFile {
     clients: Vec<ClientEntry>,
 }
 
-/// A known client.
+/// A known client. Its name passed the file's check (1 to 64 letters,
+/// digits, `-`, `_` or `.`): plain text, which the access line writes
+/// unchecked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientName(Arc<str>);
 

@@ -68,9 +68,13 @@ pub enum CallerName {
     /// (`Caller::owner_label`), plain text, which the access line writes
     /// unchecked.
     Gateway(&'static str),
-    /// A client, or the owner of a gateway session (any owner, the
-    /// gateway's own too: the access line checks it): the name shared
-    /// with the clients file or the session's record.
+    /// A client of the clients file by its secret: the file's name, which
+    /// its check makes plain text (letters, digits, `-`, `_`, `.`), so the
+    /// access line writes it unchecked.
+    Listed(Arc<str>),
+    /// The owner of a gateway session (any owner, the gateway's own too:
+    /// the access line checks it): the name shared with the session's
+    /// record.
     Client(Arc<str>),
 }
 
@@ -79,7 +83,7 @@ impl CallerName {
     pub fn as_str(&self) -> &str {
         match self {
             CallerName::Gateway(label) => label,
-            CallerName::Client(name) => name,
+            CallerName::Listed(name) | CallerName::Client(name) => name,
         }
     }
 }

@@ -295,6 +295,7 @@ impl Done {
             client: match &client {
                 None => Text::Plain("-"),
                 Some(CallerName::Gateway(label)) => Text::Plain(label),
+                Some(CallerName::Listed(name)) => Text::Plain(name),
                 Some(CallerName::Client(name)) => Text::Any(name),
             },
             cache: cache.unwrap_or("-"),
