@@ -190,7 +190,7 @@ impl Caller {
     pub fn owner_label(&self) -> CallerName {
         match self {
             Caller::Client(name) => CallerName::Listed(name.clone()),
-            Caller::Session { owner, .. } => CallerName::Client(owner.clone()),
+            Caller::Session { owner, .. } => CallerName::Owner(owner.clone()),
             Caller::Anonymous => CallerName::Gateway("~anonymous"),
             Caller::Operator => CallerName::Gateway("~operator"),
         }

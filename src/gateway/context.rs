@@ -75,7 +75,7 @@ pub enum CallerName {
     /// The owner of a gateway session (any owner, the gateway's own too:
     /// the access line checks it): the name shared with the session's
     /// record.
-    Client(Arc<str>),
+    Owner(Arc<str>),
 }
 
 impl CallerName {
@@ -83,7 +83,7 @@ impl CallerName {
     pub fn as_str(&self) -> &str {
         match self {
             CallerName::Gateway(label) => label,
-            CallerName::Listed(name) | CallerName::Client(name) => name,
+            CallerName::Listed(name) | CallerName::Owner(name) => name,
         }
     }
 }

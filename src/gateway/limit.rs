@@ -297,8 +297,10 @@ pub struct Attempts {
     interval: Duration,
     /// How far ahead of now an address's account may run (the burst).
     tolerance: Duration,
-    /// Each address's theoretical arrival time.
-    due: std::sync::Mutex<std::collections::HashMap<IpAddr, std::time::Instant>>,
+    /// Each address's theoretical arrival time, hashed as the buckets
+    /// are (see [`ClientLimits`]): a client's every hit by its secret looks
+    /// here once any address has failed.
+    due: std::sync::Mutex<HashMap<IpAddr, std::time::Instant, KeyHasher>>,
 }
 
 impl Attempts {
@@ -323,9 +325,10 @@ impl Attempts {
             return Ok(());
         };
         let now = std::time::Instant::now();
-        match *at > now + self.tolerance {
-            true => Err(*at - self.tolerance - now),
-            false => Ok(()),
+        if *at > now + self.tolerance {
+            Err(*at - self.tolerance - now)
+        } else {
+            Ok(())
         }
     }
 

@@ -296,7 +296,7 @@ impl Done {
                 None => Text::Plain("-"),
                 Some(CallerName::Gateway(label)) => Text::Plain(label),
                 Some(CallerName::Listed(name)) => Text::Plain(name),
-                Some(CallerName::Client(name)) => Text::Any(name),
+                Some(CallerName::Owner(name)) => Text::Any(name),
             },
             cache: cache.unwrap_or("-"),
             request_id: request_id.as_bytes(),
