@@ -297,10 +297,8 @@ pub struct Attempts {
     interval: Duration,
     /// How far ahead of now an address's account may run (the burst).
     tolerance: Duration,
-    /// Each address's theoretical arrival time, hashed as the buckets
-    /// are (see [`ClientLimits`]): a client's every hit by its secret looks
-    /// here once any address has failed.
-    due: std::sync::Mutex<HashMap<IpAddr, std::time::Instant, KeyHasher>>,
+    /// Each address's theoretical arrival time.
+    due: std::sync::Mutex<HashMap<IpAddr, std::time::Instant>>,
 }
 
 impl Attempts {
